@@ -1,0 +1,122 @@
+"""The one command line: ``harness list | validate | run`` (more subcommands register in ``COMMANDS``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import HarnessError
+
+# Wide enough for tables when the output is a file or a pipe (rich would otherwise assume 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+
+#: name -> (help, add_arguments, handler). Issues that add commands (train, report, slurm, plan...) add here.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    def register(handler: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = (help, add_arguments, handler)
+        return handler
+
+    return register
+
+
+def _suite_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("suite", type=Path, help="suite YAML file")
+    p.add_argument("--mode", choices=["quick", "full"], default="quick", help="which overrides to apply")
+
+
+@command("list", "list every installed plugin, its kind and the package it came from", lambda p: None)
+def cmd_list(args: argparse.Namespace) -> int:
+    from .plugins import load_registry
+
+    table = Table(title="harness plugins")
+    for col in ("kind", "name", "package", "module", "description"):
+        table.add_column(col)
+    for info in load_registry().all():
+        table.add_row(info.kind, info.name, info.package, info.module, info.description)
+    console.print(table)
+    return 0
+
+
+@command("validate", "check a suite (plugins, keys, types, files) without running it", _suite_args)
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .graph import build_graph
+    from .suite import load_suite
+
+    suite = load_suite(args.suite, args.mode)
+    graph = build_graph(suite)
+    console.print(f"{args.suite}: valid ({args.mode} mode): {len(suite.models)} models, {len(graph.stages)} stages, "
+                  f"seeds {suite.seeds}")
+    return 0
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    _suite_args(p)
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: the suite's output_dir)")
+    p.add_argument("--stage", action="append", default=None, help="run only this stage id (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+@command("run", "run a suite: every stage, skipping what is complete and resuming what was interrupted", _run_args)
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import Runner, summary_table
+    from .suite import load_suite
+
+    suite = load_suite(args.suite, args.mode, output_dir=args.out)
+    runner = Runner(suite, show_progress=False if args.no_progress else None, only=args.stage)
+    outcomes = runner.run()
+    for o in outcomes:
+        err_console.print(f"{o.status:>9}  {o.stage.id}")
+    if any(o.status == "preempted" for o in outcomes):
+        err_console.print("stopped on request; run the same command again to resume")
+        return 3
+    console.print(summary_table(runner.run_dir))
+    console.print(f"run directory: {runner.run_dir}")
+    return 0
+
+
+#: Modules that add subcommands with ``@command`` (imported when the parser is built, so start-up stays cheap).
+COMMAND_MODULES: list[str] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
+    parser = argparse.ArgumentParser(prog="harness", description="Robustness benchmark harness for causal LMs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help, add_arguments, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help)
+        add_arguments(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.handler(args)
+    except HarnessError as exc:
+        if args.verbose:
+            raise
+        err_console.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted; run the same command again to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

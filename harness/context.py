@@ -1,0 +1,100 @@
+"""What a plugin sees while its stage runs."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .progress import Bar
+from .store import RecordLog, atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from .api import LoadedModel
+    from .graph import Stage
+
+log = logging.getLogger("harness")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed derived from ``parts`` (stable across processes and machines, unlike ``hash``)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class StagePreempted(Exception):
+    """Raised by a plugin that saw ``ctx.should_stop`` and saved its state; the stage resumes on the next run."""
+
+
+@dataclass
+class StageContext:
+    stage: Stage
+    run_dir: Path
+    stage_dir: Path
+    seed: int
+    mode: str
+    #: Device the suite asked for: ``auto`` (cuda when present), ``cpu`` or ``cuda[:N]``.
+    device: str = "auto"
+    #: Results of the stages this one depends on, by stage id.
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Loads another model of the suite by name (for transfer attacks, say); set by the runner.
+    model_loader: Callable[[str], LoadedModel] | None = None
+    #: Set by the runner's SIGUSR1/SIGTERM handler: checkpoint and raise :class:`StagePreempted`.
+    stop_flag: list[bool] = field(default_factory=lambda: [False])
+    show_progress: bool | None = None
+    _records: RecordLog | None = None
+
+    @property
+    def records(self) -> RecordLog:
+        """Per-example records of this stage (``records.jsonl``); survives interruption."""
+        if self._records is None:
+            self._records = RecordLog(self.stage_dir / "records.jsonl")
+        return self._records
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.stage_dir / "checkpoint"
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stop_flag[0]
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def rng(self, *key: Any) -> torch.Generator:
+        """A generator seeded by (run seed, stage, key): the same example gets the same randomness on resume."""
+        return torch.Generator().manual_seed(derive_seed(self.seed, self.stage.id, *key))
+
+    def progress(self, description: str, total: int | None) -> Bar:
+        return Bar(f"{self.stage.id} {description}".strip(), total, self.show_progress)
+
+    def save_state(self, name: str, state: dict[str, Any]) -> None:
+        atomic_write_json(self.stage_dir / f"state-{name}.json", state)
+
+    def load_state(self, name: str) -> dict[str, Any] | None:
+        path = self.stage_dir / f"state-{name}.json"
+        return read_json(path) if path.exists() else None
+
+    def load_model(self, name: str) -> LoadedModel:
+        if self.model_loader is None:
+            raise RuntimeError("this stage has no model loader")
+        return self.model_loader(name)
+
+    def log(self, message: str) -> None:
+        log.info("[%s] %s", self.stage.id, message)

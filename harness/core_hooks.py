@@ -1,0 +1,32 @@
+"""The core's own hook implementations (registered like any plugin): it writes ``final_results.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .hookspecs import hookimpl
+from .store import atomic_write_json, read_json
+
+
+def collect_results(run_dir: Path, stages: list[Any]) -> dict[str, Any]:
+    """Every stage of the run with its metrics, or ``status: missing`` (never a placeholder number)."""
+    rows = []
+    for stage in stages:
+        stage_dir = run_dir / "stages" / stage.id
+        row = stage.as_dict()
+        done = stage_dir / "done.json"
+        if done.exists() and read_json(done).get("key") == stage.key:
+            result = read_json(stage_dir / "result.json")
+            row.update(status="done", metrics=result.get("metrics", {}), duration_s=result.get("duration_s"))
+        else:
+            row.update(status="missing", metrics=None)
+        rows.append(row)
+    return {"stages": rows}
+
+
+@hookimpl
+def harness_run_finished(run_dir: Path, suite: Any, stages: list[Any]) -> None:
+    results = collect_results(run_dir, stages)
+    results.update(suite=suite.name, mode=suite.mode, seeds=suite.seeds)
+    atomic_write_json(run_dir / "final_results.json", results)

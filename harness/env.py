@@ -1,0 +1,63 @@
+"""The environment record saved beside every run: library versions, git commit, hardware, threads."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("harness", "torch", "transformers", "tokenizers", "datasets", "lm_eval", "accelerate", "safetensors",
+            "pluggy", "pydantic", "pyyaml", "numpy", "rich", "matplotlib", "textattack")
+
+
+def package_versions(extra: list[str] | None = None) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in (*PACKAGES, *(extra or [])):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit(path: Path) -> dict[str, Any] | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                               capture_output=True, text=True, timeout=5)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_record(seeds: list[int] | None = None, plugin_packages: list[str] | None = None) -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "argv": sys.argv,
+        "packages": package_versions(plugin_packages),
+        "git": git_commit(Path(__file__).resolve().parent),
+        "torch": {
+            "threads": torch.get_num_threads(),
+            "cuda_available": cuda,
+            "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+            "cuda_version": torch.version.cuda,
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        },
+        "cpu_count": os.cpu_count(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "seeds": seeds,
+    }

@@ -1,0 +1,134 @@
+"""The stage graph: one stage is one plugin call (train a model, evaluate a metric, run an attack).
+
+Stage ids are paths (``metrics/perplexity/tiny``, ``attacks/hotflip/tiny/s42``): the stage's directory in the run.
+A stage runs once per seed when its plugin is seeded or its model depends on the seed (a model trained per seed);
+otherwise once. Each stage carries a cache key, the hash of everything its result depends on (plugin, version,
+config, the model's identity including the training that made it, seed, and the keys of its dependencies), so a
+changed config recomputes exactly the stages it changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .store import stable_hash
+from .suite import Entry, Suite
+
+
+@dataclass
+class Stage:
+    id: str
+    section: str  # train | metrics | attacks
+    entry: str
+    plugin: str
+    model: str  # the model entry evaluated (for train: the starting model)
+    seed: int
+    seeded: bool
+    deps: list[str] = field(default_factory=list)
+    key: str = ""
+    #: For train stages: the model entries whose weights this stage produces.
+    produces: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "section": self.section, "entry": self.entry, "plugin": self.plugin,
+                "model": self.model, "seed": self.seed if self.seeded else None, "deps": self.deps, "key": self.key}
+
+
+@dataclass
+class Graph:
+    suite: Suite
+    stages: list[Stage]
+    #: (model entry, seed) -> identity dict of the weights, and the train stage that makes them (if any).
+    model_identity: dict[tuple[str, int], dict[str, Any]]
+    model_source: dict[tuple[str, int], str | None]
+
+    def by_id(self) -> dict[str, Stage]:
+        return {s.id: s for s in self.stages}
+
+
+def _stage_id(section: str, entry: str, model: str | None, seed: int, seeded: bool) -> str:
+    parts = [section, entry] + ([model] if model else []) + ([f"s{seed}"] if seeded else [])
+    return "/".join(parts)
+
+
+def build_graph(suite: Suite) -> Graph:
+    stages: list[Stage] = []
+    identity: dict[tuple[str, int], dict[str, Any]] = {}
+    source: dict[tuple[str, int], str | None] = {}
+    train_stage: dict[tuple[str, int], Stage] = {}
+    seed_dependent: dict[str, bool] = {}
+
+    def model_seeded(model: str) -> bool:
+        if model not in seed_dependent:
+            entry = suite.models[model]
+            if entry.from_train is None:
+                seed_dependent[model] = False
+            else:
+                t = suite.train[entry.from_train]
+                seed_dependent[model] = t.plugin.cls.seeded or model_seeded(t.model)  # type: ignore[arg-type]
+        return seed_dependent[model]
+
+    def model_key(model: str, seed: int) -> dict[str, Any]:
+        if (model, seed) in identity:
+            return identity[(model, seed)]
+        entry = suite.models[model]
+        ident: dict[str, Any] = {"plugin": entry.plugin.name, "version": entry.plugin.cls.version}
+        if entry.from_train is None:
+            ident["config"] = entry.plugin.cls(entry.config).cache_key()
+            source[(model, seed)] = None
+        else:
+            t = train_for(entry.from_train, seed)
+            ident["config"] = {k: v for k, v in entry.config.model_dump(mode="json").items() if k != "path"}
+            ident["trained_by"] = t.key
+            source[(model, seed)] = t.id
+        identity[(model, seed)] = ident
+        return ident
+
+    def train_for(name: str, seed: int) -> Stage:
+        entry = suite.train[name]
+        seeded = entry.plugin.cls.seeded or model_seeded(entry.model)  # type: ignore[arg-type]
+        seed_key = seed if seeded else suite.seeds[0]
+        if (name, seed_key) in train_stage:
+            return train_stage[(name, seed_key)]
+        base = model_key(entry.model, seed_key)  # type: ignore[arg-type]
+        deps = [source[(entry.model, seed_key)]] if source.get((entry.model, seed_key)) else []  # type: ignore[index]
+        stage = Stage(_stage_id("train", name, None, seed_key, seeded), "train", name, entry.plugin.name,
+                      entry.model, seed_key, seeded, [d for d in deps if d])  # type: ignore[arg-type]
+        stage.produces = [m for m, e in suite.models.items() if e.from_train == name]
+        stage.key = stable_hash({"plugin": entry.plugin.name, "version": entry.plugin.cls.version,
+                                 "config": entry.config.model_dump(mode="json"), "model": base,
+                                 "seed": seed_key if seeded else None})
+        train_stage[(name, seed_key)] = stage
+        stages.append(stage)
+        return stage
+
+    for name in suite.train:
+        for seed in suite.seeds:
+            train_for(name, seed)
+
+    evaluated: dict[str, list[Stage]] = {}
+    ordered_entries: list[Entry] = [*suite.metrics.values(), *suite.attacks.values()]
+    # Entries without `needs` first (grouped by model so each model is loaded once), then those that need others.
+    for phase in (0, 1):
+        for model in suite.models:
+            for seed in suite.seeds:
+                for entry in ordered_entries:
+                    if bool(entry.needs) != bool(phase) or model not in entry.models:
+                        continue
+                    seeded = entry.plugin.cls.seeded or model_seeded(model)
+                    if not seeded and seed != suite.seeds[0]:
+                        continue
+                    ident = model_key(model, seed)
+                    deps = [d for d in [source[(model, seed)]] if d]
+                    for need in entry.needs:
+                        deps += [s.id for s in evaluated.get(need, []) if s.seed == seed or not s.seeded]
+                    stage = Stage(_stage_id(entry.section, entry.name, model, seed, seeded), entry.section,
+                                  entry.name, entry.plugin.name, model, seed, seeded, deps)
+                    dep_keys = sorted(s.key for s in stages if s.id in deps)
+                    stage.key = stable_hash({"plugin": entry.plugin.name, "version": entry.plugin.cls.version,
+                                             "config": entry.config.model_dump(mode="json"), "model": ident,
+                                             "seed": seed if seeded else None, "deps": dep_keys})
+                    evaluated.setdefault(entry.name, []).append(stage)
+                    stages.append(stage)
+    return Graph(suite, stages, identity, source)

@@ -1,0 +1,120 @@
+"""Plugin discovery: pluggy + the ``harness`` entry-point group, and a registry of plugin classes by kind and name."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .api import KINDS, Plugin
+from .errors import HarnessError, did_you_mean
+
+ENTRY_POINT_GROUP = "harness"
+_HOOK_BY_KIND = {"model": "harness_models", "metric": "harness_metrics", "attack": "harness_attacks",
+                 "trainer": "harness_trainers"}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    kind: str
+    cls: type[Plugin]
+    #: The distribution (package) that registered it, e.g. ``harness`` or ``harness-example-metric``.
+    package: str
+    module: str
+    description: str
+
+
+class Registry:
+    """All plugin classes by kind and name. Build one with :func:`load_registry`."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self._by_kind: dict[str, dict[str, PluginInfo]] = {k: {} for k in KINDS}
+        self._collect()
+
+    def _package_of(self, plugin: Any) -> str:
+        return getattr(self.pm, "harness_packages", {}).get(self.pm.get_name(plugin) or "", "(registered in code)")
+
+    def _collect(self) -> None:
+        for kind, hook_name in _HOOK_BY_KIND.items():
+            hook = getattr(self.pm.hook, hook_name)
+            for impl in hook.get_hookimpls():
+                classes = impl.function() or []
+                package = self._package_of(impl.plugin)
+                for cls in classes:
+                    base = KINDS[kind]
+                    if not (isinstance(cls, type) and issubclass(cls, base)):
+                        raise HarnessError(
+                            f"plugin module {impl.plugin_name}: {hook_name} returned {cls!r}, which is not a "
+                            f"{base.__name__} subclass; fix the plugin's hook implementation")
+                    other = self._by_kind[kind].get(cls.name)
+                    if other is not None and other.cls is not cls:
+                        raise HarnessError(
+                            f"two {kind} plugins are named '{cls.name}': {other.module} ({other.package}) and "
+                            f"{cls.__module__} ({package}); fix: uninstall one or rename it")
+                    doc = (cls.__doc__ or "").strip().splitlines()
+                    self._by_kind[kind][cls.name] = PluginInfo(
+                        cls.name, kind, cls, package, cls.__module__, doc[0] if doc else "")
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._by_kind[kind])
+
+    def all(self) -> list[PluginInfo]:
+        return [info for kind in KINDS for _, info in sorted(self._by_kind[kind].items())]
+
+    def get(self, kind: str, name: str) -> PluginInfo:
+        try:
+            return self._by_kind[kind][name]
+        except KeyError:
+            known = self.names(kind)
+            elsewhere = [k for k, plugins in self._by_kind.items() if name in plugins and k != kind]
+            hint = f" ('{name}' is a {elsewhere[0]} plugin)" if elsewhere else did_you_mean(name, known)
+            raise KeyError(f"unknown {kind} plugin '{name}'{hint}; known {kind} plugins: "
+                           f"{', '.join(known) or 'none'}") from None
+
+
+def make_plugin_manager(extra_plugins: list[object] | None = None, entry_points: bool = True) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("harness")
+    pm.add_hookspecs(hookspecs)
+    # The core uses its own hooks: its final-results writer is an ordinary hook implementation.
+    from . import core_hooks
+
+    pm.register(core_hooks, name="harness.core_hooks")
+    pm.harness_packages = {"harness.core_hooks": "harness"}  # plugin name -> distribution, for `harness list`
+    if entry_points:
+        _load_entry_points(pm)
+    for plugin in extra_plugins or []:
+        pm.register(plugin)
+    return pm
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    # pluggy's load_setuptools_entrypoints, with a one-line error naming the broken entry point.
+    for dist in md.distributions():
+        for ep in dist.entry_points:
+            if ep.group != ENTRY_POINT_GROUP or pm.get_plugin(ep.name) or pm.is_blocked(ep.name):
+                continue
+            try:
+                plugin: ModuleType | Any = ep.load()
+            except Exception as exc:  # a broken third-party plugin must not hide behind a traceback
+                raise HarnessError(
+                    f"entry point '{ep.name} = {ep.value}' of package {dist.metadata['name']} failed to import: "
+                    f"{type(exc).__name__}: {exc}; fix: reinstall that package or `pip uninstall` it") from exc
+            pm.register(plugin, name=ep.name)
+            pm.harness_packages[ep.name] = dist.metadata["name"]
+
+
+_REGISTRY: Registry | None = None
+
+
+def load_registry(refresh: bool = False) -> Registry:
+    """The registry of every installed plugin (cached per process)."""
+    global _REGISTRY
+    if _REGISTRY is None or refresh:
+        _REGISTRY = Registry(make_plugin_manager())
+    return _REGISTRY

@@ -1,0 +1,218 @@
+"""Runs a suite's stage graph: skips what is complete, resumes what was interrupted, stores every result.
+
+A stage is complete when ``done.json`` holds its current cache key; ``result.json`` is written first, so a kill
+between the two only reruns the stage. A stage directory holding a different key (a changed config) is cleared
+before the stage reruns; one holding the same key but no ``done.json`` was interrupted, and its plugin resumes
+from its records and state files.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .api import LoadedModel
+from .context import StageContext, StagePreempted, seed_everything
+from .env import environment_record
+from .errors import HarnessError
+from .graph import Graph, Stage, build_graph
+from .plugins import Registry, load_registry
+from .store import atomic_write_json, atomic_write_text, read_json, to_json
+from .suite import Suite
+
+
+@dataclass
+class StageOutcome:
+    stage: Stage
+    status: str  # done | skipped | preempted
+    result: dict[str, Any] | None
+
+
+class Runner:
+    def __init__(self, suite: Suite, run_dir: Path | None = None, registry: Registry | None = None,
+                 show_progress: bool | None = None, only: list[str] | None = None) -> None:
+        self.suite = suite
+        self.run_dir = Path(run_dir or suite.output_dir).resolve()
+        self.registry = registry or load_registry()
+        self.graph: Graph = build_graph(suite)
+        self.show_progress = show_progress
+        self.only = only
+        self.stop_flag = [False]
+        self._model: tuple[tuple[str, int], LoadedModel] | None = None
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------------
+    def stage_dir(self, stage: Stage) -> Path:
+        return self.run_dir / "stages" / stage.id
+
+    def is_done(self, stage: Stage) -> bool:
+        done = self.stage_dir(stage) / "done.json"
+        try:
+            return done.exists() and read_json(done).get("key") == stage.key
+        except (OSError, ValueError):
+            return False
+
+    def write_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {"suite_file": str(self.suite.path), "mode": self.suite.mode, "suite": self.suite.resolved,
+                    "seeds": self.suite.seeds,
+                    "configs": {e.key: e.config.model_dump(mode="json")
+                                for s in ("models", "train", "metrics", "attacks")
+                                for e in self.suite.section(s).values()},
+                    "stages": [s.as_dict() for s in self.graph.stages]}
+        atomic_write_json(self.run_dir / "config.resolved.json", resolved)
+        atomic_write_text(self.run_dir / "suite.yaml", self.suite.path.read_text(encoding="utf-8"))
+        packages = sorted({info.package for info in self.registry.all() if not info.package.startswith("(")})
+        atomic_write_json(self.run_dir / "environment.json", environment_record(self.suite.seeds, packages))
+
+    # -- models --------------------------------------------------------------------------------------------------
+    def load_model(self, name: str, seed: int) -> LoadedModel:
+        """Load (or reuse) model entry ``name`` as it is for ``seed``; keeps one model in memory at a time."""
+        entry = self.suite.models[name]
+        seeded = (name, seed) in self.graph.model_identity and self.graph.model_source.get((name, seed)) is not None
+        key = (name, seed if seeded else -1)
+        if self._model is not None and self._model[0] == key:
+            return self._model[1]
+        self._model = None
+        gc.collect()
+        config = entry.config
+        train_id = self.graph.model_source.get((name, seed))
+        if train_id is not None:
+            stage = self.graph.by_id()[train_id]
+            checkpoint = self.stage_dir(stage) / "checkpoint"
+            if not self.is_done(stage) or not checkpoint.exists():
+                raise HarnessError(f"model '{name}' comes from stage {train_id}, which has not finished; fix: run "
+                                   "the suite so its training stage completes")
+            config = type(config).model_validate({**config.model_dump(), "path": str(checkpoint)})
+        plugin = entry.plugin.cls(config)
+        ctx = self._context(self._pseudo_stage(name, seed))
+        loaded = plugin.load(ctx)
+        loaded.name = name
+        loaded.model.eval()
+        self._model = (key, loaded)
+        return loaded
+
+    def _pseudo_stage(self, model: str, seed: int) -> Stage:
+        return Stage(f"models/{model}", "models", model, self.suite.models[model].plugin.name, model, seed, False)
+
+    def _context(self, stage: Stage) -> StageContext:
+        return StageContext(stage=stage, run_dir=self.run_dir, stage_dir=self.stage_dir(stage), seed=stage.seed,
+                            mode=self.suite.mode, device=self.suite.device,
+                            inputs={d: self._result(d) for d in stage.deps},
+                            model_loader=lambda name: self.load_model(name, stage.seed),
+                            stop_flag=self.stop_flag, show_progress=self.show_progress)
+
+    def _result(self, stage_id: str) -> dict[str, Any]:
+        path = self.run_dir / "stages" / stage_id / "result.json"
+        return read_json(path) if path.exists() else {}
+
+    # -- running -------------------------------------------------------------------------------------------------
+    def prepare_stage_dir(self, stage: Stage) -> None:
+        sdir = self.stage_dir(stage)
+        marker = sdir / "stage.json"
+        if sdir.exists():
+            try:
+                same = read_json(marker).get("key") == stage.key
+            except (OSError, ValueError):
+                same = False
+            if not same:  # results of an older config of this stage: recompute from scratch
+                shutil.rmtree(sdir)
+        sdir.mkdir(parents=True, exist_ok=True)
+        if not marker.exists():
+            atomic_write_json(marker, {**stage.as_dict(), "config": self.suite.section(stage.section)[stage.entry]
+                                       .config.model_dump(mode="json")})
+
+    def run_stage(self, stage: Stage) -> StageOutcome:
+        if self.is_done(stage):
+            return StageOutcome(stage, "skipped", self._result(stage.id))
+        for dep in stage.deps:
+            if not self.is_done(self.graph.by_id()[dep]):
+                raise HarnessError(f"stage {stage.id} needs {dep}, which has not finished; fix: run it first "
+                                   f"(`harness run` runs stages in order)")
+        self.prepare_stage_dir(stage)
+        entry = self.suite.section(stage.section)[stage.entry]
+        plugin = entry.plugin.cls(entry.config)
+        model = self.load_model(stage.model, stage.seed)
+        ctx = self._context(stage)
+        seed_everything(stage.seed)
+        started = time.time()
+        if stage.section == "train":
+            ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            metrics = plugin.train(model, ctx)
+            self._model = None  # training changed the weights in memory: reload before evaluating anything
+        elif stage.section == "metrics":
+            metrics = plugin.evaluate(model, ctx)
+        else:
+            metrics = plugin.attack(model, ctx)
+        result = {"stage": stage.as_dict(), "plugin": entry.plugin.name, "package": entry.plugin.package,
+                  "config": entry.config.model_dump(mode="json"), "model_info": model.info,
+                  "metrics": metrics, "n_records": len(ctx.records),
+                  "duration_s": round(time.time() - started, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        sdir = self.stage_dir(stage)
+        atomic_write_json(sdir / "result.json", result)
+        atomic_write_json(sdir / "done.json", {"key": stage.key, "finished": result["finished"]})
+        self.registry.pm.hook.harness_stage_finished(run_dir=self.run_dir, stage=stage, result=result)
+        return StageOutcome(stage, "done", result)
+
+    def run(self) -> list[StageOutcome]:
+        self.write_run_files()
+        outcomes = []
+        stages = [s for s in self.graph.stages if self.only is None or s.id in self.only]
+        with _stop_signals(self.stop_flag):
+            for stage in stages:
+                try:
+                    outcomes.append(self.run_stage(stage))
+                except StagePreempted:
+                    outcomes.append(StageOutcome(stage, "preempted", None))
+                    break
+                if self.stop_flag[0]:
+                    break
+        self._model = None
+        if all(self.is_done(s) for s in self.graph.stages):
+            self.registry.pm.hook.harness_run_finished(run_dir=self.run_dir, suite=self.suite,
+                                                       stages=self.graph.stages)
+        return outcomes
+
+
+@contextmanager
+def _stop_signals(flag: list[bool]):
+    """SIGUSR1 (SLURM's warning before a time limit or preemption) and SIGTERM ask the running stage to save its
+    state and stop; plugins poll ``ctx.should_stop``."""
+
+    def handler(signum: int, frame: Any) -> None:
+        flag[0] = True
+
+    previous = {}
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not in the main thread
+            pass
+    try:
+        yield
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
+
+
+def summary_table(run_dir: Path) -> str:
+    """A compact text table of final_results.json (the full report comes from the report plugin)."""
+    path = run_dir / "final_results.json"
+    if not path.exists():
+        return "(no final_results.json yet)"
+    data = read_json(path)
+    lines = []
+    for row in data["stages"]:
+        metrics = row.get("metrics") or {}
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool))
+        lines.append(f"{row['id']:<48} {row['status']:<8} {shown}")
+    return "\n".join(lines)
+
+
+__all__ = ["Runner", "StageOutcome", "summary_table", "to_json"]

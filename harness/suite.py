@@ -1,0 +1,318 @@
+"""Suites: YAML files that combine models, trainers, metrics and attacks. Loading validates everything.
+
+Shape (every section is a mapping from an entry name to its options; ``plugin:`` defaults to the entry name)::
+
+    name: quick
+    seeds: [42]
+    models:
+      tiny: {plugin: pythia_tiny}
+      mono: {plugin: hf_causal_lm, from_train: monotonic}
+    train:
+      monotonic: {plugin: monotonic, model: tiny, steps: 50}
+    metrics:
+      perplexity: {data: {dataset: json, data_files: ../data/shakespeare/test.jsonl}}
+    attacks: {}
+    quick: {metrics: {perplexity: {max_documents: 10}}}   # merged over the suite with --mode quick
+    full:  {seeds: [42, 1337]}
+
+Reserved keys in an entry: ``plugin``, ``enabled``; in metrics/attacks also ``models`` (the subset of models to run
+on, default all) and ``needs`` (entries whose stages must finish first, e.g. for transfer); in train ``model``
+(the starting model); in models ``from_train`` (the model is that train entry's checkpoint). Everything else is the
+plugin's own config and is validated by the plugin's ``Config``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .config import PluginConfig
+from .errors import ConfigError, did_you_mean
+from .plugins import PluginInfo, Registry, load_registry
+
+SECTIONS = {"models": "model", "train": "trainer", "metrics": "metric", "attacks": "attack"}
+TOP_KEYS = {"name", "description", "seeds", "device", "output_dir", "report", "quick", "full", *SECTIONS}
+MODES = ("quick", "full")
+RESERVED = {
+    "models": {"plugin", "enabled", "from_train"},
+    "train": {"plugin", "enabled", "model"},
+    "metrics": {"plugin", "enabled", "models", "needs"},
+    "attacks": {"plugin", "enabled", "models", "needs"},
+}
+
+
+class ReportConfig(PluginConfig):
+    """Options of the run's final report (``report:`` in a suite)."""
+
+    #: Relative NLL increase above which an attack on an example counts as a success.
+    success_threshold: float = 0.15
+
+
+@dataclass
+class Entry:
+    section: str
+    name: str
+    plugin: PluginInfo
+    config: PluginConfig
+    raw: dict[str, Any]
+    models: list[str] = field(default_factory=list)
+    needs: list[str] = field(default_factory=list)
+    from_train: str | None = None
+    model: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+@dataclass
+class Suite:
+    path: Path
+    name: str
+    mode: str
+    seeds: list[int]
+    device: str
+    output_dir: Path
+    models: dict[str, Entry]
+    train: dict[str, Entry]
+    metrics: dict[str, Entry]
+    attacks: dict[str, Entry]
+    report: ReportConfig
+    #: The suite after the mode's overrides were merged in, as plain data (saved beside every result).
+    resolved: dict[str, Any]
+
+    def section(self, name: str) -> dict[str, Entry]:
+        return getattr(self, name)
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(override)
+
+
+def _type_name(expected: str) -> str:
+    return expected.replace("_type", "").replace("_parsing", "")
+
+
+def validation_error_line(exc: ValidationError, file: Path, prefix: str, plugin: str,
+                          config_cls: type[BaseModel]) -> ConfigError:
+    """The first pydantic error as a one-line ConfigError (the count of the others is appended)."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    key = f"{prefix}.{loc}" if loc else prefix
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    etype = err["type"]
+    known = list(config_cls.model_fields)
+    if etype == "extra_forbidden":
+        bad = str(err["loc"][-1])
+        if len(err["loc"]) == 1:
+            return ConfigError(file, key, f"unknown key '{bad}' for plugin '{plugin}'{did_you_mean(bad, known)}{more}",
+                               f"remove it or use one of: {', '.join(known) or '(no options)'}")
+        return ConfigError(file, key, f"unknown key '{bad}'{more}", "remove it; see the plugin's Config")
+    if etype == "missing":
+        return ConfigError(file, key, f"required key missing for plugin '{plugin}'{more}", f"add `{loc}: ...`")
+    if etype == "value_error" and "file not found" in err["msg"]:
+        return ConfigError(file, key, err["msg"].replace("Value error, ", "") + more,
+                           "check the path (relative paths are relative to the suite file)")
+    got = err.get("input")
+    return ConfigError(file, key, f"{err['msg']} (got {got!r}){more}",
+                       f"give a valid {_type_name(etype)} value for plugin '{plugin}'")
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(path, "", "suite file not found", "check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(path, "", f"invalid YAML at {where}: {problem}", "fix the YAML syntax there") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "not a UTF-8 text file", "save the suite as UTF-8 YAML") from None
+    if data is None:
+        raise ConfigError(path, "", "the suite is empty", "add at least `models:` and `metrics:`")
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", f"the suite must be a mapping, got {type(data).__name__}",
+                          "write `key: value` pairs at the top level")
+    return data
+
+
+def resolve_mode(data: dict[str, Any], path: Path, mode: str) -> dict[str, Any]:
+    if mode not in MODES:
+        raise ConfigError(path, "mode", f"unknown mode '{mode}'", f"use one of: {', '.join(MODES)}")
+    for m in MODES:
+        if m in data and not isinstance(data[m], dict):
+            raise ConfigError(path, m, f"overrides must be a mapping, got {type(data[m]).__name__}",
+                              f"write `{m}: {{section: {{entry: {{key: value}}}}}}`")
+    resolved = {k: v for k, v in data.items() if k not in MODES}
+    bad = set(data.get(mode) or {}) - (TOP_KEYS - set(MODES))
+    if bad:
+        key = sorted(bad)[0]
+        raise ConfigError(path, f"{mode}.{key}", f"unknown key '{key}' in the {mode} overrides"
+                          f"{did_you_mean(key, TOP_KEYS - set(MODES))}", "override only top-level suite keys")
+    return deep_merge(resolved, data.get(mode) or {})
+
+
+def _check_name_list(value: Any, path: Path, key: str, known: dict[str, Any], what: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(path, key, f"expected a list of {what} names, got {value!r}", f"write `[name, ...]`")
+    for v in value:
+        if v not in known:
+            raise ConfigError(path, key, f"unknown {what} '{v}'{did_you_mean(v, known)}",
+                              f"use one of: {', '.join(known) or '(none defined)'}")
+    return value
+
+
+def _parse_entries(data: dict[str, Any], section: str, path: Path, registry: Registry) -> dict[str, Entry]:
+    block = data.get(section) or {}
+    if not isinstance(block, dict):
+        raise ConfigError(path, section, f"must be a mapping from entry name to options, got {type(block).__name__}",
+                          f"write `{section}: {{name: {{plugin: ..., ...}}}}`")
+    kind = SECTIONS[section]
+    entries: dict[str, Entry] = {}
+    for name, options in block.items():
+        key = f"{section}.{name}"
+        options = {} if options is None else options
+        if not isinstance(options, dict):
+            raise ConfigError(path, key, f"options must be a mapping, got {type(options).__name__} {options!r}",
+                              "write `name: {plugin: ..., key: value}`")
+        enabled = options.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(path, f"{key}.enabled", f"expected true or false, got {enabled!r}", "write `enabled: false`")
+        if not enabled:
+            continue
+        plugin_name = options.get("plugin", name)
+        if not isinstance(plugin_name, str):
+            raise ConfigError(path, f"{key}.plugin", f"expected a plugin name, got {plugin_name!r}",
+                              "see `harness list`")
+        try:
+            info = registry.get(kind, plugin_name)
+        except KeyError as exc:
+            raise ConfigError(path, f"{key}.plugin" if "plugin" in options else key, exc.args[0],
+                              "install the plugin's package or fix the name (`harness list` shows what is installed)"
+                              ) from None
+        raw = {k: v for k, v in options.items() if k not in RESERVED[section]}
+        entries[name] = Entry(section, name, info, PluginConfig(), raw)
+        entry = entries[name]
+        if section == "models":
+            entry.from_train = options.get("from_train")
+        if section == "train":
+            entry.model = options.get("model")
+        if section in ("metrics", "attacks"):
+            entry.models = options.get("models")  # checked once models are known
+            entry.needs = options.get("needs") or []
+    return entries
+
+
+def _validate_config(entry: Entry, path: Path, extra: dict[str, Any] | None = None) -> PluginConfig:
+    cls = entry.plugin.cls.Config
+    try:
+        return cls.model_validate({**entry.raw, **(extra or {})}, context={"base_dir": path.parent})
+    except ValidationError as exc:
+        raise validation_error_line(exc, path, entry.key, entry.plugin.name, cls) from None
+
+
+def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None = None,
+               output_dir: str | Path | None = None) -> Suite:
+    """Read, merge the mode's overrides, and validate a suite. Raises :class:`ConfigError` with one line."""
+    path = Path(path).resolve()
+    registry = registry or load_registry()
+    data = load_yaml(path)
+    for key in data:
+        if key not in TOP_KEYS:
+            raise ConfigError(path, str(key), f"unknown top-level key '{key}'{did_you_mean(str(key), TOP_KEYS)}",
+                              f"use only: {', '.join(sorted(TOP_KEYS))}")
+    resolved = resolve_mode(data, path, mode)
+
+    name = resolved.get("name", path.stem)
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(path, "name", f"suite name must be letters, digits, '-', '_' or '.', got {name!r}",
+                          "rename it, e.g. `name: my_suite`")
+    seeds = resolved.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ConfigError(path, "seeds", f"expected a non-empty list of non-negative integers, got {seeds!r}",
+                          "write `seeds: [42, 1337]`")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(path, "seeds", f"duplicate seeds in {seeds}", "list each seed once")
+    device = resolved.get("device", "auto")
+    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise ConfigError(path, "device", f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N")
+
+    sections = {s: _parse_entries(resolved, s, path, registry) for s in SECTIONS}
+    models, train = sections["models"], sections["train"]
+    if not models:
+        raise ConfigError(path, "models", "no models defined", "add `models: {name: {plugin: pythia_tiny}}`")
+
+    for entry in train.values():
+        if entry.model is None:
+            raise ConfigError(path, f"{entry.key}.model", "a train entry needs the model it starts from",
+                              f"add `model: <one of {', '.join(models)}>`")
+        _check_name_list(entry.model, path, f"{entry.key}.model", models, "model")
+        entry.config = _validate_config(entry, path)
+    for entry in models.values():
+        extra = None
+        if entry.from_train is not None:
+            _check_name_list(entry.from_train, path, f"{entry.key}.from_train", train, "train entry")
+            if "path" not in entry.plugin.cls.Config.model_fields:
+                raise ConfigError(path, f"{entry.key}.plugin", f"plugin '{entry.plugin.name}' cannot load a trained "
+                                  "checkpoint (its config has no `path`)", "use `plugin: hf_causal_lm`")
+            if "path" in entry.raw:
+                raise ConfigError(path, f"{entry.key}.path", "a model `from_train` gets its path from training",
+                                  "remove `path:`")
+            extra = {"path": f"<checkpoint of train.{entry.from_train}>"}
+        entry.config = _validate_config(entry, path, extra)
+    _check_train_cycles(train, models, path)
+    for section in ("metrics", "attacks"):
+        everything = {**sections["metrics"], **sections["attacks"]}
+        for entry in sections[section].values():
+            entry.models = (_check_name_list(entry.models, path, f"{entry.key}.models", models, "model")
+                            if entry.models is not None else list(models))
+            entry.needs = _check_name_list(entry.needs, path, f"{entry.key}.needs", everything, "metric/attack entry")
+            if entry.name in entry.needs:
+                raise ConfigError(path, f"{entry.key}.needs", "an entry cannot need itself", "remove it from `needs`")
+            entry.config = _validate_config(entry, path)
+
+    report_raw = resolved.get("report") or {}
+    if not isinstance(report_raw, dict):
+        raise ConfigError(path, "report", "must be a mapping", "write `report: {success_threshold: 0.15}`")
+    try:
+        report = ReportConfig.model_validate(report_raw)
+    except ValidationError as exc:
+        raise validation_error_line(exc, path, "report", "report", ReportConfig) from None
+
+    out = Path(output_dir) if output_dir is not None else Path(resolved.get("output_dir", f"runs/{name}"))
+    return Suite(path=path, name=name, mode=mode, seeds=seeds, device=device, output_dir=out.resolve(),
+                 models=models, train=train, metrics=sections["metrics"], attacks=sections["attacks"],
+                 report=report, resolved=resolved)
+
+
+def _check_train_cycles(train: dict[str, Entry], models: dict[str, Entry], path: Path) -> None:
+    for start in train.values():
+        seen = [start.name]
+        entry = start
+        while True:
+            base = models[entry.model]  # type: ignore[index]
+            if base.from_train is None:
+                break
+            if base.from_train in seen:
+                raise ConfigError(path, f"{start.key}.model", f"training cycle: {' -> '.join(seen + [base.from_train])}",
+                                  "a train entry cannot start from its own output")
+            seen.append(base.from_train)
+            entry = train[base.from_train]

@@ -1,0 +1,108 @@
+"""Metric plugin ``perplexity``: token-weighted perplexity of documents, each scored on its own.
+
+Each document is tokenised without special tokens, prefixed with the end-of-text token (as lm-eval's
+``loglikelihood_rolling`` does, so its first token is scored too), and covered by rolling windows of the model's
+context: the first window predicts ``max_length`` tokens, each later one the next ``stride`` tokens with a full
+window of context. ``stride == max_length`` (the default) reproduces lm-eval's numbers; a smaller stride gives every
+token more context at more compute. Windows of many documents share batched forward passes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from pydantic import Field
+
+from harness import DocumentSource, LoadedModel, MetricPlugin, PluginConfig, StageContext, hookimpl, load_documents
+from harness.errors import NonFiniteLoss
+from harness.scoring import rolling_windows, score_windows
+
+
+class PerplexityConfig(PluginConfig):
+    data: DocumentSource
+    #: Window length in tokens (default: the model's context length).
+    max_length: int | None = Field(default=None, ge=2)
+    #: New tokens predicted per window after the first (default: max_length, i.e. lm-eval's rolling windows).
+    stride: int | None = Field(default=None, ge=1)
+    #: Condition the first token on the end-of-text token (lm-eval's convention); otherwise it is not scored.
+    prefix_eos: bool = True
+    #: Tokens per forward pass (batch size x padded length): the memory budget.
+    batch_tokens: int = Field(default=16384, ge=16)
+    #: Documents scored between two durable checkpoints of the per-document records.
+    chunk_documents: int = Field(default=32, ge=1)
+
+
+def count_words(text: str) -> int:
+    return len(re.split(r"\s+", text))  # lm-eval's word count for word_perplexity
+
+
+class Perplexity(MetricPlugin):
+    """Token-weighted perplexity over documents (rolling windows, batched; agrees with lm-eval)."""
+
+    name = "perplexity"
+    Config = PerplexityConfig
+    seeded = False  # a deterministic function of model and documents
+
+    def evaluate(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        cfg: PerplexityConfig = self.config  # type: ignore[assignment]
+        tok = model.tokenizer
+        max_length = min(cfg.max_length or model.max_length, model.max_length)
+        stride = min(cfg.stride or max_length, max_length)
+        docs = load_documents(cfg.data)
+        done = ctx.records.done()
+        eos = tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
+        if cfg.prefix_eos and eos is None:
+            raise ValueError("the tokenizer has no end-of-text token; set `prefix_eos: false`")
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        chunks = [docs[i:i + cfg.chunk_documents] for i in range(0, len(docs), cfg.chunk_documents)]
+        with ctx.progress("documents", len(docs)) as bar:
+            bar.advance(len([d for d in docs if d.id in done]))
+            for chunk in chunks:
+                if all(d.id in done for d in chunk):
+                    continue
+                # The whole chunk is rescored even if part of it was recorded before an interruption, so every
+                # document is always scored in the same batch composition (bit-identical results on resume).
+                seqs = [([eos] if cfg.prefix_eos else []) + tok(d.text, add_special_tokens=False)["input_ids"]
+                        for d in chunk]
+                windows, nexts, owner = [], [], []
+                for j, seq in enumerate(seqs):
+                    scored = 0
+                    for w in rolling_windows(seq, max_length, stride):
+                        scored += w.n_scored
+                        windows.append(w)
+                        nexts.append(seq[scored])  # the last target of this window
+                        owner.append(j)
+                nll = score_windows(model.model, windows, nexts, cfg.batch_tokens, pad)
+                per_doc: dict[int, list] = {}
+                for part, j in zip(nll, owner):
+                    per_doc.setdefault(j, []).append(part)
+                for j, d in enumerate(chunk):
+                    if d.id in done:
+                        continue
+                    total = float(sum(float(p.sum()) for p in per_doc.get(j, [])))
+                    n_tok = sum(len(p) for p in per_doc.get(j, []))
+                    if not math.isfinite(total):
+                        raise NonFiniteLoss(f"non-finite NLL on document {d.id}; check the model's dtype/weights")
+                    ctx.records.append({"id": d.id, "tokens": n_tok, "nll_sum": total,
+                                        "nll_mean": total / n_tok if n_tok else None,
+                                        "words": count_words(d.text), "bytes": len(d.text.encode("utf-8"))})
+                bar.advance(sum(1 for d in chunk if d.id not in done))
+        return summarize(ctx.records.records, max_length, stride)
+
+
+def summarize(records: list[dict[str, Any]], max_length: int, stride: int) -> dict[str, Any]:
+    nll = sum(r["nll_sum"] for r in records)
+    tokens = sum(r["tokens"] for r in records)
+    words = sum(r["words"] for r in records)
+    nbytes = sum(r["bytes"] for r in records)
+    mean = nll / tokens
+    return {"perplexity": math.exp(mean), "mean_nll": mean, "tokens": tokens, "documents": len(records),
+            "word_perplexity": math.exp(nll / words), "byte_perplexity": math.exp(nll / nbytes),
+            "bits_per_byte": nll / nbytes / math.log(2), "max_length": max_length, "stride": stride}
+
+
+@hookimpl
+def harness_metrics() -> list[type]:
+    return [Perplexity]

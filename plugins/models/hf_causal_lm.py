@@ -1,0 +1,108 @@
+"""Model plugin ``hf_causal_lm``: any Hugging Face causal LM from a hub id or a local checkpoint directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from harness import HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, hookimpl
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HFCausalLMConfig(PluginConfig):
+    #: A hub id (``EleutherAI/pythia-1.4b``) or a local directory with config + safetensors weights.
+    path: str
+    revision: str | None = None
+    #: Tokenizer hub id or directory, when it is not stored with the model.
+    tokenizer: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    #: Overrides the suite's device for this model.
+    device: str | None = None
+    #: Runs code from the model repository. Off unless a suite asks for it.
+    trust_remote_code: bool = False
+
+
+def _offline_help(ref: str) -> str:
+    return (f"to run offline, download it where the hub is reachable (`huggingface-cli download {ref}` on a login "
+            "node) and set HF_HUB_OFFLINE=1 here, or set `path:` to a local checkpoint directory; the tiny offline "
+            "default needs no hub: `plugin: pythia_tiny`")
+
+
+def _is_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or os.path.isdir(path)
+
+
+def files_fingerprint(directory: Path) -> str:
+    """Identity of a local checkpoint's weights: names, sizes and mtimes of its files (cheap, no hashing of GBs)."""
+    h = hashlib.sha256()
+    for f in sorted(directory.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ref = os.path.expanduser(config.path)
+    local = _is_local(ref)
+    if local and not Path(ref).is_dir():
+        raise HarnessError(f"model '{name}': checkpoint directory not found: {ref}; fix: check `path:` (or train it "
+                           "first with `harness train`)")
+    if local and not any(Path(ref).glob("*.safetensors")):
+        raise HarnessError(f"model '{name}': no safetensors weights in {ref}; fix: re-save the checkpoint with "
+                           "`save_pretrained(..., safe_serialization=True)` (pickled .bin weights are not loaded)")
+    dtype = "auto" if config.dtype == "auto" else DTYPES[config.dtype]
+    device = torch.device(config.device) if config.device else ctx.torch_device()
+    kwargs: dict[str, Any] = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(config.tokenizer or ref), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True, **kwargs)
+    except OSError as exc:
+        if local:
+            raise HarnessError(f"model '{name}': cannot load {ref}: {str(exc).splitlines()[0]}; fix: check that the "
+                               "directory holds config.json, tokenizer files and *.safetensors") from exc
+        raise HarnessError(f"model '{name}': cannot load '{ref}' from the Hugging Face hub ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:160]}); {_offline_help(ref)}") from exc
+    if tokenizer.pad_token_id is None:  # batching needs a pad id; it is always masked out
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model.to(device).eval()
+    info = {"source": ref, "revision": config.revision, "dtype": str(next(model.parameters()).dtype),
+            "device": str(device), "n_parameters": sum(p.numel() for p in model.parameters()),
+            "architecture": type(model).__name__}
+    if local:
+        provenance = Path(ref) / "harness.json"
+        if provenance.exists():
+            import json
+
+            info["harness"] = json.loads(provenance.read_text())
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, info=info)
+
+
+class HFCausalLM(ModelPlugin):
+    """Any Hugging Face causal LM: hub id or local checkpoint (safetensors only)."""
+
+    name = "hf_causal_lm"
+    Config = HFCausalLMConfig
+
+    def load(self, ctx: StageContext) -> LoadedModel:
+        return load_hf_causal_lm(self.config, ctx, self.name)
+
+    def cache_key(self) -> dict[str, Any]:
+        key = self.config.model_dump(mode="json")
+        ref = os.path.expanduser(self.config.path)
+        if _is_local(ref) and Path(ref).is_dir():
+            key["fingerprint"] = files_fingerprint(Path(ref))
+        return key
+
+
+@hookimpl
+def harness_models() -> list[type]:
+    return [HFCausalLM]

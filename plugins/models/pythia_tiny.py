@@ -1,0 +1,50 @@
+"""Model plugin ``pythia_tiny``: the tiny offline default, a trained 4-layer GPT-NeoX (Pythia's architecture).
+
+Its weights, config and tokenizer ship in ``pythia_tiny/`` beside this file; ``scripts/build_pythia_tiny.py``
+reproduces them from the shipped corpus. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+from harness import HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, hookimpl
+
+from .hf_causal_lm import HFCausalLMConfig, load_hf_causal_lm
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "pythia_tiny"
+
+
+class PythiaTinyConfig(PluginConfig):
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str | None = None
+
+
+class PythiaTiny(ModelPlugin):
+    """Tiny trained GPT-NeoX shipped with harness (offline default; 4 layers x 128, 4,096-token BPE)."""
+
+    name = "pythia_tiny"
+    Config = PythiaTinyConfig
+
+    def load(self, ctx: StageContext) -> LoadedModel:
+        if not (WEIGHTS_DIR / "model.safetensors").exists():
+            raise HarnessError(f"pythia_tiny weights missing in {WEIGHTS_DIR}; fix: run "
+                               "`python scripts/build_pythia_tiny.py` or restore the file from git")
+        config = HFCausalLMConfig(path=str(WEIGHTS_DIR), dtype=self.config.dtype, device=self.config.device)
+        loaded = load_hf_causal_lm(config, ctx, self.name)
+        loaded.info["source"] = "pythia_tiny (shipped)"
+        return loaded
+
+    def cache_key(self) -> dict[str, Any]:
+        digest = hashlib.sha256()
+        for f in sorted(WEIGHTS_DIR.iterdir()):  # weights, config and tokenizer all shape the results
+            if f.is_file() and f.suffix in (".json", ".safetensors"):
+                digest.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
+        return {**self.config.model_dump(mode="json"), "files_sha256": digest.hexdigest()}
+
+
+@hookimpl
+def harness_models() -> list[type]:
+    return [PythiaTiny]

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: system packages, a virtual environment in .venv, and harness installed
+# editable with its test dependencies. Idempotent: re-running only fills in what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if command -v apt-get >/dev/null 2>&1; then
+  need=""
+  for pkg in git; do dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"; done
+  if [ -n "$need" ]; then $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $need >/dev/null; fi
+fi
+pip_quiet() {  # pip, printing its log only when it fails
+  local log; log=$(mktemp)
+  if ! python -m pip "$@" >"$log" 2>&1; then grep -v '^WARNING: Location' "$log"; rm -f "$log"; return 1; fi
+  rm -f "$log"
+}
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+pip_quiet install --upgrade pip
+# CPU torch first, pinned through a constraints file so no later install swaps in a CUDA build.
+pip_quiet install -c .ci/constraints.txt torch
+pip_quiet install -c .ci/constraints.txt -e ".[dev]"
+python -c "import harness, torch; print('harness installed; torch', torch.__version__)"
