@@ -105,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    logger = logging.getLogger("harness")  # only our logger: libraries keep their own handlers (no duplicates)
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler())
+    logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.handler(args)
     except HarnessError as exc:

@@ -63,6 +63,11 @@ def _open(source: DocumentSource):
         files = [str(p) for p in source.data_files]
         return datasets.load_dataset(source.dataset, data_files={source.split: files}, split=source.split,
                                      streaming=source.streaming)
+    from .hub import hub_reachable, offline_mode
+
+    if not offline_mode() and not hub_reachable():  # fail in seconds, not after minutes of retries
+        raise HarnessError(f"cannot load dataset '{source.dataset}' (split '{source.split}'): the Hugging Face hub "
+                           "is unreachable; " + _OFFLINE_HELP.format(ds=source.dataset))
     try:
         return datasets.load_dataset(source.dataset, source.subset, split=source.split, streaming=source.streaming,
                                      revision=source.revision)

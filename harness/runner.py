@@ -20,7 +20,7 @@ from typing import Any
 from .api import LoadedModel
 from .context import StageContext, StagePreempted, seed_everything
 from .env import environment_record
-from .errors import HarnessError
+from .errors import HarnessError, did_you_mean
 from .graph import Graph, Stage, build_graph
 from .plugins import Registry, load_registry
 from .store import atomic_write_json, atomic_write_text, read_json, to_json
@@ -43,6 +43,11 @@ class Runner:
         self.graph: Graph = build_graph(suite)
         self.show_progress = show_progress
         self.only = only
+        known = [s.id for s in self.graph.stages]
+        for stage_id in only or []:
+            if stage_id not in known:
+                raise HarnessError(f"{suite.path}: unknown stage '{stage_id}'{did_you_mean(stage_id, known)}; fix: "
+                                   f"use one of: {', '.join(known)}")
         self.stop_flag = [False]
         self._model: tuple[tuple[str, int], LoadedModel] | None = None
 

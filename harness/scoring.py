@@ -69,20 +69,20 @@ def score_windows(model: torch.nn.Module, windows: Sequence[Window], next_tokens
         start += len(group)
         ids = torch.full((len(group), width), pad_id, dtype=torch.long)
         targets = torch.full((len(group), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
         for row, i in enumerate(group):
             w = windows[i]
             n = len(w.ids)
             ids[row, :n] = torch.tensor(w.ids)
-            mask[row, :n] = 1
-            tgt = torch.tensor(_targets(w, next_tokens[i]))
-            targets[row, n - w.n_scored:n] = tgt[n - w.n_scored:]
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        nll = F.cross_entropy(logits.float().transpose(1, 2), targets.to(device), reduction="none", ignore_index=-100)
-        nll = nll.double().cpu()
-        for row, i in enumerate(group):
-            n = len(windows[i].ids)
-            out[i] = nll[row, n - windows[i].n_scored:n]
+            targets[row, n - w.n_scored:n] = torch.tensor(_targets(w, next_tokens[i])[n - w.n_scored:])
+        # No attention mask: padding is on the right and the model is causal, so no real token ever attends to a
+        # pad, and positions of real tokens are unchanged. The maskless path is the fast fused-causal kernel.
+        logits = model(input_ids=ids.to(device)).logits
+        scored = targets.to(device) != -100
+        # Cross-entropy only where a token is scored (not on pads or unscored context).
+        flat = F.cross_entropy(logits[scored].float(), targets.to(device)[scored], reduction="none").double().cpu()
+        counts = scored.sum(1).tolist()
+        for row, i, part in zip(range(len(group)), group, flat.split(counts)):
+            out[i] = part
     return out  # type: ignore[return-value]
 
 
@@ -96,3 +96,80 @@ def sequence_nll(model: torch.nn.Module, seq: Sequence[int], max_length: int, st
         nexts.append(seq[done])
     parts = score_windows(model, windows, nexts, batch_tokens, pad_id)
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+# -- continuation scoring of many candidate sequences (attacks) -----------------------------------------------------
+
+def _logits_tail_kwarg(model: torch.nn.Module) -> str | None:
+    """The forward keyword that limits logits to the last positions (saves the vocabulary projection elsewhere)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):  # transformers >= 4.50 | 4.45-4.49
+        if name in params:
+            return name
+    return None
+
+
+def _tail_logits(model: torch.nn.Module, ids: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits of the last ``keep`` positions of ``ids`` ([B, keep, V])."""
+    kwarg = _logits_tail_kwarg(model)
+    if kwarg is not None:
+        logits = model(input_ids=ids, **{kwarg: keep}).logits
+        if logits.shape[1] == keep:
+            return logits
+    return model(input_ids=ids).logits[:, ids.shape[1] - keep:]
+
+
+@torch.no_grad()
+def continuation_nll(model: torch.nn.Module, sequences: torch.Tensor | Sequence[Sequence[int]],
+                     n_scored: int | Sequence[int], batch_tokens: int = 16384, pad_id: int = 0) -> torch.Tensor:
+    """Mean NLL of the last ``n_scored`` tokens of each sequence (its continuation), given all tokens before them.
+
+    ``sequences`` is a ``[N, T]`` LongTensor (candidates of one length: no padding at all) or a list of token lists
+    of any lengths; ``n_scored`` is one count for all or one per sequence. Sequences are sorted by length and run in
+    chunks of at most ``batch_tokens`` tokens (the memory budget), right-padded; no attention mask is needed because
+    the model is causal and the pads come after every real token. Only the positions that predict a continuation
+    token are projected to the vocabulary. Returns a float64 CPU tensor ``[N]`` in input order; a sequence scores the
+    same alone or in a batch up to float summation order.
+    """
+    n = len(sequences)
+    if isinstance(sequences, torch.Tensor):
+        if sequences.dim() != 2:
+            raise ValueError(f"sequences must be a [N, T] tensor, got shape {tuple(sequences.shape)}")
+        lengths = [sequences.shape[1]] * n
+    else:
+        lengths = [len(s) for s in sequences]
+    counts = [n_scored] * n if isinstance(n_scored, int) else list(n_scored)
+    if len(counts) != n:
+        raise ValueError(f"{len(counts)} n_scored values for {n} sequences")
+    for length, k in zip(lengths, counts):
+        if not 1 <= k < length:
+            raise ValueError(f"n_scored must be in [1, len(sequence) - 1], got {k} for a sequence of {length} tokens")
+    device = next(model.parameters()).device
+    out = torch.empty(n, dtype=torch.float64)
+    order = sorted(range(n), key=lambda i: (-lengths[i], i))
+    start = 0
+    while start < n:
+        width = lengths[order[start]]
+        group = order[start:start + max(1, batch_tokens // width)]
+        start += len(group)
+        if isinstance(sequences, torch.Tensor):
+            ids = sequences[torch.tensor(group)]
+        else:
+            ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+            for row, i in enumerate(group):
+                ids[row, :lengths[i]] = torch.as_tensor(list(sequences[i]), dtype=torch.long)
+        lens = torch.tensor([lengths[i] for i in group])
+        ks = torch.tensor([counts[i] for i in group])
+        first = int((lens - ks - 1).min())  # the earliest position that predicts a continuation token
+        positions = torch.arange(first, width)
+        # Position p predicts token p + 1; it is scored when that token is in the row's continuation.
+        scored = (positions[None] >= (lens - ks - 1)[:, None]) & (positions[None] <= (lens - 2)[:, None])
+        targets = torch.cat([ids[:, first + 1:], torch.full((len(group), 1), pad_id, dtype=torch.long)], 1)
+        logits = _tail_logits(model, ids.to(device), width - first)
+        nll = F.cross_entropy(logits[scored.to(device)].float(), targets[scored].to(device), reduction="none")
+        rows = scored.nonzero()[:, 0]
+        sums = torch.zeros(len(group), dtype=torch.float64).index_add_(0, rows, nll.double().cpu())
+        out[torch.tensor(group)] = sums / ks.double()
+    return out

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 
 from harness import HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, hookimpl
+from harness.hub import cached_locally, hub_reachable, offline_mode
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -49,6 +50,9 @@ def files_fingerprint(directory: Path) -> str:
 
 def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
 
     ref = os.path.expanduser(config.path)
     local = _is_local(ref)
@@ -58,6 +62,10 @@ def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) ->
     if local and not any(Path(ref).glob("*.safetensors")):
         raise HarnessError(f"model '{name}': no safetensors weights in {ref}; fix: re-save the checkpoint with "
                            "`save_pretrained(..., safe_serialization=True)` (pickled .bin weights are not loaded)")
+    if not local and not cached_locally(ref, revision=config.revision) and (offline_mode() or not hub_reachable()):
+        why = "HF_HUB_OFFLINE is set" if offline_mode() else "the hub is unreachable"
+        raise HarnessError(f"model '{name}' (models.{name}.path): '{ref}' is not in the local Hugging Face cache and "
+                           f"{why}; {_offline_help(ref)}")
     dtype = "auto" if config.dtype == "auto" else DTYPES[config.dtype]
     device = torch.device(config.device) if config.device else ctx.torch_device()
     kwargs: dict[str, Any] = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
@@ -93,7 +101,7 @@ class HFCausalLM(ModelPlugin):
     Config = HFCausalLMConfig
 
     def load(self, ctx: StageContext) -> LoadedModel:
-        return load_hf_causal_lm(self.config, ctx, self.name)
+        return load_hf_causal_lm(self.config, ctx, ctx.stage.model)
 
     def cache_key(self) -> dict[str, Any]:
         key = self.config.model_dump(mode="json")

@@ -33,7 +33,7 @@ class PythiaTiny(ModelPlugin):
             raise HarnessError(f"pythia_tiny weights missing in {WEIGHTS_DIR}; fix: run "
                                "`python scripts/build_pythia_tiny.py` or restore the file from git")
         config = HFCausalLMConfig(path=str(WEIGHTS_DIR), dtype=self.config.dtype, device=self.config.device)
-        loaded = load_hf_causal_lm(config, ctx, self.name)
+        loaded = load_hf_causal_lm(config, ctx, ctx.stage.model)
         loaded.info["source"] = "pythia_tiny (shipped)"
         return loaded
 

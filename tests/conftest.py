@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "shakespeare"
+HARNESS = [sys.executable, "-m", "harness.cli"]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def write_suite(directory: Path, text: str, name: str = "suite.yaml") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(text).replace("@DATA@", str(DATA)))
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*HARNESS, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The shipped tiny default, loaded once per test session."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.api import LoadedModel
+    from harness_plugins.models.pythia_tiny import WEIGHTS_DIR
+
+    tok = AutoTokenizer.from_pretrained(WEIGHTS_DIR)
+    model = AutoModelForCausalLM.from_pretrained(WEIGHTS_DIR).eval()
+    return LoadedModel("tiny", model, tok)
