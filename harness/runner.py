@@ -49,7 +49,7 @@ class Runner:
                 raise HarnessError(f"{suite.path}: unknown stage '{stage_id}'{did_you_mean(stage_id, known)}; fix: "
                                    f"use one of: {', '.join(known)}")
         self.stop_flag = [False]
-        self._model: tuple[tuple[str, int], LoadedModel] | None = None
+        self._model: tuple[tuple[str, str | None], LoadedModel] | None = None
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def stage_dir(self, stage: Stage) -> Path:
@@ -79,14 +79,13 @@ class Runner:
     def load_model(self, name: str, seed: int) -> LoadedModel:
         """Load (or reuse) model entry ``name`` as it is for ``seed``; keeps one model in memory at a time."""
         entry = self.suite.models[name]
-        seeded = (name, seed) in self.graph.model_identity and self.graph.model_source.get((name, seed)) is not None
-        key = (name, seed if seeded else -1)
+        train_id = self.graph.model_source.get((name, seed))
+        key = (name, train_id)  # a model trained per seed is a different model for each seed
         if self._model is not None and self._model[0] == key:
             return self._model[1]
         self._model = None
         gc.collect()
         config = entry.config
-        train_id = self.graph.model_source.get((name, seed))
         if train_id is not None:
             stage = self.graph.by_id()[train_id]
             checkpoint = self.stage_dir(stage) / "checkpoint"
