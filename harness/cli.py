@@ -85,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 #: Modules that add subcommands with ``@command`` (imported when the parser is built, so start-up stays cheap).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["harness.cli_report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""The core's own hook implementations (registered like any plugin): it writes ``final_results.json``."""
+"""The core's own hook implementations (registered like any plugin): at the end of a run it writes
+``final_results.json`` and the rest of the report (see :mod:`harness.report`)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ def collect_results(run_dir: Path, stages: list[Any]) -> dict[str, Any]:
 
 @hookimpl
 def harness_run_finished(run_dir: Path, suite: Any, stages: list[Any]) -> None:
+    """The run's last step: the full report (aggregates, Table 7, plots, HTML) from the run directory."""
+    from .report import build_report
+
+    # The bare stage list first, so a failure while drawing the report still leaves the results in one file
+    # (`harness report RUN_DIR` redoes the rest).
     results = collect_results(run_dir, stages)
     results.update(suite=suite.name, mode=suite.mode, seeds=suite.seeds)
     atomic_write_json(run_dir / "final_results.json", results)
+    build_report(run_dir, suite.report)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from .config import PluginConfig
 from .errors import ConfigError, did_you_mean
@@ -46,11 +46,50 @@ RESERVED = {
 }
 
 
+class ReportMetric(PluginConfig):
+    """One metric of one metrics/attacks entry (``entry`` may also name the entry's plugin)."""
+
+    entry: str
+    metric: str
+
+
+class TableColumn(ReportMetric):
+    """A column of the paper's Table 7: ``label`` shows ``metric`` of ``entry`` times ``scale``."""
+
+    label: str
+    scale: float = 1.0
+    digits: int = Field(default=2, ge=0, le=8)
+
+
+#: The paper's Table 7: perplexity (Pile in the paper), HotFlip success and NLL increase, UAT NLL increase.
+TABLE7 = [
+    TableColumn(label="Perplexity", entry="perplexity", metric="perplexity", digits=2),
+    TableColumn(label="HotFlip success (%)", entry="hotflip", metric="success_rate", scale=100, digits=1),
+    TableColumn(label="HotFlip NLL incr. (%)", entry="hotflip", metric="mean_relative_increase", scale=100, digits=1),
+    TableColumn(label="UAT NLL incr. (%)", entry="uat", metric="mean_relative_increase", scale=100, digits=1),
+]
+
+
 class ReportConfig(PluginConfig):
     """Options of the run's final report (``report:`` in a suite)."""
 
-    #: Relative NLL increase above which an attack on an example counts as a success.
+    #: Relative NLL increase above which an attack on an example counts as a success (marked on the plots).
     success_threshold: float = 0.15
+    #: The reference model (e.g. the unconstrained one) and the models compared to it (default: all others).
+    baseline: str | None = None
+    compare: list[str] = Field(default_factory=list)
+    #: Rows are models; columns these metrics (mean ± std over seeds).
+    table7: list[TableColumn] = Field(default_factory=lambda: list(TABLE7))
+    #: Success indicator 1: relative perplexity gap of a compared model vs the baseline, target below this.
+    perplexity: ReportMetric = ReportMetric(entry="perplexity", metric="perplexity")
+    perplexity_gap_target: float = Field(default=0.15, gt=0)
+    #: Success indicator 2: relative reduction of this metric of every attack entry, target above this.
+    attack_metric: str = "success_rate"
+    attack_reduction_target: float = Field(default=0.40, gt=0, lt=1)
+    #: Bootstrap of the 95% intervals (over examples within a seed, and over seeds); seeded: reports reproduce.
+    bootstrap_samples: int = Field(default=2000, ge=100)
+    bootstrap_seed: int = 0
+    confidence: float = Field(default=0.95, gt=0, lt=1)
 
 
 @dataclass
@@ -296,6 +335,11 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
         report = ReportConfig.model_validate(report_raw)
     except ValidationError as exc:
         raise validation_error_line(exc, path, "report", "report", ReportConfig) from None
+    for key, names in (("report.baseline", [report.baseline] if report.baseline else []),
+                       ("report.compare", report.compare)):
+        _check_name_list(names, path, key, models, "model")
+    if report.compare and not report.baseline:
+        raise ConfigError(path, "report.compare", "models to compare need a baseline", "add `report.baseline: <model>`")
 
     out = Path(output_dir) if output_dir is not None else Path(resolved.get("output_dir", f"runs/{name}"))
     return Suite(path=path, name=name, mode=mode, seeds=seeds, device=device, output_dir=out.resolve(),

@@ -8,6 +8,12 @@ if command -v apt-get >/dev/null 2>&1; then
   need=""
   for pkg in git; do dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"; done
   if [ -n "$need" ]; then $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $need >/dev/null; fi
+  # The report's tests: headless Chromium renders the HTML report, pdflatex compiles Table 7 (~40 s, no recommends).
+  need=""
+  for pkg in chromium fonts-dejavu-core texlive-latex-base; do dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"; done
+  if [ -n "$need" ]; then
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
+  fi
 fi
 pip_quiet() {  # pip, printing its log only when it fails
   local log; log=$(mktemp)

@@ -1,0 +1,78 @@
+"""The run's report, regenerated from the run directory alone (``harness report RUN_DIR``; also the run's last step).
+
+Writes, into the run directory: ``final_results.json`` (every stage, every metric per model x seed, across-seed
+mean/std/95% interval, Table 7, the success indicators), ``experiment_summary.txt``, ``table7.tex`` and
+``table7.md``, ``plots/*.png`` and ``report.html`` (self-contained). Stages that did not finish are listed as
+missing and never contribute a number, so a partial run gives a partial, honest report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..store import atomic_write_json, atomic_write_text
+from ..suite import ReportConfig
+from .aggregate import aggregate, indicators, table7
+from .collect import RunData, load_run
+from .html import report_html
+from .plots import make_plots, transfer_matrix
+from .tables import latex_table7, markdown_table7, summary_text
+
+__all__ = ["Report", "build_report", "load_run"]
+
+
+@dataclass
+class Report:
+    run_dir: Path
+    results: dict[str, Any]
+    summary: str
+    files: dict[str, Path]
+
+
+def _stage_rows(run: RunData) -> list[dict[str, Any]]:
+    rows = []
+    for s in run.stages:
+        row = {"id": s.id, "section": s.section, "entry": s.entry, "plugin": s.plugin, "model": s.model,
+               "seed": s.seed, "deps": s.deps, "key": s.key,
+               "status": "done" if s.done else "missing", "detail": s.status}
+        if s.done:
+            row.update(metrics=s.metrics, duration_s=(s.result or {}).get("duration_s"))
+        else:
+            row["metrics"] = None
+        rows.append(row)
+    return rows
+
+
+def build_report(run_dir: str | Path, config: ReportConfig | None = None) -> Report:
+    """Aggregate ``run_dir`` and write every report file; ``config`` defaults to the run's own ``report:``."""
+    run = load_run(run_dir, config)
+    agg = aggregate(run)
+    table = table7(agg)
+    checks = indicators(agg)
+    transfer = transfer_matrix(agg)
+    generated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    plots = make_plots(agg, run.run_dir / "plots")
+    files = {"final_results": run.run_dir / "final_results.json",
+             "summary": run.run_dir / "experiment_summary.txt",
+             "table7_tex": run.run_dir / "table7.tex", "table7_md": run.run_dir / "table7.md",
+             "html": run.run_dir / "report.html"}
+    files.update({name: Path(info["path"]) for name, info in plots.items() if info["path"]})
+    results = {
+        "suite": run.suite, "mode": run.mode, "seeds": run.seeds, "models": run.models,
+        "generated": generated, "report_config": run.config.model_dump(mode="json"),
+        "complete": not run.missing, "missing": [{"id": s.id, "status": s.status} for s in run.missing],
+        "stages": _stage_rows(run),
+        "results": [g.as_dict() for g in agg.groups],
+        "table7": table, "indicators": checks, "transfer_matrix": transfer,
+        "plots": plots, "files": {k: str(v) for k, v in files.items()},
+    }
+    summary = summary_text(agg, table, checks)
+    atomic_write_json(files["final_results"], results)
+    atomic_write_text(files["summary"], summary)
+    atomic_write_text(files["table7_tex"], latex_table7(agg, table))
+    atomic_write_text(files["table7_md"], markdown_table7(table))
+    atomic_write_text(files["html"], report_html(agg, table, checks, plots, transfer, generated))
+    return Report(run.run_dir, results, summary, files)

@@ -1,0 +1,145 @@
+"""Read a run directory: the stages the run planned (``config.resolved.json``) and what each one left behind.
+
+A stage counts as done only when its ``done.json`` holds the stage's current cache key; anything else is missing
+(``incomplete`` when it started, ``not started`` otherwise) and never contributes a number. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ..errors import HarnessError
+from ..store import read_json
+from ..suite import ReportConfig
+
+
+@dataclass
+class StageData:
+    id: str
+    section: str
+    entry: str
+    plugin: str
+    model: str
+    seed: int | None  # None: the stage does not depend on the seed
+    key: str
+    deps: list[str]
+    dir: Path
+    status: str  # done | incomplete | not started
+    result: dict[str, Any] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return (self.result or {}).get("metrics") or {}
+
+    def scalars(self) -> dict[str, float | None]:
+        """The top-level numeric metrics (NaN/inf become None: measured but undefined)."""
+        out: dict[str, float | None] = {}
+        for name, value in self.metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[name] = float(value) if math.isfinite(value) else None
+        return out
+
+    @cached_property
+    def records(self) -> list[dict[str, Any]]:
+        """Per-example records (read-only: a torn last line from a killed process is skipped, not repaired)."""
+        path = self.dir / "records.jsonl"
+        if not path.exists():
+            return []
+        rows = []
+        with open(path, "rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break
+                try:
+                    rows.append(json.loads(raw))
+                except json.JSONDecodeError:
+                    break
+        return rows
+
+
+@dataclass
+class RunData:
+    run_dir: Path
+    suite: str
+    mode: str
+    seeds: list[int]
+    models: list[str]
+    stages: list[StageData]
+    config: ReportConfig
+    #: Entry configs by ``section.entry`` (from config.resolved.json), for captions and labels.
+    configs: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def evaluations(self) -> list[StageData]:
+        return [s for s in self.stages if s.section in ("metrics", "attacks")]
+
+    def entries(self) -> list[tuple[str, str, str]]:
+        """(section, entry, plugin) of every metrics/attacks entry, in suite order."""
+        seen: dict[tuple[str, str], str] = {}
+        for s in self.evaluations():
+            seen.setdefault((s.section, s.entry), s.plugin)
+        return [(sec, entry, plugin) for (sec, entry), plugin in seen.items()]
+
+    def resolve_entry(self, name: str) -> str | None:
+        """An entry name, or the single entry that uses a plugin of that name (``hotflip`` -> ``hotflip_top10``)."""
+        entries = self.entries()
+        if any(e == name for _, e, _ in entries):
+            return name
+        by_plugin = [e for _, e, p in entries if p == name]
+        return by_plugin[0] if len(by_plugin) == 1 else None
+
+    @property
+    def missing(self) -> list[StageData]:
+        return [s for s in self.stages if not s.done]
+
+
+def load_run(run_dir: str | Path, config: ReportConfig | None = None) -> RunData:
+    """Everything the report needs from ``run_dir``; ``config`` defaults to the suite's ``report:`` of that run."""
+    run_dir = Path(run_dir).resolve()
+    resolved_path = run_dir / "config.resolved.json"
+    if not resolved_path.exists():
+        raise HarnessError(f"{run_dir}: no config.resolved.json, so this is not a harness run directory; fix: pass "
+                           "the directory that `harness run` printed (or its --out)")
+    resolved = read_json(resolved_path)
+    suite = resolved.get("suite") or {}
+    if config is None:
+        from pydantic import ValidationError
+
+        from ..suite import validation_error_line
+
+        try:
+            config = ReportConfig.model_validate(suite.get("report") or {})
+        except ValidationError as exc:
+            raise validation_error_line(exc, resolved_path, "suite.report", "report", ReportConfig) from None
+    stages = []
+    for st in resolved.get("stages", []):
+        sdir = run_dir / "stages" / st["id"]
+        status, result = "not started", None
+        try:
+            done = read_json(sdir / "done.json") if (sdir / "done.json").exists() else None
+        except (OSError, ValueError):
+            done = None
+        if done is not None and done.get("key") == st["key"] and (sdir / "result.json").exists():
+            status, result = "done", read_json(sdir / "result.json")
+        elif sdir.exists():
+            status = "incomplete"
+        stages.append(StageData(id=st["id"], section=st["section"], entry=st["entry"], plugin=st["plugin"],
+                                model=st["model"], seed=st.get("seed"), key=st["key"], deps=st.get("deps", []),
+                                dir=sdir, status=status, result=result))
+    env_path = run_dir / "environment.json"
+    environment = read_json(env_path) if env_path.exists() else {}
+    models = [m for m, opts in (suite.get("models") or {}).items()
+              if not (isinstance(opts, dict) and opts.get("enabled") is False)]
+    models = models or list(dict.fromkeys(s.model for s in stages))
+    return RunData(run_dir=run_dir, suite=suite.get("name", run_dir.name), mode=resolved.get("mode", "?"),
+                   seeds=resolved.get("seeds", []), models=models, stages=stages, config=config,
+                   configs=resolved.get("configs", {}), environment=environment)

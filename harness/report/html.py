@@ -1,0 +1,139 @@
+"""The self-contained HTML report: one file, figures embedded as base64 PNGs, no scripts, no external resources."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+from .aggregate import Aggregate
+from .tables import _cell_text, _notes, fmt
+
+STYLE = """
+body { font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1200px;
+       color: #222; line-height: 1.4; padding: 0 16px; }
+h1 { font-size: 1.6em; border-bottom: 2px solid #345; padding-bottom: 6px; }
+h2 { font-size: 1.25em; margin-top: 1.8em; color: #234; }
+h3 { font-size: 1.05em; margin-bottom: 4px; }
+table { border-collapse: collapse; margin: 8px 0 12px 0; font-size: 0.92em; }
+th, td { border: 1px solid #bbb; padding: 4px 9px; text-align: right; }
+th { background: #e8eef4; } td:first-child, th:first-child { text-align: left; }
+.met { background: #d8f3dc; } .notmet { background: #fde2e1; } .na { background: #eee; color: #555; }
+.missing { color: #a33; font-weight: bold; }
+.meta { color: #555; font-size: 0.9em; } .note { color: #555; font-size: 0.88em; }
+figure { margin: 14px 0; } figcaption { font-size: 0.9em; color: #444; }
+img { max-width: 100%; border: 1px solid #ddd; }
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
+    out = ["<table>", "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>"]
+    for i, row in enumerate(rows):
+        cls = f' class="{classes[i]}"' if classes and classes[i] else ""
+        out.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _indicators_html(indicators: list[dict[str, Any]]) -> str:
+    rows, classes = [], []
+    for item in indicators:
+        value = f"{item['value']:.1%}" if "value" in item else "&mdash;"
+        ci = item.get("ci95")
+        rows.append([_e(item["indicator"]), _e(item.get("model", "")), _e(item.get("baseline", "")),
+                     _e(f"{item.get('entry')}.{item.get('metric')}" if item.get("entry") else ""), value,
+                     _e(f"[{ci[0]:.1%}, {ci[1]:.1%}]") if ci else "", _e(item["target"]),
+                     f"<b>{_e(item['status'])}</b>", _e(item.get("detail", ""))])
+        classes.append({"met": "met", "not met": "notmet"}.get(item["status"], "na"))
+    return _table(["indicator", "model", "baseline", "metric", "value", "95% CI", "target", "status", "note"],
+                  rows, classes)
+
+
+def _table7_html(table: dict[str, Any]) -> str:
+    cols = table["columns"]
+    rows = []
+    for row in table["rows"]:
+        cells = []
+        for c, col in zip(row["cells"], cols):
+            text = _e(_cell_text(c, col["digits"], " ± ", " †"))
+            cells.append(text if c["status"] == "done" else f'<span class="missing" title="{_e(c["status"])}">{text}</span>')
+        rows.append([_e(row["model"] + (" (baseline)" if row["baseline"] else ""))] + cells)
+    return _table(["Model"] + [c["label"] for c in cols], rows) + f'<p class="note">{_e(" ".join(_notes(table)))}</p>'
+
+
+def _metrics_html(agg: Aggregate) -> str:
+    parts = []
+    for g in agg.groups:
+        if not g.across and not g.missing:
+            continue
+        seeds = list(g.per_seed)
+        rows = []
+        for metric, s in g.across.items():
+            per_seed = [fmt(s.values[k], 4) if k in s.values else '<span class="missing">missing</span>'
+                        for k in seeds]
+            rows.append([_e(metric), _e(f"{s.mean:.4g}" if s.mean is not None else "n/a"),
+                         _e(f"{s.std:.3g}" if s.std is not None else ""),
+                         _e(f"[{s.ci[0]:.4g}, {s.ci[1]:.4g}]" if s.ci else ""), _e(s.ci_method or ""), str(s.n)]
+                        + per_seed)
+        missing = "".join(f'<p class="missing">missing: {_e(s.id)} ({_e(s.status)})</p>' for s in g.missing)
+        where = "from" if g.section == "train" else "on"
+        parts.append(f"<h3>{_e(g.section)}.{_e(g.entry)} [{_e(g.plugin)}] {where} {_e(g.model)}</h3>"
+                     + (_table(["metric", "mean", "std", "95% CI", "interval from", "n"]
+                               + [f"seed {k}" for k in seeds], rows) if rows else "") + missing)
+    return "\n".join(parts)
+
+
+def _transfer_html(tm: dict[str, Any] | None) -> str:
+    if tm is None:
+        return ""
+    rows = [[_e(src)] + [fmt(v, 3) if v is not None else '<span class="missing">missing</span>' for v in row]
+            for src, row in zip(tm["sources"], tm["values"])]
+    return (f"<h2>Transfer matrix ({_e(tm['metric'])}; rows: trigger source, columns: evaluated model)</h2>"
+            + _table(["source \\ target"] + tm["targets"], rows))
+
+
+def _figures_html(plots: dict[str, dict[str, Any]]) -> str:
+    parts = []
+    for name, info in plots.items():
+        if info["path"] is None:
+            continue
+        data = base64.b64encode(Path(info["path"]).read_bytes()).decode("ascii")
+        parts.append(f'<figure><img alt="{_e(info["title"])}" src="data:image/png;base64,{data}">'
+                     f"<figcaption>{_e(info['title'])} ({_e(name)})</figcaption></figure>")
+    skipped = [info["title"] for info in plots.values() if info["path"] is None]
+    if skipped:
+        parts.append(f'<p class="note">Not drawn (no data in this run): {_e(", ".join(skipped))}.</p>')
+    return "\n".join(parts)
+
+
+def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]],
+                plots: dict[str, dict[str, Any]], transfer: dict[str, Any] | None, generated: str) -> str:
+    run = agg.run
+    env = run.environment
+    pkgs = env.get("packages") or {}
+    env_line = ", ".join(f"{k} {v}" for k, v in pkgs.items() if v and k in ("harness", "torch", "transformers",
+                                                                             "lm_eval", "datasets"))
+    done = sum(s.done for s in run.stages)
+    missing = "".join(f"<li><b>{_e(s.id)}</b>: {_e(s.status)}</li>" for s in run.missing)
+    body = [
+        f"<h1>Robustness report: {_e(run.suite)}</h1>",
+        f'<p class="meta">Mode <b>{_e(run.mode)}</b>; seeds {_e(run.seeds)}; {done} of {len(run.stages)} stages '
+        f"finished; run directory <code>{_e(run.run_dir)}</code>; report generated {_e(generated)}."
+        + (f"<br>Environment: python {_e(env.get('python'))}, {_e(env_line)}; "
+           f"{_e(env.get('platform', ''))}." if env else "") + "</p>",
+        "<h2>Success indicators</h2>", _indicators_html(indicators),
+        "<h2>Table 7</h2>", _table7_html(table),
+        "<h2>Figures</h2>", _figures_html(plots),
+        _transfer_html(transfer),
+        "<h2>All metrics (mean over seeds, sample std, bootstrap interval)</h2>", _metrics_html(agg),
+        "<h2>Missing stages</h2>",
+        f"<ul>{missing}</ul>" if missing else "<p>None: every stage of the run finished.</p>",
+    ]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_e(run.suite)}: robustness report</title><style>{STYLE}</style></head>\n<body>\n"
+            + "\n".join(body) + "\n</body></html>\n")

@@ -1,0 +1,125 @@
+"""Text outputs: Table 7 as LaTeX (the body of a ``table`` environment) and Markdown, and the plain summary."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .aggregate import Aggregate, Group, compared_models
+
+MISSING_MARK = {"not in suite": "n/r", "not run": "n/r", "missing": "--", "no value": "--"}
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], str(text))
+
+
+def fmt(value: float | None, digits: int) -> str:
+    if value is None:
+        return "n/a"
+    if abs(value) >= 10 ** 6:
+        return f"{value:.{max(digits, 1)}e}"
+    return f"{value:.{digits}f}"
+
+
+def _cell_text(cell: dict[str, Any], digits: int, pm: str, dagger: str) -> str:
+    if cell["status"] != "done":
+        return MISSING_MARK[cell["status"]]
+    text = fmt(cell["mean"], digits)
+    if cell["std"] is not None:
+        text += f"{pm}{fmt(cell['std'], digits)}"
+    return text + (dagger if cell["partial"] else "")
+
+
+def _notes(table: dict[str, Any]) -> list[str]:
+    statuses = {c["status"] for r in table["rows"] for c in r["cells"]}
+    partial = any(c.get("partial") for r in table["rows"] for c in r["cells"])
+    notes = [f"Mean ± std over {table['n_seeds']} seed{'s' if table['n_seeds'] != 1 else ''} "
+             "(std only where at least 2 seeds finished)."]
+    if statuses & {"missing", "no value"}:
+        notes.append("--: the stage did not finish (missing, not zero).")
+    if statuses & {"not run", "not in suite"}:
+        notes.append("n/r: not run in this suite.")
+    if partial:
+        notes.append("†: fewer seeds finished than the suite ran.")
+    return notes
+
+
+def latex_table7(agg: Aggregate, table: dict[str, Any]) -> str:
+    """The body of a LaTeX ``table`` environment (no packages needed): ``\\begin{table}\\input{table7}\\end{table}``."""
+    run = agg.run
+    cols = table["columns"]
+    lines = [f"% Table 7 of suite '{run.suite}' ({run.mode} mode, seeds {run.seeds}), written by `harness report`",
+             f"% from the measured results in {run.run_dir}.",
+             r"\centering",
+             r"\caption{" + latex_escape("Perplexity and adversarial robustness per model. " + " ".join(_notes(table)))
+             .replace("±", r"$\pm$").replace("†", r"$^\dagger$") + "}",
+             r"\label{tab:table7}",
+             r"\begin{tabular}{l" + "r" * len(cols) + "}",
+             r"\hline",
+             " & ".join(["Model"] + [latex_escape(c["label"]) for c in cols]) + r" \\",
+             r"\hline"]
+    for row in table["rows"]:
+        name = latex_escape(row["model"]) + (" (baseline)" if row["baseline"] else "")
+        cells = [_cell_text(c, col["digits"], r" $\pm$ ", r"$^\dagger$") for c, col in zip(row["cells"], cols)]
+        lines.append(" & ".join([name] + cells) + r" \\")
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table7(table: dict[str, Any]) -> str:
+    cols = table["columns"]
+    lines = ["| " + " | ".join(["Model"] + [c["label"] for c in cols]) + " |",
+             "|" + "---|" + "---:|" * len(cols)]
+    for row in table["rows"]:
+        name = row["model"] + (" (baseline)" if row["baseline"] else "")
+        cells = [_cell_text(c, col["digits"], " ± ", " †") for c, col in zip(row["cells"], cols)]
+        lines.append("| " + " | ".join([name] + cells) + " |")
+    return "\n".join(lines) + "\n\n" + " ".join(_notes(table)) + "\n"
+
+
+def indicator_line(item: dict[str, Any]) -> str:
+    who = f" ({item['model']} vs {item['baseline']}, {item.get('entry')}.{item.get('metric')})" if "model" in item else ""
+    if "value" in item:
+        ci = item.get("ci95")
+        ci_text = f", 95% CI [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else ""
+        return (f"{item['indicator']}{who}: {item['value']:.1%} (target {item['target']}{ci_text}; baseline "
+                f"{item['baseline_value']:.4g}, model {item['model_value']:.4g}) -> {item['status'].upper()}")
+    return f"{item['indicator']}{who}: {item['status']} (target {item['target']}): {item.get('detail', '')}"
+
+
+def metric_line(group: Group, metric: str) -> str:
+    s = group.across[metric]
+    if s.mean is None:
+        return f"    {metric:<44} n/a"
+    std = f" ± {s.std:.4g}" if s.std is not None else ""
+    ci = f"  95% CI [{s.ci[0]:.4g}, {s.ci[1]:.4g}] ({s.ci_method})" if s.ci else ""
+    return f"    {metric:<44} {s.mean:.4g}{std}  (n={s.n}){ci}"
+
+
+def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]]) -> str:
+    run = agg.run
+    n_done = sum(s.done for s in run.stages)
+    out = [f"Experiment summary: suite '{run.suite}' ({run.mode} mode), seeds {run.seeds}",
+           f"Run directory: {run.run_dir}",
+           f"Stages: {n_done} of {len(run.stages)} finished" + (f"; {len(run.missing)} missing" if run.missing else ""),
+           ""]
+    if run.config.baseline:
+        out.append(f"Baseline: {run.config.baseline}; compared: {', '.join(compared_models(run)) or '(none)'}")
+    out += ["Success indicators (computed from this run):"] + [f"  - {indicator_line(i)}" for i in indicators]
+    out += ["", "Table 7 (mean ± std over seeds):", markdown_table7(table)]
+    out.append("All metrics (mean ± std over seeds, n = seeds that finished; 95% bootstrap interval):")
+    for g in agg.groups:
+        if not g.across and not g.missing:
+            continue
+        out.append(f"  {g.section}.{g.entry} [{g.plugin}] {'from' if g.section == 'train' else 'on'} {g.model}:")
+        for metric in g.across:
+            out.append(metric_line(g, metric))
+        for s in g.missing:
+            out.append(f"    MISSING {s.id} ({s.status})")
+    if run.missing:
+        out += ["", "Missing stages (shown as missing, never as numbers):"]
+        out += [f"  - {s.id}: {s.status}" for s in run.missing]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,394 @@
+"""The report: aggregation math on known inputs, partial runs, Table 7 (LaTeX compiled when a TeX engine is
+installed), the self-contained HTML, the CLI, and a real run through the runner."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import HarnessError
+from harness.cli import main as cli_main
+from harness.report import build_report
+from harness.report.stats import (across_seeds_bootstrap, bootstrap_examples, example_columns, mean_std,
+                                  percentile_interval, rng_for)
+from harness.report.tables import latex_escape
+from harness.runner import Runner
+from harness.store import atomic_write_json, read_json
+from harness.suite import load_suite
+
+from .conftest import write_suite
+
+SEEDS = [1, 2, 3]
+MODELS = ["base", "mono_ffn"]
+# Relative NLL increases are drawn uniformly from [0, high): the monotonic model resists HotFlip much better.
+ATTACK_HIGH = {("hotflip", "base"): 0.5, ("hotflip", "mono_ffn"): 0.2, ("uat", "base"): 0.3, ("uat", "mono_ffn"): 0.25}
+THRESHOLD = 0.15
+
+
+# -- a run directory written by hand from known inputs ----------------------------------------------------------------
+
+def perplexity_stage(rng: np.random.Generator, scale: float) -> tuple[dict, list[dict]]:
+    records = [{"id": f"doc-{i}", "tokens": int(t), "nll_sum": float(t * rng.uniform(2.0, 3.0) * scale)}
+               for i, t in enumerate(rng.integers(50, 200, size=12))]
+    nll, tok = sum(r["nll_sum"] for r in records), sum(r["tokens"] for r in records)
+    return {"perplexity": math.exp(nll / tok), "mean_nll": nll / tok, "tokens": tok, "documents": len(records)}, records
+
+
+def attack_stage(rng: np.random.Generator, high: float) -> tuple[dict, list[dict]]:
+    records = []
+    for i in range(40):
+        before = float(rng.uniform(2, 4))
+        rel = float(rng.uniform(0, high))
+        records.append({"id": f"ex-{i}", "nll_before": before, "nll_after": before * (1 + rel),
+                        "relative_increase": rel, "success": rel > THRESHOLD})
+    rel = [r["relative_increase"] for r in records]
+    thresholds = [0.0, 0.1, 0.2, 0.3]
+    return {"success_rate": float(np.mean([x > THRESHOLD for x in rel])), "threshold": THRESHOLD,
+            "mean_relative_increase": float(np.mean(rel)), "median_relative_increase": float(np.median(rel)),
+            "mean_nll_before": float(np.mean([r["nll_before"] for r in records])),
+            "mean_nll_after": float(np.mean([r["nll_after"] for r in records])), "n_examples": len(records),
+            "mean_queries": 1.0,
+            "success_curve": {"thresholds": thresholds, "success_rate": [float(np.mean([x > t for x in rel]))
+                                                                         for t in thresholds]}}, records
+
+
+def make_run(root: Path, *, not_started=(), incomplete=(), stale=(), report: dict | None = None) -> tuple[Path, dict]:
+    """A run of 2 models x 3 seeds: training, perplexity, HotFlip, UAT and a transfer row. Returns the run
+    directory and the metrics written, by stage id."""
+    rng = np.random.default_rng(7)
+    stages, written = [], {}
+
+    def add(stage_id, section, entry, plugin, model, seed, metrics, records, deps=()):
+        info = {"id": stage_id, "section": section, "entry": entry, "plugin": plugin, "model": model, "seed": seed,
+                "deps": list(deps), "key": f"key-{stage_id}"}
+        stages.append(info)
+        if stage_id in not_started:
+            return
+        sdir = root / "stages" / stage_id
+        sdir.mkdir(parents=True)
+        with open(sdir / "records.jsonl", "w") as f:
+            for r in records[: len(records) // 2 if stage_id in incomplete else None]:
+                f.write(json.dumps(r) + "\n")
+        if stage_id in incomplete:
+            return
+        atomic_write_json(sdir / "result.json", {"stage": info, "config": {}, "model_info": {}, "metrics": metrics,
+                                                 "duration_s": 1.0})
+        atomic_write_json(sdir / "done.json", {"key": "an-older-key" if stage_id in stale else info["key"]})
+        written[stage_id] = metrics
+
+    for seed in SEEDS:
+        rows = [{"step": s, "loss": 5.0 / (1 + s / 10) + seed * 0.01, "lr": 1e-3, "tokens_seen": 512 * s,
+                 "tokens_per_s": 1000.0} for s in range(0, 50, 5)]
+        rows += [{"step": s, "val_perplexity": 80.0 / (1 + s / 20)} for s in (0, 25, 49)]
+        add(f"train/monotonic/s{seed}", "train", "monotonic", "monotonic", "base", seed,
+            {"final_loss": rows[9]["loss"], "steps": 50}, rows)
+    metrics, records = perplexity_stage(rng, 1.0)
+    add("metrics/perplexity/base", "metrics", "perplexity", "perplexity", "base", None, metrics, records)
+    for seed in SEEDS:
+        metrics, records = perplexity_stage(rng, 1.1)
+        add(f"metrics/perplexity/mono_ffn/s{seed}", "metrics", "perplexity", "perplexity", "mono_ffn", seed,
+            metrics, records, deps=[f"train/monotonic/s{seed}"])
+    for entry in ("hotflip", "uat"):
+        for model in MODELS:
+            for seed in SEEDS:
+                metrics, records = attack_stage(rng, ATTACK_HIGH[(entry, model)])
+                add(f"attacks/{entry}/{model}/s{seed}", "attacks", entry, entry, model, seed, metrics, records)
+    for model in MODELS:
+        for seed in SEEDS:
+            row = {src: {"success_rate": float(rng.uniform(0.1, 0.6)), "mean_relative_increase": 0.1}
+                   for src in MODELS}
+            add(f"attacks/uat_transfer/{model}/s{seed}", "attacks", "uat_transfer", "uat_transfer", model, seed,
+                {"success_rate": 0.3, "transfer": row}, [], deps=[f"attacks/uat/{m}/s{seed}" for m in MODELS])
+    report = {"baseline": "base", "compare": ["mono_ffn"]} if report is None else report
+    suite = {"name": "fake", "models": {m: {"plugin": "pythia_tiny"} for m in MODELS}, "report": report}
+    atomic_write_json(root / "config.resolved.json", {"mode": "quick", "suite": suite, "seeds": SEEDS,
+                                                      "configs": {}, "stages": stages})
+    return root, written
+
+
+def group(results: dict, entry: str, model: str) -> dict:
+    return next(g for g in results["results"] if g["entry"] == entry and g["model"] == model)
+
+
+def cell(results: dict, model: str, label: str) -> dict:
+    col = [c["label"] for c in results["table7"]["columns"]].index(label)
+    return next(r for r in results["table7"]["rows"] if r["model"] == model)["cells"][col]
+
+
+# -- statistics on known inputs ---------------------------------------------------------------------------------------
+
+def test_mean_std_and_intervals_on_known_inputs():
+    values = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]
+    mean, std = mean_std(values)
+    assert mean == 5.0 and std == pytest.approx(statistics.stdev(values))  # n - 1 in the denominator
+    assert mean_std([3.0]) == (3.0, None) and mean_std([]) == (None, None)
+    assert percentile_interval(np.arange(1001.0), 0.95) == pytest.approx((25.0, 975.0))
+
+    # Over examples: the bootstrap interval of a mean agrees with the normal-theory one (mean ± 1.96 s / sqrt(n)).
+    x = np.random.default_rng(0).normal(10.0, 2.0, size=400)
+    found = example_columns("mean_relative_increase", [{"relative_increase": v} for v in x])
+    reps = bootstrap_examples(*found, 4000, rng_for(0, "t"))
+    lo, hi = percentile_interval(reps, 0.95)
+    half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))
+    assert lo == pytest.approx(x.mean() - half, abs=0.1 * half) and hi == pytest.approx(x.mean() + half, abs=0.1 * half)
+    assert np.array_equal(reps, bootstrap_examples(*found, 4000, rng_for(0, "t")))  # seeded: reproducible
+    assert not np.array_equal(reps, bootstrap_examples(*found, 4000, rng_for(1, "t")))
+
+
+def test_across_seed_intervals():
+    rng = rng_for(0, "seeds")
+    reps, method = across_seeds_bootstrap([1.0, 2.0, 3.0], [None, None, None], 2000, rng)
+    lo, hi = percentile_interval(reps, 0.95)
+    assert method == "bootstrap over seeds" and 1.0 <= lo < 2.0 < hi <= 3.0
+    assert across_seeds_bootstrap([1.0], [None], 2000, rng) == (None, None)  # one seed, no records: no interval
+    within = [np.random.default_rng(i).normal(v, 0.5, 2000) for i, v in enumerate([1.0, 2.0, 3.0])]
+    reps2, method2 = across_seeds_bootstrap([1.0, 2.0, 3.0], within, 2000, rng)
+    lo2, hi2 = percentile_interval(reps2, 0.95)
+    assert method2 == "bootstrap over seeds and examples" and hi2 - lo2 > hi - lo  # both sources of variation
+    single, method1 = across_seeds_bootstrap([1.0], within[:1], 2000, rng)
+    assert method1 == "bootstrap over examples" and np.array_equal(single, within[0])
+
+
+def test_example_statistics_follow_the_plugins_definitions():
+    recs = [{"id": "a", "tokens": 10, "nll_sum": 20.0}, {"id": "b", "tokens": 30, "nll_sum": 30.0}]
+    stat, cols = example_columns("perplexity", recs)
+    assert float(stat.compute({k: v[None] for k, v in cols.items()})[0]) == pytest.approx(math.exp(50 / 40))
+    lm = [{"task": "t1", "acc": 1.0}, {"task": "t1", "acc": 0.0}, {"task": "t1", "acc": 1.0}, {"task": "t2", "acc": 0.0}]
+    stat, cols = example_columns("t1/acc", lm)
+    assert float(stat.compute({k: v[None] for k, v in cols.items()})[0]) == pytest.approx(2 / 3)
+    assert example_columns("t1/acc_stderr", lm) is None and example_columns("tokens", recs) is None
+    assert example_columns("success_rate", recs) is None  # records of another kind
+
+
+# -- the report of a complete run -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    run, written = make_run(tmp_path_factory.mktemp("full"))
+    return build_report(run), written
+
+
+def test_aggregates_match_the_stage_results(full_report):
+    report, written = full_report
+    res = report.results
+    assert res["complete"] and res["missing"] == []
+    ppl = [written[f"metrics/perplexity/mono_ffn/s{s}"]["perplexity"] for s in SEEDS]
+    agg = group(res, "perplexity", "mono_ffn")["across_seeds"]["perplexity"]
+    assert agg["mean"] == pytest.approx(np.mean(ppl)) and agg["std"] == pytest.approx(statistics.stdev(ppl))
+    assert agg["n"] == 3 and agg["ci_method"] == "bootstrap over seeds and examples"
+    assert agg["ci95"][0] < agg["mean"] < agg["ci95"][1]
+    base = group(res, "perplexity", "base")
+    assert base["across_seeds"]["perplexity"]["n"] == 1 and base["across_seeds"]["perplexity"]["std"] is None
+    assert list(base["per_seed"]) == ["unseeded"]
+    assert base["per_seed"]["unseeded"]["ci95"]["perplexity"][0] < written["metrics/perplexity/base"]["perplexity"]
+
+    # Table 7: HotFlip success in percent, mean ± std over the three seeds.
+    sr = [written[f"attacks/hotflip/mono_ffn/s{s}"]["success_rate"] for s in SEEDS]
+    c = cell(res, "mono_ffn", "HotFlip success (%)")
+    assert c["mean"] == pytest.approx(100 * np.mean(sr)) and c["std"] == pytest.approx(100 * statistics.stdev(sr))
+    assert c["n"] == 3 and not c["partial"]
+    assert [r["model"] for r in res["table7"]["rows"]] == ["base", "mono_ffn"] and res["table7"]["rows"][0]["baseline"]
+
+    # Success indicators: computed from the means, judged against the targets.
+    ind = {(i["indicator"], i.get("entry")): i for i in res["indicators"]}
+    gap = ind[("perplexity gap vs baseline", "perplexity")]
+    assert gap["value"] == pytest.approx(np.mean(ppl) / written["metrics/perplexity/base"]["perplexity"] - 1)
+    assert gap["status"] == ("met" if gap["value"] < 0.15 else "not met")
+    for entry in ("hotflip", "uat"):
+        red = ind[("attack-success reduction", entry)]
+        base_sr = np.mean([written[f"attacks/{entry}/base/s{s}"]["success_rate"] for s in SEEDS])
+        mono_sr = np.mean([written[f"attacks/{entry}/mono_ffn/s{s}"]["success_rate"] for s in SEEDS])
+        assert red["value"] == pytest.approx(1 - mono_sr / base_sr)
+        assert red["met"] == (red["value"] > 0.40) and red["ci95"][0] < red["value"] < red["ci95"][1]
+    assert ind[("attack-success reduction", "hotflip")]["status"] == "met"  # uniform [0, .5) vs [0, .2)
+    assert ind[("attack-success reduction", "uat")]["status"] == "not met"  # [0, .3) vs [0, .25)
+    assert ("attack-success reduction", "uat_transfer") not in ind
+
+    tm = res["transfer_matrix"]
+    assert tm["sources"] == MODELS and tm["targets"] == MODELS
+    expect = np.mean([written[f"attacks/uat_transfer/mono_ffn/s{s}"]["transfer"]["base"]["success_rate"] for s in SEEDS])
+    assert tm["values"][0][1] == pytest.approx(expect)
+
+
+def test_every_output_file_and_plot_is_written(full_report):
+    report, _ = full_report
+    for name in ("final_results", "summary", "table7_tex", "table7_md", "html"):
+        assert report.files[name].stat().st_size > 200
+    made = {n for n, info in report.results["plots"].items() if info["path"]}
+    assert made == {"perplexity.png", "attack_success_curve.png", "relative_nll_increase.png", "training_curves.png",
+                    "transfer_matrix.png"}  # no lm_eval stage in this run
+    for name in made:
+        assert report.files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = report.summary
+    assert "attack-success reduction (mono_ffn vs base, hotflip.success_rate)" in summary and "-> MET" in summary
+
+
+def test_report_is_reproducible(full_report, tmp_path):
+    report, _ = full_report
+    again = build_report(report.run_dir)
+    strip = lambda r: {k: v for k, v in r.items() if k != "generated"}  # noqa: E731
+    assert strip(again.results) == strip(report.results)
+    assert again.files["perplexity.png"].read_bytes() == report.files["perplexity.png"].read_bytes()
+
+
+def test_html_is_self_contained(full_report):
+    report, _ = full_report
+    text = report.files["html"].read_text()
+    assert "<script" not in text and "<link" not in text
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", text)
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert len(images) == sum(1 for i in report.results["plots"].values() if i["path"])
+    assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
+    assert "Table 7" in text and "mono_ffn" in text and "Success indicators" in text
+
+
+# -- Table 7 in LaTeX and Markdown -------------------------------------------------------------------------------------
+
+def test_latex_escaping():
+    assert latex_escape("pythia_1.4b & 50% #1") == r"pythia\_1.4b \& 50\% \#1"
+    assert latex_escape(r"a\b{c}") == r"a\textbackslash{}b\{c\}"
+
+
+def _check_latex_structure(tex: str, n_cols: int) -> None:
+    body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
+    unescaped = re.sub(r"\\[{}]", "", body)
+    assert unescaped.count("{") == unescaped.count("}")
+    assert re.findall(r"\\begin\{(\w+)\}", body) == re.findall(r"\\end\{(\w+)\}", body)[::-1]
+    assert re.search(r"\\begin\{tabular\}\{l" + "r" * n_cols + "}", body)
+    rows = [line for line in body.splitlines() if line.endswith(r"\\")]
+    assert len(rows) == 3  # header + 2 models
+    assert all(len(re.findall(r"(?<!\\)&", row)) == n_cols for row in rows)
+    assert not re.search(r"(?<!\\)[_%#]", re.sub(r"\\(label|begin|end)\{[^}]*\}", "", body))
+
+
+def test_latex_table_compiles_inside_a_table_environment(full_report, tmp_path):
+    report, _ = full_report
+    tex = report.files["table7_tex"].read_text()
+    _check_latex_structure(tex, len(report.results["table7"]["columns"]))
+    assert r"mono\_ffn" in tex and r"$\pm$" in tex
+    pdflatex = shutil.which("pdflatex")
+    if pdflatex is None:
+        pytest.skip("pdflatex not installed (scripts/setup.sh installs texlive-latex-base); structure checked only")
+    shutil.copy(report.files["table7_tex"], tmp_path / "table7.tex")
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\begin{document}\n"
+                                      "\\begin{table}\n\\input{table7}\n\\end{table}\n\\end{document}\n")
+    proc = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 1000
+    log = (tmp_path / "doc.log").read_text(errors="replace")
+    assert "Overfull" not in log or "table" in log  # a warning at most, never an error
+    assert "! " not in log
+
+
+def test_markdown_table(full_report):
+    report, written = full_report
+    md = report.files["table7_md"].read_text().splitlines()
+    assert md[0].startswith("| Model | Perplexity | HotFlip success (%)")
+    base_ppl = written["metrics/perplexity/base"]["perplexity"]
+    assert md[2].startswith(f"| base (baseline) | {base_ppl:.2f} |")  # one unseeded stage: no ± std
+    assert " ± " in md[3]
+
+
+# -- partial runs, and suites without a baseline ----------------------------------------------------------------------
+
+def test_partial_run_shows_missing_never_zero(tmp_path):
+    not_started = {"attacks/uat/mono_ffn/s3"}
+    incomplete = {"attacks/hotflip/mono_ffn/s2"}
+    stale = {"metrics/perplexity/base"}  # done.json of an older config: not this stage's result
+    run, written = make_run(tmp_path / "run", not_started=not_started, incomplete=incomplete, stale=stale)
+    report = build_report(run)
+    res = report.results
+    missing = not_started | incomplete | stale
+    assert {m["id"] for m in res["missing"]} == missing and not res["complete"]
+    rows = {r["id"]: r for r in res["stages"]}
+    assert all(rows[i]["status"] == "missing" and rows[i]["metrics"] is None for i in missing)
+    assert rows["attacks/hotflip/mono_ffn/s2"]["detail"] == "incomplete"
+    assert rows["attacks/uat/mono_ffn/s3"]["detail"] == "not started"
+
+    assert cell(res, "base", "Perplexity")["status"] == "missing"
+    hot = cell(res, "mono_ffn", "HotFlip success (%)")
+    sr = [written[f"attacks/hotflip/mono_ffn/s{s}"]["success_rate"] for s in (1, 3)]
+    assert hot["n"] == 2 and hot["partial"] and hot["mean"] == pytest.approx(100 * np.mean(sr))
+    assert "2" not in group(res, "hotflip", "mono_ffn")["across_seeds"]["success_rate"]["values"]
+    gap = next(i for i in res["indicators"] if i["indicator"] == "perplexity gap vs baseline")
+    assert gap["status"] == "missing" and "value" not in gap
+
+    md = report.files["table7_md"].read_text()
+    base_row = next(line for line in md.splitlines() if line.startswith("| base"))
+    assert base_row.split("|")[2].strip() == "--" and "0.00" not in base_row
+    assert "†" in md and "did not finish" in md
+    html = report.files["html"].read_text()
+    assert all(i in html for i in missing)
+    assert "attacks/uat/mono_ffn/s3: not started" in report.summary
+
+
+def test_no_baseline_says_so(tmp_path):
+    run, _ = make_run(tmp_path / "run", report={})
+    res = build_report(run).results
+    assert [i["status"] for i in res["indicators"]] == ["not applicable", "not applicable"]
+    assert all("no baseline" in i["detail"] for i in res["indicators"])
+
+
+def test_report_config_names_known_models(tmp_path):
+    path = write_suite(tmp_path, """
+        models: {base: {plugin: pythia_tiny}, mono: {plugin: pythia_tiny}}
+        report: {baseline: bse, compare: [mono]}
+        """)
+    with pytest.raises(HarnessError, match=r"report\.baseline: unknown model 'bse' \(did you mean 'base'\?\)"):
+        load_suite(path)
+
+
+# -- the command line and a real run ----------------------------------------------------------------------------------
+
+def test_cli_report_regenerates_a_partial_run(tmp_path, capsys):
+    run, _ = make_run(tmp_path / "run", not_started={"attacks/uat/base/s1"})
+    assert cli_main(["report", str(run)]) == 0
+    out = capsys.readouterr()
+    assert "Table 7" in out.out and "attacks/uat/base/s1: not started" in out.out
+    assert (run / "report.html").exists() and (run / "plots" / "perplexity.png").exists()
+    assert cli_main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a harness run directory" in err and len(err.splitlines()) == 1
+
+
+REAL_SUITE = """
+name: real_report
+seeds: [3]
+models:
+  base: {plugin: pythia_tiny}
+  half: {plugin: pythia_tiny, dtype: bfloat16}
+metrics:
+  perplexity:
+    data: {dataset: json, data_files: @DATA@/test.jsonl, split: test, limit: 4}
+    max_length: 64
+report: {baseline: base, compare: [half]}
+"""
+
+
+def test_real_run_ends_with_the_report(tmp_path):
+    suite = load_suite(write_suite(tmp_path, REAL_SUITE), output_dir=tmp_path / "run")
+    Runner(suite, show_progress=False).run()
+    run = tmp_path / "run"
+    res = read_json(run / "final_results.json")
+    measured = {m: read_json(run / "stages" / "metrics" / "perplexity" / m / "result.json")["metrics"]["perplexity"]
+                for m in ("base", "half")}
+    assert cell(res, "base", "Perplexity")["mean"] == pytest.approx(measured["base"])
+    assert cell(res, "half", "Perplexity")["mean"] == pytest.approx(measured["half"])
+    gap = next(i for i in res["indicators"] if i["indicator"] == "perplexity gap vs baseline")
+    assert gap["value"] == pytest.approx(measured["half"] / measured["base"] - 1)
+    assert gap["status"] == "met"  # bfloat16 weights cost far less than 15% perplexity
+    per_doc = group(res, "perplexity", "base")["per_seed"]["unseeded"]["ci95"]["perplexity"]
+    assert per_doc[0] < measured["base"] < per_doc[1]  # the records reproduce the metric: interval over documents
+    for name in ("experiment_summary.txt", "table7.tex", "table7.md", "report.html", "plots/perplexity.png"):
+        assert (run / name).stat().st_size > 100
+    assert [r["status"] for r in res["stages"]] == ["done", "done"]
