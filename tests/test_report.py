@@ -216,7 +216,8 @@ def test_aggregates_match_the_stage_results(full_report):
     tm = res["transfer_matrix"]
     assert tm["sources"] == MODELS and tm["targets"] == MODELS
     expect = np.mean([written[f"attacks/uat_transfer/mono_ffn/s{s}"]["transfer"]["base"]["success_rate"] for s in SEEDS])
-    assert tm["values"][0][1] == pytest.approx(expect)
+    assert tm["values"]["success_rate"][0][1] == pytest.approx(expect)
+    assert set(tm["values"]) == {"success_rate", "mean_relative_increase"}
 
 
 def test_every_output_file_and_plot_is_written(full_report):

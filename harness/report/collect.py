@@ -137,9 +137,12 @@ def load_run(run_dir: str | Path, config: ReportConfig | None = None) -> RunData
                                 dir=sdir, status=status, result=result))
     env_path = run_dir / "environment.json"
     environment = read_json(env_path) if env_path.exists() else {}
-    models = [m for m, opts in (suite.get("models") or {}).items()
-              if not (isinstance(opts, dict) and opts.get("enabled") is False)]
-    models = models or list(dict.fromkeys(s.model for s in stages))
+    # config.resolved.json is written with sorted keys, so the suite's model order is the stages' order (the graph
+    # visits models in suite order); the baseline comes first.
+    enabled = [m for m, opts in (suite.get("models") or {}).items()
+               if not (isinstance(opts, dict) and opts.get("enabled") is False)]
+    seen = [s.model for s in stages if s.section != "train"] + [s.model for s in stages] + enabled
+    models = list(dict.fromkeys(([config.baseline] if config.baseline in seen else []) + seen))
     return RunData(run_dir=run_dir, suite=suite.get("name", run_dir.name), mode=resolved.get("mode", "?"),
                    seeds=resolved.get("seeds", []), models=models, stages=stages, config=config,
                    configs=resolved.get("configs", {}), environment=environment)

@@ -91,10 +91,13 @@ def _metrics_html(agg: Aggregate) -> str:
 def _transfer_html(tm: dict[str, Any] | None) -> str:
     if tm is None:
         return ""
-    rows = [[_e(src)] + [fmt(v, 3) if v is not None else '<span class="missing">missing</span>' for v in row]
-            for src, row in zip(tm["sources"], tm["values"])]
-    return (f"<h2>Transfer matrix ({_e(tm['metric'])}; rows: trigger source, columns: evaluated model)</h2>"
-            + _table(["source \\ target"] + tm["targets"], rows))
+    parts = []
+    for metric, matrix in tm["values"].items():
+        rows = [[_e(src)] + [fmt(v, 3) if v is not None else '<span class="missing">missing</span>' for v in row]
+                for src, row in zip(tm["sources"], matrix)]
+        parts.append(f"<h3>{_e(metric)}</h3>" + _table(["source \\ target"] + tm["targets"], rows))
+    return ("<h2>Transfer matrix (rows: model the trigger was found on; columns: model evaluated)</h2>"
+            + "".join(parts))
 
 
 def _figures_html(plots: dict[str, dict[str, Any]]) -> str:

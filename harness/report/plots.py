@@ -173,6 +173,8 @@ def training_plot(agg: Aggregate, path: Path) -> Path | None:
         rows = [r for r in s.records if isinstance(r.get("step"), (int, float)) and isinstance(r.get("loss"), (int, float))]
         val = [r for r in s.records if isinstance(r.get("step"), (int, float))
                and isinstance(r.get("val_perplexity"), (int, float))]
+        if val and isinstance(s.metrics.get("initial_val_perplexity"), (int, float)):
+            val = [{"step": 0, "val_perplexity": s.metrics["initial_val_perplexity"]}] + val  # before training
         if rows or val:
             series.append((s.id + ("" if s.done else f" ({s.status})"), rows, val))
     if not series:
@@ -193,46 +195,52 @@ def training_plot(agg: Aggregate, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+TRANSFER_METRICS = ("success_rate", "mean_relative_increase")
+
+
 def transfer_matrix(agg: Aggregate) -> dict[str, Any] | None:
-    """Source model (trigger found on) x target model (evaluated on): mean over seeds of the transfer metric."""
-    cells: dict[tuple[str, str], list[float]] = {}
-    metric = None
+    """Source model (trigger found on) x target model (evaluated on): mean over seeds of each transfer metric."""
+    cells: dict[tuple[str, str, str], list[float]] = {}
     for s in agg.run.stages:
         row = s.metrics.get("transfer") if s.done else None
         if not isinstance(row, dict):
             continue
         for source, values in row.items():
-            if not isinstance(values, dict):
-                continue
-            metric = metric or next((k for k in ("success_rate", "mean_relative_increase") if k in values), None)
-            if metric and isinstance(values.get(metric), (int, float)):
-                cells.setdefault((source, s.model), []).append(float(values[metric]))
-    if not cells or metric is None:
+            for metric in TRANSFER_METRICS:
+                if isinstance(values, dict) and isinstance(values.get(metric), (int, float)):
+                    cells.setdefault((metric, source, s.model), []).append(float(values[metric]))
+    if not cells:
         return None
-    sources = sorted({s for s, _ in cells})
-    targets = [m for m in agg.run.models if any(t == m for _, t in cells)]
-    matrix = [[float(np.mean(cells[(s, t)])) if (s, t) in cells else None for t in targets] for s in sources]
-    return {"metric": metric, "sources": sources, "targets": targets, "values": matrix}
+    order = {m: i for i, m in enumerate(agg.run.models)}
+    sources = sorted({src for _, src, _ in cells}, key=lambda m: (order.get(m, len(order)), m))
+    targets = [m for m in agg.run.models if any(t == m for _, _, t in cells)]
+    values = {metric: [[float(np.mean(cells[(metric, s, t)])) if (metric, s, t) in cells else None for t in targets]
+                       for s in sources]
+              for metric in TRANSFER_METRICS if any(k[0] == metric for k in cells)}
+    return {"sources": sources, "targets": targets, "values": values}
 
 
 def transfer_plot(agg: Aggregate, path: Path) -> Path | None:
     tm = transfer_matrix(agg)
     if tm is None:
         return None
-    values = np.array([[np.nan if v is None else v for v in row] for row in tm["values"]], dtype=float)
-    fig = _figure(1.8 + 1.2 * len(tm["targets"]), 1.6 + 0.9 * len(tm["sources"]))
-    ax = fig.subplots()
-    im = ax.imshow(values, cmap="viridis", aspect="auto")
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            text = "missing" if np.isnan(values[i, j]) else f"{values[i, j]:.2f}"
-            ax.text(j, i, text, ha="center", va="center", color="white" if values[i, j] < np.nanmean(values) else "black")
-    ax.set_xticks(range(len(tm["targets"])), tm["targets"], rotation=20, ha="right")
-    ax.set_yticks(range(len(tm["sources"])), tm["sources"])
-    ax.set_xlabel("evaluated on (target)")
-    ax.set_ylabel("trigger from (source)")
-    ax.set_title(f"transfer: {tm['metric']}")
-    fig.colorbar(im, ax=ax)
+    metrics = list(tm["values"])
+    fig = _figure((2.4 + 1.2 * len(tm["targets"])) * len(metrics), 1.8 + 0.9 * len(tm["sources"]))
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        values = np.array([[np.nan if v is None else v for v in row] for row in tm["values"][metric]], dtype=float)
+        im = ax.imshow(values, cmap="viridis", aspect="auto")
+        middle = np.nanmean(values)
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                text = "missing" if np.isnan(values[i, j]) else f"{values[i, j]:.3f}"
+                ax.text(j, i, text, ha="center", va="center", color="white" if values[i, j] <= middle else "black")
+        ax.set_xticks(range(len(tm["targets"])), tm["targets"], rotation=20, ha="right")
+        ax.set_yticks(range(len(tm["sources"])), tm["sources"])
+        ax.set_xlabel("evaluated on (target)")
+        ax.set_ylabel("trigger from (source)")
+        ax.set_title(f"transfer: {metric}")
+        fig.colorbar(im, ax=ax)
     return _save(fig, path)
 
 

@@ -20,9 +20,11 @@ import copy
 import difflib
 import hashlib
 import logging
+import os
 import random
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +77,9 @@ class LMEval(MetricPlugin):
 
         task_manager = make_task_manager(cfg.tasks, [LOCAL_TASKS, *cfg.include_path])
         ctx.log(f"lm-eval tasks {', '.join(cfg.tasks)} (batch size {cfg.batch_size}, limit {cfg.limit})")
-        with preserved_state(model), quiet_lm_eval():
+        # lm-eval draws tqdm bars on stderr; without a terminal (or with --no-progress) they are only noise.
+        quiet = ctx.show_progress is False or (ctx.show_progress is None and not sys.stderr.isatty())
+        with preserved_state(model), quiet_lm_eval(), (hidden_stderr() if quiet else nullcontext()):
             # A copy of the tokenizer: HFLM may add a pad token to it, and other stages share the original.
             lm = HFLM(pretrained=model.model, tokenizer=copy.deepcopy(model.tokenizer), batch_size=cfg.batch_size,
                       max_length=model.max_length)
@@ -146,6 +150,12 @@ def preserved_state(model: LoadedModel) -> Iterator[None]:
         random.setstate(rng[0])
         np.random.set_state(rng[1])
         torch.set_rng_state(rng[2])
+
+
+@contextmanager
+def hidden_stderr() -> Iterator[None]:
+    with open(os.devnull, "w") as devnull, redirect_stderr(devnull):
+        yield
 
 
 @contextmanager
