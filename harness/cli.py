@@ -85,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 #: Modules that add subcommands with ``@command`` (imported when the parser is built, so start-up stays cheap).
-COMMAND_MODULES: list[str] = ["harness.cli_report"]
+COMMAND_MODULES: list[str] = ["harness.cli_train", "harness.cli_report"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,4 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m harness.cli` runs this file as __main__; subcommand modules register into the importable
+    # `harness.cli`, so dispatch through that module.
+    from harness.cli import main as _main
+
+    sys.exit(_main())

@@ -91,7 +91,31 @@ def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) ->
             import json
 
             info["harness"] = json.loads(provenance.read_text())
+            if info["harness"].get("monotonic"):
+                info["monotonic_verified"] = verify_non_negative(model, info["harness"], ref, name)
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, info=info)
+
+
+def verify_non_negative(model: torch.nn.Module, provenance: dict[str, Any], ref: str, name: str) -> int:
+    """A checkpoint whose ``harness.json`` says it is monotonic must be: every weight listed in
+    ``constrained_weights`` is >= 0 (and finite). Returns how many weights were checked."""
+    names = provenance.get("constrained_weights") or []
+    if not names:
+        raise HarnessError(f"model '{name}': {ref}/harness.json says the model is monotonic but lists no "
+                           "constrained_weights; fix: re-export it with `harness train monotonic`")
+    params = dict(model.named_parameters())
+    for pname in names:
+        if pname not in params:
+            raise HarnessError(f"model '{name}': constrained weight '{pname}' listed in {ref}/harness.json is not in "
+                               "the model; fix: re-export the checkpoint with `harness train monotonic`")
+        w = params[pname].detach()
+        bad = int((~(w >= 0)).sum())  # negative or NaN
+        if bad:
+            raise HarnessError(f"model '{name}': {ref} is marked monotonic (variant "
+                               f"{provenance.get('variant')}) but {pname} has {bad} negative or NaN entries (min "
+                               f"{float(w.min()):.4g}); fix: the weights were changed after export; re-export with "
+                               "`harness train monotonic`")
+    return len(names)
 
 
 class HFCausalLM(ModelPlugin):

@@ -1,0 +1,394 @@
+"""Trainer plugins ``baseline`` and ``monotonic``: recovery training of a pretrained causal LM, resumable.
+
+Both run the same loop on the same data and schedule, so a comparison between their outputs is fair; ``monotonic``
+first constrains the feed-forward weights (:mod:`.monotonic`). The loop, per optimiser step::
+
+    rows      = schedule.rows(step)                 # the global batch: a pure function of (seed, step)
+    for each micro-batch of this process's rows:    # gradient accumulation, DDP syncs only on the last
+        loss = summed token NLL * world / tokens in the global batch
+        loss.backward()
+    stop if the loss or the gradient norm is not finite (the last snapshot stays the newest)
+    clip, AdamW step, warmup-then-cosine learning rate
+    log a row; validate every `val_every` steps; snapshot every `checkpoint_every` steps and when asked to stop
+
+Normalising by the tokens of the whole global batch (not per micro-batch) makes ``grad_accum`` x ``micro_batch``
+the same update as one batch of their product, also when rows hold different numbers of real tokens (padding).
+Master weights and optimiser state are fp32; on GPU the forward pass runs under bf16 autocast (pure-bf16 weights
+would round small updates away). Under ``torchrun``/``accelerate launch`` the model is wrapped in torch's
+DistributedDataParallel; each process reads its own slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from harness import (
+    DocumentSource,
+    HarnessError,
+    LoadedModel,
+    NonFiniteLoss,
+    PluginConfig,
+    StageContext,
+    StagePreempted,
+    TrainerPlugin,
+    hookimpl,
+)
+from harness.store import atomic_write_json
+
+from .data import IGNORE, Blocks, BlockSchedule, build_blocks, cached_blocks
+from .monotonic import MONOTONE_ACTIVATIONS, MonotonicSpec, make_monotonic, merge, negative_entries
+from .state import Processes, Snapshots, setup_processes
+
+
+class TrainConfig(PluginConfig):
+    """Options shared by both trainers. Defaults are the published recipe's baseline (Pythia-1.4B)."""
+
+    #: Training documents (streamed hub dataset in full mode, local jsonl in quick mode).
+    data: DocumentSource
+    #: Held-out documents for validation perplexity (packed blocks); none: no validation.
+    val_data: DocumentSource | None = None
+    seq_len: int = Field(default=2048, ge=8)
+    #: Pack documents into full blocks (EOS between them); false: one padded document per row.
+    packing: bool = True
+    #: Rows per forward pass, per process.
+    micro_batch: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=4, ge=1)
+    #: Length of training in passes over the blocks (ignored when ``steps`` is set).
+    epochs: float = Field(default=5.0, gt=0)
+    steps: int | None = Field(default=None, ge=1)
+    lr: float = Field(default=1e-5, gt=0)
+    #: Fraction of the steps spent warming the learning rate up linearly from 0.
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1)
+    #: The cosine decays to this fraction of ``lr``.
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(default=1e-8, gt=0)
+    #: Clip the global gradient norm to this (none: no clipping).
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    #: ``auto``: bf16 autocast on GPU with fp32 master weights, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    gradient_checkpointing: bool = False
+    shuffle: bool = True
+    #: Validate every N steps (0: only before the first and after the last step).
+    val_every: int = Field(default=0, ge=0)
+    #: Validation blocks of ``seq_len`` tokens (the first ones of ``val_data``).
+    val_blocks: int = Field(default=64, ge=1)
+    #: Write a resumable snapshot every N steps (and always after the last one and when asked to stop).
+    checkpoint_every: int = Field(default=500, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    #: dtype of the exported Hugging Face checkpoint.
+    save_dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class BaselineConfig(TrainConfig):
+    pass
+
+
+class MonotonicConfig(TrainConfig):
+    """The baseline's options plus the transform; defaults are the published monotonic recipe."""
+
+    epochs: float = Field(default=10.0, gt=0)
+    lr: float = Field(default=5e-5, gt=0)
+    warmup_ratio: float = Field(default=0.2, ge=0, le=1)
+    #: Which linears are constrained: gpt_neox mlp_in | mlp_both | mlp_in_attn_out; llama gated_updown | gated_all.
+    variant: str = "mlp_both"
+    #: ``abs`` (published: softplus⁻¹|W0|) or ``shift`` (function-preserving, LayerNorm models only).
+    init: Literal["abs", "shift"] = "abs"
+    #: Smallest constrained weight right after the init.
+    min_weight: float = Field(default=1e-4, gt=0)
+    #: ``monotone`` replaces the FFN activation by ``monotone_activation`` (monotone FFN with ``mlp_both``).
+    activation: Literal["original", "monotone"] = "original"
+    monotone_activation: Literal[MONOTONE_ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+
+
+# -- pieces of the loop -----------------------------------------------------------------------------------------------
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    """Learning-rate multiplier for optimiser step ``i`` (0-based): linear warmup, then cosine to ``min_ratio``."""
+
+    def factor(i: int) -> float:
+        if i < warmup_steps:
+            return (i + 1) / warmup_steps
+        progress = (i - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; biases and norm gains (1-d parameters) are not decayed, as in Hugging Face's Trainer."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
+
+
+def count_targets(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def token_nll_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Summed next-token NLL (fp32) of the labelled positions of ``batch``."""
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                   use_cache=False).logits
+    targets = batch["labels"][:, 1:].to(device)
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+
+
+def accumulate_gradients(model: torch.nn.Module, micro_batches: list[dict[str, torch.Tensor]], global_tokens: int,
+                         device: torch.device, world: int = 1, autocast=contextlib.nullcontext) -> float:
+    """Backpropagate the mean token NLL of the global batch through this process's micro-batches.
+
+    Each micro-batch contributes ``nll_sum * world / global_tokens``: DDP averages gradients over the ``world``
+    processes, so the total is the gradient of the global token mean, however rows and tokens are split.
+    Returns this process's summed NLL.
+    """
+    total = 0.0
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast():
+                nll = token_nll_sum(model, batch, device)
+            (nll * (world / global_tokens)).backward()
+        total += float(nll.detach())
+    return total
+
+
+@torch.no_grad()
+def validation_nll(model: torch.nn.Module, blocks: Blocks, procs: Processes, micro_batch: int,
+                   autocast=contextlib.nullcontext) -> tuple[float, int]:
+    """(summed NLL, tokens) over all validation blocks; each process scores every world-th block."""
+    was_training = model.training
+    model.eval()
+    rows = list(range(procs.rank, len(blocks), procs.world))
+    nll, tokens = 0.0, 0
+    for i in range(0, len(rows), micro_batch):
+        batch = blocks.batch(rows[i:i + micro_batch])
+        with autocast():
+            nll += float(token_nll_sum(model, batch, procs.device))
+        tokens += count_targets(batch)
+    model.train(was_training)
+    nll, tokens = procs.sum([nll, float(tokens)])
+    return nll, int(tokens)
+
+
+@dataclass
+class Progress:
+    """Counters saved with every snapshot (and restored on resume)."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    train_time_s: float = 0.0
+    last_loss: float | None = None
+    initial_val_perplexity: float | None = None
+    last_val_perplexity: float | None = None
+    best_val_perplexity: float | None = None
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def set(self, **fields: Any) -> None:
+        pass
+
+
+# -- the trainers -----------------------------------------------------------------------------------------------------
+class RecoveryTrainer(TrainerPlugin):
+    """Recovery training without constraints (the fair baseline: same data, schedule and loop)."""
+
+    name = "baseline"
+    Config = BaselineConfig
+
+    def transform(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Change the model before training; returns what ``harness.json`` records about the change."""
+        return {"monotonic": False}
+
+    def train(self, loaded: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        cfg: TrainConfig = self.config  # type: ignore[assignment]
+        started = time.time()
+        procs = setup_processes(ctx.torch_device())
+        state_dir = ctx.stage_dir / "train_state"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer = loaded.tokenizer
+
+        net = loaded.model
+        provenance = self.transform(net)
+        net.float().to(procs.device).train()  # fp32 master weights, whatever dtype the model was loaded in
+        if cfg.gradient_checkpointing:
+            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+        train_blocks = cached_blocks(state_dir / "train_blocks.npz",
+                                     lambda: build_blocks(cfg.data, tokenizer, cfg.seq_len, cfg.packing),
+                                     procs.is_main, procs.barrier)
+        val_blocks = None
+        if cfg.val_data is not None:
+            val_blocks = cached_blocks(state_dir / "val_blocks.npz",
+                                       lambda: build_blocks(cfg.val_data, tokenizer, cfg.seq_len, True,
+                                                            limit=cfg.val_blocks),
+                                       procs.is_main, procs.barrier)
+        per_process = cfg.micro_batch * cfg.grad_accum
+        global_batch = per_process * procs.world
+        total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train_blocks) / global_batch))
+        warmup_steps = round(cfg.warmup_ratio * total_steps)
+
+        optimizer = make_optimizer(net, cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps,
+                                                                               cfg.min_lr_ratio))
+        precision = cfg.precision if cfg.precision != "auto" else ("bf16" if procs.device.type == "cuda" else "fp32")
+        autocast = ((lambda: torch.autocast(procs.device.type, dtype=torch.bfloat16)) if precision == "bf16"
+                    else contextlib.nullcontext)
+
+        def validate() -> float | None:
+            if val_blocks is None:
+                return None
+            nll, tokens = validation_nll(net, val_blocks, procs, cfg.micro_batch, autocast)
+            return math.exp(nll / tokens)
+
+        snapshots = Snapshots(state_dir, cfg.keep_checkpoints, procs)
+        saved = snapshots.load_latest()
+        if saved is not None:
+            net.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            progress = Progress(**saved["progress"])
+            ctx.log(f"resumed from step {progress.step} of {total_steps}")
+        else:
+            progress = Progress()
+            progress.initial_val_perplexity = progress.best_val_perplexity = validate()
+
+        def snapshot() -> None:
+            snapshots.save(progress.step, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                           "scheduler": scheduler.state_dict(), "progress": asdict(progress)})
+
+        model = torch.nn.parallel.DistributedDataParallel(net) if procs.distributed else net
+        schedule = BlockSchedule(len(train_blocks), global_batch, cfg.shuffle,
+                                 lambda epoch: ctx.rng("data-order", epoch))
+        logged = ctx.records.done() if procs.is_main else set()
+        bar = ctx.progress("train", total_steps) if procs.is_main else _NoBar()
+        with bar:
+            bar.advance(progress.step)
+            while progress.step < total_steps:
+                if procs.any(ctx.should_stop):
+                    snapshot()
+                    raise StagePreempted(f"stopped at step {progress.step} of {total_steps}")
+                t0 = time.perf_counter()
+                rows = schedule.rows(progress.step)[procs.rank * per_process:(procs.rank + 1) * per_process]
+                micro = [train_blocks.batch(rows[i:i + cfg.micro_batch]) for i in range(0, per_process,
+                                                                                          cfg.micro_batch)]
+                local_tokens = sum(count_targets(b) for b in micro)
+                global_tokens = int(procs.sum([float(local_tokens)])[0])
+                nll = accumulate_gradients(model, micro, global_tokens, procs.device, procs.world, autocast)
+                loss = procs.sum([nll])[0] / global_tokens
+                self._check_finite("loss", loss, progress.step, total_steps, snapshots)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm or math.inf))
+                self._check_finite("gradient norm", grad_norm, progress.step, total_steps, snapshots)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step_time = time.perf_counter() - t0
+
+                progress.step += 1
+                progress.tokens_seen += global_tokens
+                progress.train_time_s += step_time
+                progress.last_loss = loss
+                row: dict[str, Any] = {"id": f"step-{progress.step}", "step": progress.step, "loss": loss, "lr": lr,
+                                       "tokens_seen": progress.tokens_seen,
+                                       "tokens_per_s": global_tokens / step_time, "grad_norm": grad_norm,
+                                       "epoch": progress.step * global_batch / len(train_blocks)}
+                if (cfg.val_every and progress.step % cfg.val_every == 0) or progress.step == total_steps:
+                    ppl = validate()
+                    if ppl is not None:
+                        row["val_perplexity"] = progress.last_val_perplexity = ppl
+                        progress.best_val_perplexity = min(ppl, progress.best_val_perplexity or math.inf)
+                if procs.is_main and row["id"] not in logged:  # rows after the last snapshot exist after a kill
+                    ctx.records.append(row)
+                bar.set(loss=loss, tok_s=round(row["tokens_per_s"]), lr=lr)
+                bar.advance()
+                if progress.step % cfg.checkpoint_every == 0 or progress.step == total_steps:
+                    snapshot()
+
+        summary = {"final_train_loss": progress.last_loss, "initial_val_perplexity": progress.initial_val_perplexity,
+                   "final_val_perplexity": progress.last_val_perplexity,
+                   "best_val_perplexity": progress.best_val_perplexity, "steps": progress.step,
+                   "tokens": progress.tokens_seen, "train_time_s": progress.train_time_s,
+                   "tokens_per_s": progress.tokens_seen / progress.train_time_s if progress.train_time_s else None,
+                   "wall_time_s": time.time() - started, "blocks": len(train_blocks), "global_batch": global_batch,
+                   "world_size": procs.world, "precision": precision}
+        if procs.is_main:
+            provenance["training"] = {
+                "trainer": self.name, "version": self.version, "config": cfg.model_dump(mode="json"),
+                "base_model": loaded.info, "seed": ctx.seed, "stage": ctx.stage.id, "summary": summary,
+                "torch": torch.__version__, "transformers": _transformers_version(),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            export_checkpoint(net, tokenizer, ctx.checkpoint_dir, provenance, cfg.save_dtype)
+        procs.barrier()
+        return summary
+
+    @staticmethod
+    def _check_finite(what: str, value: float, step: int, total: int, snapshots: Snapshots) -> None:
+        if math.isfinite(value):
+            return
+        steps = snapshots.steps()
+        last = f"step {steps[-1]} in {snapshots.path(steps[-1])}" if steps else "none yet (no snapshot was written)"
+        raise NonFiniteLoss(f"non-finite training {what} ({value}) at step {step + 1} of {total}; the last good "
+                            f"training state is {last}; fix: lower `lr` or check the data and the starting weights")
+
+
+class MonotonicTrainer(RecoveryTrainer):
+    """Monotonic transform (non-negative FFN weights, W = softplus(V)) then the same recovery training."""
+
+    name = "monotonic"
+    Config = MonotonicConfig
+
+    def transform(self, model: torch.nn.Module) -> dict[str, Any]:
+        cfg: MonotonicConfig = self.config  # type: ignore[assignment]
+        spec = MonotonicSpec(variant=cfg.variant, init=cfg.init, min_weight=cfg.min_weight,
+                             activation=cfg.monotone_activation if cfg.activation == "monotone" else "original")
+        names = make_monotonic(model, spec)
+        return {"monotonic": True, **spec.as_dict(), "architecture": model.config.model_type,
+                "constrained_weights": names}
+
+
+def export_checkpoint(model: torch.nn.Module, tokenizer, out_dir, provenance: dict[str, Any], save_dtype: str) -> None:
+    """A plain Hugging Face directory: merged weights (safetensors), config, tokenizer, and ``harness.json``."""
+    merge(model)
+    constrained = provenance.get("constrained_weights") or []
+    bad = negative_entries(model, constrained)
+    if bad:
+        name, (count, low) = next(iter(bad.items()))
+        raise HarnessError(f"monotonic export: {name} has {count} negative entries (min {low}) after training; this "
+                           "is a bug in the transform, please report it")
+    model.to(getattr(torch, save_dtype))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    atomic_write_json(out_dir / "harness.json", {"format": 1, **provenance})
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+@hookimpl
+def harness_trainers() -> list[type]:
+    return [RecoveryTrainer, MonotonicTrainer]

@@ -1,0 +1,276 @@
+"""Recovery training: packing, accumulation equivalence, suite/CLI end to end, bit-identical resume after a kill
+(SIGKILL and SIGUSR1), non-finite loss handling, and the 2-process gloo (DDP) path."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from harness import NonFiniteLoss
+from harness.cli import main
+from harness_plugins.training.data import IGNORE, pack, pad
+from harness_plugins.training.trainer import accumulate_gradients, warmup_cosine
+from tests.conftest import DATA, HARNESS, ROOT, write_suite
+
+STAGE = Path("stages/train")
+
+
+def write_config(path: Path, **overrides) -> Path:
+    """A trainer config for ``harness train``: tiny model, 64-token blocks, a dozen steps."""
+    cfg = {"model": {"plugin": "pythia_tiny"}, "seeds": [42], "device": "cpu",
+           "data": {"dataset": "json", "data_files": str(DATA / "train.jsonl"), "split": "train", "limit": 30},
+           "val_data": {"dataset": "json", "data_files": str(DATA / "valid.jsonl"), "split": "train", "limit": 3},
+           "seq_len": 64, "micro_batch": 4, "grad_accum": 1, "steps": 12, "lr": 1e-3, "warmup_ratio": 0.25,
+           "val_every": 6, "val_blocks": 4, "checkpoint_every": 3, "keep_checkpoints": 2}
+    cfg.update(overrides)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def final_weights(run: Path, trainer: str) -> dict[str, torch.Tensor]:
+    return load_file(run / STAGE / trainer / "s42" / "checkpoint" / "model.safetensors")
+
+
+def records(run: Path, trainer: str) -> list[dict]:
+    path = run / STAGE / trainer / "s42" / "records.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted monotonic run (12 steps); the resume tests must reproduce it bit for bit."""
+    d = tmp_path_factory.mktemp("reference")
+    cfg = write_config(d / "cfg.yaml", init="abs")
+    assert main(["train", "monotonic", "--config", str(cfg), "--out", str(d / "run"), "--no-progress"]) == 0
+    return d / "run", cfg
+
+
+# -- data and the loss --------------------------------------------------------------------------------------------
+def test_packing_puts_eos_between_documents_and_padding_is_masked():
+    docs = [np.arange(1, 6, dtype=np.int32), np.arange(10, 13, dtype=np.int32), np.arange(20, 30, dtype=np.int32)]
+    blocks = pack(docs, seq_len=4, eos=0, pad_id=99)
+    assert blocks.ids.flatten().tolist() == [1, 2, 3, 4, 5, 0, 10, 11, 12, 0, *range(20, 30)]  # the final eos is cut
+    assert blocks.packed and (blocks.batch([0, 1])["labels"] != IGNORE).all()
+    padded = pad(docs, seq_len=6, eos=0, pad_id=99)
+    assert padded.ids.tolist() == [[1, 2, 3, 4, 5, 0], [10, 11, 12, 0, 99, 99], [20, 21, 22, 23, 24, 25]]
+    batch = padded.batch([1])
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0]]
+    assert batch["labels"].tolist() == [[10, 11, 12, 0, IGNORE, IGNORE]]
+
+
+def test_warmup_then_cosine():
+    f = warmup_cosine(warmup_steps=4, total_steps=20, min_ratio=0.1)
+    assert [f(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0) and f(19) == pytest.approx(0.1, abs=0.01) and f(40) == pytest.approx(0.1)
+    assert all(f(i) >= f(i + 1) for i in range(4, 30))
+
+
+def test_gradient_accumulation_equals_one_large_batch(tiny):
+    """4 rows of very different real lengths: 2 micro-batches of 2 == 1 batch of 4 (loss normalised by tokens)."""
+    lengths = [60, 7, 33, 12]
+    gen = torch.Generator().manual_seed(1)
+    docs = [torch.randint(2, 4000, (n,), generator=gen).numpy().astype(np.int32) for n in lengths]
+    blocks = pad(docs, seq_len=64, eos=0, pad_id=1)
+    device = torch.device("cpu")
+
+    def gradients(split: list[list[int]]) -> dict[str, torch.Tensor]:
+        model = copy.deepcopy(tiny.model).train()
+        micro = [blocks.batch(rows) for rows in split]
+        tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro)
+        accumulate_gradients(model, micro, tokens, device)
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    # the optimiser's update is a function of the gradient alone, so equal gradients mean equal updates
+    g_one = gradients([[0, 1, 2, 3]])
+    g_acc = gradients([[0, 1], [2, 3]])
+    for n in g_one:
+        torch.testing.assert_close(g_acc[n], g_one[n], atol=1e-6, rtol=1e-4, msg=n)
+    # the test can fail: averaging per micro-batch (tokens counted per micro-batch) gives a different gradient
+    model = copy.deepcopy(tiny.model).train()
+    for rows in ([0, 1], [2, 3]):
+        b = blocks.batch(rows)
+        accumulate_gradients(model, [b], int((b["labels"][:, 1:] != IGNORE).sum()) * 2, device)
+    name = "gpt_neox.layers.0.mlp.dense_h_to_4h.weight"
+    assert not torch.allclose(model.get_parameter(name).grad, g_one[name], atol=1e-6, rtol=1e-4)
+
+
+# -- end to end ---------------------------------------------------------------------------------------------------
+def test_suite_trains_both_and_evaluates_the_checkpoints(tmp_path):
+    from harness.runner import Runner
+    from harness.suite import load_suite
+
+    common = (f"data: {{dataset: json, data_files: {DATA}/train.jsonl, split: train, limit: 20}}, seq_len: 64, "
+              "micro_batch: 4, grad_accum: 1, steps: 4, lr: 1.0e-3, checkpoint_every: 2, "
+              f"val_data: {{dataset: json, data_files: {DATA}/valid.jsonl, split: train, limit: 2}}, val_blocks: 2")
+    suite = write_suite(tmp_path, f"""
+        name: t
+        seeds: [42]
+        device: cpu
+        models:
+          tiny: {{plugin: pythia_tiny}}
+          baseline: {{plugin: hf_causal_lm, from_train: baseline}}
+          mono: {{plugin: hf_causal_lm, from_train: monotonic}}
+        train:
+          baseline: {{plugin: baseline, model: tiny, {common}}}
+          monotonic: {{plugin: monotonic, model: tiny, init: shift, variant: mlp_both, {common}}}
+        metrics:
+          perplexity:
+            data: {{dataset: json, data_files: {DATA}/test.jsonl, split: test, limit: 2}}
+        """)
+    runner = Runner(load_suite(suite, "quick", output_dir=tmp_path / "run"), show_progress=False)
+    statuses = {o.stage.id: o.status for o in runner.run()}
+    assert set(statuses.values()) == {"done"}, statuses
+    result = json.loads((tmp_path / "run/stages/train/monotonic/s42/result.json").read_text())["metrics"]
+    assert result["steps"] == 4 and result["tokens"] == 4 * 4 * 63
+    # shift init is function-preserving: the validation perplexity before training is the base model's
+    base = json.loads((tmp_path / "run/stages/train/baseline/s42/result.json").read_text())["metrics"]
+    assert result["initial_val_perplexity"] == pytest.approx(base["initial_val_perplexity"], rel=1e-4)
+    rows = records(tmp_path / "run", "monotonic")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert {"step", "loss", "lr", "tokens_seen", "tokens_per_s"} <= rows[0].keys() and "val_perplexity" in rows[-1]
+    provenance = json.loads((tmp_path / "run/stages/train/monotonic/s42/checkpoint/harness.json").read_text())
+    assert provenance["monotonic"] and provenance["init"] == "shift" and len(provenance["constrained_weights"]) == 8
+    assert provenance["training"]["summary"]["steps"] == 4
+    mono = json.loads((tmp_path / "run/stages/metrics/perplexity/mono/s42/result.json").read_text())
+    assert mono["model_info"]["monotonic_verified"] == 8
+    for model in ("tiny", "baseline/s42", "mono/s42"):  # trained models are evaluated per seed
+        ppl = json.loads((tmp_path / f"run/stages/metrics/perplexity/{model}/result.json").read_text())
+        assert math.isfinite(ppl["metrics"]["perplexity"])
+    # a second run skips everything (cached by key)
+    again = Runner(load_suite(suite, "quick", output_dir=tmp_path / "run"), show_progress=False).run()
+    assert {o.status for o in again} == {"skipped"}
+
+
+def test_resume_after_sigkill_is_bit_identical(reference, tmp_path):
+    ref_run, cfg = reference
+    out = tmp_path / "run"
+    kill_at = random.Random().randint(4, 9)  # any step: the resume must not depend on where the kill landed
+    proc = subprocess.Popen([*HARNESS, "train", "monotonic", "--config", str(cfg), "--out", str(out), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rec = out / STAGE / "monotonic/s42/records.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if rec.exists() and len(rec.read_text().splitlines()) >= kill_at:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / STAGE / "monotonic/s42/done.json").exists()
+    assert main(["train", "monotonic", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    assert_same_weights(final_weights(out, "monotonic"), final_weights(ref_run, "monotonic"))
+    assert [r["loss"] for r in records(out, "monotonic")] == [r["loss"] for r in records(ref_run, "monotonic")]
+    snaps = sorted(p.name for p in (out / STAGE / "monotonic/s42/train_state").glob("step-*"))
+    assert snaps == ["step-00000009", "step-00000012"]  # the last K=2 kept
+
+
+def test_sigusr1_snapshots_and_resumes_bit_identically(reference, tmp_path):
+    """SLURM's warning signal mid-run: the stage saves, reports preempted (exit 3), and the rerun finishes."""
+    from transformers.models.gpt_neox import modeling_gpt_neox
+
+    ref_run, cfg = reference
+    out = tmp_path / "run"
+    stop_at = random.Random().randint(2, 10)
+    calls = {"n": 0}
+    original = modeling_gpt_neox.GPTNeoXForCausalLM.forward
+
+    def forward(self, *args, **kwargs):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == stop_at:
+                os.kill(os.getpid(), signal.SIGUSR1)  # the runner's handler sets ctx.should_stop
+        return original(self, *args, **kwargs)
+
+    modeling_gpt_neox.GPTNeoXForCausalLM.forward = forward
+    try:
+        assert main(["train", "monotonic", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 3
+    finally:
+        modeling_gpt_neox.GPTNeoXForCausalLM.forward = original
+    state = out / STAGE / "monotonic/s42/train_state"
+    assert f"step-{stop_at:08d}" in [p.name for p in state.glob("step-*")]
+    assert main(["train", "monotonic", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    assert_same_weights(final_weights(out, "monotonic"), final_weights(ref_run, "monotonic"))
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_path):
+    from harness.runner import Runner
+    from harness.suite import load_suite
+    from transformers.models.gpt_neox import modeling_gpt_neox
+
+    cfg = write_config(tmp_path / "cfg.yaml", steps=8, checkpoint_every=2, val_data=None)
+    from harness.cli_train import training_suite
+
+    suite_path = tmp_path / "suite.yaml"
+    suite_path.write_text(yaml.safe_dump(training_suite("baseline", yaml.safe_load(cfg.read_text()), cfg, "quick")))
+    calls = {"n": 0}
+    original = modeling_gpt_neox.GPTNeoXForCausalLM.forward
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 6:  # the 6th optimiser step goes bad
+            out.logits = out.logits * float("nan")
+        return out
+
+    modeling_gpt_neox.GPTNeoXForCausalLM.forward = forward
+    try:
+        with pytest.raises(NonFiniteLoss, match=r"non-finite training loss \(nan\) at step 6 of 8.*step 4 in"):
+            Runner(load_suite(suite_path, "quick", output_dir=tmp_path / "run"), show_progress=False).run()
+    finally:
+        modeling_gpt_neox.GPTNeoXForCausalLM.forward = original
+    stage = tmp_path / "run" / STAGE / "baseline/s42"
+    assert sorted(p.name for p in (stage / "train_state").glob("step-*")) == ["step-00000002", "step-00000004"]
+    assert not (stage / "done.json").exists() and not (stage / "checkpoint" / "model.safetensors").exists()
+    assert all(math.isfinite(r["loss"]) for r in records(tmp_path / "run", "baseline"))
+
+
+def test_two_process_gloo_run_matches_one_process_with_accumulation(tmp_path):
+    """torchrun, 2 CPU processes (gloo, DDP), micro-batch 2 each == 1 process with 2 x 2 accumulation."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    dist_cfg = write_config(tmp_path / "dist.yaml", micro_batch=2, grad_accum=1, steps=4, checkpoint_every=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 500),
+                           "-m", "harness.cli", "train", "baseline", "--config", str(dist_cfg), "--out",
+                           str(tmp_path / "dist"), "--no-progress"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single_cfg = write_config(tmp_path / "single.yaml", micro_batch=2, grad_accum=2, steps=4, checkpoint_every=2)
+    assert main(["train", "baseline", "--config", str(single_cfg), "--out", str(tmp_path / "single"),
+                 "--no-progress"]) == 0
+    dist_result = json.loads((tmp_path / "dist" / STAGE / "baseline/s42/result.json").read_text())["metrics"]
+    assert dist_result["world_size"] == 2 and dist_result["global_batch"] == 4
+    # Same model function (weights such as the key bias, whose gradient is float noise because softmax ignores
+    # it, get noise-sized Adam steps that differ between the runs; the logits do not).
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(2, 4000, (2, 48), generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for run in ("dist", "single"):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / run / STAGE / "baseline/s42/checkpoint").eval()
+        with torch.no_grad():
+            outputs.append(model(input_ids=ids).logits)
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=1e-4)
+    d, s = records(tmp_path / "dist", "baseline"), records(tmp_path / "single", "baseline")
+    assert [r["step"] for r in d] == [1, 2, 3, 4]  # one row per step: only the main process logs
+    for a, b in zip(d, s):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["tokens_seen"] == b["tokens_seen"]
