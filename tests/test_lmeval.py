@@ -82,13 +82,13 @@ def test_batch_size_reaches_the_model_and_state_is_restored(tiny, tmp_path):
     rng = torch.get_rng_state()
     try:
         metrics, _ = run_plugin(tiny, tmp_path, tasks=["shakespeare_next_line"], limit=4, batch_size=3,
-                                bootstrap_iters=0)
+                                bootstrap_iters=0, num_fewshot=1)
         assert model.training and not model.gpt_neox.layers[0].training and model.gpt_neox.layers[1].training
     finally:
         hook.remove()
         model.eval()
     # simple_evaluate(batch_size=...) is ignored for model objects; the plugin's batch size is HFLM's.
-    assert metrics["lm_eval"]["batch_size"] == 3
+    assert metrics["lm_eval"]["batch_size"] == 3 and metrics["lm_eval"]["n_shot"]["shakespeare_next_line"] == 1
     assert max(seen) == 3 and len(seen) >= 16 / 3  # 4 documents x 4 choices = 16 requests in batches of 3
     assert torch.equal(torch.get_rng_state(), rng)  # lm-eval reseeds the global RNGs; restored
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
