@@ -20,7 +20,7 @@ table { border-collapse: collapse; margin: 8px 0 12px 0; font-size: 0.92em; }
 th, td { border: 1px solid #bbb; padding: 4px 9px; text-align: right; }
 th { background: #e8eef4; } td:first-child, th:first-child { text-align: left; }
 .met { background: #d8f3dc; } .notmet { background: #fde2e1; } .na { background: #eee; color: #555; }
-.missing { color: #a33; font-weight: bold; }
+.missing { color: #a33; font-weight: bold; } .text { text-align: left; }
 .meta { color: #555; font-size: 0.9em; } .note { color: #555; font-size: 0.88em; }
 figure { margin: 14px 0; } figcaption { font-size: 0.9em; color: #444; }
 img { max-width: 100%; border: 1px solid #ddd; }
@@ -48,7 +48,7 @@ def _indicators_html(indicators: list[dict[str, Any]]) -> str:
         rows.append([_e(item["indicator"]), _e(item.get("model", "")), _e(item.get("baseline", "")),
                      _e(f"{item.get('entry')}.{item.get('metric')}" if item.get("entry") else ""), value,
                      _e(f"[{ci[0]:.1%}, {ci[1]:.1%}]") if ci else "", _e(item["target"]),
-                     f"<b>{_e(item['status'])}</b>", _e(item.get("detail", ""))])
+                     f"<b>{_e(item['status'])}</b>", f'<div class="text">{_e(item.get("detail", ""))}</div>'])
         classes.append({"met": "met", "not met": "notmet"}.get(item["status"], "na"))
     return _table(["indicator", "model", "baseline", "metric", "value", "95% CI", "target", "status", "note"],
                   rows, classes)
