@@ -16,6 +16,9 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     atomic_write_json(path, {"x": 2})
     assert read_json(path) == {"x": 2}
     assert [p.name for p in path.parent.iterdir()] == ["result.json"]  # no temp files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file the user creates, not mkstemp's 0600
 
 
 def test_failed_write_keeps_old_content_and_leaves_no_temp(tmp_path, monkeypatch):
