@@ -8,7 +8,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -245,19 +244,19 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_stat
 
 
 def test_two_process_gloo_run_matches_one_process_with_accumulation(tmp_path):
-    """torchrun, 2 CPU processes (gloo, DDP), micro-batch 2 each == 1 process with 2 x 2 accumulation."""
+    """torchrun, 2 CPU processes (gloo, DDP over the softplus-parametrised model), micro-batch 2 each == 1 process
+    with 2 x 2 accumulation."""
     torchrun = Path(sys.executable).parent / "torchrun"
     dist_cfg = write_config(tmp_path / "dist.yaml", micro_batch=2, grad_accum=1, steps=4, checkpoint_every=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 500),
-                           "-m", "harness.cli", "train", "baseline", "--config", str(dist_cfg), "--out",
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "harness.cli", "train", "monotonic", "--config", str(dist_cfg), "--out",
                            str(tmp_path / "dist"), "--no-progress"], capture_output=True, text=True, env=env,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single_cfg = write_config(tmp_path / "single.yaml", micro_batch=2, grad_accum=2, steps=4, checkpoint_every=2)
-    assert main(["train", "baseline", "--config", str(single_cfg), "--out", str(tmp_path / "single"),
+    assert main(["train", "monotonic", "--config", str(single_cfg), "--out", str(tmp_path / "single"),
                  "--no-progress"]) == 0
-    dist_result = json.loads((tmp_path / "dist" / STAGE / "baseline/s42/result.json").read_text())["metrics"]
+    dist_result = json.loads((tmp_path / "dist" / STAGE / "monotonic/s42/result.json").read_text())["metrics"]
     assert dist_result["world_size"] == 2 and dist_result["global_batch"] == 4
     # Same model function (weights such as the key bias, whose gradient is float noise because softmax ignores
     # it, get noise-sized Adam steps that differ between the runs; the logits do not).
@@ -266,11 +265,11 @@ def test_two_process_gloo_run_matches_one_process_with_accumulation(tmp_path):
     ids = torch.randint(2, 4000, (2, 48), generator=torch.Generator().manual_seed(0))
     outputs = []
     for run in ("dist", "single"):
-        model = AutoModelForCausalLM.from_pretrained(tmp_path / run / STAGE / "baseline/s42/checkpoint").eval()
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / run / STAGE / "monotonic/s42/checkpoint").eval()
         with torch.no_grad():
             outputs.append(model(input_ids=ids).logits)
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=1e-4)
-    d, s = records(tmp_path / "dist", "baseline"), records(tmp_path / "single", "baseline")
+    d, s = records(tmp_path / "dist", "monotonic"), records(tmp_path / "single", "monotonic")
     assert [r["step"] for r in d] == [1, 2, 3, 4]  # one row per step: only the main process logs
     for a, b in zip(d, s):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["tokens_seen"] == b["tokens_seen"]
