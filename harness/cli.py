@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import Runner, summary_table
     from .suite import load_suite
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun (SLURM training jobs): one GPU per process,
+        import torch  # chosen before any model loads onto the default GPU
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     suite = load_suite(args.suite, args.mode, output_dir=args.out)
     runner = Runner(suite, show_progress=False if args.no_progress else None, only=args.stage)
     outcomes = runner.run()
@@ -85,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 #: Modules that add subcommands with ``@command`` (imported when the parser is built, so start-up stays cheap).
-COMMAND_MODULES: list[str] = ["harness.cli_train", "harness.cli_report"]
+COMMAND_MODULES: list[str] = ["harness.cli_train", "harness.cli_report", "harness.cli_slurm"]
 
 
 def build_parser() -> argparse.ArgumentParser:

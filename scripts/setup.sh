@@ -14,6 +14,12 @@ if command -v apt-get >/dev/null 2>&1; then
   if [ -n "$need" ]; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
   fi
+  # The SLURM tests start a real single-node cluster (scripts/slurm_local.sh; ~15 s to install).
+  need=""
+  for pkg in slurm-wlm munge; do dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"; done
+  if [ -n "$need" ]; then
+    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+  fi
 fi
 pip_quiet() {  # pip, printing its log only when it fails
   local log; log=$(mktemp)
