@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/train_throughput.py [--steps 30] [--seq-len 128] [--micro-batch 8]
 
 1. Our ``baseline`` trainer and ``transformers.Trainer`` train the same model (the tiny default) on the same packed
-   Shakespeare blocks with the same batch, optimiser (AdamW, clipping at 1.0) and precision, one run each;
-   tokens/s counts trained (target) tokens over the steps after the first ``--skip`` ones.
+   Shakespeare blocks with the same batch, optimiser (AdamW, clipping at 1.0) and precision, in alternating runs;
+   tokens/s counts trained (target) tokens per second of wall time between the ends of step ``--skip`` and the last.
 2. Our trainer with packed blocks vs one document per padded row, on documents whose lengths follow a heavy-tailed
    (log-normal) distribution like web text; what counts is non-pad tokens per second.
 3. With a GPU: model FLOPs utilisation of a Pythia-410m-shaped model (random weights) in bf16.
@@ -39,7 +39,7 @@ H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM
 
 
 def our_trainer(model, tokenizer, data_file: Path, args, packing: bool, work: Path, tag: str) -> dict:
-    """Run the ``baseline`` trainer plugin once; tokens/s over the steps after ``args.skip``."""
+    """Run the ``baseline`` trainer plugin once; trained tokens per second of wall time after step ``args.skip``."""
     cfg = BaselineConfig.model_validate({
         "data": {"dataset": "json", "data_files": [str(data_file)], "split": "train"}, "seq_len": args.seq_len,
         "packing": packing, "micro_batch": args.micro_batch, "grad_accum": 1, "steps": args.steps, "lr": 1e-4,
@@ -49,11 +49,11 @@ def our_trainer(model, tokenizer, data_file: Path, args, packing: bool, work: Pa
                        show_progress=False)
     ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     RecoveryTrainer(cfg).train(LoadedModel(tag, model, tokenizer), ctx)
-    seen = {r["step"]: r["tokens_seen"] for r in ctx.records.records}
-    timed = [r for r in ctx.records.records if r["step"] > args.skip]
-    step_tokens = [seen[r["step"]] - seen.get(r["step"] - 1, 0) for r in timed]
-    tokens = sum(step_tokens)
-    seconds = sum(n / r["tokens_per_s"] for n, r in zip(step_tokens, timed))
+    # Wall time between the ends of steps (logging included), measured the same way as for HF's Trainer below.
+    rows = ctx.records.records
+    first = next(r for r in rows if r["step"] == args.skip)
+    tokens = rows[-1]["tokens_seen"] - first["tokens_seen"]
+    seconds = rows[-1]["time"] - first["time"]
     return {"tokens_per_s": tokens / seconds, "tokens": tokens, "seconds": seconds}
 
 
@@ -145,6 +145,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each, alternating; the best one counts")
     args = p.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -154,14 +155,19 @@ def main() -> None:
     n_params = sum(q.numel() for q in base.parameters())
     print(f"device: {args.device} ({torch.get_num_threads()} threads); model: pythia_tiny ({n_params / 1e6:.2f}M "
           f"parameters); batch {args.micro_batch} x {args.seq_len} tokens; {args.steps} steps, first {args.skip} "
-          "not timed")
+          f"not timed; best of {args.repeats} alternating runs each")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         from harness import DocumentSource
 
         blocks = build_blocks(DocumentSource(dataset="json", data_files=[DATA]), tokenizer, args.seq_len, True)
-        ours = our_trainer(copy.deepcopy(base), tokenizer, DATA, args, True, work, "ours")
-        hf = hf_trainer(copy.deepcopy(base).train(), blocks, args, work)
+        # Alternate the two (best of --repeats each): a shared machine's load drifts between runs.
+        ours_runs, hf_runs = [], []
+        for i in range(args.repeats):
+            ours_runs.append(our_trainer(copy.deepcopy(base), tokenizer, DATA, args, True, work, f"ours{i}"))
+            hf_runs.append(hf_trainer(copy.deepcopy(base).train(), blocks, args, work))
+        ours = max(ours_runs, key=lambda r: r["tokens_per_s"])
+        hf = max(hf_runs, key=lambda r: r["tokens_per_s"])
         print(f"our trainer:        {ours['tokens_per_s']:10,.0f} tokens/s")
         print(f"HF Trainer:         {hf['tokens_per_s']:10,.0f} tokens/s")
         print(f"ratio ours / HF:    {ours['tokens_per_s'] / hf['tokens_per_s']:10.2f}x  (target >= 1.0)")
@@ -171,8 +177,12 @@ def main() -> None:
         padded_blocks = build_blocks(DocumentSource(dataset="json", data_files=[docs]), tokenizer, args.seq_len,
                                      False)
         fill = float(padded_blocks.lengths.mean() / args.seq_len)
-        packed = our_trainer(copy.deepcopy(base), tokenizer, docs, args, True, work, "packed")
-        padded = our_trainer(copy.deepcopy(base), tokenizer, docs, args, False, work, "padded")
+        packed_runs, padded_runs = [], []
+        for i in range(args.repeats):
+            packed_runs.append(our_trainer(copy.deepcopy(base), tokenizer, docs, args, True, work, f"packed{i}"))
+            padded_runs.append(our_trainer(copy.deepcopy(base), tokenizer, docs, args, False, work, f"padded{i}"))
+        packed = max(packed_runs, key=lambda r: r["tokens_per_s"])
+        padded = max(padded_runs, key=lambda r: r["tokens_per_s"])
         print(f"documents: log-normal lengths, mean {mean_chars:.0f} characters; padded rows are {fill:.0%} real "
               "tokens")
         print(f"packed blocks:      {packed['tokens_per_s']:10,.0f} non-pad tokens/s")

@@ -137,11 +137,14 @@ def count_targets(batch: dict[str, torch.Tensor]) -> int:
 
 def token_nll_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """Summed next-token NLL (fp32) of the labelled positions of ``batch``."""
-    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                   use_cache=False).logits
-    targets = batch["labels"][:, 1:].to(device)
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=IGNORE, reduction="sum")
+    mask = batch["attention_mask"]
+    # Packed blocks have no padding: without a mask the model takes its faster plain-causal attention path.
+    extra = {} if bool(mask.all()) else {"attention_mask": mask.to(device)}
+    logits = model(input_ids=batch["input_ids"].to(device), use_cache=False, **extra).logits
+    # Shift the labels, not the logits (slicing the logits would copy the largest tensor of the step).
+    targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE).to(device)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
+                           reduction="sum")
 
 
 def accumulate_gradients(model: torch.nn.Module, micro_batches: list[dict[str, torch.Tensor]], global_tokens: int,
@@ -312,7 +315,8 @@ class RecoveryTrainer(TrainerPlugin):
                 row: dict[str, Any] = {"id": f"step-{progress.step}", "step": progress.step, "loss": loss, "lr": lr,
                                        "tokens_seen": progress.tokens_seen,
                                        "tokens_per_s": global_tokens / step_time, "grad_norm": grad_norm,
-                                       "epoch": progress.step * global_batch / len(train_blocks)}
+                                       "epoch": progress.step * global_batch / len(train_blocks),
+                                       "time": time.time()}
                 if (cfg.val_every and progress.step % cfg.val_every == 0) or progress.step == total_steps:
                     ppl = validate()
                     if ppl is not None:
