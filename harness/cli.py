@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         if args.verbose:
             raise
-        err_console.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        # markup=False: messages hold brackets (`pip install 'harness[textattack]'`, `constraints[0]`) that rich
+        # would otherwise take for style tags and drop.
+        err_console.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted; run the same command again to resume")

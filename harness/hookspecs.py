@@ -37,6 +37,12 @@ def harness_trainers() -> list[type]:
 
 
 @hookspec
+def harness_unavailable_plugins() -> dict[str, str]:
+    """Plugins a package provides but cannot offer here (an optional dependency is missing), by name: one line saying
+    what is missing and how to install it. They are not listed; a suite that selects one fails with that line."""
+
+
+@hookspec
 def harness_stage_finished(run_dir: Path, stage: Any, result: dict[str, Any]) -> None:
     """Called after a stage's result is stored (not for stages skipped because they were already complete)."""
 

@@ -35,7 +35,11 @@ class Registry:
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self._by_kind: dict[str, dict[str, PluginInfo]] = {k: {} for k in KINDS}
+        #: name -> why it cannot be used here and how to fix that (from ``harness_unavailable_plugins``).
+        self.unavailable: dict[str, str] = {}
         self._collect()
+        for reasons in pm.hook.harness_unavailable_plugins():
+            self.unavailable.update(reasons or {})
 
     def _package_of(self, plugin: Any) -> str:
         return getattr(self.pm, "harness_packages", {}).get(self.pm.get_name(plugin) or "", "(registered in code)")
@@ -71,6 +75,8 @@ class Registry:
         try:
             return self._by_kind[kind][name]
         except KeyError:
+            if name in self.unavailable:
+                raise KeyError(f"{kind} plugin '{name}' is not installed: {self.unavailable[name]}") from None
             known = self.names(kind)
             elsewhere = [k for k, plugins in self._by_kind.items() if name in plugins and k != kind]
             hint = f" ('{name}' is a {elsewhere[0]} plugin)" if elsewhere else did_you_mean(name, known)

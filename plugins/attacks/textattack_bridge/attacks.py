@@ -1,0 +1,159 @@
+"""Attack plugins ``textattack_deepwordbug``, ``textattack_pruthi`` and ``textattack`` (any catalogue components).
+
+Each runs TextAttack's search on the harness task (:mod:`..common`): the same examples, threshold, records and
+summary as HotFlip and UAT. Per example:
+
+1. the context tokens are decoded to text, which TextAttack edits (characters, words);
+2. every edited text TextAttack wants scored becomes prefix + re-tokenised context + the unchanged continuation
+   tokens, scored in batches by the shared :class:`..common.Scorer` (:class:`.goal.CausalLMContinuationWrapper`);
+3. the goal function scores each edit by its relative NLL increase (:class:`.goal.CausalLMNLLGoalFunction`) and the
+   search method keeps what raises it, until the threshold is passed (``stop_at_goal``), the candidates run out or
+   the ``query_budget`` is spent.
+
+TextAttack's random edits draw from Python's, NumPy's and torch's global generators: they are seeded per example
+from (seed, entry, example id), never from the model, so every model starts from the same random stream.
+TextAttack is imported when a stage runs (or a generic entry is validated), never by ``harness list``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness import AttackPlugin, LoadedModel, StageContext, StagePreempted, derive_seed, load_documents
+
+from ..common import Scorer, example_record, make_examples, select_examples, summarize
+from .config import DeepWordBugConfig, PruthiConfig, TextAttackConfig, TextAttackTaskConfig
+
+_STATUS = {"SuccessfulAttackResult": "succeeded", "FailedAttackResult": "failed",
+           "MaximizedAttackResult": "maximized", "SkippedAttackResult": "skipped"}
+#: (model wrapper, entry name) -> (transformation, constraints, search method); imports TextAttack when called.
+ComponentsFn = Callable[[Any, str], tuple[Any, list, Any]]
+
+
+def run_textattack(model: LoadedModel, ctx: StageContext, cfg: TextAttackTaskConfig,
+                   components: ComponentsFn) -> dict[str, Any]:
+    """Attack every example (resuming after the recorded ones), write its record, return the summary metrics."""
+    where = f"attacks.{ctx.stage.entry}"
+    examples = make_examples(load_documents(cfg.data), model, cfg, where=f"{where}.data")
+    examples = select_examples(examples, cfg.n_examples, cfg.sample, ctx)
+
+    from .catalogue import assemble, offline_component
+    from .goal import CausalLMContinuationWrapper, CausalLMNLLGoalFunction
+
+    wrapper = CausalLMContinuationWrapper(model, Scorer(model, cfg.batch_tokens))
+    goal = CausalLMNLLGoalFunction(wrapper, cfg.threshold, maximizable=not cfg.stop_at_goal,
+                                   query_budget=cfg.query_budget or float("inf"))
+    # Built before the first example, so that a component missing its data fails within seconds.
+    transformation, constraints, search = components(wrapper, where)
+    if cfg.control:
+        from .control import RandomControlSearch
+
+        search = RandomControlSearch()
+    attack = assemble(goal, transformation, constraints, search, where=where)
+    ctx.log(f"TextAttack: {attack.transformation} | {len(attack.pre_transformation_constraints)} pre-transformation "
+            f"+ {len(attack.constraints)} constraints | {attack.search_method}")
+
+    done = ctx.records.done()
+    with ctx.progress("examples", len(examples)) as bar:
+        bar.advance(sum(1 for ex in examples if ex.id in done))
+        for ex in examples:
+            if ex.id in done:
+                continue
+            if ctx.should_stop:  # records so far are durable: the rerun resumes at this example
+                raise StagePreempted(ctx.stage.id)
+            wrapper.scorer = Scorer(model, cfg.batch_tokens)  # per-example query counts
+            seed = derive_seed(ctx.seed, ctx.stage.section, ctx.stage.entry, "example", ex.id)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+            text = wrapper.set_example(ex)
+            with offline_component(f"{where}: a TextAttack component, while attacking example {ex.id},", "",
+                                   cfg.allow_downloads):
+                result = attack.attack(text, ex.id)
+            initial, final = result.original_result, result.perturbed_result
+            scorer = wrapper.scorer
+            ctx.records.append(example_record(
+                ex.id, goal.nll_before, float(final.raw_output), cfg.threshold,
+                queries=scorer.queries + scorer.gradient_calls, gradient_calls=scorer.gradient_calls,
+                textattack_queries=int(final.num_queries), status=_STATUS.get(type(result).__name__, "?"),
+                words_perturbed=len(initial.attacked_text.all_words_diff(final.attacked_text)),
+                adversarial_text=final.attacked_text.text, original_text=text))
+            records = ctx.records.records
+            bar.advance()
+            bar.set(success=float(np.mean([r["success"] for r in records])),
+                    queries=int(sum(r["queries"] for r in records)))
+    return textattack_summary(ctx.records.records, cfg.threshold)
+
+
+def textattack_summary(records: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    metrics = summarize(records, threshold)
+    metrics["mean_words_perturbed"] = float(np.mean([r["words_perturbed"] for r in records])) if records else 0.0
+    metrics["mean_textattack_queries"] = (float(np.mean([r["textattack_queries"] for r in records]))
+                                          if records else 0.0)
+    return metrics
+
+
+class DeepWordBugAttack(AttackPlugin):
+    """TextAttack's DeepWordBug on causal LMs: character edits of the most important words, greedy (offline)."""
+
+    name = "textattack_deepwordbug"
+    Config = DeepWordBugConfig
+
+    def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        cfg: DeepWordBugConfig = self.config  # type: ignore[assignment]
+
+        def components(wrapper: Any, where: str):
+            from .recipes import deepwordbug
+
+            return deepwordbug(cfg)
+
+        return run_textattack(model, ctx, cfg, components)
+
+
+class PruthiAttack(AttackPlugin):
+    """TextAttack's Pruthi2019 on causal LMs: typo-like edits inside words, greedy search (offline)."""
+
+    name = "textattack_pruthi"
+    Config = PruthiConfig
+
+    def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        cfg: PruthiConfig = self.config  # type: ignore[assignment]
+
+        def components(wrapper: Any, where: str):
+            from .recipes import pruthi
+
+            return pruthi(cfg)
+
+        return run_textattack(model, ctx, cfg, components)
+
+
+class TextAttackAttack(AttackPlugin):
+    """Any TextAttack recipe, or transformation + constraints + search method, on causal LMs."""
+
+    name = "textattack"
+    Config = TextAttackConfig
+
+    def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        cfg: TextAttackConfig = self.config  # type: ignore[assignment]
+
+        def components(wrapper: Any, where: str):
+            from .catalogue import build, build_transformation, recipe_components
+
+            if cfg.recipe is not None:
+                return recipe_components(cfg.recipe, cfg.recipe_args, wrapper, f"{where}.recipe",
+                                         cfg.allow_downloads)
+            assert cfg.transformation is not None
+            return (build_transformation(cfg.transformation, f"{where}.transformation", cfg.allow_downloads),
+                    [build("constraint", c, f"{where}.constraints[{i}]", cfg.allow_downloads)
+                     for i, c in enumerate(cfg.constraints)],
+                    build("search", cfg.search, f"{where}.search", cfg.allow_downloads))
+
+        return run_textattack(model, ctx, cfg, components)
+
+
+ATTACKS: list[type[AttackPlugin]] = [DeepWordBugAttack, PruthiAttack, TextAttackAttack]
