@@ -1,0 +1,91 @@
+"""Candidate evaluations per second: the batched continuation scorer vs a per-candidate loop, same model, same candidates.
+
+The candidates are what a HotFlip step scores: single-token swaps in the context of real documents (held-out
+Shakespeare), each scored by its continuation NLL. Both sides run ``harness.scoring.continuation_nll``; the loop
+calls it once per candidate (a batch of one), the batched side once for all of them (chunked by ``--batch-tokens``).
+Prints both rates, the ratio (target >= 8x on the tiny CPU model) and the largest score difference between the two.
+
+    python benchmarks/attack_throughput.py [--candidates 256] [--context 24 --continuation 16] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_DOCS = ROOT / "data" / "shakespeare" / "test.jsonl"
+
+
+def make_candidates(loaded, n: int, context: int, continuation: int) -> tuple[torch.Tensor, int]:
+    """``n`` single-token swaps in the contexts of real documents (random positions and allowed tokens)."""
+    from harness import DocumentSource, load_documents
+    from harness_plugins.attacks.common import TaskConfig, VocabFilter, allowed_tokens, make_examples, random_allowed
+
+    task = TaskConfig(context_tokens=context, continuation_tokens=continuation)
+    examples = make_examples(load_documents(DocumentSource(data_files=[TEST_DOCS], split="test")), loaded, task, 16)
+    allowed = allowed_tokens(loaded, VocabFilter())
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(n):
+        ids = examples[i % len(examples)].ids()
+        ids[1 + int(torch.randint(context, (1,), generator=gen))] = int(random_allowed(allowed, 1, gen)[0])
+        rows.append(ids)
+    return torch.tensor(rows), continuation
+
+
+def best_of(repeats: int, fn) -> tuple[float, torch.Tensor]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", type=int, default=256)
+    parser.add_argument("--context", type=int, default=24)
+    parser.add_argument("--continuation", type=int, default=16)
+    parser.add_argument("--batch-tokens", type=int, default=16384)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.api import LoadedModel
+    from harness.scoring import continuation_nll
+    from harness_plugins.models.pythia_tiny import WEIGHTS_DIR
+
+    model = AutoModelForCausalLM.from_pretrained(WEIGHTS_DIR).eval().to(args.device)
+    loaded = LoadedModel("pythia_tiny", model, AutoTokenizer.from_pretrained(WEIGHTS_DIR))
+    cands, k = make_candidates(loaded, args.candidates, args.context, args.continuation)
+    pad = loaded.tokenizer.pad_token_id or 0
+    continuation_nll(model, cands[:8], k, args.batch_tokens, pad)  # warm-up
+
+    t_batch, batched = best_of(args.repeats, lambda: continuation_nll(model, cands, k, args.batch_tokens, pad))
+    t_loop, looped = best_of(args.repeats, lambda: torch.cat(
+        [continuation_nll(model, cands[i:i + 1], k, args.batch_tokens, pad) for i in range(len(cands))]))
+
+    n = len(cands)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or 'cpu'}"
+    print(f"model: pythia_tiny on {args.device} ({device}; {torch.get_num_threads()} threads, load {load:.1f})")
+    print(f"candidates: {n} sequences of {cands.shape[1]} tokens, continuation {k} tokens, best of {args.repeats}")
+    print(f"batched        : {n / t_batch:10.1f} candidate evaluations/s")
+    print(f"per-candidate  : {n / t_loop:10.1f} candidate evaluations/s")
+    print(f"ratio          : {t_loop / t_batch:10.1f}x   (target >= 8x on the tiny CPU model)")
+    print(f"max |batched - per-candidate| score: {float((batched - looped).abs().max()):.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Attack plugin ``hotflip``: HotFlip (Ebrahimi et al. 2018) adapted to causal LMs.
+
+Per example, the attacker edits context tokens to raise the model's NLL of the continuation. Each step:
+
+1. one forward + backward pass gives the gradient of the continuation loss w.r.t. the one-hot input; its dot
+   product with every token embedding is the first-order estimate of the loss change of every (position, token)
+   swap over the editable positions (positions flipped already are frozen);
+2. the ``beam_width`` swaps with the highest estimates are scored exactly in one batched forward pass;
+3. the best one is kept if it raises the loss; otherwise the step is spent and those swaps are not proposed again.
+
+Up to ``flips`` steps (a count, or a fraction of the context tokens). The per-example Spearman correlation between
+the estimates and the exact loss changes of the swaps scored shows how far the linearisation can be trusted (on a
+monotonic model, say). The ``random_token`` control runs this same loop with random swaps instead of step 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from harness import (AttackPlugin, DocumentSource, LoadedModel, StageContext, StagePreempted, hookimpl,
+                     load_documents)
+
+from .common import (Example, Scorer, TaskConfig, allowed_tokens, example_record, make_examples, select_examples,
+                     spearman, summarize)
+
+#: Proposes swaps for the current sequence: (ids, editable positions, swaps already tried at these ids) ->
+#: (swaps as (position, token) pairs, first-order estimates of their loss change or None).
+Proposer = Callable[[list[int], list[int], set[tuple[int, int]]], tuple[list[tuple[int, int]], list[float] | None]]
+
+
+class HotFlipConfig(TaskConfig):
+    data: DocumentSource
+    #: Examples to attack (the first usable documents, or a seeded sample; see ``sample``); None = all.
+    n_examples: int | None = Field(default=None, ge=1)
+    sample: Literal["first", "seeded"] = "first"
+    #: Steps (at most one flip each): a count, or a fraction (0, 1] of the context tokens.
+    flips: int | Annotated[float, Field(gt=0, le=1)] = 10
+    #: Swaps scored exactly per step (the top first-order candidates), in one batched forward pass.
+    beam_width: int = Field(default=32, ge=1)
+
+
+def n_flips(flips: int | float, n_context: int) -> int:
+    if isinstance(flips, int):
+        return min(flips, n_context)
+    return max(1, round(flips * n_context))
+
+
+@dataclass
+class FlipOutcome:
+    ids: list[int]
+    nll_before: float
+    nll_after: float
+    flipped: dict[int, tuple[int, int]] = field(default_factory=dict)  # position -> (old token, new token)
+    estimates: list[float] = field(default_factory=list)
+    changes: list[float] = field(default_factory=list)  # exact loss change of every swap scored
+    steps: int = 0
+
+
+def flip_search(scorer: Scorer, example: Example, steps: int, propose: Proposer) -> FlipOutcome:
+    """The greedy flip loop shared by HotFlip and its random control; only ``propose`` differs."""
+    ids = example.ids()
+    k = len(example.continuation)
+    context = list(range(len(example.prefix), len(example.prefix) + len(example.context)))
+    current = float(scorer.nll(torch.tensor([ids]), k)[0])
+    out = FlipOutcome(list(ids), current, current)
+    tried: set[tuple[int, int]] = set()
+    for _ in range(steps):
+        editable = [p for p in context if p not in out.flipped]
+        swaps, estimates = propose(ids, editable, tried)
+        if not swaps:
+            break
+        out.steps += 1
+        batch = torch.tensor([ids] * len(swaps))
+        batch[torch.arange(len(swaps)), torch.tensor([p for p, _ in swaps])] = torch.tensor([t for _, t in swaps])
+        exact = scorer.nll(batch, k)
+        out.changes += (exact - current).tolist()
+        if estimates is not None:
+            out.estimates += estimates
+        best = int(exact.argmax())
+        if exact[best] > current:  # keep the best swap; the next step proposes from the new sequence
+            pos, tok = swaps[best]
+            out.flipped[pos] = (ids[pos], tok)
+            ids = batch[best].tolist()
+            current = float(exact[best])
+            tried.clear()
+        else:
+            tried.update(swaps)
+    out.ids, out.nll_after = ids, current
+    return out
+
+
+def gradient_proposer(scorer: Scorer, allowed: torch.Tensor, n_scored: int, beam_width: int) -> Proposer:
+    """HotFlip's candidates: the swaps with the largest first-order loss increase."""
+    cache: dict[tuple[int, ...], tuple[list[int], torch.Tensor]] = {}
+
+    def propose(ids: list[int], editable: list[int], tried: set[tuple[int, int]]):
+        if not editable:
+            return [], None
+        key = tuple(ids)
+        if key not in cache or cache[key][0] != editable:  # an unchanged sequence keeps its gradient
+            cache.clear()
+            cache[key] = (editable, scorer.token_gradients(torch.tensor([ids]), n_scored, editable))
+        grad = cache[key][1]
+        current = torch.tensor([ids[p] for p in editable])
+        estimate = grad - grad.gather(1, current[:, None])  # loss change of each swap, to first order
+        estimate[:, ~allowed] = -torch.inf
+        estimate[torch.arange(len(editable)), current] = -torch.inf
+        row = {p: i for i, p in enumerate(editable)}
+        for p, t in tried:
+            if p in row:
+                estimate[row[p], t] = -torch.inf
+        flat = estimate.flatten()
+        n = min(beam_width, int(torch.isfinite(flat).sum()))
+        top = flat.topk(n)
+        vocab = estimate.shape[1]
+        swaps = [(editable[i // vocab], i % vocab) for i in top.indices.tolist()]
+        return swaps, top.values.tolist()
+
+    return propose
+
+
+def run_flip_attack(model: LoadedModel, ctx: StageContext, cfg: HotFlipConfig,
+                    make_proposer: Callable[[Scorer, torch.Tensor, Example], Proposer]) -> dict[str, Any]:
+    """Attack every example (resuming after the recorded ones), write its record, return the summary metrics."""
+    examples = make_examples(load_documents(cfg.data), model, cfg, where=f"{ctx.stage.entry}.data")
+    examples = select_examples(examples, cfg.n_examples, cfg.sample, ctx)
+    allowed = allowed_tokens(model, cfg.vocab)
+    tok = model.tokenizer
+    done = ctx.records.done()
+    scorer = Scorer(model, cfg.batch_tokens)
+    with ctx.progress("examples", len(examples)) as bar:
+        bar.advance(sum(1 for ex in examples if ex.id in done))
+        for ex in examples:
+            if ex.id in done:
+                continue
+            if ctx.should_stop:  # records so far are durable: the rerun resumes at this example
+                raise StagePreempted(ctx.stage.id)
+            scorer.queries = scorer.gradient_calls = 0  # counted per example
+            out = flip_search(scorer, ex, n_flips(cfg.flips, len(ex.context)), make_proposer(scorer, allowed, ex))
+            start = len(ex.prefix)
+            edited = out.ids[start:start + len(ex.context)]
+            positions = sorted(out.flipped)
+            ctx.records.append(example_record(
+                ex.id, out.nll_before, out.nll_after, cfg.threshold,
+                queries=scorer.queries + scorer.gradient_calls, gradient_calls=scorer.gradient_calls,
+                steps=out.steps, positions=[p - start for p in positions],
+                original_tokens=[out.flipped[p][0] for p in positions],
+                new_tokens=[out.flipped[p][1] for p in positions],
+                adversarial_text=tok.decode(edited), original_text=tok.decode(list(ex.context)),
+                spearman=spearman(out.estimates, out.changes) if out.estimates else None))
+            records = ctx.records.records
+            bar.advance()
+            bar.set(success=float(np.mean([r["success"] for r in records])),
+                    queries=int(sum(r["queries"] for r in records)))
+    return flip_summary(ctx.records.records, cfg)
+
+
+def flip_summary(records: Sequence[dict[str, Any]], cfg: HotFlipConfig) -> dict[str, Any]:
+    metrics = summarize(records, cfg.threshold)
+    metrics["mean_flips"] = float(np.mean([len(r["positions"]) for r in records])) if records else 0.0
+    rhos = [r["spearman"] for r in records if r.get("spearman") is not None]
+    if rhos:
+        metrics["spearman_mean"] = float(np.mean(rhos))
+    return metrics
+
+
+class HotFlipAttack(AttackPlugin):
+    """HotFlip on causal LMs: gradient-ranked token swaps in the context, scored exactly in batches."""
+
+    name = "hotflip"
+    Config = HotFlipConfig
+
+    def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        cfg: HotFlipConfig = self.config  # type: ignore[assignment]
+        return run_flip_attack(model, ctx, cfg, lambda scorer, allowed, ex: gradient_proposer(
+            scorer, allowed, len(ex.continuation), cfg.beam_width))
+
+
+@hookimpl
+def harness_attacks() -> list[type]:
+    return [HotFlipAttack]

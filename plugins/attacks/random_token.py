@@ -1,0 +1,98 @@
+"""Attack plugin ``random_token``: the control that shows how much the gradient buys.
+
+It runs the very loop of the attack it controls for, with the same options (documents, positions, number of steps,
+candidates scored exactly per step, beam search), but its candidates are random allowed tokens instead of the
+gradient's choice:
+
+- ``hotflip: {...}``: each step scores ``beam_width`` random (context position, token) swaps exactly and keeps the
+  best if it raises the loss (greedy random search over the same positions and flip budget);
+- ``uat: {...}``: each iteration offers ``top_k`` random tokens per trigger position to the same beam search
+  (random coordinate search for a trigger, like the published study's UAT), on the same optimisation split, judged
+  on the same held-out split.
+
+It spends the same number of exact evaluations as the attack, and no gradient passes. Give it the attack's options
+under the attack's name (a YAML anchor keeps them identical)::
+
+    hotflip: &hotflip {data: ..., flips: 4}
+    random_hotflip: {plugin: random_token, hotflip: *hotflip}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import model_validator
+
+from harness import AttackPlugin, LoadedModel, PluginConfig, StageContext, hookimpl
+
+from .common import Scorer, attack_rng, random_allowed
+from .hotflip import HotFlipConfig, Proposer, run_flip_attack
+from .uat import CandidateFn, UATConfig, run_uat
+
+
+class RandomTokenConfig(PluginConfig):
+    """Exactly one of: the options of the ``hotflip`` attack, or those of the ``uat`` attack."""
+
+    hotflip: HotFlipConfig | None = None
+    uat: UATConfig | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RandomTokenConfig:
+        if (self.hotflip is None) == (self.uat is None):
+            raise ValueError("give exactly one of `hotflip: {...}` or `uat: {...}` (the options of the attack this "
+                             "control matches)")
+        return self
+
+
+def random_proposer(allowed: torch.Tensor, beam_width: int, gen: torch.Generator) -> Proposer:
+    """``beam_width`` distinct untried swaps, uniform over (editable position, allowed token)."""
+    allowed_ids = allowed.nonzero()[:, 0]
+
+    def propose(ids: list[int], editable: list[int], tried: set[tuple[int, int]]):
+        swaps: list[tuple[int, int]] = []
+        seen = set(tried)
+        for _ in range(20):  # rejection sampling; the pool (positions x vocabulary) dwarfs beam_width
+            if len(swaps) == beam_width or not editable:
+                break
+            pos = torch.randint(len(editable), (beam_width,), generator=gen).tolist()
+            tok = allowed_ids[torch.randint(len(allowed_ids), (beam_width,), generator=gen)].tolist()
+            for p, t in zip(pos, tok):
+                swap = (editable[p], t)
+                if t != ids[swap[0]] and swap not in seen and len(swaps) < beam_width:
+                    seen.add(swap)
+                    swaps.append(swap)
+        return swaps, None
+
+    return propose
+
+
+def random_candidates(top_k: int, allowed: torch.Tensor, ctx: StageContext) -> CandidateFn:
+    def candidates(scorer: Scorer, ids: torch.Tensor, n_scored: int, positions: list[int], trigger: list[int],
+                   restart: int, iteration: int) -> torch.Tensor:
+        gen = attack_rng(ctx, "candidates", restart, iteration)
+        return random_allowed(allowed, len(positions) * top_k, gen).view(len(positions), top_k)
+
+    return candidates
+
+
+class RandomTokenAttack(AttackPlugin):
+    """Control: the HotFlip or UAT loop with random candidate tokens (same budget, no gradient)."""
+
+    name = "random_token"
+    Config = RandomTokenConfig
+
+    def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        cfg: RandomTokenConfig = self.config  # type: ignore[assignment]
+        if cfg.hotflip is not None:
+            flip_cfg = cfg.hotflip
+            return run_flip_attack(model, ctx, flip_cfg, lambda scorer, allowed, ex: random_proposer(
+                allowed, flip_cfg.beam_width, attack_rng(ctx, "swaps", ex.id)))
+        uat_cfg = cfg.uat
+        assert uat_cfg is not None
+        return run_uat(model, ctx, uat_cfg, lambda allowed: random_candidates(uat_cfg.top_k, allowed, ctx))
+
+
+@hookimpl
+def harness_attacks() -> list[type]:
+    return [RandomTokenAttack]

@@ -1,0 +1,233 @@
+"""Attack plugin ``uat``: universal adversarial triggers (Wallace et al. 2019) for causal LMs.
+
+One trigger of ``trigger_length`` tokens is prepended to every document's context (after the end-of-text token)
+and optimised to raise the mean continuation NLL over an **optimisation split**; it is then evaluated on a
+**disjoint held-out split**, whose numbers are the ones reported. Each iteration of a restart:
+
+1. takes the next ``batch_size`` optimisation documents and averages the gradient of their loss w.r.t. the one-hot
+   trigger tokens;
+2. keeps, per trigger position, the ``top_k`` tokens with the largest first-order loss increase;
+3. beam-searches those candidates position by position (left to right, ``beam_size`` beams, the current trigger
+   among them), scoring every candidate trigger exactly on the batch in one batched call; the best beam becomes the
+   trigger.
+
+Several restarts start from different random triggers; the one with the highest mean NLL on the whole optimisation
+split wins. State is saved after every iteration, so an interrupted stage resumes at the last finished one. The
+``random_token`` control runs this same loop with random candidate tokens instead of steps 1-2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from harness import (AttackPlugin, DocumentSource, HarnessError, LoadedModel, StageContext, StagePreempted,
+                     hookimpl, load_documents)
+
+from .common import (Example, Scorer, TaskConfig, allowed_tokens, attack_rng, example_record, make_examples,
+                     random_allowed, summarize)
+
+#: Candidate tokens per trigger position: (scorer, batch ids [B, T], n_scored, trigger positions, trigger, restart,
+#: iteration) -> LongTensor [trigger_length, top_k].
+CandidateFn = Callable[[Scorer, torch.Tensor, int, list[int], list[int], int, int], torch.Tensor]
+#: Held-out examples are scored in fixed chunks, so a resumed stage scores each one in the same batch as before.
+EVAL_CHUNK = 64
+
+
+class UATConfig(TaskConfig):
+    #: Documents the trigger is optimised on.
+    opt_data: DocumentSource
+    #: Held-out documents the trigger is evaluated on (must not overlap opt_data).
+    eval_data: DocumentSource
+    #: Usable documents taken from each split (the first ones); None = all.
+    n_opt: int | None = Field(default=None, ge=1)
+    n_eval: int | None = Field(default=None, ge=1)
+    trigger_length: int = Field(default=10, ge=1)
+    restarts: int = Field(default=3, ge=1)
+    #: Iterations per restart.
+    iterations: int = Field(default=10, ge=1)
+    #: Optimisation documents per iteration (one averaged gradient, exact scoring of every candidate on them).
+    batch_size: int = Field(default=16, ge=1)
+    #: Candidate tokens per trigger position, by first-order score.
+    top_k: int = Field(default=10, ge=1)
+    beam_size: int = Field(default=2, ge=1)
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Identity of a vocabulary: a trigger's ids mean the same tokens exactly when the fingerprints agree."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
+    return hashlib.sha256(vocab.encode()).hexdigest()[:16]
+
+
+def load_splits(model: LoadedModel, cfg: UATConfig, where: str) -> tuple[list[Example], list[Example]]:
+    """The optimisation and held-out examples; refuses overlapping splits."""
+    need = int(cfg.prefix_eos) + cfg.trigger_length + cfg.context_tokens + cfg.continuation_tokens
+    if need > model.max_length:
+        raise HarnessError(f"{where}: trigger_length + context_tokens + continuation_tokens (+1) = {need} exceeds the "
+                           f"{model.max_length} positions of model '{model.name}'; fix: make them smaller")
+    opt = make_examples(load_documents(cfg.opt_data), model, cfg, cfg.n_opt, where=f"{where}.opt_data")
+    held_out = make_examples(load_documents(cfg.eval_data), model, cfg, cfg.n_eval, where=f"{where}.eval_data")
+    seen = {(ex.context, ex.continuation) for ex in opt}
+    shared = [ex.id for ex in held_out if (ex.context, ex.continuation) in seen]
+    if shared:
+        raise HarnessError(f"{where}: {len(shared)} held-out documents (e.g. {shared[0]}) are also in opt_data; fix: "
+                           "use disjoint splits (another file or split, or `skip:` past the optimisation documents)")
+    return opt, held_out
+
+
+def triggered_batch(examples: Sequence[Example], triggers: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``[len(triggers) * len(examples), T]``: every example with every trigger (trigger-major)."""
+    return torch.tensor([ex.ids(trigger=t) for t in triggers for ex in examples])
+
+
+def mean_loss(scorer: Scorer, examples: Sequence[Example], triggers: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Mean continuation NLL over ``examples`` of each trigger, all triggers in one batched call."""
+    k = len(examples[0].continuation)
+    return scorer.nll(triggered_batch(examples, triggers), k).view(len(triggers), len(examples)).mean(1)
+
+
+def gradient_candidates(top_k: int, allowed: torch.Tensor) -> CandidateFn:
+    """UAT's candidates: per position, the tokens with the largest first-order increase of the batch loss."""
+
+    def candidates(scorer: Scorer, ids: torch.Tensor, n_scored: int, positions: list[int], trigger: list[int],
+                   restart: int, iteration: int) -> torch.Tensor:
+        grad = scorer.token_gradients(ids, n_scored, positions)  # averaged over the batch's documents
+        current = torch.tensor(trigger)
+        estimate = grad - grad.gather(1, current[:, None])
+        estimate[:, ~allowed] = -torch.inf
+        estimate[torch.arange(len(trigger)), current] = -torch.inf
+        return estimate.topk(min(top_k, int(allowed.sum())), dim=1).indices
+
+    return candidates
+
+
+def beam_search(scorer: Scorer, batch: Sequence[Example], trigger: list[int], candidates: torch.Tensor,
+                beam_size: int) -> tuple[list[int], float]:
+    """Best trigger on ``batch`` from swapping candidate tokens in, position by position (Wallace et al.)."""
+    beams = [(float(mean_loss(scorer, batch, [trigger])[0]), trigger)]
+    for pos in range(len(trigger)):
+        expanded = {tuple(t[:pos] + [int(c)] + t[pos + 1:]) for _, t in beams for c in candidates[pos]}
+        expanded -= {tuple(t) for _, t in beams}  # beams keep their known losses
+        new = [list(t) for t in sorted(expanded)]
+        if new:
+            losses = mean_loss(scorer, batch, new)  # every candidate trigger on every document: one batched call
+            beams += [(float(loss), t) for loss, t in zip(losses, new)]
+        beams = sorted(beams, key=lambda b: -b[0])[:beam_size]
+    return beams[0][1], beams[0][0]
+
+
+def optimise_trigger(scorer: Scorer, opt: Sequence[Example], allowed: torch.Tensor, cfg: UATConfig,
+                     candidates: CandidateFn, ctx: StageContext) -> dict[str, Any]:
+    """Restarts x iterations of candidate proposal + beam search on ``opt`` only; resumes from the saved state."""
+    state = ctx.load_state("uat") or {"restart": 0, "iteration": 0, "trigger": None, "finished": [], "history": [],
+                                      "queries": 0, "gradient_calls": 0}
+    scorer.queries, scorer.gradient_calls = state["queries"], state["gradient_calls"]
+    n_scored = len(opt[0].continuation)
+    start = len(opt[0].prefix)
+    positions = list(range(start, start + cfg.trigger_length))
+    with ctx.progress("trigger iterations", cfg.restarts * cfg.iterations) as bar:
+        bar.advance(state["restart"] * cfg.iterations + state["iteration"])
+        while state["restart"] < cfg.restarts:
+            restart = state["restart"]
+            if state["trigger"] is None:
+                state["trigger"] = random_allowed(allowed, cfg.trigger_length, attack_rng(ctx, "init", restart)).tolist()
+            order = torch.randperm(len(opt), generator=attack_rng(ctx, "order", restart)).tolist()
+            while state["iteration"] < cfg.iterations:
+                if ctx.should_stop:  # the state of the last finished iteration is saved
+                    raise StagePreempted(ctx.stage.id)
+                it = state["iteration"]
+                batch = [opt[order[(it * cfg.batch_size + j) % len(opt)]] for j in range(min(cfg.batch_size, len(opt)))]
+                ids = triggered_batch(batch, [state["trigger"]])
+                cands = candidates(scorer, ids, n_scored, positions, state["trigger"], restart, it)
+                trigger, loss = beam_search(scorer, batch, state["trigger"], cands, cfg.beam_size)
+                state["history"].append({"restart": restart, "iteration": it, "batch_nll": loss})
+                state.update(trigger=trigger, iteration=it + 1, queries=scorer.queries,
+                             gradient_calls=scorer.gradient_calls)
+                ctx.save_state("uat", state)
+                bar.advance()
+                bar.set(restart=restart, batch_nll=loss, queries=scorer.queries + scorer.gradient_calls)
+            # The restart's trigger, judged on the whole optimisation split (never on held-out documents).
+            opt_nll = float(mean_loss(scorer, opt, [state["trigger"]])[0])
+            state["finished"].append({"trigger_ids": state["trigger"], "opt_nll": opt_nll})
+            state.update(restart=restart + 1, iteration=0, trigger=None, queries=scorer.queries,
+                         gradient_calls=scorer.gradient_calls)
+            ctx.save_state("uat", state)
+    return state
+
+
+def evaluate_trigger(scorer: Scorer, examples: Sequence[Example], trigger: Sequence[int], model: LoadedModel,
+                     ctx: StageContext, threshold: float, id_prefix: str = "", **fields: Any) -> list[dict[str, Any]]:
+    """Record NLL with and without ``trigger`` on every example not recorded yet; returns this trigger's records."""
+    tok = model.tokenizer
+    done = ctx.records.done()
+    k = len(examples[0].continuation)
+    label = f"held-out {id_prefix.rstrip('/')}".strip()
+    with ctx.progress(label, len(examples)) as bar:
+        for i in range(0, len(examples), EVAL_CHUNK):
+            chunk = examples[i:i + EVAL_CHUNK]
+            todo = {ex.id for ex in chunk if id_prefix + ex.id not in done}
+            if not todo:
+                bar.advance(len(chunk))
+                continue
+            if ctx.should_stop:
+                raise StagePreempted(ctx.stage.id)
+            before = scorer.nll(torch.tensor([ex.ids() for ex in chunk]), k)
+            after = scorer.nll(triggered_batch(chunk, [list(trigger)]), k)
+            for ex, b, a in zip(chunk, before.tolist(), after.tolist()):
+                if ex.id in todo:
+                    ctx.records.append(example_record(
+                        id_prefix + ex.id, b, a, threshold, queries=2, trigger_ids=list(trigger),
+                        adversarial_text=tok.decode(list(trigger) + list(ex.context)), **fields))
+            bar.advance(len(chunk))
+            recs = [r for r in ctx.records if str(r["id"]).startswith(id_prefix)]
+            bar.set(success=float(np.mean([r["success"] for r in recs])))
+    wanted = {id_prefix + ex.id for ex in examples}
+    return [r for r in ctx.records if r["id"] in wanted]
+
+
+def run_uat(model: LoadedModel, ctx: StageContext, cfg: UATConfig,
+            make_candidates: Callable[[torch.Tensor], CandidateFn]) -> dict[str, Any]:
+    """Optimise on the optimisation split, evaluate on the held-out one; the summary metrics are held-out numbers."""
+    opt, held_out = load_splits(model, cfg, ctx.stage.entry)
+    allowed = allowed_tokens(model, cfg.vocab)
+    scorer = Scorer(model, cfg.batch_tokens)
+    state = optimise_trigger(scorer, opt, allowed, cfg, make_candidates(allowed), ctx)
+    best = max(state["finished"], key=lambda f: f["opt_nll"])
+    trigger = best["trigger_ids"]
+    tok = model.tokenizer
+    # Relative increase on the optimisation split, to compare with held-out (how much the trigger overfits).
+    k = len(opt[0].continuation)
+    opt_before = scorer.nll(torch.tensor([ex.ids() for ex in opt]), k)
+    opt_after = scorer.nll(triggered_batch(opt, [trigger]), k)
+    records = evaluate_trigger(Scorer(model, cfg.batch_tokens), held_out, trigger, model, ctx, cfg.threshold)
+    metrics = summarize(records, cfg.threshold)
+    metrics.update(
+        trigger_ids=trigger, trigger_text=tok.decode(trigger), tokenizer_fingerprint=tokenizer_fingerprint(tok),
+        opt_mean_relative_increase=float(((opt_after - opt_before) / opt_before).mean()),
+        opt_mean_nll_after=float(opt_after.mean()), n_opt=len(opt),
+        optimisation_queries=state["queries"] + state["gradient_calls"], gradient_calls=state["gradient_calls"],
+        restarts=[{"trigger_ids": f["trigger_ids"], "trigger_text": tok.decode(f["trigger_ids"]),
+                   "opt_nll": f["opt_nll"]} for f in state["finished"]])
+    return metrics
+
+
+class UniversalTriggerAttack(AttackPlugin):
+    """Universal adversarial trigger: one gradient-searched prefix for all documents, judged on held-out ones."""
+
+    name = "uat"
+    Config = UATConfig
+
+    def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        cfg: UATConfig = self.config  # type: ignore[assignment]
+        return run_uat(model, ctx, cfg, lambda allowed: gradient_candidates(cfg.top_k, allowed))
+
+
+@hookimpl
+def harness_attacks() -> list[type]:
+    return [UniversalTriggerAttack]

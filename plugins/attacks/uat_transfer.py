@@ -1,0 +1,78 @@
+"""Attack plugin ``uat_transfer``: one row of the model x model transfer matrix of universal triggers.
+
+Used with ``needs: [uat]``, its stage for model B (and a seed) receives the results of the ``uat`` stages of every
+model of the suite for that seed. Each source model A's trigger is evaluated on B over A's held-out split with A's
+task options (read from A's stored config, so the row matches A's own held-out numbers on the diagonal). The trigger
+ids are used as they are when A and B share a vocabulary, and re-tokenised from the trigger text otherwise.
+
+Metrics: ``transfer: {source_model: {success_rate, mean_relative_increase, ..., trigger_text, retokenized}}``, and
+the shared summary keys pooled over all source triggers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from harness import (AttackPlugin, DocumentSource, HarnessError, LoadedModel, PluginConfig, StageContext, hookimpl,
+                     load_documents)
+
+from .common import Scorer, make_examples, summarize
+from .uat import UATConfig, evaluate_trigger, tokenizer_fingerprint
+
+
+class UATTransferConfig(PluginConfig):
+    #: Held-out documents (default: each source trigger's own held-out split).
+    eval_data: DocumentSource | None = None
+    n_eval: int | None = Field(default=None, ge=1)
+    batch_tokens: int = Field(default=16384, ge=64)
+
+
+def source_uat_config(result: dict[str, Any]) -> UATConfig:
+    """The UAT options of a source stage (a ``uat`` entry, or a ``random_token`` control in its ``uat`` mode)."""
+    config = result.get("config") or {}
+    return UATConfig.model_validate(config.get("uat") or config)
+
+
+class UATTransfer(AttackPlugin):
+    """Evaluates every model's universal trigger (the stages it needs) on this model: one transfer-matrix row."""
+
+    name = "uat_transfer"
+    Config = UATTransferConfig
+
+    def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        cfg: UATTransferConfig = self.config  # type: ignore[assignment]
+        sources = {sid: r for sid, r in sorted(ctx.inputs.items()) if "trigger_ids" in (r.get("metrics") or {})}
+        if not sources:
+            needed = ", ".join(ctx.inputs) or "none"
+            raise HarnessError(f"attacks.{ctx.stage.entry}: no trigger among the stages it needs ({needed}); fix: add "
+                               "`needs: [<your uat entry>]`")
+        models = [r["stage"]["model"] for r in sources.values()]
+        tok = model.tokenizer
+        fingerprint = tokenizer_fingerprint(tok)
+        row: dict[str, Any] = {}
+        pooled: list[dict[str, Any]] = []
+        for sid, result in sources.items():
+            metrics, stage = result["metrics"], result["stage"]
+            # One column per source model; the entry name joins it when several entries give triggers.
+            column = stage["model"] if models.count(stage["model"]) == 1 else f"{stage['entry']}/{stage['model']}"
+            src = source_uat_config(result)
+            eval_data = cfg.eval_data or src.eval_data
+            examples = make_examples(load_documents(eval_data), model, src, cfg.n_eval or src.n_eval,
+                                     where=f"{ctx.stage.entry} (held-out split of {sid})")
+            retokenized = metrics.get("tokenizer_fingerprint") != fingerprint
+            trigger = (tok(metrics["trigger_text"], add_special_tokens=False)["input_ids"] if retokenized
+                       else list(metrics["trigger_ids"]))
+            records = evaluate_trigger(Scorer(model, cfg.batch_tokens), examples, trigger, model, ctx, src.threshold,
+                                       id_prefix=f"{column}/", source=column, source_stage=sid)
+            pooled += records
+            row[column] = {**summarize(records, src.threshold), "source_stage": sid,
+                           "trigger_text": metrics["trigger_text"], "trigger_ids": trigger, "retokenized": retokenized}
+        threshold = next(iter(row.values()))["threshold"]
+        return {**summarize(pooled, threshold), "transfer": row}
+
+
+@hookimpl
+def harness_attacks() -> list[type]:
+    return [UATTransfer]
