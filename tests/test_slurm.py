@@ -52,6 +52,7 @@ def test_example_profile_loads_and_merges_per_kind_resources():
     ("jobs: {training: {gpus: 2}}\n", "jobs.training"),
     ("launcher: {kind: mpirun}\n", "launcher.kind"),
     ("signal_lead: 60\n", "signal_lead"),
+    ("gpu_flag: --gpus\n", "gpu_flag"),
 ])
 def test_profile_errors_name_the_file_and_key(tmp_path, text, key):
     path = tmp_path / "cluster.yaml"
@@ -286,3 +287,24 @@ def test_status_of_a_local_run(tmp_path):
     table = run_cli("status", str(run_dir)).stdout
     assert "metrics/b/tiny" in table and "1 done, 1 not started" in table
     assert run_cli("status", str(tmp_path)).returncode == 2  # not a run directory: one-line error
+
+
+def test_status_without_slurm_reports_what_the_run_directory_knows(tmp_path):
+    """A run directory read where SLURM is not reachable (copied to a laptop, say): no guessing about jobs."""
+    from harness.slurm.status import run_status
+    from harness.store import atomic_write_json
+
+    run_dir = tmp_path / "run"
+    stages = [{"id": "metrics/a/m", "deps": [], "key": "ka"}, {"id": "metrics/b/m", "deps": ["metrics/a/m"],
+                                                               "key": "kb"}]
+    atomic_write_json(run_dir / "config.resolved.json", {"stages": stages})
+    atomic_write_json(run_dir / "slurm" / "jobs.json", {"stages": {
+        "metrics/a/m": {"job": "5", "key": "ka", "log": "slurm/logs/metrics__a__m.log"},
+        "metrics/b/m": {"job": "6", "key": "kb", "log": "slurm/logs/metrics__b__m.log"}}, "report": None})
+    (run_dir / "slurm" / "attempts").mkdir()
+    (run_dir / "slurm" / "attempts" / "metrics__a__m.jsonl").write_text(
+        '{"stage": "metrics/a/m", "job": "5", "restart": 0, "event": "start", "time": 1.0, "rc": null}\n'
+        '{"stage": "metrics/a/m", "job": "5", "restart": 0, "event": "end", "time": 2.0, "rc": 1}\n')
+    rows = {r.stage: r for r in run_status(run_dir, query_slurm=False)}
+    assert rows["metrics/a/m"].state == "unknown" and "exit 1" in rows["metrics/a/m"].detail
+    assert rows["metrics/b/m"].state == "unknown" and "not started" in rows["metrics/b/m"].detail

@@ -114,6 +114,13 @@ class Profile(_Strict):
     #: Training stages: multi-process launch.
     launcher: Launcher = Launcher()
 
+    @field_validator("gpu_flag")
+    @classmethod
+    def _gpu_flag(cls, value: str) -> str:
+        if not value.startswith("-") or "{n}" not in value:
+            raise ValueError(f"must be an sbatch flag with {{n}} for the GPU count, got {value!r}")
+        return value
+
     def resources(self, kind: str) -> Resources:
         return self.jobs[kind].over(self.defaults) if kind in self.jobs else self.defaults  # type: ignore[index]
 

@@ -23,7 +23,7 @@ from .submit import read_record
 @dataclass
 class StageStatus:
     stage: str
-    state: str  # done | running | pending | requeued | failed | cancelled | interrupted | not started
+    state: str  # done | running | pending | requeued | failed | cancelled | interrupted | not started | unknown
     job: str = ""
     detail: str = ""
     log: str = ""
@@ -64,7 +64,8 @@ def run_status(run_dir: Path, query_slurm: bool = True) -> list[StageStatus]:
         refs.append(record["report"]["job"])
     queued: dict[str, scheduler.JobState] = {}
     ended: dict[str, scheduler.JobState] = {}
-    if refs and query_slurm and scheduler.available():
+    asked = bool(refs) and query_slurm and scheduler.available()
+    if asked:
         queued = scheduler.queue(refs)
         ended = scheduler.finished([r for r in refs if r not in queued])
 
@@ -90,6 +91,11 @@ def run_status(run_dir: Path, query_slurm: bool = True) -> list[StageStatus]:
             else:
                 row.state = "requeued" if attempts and attempts[-1].get("event") == "requeue" else "pending"
                 row.detail = q.reason
+        elif job and not asked:  # SLURM is not reachable from here: say what the run directory knows
+            last = attempts[-1] if attempts else {}
+            row.state = "unknown"
+            row.detail = (f"no SLURM here; last attempt: {last['event']}" + (f" (exit {last['rc']})" if last.get("rc")
+                          is not None else "")) if last else "no SLURM here; the job has not started"
         elif job:
             row.state, row.detail = _ended(job, ended.get(job), attempts, stage, rows)
             if row.state == "failed" and log:
