@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from harness import (
     DocumentSource,
@@ -44,7 +44,7 @@ from harness import (
 from harness.store import atomic_write_json
 
 from .data import IGNORE, Blocks, BlockSchedule, build_blocks, cached_blocks
-from .monotonic import MONOTONE_ACTIVATIONS, MonotonicSpec, make_monotonic, merge, negative_entries
+from .monotonic import MODEL_TYPES, MONOTONE_ACTIVATIONS, MonotonicSpec, make_monotonic, merge, negative_entries
 from .state import Processes, Snapshots, setup_processes
 
 
@@ -108,6 +108,15 @@ class MonotonicConfig(TrainConfig):
     #: ``monotone`` replaces the FFN activation by ``monotone_activation`` (monotone FFN with ``mlp_both``).
     activation: Literal["original", "monotone"] = "original"
     monotone_activation: Literal[MONOTONE_ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, value: str) -> str:
+        # Which of these fits the model is checked once it is loaded; a typo is caught already here.
+        known = sorted({v for arch in MODEL_TYPES.values() for v in arch.variants})
+        if value not in known:
+            raise ValueError(f"unknown variant '{value}'; known: {', '.join(known)}")
+        return value
 
 
 # -- pieces of the loop -----------------------------------------------------------------------------------------------
