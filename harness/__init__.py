@@ -9,10 +9,14 @@ from .context import StageContext, StagePreempted, derive_seed
 from .data import Document, DocumentSource, load_documents
 from .errors import ConfigError, HarnessError, NonFiniteLoss
 from .hookspecs import hookimpl
+from .workload import (Batch, DocumentStats, ModelShape, NoEstimate, PlanInputs, TrainingSetup, WeightsSource,
+                       Workload)
 
 __version__ = "0.1.0"
 __all__ = [
     "AttackPlugin", "ConfigError", "Document", "DocumentSource", "ExistingPath", "HarnessError", "LoadedModel",
     "MetricPlugin", "ModelPlugin", "NonFiniteLoss", "Plugin", "PluginConfig", "ResolvedPath", "StageContext",
     "StagePreempted", "TrainerPlugin", "derive_seed", "hookimpl", "load_documents",
+    # the optional `plan` method's types (harness plan)
+    "Batch", "DocumentStats", "ModelShape", "NoEstimate", "PlanInputs", "TrainingSetup", "WeightsSource", "Workload",
 ]

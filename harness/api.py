@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from .context import StageContext
+    from .workload import PlanInputs, WeightsSource, Workload
 
 
 @dataclass
@@ -59,6 +60,17 @@ class Plugin:
     def __init__(self, config: PluginConfig) -> None:
         self.config = config
 
+    def plan(self, inputs: PlanInputs) -> Workload | None:
+        """Optional: the work one stage of this plugin does (tokens through the model, largest batches, bytes
+        written), computed from the config alone, for ``harness plan`` and the pre-flight disk check. None: the
+        plan says "no estimate"."""
+        return None
+
+    def preflight(self, where: str) -> None:
+        """Optional and cheap (nothing loaded): raise :class:`HarnessError` with one line and the fix when something
+        this plugin needs cannot be reached from here. Runs before ``harness run`` and ``harness slurm submit``;
+        ``where`` is the suite key (``models.tiny``) to name in the message."""
+
 
 class ModelPlugin(Plugin):
     kind = "model"
@@ -70,6 +82,11 @@ class ModelPlugin(Plugin):
     def cache_key(self) -> dict[str, Any]:
         """What identifies the weights this config loads (part of every dependent stage's cache key)."""
         return self.config.model_dump(mode="json")
+
+    def weights_source(self) -> WeightsSource | None:
+        """Optional: where the config and weights live (a local directory or a hub id), without loading them;
+        ``harness plan`` reads the model's shape there. None: the shape is unknown."""
+        return None
 
 
 class MetricPlugin(Plugin):

@@ -5,6 +5,9 @@ Shared by metrics, attacks and trainers, so that every stage of a suite reads th
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,8 @@ from pydantic import Field, field_validator
 
 from .config import ExistingPath, PluginConfig
 from .errors import HarnessError
+
+log = logging.getLogger("harness")
 
 _LOCAL_BUILDERS = {"json", "text", "parquet", "csv"}
 _OFFLINE_HELP = ("to run offline, pre-download it where the hub is reachable (`huggingface-cli download --repo-type "
@@ -48,13 +53,28 @@ class DocumentSource(PluginConfig):
         return f"{self.dataset}[{self.split}]" + (f"({files})" if files else "")
 
 
+def document_sources(value: Any, where: str) -> list[tuple[str, DocumentSource]]:
+    """Every :class:`DocumentSource` inside a plugin config (nested configs and lists included), with its key."""
+    if isinstance(value, DocumentSource):
+        return [(where, value)]
+    found: list[tuple[str, DocumentSource]] = []
+    if isinstance(value, PluginConfig):
+        for name in type(value).model_fields:
+            found += document_sources(getattr(value, name), f"{where}.{name}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found += document_sources(item, f"{where}[{i}]")
+    return found
+
+
 @dataclass(frozen=True)
 class Document:
     id: str
     text: str
 
 
-def _open(source: DocumentSource):
+def _load(source: DocumentSource):
+    """The ``datasets`` object of ``source`` (an IterableDataset when streaming)."""
     import datasets
 
     if source.dataset in _LOCAL_BUILDERS:
@@ -63,15 +83,23 @@ def _open(source: DocumentSource):
         files = [str(p) for p in source.data_files]
         return datasets.load_dataset(source.dataset, data_files={source.split: files}, split=source.split,
                                      streaming=source.streaming)
+    return datasets.load_dataset(source.dataset, source.subset, split=source.split, streaming=source.streaming,
+                                 revision=source.revision)
+
+
+def _open(source: DocumentSource):
+    if source.dataset in _LOCAL_BUILDERS:
+        return _load(source)
     from .hub import hub_reachable, offline_mode
 
     if not offline_mode() and not hub_reachable():  # fail in seconds, not after minutes of retries
         raise HarnessError(f"cannot load dataset '{source.dataset}' (split '{source.split}'): the Hugging Face hub "
                            "is unreachable; " + _OFFLINE_HELP.format(ds=source.dataset))
     try:
-        return datasets.load_dataset(source.dataset, source.subset, split=source.split, streaming=source.streaming,
-                                     revision=source.revision)
+        return _load(source)
     except (ConnectionError, OSError, FileNotFoundError, ValueError) as exc:
+        if is_transient(exc):  # retried by the caller
+            raise
         if "split" in str(exc).lower() and "available" in str(exc).lower():
             raise HarnessError(f"dataset '{source.dataset}' has no split '{source.split}': {exc}; fix: choose "
                                f"another `split:`") from exc
@@ -80,12 +108,141 @@ def _open(source: DocumentSource):
                            + _OFFLINE_HELP.format(ds=source.dataset)) from exc
 
 
+# -- streaming that survives the network ------------------------------------------------------------------------------
+#: A stream that fails mid-way (connection reset, a signed URL expiring with 403, a 5xx) is reopened at the row it
+#: reached after waiting RETRY_BASE_S * 2**k seconds (k = failures in a row so far, capped at RETRY_MAX_S), at
+#: most STREAM_RETRIES times in a row; rows read in between reset the count.
+STREAM_RETRIES = 6
+RETRY_BASE_S = 2.0
+RETRY_MAX_S = 60.0
+#: A streaming dataset's iteration state is saved every this many rows (the resume point after a failure).
+STATE_EVERY = 1000
+#: HTTP statuses worth another try: forbidden (expired signed URLs), timeout, rate limit, server errors.
+TRANSIENT_STATUS = {403, 408, 429, 500, 502, 503, 504}
+#: Exception class names (anywhere in the MRO) of dropped connections in requests, urllib3, httpx, aiohttp, fsspec.
+TRANSIENT_NAMES = {"ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "TimeoutException", "ProtocolError",
+                   "IncompleteRead", "ChunkedEncodingError", "ClientPayloadError", "ServerDisconnectedError",
+                   "ClientConnectionError", "ClientOSError", "RemoteProtocolError", "ReadError", "ConnectError",
+                   "NetworkError"}
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    for code in (getattr(response, "status_code", None), getattr(exc, "status", None),
+                 getattr(exc, "status_code", None)):
+        if isinstance(code, int) and 100 <= code < 600:
+            return code
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it wraps) looks like a network hiccup that a retry may get past."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        status = _http_status(current)
+        if status is not None:
+            return status in TRANSIENT_STATUS
+        if isinstance(current, (ConnectionError, TimeoutError)):
+            return True
+        if {c.__name__ for c in type(current).__mro__} & TRANSIENT_NAMES:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class StreamFailed(Exception):
+    """A stream gave up: ``position`` rows were read, then ``error`` (after ``retries`` retries)."""
+
+    def __init__(self, position: int, retries: int, error: BaseException) -> None:
+        super().__init__(f"failed at row {position} after {retries} retries: {error}")
+        self.position, self.retries, self.error = position, retries, error
+
+
+def resumable_rows(open_at: Callable[[int], Iterable[Any]], what: str, retries: int = STREAM_RETRIES,
+                   base_s: float = RETRY_BASE_S, max_s: float = RETRY_MAX_S,
+                   sleep: Callable[[float], None] = time.sleep) -> Iterator[Any]:
+    """The rows of a stream, in order, each once. ``open_at(n)`` opens the stream at row ``n``; after a transient
+    error the stream is reopened where it stopped, with exponential backoff. Raises :class:`StreamFailed` on a
+    permanent error or when the retries run out."""
+    position = failures = 0
+    while True:
+        try:
+            for row in open_at(position):
+                yield row
+                position += 1
+                failures = 0
+            return
+        except Exception as exc:
+            if not is_transient(exc) or failures >= retries:
+                raise StreamFailed(position, failures, exc) from exc
+            delay = min(max_s, base_s * 2 ** failures)
+            failures += 1
+            log.warning("%s: %s at row %d; retry %d of %d in %.0f s", what, _one_line(exc), position, failures,
+                        retries, delay)
+            sleep(delay)
+
+
+class _DatasetStream:
+    """Opens a dataset at a row position. A streaming dataset resumes from the last saved iteration state
+    (``IterableDataset.state_dict``: the right shard and offset, saved every ``every`` rows) and skips the few rows
+    after it, rather than reading everything again from the first row."""
+
+    def __init__(self, source: DocumentSource, every: int | None = None) -> None:
+        self.source, self.every = source, every or STATE_EVERY
+        #: (rows consumed, the iteration state right after them)
+        self.saved: tuple[int, dict[str, Any] | None] = (0, None)
+
+    def __call__(self, position: int) -> Iterator[Any]:
+        ds = _open(self.source)
+        resumable = hasattr(ds, "state_dict") and hasattr(ds, "load_state_dict")
+        start, state = self.saved
+        if resumable and state is not None and start <= position:
+            ds.load_state_dict(state)
+        else:
+            start = 0
+        index = start
+        for row in _iter_rows(ds):
+            index += 1  # rows consumed, this one included
+            if resumable and index % self.every == 0 and index > self.saved[0]:
+                self.saved = (index, ds.state_dict())  # resuming from it yields the row after this one
+            if index > position:
+                yield row
+
+
+def _iter_rows(ds: Iterable[Any]) -> Iterator[Any]:
+    return iter(ds)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def rows_of(source: DocumentSource) -> Iterator[Any]:
+    """The rows of ``source``; network failures mid-stream are retried and resume at the same row, and a stream that
+    cannot go on raises one line naming the dataset, the split and what to try."""
+    try:
+        yield from resumable_rows(_DatasetStream(source), f"dataset {source.describe()}")
+    except StreamFailed as failed:
+        if isinstance(failed.error, HarnessError):
+            raise failed.error from None
+        if source.dataset in _LOCAL_BUILDERS and not is_transient(failed.error):
+            raise failed.error
+        after = f" after {failed.retries} retries" if failed.retries else ""
+        raise HarnessError(
+            f"dataset '{source.dataset}' (split '{source.split}'): the stream failed at row {failed.position}{after} "
+            f"({_one_line(failed.error)}); fix: try again later, use a local copy (download it where the hub is "
+            f"reachable: `huggingface-cli download --repo-type dataset {source.dataset}`, then `dataset: json` or "
+            "`parquet` with `data_files:`), or another `split:`") from failed.error
+
+
 def load_documents(source: DocumentSource) -> list[Document]:
     """The first ``limit`` documents (after ``skip``) of ``source``, in order, with stable ids."""
-    rows = _open(source)
     docs: list[Document] = []
     index = -1
-    for row in rows:
+    for row in rows_of(source):
         index += 1
         if index < source.skip:
             continue

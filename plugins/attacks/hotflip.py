@@ -181,6 +181,12 @@ class HotFlipAttack(AttackPlugin):
         return run_flip_attack(model, ctx, cfg, lambda scorer, allowed, ex: gradient_proposer(
             scorer, allowed, len(ex.continuation), cfg.beam_width))
 
+    def plan(self, inputs):
+        """Queries and gradient passes of this stage, from the config (``harness plan``)."""
+        from .workload import flip_workload
+
+        return flip_workload(self.config, inputs, gradient=True)
+
 
 @hookimpl
 def harness_attacks() -> list[type]:

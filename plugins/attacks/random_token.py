@@ -92,6 +92,15 @@ class RandomTokenAttack(AttackPlugin):
         assert uat_cfg is not None
         return run_uat(model, ctx, uat_cfg, lambda allowed: random_candidates(uat_cfg.top_k, allowed, ctx))
 
+    def plan(self, inputs):
+        """The controlled attack's queries without its gradient passes (``harness plan``)."""
+        from .workload import flip_workload, uat_workload
+
+        cfg: RandomTokenConfig = self.config  # type: ignore[assignment]
+        if cfg.hotflip is not None:
+            return flip_workload(cfg.hotflip, inputs, gradient=False)
+        return uat_workload(cfg.uat, inputs, gradient=False)
+
 
 @hookimpl
 def harness_attacks() -> list[type]:

@@ -227,6 +227,12 @@ class UniversalTriggerAttack(AttackPlugin):
         cfg: UATConfig = self.config  # type: ignore[assignment]
         return run_uat(model, ctx, cfg, lambda allowed: gradient_candidates(cfg.top_k, allowed))
 
+    def plan(self, inputs):
+        """Queries and gradient passes of this stage, from the config (``harness plan``)."""
+        from .workload import uat_workload
+
+        return uat_workload(self.config, inputs, gradient=True)
+
 
 @hookimpl
 def harness_attacks() -> list[type]:

@@ -101,6 +101,12 @@ class LMEval(MetricPlugin):
         write_records(out, ctx)
         return metrics
 
+    def plan(self, inputs):
+        """Requests and tokens of the tasks, from the config (``harness plan``)."""
+        from .lmeval_plan import lm_eval_workload
+
+        return lm_eval_workload(self.config, inputs)
+
 
 def make_task_manager(tasks: list[str], include_path: list[Path]):
     """A TaskManager that knows every name in ``tasks``: local YAMLs only when they suffice (fast, offline),

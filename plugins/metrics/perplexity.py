@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import Field
 
-from harness import DocumentSource, LoadedModel, MetricPlugin, PluginConfig, StageContext, hookimpl, load_documents
+from harness import (Batch, DocumentSource, LoadedModel, MetricPlugin, PlanInputs, PluginConfig, StageContext,
+                     Workload, hookimpl, load_documents)
 from harness.errors import NonFiniteLoss
 from harness.scoring import rolling_windows, score_windows
 
@@ -90,6 +91,23 @@ class Perplexity(MetricPlugin):
                                         "words": count_words(d.text), "bytes": len(d.text.encode("utf-8"))})
                 bar.advance(sum(1 for d in chunk if d.id not in done))
         return summarize(ctx.records.records, max_length, stride)
+
+    def plan(self, inputs: PlanInputs) -> Workload:
+        """Tokens fed through the model (``harness plan``): each document's rolling windows, from the config."""
+        cfg: PerplexityConfig = self.config  # type: ignore[assignment]
+        docs = inputs.documents(cfg.data)
+        max_length = min(cfg.max_length or inputs.shape.max_length, inputs.shape.max_length)
+        stride = min(cfg.stride or max_length, max_length)
+        tokens = docs.tokens_per_document + int(cfg.prefix_eos)
+        # The first window predicts up to max_length tokens; each later one `stride` more, fed max_length tokens.
+        later = math.ceil(max(0.0, tokens - 1 - max_length) / stride)
+        fed = min(tokens - 1, max_length) + later * max_length
+        return Workload(
+            forward_tokens=docs.documents * fed, context=int(min(max_length, tokens)),
+            batches=[Batch(max(1, cfg.batch_tokens // max_length), max_length, label="scoring")],
+            disk_bytes=200 * docs.documents, disk_note="per-document records",
+            notes=[f"{docs.documents:,} documents x ~{fed:,.0f} tokens ({1 + later:.0f} window(s) of <= {max_length}, "
+                   f"stride {stride})"])
 
 
 def summarize(records: list[dict[str, Any]], max_length: int, stride: int) -> dict[str, Any]:

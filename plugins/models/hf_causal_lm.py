@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 
-from harness import HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, hookimpl
+from harness import HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, WeightsSource, hookimpl
 from harness.hub import cached_locally, hub_reachable, offline_mode
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -48,12 +48,9 @@ def files_fingerprint(directory: Path) -> str:
     return h.hexdigest()
 
 
-def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
-
+def check_source(config: HFCausalLMConfig, name: str) -> None:
+    """Cheap checks that the weights can be loaded from here, each failure one line with the fix (before
+    loading, and in the pre-flight check of `harness run` / `harness slurm submit`)."""
     ref = os.path.expanduser(config.path)
     local = _is_local(ref)
     if local and not Path(ref).is_dir():
@@ -66,6 +63,17 @@ def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) ->
         why = "HF_HUB_OFFLINE is set" if offline_mode() else "the hub is unreachable"
         raise HarnessError(f"model '{name}' (models.{name}.path): '{ref}' is not in the local Hugging Face cache and "
                            f"{why}; {_offline_help(ref)}")
+
+
+def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
+
+    check_source(config, name)
+    ref = os.path.expanduser(config.path)
+    local = _is_local(ref)
     dtype = "auto" if config.dtype == "auto" else DTYPES[config.dtype]
     device = torch.device(config.device) if config.device else ctx.torch_device()
     kwargs: dict[str, Any] = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
@@ -126,6 +134,13 @@ class HFCausalLM(ModelPlugin):
 
     def load(self, ctx: StageContext) -> LoadedModel:
         return load_hf_causal_lm(self.config, ctx, ctx.stage.model)
+
+    def preflight(self, where: str) -> None:
+        check_source(self.config, where.split(".")[-1])
+
+    def weights_source(self) -> WeightsSource:
+        ref = os.path.expanduser(self.config.path)
+        return WeightsSource(ref, _is_local(ref), self.config.revision, self.config.dtype)
 
     def cache_key(self) -> dict[str, Any]:
         key = self.config.model_dump(mode="json")

@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-from harness import HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, hookimpl
+from harness import HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, WeightsSource, hookimpl
 
 from .hf_causal_lm import HFCausalLMConfig, load_hf_causal_lm
 
@@ -29,13 +29,19 @@ class PythiaTiny(ModelPlugin):
     Config = PythiaTinyConfig
 
     def load(self, ctx: StageContext) -> LoadedModel:
-        if not (WEIGHTS_DIR / "model.safetensors").exists():
-            raise HarnessError(f"pythia_tiny weights missing in {WEIGHTS_DIR}; fix: run "
-                               "`python scripts/build_pythia_tiny.py` or restore the file from git")
+        self.preflight(f"models.{ctx.stage.model}")
         config = HFCausalLMConfig(path=str(WEIGHTS_DIR), dtype=self.config.dtype, device=self.config.device)
         loaded = load_hf_causal_lm(config, ctx, ctx.stage.model)
         loaded.info["source"] = "pythia_tiny (shipped)"
         return loaded
+
+    def preflight(self, where: str) -> None:
+        if not (WEIGHTS_DIR / "model.safetensors").exists():
+            raise HarnessError(f"{where}: pythia_tiny weights missing in {WEIGHTS_DIR}; fix: run "
+                               "`python scripts/build_pythia_tiny.py` or restore the file from git")
+
+    def weights_source(self) -> WeightsSource:
+        return WeightsSource(str(WEIGHTS_DIR), local=True, dtype=self.config.dtype)
 
     def cache_key(self) -> dict[str, Any]:
         digest = hashlib.sha256()

@@ -232,6 +232,12 @@ class RecoveryTrainer(TrainerPlugin):
         """Change the model before training; returns what ``harness.json`` records about the change."""
         return {"monotonic": False}
 
+    def plan(self, inputs):
+        """Tokens, memory and disk of this training stage, from the config (``harness plan``)."""
+        from .workload import training_workload
+
+        return training_workload(self.config, inputs)
+
     def train(self, loaded: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg: TrainConfig = self.config  # type: ignore[assignment]
         started = time.time()

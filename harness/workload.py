@@ -1,0 +1,158 @@
+"""What one stage costs, as its plugin describes it without running anything: the types of the optional ``plan``.
+
+``harness plan`` (and the pre-flight disk check) call ``plugin.plan(inputs)`` once per stage. The plugin answers in
+quantities its config determines (tokens through the model, the largest batch of each kind, bytes it writes); the
+core turns them into FLOPs, GPU-hours, peak memory and disk with formulas it prints as assumptions
+(:mod:`harness.plan`). A plugin without ``plan`` shows as "no estimate".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .data import DocumentSource
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes that cost compute and memory, read from a model's config (never from its weights)."""
+
+    n_params: int
+    n_layers: int
+    hidden: int
+    n_heads: int
+    intermediate: int
+    #: Rows of the output projection (Pythia pads its vocabulary to a multiple of 128).
+    vocab: int
+    max_length: int
+    tied_embeddings: bool
+    #: Hugging Face ``model_type`` (``gpt_neox``, ``llama``...).
+    model_type: str
+    #: dtype the config declares (what ``dtype: auto`` loads).
+    dtype: str
+    #: Where the numbers come from, printed with the plan ("config.json in ...", "published Pythia config").
+    source: str
+
+    @property
+    def compute_params(self) -> int:
+        """Parameters that multiply every token: all but the input embedding, which is a table lookup."""
+        return self.n_params - (0 if self.tied_embeddings else self.vocab * self.hidden)
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a model's config and weights live, known without loading them (``ModelPlugin.weights_source``)."""
+
+    #: A local directory or a hub id.
+    ref: str
+    local: bool
+    revision: str | None = None
+    #: dtype the weights are loaded in.
+    dtype: str = "float32"
+    #: A GGUF file inside ``ref`` (its config is read from the GGUF header).
+    gguf_file: str | None = None
+
+
+@dataclass(frozen=True)
+class DocumentStats:
+    """How many documents a source yields and how long they are, measured on local files or assumed."""
+
+    documents: int
+    tokens_per_document: float
+    #: How these numbers were obtained (printed as an assumption).
+    how: str
+
+    @property
+    def tokens(self) -> float:
+        return self.documents * self.tokens_per_document
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The largest forward pass of one kind that a stage runs: ``rows`` sequences of ``seq_len`` tokens."""
+
+    rows: int
+    seq_len: int
+    #: ``none``: scoring without gradients; ``inputs``: gradient w.r.t. the input embeddings (gradient attacks);
+    #: ``weights``: training (see :class:`TrainingSetup`).
+    backward: Literal["none", "inputs", "weights"] = "none"
+    #: Positions per row projected to the vocabulary (None: all of them).
+    logit_positions: int | None = None
+    label: str = ""
+
+    @property
+    def tokens(self) -> int:
+        return self.rows * self.seq_len
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What a training stage keeps in memory besides activations."""
+
+    #: Parameters with gradients and optimiser state.
+    trainable_params: int
+    micro_batch: int
+    seq_len: int
+    grad_accum: int
+    gradient_checkpointing: bool
+    #: bf16 autocast with fp32 master weights (GPU); False: fp32 throughout (CPU).
+    autocast_bf16: bool
+    #: AdamW: two fp32 moments per trainable parameter.
+    optimizer_bytes_per_param: int = 8
+    #: Memory the method adds per micro-batch, e.g. the materialised ``softplus(V)`` weights and their gradients.
+    extra_bytes: float = 0.0
+    extra_note: str = ""
+
+
+@dataclass
+class Workload:
+    """One stage's work. Tokens are summed over every sequence the model sees (a query of 80 tokens counts 80)."""
+
+    #: Tokens through forward-only passes: evaluation, validation, attack queries.
+    forward_tokens: float = 0.0
+    #: Tokens through a forward and a backward pass to the input embeddings (gradient-based attacks).
+    gradient_tokens: float = 0.0
+    #: Tokens trained on: forward and backward to the weights.
+    train_tokens: float = 0.0
+    #: Typical number of positions a token attends to (the attention term of the FLOPs).
+    context: int = 0
+    #: Sequences scored (attack queries), shown to the reader.
+    queries: int = 0
+    #: The largest batch of each kind of pass, for the peak memory.
+    batches: list[Batch] = field(default_factory=list)
+    training: TrainingSetup | None = None
+    #: Bytes this stage leaves on disk (checkpoints kept, caches, records) and what they are.
+    disk_bytes: float = 0.0
+    disk_note: str = ""
+    #: Steps, epochs, examples... one short line each, shown with the stage.
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a plugin's ``plan`` may ask: the model's shape and dtype, where the plan is for, and document counts."""
+
+    shape: ModelShape
+    #: dtype the evaluated model is loaded in (``float32``, ``bfloat16``...).
+    dtype: str
+    #: ``cuda`` or ``cpu``: the device the estimate is for (training autocasts to bf16 on cuda).
+    device: str
+    #: Processes a training stage runs on (one per GPU under torchrun), 1 otherwise.
+    processes: int
+    #: Characters per token of this model's tokenizer on English text (measured or assumed).
+    chars_per_token: float
+    #: Counts and lengths of a document source's documents (after ``skip``/``limit``/``min_chars``).
+    documents: Callable[[DocumentSource], DocumentStats]
+
+
+class NoEstimate(Exception):
+    """Raised by ``plan`` (or the document counts it asks for) when a stage cannot be estimated; the message says
+    why and what would make it possible (shown as "no estimate: ...")."""
+
+
+def ceil_div(a: float, b: float) -> int:
+    return max(0, math.ceil(a / b))

@@ -1,0 +1,83 @@
+"""What a recovery-training stage costs, from its config alone (the trainers' ``plan``, read by ``harness plan``).
+
+It mirrors the loop in :mod:`.trainer`: documents become blocks (packed: all tokens plus an end-of-text per
+document, cut into ``seq_len``; padded: one row per document), ``steps`` (or ``epochs`` over the blocks) of
+``micro_batch x grad_accum x processes`` rows, validation on ``val_blocks`` blocks before the first step, every
+``val_every`` steps and after the last, snapshots of fp32 weights + AdamW state of which ``keep_checkpoints`` stay.
+"""
+
+from __future__ import annotations
+
+import math
+
+from harness import Batch, PlanInputs, TrainingSetup, Workload
+
+#: Constrained linears per layer of each monotonic variant, as (rows, columns) in terms of hidden h and FFN width f.
+CONSTRAINED = {
+    "mlp_in": lambda h, f: h * f,
+    "mlp_both": lambda h, f: 2 * h * f,
+    "mlp_in_attn_out": lambda h, f: h * f + h * h,
+    "gated_updown": lambda h, f: 2 * h * f,
+    "gated_all": lambda h, f: 3 * h * f,
+}
+SNAPSHOT_BYTES_PER_PARAM = 4 + 8  # fp32 weights + two fp32 AdamW moments
+SAVE_BYTES = {"float32": 4, "bfloat16": 2}
+
+
+def validations(steps: int, val_every: int) -> int:
+    """How often the loop validates: before the first step, every ``val_every`` steps, and after the last."""
+    if not val_every:
+        return 2
+    return 1 + steps // val_every + (0 if steps % val_every == 0 else 1)
+
+
+def training_workload(cfg, inputs: PlanInputs) -> Workload:
+    """``cfg`` is a trainer's config (baseline or monotonic; a monotonic one has ``variant``)."""
+    shape = inputs.shape
+    docs = inputs.documents(cfg.data)
+    if cfg.packing:
+        blocks = int((docs.tokens + docs.documents) // cfg.seq_len)  # + one end-of-text token per document
+        rows = f"{blocks:,} packed blocks of {cfg.seq_len} tokens"
+    else:
+        blocks = docs.documents
+        rows = f"{blocks:,} padded rows of {cfg.seq_len} (one document each)"
+    global_batch = cfg.micro_batch * cfg.grad_accum * inputs.processes
+    steps = cfg.steps or max(1, math.ceil(cfg.epochs * blocks / global_batch))
+    train_tokens = steps * global_batch * cfg.seq_len  # padding costs compute too
+
+    val_tokens, val_note = 0, ""
+    if cfg.val_data is not None:
+        val_docs = inputs.documents(cfg.val_data)
+        val_blocks = min(cfg.val_blocks, int((val_docs.tokens + val_docs.documents) // cfg.seq_len))
+        runs = validations(steps, cfg.val_every)
+        val_tokens = runs * val_blocks * cfg.seq_len
+        val_note = f"; validation {runs}x {val_blocks} blocks"
+
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if inputs.device == "cuda" else "fp32")
+    extra, extra_note = 0.0, ""
+    variant = getattr(cfg, "variant", None)  # the monotonic trainer's transform
+    if variant is not None:
+        per_layer = CONSTRAINED.get(variant)
+        constrained = per_layer(shape.hidden, shape.intermediate) * shape.n_layers if per_layer else 0
+        # W = softplus(V) is materialised (fp32) in every forward pass and kept, with its gradient, for backward.
+        extra = 8.0 * constrained
+        extra_note = f"W = softplus(V) materialised with its gradient ({constrained / 1e6:,.0f}M constrained weights)"
+    setup = TrainingSetup(trainable_params=shape.n_params, micro_batch=cfg.micro_batch, seq_len=cfg.seq_len,
+                          grad_accum=cfg.grad_accum, gradient_checkpointing=cfg.gradient_checkpointing,
+                          autocast_bf16=precision == "bf16", extra_bytes=extra, extra_note=extra_note)
+
+    snapshot = SNAPSHOT_BYTES_PER_PARAM * shape.n_params
+    # The newest snapshot is written before the oldest is pruned: keep + 1 exist for a moment.
+    kept = min(cfg.keep_checkpoints + 1, max(1, math.ceil(steps / cfg.checkpoint_every)))
+    export = SAVE_BYTES[cfg.save_dtype] * shape.n_params
+    token_cache = 4 * (blocks * cfg.seq_len + (cfg.val_blocks * cfg.seq_len if cfg.val_data is not None else 0))
+    return Workload(
+        forward_tokens=val_tokens, train_tokens=train_tokens, context=cfg.seq_len,
+        batches=[Batch(cfg.micro_batch, cfg.seq_len, "weights", label="training"),
+                 Batch(cfg.micro_batch, cfg.seq_len, "none", label="validation")],
+        training=setup, disk_bytes=kept * snapshot + export + token_cache,
+        disk_note=f"{kept} snapshots x {snapshot / 1e9:,.1f} GB (fp32 weights + AdamW) + {cfg.save_dtype} export "
+                  f"{export / 1e9:,.1f} GB + token cache {token_cache / 1e9:,.2f} GB",
+        notes=[f"{docs.documents:,} documents -> {rows}",
+               f"{steps:,} steps x {global_batch} rows ({cfg.micro_batch} x {cfg.grad_accum} accumulation x "
+               f"{inputs.processes} process(es)), {precision}{val_note}"])
