@@ -1,9 +1,10 @@
 """The random control of a TextAttack attack: what the search buys over edits made blindly.
 
 It keeps the attack's transformation, constraints, query budget and stopping rule, and replaces the search method by
-one that visits the editable words in random order and keeps a uniformly random candidate at each. The candidates are
-scored as a search would score them (so the control spends a similar number of queries) but the scores are ignored.
-Like ``random_token`` for HotFlip: same options, ``control: true``.
+one that visits the editable words in random order and keeps a uniformly random candidate at each. The candidates of
+each visited word are scored, as a search scores them, but the scores choose nothing. A greedy search that scores
+every word's candidates at each step (GreedySearch, BeamSearch) spends far more queries than this control unless both
+have the same ``query_budget``. Like ``random_token`` for HotFlip: the attack's options plus ``control: true``.
 
 Importing this module imports TextAttack (offline, see :mod:`.env`).
 """
