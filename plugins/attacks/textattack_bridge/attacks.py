@@ -90,6 +90,29 @@ def run_textattack(model: LoadedModel, ctx: StageContext, cfg: TextAttackTaskCon
     return textattack_summary(ctx.records.records, cfg.threshold)
 
 
+def textattack_workload(cfg: TextAttackTaskConfig, inputs: Any, gradient: bool) -> Any:
+    """Upper bound of the stage's work (``harness plan``): ``query_budget`` scores per example (+1 gradient pass)."""
+    from harness import Batch, NoEstimate, Workload
+
+    from ..workload import RECORD_BYTES, _examples, _length
+
+    if cfg.query_budget is None:
+        raise NoEstimate("how many texts TextAttack scores depends on the text; set `query_budget` to bound it")
+    n, note = _examples(inputs, cfg.data, cfg.n_examples, cfg, "data")
+    # Typos split words into more tokens: edited contexts are assumed up to 1.5x as long.
+    length = _length(cfg) + cfg.context_tokens // 2
+    scored = n * (1 + cfg.query_budget)
+    batches = [Batch(max(1, cfg.batch_tokens // length), length, logit_positions=cfg.continuation_tokens + 1,
+                     label="exact scoring")]
+    if gradient:
+        batches.append(Batch(1, length, "inputs", label="word-ranking gradient"))
+    return Workload(forward_tokens=scored * length, gradient_tokens=n * length if gradient else 0, context=length,
+                    queries=scored + (n if gradient else 0), batches=batches, disk_bytes=n * RECORD_BYTES,
+                    disk_note="per-example records",
+                    notes=[f"{n:,} examples x {cfg.query_budget} queries, up to {length} tokens each (upper "
+                           f"bound){note}"])
+
+
 def textattack_summary(records: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     metrics = summarize(records, threshold)
     metrics["mean_words_perturbed"] = float(np.mean([r["words_perturbed"] for r in records])) if records else 0.0
@@ -114,6 +137,10 @@ class DeepWordBugAttack(AttackPlugin):
 
         return run_textattack(model, ctx, cfg, components)
 
+    def plan(self, inputs):
+        cfg: DeepWordBugConfig = self.config  # type: ignore[assignment]
+        return textattack_workload(cfg, inputs, gradient=cfg.wir_method == "gradient" and not cfg.control)
+
 
 class PruthiAttack(AttackPlugin):
     """TextAttack's Pruthi2019 on causal LMs: typo-like edits inside words, greedy search (offline)."""
@@ -130,6 +157,9 @@ class PruthiAttack(AttackPlugin):
             return pruthi(cfg)
 
         return run_textattack(model, ctx, cfg, components)
+
+    def plan(self, inputs):
+        return textattack_workload(self.config, inputs, gradient=False)  # type: ignore[arg-type]
 
 
 class TextAttackAttack(AttackPlugin):
@@ -154,6 +184,11 @@ class TextAttackAttack(AttackPlugin):
                     build("search", cfg.search, f"{where}.search", cfg.allow_downloads))
 
         return run_textattack(model, ctx, cfg, components)
+
+    def plan(self, inputs):
+        cfg: TextAttackConfig = self.config  # type: ignore[assignment]
+        gradient = cfg.search.args.get("wir_method") == "gradient" and cfg.recipe is None and not cfg.control
+        return textattack_workload(cfg, inputs, gradient=gradient)
 
 
 ATTACKS: list[type[AttackPlugin]] = [DeepWordBugAttack, PruthiAttack, TextAttackAttack]
