@@ -65,6 +65,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="run directory (default: the suite's output_dir)")
     p.add_argument("--stage", action="append", default=None, help="run only this stage id (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--skip-preflight", action="store_true",
+                   help="skip the pre-flight checks (writable run directory, free space, GPU, models and data)")
 
 
 @command("run", "run a suite: every stage, skipping what is complete and resuming what was interrupted", _run_args)
@@ -79,6 +81,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     suite = load_suite(args.suite, args.mode, output_dir=args.out)
     runner = Runner(suite, show_progress=False if args.no_progress else None, only=args.stage)
+    if not args.skip_preflight:
+        from .preflight import run_preflight
+
+        stages = [s for s in runner.graph.stages if args.stage is None or s.id in args.stage]
+        run_preflight(suite, runner.run_dir, stages, done={s.id for s in stages if runner.is_done(s)})
     outcomes = runner.run()
     for o in outcomes:
         err_console.print(f"{o.status:>9}  {o.stage.id}")
@@ -91,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 #: Modules that add subcommands with ``@command`` (imported when the parser is built, so start-up stays cheap).
-COMMAND_MODULES: list[str] = ["harness.cli_train", "harness.cli_report", "harness.cli_slurm"]
+COMMAND_MODULES: list[str] = ["harness.cli_train", "harness.cli_report", "harness.cli_slurm", "harness.cli_plan"]
 
 
 def build_parser() -> argparse.ArgumentParser:

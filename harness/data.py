@@ -20,9 +20,11 @@ from .errors import HarnessError
 log = logging.getLogger("harness")
 
 _LOCAL_BUILDERS = {"json", "text", "parquet", "csv"}
-_OFFLINE_HELP = ("to run offline, pre-download it where the hub is reachable (`huggingface-cli download --repo-type "
-                 "dataset {ds}` or `datasets.load_dataset('{ds}')` on a login node), then set HF_DATASETS_OFFLINE=1 "
-                 "and HF_HUB_OFFLINE=1 on the compute nodes, or point `dataset: json` + `data_files:` at a local copy")
+_OFFLINE_HELP = ("to run offline, fetch it where the hub is reachable (a login node): either the files you need "
+                 "(`huggingface-cli download --repo-type dataset {ds} --include '<files>' --local-dir DIR`) and point "
+                 "`dataset: json` (or parquet) + `data_files:` at them, or the whole split once with "
+                 "`python -c \"import datasets; datasets.load_dataset('{ds}', split='{split}')\"` (same "
+                 "HF_DATASETS_CACHE); then set HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1 on the compute nodes")
 
 
 class DocumentSource(PluginConfig):
@@ -90,22 +92,22 @@ def _load(source: DocumentSource):
 def _open(source: DocumentSource):
     if source.dataset in _LOCAL_BUILDERS:
         return _load(source)
-    from .hub import hub_reachable, offline_mode
+    from .hub import datasets_offline, hub_reachable, offline_mode
 
     if not offline_mode() and not hub_reachable():  # fail in seconds, not after minutes of retries
         raise HarnessError(f"cannot load dataset '{source.dataset}' (split '{source.split}'): the Hugging Face hub "
-                           "is unreachable; " + _OFFLINE_HELP.format(ds=source.dataset))
+                           "is unreachable; " + _OFFLINE_HELP.format(ds=source.dataset, split=source.split))
     try:
         return _load(source)
     except (ConnectionError, OSError, FileNotFoundError, ValueError) as exc:
-        if is_transient(exc):  # retried by the caller
+        if is_transient(exc) and not datasets_offline():  # retried by the caller (offline, nothing will change)
             raise
         if "split" in str(exc).lower() and "available" in str(exc).lower():
             raise HarnessError(f"dataset '{source.dataset}' has no split '{source.split}': {exc}; fix: choose "
                                f"another `split:`") from exc
         raise HarnessError(f"cannot load dataset '{source.dataset}' (split '{source.split}'): {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}; "
-                           + _OFFLINE_HELP.format(ds=source.dataset)) from exc
+                           + _OFFLINE_HELP.format(ds=source.dataset, split=source.split)) from exc
 
 
 # -- streaming that survives the network ------------------------------------------------------------------------------
@@ -141,6 +143,8 @@ def is_transient(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if isinstance(current, HarnessError):  # already judged and explained: final
+            return False
         status = _http_status(current)
         if status is not None:
             return status in TRANSIENT_STATUS
@@ -215,6 +219,29 @@ def _iter_rows(ds: Iterable[Any]) -> Iterator[Any]:
     return iter(ds)
 
 
+def check_source(source: DocumentSource, where: str) -> None:
+    """Cheap pre-flight check that ``source`` can be read from here (nothing is downloaded): local files exist, a hub
+    dataset is in the ``datasets`` cache when offline, or else the hub answers. One line with the fix otherwise."""
+    if source.dataset in _LOCAL_BUILDERS:
+        missing = [str(p) for p in source.data_files or [] if not Path(p).exists()]
+        if not source.data_files or missing:
+            raise HarnessError(f"{where}: dataset '{source.dataset}' needs existing data_files"
+                               f"{' (missing: ' + missing[0] + ')' if missing else ''}; fix: set `data_files:`")
+        return
+    from .hub import dataset_cached, datasets_offline, hub_reachable
+
+    if dataset_cached(source.dataset):
+        return
+    if datasets_offline():
+        why = "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set and it is not in the datasets cache"
+    elif not hub_reachable():
+        why = "the Hugging Face hub is unreachable and it is not in the datasets cache"
+    else:
+        return
+    raise HarnessError(f"{where}: cannot read dataset '{source.dataset}' (split '{source.split}'): {why}; "
+                       + _OFFLINE_HELP.format(ds=source.dataset, split=source.split))
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text[:200]}"
@@ -224,7 +251,8 @@ def rows_of(source: DocumentSource) -> Iterator[Any]:
     """The rows of ``source``; network failures mid-stream are retried and resume at the same row, and a stream that
     cannot go on raises one line naming the dataset, the split and what to try."""
     try:
-        yield from resumable_rows(_DatasetStream(source), f"dataset {source.describe()}")
+        yield from resumable_rows(_DatasetStream(source), f"dataset {source.describe()}", STREAM_RETRIES,
+                                  RETRY_BASE_S, RETRY_MAX_S, time.sleep)
     except StreamFailed as failed:
         if isinstance(failed.error, HarnessError):
             raise failed.error from None

@@ -121,6 +121,6 @@ def chars_per_token(texts: list[str], tokenizer: Any | None) -> tuple[float, str
         size += len(text)
         if size >= SAMPLE_CHARS:
             break
-    tokens = sum(len(ids) for ids in tokenizer(sample, add_special_tokens=False)["input_ids"])
+    tokens = sum(len(ids) for ids in tokenizer(sample, add_special_tokens=False, verbose=False)["input_ids"])
     ratio = size / max(1, tokens)
     return ratio, f"{ratio:.2f} characters/token measured with the model's tokenizer on {size:,} characters"

@@ -277,6 +277,21 @@ def stage_warnings(est: StageEstimate, accel: Accelerator, profile: Any, profile
     return out
 
 
+def collapse_seeds(stages: list[StageEstimate]) -> list[str]:
+    """Warnings of one entry on one model that differ only by seed, said once: ``train/monotonic (5 seeds): ...``."""
+    runs: dict[str, int] = {}
+    for est in stages:
+        group = est.stage.id.rsplit("/", 1)[0] if est.stage.seeded else est.stage.id
+        runs[group] = runs.get(group, 0) + 1
+    out: dict[str, None] = {}
+    for est in stages:
+        group = est.stage.id.rsplit("/", 1)[0] if est.stage.seeded else est.stage.id
+        label = f"{group} ({runs[group]} seeds)" if est.stage.seeded and runs[group] > 1 else est.stage.id
+        for warning in est.warnings:
+            out[warning.replace(est.stage.id, label, 1)] = None
+    return list(out)
+
+
 def _slurm_time(hours: float) -> str:
     total = int(hours * 1.25 * 3600) + 1  # 25% margin
     days, rest = divmod(total, 86400)
@@ -298,7 +313,7 @@ def make_plan(suite: Suite, accel: Accelerator, mfu: float = DEFAULT_MFU, profil
         est = estimate_stage(stage, suite, models[stage.model], accel, mfu, profile, counter)
         est.warnings = stage_warnings(est, accel, profile, profile_path)
         plan.stages.append(est)
-        plan.warnings += est.warnings
+    plan.warnings = collapse_seeds(plan.stages)
     plan.assumptions = assumptions(plan, counter)
     return plan
 
@@ -306,7 +321,7 @@ def make_plan(suite: Suite, accel: Accelerator, mfu: float = DEFAULT_MFU, profil
 def assumptions(plan: Plan, counter: DocumentCounter) -> list[str]:
     a = plan.accelerator
     lines = [
-        f"accelerator: {a.name}, {a.peak_tflops:,.3g} TFLOP/s peak ({a.note}), {a.memory_gb:g} GB; model FLOPs "
+        f"accelerator: {a.name}, {a.peak_tflops:,.3g} TFLOP/s peak ({a.note}), {a.memory_gb:,.0f} GB; model FLOPs "
         f"utilisation (MFU) {plan.mfu:g}: GPU-hours = FLOPs / (peak x MFU)",
         "FLOPs per token: 2·N + 2·L·ctx·h forward (N: weights a token meets, i.e. all but the input embedding; "
         "Kaplan et al. 2020); training and gradient passes 3x forward (backward = 2x forward); attack queries and "

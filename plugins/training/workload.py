@@ -24,6 +24,10 @@ SNAPSHOT_BYTES_PER_PARAM = 4 + 8  # fp32 weights + two fp32 AdamW moments
 SAVE_BYTES = {"float32": 4, "bfloat16": 2}
 
 
+def size(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB"
+
+
 def validations(steps: int, val_every: int) -> int:
     """How often the loop validates: before the first step, every ``val_every`` steps, and after the last."""
     if not val_every:
@@ -76,8 +80,8 @@ def training_workload(cfg, inputs: PlanInputs) -> Workload:
         batches=[Batch(cfg.micro_batch, cfg.seq_len, "weights", label="training"),
                  Batch(cfg.micro_batch, cfg.seq_len, "none", label="validation")],
         training=setup, disk_bytes=kept * snapshot + export + token_cache,
-        disk_note=f"{kept} snapshots x {snapshot / 1e9:,.1f} GB (fp32 weights + AdamW) + {cfg.save_dtype} export "
-                  f"{export / 1e9:,.1f} GB + token cache {token_cache / 1e9:,.2f} GB",
+        disk_note=f"{kept} snapshots x {size(snapshot)} (fp32 weights + AdamW) + {cfg.save_dtype} export "
+                  f"{size(export)} + token cache {size(token_cache)}",
         notes=[f"{docs.documents:,} documents -> {rows}",
                f"{steps:,} steps x {global_batch} rows ({cfg.micro_batch} x {cfg.grad_accum} accumulation x "
                f"{inputs.processes} process(es)), {precision}{val_note}"])

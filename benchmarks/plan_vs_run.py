@@ -1,0 +1,143 @@
+"""``harness plan`` against a real run on this CPU: estimated vs measured peak memory and time, stage by stage.
+
+    .venv/bin/python benchmarks/plan_vs_run.py [--suite suites/quick.yaml] [--stage ID ...] [--mfu 0.35]
+
+Each stage runs alone in a fresh process (``--child``), so its peak is its own. Memory: the process's peak resident
+size above the resident size just before the stage (model loaded, its documents read once, a training stage's
+tokens cached), plus the model's weights, which the estimate counts. glibc is told to return freed blocks of 64 kB
+and more to the system at once (``MALLOC_MMAP_THRESHOLD_``), so the resident size follows the live tensors instead
+of keeping the allocator's high-water mark. Time: the plan's compute time on this CPU (its fp32 matmul peak,
+measured, times the MFU) against the stage's wall time and, for training, its time inside the training loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: Stages of the quick suite measured by default: the three kinds of work, on the shipped tiny model.
+DEFAULT_STAGES = ["train/baseline/s42", "train/monotonic/s42", "metrics/perplexity/tiny", "metrics/lm_eval/tiny",
+                  "attacks/hotflip/tiny/s42", "attacks/uat/tiny/s42"]
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+             "TOKENIZERS_PARALLELISM": "false"}
+
+
+def resident() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_resident() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def override_steps(suite, steps: int | None) -> None:
+    """Shorter training (same shapes, so the same peak): ``steps`` steps, validating and snapshotting halfway."""
+    if steps is None:
+        return
+    half = max(1, steps // 2)
+    for entry in suite.train.values():
+        entry.config = entry.config.model_copy(update={"steps": steps, "val_every": half, "checkpoint_every": half})
+
+
+def measure_stage(suite_path: str, out: str, stage_id: str, steps: int | None = None) -> dict:
+    """Run one stage (its dependencies must be done in ``out``) and measure it; the child process's work."""
+    import datasets  # noqa: F401  (imported before the baseline: its import is not the stage's memory)
+
+    from harness.data import document_sources, load_documents
+    from harness.runner import Runner
+    from harness.suite import load_suite
+
+    suite = load_suite(suite_path, "quick", output_dir=out)
+    override_steps(suite, steps)
+    runner = Runner(suite, show_progress=False)
+    stage = runner.graph.by_id()[stage_id]
+    entry = suite.section(stage.section)[stage.entry]
+    runner.write_run_files()
+    loaded = runner.load_model(stage.model, stage.seed)
+    weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    for _, source in document_sources(entry.config, entry.key):
+        load_documents(source)  # the datasets cache is built and warm before the baseline
+    if stage.section == "train":  # the trainer's token cache, as it would build it, before the baseline
+        from harness_plugins.training.data import build_blocks, cached_blocks
+
+        runner.prepare_stage_dir(stage)
+        cfg, state = entry.config, runner.stage_dir(stage) / "train_state"
+        state.mkdir(parents=True, exist_ok=True)
+        cached_blocks(state / "train_blocks.npz", lambda: build_blocks(cfg.data, loaded.tokenizer, cfg.seq_len,
+                                                                       cfg.packing), True, lambda: None)
+        if cfg.val_data is not None:
+            cached_blocks(state / "val_blocks.npz", lambda: build_blocks(cfg.val_data, loaded.tokenizer, cfg.seq_len,
+                                                                         True, limit=cfg.val_blocks), True,
+                          lambda: None)
+    del loaded
+    gc.collect()
+    base = resident()
+    outcome = runner.run_stage(stage)
+    return {"stage": stage_id, "peak_bytes": peak_resident() - base + weights, "weights": weights,
+            "base_bytes": base, "duration_s": outcome.result["duration_s"],
+            "train_time_s": (outcome.result["metrics"] or {}).get("train_time_s")}
+
+
+def run_child(suite: str, out: str, stage: str, steps: int | None = None) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", suite, out, stage]
+    if steps is not None:
+        cmd += ["--steps", str(steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **CHILD_ENV}, cwd=ROOT,
+                          timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{stage} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--child", nargs=3, metavar=("SUITE", "OUT", "STAGE"), help=argparse.SUPPRESS)
+    p.add_argument("--suite", default=str(ROOT / "suites" / "quick.yaml"))
+    p.add_argument("--stage", action="append", default=None, help=f"stage ids (default: {DEFAULT_STAGES})")
+    p.add_argument("--steps", type=int, default=None, help="shorter training stages (same shapes)")
+    p.add_argument("--mfu", type=float, default=0.35)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(measure_stage(*args.child, steps=args.steps)))
+        return
+
+    from harness.plan import accelerator, make_plan
+    from harness.suite import load_suite
+
+    suite = load_suite(args.suite, "quick")
+    override_steps(suite, args.steps)
+    cpu = accelerator("cpu")
+    plan = {e.stage.id: e for e in make_plan(suite, cpu, args.mfu).stages}
+    print(f"plan on this CPU: fp32 matmul peak {cpu.peak_tflops * 1e3:.1f} GFLOP/s (measured now), MFU {args.mfu}; "
+          f"{os.cpu_count()} cores")
+    header = (f"{'stage':<28} {'est. peak':>10} {'measured':>10} {'ratio':>6}  {'est. time':>9} {'stage s':>8} "
+              f"{'loop s':>7} {'ratio':>6}")
+    print(header)
+    rows = []
+    with tempfile.TemporaryDirectory() as out:
+        for stage_id in args.stage or DEFAULT_STAGES:
+            m = run_child(args.suite, out, stage_id, args.steps)
+            est = plan[stage_id]
+            mem = est.memory.total if est.memory else float("nan")
+            est_s = est.wall_hours * 3600
+            spent = m["train_time_s"] or m["duration_s"]
+            rows.append({**m, "estimated_peak_bytes": mem, "estimated_s": est_s})
+            print(f"{stage_id:<28} {mem / 1e6:>8.0f}MB {m['peak_bytes'] / 1e6:>8.0f}MB {mem / m['peak_bytes']:>6.2f}  "
+                  f"{est_s:>8.1f}s {m['duration_s']:>8.1f} {m['train_time_s'] or float('nan'):>7.1f} "
+                  f"{est_s / spent:>6.2f}")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""``harness plan SUITE``: what a suite will cost (tokens, FLOPs, GPU-hours, memory, disk) before anything runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .cli import command, console
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    from .plan import DEFAULT_GPU, DEFAULT_MFU, GPUS
+
+    p.add_argument("suite", type=Path, help="suite YAML file")
+    p.add_argument("--mode", choices=["quick", "full"], default="quick", help="which overrides to apply")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="SLURM cluster profile: time limits, GPUs per job, launcher (warns where a stage won't fit)")
+    p.add_argument("--gpu", default=DEFAULT_GPU,
+                   help=f"accelerator to plan for: {', '.join(GPUS)}, or cpu (this machine, measured) "
+                        f"(default {DEFAULT_GPU})")
+    p.add_argument("--mfu", type=float, default=DEFAULT_MFU,
+                   help=f"model FLOPs utilisation reached, 0-1 (default {DEFAULT_MFU})")
+    p.add_argument("--doc-tokens", type=float, default=None,
+                   help="mean tokens per document of hub datasets (default: a table of known ones, else 1000)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+@command("plan", "estimate a suite's tokens, FLOPs, GPU-hours, peak memory and disk before running it", _plan_args)
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .errors import HarnessError
+    from .plan import accelerator, make_plan
+    from .plan.render import as_json, render
+    from .suite import load_suite
+
+    if not 0 < args.mfu <= 1:
+        raise HarnessError(f"--mfu {args.mfu}: must be in (0, 1]; fix: e.g. --mfu 0.35")
+    suite = load_suite(args.suite, args.mode)
+    profile = None
+    if args.profile is not None:
+        from .slurm.profile import load_profile
+
+        profile = load_profile(args.profile)
+    plan = make_plan(suite, accelerator(args.gpu), args.mfu, profile, str(args.profile) if args.profile else None,
+                     doc_tokens=args.doc_tokens)
+    if args.json:
+        print(json.dumps(as_json(plan), indent=1, default=str))
+    else:
+        render(plan, console)
+    return 0

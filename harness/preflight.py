@@ -1,0 +1,209 @@
+"""Pre-flight checks ("stage 0"): the cheap things that would otherwise fail hours into a run.
+
+Run at the start of ``harness run`` and ``harness slurm submit`` (``--skip-preflight`` skips them), in this order:
+
+1. the run directory can be created and written, and its filesystem has room for the plan's disk estimate of the
+   stages still to run (checkpoints kept, caches, records);
+2. a GPU is visible when the suite (or a model) asks for ``device: cuda``; for a SLURM submission, the profile gives
+   those jobs GPUs instead (the login node needs none);
+3. every model and dataset the stages use can be reached: each plugin's own ``preflight`` (weights in a local
+   directory, in the Hugging Face cache, or a reachable hub) and every document source in the configs (local files,
+   the datasets cache when offline, else the hub). A SLURM profile's ``env`` (``HF_HUB_OFFLINE: "1"``) applies, so
+   what the compute nodes will not be able to download is caught on the login node;
+4. library versions, recorded with the results in ``RUN_DIR/preflight.json``.
+
+Each failure is one :class:`HarnessError` line with the fix (the CLI exits with status 2).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import check_source, document_sources
+from .env import package_versions
+from .errors import HarnessError
+from .graph import Stage, build_graph
+from .store import atomic_write_json
+from .suite import Suite
+
+#: Environment variables of a profile that change what can be reached (the rest, e.g. HF_HOME, are read by the
+#: libraries once at import and are not simulated here).
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+@dataclass
+class Preflight:
+    run_dir: str
+    free_bytes: float = 0.0
+    needed_bytes: float | None = None
+    checks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    versions: dict[str, str | None] = field(default_factory=dict)
+
+
+def check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".preflight-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise HarnessError(f"run directory {run_dir} is not writable ({type(exc).__name__}: {exc.strerror or exc}); "
+                           "fix: pass --out with a writable directory (e.g. on scratch) or set `output_dir:` in the "
+                           "suite") from None
+
+
+def _gb(x: float) -> str:
+    for factor, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if x >= factor:
+            return f"{x / factor:,.1f} {unit}"
+    return f"{x:,.0f} bytes"
+
+
+def check_space(run_dir: Path, needed: float, biggest: str) -> float:
+    free = shutil.disk_usage(run_dir).free
+    if needed > free:
+        raise HarnessError(f"not enough free space for this run in {run_dir}: {_gb(free)} free, the plan estimates "
+                           f"~{_gb(needed)} ({biggest}); fix: pass --out on a larger filesystem (scratch), lower "
+                           "`keep_checkpoints`, or free space (`harness plan` shows the estimate)")
+    return free
+
+
+def _cuda_requests(suite: Suite) -> list[tuple[str, str]]:
+    """(suite key, device) of every explicit cuda device: the suite's and the models' own ``device:``."""
+    found = [("device", suite.device)] if suite.device.startswith("cuda") else []
+    for entry in suite.models.values():
+        device = getattr(entry.config, "device", None)
+        if isinstance(device, str) and device.startswith("cuda"):
+            found.append((f"{entry.key}.device", device))
+    return found
+
+
+def check_gpu(suite: Suite) -> str:
+    import torch
+
+    wanted = _cuda_requests(suite)
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for key, device in wanted:
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= visible:
+            build = torch.version.cuda or "none: a CPU-only build"
+            seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise HarnessError(
+                f"{suite.path}: {key}: '{device}' asked for, but {visible} GPU(s) are visible here (torch "
+                f"{torch.__version__}, CUDA {build}" + (f", CUDA_VISIBLE_DEVICES={seen}" if seen is not None else "")
+                + "); fix: run on a GPU node (SLURM: give the jobs GPUs in the profile), install a CUDA build of "
+                "torch, or set `device: auto` (uses the CPU when there is no GPU)")
+    if visible:
+        return f"{visible} GPU(s) visible: {torch.cuda.get_device_name(0)}"
+    return "no GPU visible: device auto runs on the CPU" if not wanted else ""
+
+
+def check_profile_gpus(suite: Suite, profile: Any, profile_path: Any, stages: list[Stage]) -> None:
+    if not _cuda_requests(suite):
+        return
+    for kind in sorted({s.section for s in stages}):
+        if not profile.resources(kind).gpus:
+            raise HarnessError(f"{profile_path}: jobs.{kind}.gpus: the suite asks for device '{suite.device}' but "
+                               f"the profile gives {kind} jobs no GPU; fix: set `gpus:` for them (or in `defaults:`), "
+                               "or use `device: auto`")
+
+
+@contextmanager
+def offline_env(env: dict[str, str]) -> Iterator[None]:
+    """The profile's offline switches, set while the reachability checks run."""
+    saved = {k: os.environ.get(k) for k in OFFLINE_VARS}
+    try:
+        for key in OFFLINE_VARS:
+            if key in env:
+                os.environ[key] = env[key]
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _root_model(suite: Suite, name: str) -> str:
+    entry = suite.models[name]
+    while entry.from_train is not None:
+        name = suite.train[entry.from_train].model  # type: ignore[assignment]
+        entry = suite.models[name]
+    return name
+
+
+def check_reachable(suite: Suite, stages: list[Stage]) -> list[str]:
+    """Each plugin's own check and every document source of the stages to run; returns what was checked."""
+    checked: list[str] = []
+    for name in dict.fromkeys(_root_model(suite, s.model) for s in stages):
+        entry = suite.models[name]
+        entry.plugin.cls(entry.config).preflight(entry.key)
+        checked.append(entry.key)
+    for key in dict.fromkeys((s.section, s.entry) for s in stages):
+        entry = suite.section(key[0])[key[1]]
+        entry.plugin.cls(entry.config).preflight(entry.key)
+        for where, source in document_sources(entry.config, entry.key):
+            check_source(source, where)
+            checked.append(where)
+    return checked
+
+
+def disk_needed(suite: Suite, stages: list[Stage]) -> tuple[float | None, str, list[str]]:
+    """(bytes the plan expects these stages to leave, the biggest one, stages without an estimate)."""
+    from .plan.estimate import make_plan
+    from .plan.hardware import Accelerator
+
+    import torch
+
+    # Disk does not depend on the accelerator's speed; its device only picks the training precision.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    plan = make_plan(suite, Accelerator("this machine", 1.0, 1.0, device=device), stages=stages,
+                     measure_tokens=False)
+    estimated = [s for s in plan.stages if s.workload is not None]
+    if not estimated:
+        return None, "", [s.stage.id for s in plan.stages]
+    biggest = max(estimated, key=lambda s: s.disk_bytes)
+    return (plan.disk_bytes, f"largest: {biggest.stage.id} ~{_gb(biggest.disk_bytes)}",
+            [s.stage.id for s in plan.missing])
+
+
+def run_preflight(suite: Suite, run_dir: Path, stages: list[Stage] | None = None, done: set[str] | None = None,
+                  profile: Any = None, profile_path: Any = None) -> Preflight:
+    """All checks for running ``stages`` (default: every stage) of ``suite`` into ``run_dir``, minus those in
+    ``done``. With a SLURM ``profile`` the GPU check asks the profile, and its offline switches apply."""
+    run_dir = Path(run_dir)
+    stages = stages if stages is not None else build_graph(suite).stages
+    todo = [s for s in stages if s.id not in (done or set())]
+    result = Preflight(str(run_dir), versions=package_versions())
+    check_writable(run_dir)
+    result.checks.append(f"run directory writable: {run_dir}")
+    if todo:
+        needed, biggest, missing = disk_needed(suite, todo)
+        if needed is not None:
+            result.free_bytes = check_space(run_dir, needed, biggest)
+            result.needed_bytes = needed
+            result.checks.append(f"disk: ~{_gb(needed)} needed, {_gb(result.free_bytes)} free")
+        if missing:
+            result.notes.append(f"no disk estimate for {len(missing)} stage(s), e.g. {missing[0]}")
+    if profile is not None:
+        check_profile_gpus(suite, profile, profile_path, todo)
+        result.checks.append("GPUs: the profile gives GPU jobs GPUs" if _cuda_requests(suite) else
+                             "GPUs: not requested explicitly")
+    else:
+        gpu = check_gpu(suite)
+        if gpu:
+            result.checks.append(gpu)
+    with offline_env(profile.env if profile is not None else {}):
+        reached = check_reachable(suite, todo)
+    result.checks.append(f"models and data reachable: {', '.join(reached) or 'nothing to check'}")
+    atomic_write_json(run_dir / "preflight.json", {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **asdict(result)})
+    return result

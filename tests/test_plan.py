@@ -1,0 +1,178 @@
+"""harness plan: the full suite's estimate is complete, the formulas hold, and the memory estimate matches a real
+CPU training run (peak resident memory of a subprocess) within the stated tolerance."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from harness import DocumentSource, DocumentStats, ModelShape, PlanInputs
+from harness.errors import HarnessError
+from harness.plan import accelerator, make_plan
+from harness.plan.hardware import Accelerator, slurm_bytes, slurm_seconds
+from harness.plan.memory import USABLE, largest_micro_batch, training_memory
+from harness.plan.shapes import lookup_shape
+from harness.suite import load_suite
+from harness.workload import WeightsSource
+from harness_plugins.training.trainer import BaselineConfig, MonotonicConfig, RecoveryTrainer
+from harness_plugins.training.workload import training_workload
+
+from .conftest import DATA, HARNESS, ROOT, write_suite
+
+#: The estimate of a training stage's peak memory against the measured one (CPU, fp32): |estimate/measured - 1|.
+MEMORY_TOLERANCE = 0.30
+CPU = Accelerator("cpu", 0.05, 16.0, device="cpu", note="test")
+
+
+@pytest.fixture(scope="module")
+def full_plan() -> dict:
+    """`harness plan suites/pythia_full.yaml --mode full --json`, run as a user would (offline, nothing cached)."""
+    proc = subprocess.run([*HARNESS, "plan", str(ROOT / "suites" / "pythia_full.yaml"), "--mode", "full", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_full_suite_plan_covers_every_stage_and_seed(full_plan):
+    suite = load_suite(ROOT / "suites" / "pythia_full.yaml", "full")
+    assert len(suite.seeds) == 5
+    stages = {s["id"]: s for s in full_plan["stages"]}
+    for name in suite.train:
+        for seed in suite.seeds:
+            train = stages[f"train/{name}/s{seed}"]
+            assert train["tokens"]["train"] > 0 and train["gpu_hours"] > 0 and train["disk_bytes"] > 0
+            assert train["max_micro_batch"]["checkpointing"] >= train["max_micro_batch"]["no_checkpointing"]
+    estimated = {s["id"].split("/")[1] for s in full_plan["stages"] if s["reason"] == ""}
+    assert {"perplexity", "lm_eval", "baseline", "monotonic"} <= estimated
+    for entry in ("hotflip", "uat", "random_hotflip", "random_uat"):
+        if entry in suite.attacks:
+            assert entry in estimated
+    # Stages without an estimate say why; the totals add up the stages.
+    assert all(s["reason"].startswith("no estimate") for s in full_plan["stages"] if s["tokens"] is None)
+    assert full_plan["totals"]["gpu_hours"] == pytest.approx(sum(s["gpu_hours"] for s in full_plan["stages"]))
+    assert full_plan["totals"]["disk_bytes"] == pytest.approx(sum(s["disk_bytes"] for s in full_plan["stages"]))
+    assert any("MFU" in a for a in full_plan["assumptions"])
+    assert any("published Pythia-1.4B config" in a for a in full_plan["assumptions"])
+
+
+def test_full_suite_training_flops_follow_the_formula(full_plan):
+    shape = full_plan["models"]["pythia_1.4b"]["shape"]
+    # The published Pythia-1.4B parameter count, from the built-in table's config built on the meta device.
+    assert shape["n_params"] == 1_414_647_808
+    train = next(s for s in full_plan["stages"] if s["id"].startswith("train/baseline/"))
+    n = shape["n_params"] - shape["vocab"] * shape["hidden"]  # the input embedding is a lookup
+    per_token = 2 * n + 2 * shape["n_layers"] * 2048 * shape["hidden"]
+    expected = 3 * per_token * train["tokens"]["train"] + per_token * train["tokens"]["forward"]
+    assert train["flops"] == pytest.approx(expected)
+    h100 = full_plan["accelerator"]
+    assert train["gpu_hours"] == pytest.approx(train["flops"] / (h100["peak_tflops"] * 1e12 * full_plan["mfu"]) / 3600)
+
+
+def test_text_output_has_totals_memory_and_assumptions():
+    proc = subprocess.run([*HARNESS, "plan", str(ROOT / "suites" / "quick.yaml"), "--gpu", "A100-40GB"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    for part in ("models", "stages on A100-40GB", "training memory per process", "largest micro_batch that fits",
+                 "total:", "GPU-hours", "assumptions:", "library versions"):
+        assert part in proc.stdout, part
+
+
+def test_training_workload_counts_steps_validation_and_disk():
+    shape = lookup_shape(WeightsSource(str(ROOT / "plugins" / "models" / "pythia_tiny"), True), "tiny").shape
+    stats = {"train": DocumentStats(100, 255.0, "test"), "valid": DocumentStats(10, 2047.0, "test")}
+    source = lambda split: DocumentSource(dataset="json", data_files=[DATA / f"{split}.jsonl"], split=split)  # noqa: E731
+    inputs = PlanInputs(shape, "float32", "cpu", 2, 4.0, lambda s: stats[s.split])
+    cfg = BaselineConfig(data=source("train"), val_data=source("valid"), seq_len=128, micro_batch=4, grad_accum=2,
+                         epochs=3, val_every=10, val_blocks=8, checkpoint_every=10, keep_checkpoints=2)
+    w = RecoveryTrainer(cfg).plan(inputs)
+    blocks = (100 * 255 + 100) // 128  # every document plus its end-of-text token, cut into blocks
+    steps = math.ceil(3 * blocks / (4 * 2 * 2))  # two processes
+    assert w.train_tokens == steps * 16 * 128
+    assert w.forward_tokens == (1 + steps // 10 + (steps % 10 > 0)) * 8 * 128
+    assert w.training.micro_batch == 4 and not w.training.autocast_bf16
+    snapshot = 12 * shape.n_params
+    assert w.disk_bytes == pytest.approx(3 * snapshot + 4 * shape.n_params + 4 * (blocks + 8) * 128)
+    mono = training_workload(MonotonicConfig(data=source("train"), variant="mlp_both"), inputs)
+    assert mono.training.extra_bytes == 8 * 2 * shape.hidden * shape.intermediate * shape.n_layers
+
+
+def test_gradient_checkpointing_and_largest_micro_batch():
+    shape = ModelShape(1_414_647_808, 24, 2048, 16, 8192, 50304, 2048, False, "gpt_neox", "float16", "test")
+    from harness import TrainingSetup
+
+    setup = TrainingSetup(shape.n_params, 8, 2048, 4, False, True)
+    plain, ckpt = training_memory(shape, setup), training_memory(shape, setup, checkpointing=True)
+    assert ckpt.total < plain.total
+    # Activations grow linearly with the micro-batch; the fixed terms do not.
+    assert (training_memory(shape, setup, 16).total - plain.total) == pytest.approx(
+        plain.total - training_memory(shape, setup, 0).total)
+    capacity = 80e9 * USABLE
+    for flag in (False, True):
+        b = largest_micro_batch(shape, setup, capacity, flag)
+        assert training_memory(shape, setup, b, flag).total <= capacity < training_memory(shape, setup, b + 1,
+                                                                                         flag).total
+    assert largest_micro_batch(shape, setup, capacity, True) > largest_micro_batch(shape, setup, capacity, False)
+    assert largest_micro_batch(shape, setup, 1e9, True) == 0  # the weights alone do not fit in 1 GB
+
+
+def test_profile_time_limit_and_memory_warnings(tmp_path):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("defaults: {gpus: 1, time: '0:01:00'}\njobs: {train: {mem: 1G}}\n")
+    suite = write_suite(tmp_path, """
+        seeds: [1, 2]
+        models: {tiny: {plugin: pythia_tiny}}
+        train:
+          baseline: {model: tiny, data: {dataset: json, data_files: @DATA@/train.jsonl, limit: 50}, seq_len: 128,
+                     micro_batch: 64, steps: 400000}
+        """)
+    proc = subprocess.run([*HARNESS, "plan", str(suite), "--profile", str(profile), "--gpu", "V100-16GB", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    warnings = json.loads(proc.stdout)["warnings"]
+    assert any("train/baseline (2 seeds)" in w and "time limit 0:01:00" in w and "raise jobs.train.time" in w
+               for w in warnings), warnings
+    assert not any("needs ~" in w for w in warnings)  # a tiny model fits a 16 GB GPU
+
+
+def test_unknown_gpu_and_slurm_formats():
+    with pytest.raises(HarnessError, match="unknown GPU 'H1000'.*did you mean 'H100'"):
+        accelerator("H1000")
+    assert accelerator("a100").memory_gb == 80 and accelerator("H200").memory_gb == 141
+    assert [slurm_seconds(t) for t in ("30", "1:30", "4:00:00", "2-00:00:00", "1-12")] == [
+        1800, 90, 14400, 172800, 129600]
+    assert slurm_bytes("64G") == 64 * 2 ** 30 and slurm_bytes("4000") == 4000 * 2 ** 20
+
+
+def test_unknown_shape_is_a_clear_line_not_a_failure(tmp_path):
+    suite = load_suite(write_suite(tmp_path, """
+        models: {other: {plugin: hf_causal_lm, path: some-org/not-cached-anywhere}}
+        metrics: {perplexity: {data: {dataset: json, data_files: @DATA@/test.jsonl}}}
+        """))
+    plan = make_plan(suite, CPU)
+    assert plan.models["other"].shape is None
+    assert "unknown shape" in plan.models["other"].reason and "huggingface-cli download" in plan.models["other"].reason
+    assert plan.stages[0].workload is None and "unknown shape" in plan.stages[0].reason
+
+
+def test_memory_estimate_matches_a_real_training_run():
+    """The quick suite's baseline training stage (fewer steps, same shapes), alone in a subprocess: its peak resident
+    memory above the resident size before the stage, plus its weights, against the plan's training peak."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plan_vs_run.py"), "--child",
+                               str(ROOT / "suites" / "quick.yaml"), out, "train/baseline/s42", "--steps", "4"],
+                              capture_output=True, text=True, timeout=900, cwd=ROOT,
+                              env={**__import__("os").environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
+    suite = load_suite(ROOT / "suites" / "quick.yaml", "quick")
+    estimate = next(s for s in make_plan(suite, CPU).stages if s.stage.id == "train/baseline/s42").memory
+    assert estimate.label.startswith("training")
+    ratio = estimate.total / measured
+    print(f"estimated {estimate.total / 1e6:.1f} MB, measured {measured / 1e6:.1f} MB, ratio {ratio:.3f}")
+    assert abs(ratio - 1) <= MEMORY_TOLERANCE
