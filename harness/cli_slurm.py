@@ -22,6 +22,9 @@ def _slurm_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--out", type=Path, default=None, help="run directory (default: the suite's output_dir)")
     s.add_argument("--dry-run", action="store_true",
                    help="write the sbatch scripts and RUN_DIR/slurm/submit.sh, submit nothing")
+    s.add_argument("--skip-preflight", action="store_true",
+                   help="skip the pre-flight checks (run directory, free space, GPUs in the profile, models and data "
+                        "reachable offline); a dry run only reports them")
 
 
 @command("slurm", "run a suite on a SLURM cluster: `harness slurm submit SUITE [--profile P] [--dry-run]`",
@@ -29,6 +32,12 @@ def _slurm_args(p: argparse.ArgumentParser) -> None:
 def cmd_slurm(args: argparse.Namespace) -> int:
     from .slurm.submit import describe, submit_suite
 
+    if not args.skip_preflight:  # before anything is submitted; a dry run reports what would stop a submission
+        from .preflight import preflight_for_submission
+
+        checked = preflight_for_submission(args.suite, args.mode, args.out, args.profile, strict=not args.dry_run)
+        for problem in checked.problems:
+            err_console.print(f"pre-flight (would stop a real submission): {problem}", highlight=False, markup=False)
     submission = submit_suite(args.suite, args.mode, args.out, args.profile, dry_run=args.dry_run)
     table = Table(title=f"{'planned' if args.dry_run else 'submitted'} jobs ({len(submission.done)} stages done, "
                   f"{len(submission.kept)} kept from earlier jobs)", show_lines=True)

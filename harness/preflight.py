@@ -45,6 +45,8 @@ class Preflight:
     needed_bytes: float | None = None
     checks: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Failures, when not strict (a dry run): one line each, with the fix.
+    problems: list[str] = field(default_factory=list)
     versions: dict[str, str | None] = field(default_factory=dict)
 
 
@@ -177,33 +179,70 @@ def disk_needed(suite: Suite, stages: list[Stage]) -> tuple[float | None, str, l
 
 
 def run_preflight(suite: Suite, run_dir: Path, stages: list[Stage] | None = None, done: set[str] | None = None,
-                  profile: Any = None, profile_path: Any = None) -> Preflight:
+                  profile: Any = None, profile_path: Any = None, strict: bool = True) -> Preflight:
     """All checks for running ``stages`` (default: every stage) of ``suite`` into ``run_dir``, minus those in
-    ``done``. With a SLURM ``profile`` the GPU check asks the profile, and its offline switches apply."""
+    ``done``. With a SLURM ``profile`` the GPU check asks the profile, and its offline switches apply. ``strict``:
+    the first failure raises; otherwise (a dry run) failures are collected in ``problems``."""
     run_dir = Path(run_dir)
     stages = stages if stages is not None else build_graph(suite).stages
     todo = [s for s in stages if s.id not in (done or set())]
     result = Preflight(str(run_dir), versions=package_versions())
-    check_writable(run_dir)
-    result.checks.append(f"run directory writable: {run_dir}")
-    if todo:
+
+    def check(what) -> None:
+        try:
+            what()
+        except HarnessError as exc:
+            if strict:
+                raise
+            result.problems.append(str(exc))
+
+    def writable() -> None:
+        check_writable(run_dir)
+        result.checks.append(f"run directory writable: {run_dir}")
+
+    def space() -> None:
         needed, biggest, missing = disk_needed(suite, todo)
-        if needed is not None:
-            result.free_bytes = check_space(run_dir, needed, biggest)
-            result.needed_bytes = needed
-            result.checks.append(f"disk: ~{_gb(needed)} needed, {_gb(result.free_bytes)} free")
         if missing:
             result.notes.append(f"no disk estimate for {len(missing)} stage(s), e.g. {missing[0]}")
-    if profile is not None:
-        check_profile_gpus(suite, profile, profile_path, todo)
-        result.checks.append("GPUs: the profile gives GPU jobs GPUs" if _cuda_requests(suite) else
-                             "GPUs: not requested explicitly")
-    else:
-        gpu = check_gpu(suite)
-        if gpu:
+        if needed is not None:
+            result.needed_bytes = needed
+            result.free_bytes = check_space(run_dir, needed, biggest)
+            result.checks.append(f"disk: ~{_gb(needed)} needed, {_gb(result.free_bytes)} free")
+
+    def gpus() -> None:
+        if profile is not None:
+            check_profile_gpus(suite, profile, profile_path, todo)
+            result.checks.append("GPUs: the profile gives GPU jobs GPUs" if _cuda_requests(suite) else
+                                 "GPUs: not requested explicitly")
+        elif gpu := check_gpu(suite):
             result.checks.append(gpu)
-    with offline_env(profile.env if profile is not None else {}):
-        reached = check_reachable(suite, todo)
-    result.checks.append(f"models and data reachable: {', '.join(reached) or 'nothing to check'}")
-    atomic_write_json(run_dir / "preflight.json", {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **asdict(result)})
+
+    def reachable() -> None:
+        with offline_env(profile.env if profile is not None else {}):
+            reached = check_reachable(suite, todo)
+        result.checks.append(f"models and data reachable: {', '.join(reached) or 'nothing to check'}")
+
+    check(writable)
+    if todo and run_dir.is_dir():
+        check(space)
+    check(gpus)
+    check(reachable)
+    if run_dir.is_dir():
+        atomic_write_json(run_dir / "preflight.json", {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                       **asdict(result)})
     return result
+
+
+def preflight_for_submission(suite_path: Path, mode: str, out: Path | None, profile_path: Path | None,
+                             strict: bool = True) -> Preflight:
+    """The checks of ``harness slurm submit``: the stages not done yet, against the cluster profile."""
+    from .runner import Runner
+    from .slurm.profile import load_profile
+    from .suite import load_suite
+
+    profile = load_profile(profile_path)
+    suite = load_suite(suite_path, mode, output_dir=out)
+    runner = Runner(suite, show_progress=False)
+    done = {s.id for s in runner.graph.stages if runner.is_done(s)}
+    return run_preflight(suite, runner.run_dir, done=done, profile=profile, profile_path=profile_path or "(defaults)",
+                         strict=strict)

@@ -134,3 +134,20 @@ def test_cli_exit_status_and_single_line(tmp_path):
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: run directory"), proc.stderr
+
+
+def test_slurm_submit_stops_before_submitting(tmp_path):
+    """`harness slurm submit`: a failed check is one line and exit 2, nothing submitted; a dry run reports it."""
+    suite = write_suite(tmp_path, SUITE.replace("seeds: [1]", "seeds: [1]\n    device: cuda"))
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("defaults: {gpus: 0, time: '1:00:00'}\n")
+    proc = run_cli("slurm", "submit", str(suite), "--profile", str(profile), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "jobs.metrics.gpus" in lines[0], proc.stderr
+    assert not (tmp_path / "run" / "slurm").exists()
+    dry = run_cli("slurm", "submit", str(suite), "--profile", str(profile), "--out", str(tmp_path / "dry"),
+                  "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "pre-flight (would stop a real submission)" in dry.stderr and "jobs.metrics.gpus" in dry.stderr
+    assert (tmp_path / "dry" / "slurm" / "submit.sh").exists()
