@@ -41,16 +41,19 @@ def peak_resident() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
-def override_steps(suite, steps: int | None) -> None:
-    """Shorter training (same shapes, so the same peak): ``steps`` steps, validating and snapshotting halfway."""
-    if steps is None:
-        return
-    half = max(1, steps // 2)
+def override_training(suite, steps: int | None, checkpointing: bool = False) -> None:
+    """Shorter training (same shapes, so the same peak): ``steps`` steps, validating and snapshotting halfway; and
+    gradient checkpointing on, if asked."""
+    update: dict = {"gradient_checkpointing": True} if checkpointing else {}
+    if steps is not None:
+        half = max(1, steps // 2)
+        update.update(steps=steps, val_every=half, checkpoint_every=half)
     for entry in suite.train.values():
-        entry.config = entry.config.model_copy(update={"steps": steps, "val_every": half, "checkpoint_every": half})
+        entry.config = entry.config.model_copy(update=update)
 
 
-def measure_stage(suite_path: str, out: str, stage_id: str, steps: int | None = None) -> dict:
+def measure_stage(suite_path: str, out: str, stage_id: str, steps: int | None = None,
+                  checkpointing: bool = False) -> dict:
     """Run one stage (its dependencies must be done in ``out``) and measure it; the child process's work."""
     import datasets  # noqa: F401  (imported before the baseline: its import is not the stage's memory)
 
@@ -59,7 +62,7 @@ def measure_stage(suite_path: str, out: str, stage_id: str, steps: int | None = 
     from harness.suite import load_suite
 
     suite = load_suite(suite_path, "quick", output_dir=out)
-    override_steps(suite, steps)
+    override_training(suite, steps, checkpointing)
     runner = Runner(suite, show_progress=False)
     stage = runner.graph.by_id()[stage_id]
     entry = suite.section(stage.section)[stage.entry]
@@ -89,10 +92,12 @@ def measure_stage(suite_path: str, out: str, stage_id: str, steps: int | None = 
             "train_time_s": (outcome.result["metrics"] or {}).get("train_time_s")}
 
 
-def run_child(suite: str, out: str, stage: str, steps: int | None = None) -> dict:
+def run_child(suite: str, out: str, stage: str, steps: int | None = None, checkpointing: bool = False) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", suite, out, stage]
     if steps is not None:
         cmd += ["--steps", str(steps)]
+    if checkpointing:
+        cmd.append("--gradient-checkpointing")
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **CHILD_ENV}, cwd=ROOT,
                           timeout=1800)
     if proc.returncode != 0:
@@ -106,17 +111,18 @@ def main() -> None:
     p.add_argument("--suite", default=str(ROOT / "suites" / "quick.yaml"))
     p.add_argument("--stage", action="append", default=None, help=f"stage ids (default: {DEFAULT_STAGES})")
     p.add_argument("--steps", type=int, default=None, help="shorter training stages (same shapes)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="training stages with checkpointing")
     p.add_argument("--mfu", type=float, default=0.35)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(measure_stage(*args.child, steps=args.steps)))
+        print(json.dumps(measure_stage(*args.child, steps=args.steps, checkpointing=args.gradient_checkpointing)))
         return
 
     from harness.plan import accelerator, make_plan
     from harness.suite import load_suite
 
     suite = load_suite(args.suite, "quick")
-    override_steps(suite, args.steps)
+    override_training(suite, args.steps, args.gradient_checkpointing)
     cpu = accelerator("cpu")
     plan = {e.stage.id: e for e in make_plan(suite, cpu, args.mfu).stages}
     print(f"plan on this CPU: fp32 matmul peak {cpu.peak_tflops * 1e3:.1f} GFLOP/s (measured now), MFU {args.mfu}; "
@@ -127,7 +133,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for stage_id in args.stage or DEFAULT_STAGES:
-            m = run_child(args.suite, out, stage_id, args.steps)
+            m = run_child(args.suite, out, stage_id, args.steps, args.gradient_checkpointing)
             est = plan[stage_id]
             mem = est.memory.total if est.memory else float("nan")
             est_s = est.wall_hours * 3600

@@ -135,18 +135,12 @@ def offline_env(env: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _root_model(suite: Suite, name: str) -> str:
-    entry = suite.models[name]
-    while entry.from_train is not None:
-        name = suite.train[entry.from_train].model  # type: ignore[assignment]
-        entry = suite.models[name]
-    return name
-
-
 def check_reachable(suite: Suite, stages: list[Stage]) -> list[str]:
     """Each plugin's own check and every document source of the stages to run; returns what was checked."""
     checked: list[str] = []
-    for name in dict.fromkeys(_root_model(suite, s.model) for s in stages):
+    from .plan.estimate import root_model
+
+    for name in dict.fromkeys(root_model(suite, s.model) for s in stages):
         entry = suite.models[name]
         entry.plugin.cls(entry.config).preflight(entry.key)
         checked.append(entry.key)

@@ -8,7 +8,6 @@ core turns them into FLOPs, GPU-hours, peak memory and disk with formulas it pri
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -152,7 +151,3 @@ class PlanInputs:
 class NoEstimate(Exception):
     """Raised by ``plan`` (or the document counts it asks for) when a stage cannot be estimated; the message says
     why and what would make it possible (shown as "no estimate: ...")."""
-
-
-def ceil_div(a: float, b: float) -> int:
-    return max(0, math.ceil(a / b))

@@ -176,3 +176,31 @@ def test_memory_estimate_matches_a_real_training_run():
     ratio = estimate.total / measured
     print(f"estimated {estimate.total / 1e6:.1f} MB, measured {measured / 1e6:.1f} MB, ratio {ratio:.3f}")
     assert abs(ratio - 1) <= MEMORY_TOLERANCE
+
+
+@pytest.mark.parametrize("monotonic", [False, True], ids=["baseline", "monotonic"])
+def test_gradient_checkpointing_changes_memory_not_gradients(monotonic):
+    """The trainers' `gradient_checkpointing: true` path (also through the softplus reparametrisation) gives the same
+    gradients as keeping every activation."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness_plugins.models.pythia_tiny import WEIGHTS_DIR
+    from harness_plugins.training.monotonic import MonotonicSpec, make_monotonic
+    from harness_plugins.training.trainer import accumulate_gradients, enable_checkpointing
+
+    ids = torch.randint(0, 4096, (2, 64), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    grads = []
+    for checkpointing in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(WEIGHTS_DIR).train()
+        if monotonic:
+            make_monotonic(model, MonotonicSpec(variant="mlp_both"))
+        if checkpointing:
+            enable_checkpointing(model)
+        assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules()) == checkpointing
+        accumulate_gradients(model, [batch], 2 * 63, torch.device("cpu"))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        assert torch.allclose(g, grads[1][name], rtol=1e-4, atol=1e-7), name

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data import DocumentSource, document_sources
+from ..data import document_sources
 from ..env import package_versions
 from ..graph import Stage, build_graph
 from ..suite import Suite
@@ -116,7 +116,8 @@ def workload_flops(shape: ModelShape, w: Workload) -> float:
 
 
 # -- models -------------------------------------------------------------------------------------------------------------
-def _root(suite: Suite, name: str) -> str:
+def root_model(suite: Suite, name: str) -> str:
+    """The model entry whose weights ``name``'s come from: itself, or the start of the training that makes it."""
     entry = suite.models[name]
     while entry.from_train is not None:
         name = suite.train[entry.from_train].model  # type: ignore[assignment]
@@ -138,24 +139,25 @@ def _load_tokenizer(source: Any) -> Any:
 
 def resolve_models(suite: Suite, measure_tokens: bool = True) -> dict[str, ModelInfo]:
     infos: dict[str, ModelInfo] = {}
-    roots: dict[str, tuple[Any, Any, Any]] = {}  # root name -> (shape lookup, tokenizer, weights source)
-    local_texts_sample = _first_local_texts(suite)
+    roots: dict[str, ModelInfo] = {}
+    sample = _first_local_texts(suite) if measure_tokens else []
     for name, entry in suite.models.items():
-        root = _root(suite, name)
+        root = root_model(suite, name)
         if root not in roots:
-            plugin = suite.models[root].plugin.cls(suite.models[root].config)
-            source = plugin.weights_source()
-            tokenizer = _load_tokenizer(source) if measure_tokens else None
-            roots[root] = (lookup_shape(source, root), tokenizer, source)
-        lookup, tokenizer, root_source = roots[root]
-        own = entry.plugin.cls(entry.config).weights_source()
-        dtype = (own or root_source).dtype if (own or root_source) else "float32"
-        if dtype == "auto" and lookup.shape is not None:
-            dtype = lookup.shape.dtype
-        info = ModelInfo(name, root, lookup.shape, lookup.reason, dtype, tokenizer)
-        if tokenizer is not None and local_texts_sample:
-            info.chars_per_token, info.chars_per_token_how = chars_per_token(local_texts_sample, tokenizer)
-        infos[name] = info
+            source = suite.models[root].plugin.cls(suite.models[root].config).weights_source()
+            lookup = lookup_shape(source, root)
+            info = ModelInfo(root, root, lookup.shape, lookup.reason, source.dtype if source else "float32",
+                             _load_tokenizer(source) if measure_tokens else None)
+            if info.tokenizer is not None and sample:
+                info.chars_per_token, info.chars_per_token_how = chars_per_token(sample, info.tokenizer)
+            roots[root] = info
+        base = roots[root]
+        own = entry.plugin.cls(entry.config).weights_source()  # a trained model's own dtype
+        dtype = own.dtype if own is not None else base.dtype
+        if dtype == "auto" and base.shape is not None:
+            dtype = base.shape.dtype
+        infos[name] = ModelInfo(name, root, base.shape, base.reason, dtype, base.tokenizer, base.chars_per_token,
+                                base.chars_per_token_how)
     return infos
 
 
@@ -348,12 +350,3 @@ def assumptions(plan: Plan, counter: DocumentCounter) -> list[str]:
         lines.append(f"documents: {stats}")
     lines.append("library versions: " + ", ".join(f"{k} {v}" for k, v in plan.versions.items() if v))
     return lines
-
-
-def document_source_keys(suite: Suite) -> list[tuple[str, DocumentSource]]:
-    """Every document source of the suite's enabled entries, with its suite key."""
-    found: list[tuple[str, DocumentSource]] = []
-    for section in ("train", "metrics", "attacks"):
-        for entry in suite.section(section).values():
-            found += document_sources(entry.config, entry.key)
-    return found

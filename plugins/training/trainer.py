@@ -140,6 +140,16 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
 
 
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Keep only each layer's input and recompute the rest in the backward pass (much less activation memory for
+    about one more forward pass). transformers 5 renamed ``gradient_checkpointing_enable``; 4.57 has only that."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def count_targets(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
@@ -250,7 +260,7 @@ class RecoveryTrainer(TrainerPlugin):
         provenance = self.transform(net)
         net.float().to(procs.device).train()  # fp32 master weights, whatever dtype the model was loaded in
         if cfg.gradient_checkpointing:
-            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(net)
 
         train_blocks = cached_blocks(state_dir / "train_blocks.npz",
                                      lambda: build_blocks(cfg.data, tokenizer, cfg.seq_len, cfg.packing),
