@@ -16,9 +16,9 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["quick", "full"], default="quick", help="which overrides to apply")
     p.add_argument("--profile", type=Path, default=None,
                    help="SLURM cluster profile: time limits, GPUs per job, launcher (warns where a stage won't fit)")
-    p.add_argument("--gpu", default=DEFAULT_GPU,
+    p.add_argument("--gpu", default=None,
                    help=f"accelerator to plan for: {', '.join(GPUS)}, or cpu (this machine, measured) "
-                        f"(default {DEFAULT_GPU})")
+                        f"(default {DEFAULT_GPU}; cpu for a suite with `device: cpu`)")
     p.add_argument("--mfu", type=float, default=DEFAULT_MFU,
                    help=f"model FLOPs utilisation reached, 0-1 (default {DEFAULT_MFU})")
     p.add_argument("--doc-tokens", type=float, default=None,
@@ -29,7 +29,7 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
 @command("plan", "estimate a suite's tokens, FLOPs, GPU-hours, peak memory and disk before running it", _plan_args)
 def cmd_plan(args: argparse.Namespace) -> int:
     from .errors import HarnessError
-    from .plan import accelerator, make_plan
+    from .plan import DEFAULT_GPU, accelerator, make_plan
     from .plan.render import as_json, render
     from .suite import load_suite
 
@@ -41,7 +41,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from .slurm.profile import load_profile
 
         profile = load_profile(args.profile)
-    plan = make_plan(suite, accelerator(args.gpu), args.mfu, profile, str(args.profile) if args.profile else None,
+    gpu = args.gpu or ("cpu" if suite.device == "cpu" else DEFAULT_GPU)
+    plan = make_plan(suite, accelerator(gpu), args.mfu, profile, str(args.profile) if args.profile else None,
                      doc_tokens=args.doc_tokens)
     if args.json:
         print(json.dumps(as_json(plan), indent=1, default=str))

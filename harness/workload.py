@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from .data import DocumentSource
@@ -146,6 +146,9 @@ class PlanInputs:
     chars_per_token: float
     #: Counts and lengths of a document source's documents (after ``skip``/``limit``/``min_chars``).
     documents: Callable[[DocumentSource], DocumentStats]
+    #: The stages this one needs, by id, as the run will pass them in ``ctx.inputs`` minus the results:
+    #: ``{"stage": ..., "plugin": ..., "config": ...}``.
+    dependencies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class NoEstimate(Exception):

@@ -48,7 +48,7 @@ def test_full_suite_plan_covers_every_stage_and_seed(full_plan):
             assert train["max_micro_batch"]["checkpointing"] >= train["max_micro_batch"]["no_checkpointing"]
     estimated = {s["id"].split("/")[1] for s in full_plan["stages"] if s["reason"] == ""}
     assert {"perplexity", "lm_eval", "baseline", "monotonic"} <= estimated
-    for entry in ("hotflip", "uat", "random_hotflip", "random_uat"):
+    for entry in ("hotflip", "uat", "random_hotflip", "random_uat", "uat_transfer"):
         if entry in suite.attacks:
             assert entry in estimated
     # Stages without an estimate say why; the totals add up the stages.

@@ -182,8 +182,19 @@ def training_processes(profile: Any) -> int:
     return profile.launcher.nproc or max(1, profile.resources("train").gpus or 1)
 
 
+def dependencies(stage: Stage, suite: Suite, by_id: dict[str, Stage]) -> dict[str, dict[str, Any]]:
+    """What the run will hand the stage about its inputs (their stage and config; results do not exist yet)."""
+    out = {}
+    for dep_id in stage.deps:
+        dep = by_id[dep_id]
+        entry = suite.section(dep.section)[dep.entry]
+        out[dep_id] = {"stage": dep.as_dict(), "plugin": entry.plugin.name,
+                       "config": entry.config.model_dump(mode="json")}
+    return out
+
+
 def estimate_stage(stage: Stage, suite: Suite, info: ModelInfo, accel: Accelerator, mfu: float, profile: Any,
-                   counter: DocumentCounter) -> StageEstimate:
+                   counter: DocumentCounter, by_id: dict[str, Stage] | None = None) -> StageEstimate:
     entry = suite.section(stage.section)[stage.entry]
     processes = training_processes(profile) if stage.section == "train" else 1
     est = StageEstimate(stage, processes=processes)
@@ -193,7 +204,8 @@ def estimate_stage(stage: Stage, suite: Suite, info: ModelInfo, accel: Accelerat
     plugin = entry.plugin.cls(entry.config)
     inputs = PlanInputs(shape=info.shape, dtype=info.dtype, device=accel.device, processes=processes,
                         chars_per_token=info.chars_per_token,
-                        documents=lambda source: counter.stats(source, info.tokenizer))
+                        documents=lambda source: counter.stats(source, info.tokenizer),
+                        dependencies=dependencies(stage, suite, by_id or {}))
     try:
         workload = plugin.plan(inputs)
     except NoEstimate as exc:
@@ -308,11 +320,13 @@ def make_plan(suite: Suite, accel: Accelerator, mfu: float = DEFAULT_MFU, profil
     tokenizers (characters per token assumed): enough for the pre-flight disk estimate."""
     models = resolve_models(suite, measure_tokens)
     counter = DocumentCounter(doc_tokens)
-    stages = stages if stages is not None else build_graph(suite).stages
+    graph = build_graph(suite)
+    by_id = graph.by_id()
+    stages = stages if stages is not None else graph.stages
     versions = {k: v for k, v in package_versions().items() if k in VERSIONS}
     plan = Plan(suite, accel, mfu, profile, profile_path, models, [], versions=versions)
     for stage in stages:
-        est = estimate_stage(stage, suite, models[stage.model], accel, mfu, profile, counter)
+        est = estimate_stage(stage, suite, models[stage.model], accel, mfu, profile, counter, by_id)
         est.warnings = stage_warnings(est, accel, profile, profile_path)
         plan.stages.append(est)
     plan.warnings = collapse_seeds(plan.stages)

@@ -72,6 +72,12 @@ class UATTransfer(AttackPlugin):
         threshold = next(iter(row.values()))["threshold"]
         return {**summarize(pooled, threshold), "transfer": row}
 
+    def plan(self, inputs):
+        """Queries of this stage, from its config and those of the uat stages it needs (``harness plan``)."""
+        from .workload import transfer_workload
+
+        return transfer_workload(self.config, inputs)
+
 
 @hookimpl
 def harness_attacks() -> list[type]:

@@ -78,3 +78,31 @@ def uat_workload(cfg: UATConfig, inputs: PlanInputs, gradient: bool) -> Workload
                     notes=[f"{cfg.restarts} restarts x {cfg.iterations} iterations x {batch} documents x "
                            f"{candidates} candidate triggers (upper bound); {n_opt:,} optimisation + {n_eval:,} "
                            f"held-out examples, {length} tokens each{note_opt}{note_eval}"])
+
+
+def transfer_workload(cfg, inputs: PlanInputs) -> Workload:
+    """``uat_transfer``: every source trigger (a ``uat`` stage it needs) on its held-out split, with and without it."""
+    from pydantic import ValidationError
+
+    from .uat_transfer import source_uat_config
+
+    tokens = queries = 0
+    batches, notes = [], []
+    for _, dep in sorted(inputs.dependencies.items()):
+        try:
+            src = source_uat_config(dep)  # as the stage reads its input's config at run time
+        except ValidationError:
+            continue  # not a trigger (e.g. the training stage of the model)
+        n, note = _examples(inputs, cfg.eval_data or src.eval_data, cfg.n_eval or src.n_eval, src, "eval_data")
+        plain, triggered = _length(src), _length(src, src.trigger_length)
+        tokens += n * (plain + triggered)
+        queries += 2 * n
+        batches.append(Batch(max(1, cfg.batch_tokens // triggered), triggered,
+                             logit_positions=src.continuation_tokens + 1, label="exact scoring"))
+        source = f"{dep['stage']['entry']} of {dep['stage']['model']}"
+        notes.append(f"{source}: {n:,} held-out examples x 2 (with and without its trigger){note}")
+    if not batches:
+        raise NoEstimate("no uat stage among the stages it needs (`needs: [<uat entry>]`)")
+    return Workload(forward_tokens=tokens, context=max(b.seq_len for b in batches), queries=queries,
+                    batches=batches[:1], disk_bytes=queries / 2 * RECORD_BYTES, disk_note="per-example records",
+                    notes=[f"{len(batches)} source trigger(s): " + "; ".join(notes)])
