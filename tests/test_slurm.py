@@ -307,4 +307,16 @@ def test_status_without_slurm_reports_what_the_run_directory_knows(tmp_path):
         '{"stage": "metrics/a/m", "job": "5", "restart": 0, "event": "end", "time": 2.0, "rc": 1}\n')
     rows = {r.stage: r for r in run_status(run_dir, query_slurm=False)}
     assert rows["metrics/a/m"].state == "unknown" and "exit 1" in rows["metrics/a/m"].detail
-    assert rows["metrics/b/m"].state == "unknown" and "not started" in rows["metrics/b/m"].detail
+    assert rows["metrics/b/m"].state == "unknown" and "has not started" in rows["metrics/b/m"].detail
+
+
+def test_run_all_script_takes_the_same_code_path(tmp_path):
+    suite = str(ROOT / "suites" / "quick.yaml")
+    script = subprocess.run(["bash", str(ROOT / "slurm" / "run_all.sh"), suite, "--dry-run", "--out",
+                             str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
+    assert script.returncode == 0, script.stderr
+    assert run_cli("slurm", "submit", suite, "--dry-run", "--out", str(tmp_path / "b")).returncode == 0
+    a, b = (sorted((tmp_path / d / "slurm" / "jobs").glob("*.sbatch")) for d in ("a", "b"))
+    assert [p.name for p in a] == [p.name for p in b] and a
+    for x, y in zip(a, b):
+        assert x.read_text().replace(str(tmp_path / "a"), "RUN") == y.read_text().replace(str(tmp_path / "b"), "RUN")

@@ -1,12 +1,11 @@
 """``harness slurm submit`` against a real SLURM cluster started on this machine (scripts/slurm_local.sh).
 
-One suite (training per seed, perplexity of the base and of each trained model) is submitted; one pending job is
-cancelled and the suite re-submitted (new job wired to the surviving ones); the training job of one seed gets USR1
-mid-stage (as SLURM sends before a time limit), checkpoints, requeues and resumes. Then: every stage finished, no
-stage started before its inputs were done, results equal a local ``harness run``. A second suite has a failing
-stage: its dependents never run and ``harness status`` says why; fixed and re-submitted, the run completes. A third
-trains with two processes under torchrun inside one job.
-"""
+One suite (training per seed; perplexity of the base and of each trained model; an attack on each trained model) is
+submitted; one pending job is cancelled and the suite re-submitted (a new job wired to the surviving ones); the
+training job of one seed gets USR1 mid-stage (as SLURM sends before a time limit), checkpoints, requeues and
+resumes. Then: every stage finished, no stage started before its inputs were done, results equal a local
+``harness run``. A second suite has a failing stage: its dependents never run and ``harness status`` says why;
+fixed and re-submitted, the run completes. A third trains with two processes under torchrun inside one job."""
 
 from __future__ import annotations
 
@@ -147,6 +146,18 @@ metrics:
     data: {{dataset: json, data_files: @DATA@/test.jsonl, split: test, limit: 4}}
     batch_tokens: 4096
 """
+#: An attack on each trained model (added when the attack plugins are installed).
+ATTACK = """
+attacks:
+  hotflip:
+    models: [mono]
+    data: {dataset: json, data_files: @DATA@/test.jsonl, split: test}
+    n_examples: 3
+    context_tokens: 16
+    continuation_tokens: 8
+    flips: 2
+    beam_width: 8
+"""
 
 
 @pytest.fixture(scope="module")
@@ -155,10 +166,11 @@ def e2e(cluster, tmp_path_factory):
     and run the same suite locally. Returns what the tests look at."""
     from harness.plugins import load_registry
 
-    if "monotonic" not in {i.name for i in load_registry().all() if i.kind == "trainer"}:
+    installed = {(i.kind, i.name) for i in load_registry().all()}
+    if ("trainer", "monotonic") not in installed:
         pytest.skip("the monotonic trainer plugin is not installed")
     tmp = tmp_path_factory.mktemp("e2e")
-    suite = write_suite(tmp, SUITE)
+    suite = write_suite(tmp, SUITE + (ATTACK if ("attack", "hotflip") in installed else ""))
     run_dir, cluster_profile = tmp / "slurm_run", profile(tmp)
     # The local reference run, meanwhile (the cluster's jobs leave the CPUs idle while they wait for each other).
     local = subprocess.Popen([*HARNESS, "run", str(suite), "--out", str(tmp / "local_run"), "--no-progress"],
@@ -232,7 +244,8 @@ def test_results_equal_a_local_run(e2e):
         return out
 
     slurm, local = metrics(e2e["run_dir"]), metrics(e2e["local_dir"])
-    assert set(slurm) == set(local) and len(slurm) == 5
+    stages = read_json(e2e["run_dir"] / "config.resolved.json")["stages"]
+    assert set(slurm) == set(local) == {f"stages/{s['id']}" for s in stages} and len(stages) >= 5
     assert slurm == local
 
 

@@ -57,6 +57,14 @@ def fill(template: str, values: dict[str, str]) -> str:
     return re.sub(r"\{\{(\w+)\}\}", value, template)
 
 
+def read_template(ctx: JobContext, name: str) -> str:
+    path = ctx.templates / name
+    if not path.exists():
+        raise HarnessError(f"sbatch template {path} not found; fix: copy it from {TEMPLATES} into the profile's "
+                           "`templates` directory, or remove `templates:` to use the shipped ones")
+    return path.read_text(encoding="utf-8")
+
+
 def sbatch_lines(resources: Resources, profile: Profile, array: list[int]) -> list[str]:
     flags = ["--nodes=1", "--ntasks=1"]
     for name, flag in (("partition", "--partition"), ("account", "--account"), ("qos", "--qos"), ("time", "--time"),
@@ -156,7 +164,7 @@ def render(job: Job, ctx: JobContext) -> str:
         else:
             values["command"] = harness_command(ctx, "run", str(ctx.suite_path), "--mode", ctx.mode, "--out",
                                                 str(ctx.run_dir), "--no-progress")
-        return fill((ctx.templates / "report.sbatch.tmpl").read_text(encoding="utf-8"), values)
+        return fill(read_template(ctx, "report.sbatch.tmpl"), values)
     launcher = ctx.profile.launcher if job.kind == "train" and ctx.profile.launcher.kind != "none" else None
     values.update(
         select_stage=select_stage(job),
@@ -167,4 +175,4 @@ def render(job: Job, ctx: JobContext) -> str:
         command=stage_command(ctx, launcher),
         requeue="1" if ctx.profile.requeue else "0",
     )
-    return fill((ctx.templates / "stage.sbatch.tmpl").read_text(encoding="utf-8"), values)
+    return fill(read_template(ctx, "stage.sbatch.tmpl"), values)

@@ -66,8 +66,11 @@ def run_status(run_dir: Path, query_slurm: bool = True) -> list[StageStatus]:
     ended: dict[str, scheduler.JobState] = {}
     asked = bool(refs) and query_slurm and scheduler.available()
     if asked:
-        queued = scheduler.queue(refs)
-        ended = scheduler.finished([r for r in refs if r not in queued])
+        try:
+            queued = scheduler.queue(refs)
+            ended = scheduler.finished([r for r in refs if r not in queued])
+        except HarnessError:  # installed but no controller answers (e.g. not a submit host of this cluster)
+            asked = False
 
     rows: dict[str, StageStatus] = {}
     for stage in stages:  # graph order: inputs come first
@@ -91,11 +94,12 @@ def run_status(run_dir: Path, query_slurm: bool = True) -> list[StageStatus]:
             else:
                 row.state = "requeued" if attempts and attempts[-1].get("event") == "requeue" else "pending"
                 row.detail = q.reason
-        elif job and not asked:  # SLURM is not reachable from here: say what the run directory knows
+        elif job and not asked:  # SLURM not reachable from here: say only what the run directory knows
             last = attempts[-1] if attempts else {}
             row.state = "unknown"
-            row.detail = (f"no SLURM here; last attempt: {last['event']}" + (f" (exit {last['rc']})" if last.get("rc")
-                          is not None else "")) if last else "no SLURM here; the job has not started"
+            exit_code = f" (exit {last['rc']})" if last.get("rc") is not None else ""
+            row.detail = (f"SLURM not reachable; last attempt: {last['event']}{exit_code}" if last
+                          else "SLURM not reachable; the job has not started")
         elif job:
             row.state, row.detail = _ended(job, ended.get(job), attempts, stage, rows)
             if row.state == "failed" and log:
@@ -171,6 +175,8 @@ def _report_row(run_dir: Path, report: dict[str, Any], queued: dict[str, schedul
     elif job in ended:
         row.state = "cancelled" if ended[job].state == "CANCELLED" else "failed"
         row.detail = f"job {ended[job].state.lower()}"
+    else:
+        row.state, row.detail = "unknown", "no final_results.json, and SLURM knows nothing of the job"
     return row
 
 

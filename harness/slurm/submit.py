@@ -77,7 +77,7 @@ def submit_suite(suite_path: Path, mode: str = "quick", out: Path | None = None,
         if report_alive:
             stale.append(report["job"])  # it does not wait for the new jobs
         jobs.append(report_job(jobs, kept))
-    elif not kept and not _report_current(run_dir, done):
+    elif not kept and not report_alive and not _report_current(run_dir, done):
         jobs.append(report_job([], {}))
 
     submission = Submission(run_dir, graph, profile, jobs, done, kept, dry_run=dry_run)
