@@ -26,6 +26,8 @@ class HFCausalLMConfig(PluginConfig):
     device: str | None = None
     #: Runs code from the model repository. Off unless a suite asks for it.
     trust_remote_code: bool = False
+    #: A GGUF file inside ``path`` (dequantised to ``dtype`` on load; GGUF holds no code, like safetensors).
+    gguf_file: str | None = None
 
 
 def _offline_help(ref: str) -> str:
@@ -48,6 +50,23 @@ def files_fingerprint(directory: Path) -> str:
     return h.hexdigest()
 
 
+def _load_gguf(ref: str, gguf_file: str, dtype: Any, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """Dequantise a GGUF checkpoint into an ordinary model.
+
+    transformers marks a GGUF-loaded model as quantised and then refuses ``save_pretrained``; the weights are
+    already dequantised, so copy them into a fresh model built from the config without the quantisation entry.
+    """
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(ref, gguf_file=gguf_file, dtype=dtype, **kwargs)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=next(loaded.parameters()).dtype)
+    fresh.load_state_dict(loaded.state_dict())
+    return fresh
+
+
 def check_source(config: HFCausalLMConfig, name: str) -> None:
     """Cheap checks that the weights can be loaded from here, each failure one line with the fix (before
     loading, and in the pre-flight check of `harness run` / `harness slurm submit`)."""
@@ -56,7 +75,9 @@ def check_source(config: HFCausalLMConfig, name: str) -> None:
     if local and not Path(ref).is_dir():
         raise HarnessError(f"model '{name}': checkpoint directory not found: {ref}; fix: check `path:` (or train it "
                            "first with `harness train`)")
-    if local and not any(Path(ref).glob("*.safetensors")):
+    if local and config.gguf_file and not (Path(ref) / config.gguf_file).is_file():
+        raise HarnessError(f"model '{name}': GGUF file {config.gguf_file} not found in {ref}; fix: check `gguf_file:`")
+    if local and not config.gguf_file and not any(Path(ref).glob("*.safetensors")):
         raise HarnessError(f"model '{name}': no safetensors weights in {ref}; fix: re-save the checkpoint with "
                            "`save_pretrained(..., safe_serialization=True)` (pickled .bin weights are not loaded)")
     if not local and not cached_locally(ref, revision=config.revision) and (offline_mode() or not hub_reachable()):
@@ -78,8 +99,13 @@ def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) ->
     device = torch.device(config.device) if config.device else ctx.torch_device()
     kwargs: dict[str, Any] = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(config.tokenizer or ref), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True, **kwargs)
+        if config.gguf_file:
+            tokenizer = (AutoTokenizer.from_pretrained(os.path.expanduser(config.tokenizer), **kwargs)
+                         if config.tokenizer else AutoTokenizer.from_pretrained(ref, gguf_file=config.gguf_file, **kwargs))
+            model = _load_gguf(ref, config.gguf_file, dtype, kwargs)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(config.tokenizer or ref), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True, **kwargs)
     except OSError as exc:
         if local:
             raise HarnessError(f"model '{name}': cannot load {ref}: {str(exc).splitlines()[0]}; fix: check that the "
@@ -89,6 +115,13 @@ def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) ->
     if tokenizer.pad_token_id is None:  # batching needs a pad id; it is always masked out
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    if getattr(tokenizer, "add_bos_token", False):
+        # Scores are computed on exactly the tokens a plugin asks for; an automatic BOS (SmolLM2/Llama tokenizers
+        # on transformers 4.x) would shift every perplexity. Plugins that want one add it explicitly.
+        try:
+            tokenizer.add_bos_token = False
+        except (AttributeError, ValueError):
+            pass
     model.to(device).eval()
     info = {"source": ref, "revision": config.revision, "dtype": str(next(model.parameters()).dtype),
             "device": str(device), "n_parameters": sum(p.numel() for p in model.parameters()),
@@ -140,7 +173,7 @@ class HFCausalLM(ModelPlugin):
 
     def weights_source(self) -> WeightsSource:
         ref = os.path.expanduser(self.config.path)
-        return WeightsSource(ref, _is_local(ref), self.config.revision, self.config.dtype)
+        return WeightsSource(ref, _is_local(ref), self.config.revision, self.config.dtype, self.config.gguf_file)
 
     def cache_key(self) -> dict[str, Any]:
         key = self.config.model_dump(mode="json")
