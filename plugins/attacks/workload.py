@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from harness import Batch, NoEstimate, PlanInputs, Workload
 
+from .uat import EVAL_CHUNK
+
 if TYPE_CHECKING:
     from .common import TaskConfig
     from .hotflip import HotFlipConfig
@@ -68,7 +70,10 @@ def uat_workload(cfg: UATConfig, inputs: PlanInputs, gradient: bool) -> Workload
     iterations = cfg.restarts * cfg.iterations
     scored = iterations * batch * candidates + cfg.restarts * n_opt + 2 * n_opt + 2 * n_eval
     grads = iterations * batch if gradient else 0
-    rows = max(1, cfg.batch_tokens // length)
+    # The largest scoring call: one beam-search position (every beam's candidates on the batch), the whole
+    # optimisation split (a restart's final score), or a chunk of held-out examples; batch_tokens caps it.
+    largest = max(batch * cfg.beam_size * cfg.top_k, n_opt, min(EVAL_CHUNK, n_eval))
+    rows = max(1, min(cfg.batch_tokens // length, largest))
     batches = [Batch(rows, length, logit_positions=cfg.continuation_tokens + 1, label="exact scoring")]
     if gradient:
         batches.append(Batch(batch, length, "inputs", label="trigger gradients"))
@@ -97,7 +102,7 @@ def transfer_workload(cfg, inputs: PlanInputs) -> Workload:
         plain, triggered = _length(src), _length(src, src.trigger_length)
         tokens += n * (plain + triggered)
         queries += 2 * n
-        batches.append(Batch(max(1, cfg.batch_tokens // triggered), triggered,
+        batches.append(Batch(max(1, min(cfg.batch_tokens // triggered, EVAL_CHUNK, n)), triggered,
                              logit_positions=src.continuation_tokens + 1, label="exact scoring"))
         source = f"{dep['stage']['entry']} of {dep['stage']['model']}"
         notes.append(f"{source}: {n:,} held-out examples x 2 (with and without its trigger){note}")
