@@ -102,8 +102,9 @@ def textattack_workload(cfg: TextAttackTaskConfig, inputs: Any, gradient: bool) 
     # Typos split words into more tokens: edited contexts are assumed up to 1.5x as long.
     length = _length(cfg) + cfg.context_tokens // 2
     scored = n * (1 + cfg.query_budget)
-    batches = [Batch(max(1, cfg.batch_tokens // length), length, logit_positions=cfg.continuation_tokens + 1,
-                     label="exact scoring")]
+    # The largest scoring call: every text one search step asks for, at most the budget, capped by batch_tokens.
+    rows = max(1, min(cfg.batch_tokens // length, cfg.query_budget))
+    batches = [Batch(rows, length, logit_positions=cfg.continuation_tokens + 1, label="exact scoring")]
     if gradient:
         batches.append(Batch(1, length, "inputs", label="word-ranking gradient"))
     return Workload(forward_tokens=scored * length, gradient_tokens=n * length if gradient else 0, context=length,
