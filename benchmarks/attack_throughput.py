@@ -1,4 +1,4 @@
-"""Candidate evaluations per second: the batched continuation scorer vs a per-candidate loop, same model, same candidates.
+"""Candidate evaluations per second: batched continuation scoring vs a per-candidate loop, same model and candidates.
 
 The candidates are what a HotFlip step scores: single-token swaps in the context of real documents (held-out
 Shakespeare), each scored by its continuation NLL. Both sides run ``harness.scoring.continuation_nll``; the loop

@@ -100,7 +100,7 @@ def sequence_nll(model: torch.nn.Module, seq: Sequence[int], max_length: int, st
 
 # -- continuation scoring of many candidate sequences (attacks) -----------------------------------------------------
 
-def _logits_tail_kwarg(model: torch.nn.Module) -> str | None:
+def logits_tail_kwarg(model: torch.nn.Module) -> str | None:
     """The forward keyword that limits logits to the last positions (saves the vocabulary projection elsewhere)."""
     import inspect
 
@@ -113,7 +113,7 @@ def _logits_tail_kwarg(model: torch.nn.Module) -> str | None:
 
 def _tail_logits(model: torch.nn.Module, ids: torch.Tensor, keep: int) -> torch.Tensor:
     """Logits of the last ``keep`` positions of ``ids`` ([B, keep, V])."""
-    kwarg = _logits_tail_kwarg(model)
+    kwarg = logits_tail_kwarg(model)
     if kwarg is not None:
         logits = model(input_ids=ids, **{kwarg: keep}).logits
         if logits.shape[1] == keep:

@@ -35,7 +35,7 @@ attacks:
     n_examples: 8
     {TASK}
     flips: 4
-    beam_width: 32
+    beam_width: 16
   random_hotflip: {{plugin: random_token, hotflip: *hotflip}}
   uat: &uat
     opt_data: {{dataset: json, data_files: @DATA@/valid.jsonl, split: valid}}
@@ -47,7 +47,7 @@ attacks:
     restarts: 2
     iterations: 3
     batch_size: 8
-    top_k: 8
+    top_k: 4
     beam_size: 1
   random_uat: {{plugin: random_token, uat: *uat}}
   uat_transfer: {{needs: [uat]}}
@@ -159,7 +159,7 @@ def test_attacks_raise_nll_well_above_the_random_control_at_equal_budget(attack_
     assert [r["id"] for r in hot_recs] == [r["id"] for r in rnd_recs]
     assert [r["queries"] - r["gradient_calls"] for r in hot_recs] == [r["queries"] for r in rnd_recs]
     assert all(len(r["positions"]) <= 4 for r in hot_recs + rnd_recs)
-    assert hot["mean_relative_increase"] > 1.25 * rnd["mean_relative_increase"] > 0
+    assert hot["mean_relative_increase"] > 1.3 * rnd["mean_relative_increase"] > 0
     wins = sum(h["relative_increase"] > r["relative_increase"] for h, r in zip(hot_recs, rnd_recs))
     assert wins >= 0.75 * len(hot_recs)
     assert -1 <= hot["spearman_mean"] <= 1 and "spearman_mean" not in rnd
@@ -168,7 +168,10 @@ def test_attacks_raise_nll_well_above_the_random_control_at_equal_budget(attack_
     exact = trig["optimisation_queries"] - trig["gradient_calls"]
     assert 0.9 * exact <= rnd_trig["optimisation_queries"] <= exact  # (random candidates may repeat a token)
     assert len(trig["trigger_ids"]) == 8 and trig["n_examples"] == 16 and trig["n_opt"] == 16
-    assert trig["mean_relative_increase"] > 1.1 * rnd_trig["mean_relative_increase"] > 0
+    # Held-out (the reported numbers) and on the optimisation split. Same seed: same initial triggers and batches.
+    assert trig["mean_relative_increase"] > 1.2 * rnd_trig["mean_relative_increase"] > 0
+    assert trig["opt_mean_relative_increase"] > 1.2 * rnd_trig["opt_mean_relative_increase"] > 0
+    assert trig["restarts"][0]["trigger_ids"] != rnd_trig["restarts"][0]["trigger_ids"]
 
 
 def test_transfer_row_diagonal_reproduces_the_uat_held_out_numbers(attack_run):
@@ -304,7 +307,7 @@ def test_random_control_is_deterministic_under_a_seed_and_changes_with_it(attack
 def test_random_token_needs_exactly_one_attack_config(tmp_path):
     from harness import ConfigError
 
-    bad = SUITE.replace("random_hotflip: {plugin: random_token, hotflip: *hotflip}", "random_hotflip: {plugin: random_token}")
+    bad = SUITE.replace("{plugin: random_token, hotflip: *hotflip}", "{plugin: random_token}")
     with pytest.raises(ConfigError, match="exactly one"):
         load_suite(write_suite(tmp_path, bad))
 

@@ -6,8 +6,8 @@ raise the model's mean NLL of the continuation. An attack succeeds on an example
 ``(after - before) / before`` exceeds ``threshold``; :func:`summarize` also stores the success rate at every threshold
 of a grid, so a report can show the whole curve and no single threshold decides a comparison.
 
-Fairness: documents, splits, budgets and random streams depend on the suite (seed, entry, document id), never on
-the model, so every model of a suite faces the same examples and the same random candidates (:func:`attack_rng`).
+Fairness: documents, splits, budgets and random streams depend on the suite (seed, document id...), never on the
+model, so every model of a suite faces the same examples and the same random draws (:func:`attack_rng`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from harness import Document, HarnessError, LoadedModel, PluginConfig, StageContext, derive_seed
-from harness.scoring import continuation_nll
+from harness.scoring import logits_tail_kwarg, continuation_nll
 
 #: Thresholds of the stored success curve (relative NLL increase): 0, 2.5%, ..., 100%.
 CURVE_THRESHOLDS = [round(0.025 * i, 3) for i in range(41)]
@@ -105,19 +105,21 @@ def make_examples(docs: Sequence[Document], model: LoadedModel, task: TaskConfig
 
 def select_examples(examples: list[Example], n: int | None, sample: Literal["first", "seeded"],
                     ctx: StageContext) -> list[Example]:
-    """``n`` examples: the first ones, or a sample drawn by the seed (the same sample for every model)."""
+    """``n`` examples: the first ones, or a sample drawn by the seed alone (the same sample for every model and every
+    attack of the suite, so an attack and its control face the same documents)."""
     if n is None or n >= len(examples):
         return examples
     if sample == "first":
         return examples[:n]
-    order = torch.randperm(len(examples), generator=attack_rng(ctx, "sample")).tolist()
+    order = torch.randperm(len(examples), generator=attack_rng(ctx, "documents", len(examples), n)).tolist()
     return [examples[i] for i in sorted(order[:n])]
 
 
 def attack_rng(ctx: StageContext, *key: Any) -> torch.Generator:
-    """Randomness keyed by (seed, attack entry, key) but not by the model, unlike ``ctx.rng``: every model of a suite
-    draws the same random candidates and initial triggers, and a resumed stage draws the same numbers again."""
-    return torch.Generator().manual_seed(derive_seed(ctx.seed, ctx.stage.section, ctx.stage.entry, *key))
+    """Randomness keyed by (seed, key) alone, unlike ``ctx.rng`` (which also keys by stage, hence by model): every
+    model and every attack of a suite draw the same numbers for the same key at a seed (an attack and its random
+    control start from the same triggers, for instance), and a resumed stage draws them again."""
+    return torch.Generator().manual_seed(derive_seed(ctx.seed, "attacks", *key))
 
 
 # -- vocabulary ------------------------------------------------------------------------------------------------------
@@ -164,6 +166,7 @@ class Scorer:
         self.queries = 0  # sequences scored exactly (one forward pass each, batched or not)
         self.gradient_calls = 0  # sequences run forward + backward for a gradient
         self._embeddings: torch.Tensor | None = None
+        self._embeddings_f32: torch.Tensor | None = None
 
     def nll(self, sequences: torch.Tensor | Sequence[Sequence[int]], n_scored: int) -> torch.Tensor:
         self.queries += len(sequences)
@@ -177,6 +180,7 @@ class Scorer:
             with torch.no_grad():
                 rows = torch.arange(layer.weight.shape[0], device=layer.weight.device)
                 self._embeddings = layer(rows).detach()
+                self._embeddings_f32 = self._embeddings.float()
         return self._embeddings
 
     def token_gradients(self, ids: torch.Tensor, n_scored: int, positions: Sequence[int]) -> torch.Tensor:
@@ -191,13 +195,15 @@ class Scorer:
         emb_matrix = self.embeddings
         ids = ids.to(emb_matrix.device)
         embeds = emb_matrix[ids].detach().requires_grad_(True)
+        kwarg = logits_tail_kwarg(self.model)  # only the positions that predict the continuation
         with torch.enable_grad():
-            logits = self.model(inputs_embeds=embeds).logits[:, -n_scored - 1:-1]
+            logits = self.model(inputs_embeds=embeds, **({kwarg: n_scored + 1} if kwarg else {})).logits
+            logits = logits[:, -n_scored - 1:-1]
             loss = F.cross_entropy(logits.float().transpose(1, 2), ids[:, -n_scored:], reduction="none").mean(1)
             (grad,) = torch.autograd.grad(loss.mean(), embeds)
         pos = torch.as_tensor(list(positions), device=grad.device)
         # d loss / d onehot[p, v] = grad_embedding[p] . embedding[v]  (the HotFlip linearisation)
-        return (grad[:, pos].sum(0).float() @ emb_matrix.float().T).cpu()
+        return (grad[:, pos].sum(0).float() @ self._embeddings_f32.T).cpu()  # type: ignore[union-attr]
 
 
 # -- records and summary metrics ---------------------------------------------------------------------------------------

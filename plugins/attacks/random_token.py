@@ -70,7 +70,7 @@ def random_proposer(allowed: torch.Tensor, beam_width: int, gen: torch.Generator
 def random_candidates(top_k: int, allowed: torch.Tensor, ctx: StageContext) -> CandidateFn:
     def candidates(scorer: Scorer, ids: torch.Tensor, n_scored: int, positions: list[int], trigger: list[int],
                    restart: int, iteration: int) -> torch.Tensor:
-        gen = attack_rng(ctx, "candidates", restart, iteration)
+        gen = attack_rng(ctx, "random_token", "candidates", restart, iteration)
         return random_allowed(allowed, len(positions) * top_k, gen).view(len(positions), top_k)
 
     return candidates
@@ -87,7 +87,7 @@ class RandomTokenAttack(AttackPlugin):
         if cfg.hotflip is not None:
             flip_cfg = cfg.hotflip
             return run_flip_attack(model, ctx, flip_cfg, lambda scorer, allowed, ex: random_proposer(
-                allowed, flip_cfg.beam_width, attack_rng(ctx, "swaps", ex.id)))
+                allowed, flip_cfg.beam_width, attack_rng(ctx, "random_token", "swaps", ex.id)))
         uat_cfg = cfg.uat
         assert uat_cfg is not None
         return run_uat(model, ctx, uat_cfg, lambda allowed: random_candidates(uat_cfg.top_k, allowed, ctx))

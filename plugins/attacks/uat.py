@@ -11,9 +11,10 @@ and optimised to raise the mean continuation NLL over an **optimisation split**;
    among them), scoring every candidate trigger exactly on the batch in one batched call; the best beam becomes the
    trigger.
 
-Several restarts start from different random triggers; the one with the highest mean NLL on the whole optimisation
-split wins. State is saved after every iteration, so an interrupted stage resumes at the last finished one. The
-``random_token`` control runs this same loop with random candidate tokens instead of steps 1-2.
+Several restarts start from different random triggers (the same ones for every model and for the control at a
+seed); the one with the highest mean NLL on the whole optimisation split wins. State is saved after every
+iteration, so an interrupted stage resumes at the last finished one. The ``random_token`` control runs this same
+loop with random candidate tokens instead of steps 1-2.
 """
 
 from __future__ import annotations
@@ -136,8 +137,9 @@ def optimise_trigger(scorer: Scorer, opt: Sequence[Example], allowed: torch.Tens
         while state["restart"] < cfg.restarts:
             restart = state["restart"]
             if state["trigger"] is None:
-                state["trigger"] = random_allowed(allowed, cfg.trigger_length, attack_rng(ctx, "init", restart)).tolist()
-            order = torch.randperm(len(opt), generator=attack_rng(ctx, "order", restart)).tolist()
+                init = attack_rng(ctx, "uat", "init", restart)
+                state["trigger"] = random_allowed(allowed, cfg.trigger_length, init).tolist()
+            order = torch.randperm(len(opt), generator=attack_rng(ctx, "uat", "order", restart)).tolist()
             while state["iteration"] < cfg.iterations:
                 if ctx.should_stop:  # the state of the last finished iteration is saved
                     raise StagePreempted(ctx.stage.id)
