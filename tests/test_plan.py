@@ -119,6 +119,16 @@ def test_gradient_checkpointing_and_largest_micro_batch():
     assert largest_micro_batch(shape, setup, 1e9, True) == 0  # the weights alone do not fit in 1 GB
 
 
+def test_gradient_checkpointing_costs_one_more_forward_pass():
+    from harness import TrainingSetup, Workload
+    from harness.plan.estimate import workload_flops
+
+    shape = ModelShape(1_414_647_808, 24, 2048, 16, 8192, 50304, 2048, False, "gpt_neox", "float16", "test")
+    flops = {ckpt: workload_flops(shape, Workload(train_tokens=1e6, context=2048, training=TrainingSetup(
+        shape.n_params, 8, 2048, 1, ckpt, True))) for ckpt in (False, True)}
+    assert flops[True] == pytest.approx(flops[False] * 4 / 3)
+
+
 def test_profile_time_limit_and_memory_warnings(tmp_path):
     profile = tmp_path / "profile.yaml"
     profile.write_text("defaults: {gpus: 1, time: '0:01:00'}\njobs: {train: {mem: 1G}}\n")

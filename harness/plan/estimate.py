@@ -111,8 +111,10 @@ def flops_per_token(shape: ModelShape, context: int) -> float:
 
 
 def workload_flops(shape: ModelShape, w: Workload) -> float:
+    """FLOPs the hardware executes; gradient checkpointing recomputes the forward pass once more in training."""
     forward = flops_per_token(shape, w.context)
-    return forward * (w.forward_tokens + (1 + BACKWARD_FACTOR) * (w.gradient_tokens + w.train_tokens))
+    train = 1 + BACKWARD_FACTOR + (1 if w.training is not None and w.training.gradient_checkpointing else 0)
+    return forward * (w.forward_tokens + (1 + BACKWARD_FACTOR) * w.gradient_tokens + train * w.train_tokens)
 
 
 # -- models -------------------------------------------------------------------------------------------------------------
@@ -340,8 +342,8 @@ def assumptions(plan: Plan, counter: DocumentCounter) -> list[str]:
         f"accelerator: {a.name}, {a.peak_tflops:,.3g} TFLOP/s peak ({a.note}), {a.memory_gb:,.0f} GB; model FLOPs "
         f"utilisation (MFU) {plan.mfu:g}: GPU-hours = FLOPs / (peak x MFU)",
         "FLOPs per token: 2·N + 2·L·ctx·h forward (N: weights a token meets, i.e. all but the input embedding; "
-        "Kaplan et al. 2020); training and gradient passes 3x forward (backward = 2x forward); attack queries and "
-        "evaluation forward only",
+        "Kaplan et al. 2020); training and gradient passes 3x forward (backward = 2x forward), 4x with gradient "
+        "checkpointing (the forward pass again); attack queries and evaluation forward only",
         "memory per process: fp32 master weights + gradients + AdamW state (16 bytes/parameter) + bf16 weight copies "
         "under autocast; activations 17·h values per token per layer (Korthikanti et al. 2022, fused attention), "
         "1·h per layer + one layer with gradient checkpointing; logits 16 bytes per token and vocabulary entry; a "
