@@ -73,8 +73,8 @@ def pass_memory(shape: ModelShape, dtype: str, batch: Batch) -> Memory:
     if batch.backward == "inputs":
         parts["activations kept for the backward pass"] = (
             shape.n_layers * ACTIVATIONS_PER_LAYER * shape.hidden * tokens * db)
-        # full logits (no tail-only projection with a gradient), fp32 copy, log-softmax, gradients
-        parts["logits and loss (with gradients)"] = batch.rows * batch.seq_len * shape.vocab * (2 * db + 12)
+        # the projected logits, their fp32 copy, log-softmax, gradients
+        parts["logits and loss (with gradients)"] = positions * shape.vocab * (2 * db + 12)
         parts["embedding matrix (fp32 copy for the token scores)"] = shape.vocab * shape.hidden * (4 + db)
     else:
         parts["activations (one layer at a time)"] = ACTIVATIONS_PER_LAYER * shape.hidden * tokens * db

@@ -51,7 +51,8 @@ def flip_workload(cfg: HotFlipConfig, inputs: PlanInputs, gradient: bool) -> Wor
     rows = max(1, min(cfg.beam_width, cfg.batch_tokens // length))
     batches = [Batch(rows, length, logit_positions=cfg.continuation_tokens + 1, label="exact scoring")]
     if gradient:
-        batches.append(Batch(1, length, "inputs", label="token gradients"))
+        batches.append(Batch(1, length, "inputs", logit_positions=cfg.continuation_tokens + 1,
+                             label="token gradients"))
     return Workload(forward_tokens=scored * length, gradient_tokens=grads * length, context=length,
                     queries=scored + grads, batches=batches, disk_bytes=n * RECORD_BYTES,
                     disk_note="per-example records",
@@ -76,7 +77,8 @@ def uat_workload(cfg: UATConfig, inputs: PlanInputs, gradient: bool) -> Workload
     rows = max(1, min(cfg.batch_tokens // length, largest))
     batches = [Batch(rows, length, logit_positions=cfg.continuation_tokens + 1, label="exact scoring")]
     if gradient:
-        batches.append(Batch(batch, length, "inputs", label="trigger gradients"))
+        batches.append(Batch(batch, length, "inputs", logit_positions=cfg.continuation_tokens + 1,
+                             label="trigger gradients"))
     return Workload(forward_tokens=scored * length, gradient_tokens=grads * length, context=length,
                     queries=scored + grads, batches=batches, disk_bytes=n_eval * RECORD_BYTES,
                     disk_note="per-example records",
