@@ -137,9 +137,9 @@ def offline_env(env: dict[str, str]) -> Iterator[None]:
 
 def check_reachable(suite: Suite, stages: list[Stage]) -> list[str]:
     """Each plugin's own check and every document source of the stages to run; returns what was checked."""
-    checked: list[str] = []
     from .plan.estimate import root_model
 
+    checked: list[str] = []
     for name in dict.fromkeys(root_model(suite, s.model) for s in stages):
         entry = suite.models[name]
         entry.plugin.cls(entry.config).preflight(entry.key)
@@ -155,10 +155,10 @@ def check_reachable(suite: Suite, stages: list[Stage]) -> list[str]:
 
 def disk_needed(suite: Suite, stages: list[Stage]) -> tuple[float | None, str, list[str]]:
     """(bytes the plan expects these stages to leave, the biggest one, stages without an estimate)."""
+    import torch
+
     from .plan.estimate import make_plan
     from .plan.hardware import Accelerator
-
-    import torch
 
     # Disk does not depend on the accelerator's speed; its device only picks the training precision.
     device = "cuda" if torch.cuda.is_available() else "cpu"
