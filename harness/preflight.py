@@ -17,6 +17,7 @@ Each failure is one :class:`HarnessError` line with the fix (the CLI exits with 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -32,6 +33,8 @@ from .errors import HarnessError
 from .graph import Stage, build_graph
 from .store import atomic_write_json
 from .suite import Suite
+
+log = logging.getLogger("harness")
 
 #: Environment variables of a profile that change what can be reached (the rest, e.g. HF_HOME, are read by the
 #: libraries once at import and are not simulated here).
@@ -195,7 +198,12 @@ def run_preflight(suite: Suite, run_dir: Path, stages: list[Stage] | None = None
         result.checks.append(f"run directory writable: {run_dir}")
 
     def space() -> None:
-        needed, biggest, missing = disk_needed(suite, todo)
+        try:
+            needed, biggest, missing = disk_needed(suite, todo)
+        except Exception as exc:  # the estimate only informs this check; failing to make it must not stop a run
+            log.warning("pre-flight: no disk estimate (%s: %s)", type(exc).__name__, exc)
+            result.notes.append(f"no disk estimate ({type(exc).__name__}: {exc})")
+            return
         if missing:
             result.notes.append(f"no disk estimate for {len(missing)} stage(s), e.g. {missing[0]}")
         if needed is not None:
