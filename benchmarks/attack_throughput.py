@@ -52,15 +52,20 @@ def naive_loop(model, cands: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def best_of(repeats: int, fn) -> tuple[float, torch.Tensor]:
-    best, out = float("inf"), None
+def best_of(repeats: int, fns: dict) -> dict[str, tuple[float, torch.Tensor]]:
+    """Best time and output of each function, the runs interleaved so that a load change on a shared machine hits
+    every contender alike."""
+    best: dict[str, tuple[float, torch.Tensor]] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            out = fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+            if name not in best or elapsed < best[name][0]:
+                best[name] = (elapsed, out)
+    return best
 
 
 def main() -> None:
@@ -69,7 +74,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=24)
     parser.add_argument("--continuation", type=int, default=16)
     parser.add_argument("--batch-tokens", type=int, default=16384)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
@@ -85,10 +90,13 @@ def main() -> None:
     pad = loaded.tokenizer.pad_token_id or 0
     continuation_nll(model, cands[:8], k, args.batch_tokens, pad)  # warm-up
 
-    t_batch, batched = best_of(args.repeats, lambda: continuation_nll(model, cands, k, args.batch_tokens, pad))
-    t_loop, looped = best_of(args.repeats, lambda: torch.cat(
-        [continuation_nll(model, cands[i:i + 1], k, args.batch_tokens, pad) for i in range(len(cands))]))
-    t_naive, naive = best_of(args.repeats, lambda: naive_loop(model, cands, k))
+    runs = best_of(args.repeats, {
+        "batched": lambda: continuation_nll(model, cands, k, args.batch_tokens, pad),
+        "per-candidate": lambda: torch.cat(
+            [continuation_nll(model, cands[i:i + 1], k, args.batch_tokens, pad) for i in range(len(cands))]),
+        "naive": lambda: naive_loop(model, cands, k),
+    })
+    (t_batch, batched), (t_loop, looped), (t_naive, naive) = runs["batched"], runs["per-candidate"], runs["naive"]
 
     n = len(cands)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
