@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 name="${1:?usage: research_run.sh pythia_arch|smollm2 [harness run options]}"
 shift
 suite="suites/research/${name}.yaml"
-out="runs/research_${name}"
+out="${RESEARCH_OUT:-runs/research_${name}}"   # RESEARCH_OUT=runs/research_${name}_rerun: an independent rerun
 [ -f "$suite" ] || { echo "no suite $suite" >&2; exit 2; }
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -27,8 +27,10 @@ rc=0
 end="$(date +%s)"
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-printf '{"suite": "%s", "args": "%s", "start": %s, "end": %s, "seconds": %s, "exit_code": %s, "omp_num_threads": %s, "nproc": %s, "load_before": "%s", "load_after": "%s", "cpu": "%s"}\n' \
-  "$suite" "$*" "$start" "$end" "$((end - start))" "$rc" "$OMP_NUM_THREADS" "$(getconf _NPROCESSORS_ONLN)" "$load_before" "$load_after" \
+fmt='{"suite": "%s", "args": "%s", "start": %s, "end": %s, "seconds": %s, "exit_code": %s, '
+fmt+='"omp_num_threads": %s, "nproc": %s, "load_before": "%s", "load_after": "%s", "cpu": "%s"}\n'
+printf "$fmt" "$suite" "$*" "$start" "$end" "$((end - start))" "$rc" "$OMP_NUM_THREADS" \
+  "$(getconf _NPROCESSORS_ONLN)" "$load_before" "$load_after" \
   "$cpu" >> "$out/invocations.jsonl"
 echo "$suite: $((end - start)) s (exit $rc); log in $out/invocations.jsonl"
 exit "$rc"
