@@ -81,7 +81,7 @@ def score_windows(model: torch.nn.Module, windows: Sequence[Window], next_tokens
         # Cross-entropy only where a token is scored (not on pads or unscored context).
         flat = F.cross_entropy(logits[scored].float(), targets.to(device)[scored], reduction="none").double().cpu()
         counts = scored.sum(1).tolist()
-        for row, i, part in zip(range(len(group)), group, flat.split(counts)):
+        for i, part in zip(group, flat.split(counts)):
             out[i] = part
     return out  # type: ignore[return-value]
 
