@@ -38,7 +38,23 @@ def resident() -> int:
 
 
 def peak_resident() -> int:
+    """The process's peak resident size since the last ``reset_peak_resident`` (Linux's VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def reset_peak_resident() -> bool:
+    """Start the peak over from the current resident size, so that a spike before the stage (reading and caching
+    its data, loading the model) is not counted as the stage's. Linux >= 4.0; False where the kernel refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def override_training(suite, steps: int | None, checkpointing: bool = False) -> None:
@@ -85,10 +101,12 @@ def measure_stage(suite_path: str, out: str, stage_id: str, steps: int | None = 
                           lambda: None)
     del loaded
     gc.collect()
+    before_peak = peak_resident()
+    reset = reset_peak_resident()
     base = resident()
     outcome = runner.run_stage(stage)
     return {"stage": stage_id, "peak_bytes": peak_resident() - base + weights, "weights": weights,
-            "base_bytes": base, "duration_s": outcome.result["duration_s"],
+            "base_bytes": base, "peak_before_stage_bytes": before_peak, "peak_reset": reset, "duration_s": outcome.result["duration_s"],
             "train_time_s": (outcome.result["metrics"] or {}).get("train_time_s")}
 
 
