@@ -23,6 +23,8 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
                    help=f"model FLOPs utilisation reached, 0-1 (default {DEFAULT_MFU})")
     p.add_argument("--doc-tokens", type=float, default=None,
                    help="mean tokens per document of hub datasets (default: a table of known ones, else 1000)")
+    p.add_argument("--no-timing", action="store_true",
+                   help="cpu plans: use the FLOPs formula instead of timing each stage's calls on this machine")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
@@ -41,9 +43,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from .slurm.profile import load_profile
 
         profile = load_profile(args.profile)
+    from .plan.calibrate import CallTimer
+
     gpu = args.gpu or ("cpu" if suite.device == "cpu" else DEFAULT_GPU)
-    plan = make_plan(suite, accelerator(gpu), args.mfu, profile, str(args.profile) if args.profile else None,
-                     doc_tokens=args.doc_tokens)
+    accel = accelerator(gpu)
+    timer = CallTimer() if accel.device == "cpu" and not args.no_timing else None
+    plan = make_plan(suite, accel, args.mfu, profile, str(args.profile) if args.profile else None,
+                     doc_tokens=args.doc_tokens, timer=timer)
     if args.json:
         print(json.dumps(as_json(plan), indent=1, default=str))
     else:

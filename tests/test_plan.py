@@ -216,3 +216,45 @@ def test_gradient_checkpointing_changes_memory_not_gradients(monotonic):
     assert grads[0].keys() == grads[1].keys()
     for name, g in grads[0].items():
         assert torch.allclose(g, grads[1][name], rtol=1e-4, atol=1e-7), name
+
+
+def test_cpu_time_is_calls_times_the_timed_seconds_per_call():
+    """On cpu the plan times each distinct call once (cached) and multiplies by the calls the workload makes."""
+    from harness import Batch, Workload
+    from harness.plan.calibrate import Call
+    from harness.plan.estimate import call_seconds
+
+    shape = lookup_shape(WeightsSource(str(ROOT / "plugins" / "models" / "pythia_tiny"), True), "tiny").shape
+
+    class FakeTimer:
+        asked: list = []
+
+        def seconds(self, shape, call):
+            self.asked.append(call)
+            return {"none": 0.5, "inputs": 2.0, "weights": 3.0}[call.backward]
+
+    scoring, gradient = Batch(8, 40, logit_positions=17), Batch(1, 40, "inputs", logit_positions=17)
+    w = Workload(forward_tokens=8 * 40 * 10 + 1, gradient_tokens=40 * 3, batches=[scoring, gradient])
+    timer = FakeTimer()
+    assert call_seconds(shape, w, timer) == pytest.approx(11 * 0.5 + 3 * 2.0)  # ceil(3201 / 320) scoring calls
+    assert timer.asked == [Call(8, 40, "none", 17), Call(1, 40, "inputs", 17)]
+    # Tokens of a kind without a batch to time: no measured time (the plan falls back to the formula).
+    assert call_seconds(shape, Workload(train_tokens=1000, batches=[scoring]), timer) is None
+
+
+def test_call_timer_runs_each_kind_of_call_on_a_random_model_of_the_shape():
+    from harness.plan.calibrate import Call, CallTimer, random_model
+
+    shape = lookup_shape(WeightsSource(str(ROOT / "plugins" / "models" / "pythia_tiny"), True), "tiny").shape
+    model = random_model(shape)
+    assert sum(p.numel() for p in model.parameters()) == shape.n_params
+    llama = ModelShape(0, 2, 64, 4, 128, 256, 128, False, "llama", "float32", "test")
+    assert random_model(llama).config.intermediate_size == 128
+    assert random_model(ModelShape(0, 2, 64, 4, 128, 256, 128, False, "no_such_arch", "float32", "test")) is None
+    timer = CallTimer()
+    calls = [Call(4, 32, "none", 8), Call(2, 32, "inputs", 8), Call(2, 32, "weights", None),
+             Call(2, 32, "weights", None, checkpointing=True)]
+    seconds = [timer.seconds(shape, c) for c in calls]
+    assert all(s is not None and 0 < s < 10 for s in seconds), seconds
+    assert timer.measured == 4 and timer.seconds(shape, calls[0]) == seconds[0]  # cached, not measured again
+    assert CallTimer(max_call_flops=1e3).seconds(shape, calls[0]) is None  # too large to time: the formula

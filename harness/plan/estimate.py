@@ -6,6 +6,7 @@ For each stage of the suite's graph (each seed included)::
     workload = plugin.plan(PlanInputs(shape, dtype, device, processes, documents))   # None: "no estimate"
     FLOPs    = (2·N + 2·L·ctx·h) x (forward tokens + 3 x gradient tokens + 3 x training tokens)
     GPU-h    = FLOPs / (peak x MFU) / 3600;   wall = GPU-h / GPUs of the job (training under torchrun only)
+               on cpu: calls x seconds per call, each call timed now on a random-weight model (.calibrate)
     memory   = the largest of the stage's passes (harness.plan.memory); training also with checkpointing toggled
     disk     = what the plugin says it keeps
 
@@ -15,6 +16,7 @@ and warnings where a stage does not fit the accelerator's memory or the profile'
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +25,7 @@ from ..env import package_versions
 from ..graph import Stage, build_graph
 from ..suite import Suite
 from ..workload import ModelShape, NoEstimate, PlanInputs, Workload
+from .calibrate import Call, CallTimer
 from .documents import DEFAULT_CHARS_PER_TOKEN, DocumentCounter, chars_per_token, local_texts
 from .hardware import Accelerator, slurm_bytes, slurm_seconds
 from .memory import USABLE, Memory, largest_micro_batch, pass_memory, training_memory
@@ -65,6 +68,8 @@ class StageEstimate:
     #: Training: the largest micro-batch that fits, without and with gradient checkpointing.
     max_micro_batch: dict[bool, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: How the time was estimated: ``formula`` (FLOPs / (peak x MFU)) or ``measured calls`` (cpu, timed now).
+    time_how: str = "formula"
 
     @property
     def wall_hours(self) -> float:
@@ -115,6 +120,23 @@ def workload_flops(shape: ModelShape, w: Workload) -> float:
     forward = flops_per_token(shape, w.context)
     train = 1 + BACKWARD_FACTOR + (1 if w.training is not None and w.training.gradient_checkpointing else 0)
     return forward * (w.forward_tokens + (1 + BACKWARD_FACTOR) * w.gradient_tokens + train * w.train_tokens)
+
+
+def call_seconds(shape: ModelShape, w: Workload, timer: CallTimer) -> float | None:
+    """Compute seconds of a workload from timed calls: per kind of pass, ``ceil(tokens / batch tokens)`` calls of its
+    largest batch (a lower bound on the calls where a stage also runs smaller batches); None if a call is untimed."""
+    total = 0.0
+    for kind, tokens in (("none", w.forward_tokens), ("inputs", w.gradient_tokens), ("weights", w.train_tokens)):
+        if not tokens:
+            continue
+        batch = max((b for b in w.batches if b.backward == kind), key=lambda b: b.tokens, default=None)
+        if batch is None:
+            return None
+        seconds = timer.seconds(shape, Call.of(batch, w.training))
+        if seconds is None:
+            return None
+        total += math.ceil(tokens / batch.tokens) * seconds
+    return total
 
 
 # -- models -------------------------------------------------------------------------------------------------------------
@@ -196,7 +218,8 @@ def dependencies(stage: Stage, suite: Suite, by_id: dict[str, Stage]) -> dict[st
 
 
 def estimate_stage(stage: Stage, suite: Suite, info: ModelInfo, accel: Accelerator, mfu: float, profile: Any,
-                   counter: DocumentCounter, by_id: dict[str, Stage] | None = None) -> StageEstimate:
+                   counter: DocumentCounter, by_id: dict[str, Stage] | None = None,
+                   timer: CallTimer | None = None) -> StageEstimate:
     entry = suite.section(stage.section)[stage.entry]
     processes = training_processes(profile) if stage.section == "train" else 1
     est = StageEstimate(stage, processes=processes)
@@ -223,6 +246,9 @@ def estimate_stage(stage: Stage, suite: Suite, info: ModelInfo, accel: Accelerat
     est.workload = workload
     est.flops = workload_flops(info.shape, workload)
     est.gpu_hours = est.flops / (accel.peak_tflops * 1e12 * mfu) / 3600
+    seconds = call_seconds(info.shape, workload, timer) if timer is not None and accel.device == "cpu" else None
+    if seconds is not None:
+        est.gpu_hours, est.time_how = seconds / 3600, "measured calls"
     shards = processes if (profile is not None and profile.launcher.strategy == "fsdp") else 1
     peaks = [pass_memory(info.shape, info.dtype, b) for b in workload.batches if b.backward != "weights"]
     if workload.training is not None:
@@ -317,9 +343,10 @@ def _slurm_time(hours: float) -> str:
 
 def make_plan(suite: Suite, accel: Accelerator, mfu: float = DEFAULT_MFU, profile: Any = None,
               profile_path: str | None = None, doc_tokens: float | None = None, stages: list[Stage] | None = None,
-              measure_tokens: bool = True) -> Plan:
+              measure_tokens: bool = True, timer: CallTimer | None = None) -> Plan:
     """The plan for ``stages`` (default: every stage of the suite). ``measure_tokens=False`` skips loading
-    tokenizers (characters per token assumed): enough for the pre-flight disk estimate."""
+    tokenizers (characters per token assumed): enough for the pre-flight disk estimate. With a ``timer`` and a
+    ``cpu`` accelerator, stage times come from calls timed on this machine (:mod:`.calibrate`)."""
     models = resolve_models(suite, measure_tokens)
     counter = DocumentCounter(doc_tokens)
     graph = build_graph(suite)
@@ -328,15 +355,15 @@ def make_plan(suite: Suite, accel: Accelerator, mfu: float = DEFAULT_MFU, profil
     versions = {k: v for k, v in package_versions().items() if k in VERSIONS}
     plan = Plan(suite, accel, mfu, profile, profile_path, models, [], versions=versions)
     for stage in stages:
-        est = estimate_stage(stage, suite, models[stage.model], accel, mfu, profile, counter, by_id)
+        est = estimate_stage(stage, suite, models[stage.model], accel, mfu, profile, counter, by_id, timer)
         est.warnings = stage_warnings(est, accel, profile, profile_path)
         plan.stages.append(est)
     plan.warnings = collapse_seeds(plan.stages)
-    plan.assumptions = assumptions(plan, counter)
+    plan.assumptions = assumptions(plan, counter, timer)
     return plan
 
 
-def assumptions(plan: Plan, counter: DocumentCounter) -> list[str]:
+def assumptions(plan: Plan, counter: DocumentCounter, timer: CallTimer | None = None) -> list[str]:
     a = plan.accelerator
     lines = [
         f"accelerator: {a.name}, {a.peak_tflops:,.3g} TFLOP/s peak ({a.note}), {a.memory_gb:,.0f} GB; model FLOPs "
@@ -352,6 +379,12 @@ def assumptions(plan: Plan, counter: DocumentCounter) -> list[str]:
         "wall time: GPU-hours / GPUs of the job (training under a multi-process launcher scales linearly; "
         "evaluation and attacks use one GPU); model loading, tokenisation and checkpoint writes are not counted",
     ]
+    if timer is not None and a.device == "cpu":
+        timed = sum(s.time_how == "measured calls" for s in plan.stages)
+        lines.append(f"cpu time: {timed} of {len(plan.stages)} stages timed by their calls, run now on random-weight "
+                     f"models of the same shapes ({timer.threads or 'default'} threads; median of up to 5 warm "
+                     "runs of each stage's largest batch of each kind; calls = tokens / batch tokens); the rest by "
+                     "the formula")
     if plan.profile is not None:
         lines.append(f"cluster profile: {plan.profile_path} (time limits, GPUs per job, launcher "
                      f"{plan.profile.launcher.kind}/{plan.profile.launcher.strategy})")

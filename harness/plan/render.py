@@ -174,7 +174,7 @@ def as_json(plan: Plan) -> dict[str, Any]:
         "models": {n: {"root": i.root, "dtype": i.dtype, "shape": vars(i.shape) if i.shape else None,
                        "reason": i.reason} for n, i in plan.models.items()},
         "stages": [{"id": e.stage.id, "reason": e.reason, "flops": e.flops, "gpu_hours": e.gpu_hours,
-                    "wall_hours": e.wall_hours, "processes": e.processes, "disk_bytes": e.disk_bytes,
+                    "wall_hours": e.wall_hours, "time_how": e.time_how, "processes": e.processes, "disk_bytes": e.disk_bytes,
                     "tokens": ({"forward": e.workload.forward_tokens, "gradient": e.workload.gradient_tokens,
                                 "train": e.workload.train_tokens} if e.workload else None),
                     "queries": e.workload.queries if e.workload else None,
