@@ -121,6 +121,10 @@ class Workload:
     context: int = 0
     #: Sequences scored (attack queries), shown to the reader.
     queries: int = 0
+    #: Model calls (forward passes) of the forward-only and the gradient tokens, where the plugin knows them; None:
+    #: tokens / the largest batch's tokens (a lower bound). A call's fixed cost matters on CPUs and for small models.
+    forward_calls: int | None = None
+    gradient_calls: int | None = None
     #: The largest batch of each kind of pass, for the peak memory.
     batches: list[Batch] = field(default_factory=list)
     training: TrainingSetup | None = None

@@ -218,10 +218,10 @@ def test_gradient_checkpointing_changes_memory_not_gradients(monotonic):
         assert torch.allclose(g, grads[1][name], rtol=1e-4, atol=1e-7), name
 
 
-def test_cpu_time_is_calls_times_the_timed_seconds_per_call():
-    """On cpu the plan times each distinct call once (cached) and multiplies by the calls the workload makes."""
+def test_cpu_time_is_calls_times_fixed_cost_plus_tokens_times_cost_per_token():
+    """On cpu the plan prices each kind of call (fixed + per token, timed once) by the calls and tokens it makes."""
     from harness import Batch, Workload
-    from harness.plan.calibrate import Call
+    from harness.plan.calibrate import Call, CallCost
     from harness.plan.estimate import call_seconds
 
     shape = lookup_shape(WeightsSource(str(ROOT / "plugins" / "models" / "pythia_tiny"), True), "tiny").shape
@@ -229,15 +229,18 @@ def test_cpu_time_is_calls_times_the_timed_seconds_per_call():
     class FakeTimer:
         asked: list = []
 
-        def seconds(self, shape, call):
+        def cost(self, shape, call):
             self.asked.append(call)
-            return {"none": 0.5, "inputs": 2.0, "weights": 3.0}[call.backward]
+            return {"none": CallCost(0.5, 1e-3), "inputs": CallCost(2.0, 1e-2)}[call.backward]
 
     scoring, gradient = Batch(8, 40, logit_positions=17), Batch(1, 40, "inputs", logit_positions=17)
     w = Workload(forward_tokens=8 * 40 * 10 + 1, gradient_tokens=40 * 3, batches=[scoring, gradient])
     timer = FakeTimer()
-    assert call_seconds(shape, w, timer) == pytest.approx(11 * 0.5 + 3 * 2.0)  # ceil(3201 / 320) scoring calls
+    # ceil(3201 / 320) = 11 scoring calls when the plugin does not count them; 3 gradient calls of 40 tokens.
+    assert call_seconds(shape, w, timer) == pytest.approx(11 * 0.5 + 3201e-3 + 3 * 2.0 + 120e-2)
     assert timer.asked == [Call(8, 40, "none", 17), Call(1, 40, "inputs", 17)]
+    w.forward_calls = 25  # counted by the plugin (smaller batches too)
+    assert call_seconds(shape, w, timer) == pytest.approx(25 * 0.5 + 3201e-3 + 3 * 2.0 + 120e-2)
     # Tokens of a kind without a batch to time: no measured time (the plan falls back to the formula).
     assert call_seconds(shape, Workload(train_tokens=1000, batches=[scoring]), timer) is None
 
@@ -257,4 +260,7 @@ def test_call_timer_runs_each_kind_of_call_on_a_random_model_of_the_shape():
     seconds = [timer.seconds(shape, c) for c in calls]
     assert all(s is not None and 0 < s < 10 for s in seconds), seconds
     assert timer.measured == 4 and timer.seconds(shape, calls[0]) == seconds[0]  # cached, not measured again
+    cost = timer.cost(shape, calls[0])  # one row timed too: a fixed cost per call and a cost per token
+    assert timer.measured == 5 and cost.fixed >= 0 and cost.per_token >= 0
+    assert cost.fixed + cost.per_token * 4 * 32 >= seconds[0] - 1e-12  # equal unless the fixed cost is clipped at 0
     assert CallTimer(max_call_flops=1e3).seconds(shape, calls[0]) is None  # too large to time: the formula

@@ -5,7 +5,8 @@ models: a forward pass of a 4-layer model spends milliseconds in framework overh
 matmul efficiency depends on the batch's geometry. So when the plan is for ``cpu``, each distinct call a stage
 makes (model shape, kind of pass, rows x tokens, positions projected to the vocabulary) is run a few times on a
 model built from the shape's config with random weights (the values do not change the time), and the stage's
-compute time is ``calls x seconds per call``. Calls too large to time cheaply here fall back to the formula.
+compute time is ``calls x fixed cost + tokens x cost per token`` (two batch sizes timed). Calls too large to time
+cheaply here fall back to the formula.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..workload import Batch, ModelShape, TrainingSetup
@@ -73,9 +74,21 @@ def _checkpointing(model: Any, on: bool) -> None:
         (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
 
 
+@dataclass(frozen=True)
+class CallCost:
+    """Seconds of a call of this kind with ``t`` tokens: ``fixed + per_token x t`` (framework overhead + compute)."""
+
+    fixed: float
+    per_token: float
+
+
 @dataclass
 class CallTimer:
-    """Seconds per call, measured once per (shape, call) and cached; ``None`` when a call is not timed."""
+    """The cost of a kind of call, measured once per (shape, call) and cached; ``None`` when it is not timed.
+
+    Two sizes are timed: one row and the call's rows (same length); the line through them separates the fixed
+    overhead of a call from its cost per token, so stages that run many smaller batches are costed right too.
+    """
 
     max_call_flops: float = MAX_CALL_FLOPS
     threads: int = 0
@@ -87,6 +100,18 @@ class CallTimer:
         if key not in self._seconds:
             self._seconds[key] = self._measure(shape, call)
         return self._seconds[key]
+
+    def cost(self, shape: ModelShape, call: Call) -> CallCost | None:
+        full = self.seconds(shape, call)
+        if full is None:
+            return None
+        if call.rows == 1:
+            return CallCost(full, 0.0)
+        one = self.seconds(shape, replace(call, rows=1))
+        if one is None:
+            return None
+        per_token = max(0.0, (full - one) / ((call.rows - 1) * call.seq_len))
+        return CallCost(max(0.0, full - per_token * call.rows * call.seq_len), per_token)
 
     @property
     def measured(self) -> int:
@@ -127,23 +152,30 @@ class CallTimer:
         import torch
         import torch.nn.functional as F
 
-        keep = {"logits_to_keep": call.logit_positions} if call.logit_positions else {}
         if call.backward == "none":
             model.eval()
+            if call.logit_positions and call.seq_len > 1:  # the core's candidate scorer, as attacks call it
+                from ..scoring import continuation_nll
 
-            def score() -> None:
+                scored = min(max(1, call.logit_positions - 1), call.seq_len - 1)
+                return lambda: continuation_nll(model, ids, scored, ids.numel())
+
+            def score() -> None:  # every position scored, as perplexity and validation do
                 with torch.no_grad():
-                    model(input_ids=ids, **keep)
+                    logits = model(input_ids=ids).logits
+                    F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
             return score
         if call.backward == "inputs":
             model.eval()
             table = model.get_input_embeddings().weight.detach()
+            keep = {"logits_to_keep": call.logit_positions} if call.logit_positions else {}
 
-            def gradient() -> None:
+            def gradient() -> None:  # the gradient to the input embeddings, then every token's first-order score
                 embeds = table[ids].requires_grad_(True)
                 logits = model(inputs_embeds=embeds, **keep).logits
                 loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, -logits.shape[1]:].flatten())
-                torch.autograd.grad(loss, embeds)
+                (grad,) = torch.autograd.grad(loss, embeds)
+                grad.sum(0) @ table.T
             return gradient
         model.train()
         if call.checkpointing:

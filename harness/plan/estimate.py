@@ -123,19 +123,21 @@ def workload_flops(shape: ModelShape, w: Workload) -> float:
 
 
 def call_seconds(shape: ModelShape, w: Workload, timer: CallTimer) -> float | None:
-    """Compute seconds of a workload from timed calls: per kind of pass, ``ceil(tokens / batch tokens)`` calls of its
-    largest batch (a lower bound on the calls where a stage also runs smaller batches); None if a call is untimed."""
+    """Compute seconds of a workload from timed calls: per kind of pass, ``calls x fixed + tokens x per token`` of
+    its largest batch's kind of call; calls as the plugin counts them, else ``ceil(tokens / batch tokens)`` (a
+    lower bound where a stage also runs smaller batches). None if a call is not timed."""
     total = 0.0
-    for kind, tokens in (("none", w.forward_tokens), ("inputs", w.gradient_tokens), ("weights", w.train_tokens)):
+    for kind, tokens, calls in (("none", w.forward_tokens, w.forward_calls),
+                                ("inputs", w.gradient_tokens, w.gradient_calls), ("weights", w.train_tokens, None)):
         if not tokens:
             continue
         batch = max((b for b in w.batches if b.backward == kind), key=lambda b: b.tokens, default=None)
         if batch is None:
             return None
-        seconds = timer.seconds(shape, Call.of(batch, w.training))
-        if seconds is None:
+        cost = timer.cost(shape, Call.of(batch, w.training))
+        if cost is None:
             return None
-        total += math.ceil(tokens / batch.tokens) * seconds
+        total += (calls or math.ceil(tokens / batch.tokens)) * cost.fixed + tokens * cost.per_token
     return total
 
 
@@ -383,8 +385,10 @@ def assumptions(plan: Plan, counter: DocumentCounter, timer: CallTimer | None = 
         timed = sum(s.time_how == "measured calls" for s in plan.stages)
         lines.append(f"cpu time: {timed} of {len(plan.stages)} stages timed by their calls, run now on random-weight "
                      f"models of the same shapes ({timer.threads or 'default'} threads; median of up to 5 warm "
-                     "runs of each stage's largest batch of each kind; calls = tokens / batch tokens); the rest by "
-                     "the formula")
+                     "runs of each stage's largest batch of each kind and of one row: seconds = calls x fixed cost + "
+                     "tokens x cost per token; calls as the plugin counts them, else tokens / batch tokens); setup "
+                     "(lm-eval's task building), tokenisation and Python work between calls are not counted; the "
+                     "rest by the formula")
     if plan.profile is not None:
         lines.append(f"cluster profile: {plan.profile_path} (time limits, GPUs per job, launcher "
                      f"{plan.profile.launcher.kind}/{plan.profile.launcher.strategy})")

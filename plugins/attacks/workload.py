@@ -53,8 +53,10 @@ def flip_workload(cfg: HotFlipConfig, inputs: PlanInputs, gradient: bool) -> Wor
     if gradient:
         batches.append(Batch(1, length, "inputs", logit_positions=cfg.continuation_tokens + 1,
                              label="token gradients"))
+    # Calls: per example the unedited sequence, then per step one scoring call (and one gradient call).
     return Workload(forward_tokens=scored * length, gradient_tokens=grads * length, context=length,
-                    queries=scored + grads, batches=batches, disk_bytes=n * RECORD_BYTES,
+                    queries=scored + grads, forward_calls=n * (1 + steps), gradient_calls=grads,
+                    batches=batches, disk_bytes=n * RECORD_BYTES,
                     disk_note="per-example records",
                     notes=[f"{n:,} examples x {steps} steps x ({'1 gradient + ' if gradient else ''}"
                            f"{cfg.beam_width} scores), {length} tokens each (upper bound){note}"])
@@ -79,8 +81,13 @@ def uat_workload(cfg: UATConfig, inputs: PlanInputs, gradient: bool) -> Workload
     if gradient:
         batches.append(Batch(batch, length, "inputs", logit_positions=cfg.continuation_tokens + 1,
                              label="trigger gradients"))
+    # Calls: per iteration the current trigger and one call per trigger position (one gradient call); per restart its
+    # final score on the optimisation split; then the split without and with the trigger, held-out chunks likewise.
+    calls = (iterations * (1 + cfg.trigger_length) + cfg.restarts + 2
+             + 2 * -(-n_eval // EVAL_CHUNK))
     return Workload(forward_tokens=scored * length, gradient_tokens=grads * length, context=length,
-                    queries=scored + grads, batches=batches, disk_bytes=n_eval * RECORD_BYTES,
+                    queries=scored + grads, forward_calls=calls, gradient_calls=grads // batch if grads else 0,
+                    batches=batches, disk_bytes=n_eval * RECORD_BYTES,
                     disk_note="per-example records",
                     notes=[f"{cfg.restarts} restarts x {cfg.iterations} iterations x {batch} documents x "
                            f"{candidates} candidate triggers (upper bound); {n_opt:,} optimisation + {n_eval:,} "
