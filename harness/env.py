@@ -8,9 +8,25 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+@contextmanager
+def restored_environ(keys: Iterable[str]) -> Iterator[None]:
+    """Put ``keys`` of ``os.environ`` back as they were (set or unset) when the block ends, whatever it changed."""
+    saved = {key: os.environ.get(key) for key in keys}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
 
 PACKAGES = ("harness", "torch", "transformers", "tokenizers", "datasets", "lm_eval", "accelerate", "safetensors",
             "pluggy", "pydantic", "pyyaml", "numpy", "rich", "matplotlib", "textattack")

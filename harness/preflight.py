@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import check_source, document_sources
-from .env import package_versions
+from .env import package_versions, restored_environ
 from .errors import HarnessError
 from .graph import Stage, build_graph
 from .store import atomic_write_json
@@ -124,18 +124,11 @@ def check_profile_gpus(suite: Suite, profile: Any, profile_path: Any, stages: li
 @contextmanager
 def offline_env(env: dict[str, str]) -> Iterator[None]:
     """The profile's offline switches, set while the reachability checks run."""
-    saved = {k: os.environ.get(k) for k in OFFLINE_VARS}
-    try:
+    with restored_environ(OFFLINE_VARS):
         for key in OFFLINE_VARS:
             if key in env:
                 os.environ[key] = env[key]
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def check_reachable(suite: Suite, stages: list[Stage]) -> list[str]:

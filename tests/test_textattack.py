@@ -165,7 +165,9 @@ def test_goal_score_is_the_shared_scorers_relative_increase(tiny, examples):
         for edited, result in zip(edits, results):
             ids = tiny.tokenizer(edited.text, add_special_tokens=False)["input_ids"]
             after = float(reference.nll([ex.ids(context=ids)], len(ex.continuation))[0])
-            assert result.score == pytest.approx(relative_increase(before, after), rel=1e-6, abs=1e-9)
+            # float32 NLLs agree alone and in a padded batch to ~1e-7 relative (summation order), which a relative
+            # increase near zero inherits as an absolute error of that size.
+            assert result.score == pytest.approx(relative_increase(before, after), rel=1e-6, abs=1e-6)
             scores.append(result.score)
 
         # The goal is reached exactly above the threshold: put it between the scores, ask again (from the cache).

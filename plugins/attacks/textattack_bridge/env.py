@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
-from harness import HarnessError
+from harness import HarnessError, restored_environ
 
 INSTALL_HINT = "pip install 'harness[textattack]'"
 #: NLTK data shipped with the bridge (only the English stop-word list).
@@ -76,16 +76,8 @@ def import_textattack() -> ModuleType:
     cache.mkdir(parents=True, exist_ok=True)
     (cache / POST_INSTALL_MARKER).touch()
     # 4. Import, then put back every variable the import overwrote.
-    saved = {key: os.environ.get(key) for key in _TOUCHED_BY_IMPORT}
-    try:
-        with no_network("import textattack"):
-            import textattack
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with restored_environ(_TOUCHED_BY_IMPORT), no_network("import textattack"):
+        import textattack
     # TextAttack logs at INFO level through its own logger and handler (a line per goal function built...).
     textattack.shared.utils.logger.setLevel(logging.WARNING)
     return textattack
