@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from harness import Document, HarnessError, LoadedModel, PluginConfig, StageContext, derive_seed
-from harness.scoring import logits_tail_kwarg, continuation_nll
+from harness.scoring import continuation_nll, logits_tail_kwarg, swap_nll
 
 #: Thresholds of the stored success curve (relative NLL increase): 0, 2.5%, ..., 100%.
 CURVE_THRESHOLDS = [round(0.025 * i, 3) for i in range(41)]
@@ -171,6 +171,13 @@ class Scorer:
     def nll(self, sequences: torch.Tensor | Sequence[Sequence[int]], n_scored: int) -> torch.Tensor:
         self.queries += len(sequences)
         return continuation_nll(self.model, sequences, n_scored, self.batch_tokens, self.pad_id)
+
+    def swap_nll(self, base: torch.Tensor, candidates: torch.Tensor, n_scored: int) -> torch.Tensor:
+        """``nll(candidates, n_scored)`` for edits of ``base`` (``[T]``, or ``[N, T]``: one per candidate): the same
+        scores and queries (one per candidate), computing only what follows each candidate's first edit where that
+        saves time (see ``harness.scoring.swap_nll``)."""
+        self.queries += len(candidates)
+        return swap_nll(self.model, base, candidates, n_scored, self.batch_tokens)
 
     @property
     def embeddings(self) -> torch.Tensor:

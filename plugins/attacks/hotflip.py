@@ -5,7 +5,8 @@ Per example, the attacker edits context tokens to raise the model's NLL of the c
 1. one forward + backward pass gives the gradient of the continuation loss w.r.t. the one-hot input; its dot
    product with every token embedding is the first-order estimate of the loss change of every (position, token)
    swap over the editable positions (positions flipped already are frozen);
-2. the ``beam_width`` swaps with the highest estimates are scored exactly in one batched forward pass;
+2. the ``beam_width`` swaps with the highest estimates are scored exactly in batched forward passes (tokens
+   before a swap reuse the cached keys and values of the current sequence where that saves time);
 3. the best one is kept if it raises the loss; otherwise the step is spent and those swaps are not proposed again.
 
 Up to ``flips`` steps (a count, or a fraction of the context tokens). The per-example Spearman correlation between
@@ -78,7 +79,7 @@ def flip_search(scorer: Scorer, example: Example, steps: int, propose: Proposer)
         out.steps += 1
         batch = torch.tensor([ids] * len(swaps))
         batch[torch.arange(len(swaps)), torch.tensor([p for p, _ in swaps])] = torch.tensor([t for _, t in swaps])
-        exact = scorer.nll(batch, k)
+        exact = scorer.swap_nll(torch.tensor(ids), batch, k)  # single swaps: the prefix before each is unchanged
         out.changes += (exact - current).tolist()
         if estimates is not None:
             out.estimates += estimates
