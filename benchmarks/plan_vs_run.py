@@ -1,13 +1,20 @@
 """``harness plan`` against a real run on this CPU: estimated vs measured peak memory and time, stage by stage.
 
     .venv/bin/python benchmarks/plan_vs_run.py [--suite suites/quick.yaml] [--stage ID ...] [--mfu 0.35]
+    .venv/bin/python benchmarks/plan_vs_run.py --whole-run      # the plan, then `harness run` of the whole suite
 
 Each stage runs alone in a fresh process (``--child``), so its peak is its own. Memory: the process's peak resident
 size above the resident size just before the stage (model loaded, its documents read once, a training stage's
 tokens cached), plus the model's weights, which the estimate counts. glibc is told to return freed blocks of 64 kB
 and more to the system at once (``MALLOC_MMAP_THRESHOLD_``), so the resident size follows the live tensors instead
-of keeping the allocator's high-water mark. Time: the plan's compute time on this CPU (its fp32 matmul peak,
-measured, times the MFU) against the stage's wall time and, for training, its time inside the training loop.
+of keeping the allocator's high-water mark. Time: the plan's compute time on this CPU (each stage's calls timed
+on a random-weight model of its shape, see harness.plan.calibrate) against the time the stage spent in the model
+(its forward calls and gradient passes, timed in the child) or, for training, inside the training loop; the stage's
+wall time (model loading excluded) is printed beside them: the difference is its own Python work and data reading,
+which the plan does not count.
+
+``--whole-run`` checks the plan against a real run of the whole suite (`harness run`, one process, as a user runs
+it): every stage's estimated time against its measured ``duration_s``, and the totals.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +65,34 @@ def reset_peak_resident() -> bool:
         return False
 
 
+class ModelClock:
+    """Seconds spent inside the model: its forward calls and the gradient passes (``torch.autograd.grad``) that
+    follow them; what the plan's calls estimate, without the stage's own Python work and data loading."""
+
+    def __init__(self, model) -> None:
+        import torch
+
+        self.seconds, self.calls = 0.0, 0
+        forward, grad = model.forward, torch.autograd.grad
+
+        def timed_forward(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self.calls += 1
+
+        def timed_grad(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return grad(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        model.forward, torch.autograd.grad = timed_forward, timed_grad
+
+
 def override_training(suite, steps: int | None, checkpointing: bool = False) -> None:
     """Shorter training (same shapes, so the same peak): ``steps`` steps, validating and snapshotting halfway; and
     gradient checkpointing on, if asked."""
@@ -69,8 +105,9 @@ def override_training(suite, steps: int | None, checkpointing: bool = False) -> 
 
 
 def measure_stage(suite_path: str, out: str, stage_id: str, steps: int | None = None,
-                  checkpointing: bool = False) -> dict:
-    """Run one stage (its dependencies must be done in ``out``) and measure it; the child process's work."""
+                  checkpointing: bool = False, estimate: bool = False) -> dict:
+    """Run one stage (its dependencies must be done in ``out``) and measure it; the child process's work. With
+    ``estimate``, the plan's cpu time of the stage is made here right after it ran, under the same load."""
     import datasets  # noqa: F401  (imported before the baseline: its import is not the stage's memory)
 
     from harness.data import document_sources, load_documents
@@ -99,15 +136,28 @@ def measure_stage(suite_path: str, out: str, stage_id: str, steps: int | None = 
             cached_blocks(state / "val_blocks.npz", lambda: build_blocks(cfg.val_data, loaded.tokenizer, cfg.seq_len,
                                                                          True, limit=cfg.val_blocks), True,
                           lambda: None)
+    # Evaluation and attacks run on this (cached) model; training times its own loop (``train_time_s``).
+    clock = ModelClock(loaded.model) if stage.section != "train" else None
     del loaded
     gc.collect()
     before_peak = peak_resident()
     reset = reset_peak_resident()
     base = resident()
     outcome = runner.run_stage(stage)
-    return {"stage": stage_id, "peak_bytes": peak_resident() - base + weights, "weights": weights,
-            "base_bytes": base, "peak_before_stage_bytes": before_peak, "peak_reset": reset, "duration_s": outcome.result["duration_s"],
-            "train_time_s": (outcome.result["metrics"] or {}).get("train_time_s")}
+    peak = peak_resident()
+    planned = {}
+    if estimate:  # right after the stage (the same machine and load), not before (its memory is not the stage's)
+        from harness.plan import accelerator, make_plan
+        from harness.plan.calibrate import CallTimer
+
+        est = make_plan(suite, accelerator("cpu"), timer=CallTimer(), stages=[stage]).stages[0]
+        planned = {"estimated_s": est.wall_hours * 3600, "time_how": est.time_how}
+    return {"stage": stage_id, "peak_bytes": peak - base + weights, "weights": weights,
+            "base_bytes": base, "peak_before_stage_bytes": before_peak, "peak_reset": reset,
+            "duration_s": outcome.result["duration_s"],
+            "train_time_s": (outcome.result["metrics"] or {}).get("train_time_s"),
+            "model_time_s": clock.seconds if clock else None, "model_calls": clock.calls if clock else None,
+            **planned}
 
 
 def run_child(suite: str, out: str, stage: str, steps: int | None = None, checkpointing: bool = False) -> dict:
@@ -131,22 +181,30 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="shorter training stages (same shapes)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="training stages with checkpointing")
     p.add_argument("--mfu", type=float, default=0.35)
+    p.add_argument("--estimate", action="store_true", help=argparse.SUPPRESS)  # child: plan the stage first
+    p.add_argument("--whole-run", action="store_true", help="run the whole suite with `harness run` and compare")
     args = p.parse_args()
     if args.child:
-        print(json.dumps(measure_stage(*args.child, steps=args.steps, checkpointing=args.gradient_checkpointing)))
+        print(json.dumps(measure_stage(*args.child, steps=args.steps, checkpointing=args.gradient_checkpointing,
+                                       estimate=args.estimate)))
         return
 
     from harness.plan import accelerator, make_plan
+    from harness.plan.calibrate import CallTimer
     from harness.suite import load_suite
 
     suite = load_suite(args.suite, "quick")
     override_training(suite, args.steps, args.gradient_checkpointing)
     cpu = accelerator("cpu")
-    plan = {e.stage.id: e for e in make_plan(suite, cpu, args.mfu).stages}
-    print(f"plan on this CPU: fp32 matmul peak {cpu.peak_tflops * 1e3:.1f} GFLOP/s (measured now), MFU {args.mfu}; "
-          f"{os.cpu_count()} cores")
+    plan = {e.stage.id: e for e in make_plan(suite, cpu, args.mfu, timer=CallTimer()).stages}
+    print(f"plan on this CPU: fp32 matmul peak {cpu.peak_tflops * 1e3:.1f} GFLOP/s (measured now), stage times "
+          f"from timed calls; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+    if args.whole_run:
+        whole_run(args.suite, plan, args.steps)
+        return
+    # Time: the estimate against the time in the model (evaluation, attacks) or in the training loop (training).
     header = (f"{'stage':<28} {'est. peak':>10} {'measured':>10} {'ratio':>6}  {'est. time':>9} {'stage s':>8} "
-              f"{'loop s':>7} {'ratio':>6}")
+              f"{'model s':>8} {'ratio':>6}")
     print(header)
     rows = []
     with tempfile.TemporaryDirectory() as out:
@@ -155,12 +213,36 @@ def main() -> None:
             est = plan[stage_id]
             mem = est.memory.total if est.memory else float("nan")
             est_s = est.wall_hours * 3600
-            spent = m["train_time_s"] or m["duration_s"]
+            spent = m["train_time_s"] or m["model_time_s"] or m["duration_s"]
             rows.append({**m, "estimated_peak_bytes": mem, "estimated_s": est_s})
             print(f"{stage_id:<28} {mem / 1e6:>8.0f}MB {m['peak_bytes'] / 1e6:>8.0f}MB {mem / m['peak_bytes']:>6.2f}  "
-                  f"{est_s:>8.1f}s {m['duration_s']:>8.1f} {m['train_time_s'] or float('nan'):>7.1f} "
-                  f"{est_s / spent:>6.2f}")
+                  f"{est_s:>8.1f}s {m['duration_s']:>8.1f} {spent:>8.1f} {est_s / spent:>6.2f}")
     print(json.dumps(rows))
+
+
+def whole_run(suite_path: str, plan: dict, steps: int | None) -> None:
+    """``harness run`` of the whole suite in a fresh directory; each stage's estimate against its ``duration_s``."""
+    if steps is not None:
+        raise SystemExit("--whole-run runs the suite as written: drop --steps")
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", suite_path, "--out", out, "--no-progress"],
+                              env={**os.environ, **CHILD_ENV}, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"harness run failed:\n{proc.stderr[-3000:]}")
+        measured = {sid: json.loads((Path(out) / "stages" / sid / "result.json").read_text())["duration_s"]
+                    for sid in plan}
+    print(f"{'stage':<44} {'est. s':>8} {'run s':>8} {'ratio':>6}")
+    for sid, est in plan.items():
+        print(f"{sid:<44} {est.wall_hours * 3600:>8.1f} {measured[sid]:>8.1f} "
+              f"{est.wall_hours * 3600 / measured[sid]:>6.2f}")
+    est_total, run_total = sum(e.wall_hours for e in plan.values()) * 3600, sum(measured.values())
+    print(f"{'total (stages)':<44} {est_total:>8.1f} {run_total:>8.1f} {est_total / run_total:>6.2f}")
+    print(f"whole `harness run`: {wall:.1f} s wall (model loading, data reading and reports included, which the "
+          f"plan does not count)")
+    print(json.dumps({"estimated_s": {k: e.wall_hours * 3600 for k, e in plan.items()}, "measured_s": measured,
+                      "wall_s": wall}))
 
 
 if __name__ == "__main__":

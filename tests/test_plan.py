@@ -25,6 +25,10 @@ from .conftest import DATA, HARNESS, ROOT, write_suite
 
 #: The estimate of a training stage's peak memory against the measured one (CPU, fp32): |estimate/measured - 1|.
 MEMORY_TOLERANCE = 0.30
+#: The cpu time estimate against the measured time of a stage: estimate/measured within [1/x, x].
+TIME_TOLERANCE = 1.5
+#: Training steps of the measured training stage (the quick suite's shapes, fewer steps).
+TRAIN_STEPS = 8
 CPU = Accelerator("cpu", 0.05, 16.0, device="cpu", note="test")
 
 
@@ -168,26 +172,60 @@ def test_unknown_shape_is_a_clear_line_not_a_failure(tmp_path):
     assert plan.stages[0].workload is None and "unknown shape" in plan.stages[0].reason
 
 
-def test_memory_estimate_matches_a_real_training_run():
+def run_stage_child(stage_id: str, steps: int | None = None) -> dict:
+    """One quick-suite stage alone in a subprocess (``benchmarks/plan_vs_run.py --child``), measured there, with the
+    plan's cpu time for it made in the same process right after (so both see the same machine and load)."""
+    import os
+    import tempfile
+
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "plan_vs_run.py"), "--child", str(ROOT / "suites" / "quick.yaml")]
+    with tempfile.TemporaryDirectory() as out:
+        proc = subprocess.run([*cmd, out, stage_id, "--estimate", *(["--steps", str(steps)] if steps else [])],
+                              capture_output=True,
+                              text=True, timeout=900, cwd=ROOT, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def quick_plan(steps: int | None = None) -> dict:
+    """The quick suite's plan (memory), its training shortened to ``steps`` as the child runs it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plan_vs_run", ROOT / "benchmarks" / "plan_vs_run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    suite = load_suite(ROOT / "suites" / "quick.yaml", "quick")
+    bench.override_training(suite, steps)
+    return {s.stage.id: s for s in make_plan(suite, CPU).stages}
+
+
+@pytest.fixture(scope="module")
+def training_child() -> dict:
+    return run_stage_child("train/baseline/s42", steps=TRAIN_STEPS)
+
+
+def test_memory_estimate_matches_a_real_training_run(training_child):
     """The quick suite's baseline training stage (fewer steps, same shapes), alone in a subprocess: its peak resident
     memory above the resident size before the stage, plus its weights, against the plan's training peak. The peak is
     reset just before the stage (Linux's VmHWM), so reading and caching its data beforehand cannot count."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as out:
-        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plan_vs_run.py"), "--child",
-                               str(ROOT / "suites" / "quick.yaml"), out, "train/baseline/s42", "--steps", "4"],
-                              capture_output=True, text=True, timeout=900, cwd=ROOT,
-                              env={**__import__("os").environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    child = json.loads(proc.stdout.strip().splitlines()[-1])
-    measured = child["peak_bytes"]
-    suite = load_suite(ROOT / "suites" / "quick.yaml", "quick")
-    estimate = next(s for s in make_plan(suite, CPU).stages if s.stage.id == "train/baseline/s42").memory
+    measured = training_child["peak_bytes"]
+    estimate = quick_plan(TRAIN_STEPS)["train/baseline/s42"].memory
     assert estimate.label.startswith("training")
     ratio = estimate.total / measured
     print(f"estimated {estimate.total / 1e6:.1f} MB, measured {measured / 1e6:.1f} MB, ratio {ratio:.3f}")
-    assert abs(ratio - 1) <= MEMORY_TOLERANCE, f"measured {child} on {__import__('os').cpu_count()} cores"
+    assert abs(ratio - 1) <= MEMORY_TOLERANCE, f"measured {training_child} on {__import__('os').cpu_count()} cores"
+
+
+def test_time_estimate_matches_real_stages_on_this_cpu(training_child):
+    """The plan's cpu time (calls timed on random-weight models of the shape) against real stages run alone: the
+    training loop of the baseline stage, and the time HotFlip's stage spends in the model (forward calls and gradient
+    passes; its own Python work and data reading are not what the plan counts)."""
+    hotflip = run_stage_child("attacks/hotflip/tiny/s42")
+    for child, measured in ((training_child, training_child["train_time_s"]), (hotflip, hotflip["model_time_s"])):
+        assert child["time_how"] == "measured calls"
+        ratio = child["estimated_s"] / measured
+        print(f"{child['stage']}: estimated {child['estimated_s']:.2f} s, measured {measured:.2f} s, ratio {ratio:.2f}")
+        assert 1 / TIME_TOLERANCE <= ratio <= TIME_TOLERANCE, child
 
 
 @pytest.mark.parametrize("monotonic", [False, True], ids=["baseline", "monotonic"])
