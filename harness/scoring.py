@@ -9,7 +9,9 @@ summation order, which is fixed for a fixed batch composition).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+import inspect
+import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,11 +111,19 @@ def sequence_nll(model: torch.nn.Module, seq: Sequence[int], max_length: int, st
 CPU_CHUNK_TOKENS = 2048
 
 
+_FORWARD_PARAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _forward_params(model: torch.nn.Module) -> Mapping[str, object]:
+    """The parameters of ``model.forward``, looked up once per model (every pass asks)."""
+    if model not in _FORWARD_PARAMS:
+        _FORWARD_PARAMS[model] = inspect.signature(model.forward).parameters
+    return _FORWARD_PARAMS[model]
+
+
 def logits_tail_kwarg(model: torch.nn.Module) -> str | None:
     """The forward keyword that limits logits to the last positions (saves the vocabulary projection elsewhere)."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
+    params = _forward_params(model)
     for name in ("logits_to_keep", "num_logits_to_keep"):  # transformers >= 4.50 | 4.45-4.49
         if name in params:
             return name
@@ -222,9 +232,7 @@ DEFAULT_FORWARD_OVERHEAD_TOKENS = 1024
 
 def _cache_kwarg(model: torch.nn.Module) -> str | None:
     """The forward keyword that takes a KV cache, or None when the model takes none."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
+    params = _forward_params(model)
     for name in ("cache", "past_key_values"):  # transformers 5 | 4
         if name in params:
             return name
@@ -244,13 +252,11 @@ def _full_attention_cache(cache: object, length: int) -> bool:
             and cache.get_seq_length() == length)
 
 
-def _plan_groups(starts: list[int], width: int, rows_for: Callable[[int], int],
-                 overhead: int) -> tuple[list[tuple[int, int]], int]:
+def _plan_groups(starts: list[int], width: int, rows: int, overhead: int) -> tuple[list[tuple[int, int]], int]:
     """Split candidates sorted by start into contiguous groups, each fed from its first start, minimising the
     positions computed plus ``overhead`` per forward pass. Returns the groups as index ranges and their cost.
 
-    Dynamic programme over the distinct starts (at most ``width`` of them); ``rows_for(s)`` is the most rows one
-    pass may hold when fed from position ``s``.
+    Dynamic programme over the distinct starts (at most ``width`` of them); one pass holds at most ``rows`` rows.
     """
     distinct = sorted(set(starts))
     ends = [0] * len(distinct)  # ends[j]: one past the last candidate whose start is <= distinct[j]
@@ -263,8 +269,8 @@ def _plan_groups(starts: list[int], width: int, rows_for: Callable[[int], int],
     for j in range(1, len(distinct) + 1):
         for a in range(j):  # the last group covers distinct[a:j]
             lo, hi = (ends[a - 1] if a else 0), ends[j - 1]
-            rows, s = hi - lo, distinct[a]
-            cost = best[a] + -(-rows // rows_for(s)) * overhead + rows * (width - 1 - s)
+            count, s = hi - lo, distinct[a]
+            cost = best[a] + -(-count // rows) * overhead + count * (width - 1 - s)
             if best[j] is None or cost < best[j]:
                 best[j], choice[j] = cost, a
     groups, j = [], len(distinct)
@@ -277,7 +283,8 @@ def _plan_groups(starts: list[int], width: int, rows_for: Callable[[int], int],
 
 @torch.no_grad()
 def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tensor, n_scored: int,
-             batch_tokens: int = 16384, overhead_tokens: int | None = None) -> torch.Tensor:
+             batch_tokens: int = 16384, overhead_tokens: int | None = None,
+             memo: dict[tuple[int, ...], object] | None = None) -> torch.Tensor:
     """``continuation_nll(model, candidates, n_scored, batch_tokens)`` for candidates that edit base sequences (a
     HotFlip step's token swaps), computing less: tokens before a candidate's first edit are those of its base, so
     their keys and values come from one cached forward pass of the bases' prefixes.
@@ -289,85 +296,111 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
     ``continuation_nll`` up to float summation order. Models whose cache cannot be cropped and batch-indexed exactly
     (see ``_full_attention_cache``), or that take no cache or position ids, get ``continuation_nll`` itself, as do
     candidates whose plan would not save computation.
+
+    ``memo`` (a dict the caller keeps between calls; one base ``[T]`` only) holds the keys and values of the last
+    call's base and of its best-scoring candidate (first in input order on ties), so that a next call on either of
+    them (a greedy search's next step: the same sequence after a failed step, the best swap after a kept one) needs
+    no prefix pass.
     """
     if candidates.dim() != 2:
         raise ValueError(f"candidates must be a [N, T] tensor, got shape {tuple(candidates.shape)}")
     n, width = candidates.shape
-    if base.dim() == 1:
+    single = base if base.dim() == 1 else None
+    if single is not None:
         base = base[None].expand(n, -1)
     if base.shape != candidates.shape:
         raise ValueError(f"base must be [T] or [N, T] like candidates {tuple(candidates.shape)}, got "
                          f"{tuple(base.shape)}")
     if not 1 <= n_scored < width:
         raise ValueError(f"n_scored must be in [1, {width - 1}], got {n_scored}")
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
+    params = _forward_params(model)
     cache_kwarg = _cache_kwarg(model)
     if n == 0 or cache_kwarg is None or "position_ids" not in params:
         return continuation_nll(model, candidates, n_scored, batch_tokens)
     device = next(model.parameters()).device
     if overhead_tokens is None:
         overhead_tokens = FORWARD_OVERHEAD_TOKENS.get(device.type, DEFAULT_FORWARD_OVERHEAD_TOKENS)
+    if single is None:
+        memo = None
+    base_key = tuple(single.tolist()) if memo is not None else ()
+    known = memo.get(base_key) if memo is not None else None
 
     bases, which = torch.unique(base, dim=0, return_inverse=True)
     edited = candidates != base
     # The first position where a candidate leaves its base; no later than the first position that predicts a
     # continuation token (a candidate equal to its base, or edited only in its continuation, is fed from there).
     starts = torch.where(edited.any(1), edited.int().argmax(1), width).clamp(max=width - 1 - n_scored)
-    memory_rows = max(1, batch_tokens // width)  # every pass holds the keys and values of all ``width`` positions
-
-    def rows_for(s: int) -> int:
-        rows = memory_rows
-        if device.type == "cpu":
-            rows = min(rows, max(1, CPU_CHUNK_TOKENS // (width - 1 - s)))
-        return rows
-
+    # Rows per pass as for plain scoring: every pass holds the keys and values of all ``width`` positions (memory),
+    # and its logits (rows x continuation x vocabulary) do not shrink with the suffix (the CPU cap).
+    rows = _rows_per_chunk(model, width, batch_tokens)
     out = torch.empty(n, dtype=torch.float64)
-    # One prefix pass holds at most ``memory_rows`` bases; more bases are taken in turns.
-    for first_base in range(0, len(bases), memory_rows):
-        local = bases[first_base:first_base + memory_rows]
+    best: tuple[float, int, object] | None = None  # the best candidate so far: score, index, its cache
+    cache = None
+    # One prefix pass holds at most ``rows`` bases; more bases are taken in turns.
+    for first_base in range(0, len(bases), rows):
+        local = bases[first_base:first_base + rows]
         members = ((which >= first_base) & (which < first_base + len(local))).nonzero()[:, 0]
         order = members[torch.argsort(starts[members] * n + members)]  # by start, then input order
         order_starts = starts[order].tolist()
-        groups, cost = _plan_groups(order_starts, width, rows_for, overhead_tokens)
+        groups, cost = _plan_groups(order_starts, width, rows, overhead_tokens)
         # Each pass is fed from its own earliest edit (the group's, or later in a group split into passes).
-        chunks = [(lo, min(hi, lo + rows_for(order_starts[g_lo]))) for g_lo, hi in groups
-                  for lo in range(g_lo, hi, rows_for(order_starts[g_lo]))]
+        chunks = [(lo, min(hi, lo + rows)) for g_lo, hi in groups for lo in range(g_lo, hi, rows)]
         prefix = max(order_starts[lo] for lo, _ in chunks)
-        cost += overhead_tokens + len(local) * prefix  # the prefix pass
-        plain = -(-len(order) // _rows_per_chunk(model, width, batch_tokens)) * overhead_tokens \
-            + len(order) * (width - 1)
+        if memo is None:  # with a memo, the prefix pass is kept (or was) for the next calls: it pays for itself
+            cost += overhead_tokens + len(local) * prefix
+        plain = -(-len(order) // rows) * overhead_tokens + len(order) * (width - 1)
         if prefix == 0 or cost >= plain:
             out[order] = continuation_nll(model, candidates[order], n_scored, batch_tokens)
             continue
-        tail = logits_tail_kwarg(model)
-        cached = model(input_ids=local[:, :prefix].to(device), use_cache=True, **({tail: 1} if tail else {}))
-        cache = cached.cache if getattr(cached, "cache", None) is not None else cached.past_key_values
-        if not _full_attention_cache(cache, prefix):  # not exact to crop or index: score them plainly
-            out[order] = continuation_nll(model, candidates[order], n_scored, batch_tokens)
-            continue
+        cache = known
+        if cache is None:
+            upto = width - 1 if memo is not None else prefix  # a memo keeps every position a later prefix may need
+            tail = logits_tail_kwarg(model)
+            cached = model(input_ids=local[:, :upto].to(device), use_cache=True, **({tail: 1} if tail else {}))
+            cache = cached.cache if getattr(cached, "cache", None) is not None else cached.past_key_values
+            if not _full_attention_cache(cache, upto):  # not exact to crop or index: score them plainly
+                out[order] = continuation_nll(model, candidates[order], n_scored, batch_tokens)
+                cache = None
+                continue
         for lo, hi in chunks:
             chunk = order[lo:hi]
-            out[chunk] = _score_from(model, candidates[chunk], n_scored, order_starts[lo], cache,
-                                     which[chunk] - first_base, cache_kwarg, params)
+            scores, past = _score_from(model, candidates[chunk], n_scored, order_starts[lo], cache,
+                                       which[chunk] - first_base, cache_kwarg, params)
+            out[chunk] = scores
+            if memo is not None:
+                row = int(scores.argmax())
+                score, index = float(scores[row]), int(chunk[row])
+                if best is None or score > best[0] or (score == best[0] and index < best[1]):
+                    past.batch_select_indices(torch.tensor([row], device=device))
+                    best = (score, index, past)
+    if memo is not None:
+        memo.clear()
+        if cache is not None:
+            memo[base_key] = cache
+        if best is not None and best[1] == int(out.argmax()) and _full_attention_cache(best[2], width - 1):
+            memo[tuple(candidates[best[1]].tolist())] = best[2]
     return out
 
 
 def _score_from(model: torch.nn.Module, ids: torch.Tensor, n_scored: int, start: int, cache: object,
-                base_rows: torch.Tensor, cache_kwarg: str, params: Mapping[str, object]) -> torch.Tensor:
-    """Continuation NLL of ``ids`` fed from ``start``, positions before it from rows ``base_rows`` of ``cache``."""
+                base_rows: torch.Tensor, cache_kwarg: str,
+                params: Mapping[str, object]) -> tuple[torch.Tensor, object]:
+    """Continuation NLL of ``ids`` fed from ``start``, positions before it from rows ``base_rows`` of ``cache``;
+    and the pass's own cache (every fed position of every row)."""
+    from transformers import DynamicCache
+
     lens = torch.full((len(ids),), ids.shape[1])
     ks = torch.full((len(ids),), n_scored)
-    if start == 0:
-        return _chunk_nll(model, ids, lens, ks)
     device = next(model.parameters()).device
-    past = copy.deepcopy(cache)  # the forward pass appends to it; the prefix cache serves later chunks
-    if past.get_seq_length() > start:
-        past.crop(start - past.get_seq_length())  # a negative count removes that many positions (transformers 4 and 5)
-    past.batch_select_indices(base_rows.to(device))
+    if start == 0:  # an edit at the very first position: nothing to reuse
+        past = DynamicCache()
+    else:
+        past = copy.deepcopy(cache)  # the forward pass appends to it; the prefix cache serves later chunks
+        if past.get_seq_length() > start:  # a negative count removes that many positions (transformers 4 and 5)
+            past.crop(start - past.get_seq_length())
+        past.batch_select_indices(base_rows.to(device))
     positions = torch.arange(start, ids.shape[1] - 1, device=device)
     kwargs = {cache_kwarg: past, "position_ids": positions[None].expand(len(ids), -1), "use_cache": True}
     if "cache_position" in params:  # transformers 4 derives it from the cache; explicit is safer
         kwargs["cache_position"] = positions
-    return _chunk_nll(model, ids, lens, ks, start, **kwargs)
+    return _chunk_nll(model, ids, lens, ks, start, **kwargs), past

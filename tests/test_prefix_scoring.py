@@ -110,6 +110,24 @@ def test_plan_falls_back_when_reuse_saves_nothing(tiny):
     assert fed.starts == [0]
 
 
+def test_memo_spares_the_prefix_pass_of_the_next_base(tiny):
+    base, cands = swaps(4096)
+    memo: dict = {}
+    first = swap_nll(tiny.model, base, cands, K, overhead_tokens=0, memo=memo)
+    assert (first - continuation_nll(tiny.model, cands, K)).abs().max() <= 1e-5
+    best = cands[int(first.argmax())]
+    assert set(memo) == {tuple(base.tolist()), tuple(best.tolist())}
+    for again in (best, base):  # a kept swap's sequence, or the same one after a failed step
+        nxt = again.repeat(len(cands), 1)
+        nxt[:, 10:] = cands[:, 10:]  # edits from position 10 on
+        with FedPositions(tiny.model) as fed:
+            scores = swap_nll(tiny.model, again, nxt, K, overhead_tokens=0, memo=memo)
+        assert min(fed.starts) > 0  # no prefix pass: every pass fed from an edit
+        assert (scores - continuation_nll(tiny.model, nxt, K)).abs().max() <= 1e-5
+        memo.clear()
+        swap_nll(tiny.model, base, cands, K, overhead_tokens=0, memo=memo)
+
+
 def test_hotflip_spends_the_same_queries_and_finds_the_same_flips(tiny, monkeypatch):
     from harness_plugins.attacks import common
     from harness_plugins.attacks.common import Example, Scorer, VocabFilter, allowed_tokens
@@ -129,8 +147,8 @@ def test_hotflip_spends_the_same_queries_and_finds_the_same_flips(tiny, monkeypa
     with FedPositions(tiny.model) as fed:
         fast, fast_queries = run()
     assert max(fed.starts) > 0
-    monkeypatch.setattr(common, "swap_nll", lambda model, base, cands, k, budget: continuation_nll(model, cands, k,
-                                                                                                  budget))
+    monkeypatch.setattr(common, "swap_nll", lambda model, base, cands, k, budget, **_: continuation_nll(
+        model, cands, k, budget))
     plain, plain_queries = run()
     assert fast_queries == plain_queries == 1 + 3 * 16
     assert fast.flipped and fast.flipped == plain.flipped and fast.ids == plain.ids

@@ -167,6 +167,7 @@ class Scorer:
         self.gradient_calls = 0  # sequences run forward + backward for a gradient
         self._embeddings: torch.Tensor | None = None
         self._embeddings_f32: torch.Tensor | None = None
+        self._prefixes: dict = {}  # swap_nll's cached keys and values of the last base and its best candidate
 
     def nll(self, sequences: torch.Tensor | Sequence[Sequence[int]], n_scored: int) -> torch.Tensor:
         self.queries += len(sequences)
@@ -175,9 +176,10 @@ class Scorer:
     def swap_nll(self, base: torch.Tensor, candidates: torch.Tensor, n_scored: int) -> torch.Tensor:
         """``nll(candidates, n_scored)`` for edits of ``base`` (``[T]``, or ``[N, T]``: one per candidate): the same
         scores and queries (one per candidate), computing only what follows each candidate's first edit where that
-        saves time (see ``harness.scoring.swap_nll``)."""
+        saves time (see ``harness.scoring.swap_nll``). The keys and values of this base and of its best candidate
+        are kept for the next call (a greedy search's next base is one of them)."""
         self.queries += len(candidates)
-        return swap_nll(self.model, base, candidates, n_scored, self.batch_tokens)
+        return swap_nll(self.model, base, candidates, n_scored, self.batch_tokens, memo=self._prefixes)
 
     @property
     def embeddings(self) -> torch.Tensor:
