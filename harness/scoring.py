@@ -4,6 +4,10 @@ Sequences are sorted by length, grouped under a token budget, right-padded with 
 one forward pass per group; each sequence says from which position its tokens count. Padding on the right
 leaves the positions of real tokens unchanged, so a sequence scores the same alone or in a batch (up to float
 summation order, which is fixed for a fixed batch composition).
+
+Attacks score many candidate sequences by the NLL of their continuation (:func:`continuation_nll`); candidates that
+edit a base sequence (token swaps) can skip the positions before their first edit, whose keys and values are the
+base's (:func:`swap_nll`).
 """
 
 from __future__ import annotations
@@ -107,7 +111,7 @@ def sequence_nll(model: torch.nn.Module, seq: Sequence[int], max_length: int, st
 #: per token on a CPU, and slower once the activations (above all the logits, rows x continuation x vocabulary)
 #: spill out of the caches; ``batch_tokens`` stays the memory budget everywhere. Measured (interleaved, 2 cores)
 #: on the tiny model (vocabulary 4096), 256 candidates of 41 tokens: ~1090 candidates/s at 2048-4096 tokens per
-#: pass, ~870 at 8192, ~750 at 16384 (the old default).
+#: pass, ~870 at 8192; the scorer before this cap ran 16384-token passes at ~750.
 CPU_CHUNK_TOKENS = 2048
 
 
@@ -264,7 +268,8 @@ def _plan_groups(starts: list[int], width: int, rows: int, overhead: int) -> tup
         ends[distinct.index(s)] += 1
     for j in range(1, len(ends)):
         ends[j] += ends[j - 1]
-    best = [0] + [None] * len(distinct)  # best[j]: cost of the candidates before distinct[j]; then its choice
+    # best[j]: least cost of the candidates whose start is below distinct[j]; choice[j]: where its last group begins
+    best: list[int | None] = [0] + [None] * len(distinct)
     choice = [0] * (len(distinct) + 1)
     for j in range(1, len(distinct) + 1):
         for a in range(j):  # the last group covers distinct[a:j]
@@ -300,7 +305,7 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
     ``memo`` (a dict the caller keeps between calls; one base ``[T]`` only) holds the keys and values of the last
     call's base and of its best-scoring candidate (first in input order on ties), so that a next call on either of
     them (a greedy search's next step: the same sequence after a failed step, the best swap after a kept one) needs
-    no prefix pass.
+    no prefix pass. With a memo the prefix pass counts as free in the plan: it is kept for the next calls.
     """
     if candidates.dim() != 2:
         raise ValueError(f"candidates must be a [N, T] tensor, got shape {tuple(candidates.shape)}")
