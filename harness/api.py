@@ -104,6 +104,11 @@ class AttackPlugin(Plugin):
         """Attack ``model``; write per-example records with ``ctx.records``; return the summary metrics."""
         raise NotImplementedError
 
+    def is_control(self) -> bool:
+        """Whether this stage is a control (e.g. random edits at an attack's budget) rather than an attack: the
+        report shows a control's numbers beside the attacks' but judges no success target on them."""
+        return False
+
 
 class TrainerPlugin(Plugin):
     kind = "trainer"

@@ -156,6 +156,7 @@ class Runner:
         result = {"stage": stage.as_dict(), "plugin": entry.plugin.name, "package": entry.plugin.package,
                   "config": entry.config.model_dump(mode="json"), "model_info": model.info,
                   "metrics": metrics, "n_records": len(ctx.records),
+                  **({"control": bool(plugin.is_control())} if stage.section == "attacks" else {}),
                   "duration_s": round(time.time() - started, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         sdir = self.stage_dir(stage)
         atomic_write_json(sdir / "result.json", result)

@@ -61,13 +61,14 @@ def attack_stage(rng: np.random.Generator, high: float) -> tuple[dict, list[dict
                                                                          for t in thresholds]}}, records
 
 
-def make_run(root: Path, *, not_started=(), incomplete=(), stale=(), report: dict | None = None) -> tuple[Path, dict]:
-    """A run of 2 models x 3 seeds: training, perplexity, HotFlip, UAT and a transfer row. Returns the run
-    directory and the metrics written, by stage id."""
+def make_run(root: Path, *, not_started=(), incomplete=(), stale=(), report: dict | None = None,
+             control: bool = False) -> tuple[Path, dict]:
+    """A run of 2 models x 3 seeds: training, perplexity, HotFlip, UAT and a transfer row (``control``: and HotFlip's
+    random control). Returns the run directory and the metrics written, by stage id."""
     rng = np.random.default_rng(7)
     stages, written = [], {}
 
-    def add(stage_id, section, entry, plugin, model, seed, metrics, records, deps=()):
+    def add(stage_id, section, entry, plugin, model, seed, metrics, records, deps=(), extra=None):
         info = {"id": stage_id, "section": section, "entry": entry, "plugin": plugin, "model": model, "seed": seed,
                 "deps": list(deps), "key": f"key-{stage_id}"}
         stages.append(info)
@@ -81,7 +82,7 @@ def make_run(root: Path, *, not_started=(), incomplete=(), stale=(), report: dic
         if stage_id in incomplete:
             return
         atomic_write_json(sdir / "result.json", {"stage": info, "config": {}, "model_info": {}, "metrics": metrics,
-                                                 "duration_s": 1.0})
+                                                 "duration_s": 1.0, **(extra or {})})
         atomic_write_json(sdir / "done.json", {"key": "an-older-key" if stage_id in stale else info["key"]})
         written[stage_id] = metrics
 
@@ -101,7 +102,13 @@ def make_run(root: Path, *, not_started=(), incomplete=(), stale=(), report: dic
         for model in MODELS:
             for seed in SEEDS:
                 metrics, records = attack_stage(rng, ATTACK_HIGH[(entry, model)])
-                add(f"attacks/{entry}/{model}/s{seed}", "attacks", entry, entry, model, seed, metrics, records)
+                add(f"attacks/{entry}/{model}/s{seed}", "attacks", entry, entry, model, seed, metrics, records,
+                    extra={"control": False})
+    for model in MODELS if control else ():
+        for seed in SEEDS:  # the control does about as well on both models here; its reduction may be anything
+            metrics, records = attack_stage(rng, {"base": 0.5, "mono_ffn": 0.2}[model])
+            add(f"attacks/random_hotflip/{model}/s{seed}", "attacks", "random_hotflip", "random_token", model, seed,
+                metrics, records, extra={"control": True})
     for model in MODELS:
         for seed in SEEDS:
             row = {src: {"success_rate": float(rng.uniform(0.1, 0.6)), "mean_relative_increase": 0.1}
@@ -338,6 +345,20 @@ def test_no_baseline_says_so(tmp_path):
     res = build_report(run).results
     assert [i["status"] for i in res["indicators"]] == ["not applicable", "not applicable"]
     assert all("no baseline" in i["detail"] for i in res["indicators"])
+
+
+def test_a_control_gets_its_reduction_shown_but_not_judged(tmp_path):
+    run_dir, written = make_run(tmp_path / "run", control=True)
+    res = build_report(run_dir).results
+    ind = {(i["indicator"], i.get("entry")): i for i in res["indicators"]}
+    ctrl, attack = ind[("attack-success reduction", "random_hotflip")], ind[("attack-success reduction", "hotflip")]
+    base_sr = np.mean([written[f"attacks/random_hotflip/base/s{s}"]["success_rate"] for s in SEEDS])
+    mono_sr = np.mean([written[f"attacks/random_hotflip/mono_ffn/s{s}"]["success_rate"] for s in SEEDS])
+    assert ctrl["value"] == pytest.approx(1 - mono_sr / base_sr) and ctrl["value"] > 0.40  # would be "met"
+    assert ctrl["control"] and ctrl["status"] == "control" and "met" not in ctrl
+    assert not attack["control"] and attack["status"] == "met"
+    summary = (run_dir / "experiment_summary.txt").read_text()
+    assert re.search(r"random_hotflip\.success_rate\): [-\d.]+% .*-> CONTROL", summary)
 
 
 def test_report_config_names_known_models(tmp_path):

@@ -227,9 +227,12 @@ def indicators(agg: Aggregate) -> list[dict[str, Any]]:
         out.append({"indicator": "attack-success reduction", "status": "not applicable", "target": red_target,
                     "detail": "the suite runs no attack"})
     for entry in attack_entries:
+        # A control (random edits at an attack's budget) is shown beside the attacks, but its reduction is a
+        # reference for theirs, not a robustness result: it gets no met / not met.
+        control = any(s.done and s.result and s.result.get("control") for s in run.stages if s.entry == entry)
         for model in compare:
             item = {"indicator": "attack-success reduction", "model": model, "baseline": cfg.baseline,
-                    "entry": entry, "metric": cfg.attack_metric, "target": red_target}
+                    "entry": entry, "metric": cfg.attack_metric, "target": red_target, "control": control}
             b, m = agg.find(entry, cfg.baseline), agg.find(entry, model)
             bs = b.across.get(cfg.attack_metric) if b else None
             ms = m.across.get(cfg.attack_metric) if m else None
@@ -243,9 +246,13 @@ def indicators(agg: Aggregate) -> list[dict[str, Any]]:
                             detail=f"the baseline's {cfg.attack_metric} is 0, so there is nothing to reduce")
             else:
                 reduction = 1 - ms.mean / bs.mean
-                met = reduction > cfg.attack_reduction_target
-                item.update(value=reduction, baseline_value=bs.mean, model_value=ms.mean, met=met,
-                            status="met" if met else "not met",
+                item.update(value=reduction, baseline_value=bs.mean, model_value=ms.mean,
                             ci95=_ratio_interval(ms, bs, cfg.confidence, lambda r: 1 - r))
+                if control:
+                    item.update(status="control", detail="a control: the reference for the attacks' reduction, "
+                                                         "not judged against the target")
+                else:
+                    met = reduction > cfg.attack_reduction_target
+                    item.update(met=met, status="met" if met else "not met")
             out.append(item)
     return out

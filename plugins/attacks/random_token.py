@@ -92,6 +92,9 @@ class RandomTokenAttack(AttackPlugin):
         assert uat_cfg is not None
         return run_uat(model, ctx, uat_cfg, lambda allowed: random_candidates(uat_cfg.top_k, allowed, ctx))
 
+    def is_control(self) -> bool:
+        return True
+
     def plan(self, inputs):
         """The controlled attack's queries without its gradient passes (``harness plan``)."""
         from .workload import flip_workload, uat_workload

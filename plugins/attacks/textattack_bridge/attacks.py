@@ -122,7 +122,14 @@ def textattack_summary(records: list[dict[str, Any]], threshold: float) -> dict[
     return metrics
 
 
-class DeepWordBugAttack(AttackPlugin):
+class _BridgeAttack(AttackPlugin):
+    """What the bridge's attacks share: ``control: true`` makes the stage a control (see ``control.py``)."""
+
+    def is_control(self) -> bool:
+        return bool(self.config.control)  # type: ignore[attr-defined]
+
+
+class DeepWordBugAttack(_BridgeAttack):
     """TextAttack's DeepWordBug on causal LMs: character edits of the most important words, greedy (offline)."""
 
     name = "textattack_deepwordbug"
@@ -143,7 +150,7 @@ class DeepWordBugAttack(AttackPlugin):
         return textattack_workload(cfg, inputs, gradient=cfg.wir_method == "gradient" and not cfg.control)
 
 
-class PruthiAttack(AttackPlugin):
+class PruthiAttack(_BridgeAttack):
     """TextAttack's Pruthi2019 on causal LMs: typo-like edits inside words, greedy search (offline)."""
 
     name = "textattack_pruthi"
@@ -163,7 +170,7 @@ class PruthiAttack(AttackPlugin):
         return textattack_workload(self.config, inputs, gradient=False)  # type: ignore[arg-type]
 
 
-class TextAttackAttack(AttackPlugin):
+class TextAttackAttack(_BridgeAttack):
     """Any TextAttack recipe, or transformation + constraints + search method, on causal LMs."""
 
     name = "textattack"
