@@ -73,11 +73,11 @@ def test_not_enough_space_for_the_estimate(tmp_path, capsys, monkeypatch):
 def test_model_not_reachable_offline(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     suite = write_suite(tmp_path, """
-        models: {big: {plugin: hf_causal_lm, path: EleutherAI/pythia-70m-not-cached}}
+        models: {pythia_0.07b: {plugin: hf_causal_lm, path: EleutherAI/pythia-70m-not-cached}}  # a dot, as in pythia_1.4b
         metrics: {perplexity: {data: {dataset: json, data_files: @DATA@/test.jsonl, limit: 4}}}
         """)
     err = run_error(capsys, str(suite), "--out", str(tmp_path / "run"))
-    assert "models.big.path" in err and "not in the local Hugging Face cache" in err
+    assert "models.pythia_0.07b.path" in err and "not in the local Hugging Face cache" in err
     assert "huggingface-cli download EleutherAI/pythia-70m-not-cached" in err and "HF_HUB_OFFLINE=1" in err
 
 

@@ -169,7 +169,7 @@ class HFCausalLM(ModelPlugin):
         return load_hf_causal_lm(self.config, ctx, ctx.stage.model)
 
     def preflight(self, where: str) -> None:
-        check_source(self.config, where.split(".")[-1])
+        check_source(self.config, where.partition(".")[2] or where)  # "models.pythia_1.4b": names may hold dots
 
     def weights_source(self) -> WeightsSource:
         ref = os.path.expanduser(self.config.path)
