@@ -58,6 +58,53 @@ def _targets(window: Window, seq_next: int) -> list[int]:
     return list(window.ids[1:]) + [seq_next]
 
 
+#: Positions projected to the vocabulary at once by :func:`_chunked_nll`: their logits (positions x vocabulary)
+#: stay small enough for the CPU's caches or a GPU's spare memory, instead of all rows x width x vocabulary at once
+#: (25 GB for 8 rows of 2048 tokens of Pythia's 50k vocabulary in fp32).
+HEAD_CHUNK_POSITIONS = 256
+
+_SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The model's transformer body (ids -> last hidden states) and its vocabulary projection, when the model's
+    logits are exactly ``head(body(ids))``; None otherwise (the full forward pass is used).
+
+    Checked once per model on a short probe: a model whose forward does more than project the last hidden state
+    (logit soft-capping or scaling, extra heads) disagrees there and keeps the plain path.
+    """
+    if model in _SPLITS:
+        return _SPLITS[model]
+    split = None
+    prefix = getattr(model, "base_model_prefix", "")
+    body = getattr(model, prefix, None) if prefix else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(body, torch.nn.Module) and body is not model and isinstance(head, torch.nn.Module):
+        device = next(model.parameters()).device
+        vocab = int(getattr(head, "out_features", 0) or head.weight.shape[0])
+        probe = (torch.arange(12, device=device) * 7919 % max(vocab, 1))[None]
+        try:
+            with torch.no_grad():
+                want = model(input_ids=probe).logits.float()
+                got = head(body(input_ids=probe)[0]).float()
+            # The same operations either way, so equal up to rounding; a soft-cap or a scale is far off.
+            if got.shape == want.shape and float((got - want).abs().max()) <= 1e-3 * (1.0 + float(want.abs().max())):
+                split = (body, head)
+        except Exception:  # noqa: BLE001 - any model this probe does not fit keeps the plain path
+            split = None
+    _SPLITS[model] = split
+    return split
+
+
+def _chunked_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (float32) of ``targets`` [n] under ``head(hidden)`` [n, V], ``HEAD_CHUNK_POSITIONS`` at a time."""
+    out = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+    for start in range(0, len(targets), HEAD_CHUNK_POSITIONS):
+        end = start + HEAD_CHUNK_POSITIONS
+        out[start:end] = F.cross_entropy(head(hidden[start:end]).float(), targets[start:end], reduction="none")
+    return out
+
+
 @torch.no_grad()
 def score_windows(model: torch.nn.Module, windows: Sequence[Window], next_tokens: Sequence[int],
                   batch_tokens: int = 16384, pad_id: int = 0) -> list[torch.Tensor]:
@@ -83,10 +130,17 @@ def score_windows(model: torch.nn.Module, windows: Sequence[Window], next_tokens
             targets[row, n - w.n_scored:n] = torch.tensor(_targets(w, next_tokens[i])[n - w.n_scored:])
         # No attention mask: padding is on the right and the model is causal, so no real token ever attends to a
         # pad, and positions of real tokens are unchanged. The maskless path is the fast fused-causal kernel.
-        logits = model(input_ids=ids.to(device)).logits
         scored = targets.to(device) != -100
-        # Cross-entropy only where a token is scored (not on pads or unscored context).
-        flat = F.cross_entropy(logits[scored].float(), targets.to(device)[scored], reduction="none").double().cpu()
+        split = _body_and_head(model)
+        if split is not None:
+            # Only the scored positions are projected to the vocabulary, a slice at a time (see _body_and_head).
+            body, head = split
+            hidden = body(input_ids=ids.to(device))[0][scored]
+            flat = _chunked_nll(head, hidden, targets.to(device)[scored]).double().cpu()
+        else:
+            logits = model(input_ids=ids.to(device)).logits
+            # Cross-entropy only where a token is scored (not on pads or unscored context).
+            flat = F.cross_entropy(logits[scored].float(), targets.to(device)[scored], reduction="none").double().cpu()
         counts = scored.sum(1).tolist()
         for i, part in zip(group, flat.split(counts)):
             out[i] = part

@@ -81,6 +81,9 @@ class Batch:
     backward: Literal["none", "inputs", "weights"] = "none"
     #: Positions per row projected to the vocabulary (None: all of them).
     logit_positions: int | None = None
+    #: Positions whose logits exist at once, over all rows, when they are projected a slice at a time (None: all
+    #: of them together).
+    logits_at_once: int | None = None
     label: str = ""
 
     @property

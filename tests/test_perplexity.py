@@ -69,3 +69,34 @@ def test_perplexity_agrees_with_lm_eval_loglikelihood_rolling(tiny):
     words = sum(count_words(t) for t in texts)
     assert math.isclose(ours["word_perplexity"], math.exp(theirs / words), rel_tol=1e-4)
 
+
+
+def test_vocabulary_projection_in_slices_only_where_the_model_is_body_then_head(tiny, monkeypatch):
+    """Scored positions projected a slice at a time (the split path) give the full forward pass's numbers; a model
+    whose forward does more than project its last hidden state (here: soft-capped logits) keeps the full pass."""
+    import copy
+
+    from harness import scoring
+
+    seq = tiny.tokenizer((DATA / "valid.jsonl").read_text()[:3000])["input_ids"][:300]
+    assert scoring._body_and_head(tiny.model) is not None
+    monkeypatch.setattr(scoring, "HEAD_CHUNK_POSITIONS", 7)  # many slices, one ending mid-row
+    split = sequence_nll(tiny.model, seq, 64, 16, batch_tokens=256)
+    plain_model = copy.deepcopy(tiny.model)
+    scoring._SPLITS[plain_model] = None  # as if the probe had failed: the full forward pass
+    plain = sequence_nll(plain_model, seq, 64, 16, batch_tokens=256)
+    assert torch.allclose(split, plain, rtol=1e-5, atol=1e-5)
+
+    capped = copy.deepcopy(tiny.model)
+    original = capped.forward
+
+    def soft_capped(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.logits = 5.0 * torch.tanh(out.logits / 5.0)
+        return out
+
+    capped.forward = soft_capped
+    assert scoring._body_and_head(capped) is None
+    distinct = list(dict.fromkeys(seq))[:20]  # naive_nll locates windows by token
+    want = torch.tensor(naive_nll(capped, distinct, 16, 16), dtype=torch.float64)
+    assert torch.allclose(sequence_nll(capped, distinct, 16, 16), want, atol=1e-4)

@@ -36,11 +36,14 @@ class Call:
     backward: str
     logit_positions: int | None
     checkpointing: bool = False
+    #: Scored positions projected to the vocabulary a slice at a time (the core's window scorer, perplexity).
+    sliced_logits: bool = False
 
     @classmethod
     def of(cls, batch: Batch, training: TrainingSetup | None = None) -> Call:
         ckpt = bool(training and training.gradient_checkpointing and batch.backward == "weights")
-        return cls(batch.rows, batch.seq_len, batch.backward, batch.logit_positions, ckpt)
+        return cls(batch.rows, batch.seq_len, batch.backward, batch.logit_positions, ckpt,
+                   bool(batch.logits_at_once))
 
 
 def random_model(shape: ModelShape) -> Any:
@@ -159,8 +162,14 @@ class CallTimer:
 
                 scored = min(max(1, call.logit_positions - 1), call.seq_len - 1)
                 return lambda: continuation_nll(model, ids, scored, ids.numel())
+            if call.sliced_logits and call.seq_len > 1:  # the core's window scorer, as perplexity calls it
+                from ..scoring import Window, score_windows
 
-            def score() -> None:  # every position scored, as perplexity and validation do
+                windows = [Window(tuple(row.tolist()), call.seq_len) for row in ids]  # seq_len fed, all scored
+                nexts = [int(row[0]) for row in ids]  # any token: only the cost is measured
+                return lambda: score_windows(model, windows, nexts, ids.numel())
+
+            def score() -> None:  # every position scored, as training's validation does
                 with torch.no_grad():
                     logits = model(input_ids=ids).logits
                     F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())

@@ -69,6 +69,8 @@ def pass_memory(shape: ModelShape, dtype: str, batch: Batch) -> Memory:
     db = dtype_bytes(dtype)
     tokens = batch.tokens
     positions = batch.rows * (batch.logit_positions or batch.seq_len)
+    if batch.logits_at_once:
+        positions = min(positions, batch.logits_at_once)
     parts = {f"weights ({dtype})": shape.n_params * db}
     if batch.backward == "inputs":
         parts["activations kept for the backward pass"] = (

@@ -18,7 +18,7 @@ from pydantic import Field
 from harness import (Batch, DocumentSource, LoadedModel, MetricPlugin, PlanInputs, PluginConfig, StageContext,
                      Workload, hookimpl, load_documents)
 from harness.errors import NonFiniteLoss
-from harness.scoring import rolling_windows, score_windows
+from harness.scoring import HEAD_CHUNK_POSITIONS, rolling_windows, score_windows
 
 
 class PerplexityConfig(PluginConfig):
@@ -104,7 +104,9 @@ class Perplexity(MetricPlugin):
         fed = min(tokens - 1, max_length) + later * max_length
         return Workload(
             forward_tokens=docs.documents * fed, context=int(min(max_length, tokens)),
-            batches=[Batch(max(1, cfg.batch_tokens // max_length), max_length, label="scoring")],
+            # Scored positions are projected to the vocabulary a slice at a time (harness.scoring.score_windows).
+            batches=[Batch(max(1, cfg.batch_tokens // max_length), max_length, label="scoring",
+                           logits_at_once=HEAD_CHUNK_POSITIONS)],
             disk_bytes=200 * docs.documents, disk_note="per-document records",
             notes=[f"{docs.documents:,} documents x ~{fed:,.0f} tokens ({1 + later:.0f} window(s) of <= {max_length}, "
                    f"stride {stride})"])

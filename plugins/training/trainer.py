@@ -211,6 +211,8 @@ class Progress:
     step: int = 0
     tokens_seen: int = 0
     train_time_s: float = 0.0
+    #: Seconds spent validating (not part of ``train_time_s``, which times the steps).
+    val_time_s: float = 0.0
     last_loss: float | None = None
     initial_val_perplexity: float | None = None
     last_val_perplexity: float | None = None
@@ -286,7 +288,9 @@ class RecoveryTrainer(TrainerPlugin):
         def validate() -> float | None:
             if val_blocks is None:
                 return None
+            t0 = time.perf_counter()
             nll, tokens = validation_nll(net, val_blocks, procs, cfg.micro_batch, autocast)
+            progress.val_time_s += time.perf_counter() - t0
             return math.exp(nll / tokens)
 
         snapshots = Snapshots(state_dir, cfg.keep_checkpoints, procs)
@@ -358,6 +362,7 @@ class RecoveryTrainer(TrainerPlugin):
                    "final_val_perplexity": progress.last_val_perplexity,
                    "best_val_perplexity": progress.best_val_perplexity, "steps": progress.step,
                    "tokens": progress.tokens_seen, "train_time_s": progress.train_time_s,
+                   "val_time_s": progress.val_time_s,
                    "tokens_per_s": progress.tokens_seen / progress.train_time_s if progress.train_time_s else None,
                    "wall_time_s": time.time() - started, "blocks": len(train_blocks), "global_batch": global_batch,
                    "world_size": procs.world, "precision": precision}
