@@ -216,6 +216,9 @@ def test_aggregates_match_the_stage_results(full_report):
         mono_sr = np.mean([written[f"attacks/{entry}/mono_ffn/s{s}"]["success_rate"] for s in SEEDS])
         assert red["value"] == pytest.approx(1 - mono_sr / base_sr)
         assert red["met"] == (red["value"] > 0.40) and red["ci95"][0] < red["value"] < red["ci95"][1]
+        # An interval on both sides of the target is said to leave the question open, met or not.
+        assert ("not settled" in red.get("detail", "")) == (red["ci95"][0] < 0.40 < red["ci95"][1])
+    assert ("not settled" in gap.get("detail", "")) == (gap["ci95"][0] < 0.15 < gap["ci95"][1])
     assert ind[("attack-success reduction", "hotflip")]["status"] == "met"  # uniform [0, .5) vs [0, .2)
     assert ind[("attack-success reduction", "uat")]["status"] == "not met"  # [0, .3) vs [0, .25)
     assert ("attack-success reduction", "uat_transfer") not in ind

@@ -183,6 +183,13 @@ def _ratio_interval(num: Any, den: Any, confidence: float, transform) -> list[fl
     return list(percentile_interval(draws, confidence)) if len(draws) else None
 
 
+def _unsettled(ci: list[float] | None, target: float) -> str | None:
+    """A note when the 95% interval holds the target on both sides: met or not, this run does not settle it."""
+    if ci is not None and ci[0] < target < ci[1]:
+        return f"the 95% interval [{ci[0]:.1%}, {ci[1]:.1%}] contains the target: not settled by this run"
+    return None
+
+
 def compared_models(run: RunData) -> list[str]:
     if run.config.baseline is None:
         return []
@@ -216,9 +223,11 @@ def indicators(agg: Aggregate) -> list[dict[str, Any]]:
         else:
             gap = ms.mean / bs.mean - 1
             met = gap < cfg.perplexity_gap_target
+            ci = _ratio_interval(ms, bs, cfg.confidence, lambda r: r - 1)
             item.update(value=gap, baseline_value=bs.mean, model_value=ms.mean, met=met,
-                        status="met" if met else "not met",
-                        ci95=_ratio_interval(ms, bs, cfg.confidence, lambda r: r - 1))
+                        status="met" if met else "not met", ci95=ci)
+            if note := _unsettled(ci, cfg.perplexity_gap_target):
+                item["detail"] = note
         out.append(item)
 
     attack_entries = [e for sec, e, _ in run.entries() if sec == "attacks"
@@ -254,5 +263,7 @@ def indicators(agg: Aggregate) -> list[dict[str, Any]]:
                 else:
                     met = reduction > cfg.attack_reduction_target
                     item.update(met=met, status="met" if met else "not met")
+                    if note := _unsettled(item["ci95"], cfg.attack_reduction_target):
+                        item["detail"] = note
             out.append(item)
     return out

@@ -86,7 +86,8 @@ def indicator_line(item: dict[str, Any]) -> str:
         ci = item.get("ci95")
         ci_text = f", 95% CI [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else ""
         return (f"{item['indicator']}{who}: {item['value']:.1%} (target {item['target']}{ci_text}; baseline "
-                f"{item['baseline_value']:.4g}, model {item['model_value']:.4g}) -> {item['status'].upper()}")
+                f"{item['baseline_value']:.4g}, model {item['model_value']:.4g}) -> {item['status'].upper()}"
+                + (f" ({item['detail']})" if item.get("detail") else ""))
     return f"{item['indicator']}{who}: {item['status']} (target {item['target']}): {item.get('detail', '')}"
 
 
