@@ -255,6 +255,7 @@ def test_accelerate_fsdp_launcher_and_custom_templates(tmp_path):
     (script,) = (tmp_path / "run" / "slurm" / "jobs").glob("train__*.sbatch")
     text = script.read_text()
     assert "-m accelerate.commands.launch $ACCELERATE_FLAGS" in text and "--use_fsdp" in text
+    assert "export HARNESS_PARALLEL=fsdp" in text  # what the trainer reads to shard the model
     assert "#SBATCH --gres=gpu:8" in text and "else NPROC=8; fi" in text
 
     # A profile may bring its own templates; unknown placeholders are a one-line error.

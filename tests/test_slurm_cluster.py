@@ -344,9 +344,10 @@ def test_failing_stage_leaves_dependents_never_run_and_status_says_why(cluster, 
     assert {r["state"] for r in status(run_dir).values()} == {"done"}
 
 
-def test_training_with_two_processes_under_torchrun_in_one_job(cluster, tmp_path):
-    """The profile's launcher: torchrun starts 2 gloo processes in the job; USR1 reaches both, they snapshot
-    together, the job requeues and the 2-process training resumes."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_training_with_two_processes_under_torchrun_in_one_job(cluster, tmp_path, strategy):
+    """The profile's launcher: torchrun starts 2 gloo processes in the job, replicating (DDP) or sharding (FSDP)
+    the model; USR1 reaches both, they snapshot together, the job requeues and the 2-process training resumes."""
     from harness.plugins import load_registry
 
     if "monotonic" not in {i.name for i in load_registry().all() if i.kind == "trainer"}:
@@ -356,7 +357,8 @@ def test_training_with_two_processes_under_torchrun_in_one_job(cluster, tmp_path
     text = text.replace(f"steps: {TRAIN_STEPS}", f"steps: {steps}")
     suite = write_suite(tmp_path, text.split("metrics:")[0])  # training only
     run_dir = tmp_path / "run"
-    cluster_profile = profile(tmp_path, "jobs: {train: {cpus_per_task: 2}}\nlauncher: {kind: torchrun, nproc: 2}\n")
+    cluster_profile = profile(tmp_path, "jobs: {train: {cpus_per_task: 2}}\n"
+                              f"launcher: {{kind: torchrun, nproc: 2, strategy: {strategy}}}\n")
     submit_suite(suite, out=run_dir, profile_path=cluster_profile)
     train = "train/monotonic/s42"
     records = run_dir / "stages" / train / "records.jsonl"
@@ -367,7 +369,7 @@ def test_training_with_two_processes_under_torchrun_in_one_job(cluster, tmp_path
 
     assert {r["state"] for r in status(run_dir).values()} == {"done"}
     metrics = read_json(run_dir / "stages" / train / "result.json")["metrics"]
-    assert metrics["world_size"] == 2 and metrics["steps"] == steps
+    assert metrics["world_size"] == 2 and metrics["steps"] == steps and metrics["parallel"] == strategy
     log = (run_dir / "slurm" / "logs" / "train__monotonic__s42.log").read_text()
     assert "launching 2 process(es)" in log and log.count("resumed from step") == 2  # both ranks resumed
     events = [a["event"] for a in attempts(run_dir, train)]

@@ -1,5 +1,5 @@
 """Recovery training: packing, accumulation equivalence, suite/CLI end to end, bit-identical resume after a kill
-(SIGKILL and SIGUSR1), non-finite loss handling, and the 2-process gloo (DDP) path."""
+(SIGKILL and SIGUSR1), non-finite loss handling, and the 2-process gloo paths (DDP and FSDP)."""
 
 from __future__ import annotations
 
@@ -243,33 +243,76 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_stat
     assert all(math.isfinite(r["loss"]) for r in records(tmp_path / "run", "baseline"))
 
 
-def test_two_process_gloo_run_matches_one_process_with_accumulation(tmp_path):
-    """torchrun, 2 CPU processes (gloo, DDP over the softplus-parametrised model), micro-batch 2 each == 1 process
-    with 2 x 2 accumulation."""
+def torchrun_train(config: Path, out: Path, **env: str) -> str:
+    """``harness -v train monotonic`` under torchrun with 2 CPU processes (gloo); returns its log (stderr)."""
     torchrun = Path(sys.executable).parent / "torchrun"
-    dist_cfg = write_config(tmp_path / "dist.yaml", micro_batch=2, grad_accum=1, steps=4, checkpoint_every=2)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "harness.cli", "train", "monotonic", "--config", str(dist_cfg), "--out",
-                           str(tmp_path / "dist"), "--no-progress"], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "harness.cli", "-v",
+                           "train", "monotonic", "--config", str(config), "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    single_cfg = write_config(tmp_path / "single.yaml", micro_batch=2, grad_accum=2, steps=4, checkpoint_every=2)
-    assert main(["train", "monotonic", "--config", str(single_cfg), "--out", str(tmp_path / "single"),
-                 "--no-progress"]) == 0
-    dist_result = json.loads((tmp_path / "dist" / STAGE / "monotonic/s42/result.json").read_text())["metrics"]
-    assert dist_result["world_size"] == 2 and dist_result["global_batch"] == 4
-    # Same model function (weights such as the key bias, whose gradient is float noise because softmax ignores
-    # it, get noise-sized Adam steps that differ between the runs; the logits do not).
+    return proc.stderr
+
+
+def assert_same_function_and_losses(dist: Path, single: Path) -> None:
+    """Same model function (weights such as the key bias, whose gradient is float noise because softmax ignores
+    it, get noise-sized Adam steps that differ between the runs; the logits do not) and the same losses."""
     from transformers import AutoModelForCausalLM
 
     ids = torch.randint(2, 4000, (2, 48), generator=torch.Generator().manual_seed(0))
     outputs = []
-    for run in ("dist", "single"):
-        model = AutoModelForCausalLM.from_pretrained(tmp_path / run / STAGE / "monotonic/s42/checkpoint").eval()
+    for run in (dist, single):
+        model = AutoModelForCausalLM.from_pretrained(run / STAGE / "monotonic/s42/checkpoint").eval()
         with torch.no_grad():
             outputs.append(model(input_ids=ids).logits)
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=1e-4)
-    d, s = records(tmp_path / "dist", "monotonic"), records(tmp_path / "single", "monotonic")
-    assert [r["step"] for r in d] == [1, 2, 3, 4]  # one row per step: only the main process logs
+    d, s = records(dist, "monotonic"), records(single, "monotonic")
+    assert [r["step"] for r in d] == [r["step"] for r in s] == [1, 2, 3, 4]  # only the main process logs
     for a, b in zip(d, s):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["tokens_seen"] == b["tokens_seen"]
+        assert ("val_perplexity" in a) == ("val_perplexity" in b)
+        if "val_perplexity" in a:
+            assert a["val_perplexity"] == pytest.approx(b["val_perplexity"], rel=1e-5)
+
+
+def test_two_process_gloo_run_matches_one_process_with_accumulation(tmp_path):
+    """torchrun, 2 CPU processes (gloo, DDP over the softplus-parametrised model), micro-batch 2 each == 1 process
+    with 2 x 2 accumulation."""
+    torchrun_train(write_config(tmp_path / "dist.yaml", micro_batch=2, grad_accum=1, steps=4, checkpoint_every=2),
+                   tmp_path / "dist")
+    single_cfg = write_config(tmp_path / "single.yaml", micro_batch=2, grad_accum=2, steps=4, checkpoint_every=2)
+    assert main(["train", "monotonic", "--config", str(single_cfg), "--out", str(tmp_path / "single"),
+                 "--no-progress"]) == 0
+    dist_result = json.loads((tmp_path / "dist" / STAGE / "monotonic/s42/result.json").read_text())["metrics"]
+    assert dist_result["world_size"] == 2 and dist_result["global_batch"] == 4 and dist_result["parallel"] == "ddp"
+    assert_same_function_and_losses(tmp_path / "dist", tmp_path / "single")
+
+
+def test_two_process_fsdp_run_matches_one_process_and_resumes_bit_identically(tmp_path):
+    """The same under FSDP (HARNESS_PARALLEL=fsdp: weights, gradients and AdamW state sharded over the 2 processes),
+    with 2 x 1 accumulation per process and an odd number of validation blocks (the processes must still make the
+    same number of forward passes); then the run resumed from its step-2 snapshot ends bit-identical."""
+    blocks = {"micro_batch": 1, "steps": 4, "checkpoint_every": 2, "val_every": 2, "val_blocks": 3}
+    torchrun_train(write_config(tmp_path / "dist.yaml", grad_accum=2, **blocks), tmp_path / "dist",
+                   HARNESS_PARALLEL="fsdp")
+    stage = tmp_path / "dist" / STAGE / "monotonic/s42"
+    result = json.loads((stage / "result.json").read_text())["metrics"]
+    assert result["world_size"] == 2 and result["global_batch"] == 4 and result["parallel"] == "fsdp"
+    harness_json = json.loads((stage / "checkpoint" / "harness.json").read_text())
+    weights = final_weights(tmp_path / "dist", "monotonic")
+    for name in harness_json["constrained_weights"]:  # the export gathered the shards: full shapes, all >= 0
+        assert weights[name].min() >= 0 and weights[name].shape[0] > 0
+    assert main(["train", "monotonic", "--config", str(write_config(tmp_path / "single.yaml", grad_accum=4,
+                                                                    **blocks)),
+                 "--out", str(tmp_path / "single"), "--no-progress"]) == 0
+    assert_same_function_and_losses(tmp_path / "dist", tmp_path / "single")
+
+    # Interrupted after the step-2 snapshot: the last snapshot, the export and the completion marker are gone.
+    import shutil
+
+    shutil.rmtree(stage / "train_state" / "step-00000004")
+    shutil.rmtree(stage / "checkpoint")
+    (stage / "done.json").unlink()
+    log = torchrun_train(tmp_path / "dist.yaml", tmp_path / "dist", HARNESS_PARALLEL="fsdp")
+    assert "resumed from step 2 of 4" in log, log[-3000:]
+    assert_same_weights(final_weights(tmp_path / "dist", "monotonic"), weights)

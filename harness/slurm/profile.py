@@ -76,8 +76,8 @@ class Launcher(_Strict):
 
     #: ``none`` runs one process (one GPU or CPU); ``torchrun`` / ``accelerate`` start ``nproc`` processes.
     kind: Literal["none", "torchrun", "accelerate"] = "none"
-    #: ``ddp`` replicates the model (small models); ``fsdp`` shards it (1.4B and up). Passed to accelerate as
-    #: ``--use_fsdp``; under torchrun the trainer's own config decides.
+    #: ``ddp`` replicates the model (small models); ``fsdp`` shards weights, gradients and optimiser state (1.4B and
+    #: up). The jobs export it as ``HARNESS_PARALLEL`` for the trainer (and pass accelerate ``--use_fsdp``).
     strategy: Literal["ddp", "fsdp"] = "ddp"
     #: Processes per job. ``null``: one per GPU SLURM allocated (``$SLURM_GPUS_ON_NODE``), else the job's ``gpus``.
     nproc: int | None = Field(default=None, ge=1)

@@ -110,6 +110,8 @@ def launch_setup(launcher: Launcher, resources: Resources) -> str:
                  f"else NPROC={default}; fi"]
     lines.append("# Split the job's CPU threads between the processes.")
     lines.append("export OMP_NUM_THREADS=$(( OMP_NUM_THREADS / NPROC > 0 ? OMP_NUM_THREADS / NPROC : 1 ))")
+    # The trainer reads how to share the model where it reads the launcher's other settings (WORLD_SIZE).
+    lines.append(f"export HARNESS_PARALLEL={launcher.strategy}  # ddp: replicate the model; fsdp: shard it")
     if launcher.kind == "accelerate":
         flags = '--num_machines=1 --num_processes="$NPROC"'
         if launcher.accelerate_config is not None:

@@ -33,6 +33,8 @@ class Processes:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    #: How several processes share the model (:mod:`.parallel`): ``ddp`` replicates it, ``fsdp`` shards it.
+    strategy: str = "ddp"
 
     @property
     def is_main(self) -> bool:
@@ -64,10 +66,23 @@ def launched_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launcher_strategy() -> str:
+    """How the launcher asks the processes to share the model, read where its other settings are (WORLD_SIZE):
+    ``fsdp`` from ``accelerate launch --use_fsdp`` (it exports ACCELERATE_USE_FSDP) or ``HARNESS_PARALLEL=fsdp``
+    (set by the SLURM jobs of a profile with ``launcher.strategy: fsdp``, or by hand before ``torchrun``); else DDP."""
+    chosen = os.environ.get("HARNESS_PARALLEL", "").strip().lower()
+    if chosen not in ("", "ddp", "fsdp"):
+        raise HarnessError(f"HARNESS_PARALLEL={chosen!r} is not a strategy; fix: set it to ddp or fsdp, or unset it")
+    if chosen:
+        return chosen
+    return "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else "ddp"
+
+
 def setup_processes(requested: torch.device) -> Processes:
     """Join the process group a launcher prepared (gloo on CPU, NCCL on GPU); a plain run is one process."""
     if not launched_distributed():
         return Processes(0, 1, requested)
+    strategy = launcher_strategy()
     use_cuda = requested.type == "cuda"
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
@@ -75,7 +90,7 @@ def setup_processes(requested: torch.device) -> Processes:
     if use_cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    return Processes(dist.get_rank(), dist.get_world_size(), device)
+    return Processes(dist.get_rank(), dist.get_world_size(), device, strategy)
 
 
 def capture_rng() -> dict[str, Any]:

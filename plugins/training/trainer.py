@@ -14,8 +14,8 @@ first constrains the feed-forward weights (:mod:`.monotonic`). The loop, per opt
 Normalising by the tokens of the whole global batch (not per micro-batch) makes ``grad_accum`` x ``micro_batch``
 the same update as one batch of their product, also when rows hold different numbers of real tokens (padding).
 Master weights and optimiser state are fp32; on GPU the forward pass runs under bf16 autocast (pure-bf16 weights
-would round small updates away). Under ``torchrun``/``accelerate launch`` the model is wrapped in torch's
-DistributedDataParallel; each process reads its own slice of every global batch.
+would round small updates away). Under ``torchrun``/``accelerate launch`` the model is replicated (DDP) or
+sharded (FSDP) across the processes (:mod:`.parallel`); each process reads its own slice of every global batch.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from harness.store import atomic_write_json
 
 from .data import IGNORE, Blocks, BlockSchedule, build_blocks, cached_blocks
 from .monotonic import MODEL_TYPES, MONOTONE_ACTIVATIONS, MonotonicSpec, make_monotonic, merge, negative_entries
+from .parallel import DataParallel, gradient_sync
 from .state import Processes, Snapshots, setup_processes
 
 
@@ -170,15 +171,13 @@ def accumulate_gradients(model: torch.nn.Module, micro_batches: list[dict[str, t
                          device: torch.device, world: int = 1, autocast=contextlib.nullcontext) -> float:
     """Backpropagate the mean token NLL of the global batch through this process's micro-batches.
 
-    Each micro-batch contributes ``nll_sum * world / global_tokens``: DDP averages gradients over the ``world``
-    processes, so the total is the gradient of the global token mean, however rows and tokens are split.
+    Each micro-batch contributes ``nll_sum * world / global_tokens``: DDP and FSDP average gradients over the
+    ``world`` processes, so the total is the gradient of the global token mean, however rows and tokens are split.
     Returns this process's summed NLL.
     """
     total = 0.0
     for i, batch in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
+        with gradient_sync(model, enabled=i == len(micro_batches) - 1):
             with autocast():
                 nll = token_nll_sum(model, batch, device)
             (nll * (world / global_tokens)).backward()
@@ -193,12 +192,18 @@ def validation_nll(model: torch.nn.Module, blocks: Blocks, procs: Processes, mic
     was_training = model.training
     model.eval()
     rows = list(range(procs.rank, len(blocks), procs.world))
+    # Every process makes the same number of forward passes (FSDP gathers each layer's weights from all of them):
+    # one with fewer blocks repeats its first batch and does not count it.
+    passes = math.ceil(math.ceil(len(blocks) / procs.world) / micro_batch)
     nll, tokens = 0.0, 0
-    for i in range(0, len(rows), micro_batch):
-        batch = blocks.batch(rows[i:i + micro_batch])
+    for i in range(passes):
+        chunk = rows[i * micro_batch:(i + 1) * micro_batch]
+        batch = blocks.batch(chunk or rows[:micro_batch] or [0])
         with autocast():
-            nll += float(token_nll_sum(model, batch, procs.device))
-        tokens += count_targets(batch)
+            value = float(token_nll_sum(model, batch, procs.device))
+        if chunk:
+            nll += value
+            tokens += count_targets(batch)
     model.train(was_training)
     nll, tokens = procs.sum([nll, float(tokens)])
     return nll, int(tokens)
@@ -263,6 +268,7 @@ class RecoveryTrainer(TrainerPlugin):
         net.float().to(procs.device).train()  # fp32 master weights, whatever dtype the model was loaded in
         if cfg.gradient_checkpointing:
             enable_checkpointing(net)
+        parallel = DataParallel(net, procs)  # before the optimiser: FSDP replaces the parameters by their shards
 
         train_blocks = cached_blocks(state_dir / "train_blocks.npz",
                                      lambda: build_blocks(cfg.data, tokenizer, cfg.seq_len, cfg.packing),
@@ -296,8 +302,7 @@ class RecoveryTrainer(TrainerPlugin):
         snapshots = Snapshots(state_dir, cfg.keep_checkpoints, procs)
         saved = snapshots.load_latest()
         if saved is not None:
-            net.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
+            parallel.load(optimizer, saved, str(state_dir))
             scheduler.load_state_dict(saved["scheduler"])
             progress = Progress(**saved["progress"])
             ctx.log(f"resumed from step {progress.step} of {total_steps}")
@@ -306,10 +311,10 @@ class RecoveryTrainer(TrainerPlugin):
             progress.initial_val_perplexity = progress.best_val_perplexity = validate()
 
         def snapshot() -> None:
-            snapshots.save(progress.step, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                           "scheduler": scheduler.state_dict(), "progress": asdict(progress)})
+            snapshots.save(progress.step, {**parallel.state(optimizer), "scheduler": scheduler.state_dict(),
+                                           "progress": asdict(progress)})
 
-        model = torch.nn.parallel.DistributedDataParallel(net) if procs.distributed else net
+        model = parallel.model
         schedule = BlockSchedule(len(train_blocks), global_batch, cfg.shuffle,
                                  lambda epoch: ctx.rng("data-order", epoch))
         logged = ctx.records.done() if procs.is_main else set()
@@ -329,7 +334,7 @@ class RecoveryTrainer(TrainerPlugin):
                 nll = accumulate_gradients(model, micro, global_tokens, procs.device, procs.world, autocast)
                 loss = procs.sum([nll])[0] / global_tokens
                 self._check_finite("loss", loss, progress.step, total_steps, snapshots)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm or math.inf))
+                grad_norm = parallel.clip_grad_norm(cfg.max_grad_norm or math.inf)
                 self._check_finite("gradient norm", grad_norm, progress.step, total_steps, snapshots)
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
@@ -365,14 +370,16 @@ class RecoveryTrainer(TrainerPlugin):
                    "val_time_s": progress.val_time_s,
                    "tokens_per_s": progress.tokens_seen / progress.train_time_s if progress.train_time_s else None,
                    "wall_time_s": time.time() - started, "blocks": len(train_blocks), "global_batch": global_batch,
-                   "world_size": procs.world, "precision": precision}
+                   "world_size": procs.world, "parallel": procs.strategy if procs.distributed else "none",
+                   "precision": precision}
+        trained = parallel.export_model()  # every process takes part (FSDP gathers the shards)
         if procs.is_main:
             provenance["training"] = {
                 "trainer": self.name, "version": self.version, "config": cfg.model_dump(mode="json"),
                 "base_model": loaded.info, "seed": ctx.seed, "stage": ctx.stage.id, "summary": summary,
                 "torch": torch.__version__, "transformers": _transformers_version(),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            export_checkpoint(net, tokenizer, ctx.checkpoint_dir, provenance, cfg.save_dtype)
+            export_checkpoint(trained, tokenizer, ctx.checkpoint_dir, provenance, cfg.save_dtype)
         procs.barrier()
         return summary
 
