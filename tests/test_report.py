@@ -205,6 +205,18 @@ def test_aggregates_match_the_stage_results(full_report):
     assert c["n"] == 3 and not c["partial"]
     assert [r["model"] for r in res["table7"]["rows"]] == ["base", "mono_ffn"] and res["table7"]["rows"][0]["baseline"]
 
+    # Every attack on every model side by side (transfer excluded, the control marked), from the stage results.
+    rows = res["attacks"]["rows"]
+    assert [(r["attack"], r["model"]) for r in rows] == [(a, m) for a in ("hotflip", "uat") for m in MODELS]
+    assert not any(r["control"] for r in rows)
+    labels = [c["label"] for c in res["attacks"]["columns"]]
+    for r in rows:
+        for metric, c in zip(("success_rate", "mean_relative_increase"), r["cells"]):
+            values = [written[f"attacks/{r['attack']}/{r['model']}/s{s}"][metric] for s in SEEDS]
+            assert c["mean"] == pytest.approx(100 * np.mean(values)) and c["n"] == 3
+    assert "| uat | mono_ffn |" in report.summary and labels[0] in report.summary
+    assert "Attacks side by side" in report.files["html"].read_text()
+
     # Success indicators: computed from the means, judged against the targets.
     ind = {(i["indicator"], i.get("entry")): i for i in res["indicators"]}
     gap = ind[("perplexity gap vs baseline", "perplexity")]
@@ -362,6 +374,10 @@ def test_a_control_gets_its_reduction_shown_but_not_judged(tmp_path):
     assert not attack["control"] and attack["status"] == "met"
     summary = (run_dir / "experiment_summary.txt").read_text()
     assert re.search(r"random_hotflip\.success_rate\): [-\d.]+% .*-> CONTROL", summary)
+    # In the attack table the control sits beside its attack, marked.
+    marked = {(r["attack"], r["model"]): r["control"] for r in res["attacks"]["rows"]}
+    assert marked[("random_hotflip", "mono_ffn")] and not marked[("hotflip", "mono_ffn")]
+    assert "| random_hotflip (control) | mono_ffn |" in summary
 
 
 def test_report_config_names_known_models(tmp_path):

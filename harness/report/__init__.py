@@ -1,7 +1,7 @@
 """The run's report, regenerated from the run directory alone (``harness report RUN_DIR``; also the run's last step).
 
 Writes, into the run directory: ``final_results.json`` (every stage, every metric per model x seed, across-seed
-mean/std/95% interval, Table 7, the success indicators), ``experiment_summary.txt``, ``table7.tex`` and
+mean/std/95% interval, Table 7, every attack side by side, the success indicators), ``experiment_summary.txt``, ``table7.tex`` and
 ``table7.md``, ``plots/*.png`` and ``report.html`` (self-contained). Stages that did not finish are listed as
 missing and never contribute a number, so a partial run gives a partial, honest report.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from ..store import atomic_write_json, atomic_write_text
 from ..suite import ReportConfig
-from .aggregate import aggregate, indicators, table7
+from .aggregate import aggregate, attack_table, indicators, table7
 from .collect import RunData, load_run
 from .html import report_html
 from .plots import make_plots, transfer_matrix
@@ -51,6 +51,7 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None) -> Rep
     run = load_run(run_dir, config)
     agg = aggregate(run)
     table = table7(agg)
+    attacks = attack_table(agg)
     checks = indicators(agg)
     transfer = transfer_matrix(agg)
     generated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -66,13 +67,13 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None) -> Rep
         "complete": not run.missing, "missing": [{"id": s.id, "status": s.status} for s in run.missing],
         "stages": _stage_rows(run),
         "results": [g.as_dict() for g in agg.groups],
-        "table7": table, "indicators": checks, "transfer_matrix": transfer,
+        "table7": table, "attacks": attacks, "indicators": checks, "transfer_matrix": transfer,
         "plots": plots, "files": {k: str(v) for k, v in files.items()},
     }
-    summary = summary_text(agg, table, checks)
+    summary = summary_text(agg, table, checks, attacks)
     atomic_write_json(files["final_results"], results)
     atomic_write_text(files["summary"], summary)
     atomic_write_text(files["table7_tex"], latex_table7(agg, table))
     atomic_write_text(files["table7_md"], markdown_table7(table))
-    atomic_write_text(files["html"], report_html(agg, table, checks, plots, transfer, generated))
+    atomic_write_text(files["html"], report_html(agg, table, checks, plots, transfer, generated, attacks))
     return Report(run.run_dir, results, summary, files)

@@ -138,36 +138,69 @@ def table_models(run: RunData) -> list[str]:
     return ([base] if base in run.models else []) + [m for m in run.models if m != base]
 
 
+def summary_cell(agg: Aggregate, entry: str | None, model: str, metric: str, scale: float = 1.0) -> dict[str, Any]:
+    """One table cell: a metric's mean and std over seeds (scaled), or a status saying why there is no number."""
+    group = agg.find(entry, model)
+    cell: dict[str, Any] = {"entry": entry, "metric": metric}
+    if entry is None:
+        cell["status"] = "not in suite"
+    elif group is None:
+        cell["status"] = "not run"
+    elif not group.done:
+        cell["status"] = "missing"
+    elif metric not in group.across or group.across[metric].mean is None:
+        cell["status"] = "no value"
+    else:
+        s = group.across[metric]
+        expected = len(group.stages)
+        cell.update(status="done", mean=s.mean * scale,  # type: ignore[operator]
+                    std=None if s.std is None else s.std * scale,
+                    ci95=None if s.ci is None else [s.ci[0] * scale, s.ci[1] * scale],
+                    n=s.n, expected=expected, partial=s.n < expected)
+    return cell
+
+
 def table7(agg: Aggregate) -> dict[str, Any]:
     """Rows: models; cells: mean and std over seeds (scaled), or a status saying why there is no number."""
     run = agg.run
-    n_seeds = len(run.seeds)
     columns = [c.model_dump() for c in run.config.table7]
+    rows = [{"model": model, "baseline": model == run.config.baseline,
+             "cells": [summary_cell(agg, run.resolve_entry(col.entry), model, col.metric, col.scale)
+                       for col in run.config.table7]}
+            for model in table_models(run)]
+    return {"columns": columns, "rows": rows, "n_seeds": len(run.seeds)}
+
+
+#: The attack table's columns: what every attack plugin reports (the shared summary of harness.scoring).
+ATTACK_COLUMNS = [{"label": "Success (%)", "metric": "success_rate", "scale": 100, "digits": 1},
+                  {"label": "NLL incr. (%)", "metric": "mean_relative_increase", "scale": 100, "digits": 1},
+                  {"label": "Median NLL incr. (%)", "metric": "median_relative_increase", "scale": 100, "digits": 1},
+                  {"label": "Queries / example", "metric": "mean_queries", "scale": 1, "digits": 1}]
+
+
+def is_transfer(run: RunData, entry: str) -> bool:
+    return any("transfer" in s.metrics for s in run.stages if s.entry == entry and s.done)
+
+
+def is_control(run: RunData, entry: str) -> bool:
+    return any(s.done and s.result and s.result.get("control") for s in run.stages if s.entry == entry)
+
+
+def attack_table(agg: Aggregate) -> dict[str, Any]:
+    """Every attack of the suite (HotFlip, UAT, TextAttack's, controls...) on every model, side by side, with the
+    same columns: one row per (attack, model)."""
+    run = agg.run
     rows = []
-    for model in table_models(run):
-        cells = []
-        for col in run.config.table7:
-            entry = run.resolve_entry(col.entry)
-            group = agg.find(entry, model)
-            cell: dict[str, Any] = {"entry": entry, "metric": col.metric}
-            if entry is None:
-                cell["status"] = "not in suite"
-            elif group is None:
-                cell["status"] = "not run"
-            elif not group.done:
-                cell["status"] = "missing"
-            elif col.metric not in group.across or group.across[col.metric].mean is None:
-                cell["status"] = "no value"
-            else:
-                s = group.across[col.metric]
-                expected = len(group.stages)
-                cell.update(status="done", mean=s.mean * col.scale,  # type: ignore[operator]
-                            std=None if s.std is None else s.std * col.scale,
-                            ci95=None if s.ci is None else [s.ci[0] * col.scale, s.ci[1] * col.scale],
-                            n=s.n, expected=expected, partial=s.n < expected)
-            cells.append(cell)
-        rows.append({"model": model, "baseline": model == run.config.baseline, "cells": cells})
-    return {"columns": columns, "rows": rows, "n_seeds": n_seeds}
+    for section, entry, plugin in run.entries():
+        if section != "attacks" or is_transfer(run, entry):
+            continue
+        for model in table_models(run):
+            if agg.find(entry, model) is None:
+                continue
+            rows.append({"attack": entry, "plugin": plugin, "control": is_control(run, entry), "model": model,
+                         "baseline": model == run.config.baseline,
+                         "cells": [summary_cell(agg, entry, model, c["metric"], c["scale"]) for c in ATTACK_COLUMNS]})
+    return {"columns": ATTACK_COLUMNS, "rows": rows, "n_seeds": len(run.seeds)}
 
 
 # -- success indicators --------------------------------------------------------------------------------------------
@@ -230,15 +263,14 @@ def indicators(agg: Aggregate) -> list[dict[str, Any]]:
                 item["detail"] = note
         out.append(item)
 
-    attack_entries = [e for sec, e, _ in run.entries() if sec == "attacks"
-                      and not any("transfer" in s.metrics for s in run.stages if s.entry == e and s.done)]
+    attack_entries = [e for sec, e, _ in run.entries() if sec == "attacks" and not is_transfer(run, e)]
     if not attack_entries:
         out.append({"indicator": "attack-success reduction", "status": "not applicable", "target": red_target,
                     "detail": "the suite runs no attack"})
     for entry in attack_entries:
         # A control (random edits at an attack's budget) is shown beside the attacks, but its reduction is a
         # reference for theirs, not a robustness result: it gets no met / not met.
-        control = any(s.done and s.result and s.result.get("control") for s in run.stages if s.entry == entry)
+        control = is_control(run, entry)
         for model in compare:
             item = {"indicator": "attack-success reduction", "model": model, "baseline": cfg.baseline,
                     "entry": entry, "metric": cfg.attack_metric, "target": red_target, "control": control}

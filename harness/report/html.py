@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .aggregate import Aggregate
-from .tables import _cell_text, _notes, fmt
+from .tables import _cell_text, _notes, attack_label, fmt, model_label
 
 STYLE = """
 body { font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1200px;
@@ -54,7 +54,8 @@ def _indicators_html(indicators: list[dict[str, Any]]) -> str:
                   rows, classes)
 
 
-def _table7_html(table: dict[str, Any]) -> str:
+def _cells_html(table: dict[str, Any], headers: list[str], labels) -> str:
+    """A table of summary cells (Table 7, the attack table); ``labels(row)`` gives the leading text cells."""
     cols = table["columns"]
     rows = []
     for row in table["rows"]:
@@ -62,8 +63,21 @@ def _table7_html(table: dict[str, Any]) -> str:
         for c, col in zip(row["cells"], cols):
             text = _e(_cell_text(c, col["digits"], " ± ", " †"))
             cells.append(text if c["status"] == "done" else f'<span class="missing" title="{_e(c["status"])}">{text}</span>')
-        rows.append([_e(row["model"] + (" (baseline)" if row["baseline"] else ""))] + cells)
-    return _table(["Model"] + [c["label"] for c in cols], rows) + f'<p class="note">{_e(" ".join(_notes(table)))}</p>'
+        rows.append([_e(label) for label in labels(row)] + cells)
+    return _table(headers + [c["label"] for c in cols], rows) + f'<p class="note">{_e(" ".join(_notes(table)))}</p>'
+
+
+def _table7_html(table: dict[str, Any]) -> str:
+    return _cells_html(table, ["Model"], lambda row: [model_label(row)])
+
+
+def _attacks_html(attacks: dict[str, Any] | None) -> str:
+    if not attacks or not attacks["rows"]:
+        return ""
+    return ("<h2>Attacks side by side</h2><p class=\"note\">Every attack on every model with the same measures "
+            "(success: relative NLL increase of the continuation above the suite's threshold); a control makes "
+            "random edits at its attack's budget.</p>"
+            + _cells_html(attacks, ["Attack", "Model"], lambda row: [attack_label(row), model_label(row)]))
 
 
 def _metrics_html(agg: Aggregate) -> str:
@@ -115,7 +129,8 @@ def _figures_html(plots: dict[str, dict[str, Any]]) -> str:
 
 
 def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]],
-                plots: dict[str, dict[str, Any]], transfer: dict[str, Any] | None, generated: str) -> str:
+                plots: dict[str, dict[str, Any]], transfer: dict[str, Any] | None, generated: str,
+                attacks: dict[str, Any] | None = None) -> str:
     run = agg.run
     env = run.environment
     pkgs = env.get("packages") or {}
@@ -131,6 +146,7 @@ def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str
            f"{_e(env.get('platform', ''))}." if env else "") + "</p>",
         "<h2>Success indicators</h2>", _indicators_html(indicators),
         "<h2>Table 7</h2>", _table7_html(table),
+        _attacks_html(attacks),
         "<h2>Figures</h2>", _figures_html(plots),
         _transfer_html(transfer),
         "<h2>All metrics (mean over seeds, sample std, bootstrap interval)</h2>", _metrics_html(agg),

@@ -69,15 +69,31 @@ def latex_table7(agg: Aggregate, table: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_table7(table: dict[str, Any]) -> str:
+def model_label(row: dict[str, Any]) -> str:
+    return row["model"] + (" (baseline)" if row["baseline"] else "")
+
+
+def attack_label(row: dict[str, Any]) -> str:
+    return row["attack"] + (" (control)" if row["control"] else "")
+
+
+def _markdown(table: dict[str, Any], headers: list[str], labels) -> str:
+    """A Markdown table of summary cells; ``labels(row)`` gives the leading text cells of a row."""
     cols = table["columns"]
-    lines = ["| " + " | ".join(["Model"] + [c["label"] for c in cols]) + " |",
-             "|" + "---|" + "---:|" * len(cols)]
+    lines = ["| " + " | ".join(headers + [c["label"] for c in cols]) + " |",
+             "|" + "---|" * len(headers) + "---:|" * len(cols)]
     for row in table["rows"]:
-        name = row["model"] + (" (baseline)" if row["baseline"] else "")
         cells = [_cell_text(c, col["digits"], " ± ", " †") for c, col in zip(row["cells"], cols)]
-        lines.append("| " + " | ".join([name] + cells) + " |")
+        lines.append("| " + " | ".join(labels(row) + cells) + " |")
     return "\n".join(lines) + "\n\n" + " ".join(_notes(table)) + "\n"
+
+
+def markdown_table7(table: dict[str, Any]) -> str:
+    return _markdown(table, ["Model"], lambda row: [model_label(row)])
+
+
+def markdown_attacks(table: dict[str, Any]) -> str:
+    return _markdown(table, ["Attack", "Model"], lambda row: [attack_label(row), model_label(row)])
 
 
 def indicator_line(item: dict[str, Any]) -> str:
@@ -100,7 +116,8 @@ def metric_line(group: Group, metric: str) -> str:
     return f"    {metric:<44} {s.mean:.4g}{std}  (n={s.n}){ci}"
 
 
-def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]]) -> str:
+def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]],
+                 attacks: dict[str, Any] | None = None) -> str:
     run = agg.run
     n_done = sum(s.done for s in run.stages)
     out = [f"Experiment summary: suite '{run.suite}' ({run.mode} mode), seeds {run.seeds}",
@@ -111,6 +128,8 @@ def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[st
         out.append(f"Baseline: {run.config.baseline}; compared: {', '.join(compared_models(run)) or '(none)'}")
     out += ["Success indicators (computed from this run):"] + [f"  - {indicator_line(i)}" for i in indicators]
     out += ["", "Table 7 (mean ± std over seeds):", markdown_table7(table)]
+    if attacks and attacks["rows"]:
+        out += ["Attacks side by side (mean ± std over seeds):", markdown_attacks(attacks)]
     out.append("All metrics (mean ± std over seeds, n = seeds that finished; 95% bootstrap interval):")
     for g in agg.groups:
         if not g.across and not g.missing:
