@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -614,6 +615,38 @@ def rerun_numbers(name: str, runs_dir: Path, main: dict[str, Any] | None) -> dic
             "wall_seconds": sum(i["seconds"] for i in invocations) if invocations else None}
 
 
+def _numeric_leaves(value: Any, path: str = "") -> dict[str, float]:
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _numeric_leaves(sub, f"{path}.{key}" if path else key)
+                .items()}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {path: float(value)}
+    return {}
+
+
+def previous_record(name: str, numbers: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The same suite's numbers in the results.json this document replaces (an earlier run, often on another
+    machine), model by model: how many numbers agree exactly and the largest relative difference. A document
+    regenerated from the same run keeps the comparison it already had."""
+    old = ((previous or {}).get("suites") or {}).get(name)
+    if not old:
+        return None
+    if old.get("invocations") == numbers.get("invocations"):
+        return old.get("previous_record")
+    models = {}
+    for model, entry in (numbers.get("models") or {}).items():
+        a, b = _numeric_leaves(entry), _numeric_leaves((old.get("models") or {}).get(model) or {})
+        # The across-seed means (their spread and per-seed values follow from the same runs).
+        common = sorted(k for k in set(a) & set(b) if k.endswith(".mean"))
+        diffs = {k: abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in common}
+        worst = max(diffs, key=diffs.get) if diffs else None
+        models[model] = {"compared": len(common), "identical": sum(d == 0 for d in diffs.values()),
+                         "max_relative_difference": diffs[worst] if worst else None,
+                         "worst": {"number": worst, "before": b[worst], "now": a[worst]} if worst else None}
+    inv = (old.get("invocations") or [{}])[0]
+    return {"cpu": inv.get("cpu"), "start": inv.get("start"), "models": models}
+
+
 def runtime_section(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
     out = ["## Run times on this machine", "",
            "| suite | wall time (all invocations) | training | metrics | attacks | threads | load average before "
@@ -645,6 +678,31 @@ def runtime_section(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
             out += ["", f"Reproducibility: the independent rerun of `{name}` (same suite, same seeds, a fresh run "
                     f"directory{'' if rerun['complete'] else ', incomplete'}) gives {same} "
                     f"({rerun['cells_compared']} cells)."]
+    for name, numbers in all_numbers.items():
+        record = (numbers or {}).get("previous_record")
+        if not record:
+            continue
+        when = time.strftime("%Y-%m-%d", time.gmtime(record["start"])) if record.get("start") else "an earlier date"
+        parts = []
+        for model, m in record["models"].items():
+            if not m["compared"]:
+                continue
+            if m["identical"] == m["compared"]:
+                parts.append(f"{model}: all {m['compared']} identical")
+            else:
+                w, d = m["worst"], m["max_relative_difference"]
+                parts.append(f"{model}: {m['identical']} of {m['compared']} identical, the others within a relative "
+                             f"{d:.1e}" if d < 1e-3 else
+                             f"{model}: {m['identical']} of {m['compared']} identical, the largest relative difference "
+                             f"{d:.0%} ({w['number'][:-len('.mean')]}: {w['before']:.4g} -> {w['now']:.4g})")
+        chaotic = [model for model, m in record["models"].items()
+                   if m["max_relative_difference"] is not None and m["max_relative_difference"] >= 1e-3]
+        note = (f" Beyond rounding ({', '.join(chaotic)}): the same code and seeds on another CPU give other numbers "
+                "there, so that training amplifies the last-bit differences of the machines' floating-point "
+                "kernels; compare such a model across machines through its intervals, not its digits."
+                if chaotic else "")
+        out += ["", f"Against the previous record of `{name}` (run on {record['cpu']}, {when}; same suite and "
+                f"seeds; the across-seed means of each model in results.json): " + "; ".join(parts) + "." + note]
     return out + ["", "Stage columns sum the stages' own durations (model loading between stages is in the wall time "
                   "only). The CPU was shared with other jobs while these ran (see the load averages); on the "
                   "oversubscribed machine two OpenMP threads per process mostly waited for each other, hence "
@@ -812,6 +870,8 @@ def main(argv: list[str] | None = None) -> int:
         measure_function_preservation(fp_path)
     fp = json.loads(fp_path.read_text()) if fp_path.exists() else None
 
+    results_path = out_dir / "results.json"
+    previous = json.loads(results_path.read_text()) if results_path.exists() else None
     runs: dict[str, Run | None] = {}
     all_numbers: dict[str, dict[str, Any] | None] = {}
     for name in SUITES:
@@ -823,6 +883,7 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = run
         all_numbers[name] = run_numbers(run)
         all_numbers[name]["rerun"] = rerun_numbers(name, args.runs, run.results)
+        all_numbers[name]["previous_record"] = previous_record(name, all_numbers[name], previous)
         dest = out_dir / name
         if dest.exists():
             shutil.rmtree(dest)
@@ -833,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy2(run_dir / "table7.tex", dest / "table7.tex")
     compact = {"generated_by": "scripts/research_report.py",
                "published": PUBLISHED, "suites": all_numbers}
-    (out_dir / "results.json").write_text(json.dumps(compact, indent=1, sort_keys=True) + "\n")
+    results_path.write_text(json.dumps(compact, indent=1, sort_keys=True) + "\n")
     args.doc.write_text(write_document(all_numbers, runs, fp, out_dir, args.doc.resolve().parent))
     print(f"wrote {args.doc} and {out_dir}/ ({', '.join(n for n, v in all_numbers.items() if v) or 'no runs yet'})")
     return 0

@@ -139,3 +139,17 @@ def test_research_report_writes_the_document_from_a_run(tmp_path):
     figures = sorted(p.name for p in (out / "pythia_arch").glob("*.png"))
     assert "perplexity.png" in figures and "training_curves.png" in figures
     assert all(f"research/pythia_arch/{name}" in text for name in figures)
+
+    # Regenerated after a run on another machine: the document compares the new means with the record it replaces.
+    record = json.loads((out / "results.json").read_text())
+    old = record["suites"]["pythia_arch"]
+    old["invocations"] = [{"cpu": "Another CPU", "start": 1700000000, "seconds": 60, "omp_num_threads": 1,
+                           "nproc": 2, "load_before": "0 0 0", "load_after": "0 0 0"}]
+    old["models"]["mono_abs"]["perplexity"]["mean"] *= 1.5
+    (out / "results.json").write_text(json.dumps(record))
+    for _ in range(2):  # a second regeneration from the same run keeps the comparison
+        assert research_report.main(["--runs", str(runs), "--doc", str(doc), "--out-dir", str(out)]) == 0
+        text = doc.read_text()
+        assert "Against the previous record of `pythia_arch` (run on Another CPU, 2023-11-14" in text
+        assert "baseline: all " in text and "mono_abs: " in text and "(perplexity: " in text
+        assert "the largest relative difference 33%" in text and "Beyond rounding (mono_abs)" in text
