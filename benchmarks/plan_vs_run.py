@@ -67,30 +67,35 @@ def reset_peak_resident() -> bool:
 
 class ModelClock:
     """Seconds spent inside the model: its forward calls and the gradient passes (``torch.autograd.grad``) that
-    follow them; what the plan's calls estimate, without the stage's own Python work and data loading."""
+    follow them; what the plan's calls estimate, without the stage's own Python work and data loading.
+
+    The scorer may call the transformer body and the vocabulary projection directly (perplexity projects only the
+    scored positions, harness.scoring), so those are timed too; a call inside another timed one (the body inside the
+    model's forward) is part of the outer call, not counted again."""
 
     def __init__(self, model) -> None:
         import torch
 
-        self.seconds, self.calls = 0.0, 0
-        forward, grad = model.forward, torch.autograd.grad
+        self.seconds, self.calls, self._depth = 0.0, 0, 0
+        body = getattr(model, getattr(model, "base_model_prefix", ""), None)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        for module in {id(m): m for m in (model, body, head) if isinstance(m, torch.nn.Module)}.values():
+            module.forward = self._timed(module.forward, count=True)
+        torch.autograd.grad = self._timed(torch.autograd.grad, count=False)
 
-        def timed_forward(*args, **kwargs):
+    def _timed(self, fn, count: bool):
+        def timed(*args, **kwargs):
+            self._depth += 1
             start = time.perf_counter()
             try:
-                return forward(*args, **kwargs)
+                return fn(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - start
-                self.calls += 1
+                self._depth -= 1
+                if self._depth == 0:
+                    self.seconds += time.perf_counter() - start
+                    self.calls += count
 
-        def timed_grad(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return grad(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        model.forward, torch.autograd.grad = timed_forward, timed_grad
+        return timed
 
 
 def override_training(suite, steps: int | None, checkpointing: bool = False) -> None:
