@@ -806,6 +806,7 @@ def gpu_section(full: dict[str, Any] | None) -> list[str]:
             "huggingface-cli download --repo-type dataset monology/pile-uncopyrighted",
             "# check, then submit (one job per stage, seeds as job arrays, report job at the end)",
             "harness validate suites/pythia_full.yaml --mode full",
+            "harness plan suites/pythia_full.yaml --mode full --profile slurm/my_cluster.yaml --gpu A100-80GB",
             "harness slurm submit suites/pythia_full.yaml --mode full --profile slurm/my_cluster.yaml --dry-run",
             "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 harness slurm submit suites/pythia_full.yaml --mode full "
             "--profile slurm/my_cluster.yaml",
@@ -813,7 +814,9 @@ def gpu_section(full: dict[str, Any] | None) -> list[str]:
             "# or on one GPU node: HF_HUB_OFFLINE=1 harness run suites/pythia_full.yaml --mode full",
             "```", "",
             "A local checkpoint directory instead of the hub: set `models.pythia_1.4b.path: /path/to/pythia-1.4b` "
-            "(config.json, tokenizer files, *.safetensors). To add the function-preserving variant of this study, "
+            "(config.json, tokenizer files, *.safetensors). When `harness plan` warns that a training stage does not "
+            "fit one GPU, set `launcher.strategy: fsdp` in the profile (weights, gradients and AdamW state sharded over "
+            "the job's GPUs; the plan sizes memory for it) or `gradient_checkpointing: true`. To add the function-preserving variant of this study, "
             "copy the `monotonic` train entry as `monotonic_shift` with `init: shift` (and, for the smallest gap "
             "found here, the baseline's learning rate), add a model `{plugin: hf_causal_lm, from_train: "
             "monotonic_shift, dtype: bfloat16}`, and list it under `report.compare`.", ""]
