@@ -626,7 +626,7 @@ def _numeric_leaves(value: Any, path: str = "") -> dict[str, float]:
 
 def previous_record(name: str, numbers: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any] | None:
     """The same suite's numbers in the results.json this document replaces (an earlier run, often on another
-    machine), model by model: how many numbers agree exactly and the largest relative difference. A document
+    machine), model by model: how many across-seed means agree exactly and the largest relative difference. A document
     regenerated from the same run keeps the comparison it already had."""
     old = ((previous or {}).get("suites") or {}).get(name)
     if not old:
@@ -691,10 +691,10 @@ def runtime_section(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
                 parts.append(f"{model}: all {m['compared']} identical")
             else:
                 w, d = m["worst"], m["max_relative_difference"]
-                parts.append(f"{model}: {m['identical']} of {m['compared']} identical, the others within a relative "
-                             f"{d:.1e}" if d < 1e-3 else
-                             f"{model}: {m['identical']} of {m['compared']} identical, the largest relative difference "
-                             f"{d:.0%} ({w['number'][:-len('.mean')]}: {w['before']:.4g} -> {w['now']:.4g})")
+                rest = (f"the others within a relative {d:.1e}" if d < 1e-3 else
+                        f"the largest relative difference {d:.0%} ({w['number'][:-len('.mean')]}: "
+                        f"{w['before']:.4g} -> {w['now']:.4g})")
+                parts.append(f"{model}: {m['identical']} of {m['compared']} identical, {rest}")
         chaotic = [model for model, m in record["models"].items()
                    if m["max_relative_difference"] is not None and m["max_relative_difference"] >= 1e-3]
         note = (f" Beyond rounding ({', '.join(chaotic)}): the same code and seeds on another CPU give other numbers "
@@ -815,10 +815,10 @@ def gpu_section(full: dict[str, Any] | None) -> list[str]:
             "```", "",
             "A local checkpoint directory instead of the hub: set `models.pythia_1.4b.path: /path/to/pythia-1.4b` "
             "(config.json, tokenizer files, *.safetensors). When `harness plan` warns that a training stage does not "
-            "fit one GPU, set `launcher.strategy: fsdp` in the profile (weights, gradients and AdamW state sharded over "
-            "the job's GPUs; the plan sizes memory for it) or `gradient_checkpointing: true`. To add the function-preserving variant of this study, "
-            "copy the `monotonic` train entry as `monotonic_shift` with `init: shift` (and, for the smallest gap "
-            "found here, the baseline's learning rate), add a model `{plugin: hf_causal_lm, from_train: "
+            "fit one GPU, set `launcher.strategy: fsdp` in the profile (weights, gradients and AdamW state sharded "
+            "over the job's GPUs; the plan sizes memory for it) or `gradient_checkpointing: true`. To add the "
+            "function-preserving variant of this study, copy the `monotonic` train entry as `monotonic_shift` with "
+            "`init: shift` (and, for the smallest gap found here, the baseline's learning rate), add a model `{plugin: hf_causal_lm, from_train: "
             "monotonic_shift, dtype: bfloat16}`, and list it under `report.compare`.", ""]
 
 

@@ -1,9 +1,9 @@
 """The run's report, regenerated from the run directory alone (``harness report RUN_DIR``; also the run's last step).
 
 Writes, into the run directory: ``final_results.json`` (every stage, every metric per model x seed, across-seed
-mean/std/95% interval, Table 7, every attack side by side, the success indicators), ``experiment_summary.txt``, ``table7.tex`` and
-``table7.md``, ``plots/*.png`` and ``report.html`` (self-contained). Stages that did not finish are listed as
-missing and never contribute a number, so a partial run gives a partial, honest report.
+mean/std/95% interval, Table 7, every attack side by side, the success indicators), ``experiment_summary.txt``,
+``table7.tex`` and ``table7.md``, ``plots/*.png`` and ``report.html`` (self-contained). Stages that did not finish
+are listed as missing and never contribute a number, so a partial run gives a partial, honest report.
 """
 
 from __future__ import annotations
