@@ -433,3 +433,23 @@ def test_real_run_ends_with_the_report(tmp_path):
     for name in ("experiment_summary.txt", "table7.tex", "table7.md", "report.html", "plots/perplexity.png"):
         assert (run / name).stat().st_size > 100
     assert [r["status"] for r in res["stages"]] == ["done", "done"]
+
+
+def test_a_metric_an_attack_does_not_report_is_not_shown_as_missing(tmp_path):
+    """The attack table has the same columns for every attack; one whose plugin reports no median (a third-party
+    attack, say) gets "n/a" with its own note, not the "did not finish" mark."""
+    run_dir, _ = make_run(tmp_path / "run")
+    for seed in SEEDS:
+        path = run_dir / "stages" / f"attacks/uat/base/s{seed}" / "result.json"
+        result = json.loads(path.read_text())
+        del result["metrics"]["median_relative_increase"]
+        atomic_write_json(path, result)
+    report = build_report(run_dir)
+    row = next(r for r in report.results["attacks"]["rows"] if (r["attack"], r["model"]) == ("uat", "base"))
+    cols = [c["metric"] for c in report.results["attacks"]["columns"]]
+    assert row["cells"][cols.index("median_relative_increase")]["status"] == "no value"
+    assert row["cells"][cols.index("success_rate")]["status"] == "done"
+    line = next(x for x in report.summary.splitlines() if x.startswith("| uat | base"))
+    assert "n/a" in line and "--" not in line
+    assert "n/a: the stage finished but reported no value for this metric." in report.summary
+    assert "--: the stage did not finish" not in report.summary

@@ -7,7 +7,7 @@ from typing import Any
 
 from .aggregate import Aggregate, Group, compared_models
 
-MISSING_MARK = {"not in suite": "n/r", "not run": "n/r", "missing": "--", "no value": "--"}
+MISSING_MARK = {"not in suite": "n/r", "not run": "n/r", "missing": "--", "no value": "n/a"}
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
@@ -38,8 +38,10 @@ def _notes(table: dict[str, Any]) -> list[str]:
     partial = any(c.get("partial") for r in table["rows"] for c in r["cells"])
     notes = [f"Mean ± std over {table['n_seeds']} seed{'s' if table['n_seeds'] != 1 else ''} "
              "(std only where at least 2 seeds finished)."]
-    if statuses & {"missing", "no value"}:
+    if "missing" in statuses:
         notes.append("--: the stage did not finish (missing, not zero).")
+    if "no value" in statuses:
+        notes.append("n/a: the stage finished but reported no value for this metric.")
     if statuses & {"not run", "not in suite"}:
         notes.append("n/r: not run in this suite.")
     if partial:
