@@ -76,13 +76,13 @@ class DataParallel:
     def state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """Model and optimiser state to snapshot (complete on the main process; empty elsewhere under FSDP)."""
         if not self.sharded:
-            return {"model": self.net.state_dict(), "optimizer": optimizer.state_dict(), "parallel": "ddp"}
+            return {"model": self.net.state_dict(), "optimizer": optimizer.state_dict()}
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
         opts = self._full_options()
         return {"model": get_model_state_dict(self.net, options=opts),
                 "optimizer": get_optimizer_state_dict(self.net, optimizer, options=opts),
-                "optimizer_keys": NAMED_OPTIMIZER_STATE, "parallel": "fsdp"}
+                "optimizer_keys": NAMED_OPTIMIZER_STATE}
 
     def load(self, optimizer: torch.optim.Optimizer, saved: dict[str, Any], where: str) -> None:
         """Restore a snapshot's model and optimiser state (every process has read the whole snapshot)."""
