@@ -25,8 +25,6 @@ from .conftest import DATA, HARNESS, ROOT, write_suite
 
 #: The estimate of a training stage's peak memory against the measured one (CPU, fp32): |estimate/measured - 1|.
 MEMORY_TOLERANCE = 0.30
-#: The cpu time estimate against the measured time of a stage: estimate/measured within [1/x, x].
-TIME_TOLERANCE = 1.5
 #: Training steps of the measured training stage (the quick suite's shapes, fewer steps).
 TRAIN_STEPS = 8
 CPU = Accelerator("cpu", 0.05, 16.0, device="cpu", note="test")
@@ -216,16 +214,20 @@ def test_memory_estimate_matches_a_real_training_run(training_child):
     assert abs(ratio - 1) <= MEMORY_TOLERANCE, f"measured {training_child} on {__import__('os').cpu_count()} cores"
 
 
-def test_time_estimate_matches_real_stages_on_this_cpu(training_child):
-    """The plan's cpu time (calls timed on random-weight models of the shape) against real stages run alone: the
-    training loop of the baseline stage (its steps and validation passes), and the time HotFlip's stage spends in the model (forward calls and gradient
-    passes; its own Python work and data reading are not what the plan counts)."""
+def test_time_estimate_counts_what_real_stages_do(training_child):
+    """The plan's cpu time is priced from counts (calls, queries, tokens) it makes from the config alone; they must
+    describe what the stages really do. HotFlip's counts are upper bounds (an example may stop early) that its loop
+    nearly reaches; the training tokens are the steps' rows x seq_len, of which all but the shifted-out first token of
+    each row are trained on. The time ratio itself depends on the machine's load, so it is
+    ``benchmarks/plan_vs_run.py``'s to print, never a test's to assert."""
     hotflip = run_stage_child("attacks/hotflip/tiny/s42")
-    for child, measured in ((training_child, training_child["loop_time_s"]), (hotflip, hotflip["model_time_s"])):
-        assert child["time_how"] == "measured calls"
-        ratio = child["estimated_s"] / measured
-        print(f"{child['stage']}: estimated {child['estimated_s']:.2f} s, measured {measured:.2f} s, ratio {ratio:.2f}")
-        assert 1 / TIME_TOLERANCE <= ratio <= TIME_TOLERANCE, child
+    for child in (training_child, hotflip):
+        assert child["time_how"] == "measured calls", child
+        assert math.isfinite(child["estimated_s"]) and child["estimated_s"] > 0, child
+    assert 0.95 * hotflip["planned_queries"] <= hotflip["queries"] <= hotflip["planned_queries"], hotflip
+    assert 0.95 * hotflip["planned_calls"] <= hotflip["model_calls"] <= hotflip["planned_calls"], hotflip
+    rows = training_child["planned_train_tokens"] / quick_plan(TRAIN_STEPS)["train/baseline/s42"].workload.context
+    assert training_child["train_tokens"] == training_child["planned_train_tokens"] - rows, training_child
 
 
 @pytest.mark.parametrize("monotonic", [False, True], ids=["baseline", "monotonic"])
