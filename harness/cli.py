@@ -80,7 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     suite = load_suite(args.suite, args.mode, output_dir=args.out)
-    runner = Runner(suite, show_progress=False if args.no_progress else None, only=args.stage)
+    runner = Runner(suite, show_progress=False if args.no_progress else None, only=args.stage,
+                    rank=int(os.environ.get("RANK", "0")))
     if not args.skip_preflight:
         from .preflight import run_preflight
 

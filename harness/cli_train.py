@@ -97,7 +97,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     main_process = int(os.environ.get("RANK", "0")) == 0
     suite = load_suite(suite_path, args.mode, output_dir=out)
-    runner = Runner(suite, show_progress=False if args.no_progress or not main_process else None)
+    runner = Runner(suite, show_progress=False if args.no_progress or not main_process else None,
+                    rank=int(os.environ.get("RANK", "0")))
     outcomes = runner.run()
     if not main_process:
         return 3 if any(o.status == "preempted" for o in outcomes) else 0

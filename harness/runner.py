@@ -36,8 +36,12 @@ class StageOutcome:
 
 class Runner:
     def __init__(self, suite: Suite, run_dir: Path | None = None, registry: Registry | None = None,
-                 show_progress: bool | None = None, only: list[str] | None = None) -> None:
+                 show_progress: bool | None = None, only: list[str] | None = None, rank: int = 0) -> None:
         self.suite = suite
+        #: This process's rank when a launcher (torchrun) starts several for one training stage: every rank runs the
+        #: stage (the plugin synchronises them), but only rank 0 writes the run's and the stage's bookkeeping files,
+        #: so two processes never clear or replace each other's files.
+        self.rank = rank
         self.run_dir = Path(run_dir or suite.output_dir).resolve()
         self.registry = registry or load_registry()
         self.graph: Graph = build_graph(suite)
@@ -64,6 +68,8 @@ class Runner:
 
     def write_run_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank != 0:
+            return
         resolved = {"suite_file": str(self.suite.path), "mode": self.suite.mode, "suite": self.suite.resolved,
                     "seeds": self.suite.seeds,
                     "configs": {e.key: e.config.model_dump(mode="json")
@@ -116,16 +122,25 @@ class Runner:
         return read_json(path) if path.exists() else {}
 
     # -- running -------------------------------------------------------------------------------------------------
-    def prepare_stage_dir(self, stage: Stage) -> None:
+    def _marker_key(self, stage: Stage) -> str | None:
+        try:
+            return read_json(self.stage_dir(stage) / "stage.json").get("key")
+        except (OSError, ValueError):
+            return None
+
+    def prepare_stage_dir(self, stage: Stage, wait_s: float = 600.0) -> None:
         sdir = self.stage_dir(stage)
         marker = sdir / "stage.json"
-        if sdir.exists():
-            try:
-                same = read_json(marker).get("key") == stage.key
-            except (OSError, ValueError):
-                same = False
-            if not same:  # results of an older config of this stage: recompute from scratch
-                shutil.rmtree(sdir)
+        if self.rank != 0:  # rank 0 clears and marks the directory; the others wait until it has
+            deadline = time.monotonic() + wait_s
+            while self._marker_key(stage) != stage.key:
+                if time.monotonic() > deadline:
+                    raise HarnessError(f"{marker}: rank {self.rank} waited {wait_s:.0f} s for rank 0 to prepare stage "
+                                       f"{stage.id}; fix: check rank 0's log for its error, then rerun")
+                time.sleep(0.05)
+            return
+        if sdir.exists() and self._marker_key(stage) != stage.key:
+            shutil.rmtree(sdir)  # results of an older config of this stage: recompute from scratch
         sdir.mkdir(parents=True, exist_ok=True)
         if not marker.exists():
             atomic_write_json(marker, {**stage.as_dict(), "config": self.suite.section(stage.section)[stage.entry]
@@ -158,10 +173,11 @@ class Runner:
                   "metrics": metrics, "n_records": len(ctx.records),
                   **({"control": bool(plugin.is_control())} if stage.section == "attacks" else {}),
                   "duration_s": round(time.time() - started, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        sdir = self.stage_dir(stage)
-        atomic_write_json(sdir / "result.json", result)
-        atomic_write_json(sdir / "done.json", {"key": stage.key, "finished": result["finished"]})
-        self.registry.pm.hook.harness_stage_finished(run_dir=self.run_dir, stage=stage, result=result)
+        if self.rank == 0:
+            sdir = self.stage_dir(stage)
+            atomic_write_json(sdir / "result.json", result)
+            atomic_write_json(sdir / "done.json", {"key": stage.key, "finished": result["finished"]})
+            self.registry.pm.hook.harness_stage_finished(run_dir=self.run_dir, stage=stage, result=result)
         return StageOutcome(stage, "done", result)
 
     def run(self) -> list[StageOutcome]:
@@ -178,7 +194,7 @@ class Runner:
                 if self.stop_flag[0]:
                     break
         self._model = None
-        if all(self.is_done(s) for s in self.graph.stages):
+        if self.rank == 0 and all(self.is_done(s) for s in self.graph.stages):
             self.registry.pm.hook.harness_run_finished(run_dir=self.run_dir, suite=self.suite,
                                                        stages=self.graph.stages)
         return outcomes

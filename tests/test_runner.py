@@ -105,6 +105,44 @@ def test_stale_partial_stage_is_cleared_when_config_changes(tmp_path):
     assert "bogus" not in ids and out.result["metrics"]["documents"] == 4
 
 
+def test_only_rank_zero_clears_marks_and_finishes_a_stage(tmp_path):
+    """Under torchrun every rank runs the training stage. Before, each cleared a stage directory it found without its
+    marker, so one rank deleted the other's half-written stage.json (a real 2-process FSDP job failed that way). Now a
+    rank > 0 leaves the directory alone until rank 0 has marked it, and writes no result or done marker."""
+    import threading
+
+    import pytest
+
+    from harness.errors import HarnessError
+
+    path = write_suite(tmp_path, SUITE)
+    old = Runner(load_suite(path, output_dir=tmp_path / "run"), show_progress=False)
+    old.write_run_files()
+    old.prepare_stage_dir(old.graph.stages[0])  # an older config's directory, with a file of that config
+    (old.stage_dir(old.graph.stages[0]) / "records.jsonl").write_text('{"id": "old"}\n')
+    write_suite(tmp_path, SUITE.replace("limit: 24", "limit: 4"))
+    ranks = [Runner(load_suite(path, output_dir=tmp_path / "run"), show_progress=False, rank=r) for r in (0, 1)]
+    stage = ranks[1].graph.stages[0]
+    sdir = ranks[1].stage_dir(stage)
+    with pytest.raises(HarnessError, match=r"stage.json: rank 1 waited 0 s for rank 0 to prepare stage"):
+        ranks[1].prepare_stage_dir(stage, wait_s=0.2)
+    assert (sdir / "records.jsonl").exists(), "rank 1 must not clear the directory: that is rank 0's job"
+
+    waiting = threading.Thread(target=ranks[1].prepare_stage_dir, args=(stage,))
+    waiting.start()
+    time.sleep(0.3)
+    assert waiting.is_alive(), "rank 1 went on before rank 0 prepared the directory"
+    ranks[0].prepare_stage_dir(stage)
+    waiting.join(timeout=10)
+    assert not waiting.is_alive() and not (sdir / "records.jsonl").exists()
+    assert read_json(sdir / "stage.json")["key"] == stage.key
+
+    out = ranks[1].run_stage(stage)
+    assert out.status == "done" and out.result["metrics"]["documents"] == 4
+    assert not (sdir / "result.json").exists() and not (sdir / "done.json").exists()
+    assert ranks[0].run_stage(stage).status == "done" and ranks[0].is_done(stage)
+
+
 def test_unknown_stage_id_and_exit_code_of_cli(tmp_path):
     path = write_suite(tmp_path, SUITE)
     proc = subprocess.run([*HARNESS, "run", str(path), "--out", str(tmp_path / "r"), "--stage", "nope"],

@@ -94,7 +94,10 @@ def setup_processes(requested: torch.device) -> Processes:
 
 
 def capture_rng() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's state as a tensor (and a plain tuple around it), so the file loads with ``weights_only=True``.
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                     gauss), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -102,7 +105,8 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -153,9 +157,9 @@ class Snapshots:
                                    f"this run has {self.procs.world}; fix: relaunch with the same number of processes "
                                    "(the data order depends on it) or delete that directory to start over")
             try:
-                # Our own files (optimizer and RNG states hold non-tensor objects), hence weights_only=False.
-                state = torch.load(directory / "state.pt", map_location="cpu", weights_only=False)
-                rng = torch.load(directory / f"rng-rank{self.procs.rank}.pt", map_location="cpu", weights_only=False)
+                # Tensors, numbers, strings and containers only: torch's safe loader reads them (no pickled code).
+                state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
+                rng = torch.load(directory / f"rng-rank{self.procs.rank}.pt", map_location="cpu", weights_only=True)
             except Exception as exc:  # a damaged snapshot: fall back to the one before
                 log.warning("training snapshot %s unreadable (%s); trying an older one", directory, exc)
                 continue
