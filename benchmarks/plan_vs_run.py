@@ -166,8 +166,9 @@ def measure_stage(suite_path: str, out: str, stage_id: str, steps: int | None = 
     metrics = outcome.result["metrics"] or {}
     records = runner.stage_dir(stage) / "records.jsonl"
     queries = [json.loads(line).get("queries") for line in records.read_text().splitlines()] if records.exists() else []
-    done = {"queries": sum(queries) if queries and None not in queries else None,
-            "train_tokens": metrics.get("tokens")}
+    # Queries the per-example records count (HotFlip: all of an example's; UAT: only its held-out scoring).
+    done = {"record_queries": sum(queries) if queries and None not in queries else None,
+            "train_tokens": metrics.get("tokens") if stage.section == "train" else None}
     return {"stage": stage_id, "peak_bytes": peak - base + weights, "weights": weights,
             "base_bytes": base, "peak_before_stage_bytes": before_peak, "peak_reset": reset,
             "duration_s": outcome.result["duration_s"],

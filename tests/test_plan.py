@@ -224,7 +224,7 @@ def test_time_estimate_counts_what_real_stages_do(training_child):
     for child in (training_child, hotflip):
         assert child["time_how"] == "measured calls", child
         assert math.isfinite(child["estimated_s"]) and child["estimated_s"] > 0, child
-    assert 0.95 * hotflip["planned_queries"] <= hotflip["queries"] <= hotflip["planned_queries"], hotflip
+    assert 0.95 * hotflip["planned_queries"] <= hotflip["record_queries"] <= hotflip["planned_queries"], hotflip
     assert 0.95 * hotflip["planned_calls"] <= hotflip["model_calls"] <= hotflip["planned_calls"], hotflip
     rows = training_child["planned_train_tokens"] / quick_plan(TRAIN_STEPS)["train/baseline/s42"].workload.context
     assert training_child["train_tokens"] == training_child["planned_train_tokens"] - rows, training_child
