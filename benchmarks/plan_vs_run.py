@@ -117,6 +117,7 @@ def measure_stage(suite_path: str, out: str, stage_id: str, steps: int | None = 
 
     from harness.data import document_sources, load_documents
     from harness.runner import Runner
+    from harness.store import RecordLog
     from harness.suite import load_suite
 
     suite = load_suite(suite_path, "quick", output_dir=out)
@@ -164,8 +165,7 @@ def measure_stage(suite_path: str, out: str, stage_id: str, steps: int | None = 
                    "planned_calls": (w.forward_calls or 0) + (w.gradient_calls or 0),
                    "planned_train_tokens": w.train_tokens}
     metrics = outcome.result["metrics"] or {}
-    records = runner.stage_dir(stage) / "records.jsonl"
-    queries = [json.loads(line).get("queries") for line in records.read_text().splitlines()] if records.exists() else []
+    queries = [r.get("queries") for r in RecordLog(runner.stage_dir(stage) / "records.jsonl")]
     # Queries the per-example records count (HotFlip: all of an example's; UAT: only its held-out scoring).
     done = {"record_queries": sum(queries) if queries and None not in queries else None,
             "train_tokens": metrics.get("tokens") if stage.section == "train" else None}

@@ -95,10 +95,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    main_process = int(os.environ.get("RANK", "0")) == 0
+    rank = int(os.environ.get("RANK", "0"))
+    main_process = rank == 0
     suite = load_suite(suite_path, args.mode, output_dir=out)
-    runner = Runner(suite, show_progress=False if args.no_progress or not main_process else None,
-                    rank=int(os.environ.get("RANK", "0")))
+    runner = Runner(suite, show_progress=False if args.no_progress or not main_process else None, rank=rank)
     outcomes = runner.run()
     if not main_process:
         return 3 if any(o.status == "preempted" for o in outcomes) else 0

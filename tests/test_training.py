@@ -86,6 +86,28 @@ def test_warmup_then_cosine():
     assert all(f(i) >= f(i + 1) for i in range(4, 30))
 
 
+def test_snapshot_loads_safely_restores_rng_and_refuses_an_older_format(tmp_path):
+    """A snapshot reads back with torch's safe loader (weights_only=True) and restores every RNG; one written by an
+    older harness (numpy's RNG state pickled as an array) is a clear error, not a silent restart from step 0."""
+    from harness.errors import HarnessError
+    from harness_plugins.training.state import Processes, Snapshots
+
+    snaps = Snapshots(tmp_path, keep=2, procs=Processes())
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    snaps.save(4, {"model": {"w": torch.arange(3.0)}, "progress": {"step": 4}})
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    state = snaps.load_latest()
+    assert state["progress"] == {"step": 4} and torch.equal(state["model"]["w"], torch.arange(3.0))
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+    meta = snaps.path(4) / "meta.json"
+    old = json.loads(meta.read_text())
+    del old["format"]
+    meta.write_text(json.dumps(old))
+    with pytest.raises(HarnessError, match=r"step-00000004 was written by an older harness.*delete that directory"):
+        snaps.load_latest()
+
+
 def test_gradient_accumulation_equals_one_large_batch(tiny):
     """4 rows of very different real lengths: 2 micro-batches of 2 == 1 batch of 4 (loss normalised by tokens)."""
     lengths = [60, 7, 33, 12]

@@ -3,7 +3,8 @@
 A snapshot is a directory ``step-00000120/`` holding ``state.pt`` (model, optimiser, scheduler, counters; written
 by the main process), ``rng-rank{r}.pt`` (each process's RNG states) and ``meta.json``, written last. It is built
 under a temporary name and renamed into place, so a snapshot directory either is complete or does not exist; the
-newest ``keep`` are kept. Loading falls back to an older snapshot if the newest cannot be read.
+newest ``keep`` are kept. Loading falls back to an older snapshot if the newest cannot be read, and stops with an
+error at one of an older format (``SNAPSHOT_FORMAT`` in ``meta.json``) rather than train again from step 0.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from harness import HarnessError
 from harness.store import atomic_write_json, read_json
 
 log = logging.getLogger("harness")
+
+#: The snapshot layout ``load_latest`` reads: 2 holds only tensors, numbers, strings and containers (numpy's RNG
+#: state as a tensor), so it loads with ``torch.load(weights_only=True)``; older snapshots pickled a numpy array.
+SNAPSHOT_FORMAT = 2
 
 
 @dataclass
@@ -139,7 +144,7 @@ class Snapshots:
         self.procs.barrier()
         if self.procs.is_main:
             torch.save(state, tmp / "state.pt")
-            atomic_write_json(tmp / "meta.json", {"step": step, "world": self.procs.world})
+            atomic_write_json(tmp / "meta.json", {"step": step, "world": self.procs.world, "format": SNAPSHOT_FORMAT})
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             for old in self.steps()[:-self.keep]:
@@ -156,6 +161,11 @@ class Snapshots:
                 raise HarnessError(f"the training state in {directory} was written by {meta['world']} process(es), "
                                    f"this run has {self.procs.world}; fix: relaunch with the same number of processes "
                                    "(the data order depends on it) or delete that directory to start over")
+            if meta.get("format") != SNAPSHOT_FORMAT:  # readable, but not safely: say so rather than start over
+                raise HarnessError(f"the training state in {directory} was written by an older harness (snapshot "
+                                   f"format {meta.get('format', 1)}; this one reads format {SNAPSHOT_FORMAT} with "
+                                   "torch's safe loader); fix: finish that run with the harness version that wrote "
+                                   "it, or delete that directory to start the training over")
             try:
                 # Tensors, numbers, strings and containers only: torch's safe loader reads them (no pickled code).
                 state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
