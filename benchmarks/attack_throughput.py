@@ -42,7 +42,7 @@ def make_candidates(loaded, n: int, context: int, continuation: int) -> tuple[to
     """``n`` single-token swaps in the contexts of real documents (random positions and allowed tokens), and each
     one's unedited document."""
     from harness import DocumentSource, load_documents
-    from harness_plugins.attacks.common import TaskConfig, VocabFilter, allowed_tokens, make_examples, random_allowed
+    from harness.attacks import TaskConfig, VocabFilter, allowed_tokens, make_examples, random_allowed
 
     task = TaskConfig(context_tokens=context, continuation_tokens=continuation)
     examples = make_examples(load_documents(DocumentSource(data_files=[TEST_DOCS], split="test")), loaded, task, 16)
@@ -63,7 +63,7 @@ def hotflip_steps(loaded, n_examples: int | None) -> tuple[list[tuple[torch.Tens
     import yaml
 
     from harness import DocumentSource, load_documents
-    from harness_plugins.attacks.common import Scorer, allowed_tokens, make_examples
+    from harness.attacks import Scorer, allowed_tokens, make_examples
     from harness_plugins.attacks.hotflip import HotFlipConfig, flip_search, gradient_proposer, n_flips
 
     entry = dict(yaml.safe_load(QUICK_SUITE.read_text())["attacks"]["hotflip"])

@@ -1,6 +1,9 @@
 """harness: a plugin-based benchmark harness for the adversarial robustness of causal language models.
 
-The public API for plugin authors is what this module exports; everything else is the core's business.
+The public API for plugin authors is what this module exports, plus two documented modules: ``harness.attacks``
+(the attack toolkit: the shared task, examples, the batched exact scorer, token gradients, records and summaries)
+and ``harness.scoring`` (the perplexity scorer's windows and batched passes). Everything else is the core's
+business and may change without notice.
 """
 
 from .api import AttackPlugin, LoadedModel, MetricPlugin, ModelPlugin, Plugin, TrainerPlugin
@@ -8,8 +11,10 @@ from .config import ExistingPath, PluginConfig, ResolvedPath
 from .context import StageContext, StagePreempted, derive_seed
 from .data import Document, DocumentSource, load_documents
 from .env import restored_environ
-from .errors import ConfigError, HarnessError, NonFiniteLoss
+from .errors import ConfigError, HarnessError, NonFiniteLoss, did_you_mean
+from .hub import cached_locally, hub_reachable, offline_mode
 from .hookspecs import hookimpl
+from .store import RecordLog, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from .workload import (Batch, DocumentStats, ModelShape, NoEstimate, PlanInputs, TrainingSetup, WeightsSource,
                        Workload)
 
@@ -18,6 +23,10 @@ __all__ = [
     "AttackPlugin", "ConfigError", "Document", "DocumentSource", "ExistingPath", "HarnessError", "LoadedModel",
     "MetricPlugin", "ModelPlugin", "NonFiniteLoss", "Plugin", "PluginConfig", "ResolvedPath", "StageContext",
     "StagePreempted", "TrainerPlugin", "derive_seed", "hookimpl", "load_documents", "restored_environ",
+    "did_you_mean",
+    # durable files (atomic writes, the record log) and hub checks, for plugins that keep state or load from a hub
+    "RecordLog", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json",
+    "cached_locally", "hub_reachable", "offline_mode",
     # the optional `plan` method's types (harness plan)
     "Batch", "DocumentStats", "ModelShape", "NoEstimate", "PlanInputs", "TrainingSetup", "WeightsSource", "Workload",
 ]

@@ -17,8 +17,9 @@ from harness.runner import Runner
 from harness.scoring import continuation_nll
 from harness.store import RecordLog, read_json
 from harness.suite import load_suite
-from harness_plugins.attacks import common, uat
-from harness_plugins.attacks.common import Scorer, VocabFilter, allowed_tokens, summarize
+from harness import attacks as common
+from harness_plugins.attacks import uat
+from harness.attacks import Scorer, VocabFilter, allowed_tokens, summarize
 from harness_plugins.attacks.uat_transfer import UATTransfer, UATTransferConfig
 from tests.conftest import DATA, write_suite
 

@@ -129,8 +129,8 @@ def test_memo_spares_the_prefix_pass_of_the_next_base(tiny):
 
 
 def test_hotflip_spends_the_same_queries_and_finds_the_same_flips(tiny, monkeypatch):
-    from harness_plugins.attacks import common
-    from harness_plugins.attacks.common import Example, Scorer, VocabFilter, allowed_tokens
+    from harness import attacks as common
+    from harness.attacks import Example, Scorer, VocabFilter, allowed_tokens
     from harness_plugins.attacks.hotflip import flip_search, gradient_proposer
 
     gen = torch.Generator().manual_seed(3)

@@ -132,7 +132,7 @@ def test_import_is_offline_and_leaves_the_environment_alone(tmp_path):
 @pytest.fixture(scope="module")
 def examples(tiny):
     from harness import DocumentSource, load_documents
-    from harness_plugins.attacks.common import TaskConfig, make_examples
+    from harness.attacks import TaskConfig, make_examples
 
     docs = load_documents(DocumentSource(dataset="json", data_files=[DATA / "test.jsonl"], split="test", limit=40))
     return make_examples(docs, tiny, TaskConfig(), n=3)
@@ -141,7 +141,7 @@ def examples(tiny):
 @needs_textattack
 def test_goal_score_is_the_shared_scorers_relative_increase(tiny, examples):
     # The bridge first: it prepares TextAttack's offline import.
-    from harness_plugins.attacks.common import Scorer, relative_increase
+    from harness.attacks import Scorer, relative_increase
     from harness_plugins.attacks.textattack_bridge.goal import CausalLMContinuationWrapper, CausalLMNLLGoalFunction
     from textattack.goal_function_results import GoalFunctionResultStatus
     from textattack.shared import AttackedText

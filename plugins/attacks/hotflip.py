@@ -27,7 +27,7 @@ from pydantic import Field
 from harness import (AttackPlugin, DocumentSource, LoadedModel, StageContext, StagePreempted, hookimpl,
                      load_documents)
 
-from .common import (Example, Scorer, TaskConfig, allowed_tokens, example_record, make_examples, select_examples,
+from harness.attacks import (Example, Scorer, TaskConfig, allowed_tokens, example_record, make_examples, select_examples,
                      spearman, summarize)
 
 #: Proposes swaps for the current sequence: (ids, editable positions, swaps already tried at these ids) ->

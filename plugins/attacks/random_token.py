@@ -26,7 +26,7 @@ from pydantic import model_validator
 
 from harness import AttackPlugin, LoadedModel, PluginConfig, StageContext, hookimpl
 
-from .common import Scorer, attack_rng, random_allowed
+from harness.attacks import Scorer, attack_rng, random_allowed
 from .hotflip import HotFlipConfig, Proposer, run_flip_attack
 from .uat import CandidateFn, UATConfig, run_uat
 

@@ -31,7 +31,7 @@ from pydantic import Field
 from harness import (AttackPlugin, DocumentSource, HarnessError, LoadedModel, StageContext, StagePreempted,
                      hookimpl, load_documents)
 
-from .common import (Example, Scorer, TaskConfig, allowed_tokens, attack_rng, example_record, make_examples,
+from harness.attacks import (Example, Scorer, TaskConfig, allowed_tokens, attack_rng, example_record, make_examples,
                      random_allowed, summarize)
 
 #: Candidate tokens per trigger position: (scorer, batch ids [B, T], n_scored, trigger positions, trigger, restart,

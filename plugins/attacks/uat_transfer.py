@@ -18,7 +18,7 @@ from pydantic import Field
 from harness import (AttackPlugin, DocumentSource, HarnessError, LoadedModel, PluginConfig, StageContext, hookimpl,
                      load_documents)
 
-from .common import Scorer, make_examples, summarize
+from harness.attacks import Scorer, make_examples, summarize
 from .uat import UATConfig, evaluate_trigger, tokenizer_fingerprint
 
 

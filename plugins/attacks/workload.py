@@ -14,7 +14,7 @@ from harness import Batch, NoEstimate, PlanInputs, Workload
 from .uat import EVAL_CHUNK
 
 if TYPE_CHECKING:
-    from .common import TaskConfig
+    from harness.attacks import TaskConfig
     from .hotflip import HotFlipConfig
     from .uat import UATConfig
 

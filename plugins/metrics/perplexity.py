@@ -15,9 +15,8 @@ from typing import Any
 
 from pydantic import Field
 
-from harness import (Batch, DocumentSource, LoadedModel, MetricPlugin, PlanInputs, PluginConfig, StageContext,
-                     Workload, hookimpl, load_documents)
-from harness.errors import NonFiniteLoss
+from harness import (Batch, DocumentSource, LoadedModel, MetricPlugin, NonFiniteLoss, PlanInputs, PluginConfig,
+                     StageContext, Workload, hookimpl, load_documents)
 from harness.scoring import HEAD_CHUNK_POSITIONS, rolling_windows, score_windows
 
 

@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 import torch
 
-from harness import HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, WeightsSource, hookimpl
-from harness.hub import cached_locally, hub_reachable, offline_mode
+from harness import (HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, WeightsSource, cached_locally,
+                     hookimpl, hub_reachable, offline_mode)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import DocumentSource, HarnessError, load_documents
-from harness.store import atomic_write_bytes
+from harness import DocumentSource, HarnessError, atomic_write_bytes, load_documents
 
 IGNORE = -100  # label of positions that are not scored
 

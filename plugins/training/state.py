@@ -21,8 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from harness import HarnessError
-from harness.store import atomic_write_json, read_json
+from harness import HarnessError, atomic_write_json, read_json
 
 log = logging.getLogger("harness")
 

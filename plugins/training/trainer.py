@@ -39,9 +39,9 @@ from harness import (
     StageContext,
     StagePreempted,
     TrainerPlugin,
+    atomic_write_json,
     hookimpl,
 )
-from harness.store import atomic_write_json
 
 from .data import IGNORE, Blocks, BlockSchedule, build_blocks, cached_blocks
 from .monotonic import MODEL_TYPES, MONOTONE_ACTIVATIONS, MonotonicSpec, make_monotonic, merge, negative_entries

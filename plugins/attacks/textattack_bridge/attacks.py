@@ -1,11 +1,11 @@
 """Attack plugins ``textattack_deepwordbug``, ``textattack_pruthi`` and ``textattack`` (any catalogue components).
 
-Each runs TextAttack's search on the harness task (:mod:`..common`): the same examples, threshold, records and
+Each runs TextAttack's search on the harness task (:mod:`harness.attacks`): the same examples, threshold, records and
 summary as HotFlip and UAT. Per example:
 
 1. the context tokens are decoded to text, which TextAttack edits (characters, words);
 2. every edited text TextAttack wants scored becomes prefix + re-tokenised context + the unchanged continuation
-   tokens, scored in batches by the shared :class:`..common.Scorer` (:class:`.goal.CausalLMContinuationWrapper`);
+   tokens, scored in batches by the shared :class:`harness.attacks.Scorer` (:class:`.goal.CausalLMContinuationWrapper`);
 3. the goal function scores each edit by its relative NLL increase (:class:`.goal.CausalLMNLLGoalFunction`) and the
    search method keeps what raises it, until the threshold is passed (``stop_at_goal``), the candidates run out or
    the ``query_budget`` is spent.
@@ -26,7 +26,7 @@ import torch
 
 from harness import AttackPlugin, LoadedModel, StageContext, StagePreempted, derive_seed, load_documents
 
-from ..common import Scorer, example_record, make_examples, select_examples, summarize
+from harness.attacks import Scorer, example_record, make_examples, select_examples, summarize
 from .config import DeepWordBugConfig, PruthiConfig, TextAttackConfig, TextAttackTaskConfig
 
 _STATUS = {"SuccessfulAttackResult": "succeeded", "FailedAttackResult": "failed",

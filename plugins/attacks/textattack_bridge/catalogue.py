@@ -17,8 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from harness import HarnessError
-from harness.errors import did_you_mean
+from harness import HarnessError, did_you_mean
 
 from .config import Component
 from .env import NetworkBlocked, import_textattack, no_network

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from harness import DocumentSource, PluginConfig
 
-from ..common import TaskConfig
+from harness.attacks import TaskConfig
 
 
 class Component(PluginConfig):

@@ -1,10 +1,10 @@
 """A causal-LM goal function for TextAttack, and the model wrapper that feeds it through the harness's scorer.
 
 TextAttack edits text and asks a goal function how far each edit got. Here the text is an example's **context**
-(the harness task of :mod:`..common`: a document's first tokens, decoded) and the model's output for it is the mean
+(the harness task of :mod:`harness.attacks`: a document's first tokens, decoded) and the model's output for it is the mean
 NLL of the example's fixed **continuation** tokens after it. The score of an edit is the relative NLL increase over
-the unedited context, exactly ``common.relative_increase``; the goal is reached when it exceeds the threshold, the
-same test as ``common.example_record``'s ``success``.
+the unedited context, exactly ``harness.attacks.relative_increase``; the goal is reached when it exceeds the threshold, the
+same test as ``harness.attacks.example_record``'s ``success``.
 
 Importing this module imports TextAttack (through :func:`.env.import_textattack`, offline).
 """
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from harness import LoadedModel
 
-from ..common import Example, Scorer, relative_increase
+from harness.attacks import Example, Scorer, relative_increase
 from .env import import_textattack
 
 import_textattack()
@@ -32,7 +32,7 @@ from textattack.shared import validators  # noqa: E402
 class CausalLMContinuationWrapper(ModelWrapper):
     """TextAttack's handle on a causal LM: context texts in, the continuation's mean NLL out (float64 ``[N]``).
 
-    A whole list of TextAttack's queries becomes one call of the shared :class:`..common.Scorer`, which batches the
+    A whole list of TextAttack's queries becomes one call of the shared :class:`harness.attacks.Scorer`, which batches the
     token sequences under its token budget and counts every sequence it scores.
     """
 

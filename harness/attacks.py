@@ -1,4 +1,4 @@
-"""What every attack shares: the task, the vocabulary filter, gradients, exact scoring, records and summary metrics.
+"""The public attack toolkit (``harness.attacks``): what every attack shares: the task, the vocabulary filter, gradients, exact scoring, records and summary metrics.
 
 The task: a document's first ``context_tokens`` tokens are the context, the next ``continuation_tokens`` the
 continuation; the attacker edits tokens it may touch (context tokens for HotFlip, a prepended trigger for UAT) to
@@ -23,8 +23,18 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from harness import Document, HarnessError, LoadedModel, PluginConfig, StageContext, derive_seed
-from harness.scoring import continuation_nll, logits_tail_kwarg, swap_nll
+from .api import LoadedModel
+from .config import PluginConfig
+from .context import StageContext, derive_seed
+from .data import Document
+from .errors import HarnessError
+from .scoring import continuation_nll, logits_tail_kwarg, swap_nll
+
+__all__ = [
+    "CURVE_THRESHOLDS", "Example", "Scorer", "TaskConfig", "VocabFilter", "allowed_tokens", "attack_rng",
+    "continuation_nll", "example_record", "make_examples", "random_allowed", "relative_increase", "select_examples",
+    "spearman", "success_curve", "summarize", "swap_nll",
+]
 
 #: Thresholds of the stored success curve (relative NLL increase): 0, 2.5%, ..., 100%.
 CURVE_THRESHOLDS = [round(0.025 * i, 3) for i in range(41)]
