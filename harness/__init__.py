@@ -6,7 +6,7 @@ and ``harness.scoring`` (the perplexity scorer's windows and batched passes). Ev
 business and may change without notice.
 """
 
-from .api import AttackPlugin, LoadedModel, MetricPlugin, ModelPlugin, Plugin, TrainerPlugin
+from .api import AttackPlugin, LoadedModel, MetricPlugin, MetricSpec, ModelPlugin, Plugin, TrainerPlugin
 from .config import ExistingPath, PluginConfig, ResolvedPath
 from .context import StageContext, StagePreempted, derive_seed
 from .data import Document, DocumentSource, load_documents
@@ -21,7 +21,7 @@ from .workload import (Batch, DocumentStats, ModelShape, NoEstimate, PlanInputs,
 __version__ = "0.1.0"
 __all__ = [
     "AttackPlugin", "ConfigError", "Document", "DocumentSource", "ExistingPath", "HarnessError", "LoadedModel",
-    "MetricPlugin", "ModelPlugin", "NonFiniteLoss", "Plugin", "PluginConfig", "ResolvedPath", "StageContext",
+    "MetricPlugin", "MetricSpec", "ModelPlugin", "NonFiniteLoss", "Plugin", "PluginConfig", "ResolvedPath", "StageContext",
     "StagePreempted", "TrainerPlugin", "derive_seed", "hookimpl", "load_documents", "restored_environ",
     "did_you_mean",
     # durable files (atomic writes, the record log) and hub checks, for plugins that keep state or load from a hub

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .config import PluginConfig
 
@@ -45,6 +45,49 @@ class LoadedModel:
         return 2048
 
 
+#: How a declared metric follows from the per-example records (what the report's example-level intervals
+#: recompute on resampled records): the mean or median of ``field``; ``token_weighted``: sum(field) / sum(weight);
+#: ``token_weighted_exp``: exp of that (perplexity from summed NLL and token counts); ``none``: the summary value
+#: alone (no example-level interval).
+Aggregation = Literal["mean", "median", "token_weighted", "token_weighted_exp", "none"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One number a plugin reports, declared so the report can show, aggregate and interval it without knowing
+    the plugin (as an lm-evaluation-harness task declares its ``metric_list``).
+
+    ``name`` is the key of the summary the plugin's method returns; the report reads only declared keys, and warns
+    (naming plugin and key) when a declared one is missing from a result.
+    """
+
+    name: str
+    #: Shown in tables and plots (default: ``name``).
+    label: str = ""
+    #: The per-example record field the metric is computed from (None: the summary value only).
+    field: str | None = None
+    aggregation: Aggregation = "mean"
+    #: The per-example weight (token count) of a ``token_weighted`` metric.
+    weight: str | None = None
+    #: For the model under test (None: neither, e.g. a count). An attack's success rate is higher-is-better for the
+    #: attacker; the report's robustness comparisons say which way they read.
+    higher_is_better: bool | None = None
+    #: Display factor (100 shows a fraction as percent) and digits.
+    scale: float = 1.0
+    digits: int = 2
+    #: A column of the report's side-by-side tables.
+    show: bool = True
+    #: A compute budget (queries, gradient passes, FLOPs): an x-axis for the report's success-against-budget plots.
+    budget: bool = False
+    #: ``scalar`` (one number per stage), ``curve`` (a summary dict of parallel lists, e.g. a success curve), or
+    #: ``histogram`` (``field`` holds a list per record, e.g. edited positions, histogrammed over records).
+    kind: Literal["scalar", "curve", "histogram"] = "scalar"
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
 class Plugin:
     #: Name used in suites (``plugin: NAME``) and shown by ``harness list``.
     name: ClassVar[str]
@@ -59,6 +102,10 @@ class Plugin:
 
     def __init__(self, config: PluginConfig) -> None:
         self.config = config
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        """What this plugin's results report (the summary keys the report reads); may depend on the config."""
+        return []
 
     def plan(self, inputs: PlanInputs) -> Workload | None:
         """Optional: the work one stage of this plugin does (tokens through the model, largest batches, bytes

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .api import LoadedModel
+from .api import LoadedModel, MetricSpec
 from .config import PluginConfig
 from .context import StageContext, derive_seed
 from .data import Document
@@ -31,7 +31,7 @@ from .errors import HarnessError
 from .scoring import continuation_nll, logits_tail_kwarg, swap_nll
 
 __all__ = [
-    "CURVE_THRESHOLDS", "Example", "Scorer", "TaskConfig", "VocabFilter", "allowed_tokens", "attack_rng",
+    "ATTACK_METRICS", "CURVE_THRESHOLDS", "Example", "Scorer", "TaskConfig", "VocabFilter", "allowed_tokens", "attack_rng",
     "continuation_nll", "example_record", "make_examples", "random_allowed", "relative_increase", "select_examples",
     "spearman", "success_curve", "summarize", "swap_nll",
 ]
@@ -261,6 +261,21 @@ def summarize(records: Sequence[dict[str, Any]], threshold: float) -> dict[str, 
         "mean_queries": mean([r.get("queries", 0) for r in records]),
         "success_curve": success_curve(rel),
     }
+
+
+#: What :func:`summarize` reports, declared (an attack's ``declared_metrics`` returns these plus its own). Success
+#: and NLL increase read as the attacker's numbers: higher means the attack did better (the model is less robust).
+ATTACK_METRICS = [
+    MetricSpec("success_rate", "Success (%)", field="success", scale=100, digits=1),
+    MetricSpec("mean_relative_increase", "NLL incr. (%)", field="relative_increase", scale=100, digits=1),
+    MetricSpec("median_relative_increase", "Median NLL incr. (%)", field="relative_increase", aggregation="median",
+               scale=100, digits=1),
+    MetricSpec("mean_nll_before", "NLL before", field="nll_before", show=False),
+    MetricSpec("mean_nll_after", "NLL after", field="nll_after", show=False),
+    MetricSpec("n_examples", "Examples", aggregation="none", digits=0, show=False),
+    MetricSpec("mean_queries", "Queries / example", field="queries", digits=1, budget=True),
+    MetricSpec("success_curve", "Success curve", aggregation="none", kind="curve", show=False),
+]
 
 
 def _ranks(values: Sequence[float]) -> np.ndarray:
