@@ -146,7 +146,9 @@ def root_model(suite: Suite, name: str) -> str:
     """The model entry whose weights ``name``'s come from: itself, or the start of the training that makes it."""
     entry = suite.models[name]
     while entry.from_train is not None:
-        name = suite.train[entry.from_train].model  # type: ignore[assignment]
+        base = suite.train[entry.from_train].model
+        assert base is not None, "load_suite checks that every train entry names its model"
+        name = base
         entry = suite.models[name]
     return name
 

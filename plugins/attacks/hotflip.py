@@ -171,14 +171,13 @@ def flip_summary(records: Sequence[dict[str, Any]], cfg: HotFlipConfig) -> dict[
     return metrics
 
 
-class HotFlipAttack(AttackPlugin):
+class HotFlipAttack(AttackPlugin[HotFlipConfig]):
     """HotFlip on causal LMs: gradient-ranked token swaps in the context, scored exactly in batches."""
 
     name = "hotflip"
-    Config = HotFlipConfig
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: HotFlipConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return run_flip_attack(model, ctx, cfg, lambda scorer, allowed, ex: gradient_proposer(
             scorer, allowed, len(ex.continuation), cfg.beam_width))
 

@@ -76,14 +76,13 @@ def random_candidates(top_k: int, allowed: torch.Tensor, ctx: StageContext) -> C
     return candidates
 
 
-class RandomTokenAttack(AttackPlugin):
+class RandomTokenAttack(AttackPlugin[RandomTokenConfig]):
     """Control: the HotFlip or UAT loop with random candidate tokens (same budget, no gradient)."""
 
     name = "random_token"
-    Config = RandomTokenConfig
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: RandomTokenConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.hotflip is not None:
             flip_cfg = cfg.hotflip
             return run_flip_attack(model, ctx, flip_cfg, lambda scorer, allowed, ex: random_proposer(
@@ -99,7 +98,7 @@ class RandomTokenAttack(AttackPlugin):
         """The controlled attack's queries without its gradient passes (``harness plan``)."""
         from .workload import flip_workload, uat_workload
 
-        cfg: RandomTokenConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.hotflip is not None:
             return flip_workload(cfg.hotflip, inputs, gradient=False)
         return uat_workload(cfg.uat, inputs, gradient=False)

@@ -219,14 +219,13 @@ def run_uat(model: LoadedModel, ctx: StageContext, cfg: UATConfig,
     return metrics
 
 
-class UniversalTriggerAttack(AttackPlugin):
+class UniversalTriggerAttack(AttackPlugin[UATConfig]):
     """Universal adversarial trigger: one gradient-searched prefix for all documents, judged on held-out ones."""
 
     name = "uat"
-    Config = UATConfig
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: UATConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return run_uat(model, ctx, cfg, lambda allowed: gradient_candidates(cfg.top_k, allowed))
 
     def plan(self, inputs):

@@ -35,14 +35,13 @@ def source_uat_config(result: dict[str, Any]) -> UATConfig:
     return UATConfig.model_validate(config.get("uat") or config)
 
 
-class UATTransfer(AttackPlugin):
+class UATTransfer(AttackPlugin[UATTransferConfig]):
     """Evaluates every model's universal trigger (the stages it needs) on this model: one transfer-matrix row."""
 
     name = "uat_transfer"
-    Config = UATTransferConfig
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: UATTransferConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         sources = {sid: r for sid, r in sorted(ctx.inputs.items()) if "trigger_ids" in (r.get("metrics") or {})}
         if not sources:
             needed = ", ".join(ctx.inputs) or "none"

@@ -62,16 +62,15 @@ class LMEvalConfig(PluginConfig):
         return [value] if isinstance(value, str) else value
 
 
-class LMEval(MetricPlugin):
+class LMEval(MetricPlugin[LMEvalConfig]):
     """lm-evaluation-harness tasks on the in-memory model (hub tasks, or shipped offline ones)."""
 
     name = "lm_eval"
-    Config = LMEvalConfig
     seeded = False  # deterministic given the model: greedy generation, fixed few-shot seed
     version = "1"
 
     def evaluate(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: LMEvalConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
 

@@ -24,7 +24,7 @@ import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ from harness import (
 )
 
 from .data import IGNORE, Blocks, BlockSchedule, build_blocks, cached_blocks
-from .monotonic import MODEL_TYPES, MONOTONE_ACTIVATIONS, MonotonicSpec, make_monotonic, merge, negative_entries
+from .monotonic import MODEL_TYPES, MonotoneActivation, MonotonicSpec, make_monotonic, merge, negative_entries
 from .parallel import DataParallel, gradient_sync
 from .state import Processes, Snapshots, setup_processes
 
@@ -108,7 +108,7 @@ class MonotonicConfig(TrainConfig):
     min_weight: float = Field(default=1e-4, gt=0)
     #: ``monotone`` replaces the FFN activation by ``monotone_activation`` (monotone FFN with ``mlp_both``).
     activation: Literal["original", "monotone"] = "original"
-    monotone_activation: Literal[MONOTONE_ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+    monotone_activation: MonotoneActivation = "relu"
 
     @field_validator("variant")
     @classmethod
@@ -239,10 +239,15 @@ class _NoBar:
 
 
 # -- the trainers -----------------------------------------------------------------------------------------------------
-class RecoveryTrainer(TrainerPlugin):
+#: The config of a recovery trainer: the baseline's, or a subclass that adds its transform's options.
+TrainConfigT = TypeVar("TrainConfigT", bound=TrainConfig)
+
+
+class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
     """Recovery training without constraints (the fair baseline: same data, schedule and loop)."""
 
     name = "baseline"
+    #: Set by hand: this class is also the generic base of the trainers that add a transform.
     Config = BaselineConfig
 
     def transform(self, model: torch.nn.Module) -> dict[str, Any]:
@@ -256,7 +261,7 @@ class RecoveryTrainer(TrainerPlugin):
         return training_workload(self.config, inputs)
 
     def train(self, loaded: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: TrainConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         started = time.time()
         procs = setup_processes(ctx.torch_device())
         state_dir = ctx.stage_dir / "train_state"
@@ -393,14 +398,13 @@ class RecoveryTrainer(TrainerPlugin):
                             f"training state is {last}; fix: lower `lr` or check the data and the starting weights")
 
 
-class MonotonicTrainer(RecoveryTrainer):
+class MonotonicTrainer(RecoveryTrainer[MonotonicConfig]):
     """Monotonic transform (non-negative FFN weights, W = softplus(V)) then the same recovery training."""
 
     name = "monotonic"
-    Config = MonotonicConfig
 
     def transform(self, model: torch.nn.Module) -> dict[str, Any]:
-        cfg: MonotonicConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         spec = MonotonicSpec(variant=cfg.variant, init=cfg.init, min_weight=cfg.min_weight,
                              activation=cfg.monotone_activation if cfg.activation == "monotone" else "original")
         names = make_monotonic(model, spec)
