@@ -9,43 +9,16 @@ Plugins written before the generic (``Config = MyConfig`` on an unparametrised b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origin
 
 from .config import PluginConfig
+from .loaded_model import LoadedModel
 
 if TYPE_CHECKING:
-    import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
     from .context import StageContext
     from .workload import PlanInputs, WeightsSource, Workload
-
-
-@dataclass
-class LoadedModel:
-    """A causal LM ready for evaluation: in eval mode, on its device, with its tokenizer."""
-
-    name: str
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    #: Provenance recorded with every result that used this model (source, revision, dtype, checkpoint hash...).
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def max_length(self) -> int:
-        """The longest sequence the model was trained for (positions), capped by the tokenizer's claim."""
-        cfg = self.model.config
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            value = getattr(cfg, key, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return 2048
 
 
 #: How a declared metric follows from the per-example records (what the report's example-level intervals

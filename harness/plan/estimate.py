@@ -401,7 +401,7 @@ def assumptions(plan: Plan, counter: DocumentCounter, timer: CallTimer | None = 
             lines.append(f"shape of {info.name}: {info.shape.source}")
         if info.tokenizer is not None and info.chars_per_token_how and info.root == info.name:
             lines.append(f"tokens of {info.name}: {info.chars_per_token_how}")
-    for stats in {s.how for s in counter._cache.values()}:
+    for stats in dict.fromkeys(s.how for s in counter._cache.values()):  # first use first, the same every run
         lines.append(f"documents: {stats}")
     lines.append("library versions: " + ", ".join(f"{k} {v}" for k, v in plan.versions.items() if v))
     return lines

@@ -41,6 +41,7 @@ from harness import (
     TrainerPlugin,
     atomic_write_json,
     hookimpl,
+    set_gradient_checkpointing,
 )
 
 from .data import IGNORE, Blocks, BlockSchedule, build_blocks, cached_blocks
@@ -142,13 +143,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
 
 
 def enable_checkpointing(model: torch.nn.Module) -> None:
-    """Keep only each layer's input and recompute the rest in the backward pass (much less activation memory for
-    about one more forward pass). transformers 5 renamed ``gradient_checkpointing_enable``; 4.57 has only that."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    """Gradient checkpointing on, as the core switches it (the plan's calibration times the same calls)."""
+    set_gradient_checkpointing(model, True)
 
 
 def count_targets(batch: dict[str, torch.Tensor]) -> int:
