@@ -7,6 +7,7 @@ business and may change without notice.
 """
 
 from .api import AttackPlugin, LoadedModel, MetricPlugin, MetricSpec, ModelPlugin, Plugin, TrainerPlugin
+from .checkpointing import set_gradient_checkpointing
 from .config import ExistingPath, PluginConfig, ResolvedPath
 from .context import StageContext, StagePreempted, derive_seed
 from .data import Document, DocumentSource, load_documents
@@ -23,7 +24,7 @@ __all__ = [
     "AttackPlugin", "ConfigError", "Document", "DocumentSource", "ExistingPath", "HarnessError", "LoadedModel",
     "MetricPlugin", "MetricSpec", "ModelPlugin", "NonFiniteLoss", "Plugin", "PluginConfig", "ResolvedPath", "StageContext",
     "StagePreempted", "TrainerPlugin", "derive_seed", "hookimpl", "load_documents", "restored_environ",
-    "did_you_mean",
+    "did_you_mean", "set_gradient_checkpointing",
     # durable files (atomic writes, the record log) and hub checks, for plugins that keep state or load from a hub
     "RecordLog", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json",
     "cached_locally", "hub_reachable", "offline_mode",

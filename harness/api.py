@@ -1,48 +1,24 @@
 """The small public API a plugin needs: base classes for each kind, the loaded-model handle, the stage context.
 
-A plugin class names itself (``name``), declares its options (``Config``, a :class:`PluginConfig`), and
-implements one method. The runner builds it with its validated config and calls that method once per stage.
+A plugin class names itself (``name``), declares its options as the type parameter of its base class
+(``class HotFlipAttack(AttackPlugin[HotFlipConfig])``: ``self.config`` is then a ``HotFlipConfig`` to a type
+checker, and ``Config`` is set from it), and implements its kind's one method. The runner builds it with its
+validated config and calls :meth:`Plugin.run_stage` once per stage, which each kind maps to that method.
+Plugins written before the generic (``Config = MyConfig`` on an unparametrised base) keep working.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origin
 
 from .config import PluginConfig
+from .loaded_model import LoadedModel
 
 if TYPE_CHECKING:
-    import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
     from .context import StageContext
     from .workload import PlanInputs, WeightsSource, Workload
-
-
-@dataclass
-class LoadedModel:
-    """A causal LM ready for evaluation: in eval mode, on its device, with its tokenizer."""
-
-    name: str
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    #: Provenance recorded with every result that used this model (source, revision, dtype, checkpoint hash...).
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def max_length(self) -> int:
-        """The longest sequence the model was trained for (positions), capped by the tokenizer's claim."""
-        cfg = self.model.config
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            value = getattr(cfg, key, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return 2048
 
 
 #: How a declared metric follows from the per-example records (what the report's example-level intervals
@@ -88,20 +64,63 @@ class MetricSpec:
         return self.label or self.name
 
 
-class Plugin:
+#: A plugin's config type: the type parameter of its base class.
+ConfigT = TypeVar("ConfigT", bound=PluginConfig)
+
+
+def _config_parameter(cls: type) -> Any:
+    """What ``cls`` names as its plugin base's type parameter: a config class (``AttackPlugin[HotFlipConfig]``), a
+    type variable (a generic intermediate base), or None (an unparametrised base: the pre-generic style)."""
+    for base in cls.__dict__.get("__orig_bases__", ()):  # own bases only: a plain subclass inherits its parent's
+        origin = get_origin(base)
+        if isinstance(origin, type) and issubclass(origin, Plugin):
+            for arg in get_args(base):
+                if isinstance(arg, TypeVar) or (isinstance(arg, type) and issubclass(arg, PluginConfig)):
+                    return arg
+    return None
+
+
+class Plugin(Generic[ConfigT]):
     #: Name used in suites (``plugin: NAME``) and shown by ``harness list``.
     name: ClassVar[str]
     #: One of ``model``, ``metric``, ``attack``, ``trainer``; set by the base classes below.
     kind: ClassVar[str]
-    #: The plugin's options; unknown or mistyped keys are rejected with the plugin's name.
+    #: The plugin's options; unknown or mistyped keys are rejected with the plugin's name. Set from the base's type
+    #: parameter (``AttackPlugin[HotFlipConfig]``); a plugin on an unparametrised base sets it by hand.
     Config: ClassVar[type[PluginConfig]] = PluginConfig
     #: Whether results depend on the seed. Unseeded stages run once per model, not once per seed.
     seeded: ClassVar[bool] = True
     #: Bumped by the plugin author when results change for the same config; part of every stage's cache key.
     version: ClassVar[str] = "1"
+    #: Whether the stage changes the weights of the model in memory (training): the runner reloads it afterwards.
+    changes_model: ClassVar[bool] = False
 
-    def __init__(self, config: PluginConfig) -> None:
-        self.config = config
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = _config_parameter(cls)
+        own = cls.__dict__.get("Config")
+        where = f"plugin {cls.__module__}.{cls.__qualname__}"
+        if isinstance(declared, TypeVar):  # a generic base: a Config set by hand must fit the variable's bound
+            bound = declared.__bound__
+            if own is not None and isinstance(bound, type) and not issubclass(own, bound):
+                raise TypeError(f"{where}: Config = {own.__name__} is not a {bound.__name__}; fix: derive it from "
+                                f"{bound.__name__}")
+        elif declared is not None:
+            if own is not None and own is not declared:
+                raise TypeError(f"{where}: Config = {own.__name__} contradicts its base's type parameter "
+                                f"{declared.__name__}; fix: drop the Config line")
+            cls.Config = declared
+
+    def __init__(self, config: ConfigT) -> None:
+        self.config: ConfigT = config
+
+    def run_stage(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        """One stage of this plugin on ``model``: its kind's method (evaluate, attack, train). Returns the summary."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.kind} plugin) cannot run a stage")
+
+    def result_fields(self) -> dict[str, Any]:
+        """Fields of this kind added to every stage's ``result.json`` beside the metrics (an attack's control flag)."""
+        return {}
 
     def declared_metrics(self) -> list[MetricSpec]:
         """What this plugin's results report (the summary keys the report reads); may depend on the config."""
@@ -119,7 +138,7 @@ class Plugin:
         ``where`` is the suite key (``models.tiny``) to name in the message."""
 
 
-class ModelPlugin(Plugin):
+class ModelPlugin(Plugin[ConfigT]):
     kind = "model"
     seeded = False
 
@@ -136,16 +155,25 @@ class ModelPlugin(Plugin):
         return None
 
 
-class MetricPlugin(Plugin):
+class MetricPlugin(Plugin[ConfigT]):
     kind = "metric"
+
+    def run_stage(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        return self.evaluate(model, ctx)
 
     def evaluate(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         """Measure ``model``; write per-example records with ``ctx.records``; return the summary metrics."""
         raise NotImplementedError
 
 
-class AttackPlugin(Plugin):
+class AttackPlugin(Plugin[ConfigT]):
     kind = "attack"
+
+    def run_stage(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        return self.attack(model, ctx)
+
+    def result_fields(self) -> dict[str, Any]:
+        return {"control": bool(self.is_control())}
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         """Attack ``model``; write per-example records with ``ctx.records``; return the summary metrics."""
@@ -157,15 +185,20 @@ class AttackPlugin(Plugin):
         return False
 
 
-class TrainerPlugin(Plugin):
+class TrainerPlugin(Plugin[ConfigT]):
     kind = "trainer"
+    changes_model = True
+
+    def run_stage(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        return self.train(model, ctx)
 
     def train(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         """Train from ``model``; write a Hugging Face checkpoint to ``ctx.checkpoint_dir``; return summary metrics."""
         raise NotImplementedError
 
 
-KINDS: dict[str, type[Plugin]] = {
+KINDS: dict[str, type[Plugin[Any]]] = {
     "model": ModelPlugin, "metric": MetricPlugin, "attack": AttackPlugin, "trainer": TrainerPlugin,
 }
 PathLike = str | Path

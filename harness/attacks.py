@@ -222,7 +222,8 @@ class Scorer:
             (grad,) = torch.autograd.grad(loss.mean(), embeds)
         pos = torch.as_tensor(list(positions), device=grad.device)
         # d loss / d onehot[p, v] = grad_embedding[p] . embedding[v]  (the HotFlip linearisation)
-        return (grad[:, pos].sum(0).float() @ self._embeddings_f32.T).cpu()  # type: ignore[union-attr]
+        emb_f32 = self._embeddings_f32 if self._embeddings_f32 is not None else emb_matrix.float()  # set with it
+        return (grad[:, pos].sum(0).float() @ emb_f32.T).cpu()
 
 
 # -- records and summary metrics ---------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from .progress import Bar
 from .store import RecordLog, atomic_write_json, read_json
 
 if TYPE_CHECKING:
-    from .api import LoadedModel
-    from .graph import Stage
+    from .loaded_model import LoadedModel
+    from .stage import Stage
 
 log = logging.getLogger("harness")
 

@@ -9,30 +9,12 @@ changed config recomputes exactly the stages it changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from .stage import Stage
 from .store import stable_hash
 from .suite import Entry, Suite
-
-
-@dataclass
-class Stage:
-    id: str
-    section: str  # train | metrics | attacks
-    entry: str
-    plugin: str
-    model: str  # the model entry evaluated (for train: the starting model)
-    seed: int
-    seeded: bool
-    deps: list[str] = field(default_factory=list)
-    key: str = ""
-    #: For train stages: the model entries whose weights this stage produces.
-    produces: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "section": self.section, "entry": self.entry, "plugin": self.plugin,
-                "model": self.model, "seed": self.seed if self.seeded else None, "deps": self.deps, "key": self.key}
 
 
 @dataclass

@@ -22,7 +22,7 @@ _HOOK_BY_KIND = {"model": "harness_models", "metric": "harness_metrics", "attack
 class PluginInfo:
     name: str
     kind: str
-    cls: type[Plugin]
+    cls: type[Plugin[Any]]
     #: The distribution (package) that registered it, e.g. ``harness`` or ``harness-example-metric``.
     package: str
     module: str

@@ -160,18 +160,12 @@ class Runner:
         ctx = self._context(stage)
         seed_everything(stage.seed)
         started = time.time()
-        if stage.section == "train":
-            ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            metrics = plugin.train(model, ctx)
+        metrics = plugin.run_stage(model, ctx)
+        if plugin.changes_model:
             self._model = None  # training changed the weights in memory: reload before evaluating anything
-        elif stage.section == "metrics":
-            metrics = plugin.evaluate(model, ctx)
-        else:
-            metrics = plugin.attack(model, ctx)
         result = {"stage": stage.as_dict(), "plugin": entry.plugin.name, "package": entry.plugin.package,
                   "config": entry.config.model_dump(mode="json"), "model_info": model.info,
-                  "metrics": metrics, "n_records": len(ctx.records),
-                  **({"control": bool(plugin.is_control())} if stage.section == "attacks" else {}),
+                  "metrics": metrics, "n_records": len(ctx.records), **plugin.result_fields(),
                   "duration_s": round(time.time() - started, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if self.rank == 0:
             sdir = self.stage_dir(stage)

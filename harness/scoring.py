@@ -114,7 +114,7 @@ def score_windows(model: torch.nn.Module, windows: Sequence[Window], next_tokens
     """
     device = next(model.parameters()).device
     order = sorted(range(len(windows)), key=lambda i: (-len(windows[i].ids), i))
-    out: list[torch.Tensor | None] = [None] * len(windows)
+    out: dict[int, torch.Tensor] = {}
     start = 0
     while start < len(order):
         width = len(windows[order[start]].ids)
@@ -144,7 +144,7 @@ def score_windows(model: torch.nn.Module, windows: Sequence[Window], next_tokens
         counts = scored.sum(1).tolist()
         for i, part in zip(group, flat.split(counts)):
             out[i] = part
-    return out  # type: ignore[return-value]
+    return [out[i] for i in range(len(windows))]
 
 
 def sequence_nll(model: torch.nn.Module, seq: Sequence[int], max_length: int, stride: int | None = None,

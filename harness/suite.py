@@ -163,6 +163,9 @@ def validation_error_line(exc: ValidationError, file: Path, prefix: str, plugin:
     if etype == "value_error" and "file not found" in err["msg"]:
         return ConfigError(file, key, err["msg"].replace("Value error, ", "") + more,
                            "check the path (relative paths are relative to the suite file)")
+    if etype == "value_error":  # a config's own validator (cross-field checks): its message, with its fix if it has one
+        problem, _, fix = err["msg"].removeprefix("Value error, ").partition("; fix: ")
+        return ConfigError(file, key, f"{problem}{more}", fix or f"see the options of plugin '{plugin}'")
     got = err.get("input")
     return ConfigError(file, key, f"{err['msg']} (got {got!r}){more}",
                        f"give a valid {_type_name(etype)} value for plugin '{plugin}'")

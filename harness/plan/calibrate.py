@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..checkpointing import set_gradient_checkpointing
 from ..workload import Batch, ModelShape, TrainingSetup
 
 log = logging.getLogger("harness")
@@ -62,19 +63,6 @@ def random_model(shape: ModelShape) -> Any:
     if getattr(model.config, "hidden_size", None) != shape.hidden:  # the config ignored the generic keys
         return None
     return model.float()
-
-
-def _checkpointing(model: Any, on: bool) -> None:
-    """Gradient checkpointing as the trainers switch it (transformers 5 renamed the methods; 4.57 has the old)."""
-    new = hasattr(model, "activation_checkpointing_enable")
-    if on:
-        kwargs = {"use_reentrant": False}
-        if new:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    else:
-        (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
 
 
 @dataclass(frozen=True)
@@ -145,7 +133,7 @@ class CallTimer:
             run()
             times.append(time.perf_counter() - start)
         if call.checkpointing:
-            _checkpointing(model, False)
+            set_gradient_checkpointing(model, False)
         return statistics.median(times)
 
     @staticmethod
@@ -188,7 +176,7 @@ class CallTimer:
             return gradient
         model.train()
         if call.checkpointing:
-            _checkpointing(model, True)
+            set_gradient_checkpointing(model, True)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
 
         def step() -> None:

@@ -146,7 +146,9 @@ def root_model(suite: Suite, name: str) -> str:
     """The model entry whose weights ``name``'s come from: itself, or the start of the training that makes it."""
     entry = suite.models[name]
     while entry.from_train is not None:
-        name = suite.train[entry.from_train].model  # type: ignore[assignment]
+        base = suite.train[entry.from_train].model
+        assert base is not None, "load_suite checks that every train entry names its model"
+        name = base
         entry = suite.models[name]
     return name
 
@@ -399,7 +401,7 @@ def assumptions(plan: Plan, counter: DocumentCounter, timer: CallTimer | None = 
             lines.append(f"shape of {info.name}: {info.shape.source}")
         if info.tokenizer is not None and info.chars_per_token_how and info.root == info.name:
             lines.append(f"tokens of {info.name}: {info.chars_per_token_how}")
-    for stats in {s.how for s in counter._cache.values()}:
+    for stats in dict.fromkeys(s.how for s in counter._cache.values()):  # first use first, the same every run
         lines.append(f"documents: {stats}")
     lines.append("library versions: " + ", ".join(f"{k} {v}" for k, v in plan.versions.items() if v))
     return lines

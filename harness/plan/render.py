@@ -107,7 +107,8 @@ def details(plan: Plan) -> Group:
 
 def memory_table(plan: Plan) -> Table | None:
     """Training stages: the memory terms with and without gradient checkpointing, and the micro-batch that fits."""
-    train = [m[0] for m in groups(plan) if m[0].workload is not None and m[0].workload.training is not None]
+    train = [(m[0], m[0].workload.training) for m in groups(plan)
+             if m[0].workload is not None and m[0].workload.training is not None]
     if not train:
         return None
     a = plan.accelerator
@@ -115,21 +116,20 @@ def memory_table(plan: Plan) -> Table | None:
               title_justify="left")
     t.add_column("term", overflow="fold")
     columns: list[Memory] = []
-    for est in train:
-        setup = est.workload.training  # type: ignore[union-attr]
+    for est, setup in train:
         pair = [est.memory, est.memory_toggled]
         if setup.gradient_checkpointing:
             pair.reverse()  # without checkpointing first
         for mem, ckpt in zip(pair, (False, True)):
+            assert mem is not None, "estimate() sets both memories of every training stage"
             t.add_column(f"{est.stage.entry}\n{'with' if ckpt else 'no'} checkpointing", justify="right")
-            columns.append(mem)  # type: ignore[arg-type]
+            columns.append(mem)
     terms = list(dict.fromkeys(k for mem in columns for k in mem.parts))
     for term in terms:
         t.add_row(term, *[gb(mem.parts[term]) if term in mem.parts else "" for mem in columns])
     t.add_row(Text("peak", style="bold"), *[Text(gb(m.total), style="bold") for m in columns])
     fits = []
-    for est in train:
-        setup = est.workload.training  # type: ignore[union-attr]
+    for est, setup in train:
         for ckpt in (False, True):
             b = est.max_micro_batch.get(ckpt, 0)
             fits.append(f"{b}" + (" (now)" if b and setup.micro_batch <= b and ckpt == setup.gradient_checkpointing

@@ -122,7 +122,8 @@ class Profile(_Strict):
         return value
 
     def resources(self, kind: str) -> Resources:
-        return self.jobs[kind].over(self.defaults) if kind in self.jobs else self.defaults  # type: ignore[index]
+        own = next((res for job, res in self.jobs.items() if job == kind), None)  # kind: any job kind's name
+        return own.over(self.defaults) if own is not None else self.defaults
 
 
 def load_profile(path: Path | None) -> Profile:

@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from harness import (AttackPlugin, DocumentSource, LoadedModel, StageContext, StagePreempted, hookimpl,
-                     load_documents)
+from harness import (AttackPlugin, Batch, DocumentSource, LoadedModel, PlanInputs, StageContext, StagePreempted,
+                     Workload, hookimpl, load_documents)
 
 from harness.attacks import (Example, Scorer, TaskConfig, allowed_tokens, example_record, make_examples, select_examples,
                      spearman, summarize)
+from .workload import RECORD_BYTES, _examples, _length
 
 #: Proposes swaps for the current sequence: (ids, editable positions, swaps already tried at these ids) ->
 #: (swaps as (position, token) pairs, first-order estimates of their loss change or None).
@@ -171,21 +172,42 @@ def flip_summary(records: Sequence[dict[str, Any]], cfg: HotFlipConfig) -> dict[
     return metrics
 
 
-class HotFlipAttack(AttackPlugin):
+# -- cost model (harness plan) ------------------------------------------------------------------------------------
+def flip_workload(cfg: HotFlipConfig, inputs: PlanInputs, gradient: bool) -> Workload:
+    """HotFlip (``gradient``) or its random control: per example, ``steps`` x (a gradient pass + beam_width scores).
+
+    Follows :func:`run_flip_attack`, an upper bound where it stops early: every step is assumed to run."""
+    n, note = _examples(inputs, cfg.data, cfg.n_examples, cfg, "data")
+    length = _length(cfg)
+    steps = n_flips(cfg.flips, cfg.context_tokens)
+    scored = n * (1 + steps * cfg.beam_width)
+    grads = n * steps if gradient else 0
+    rows = max(1, min(cfg.beam_width, cfg.batch_tokens // length))
+    batches = [Batch(rows, length, logit_positions=cfg.continuation_tokens + 1, label="exact scoring")]
+    if gradient:
+        batches.append(Batch(1, length, "inputs", logit_positions=cfg.continuation_tokens + 1,
+                             label="token gradients"))
+    # Calls: per example the unedited sequence, then per step one scoring call (and one gradient call).
+    return Workload(forward_tokens=scored * length, gradient_tokens=grads * length, context=length,
+                    queries=scored + grads, forward_calls=n * (1 + steps), gradient_calls=grads,
+                    batches=batches, disk_bytes=n * RECORD_BYTES,
+                    disk_note="per-example records",
+                    notes=[f"{n:,} examples x {steps} steps x ({'1 gradient + ' if gradient else ''}"
+                           f"{cfg.beam_width} scores), {length} tokens each (upper bound){note}"])
+
+
+class HotFlipAttack(AttackPlugin[HotFlipConfig]):
     """HotFlip on causal LMs: gradient-ranked token swaps in the context, scored exactly in batches."""
 
     name = "hotflip"
-    Config = HotFlipConfig
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: HotFlipConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return run_flip_attack(model, ctx, cfg, lambda scorer, allowed, ex: gradient_proposer(
             scorer, allowed, len(ex.continuation), cfg.beam_width))
 
-    def plan(self, inputs):
+    def plan(self, inputs: PlanInputs) -> Workload:
         """Queries and gradient passes of this stage, from the config (``harness plan``)."""
-        from .workload import flip_workload
-
         return flip_workload(self.config, inputs, gradient=True)
 
 

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from pydantic import model_validator
 
-from harness import AttackPlugin, LoadedModel, PluginConfig, StageContext, hookimpl
+from harness import AttackPlugin, LoadedModel, PlanInputs, PluginConfig, StageContext, Workload, hookimpl
 
 from harness.attacks import Scorer, attack_rng, random_allowed
-from .hotflip import HotFlipConfig, Proposer, run_flip_attack
-from .uat import CandidateFn, UATConfig, run_uat
+from .hotflip import HotFlipConfig, Proposer, flip_workload, run_flip_attack
+from .uat import CandidateFn, UATConfig, run_uat, uat_workload
 
 
 class RandomTokenConfig(PluginConfig):
@@ -76,14 +76,13 @@ def random_candidates(top_k: int, allowed: torch.Tensor, ctx: StageContext) -> C
     return candidates
 
 
-class RandomTokenAttack(AttackPlugin):
+class RandomTokenAttack(AttackPlugin[RandomTokenConfig]):
     """Control: the HotFlip or UAT loop with random candidate tokens (same budget, no gradient)."""
 
     name = "random_token"
-    Config = RandomTokenConfig
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: RandomTokenConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.hotflip is not None:
             flip_cfg = cfg.hotflip
             return run_flip_attack(model, ctx, flip_cfg, lambda scorer, allowed, ex: random_proposer(
@@ -95,13 +94,12 @@ class RandomTokenAttack(AttackPlugin):
     def is_control(self) -> bool:
         return True
 
-    def plan(self, inputs):
+    def plan(self, inputs: PlanInputs) -> Workload:
         """The controlled attack's queries without its gradient passes (``harness plan``)."""
-        from .workload import flip_workload, uat_workload
-
-        cfg: RandomTokenConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.hotflip is not None:
             return flip_workload(cfg.hotflip, inputs, gradient=False)
+        assert cfg.uat is not None, "the config's validator requires hotflip or uat"
         return uat_workload(cfg.uat, inputs, gradient=False)
 
 

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from harness import (AttackPlugin, DocumentSource, HarnessError, LoadedModel, StageContext, StagePreempted,
-                     hookimpl, load_documents)
+from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, PlanInputs, StageContext,
+                     StagePreempted, Workload, hookimpl, load_documents)
 
 from harness.attacks import (Example, Scorer, TaskConfig, allowed_tokens, attack_rng, example_record, make_examples,
                      random_allowed, summarize)
+from .workload import RECORD_BYTES, _examples, _length
 
 #: Candidate tokens per trigger position: (scorer, batch ids [B, T], n_scored, trigger positions, trigger, restart,
 #: iteration) -> LongTensor [trigger_length, top_k].
@@ -219,20 +220,52 @@ def run_uat(model: LoadedModel, ctx: StageContext, cfg: UATConfig,
     return metrics
 
 
-class UniversalTriggerAttack(AttackPlugin):
+# -- cost model (harness plan) ------------------------------------------------------------------------------------
+def uat_workload(cfg: UATConfig, inputs: PlanInputs, gradient: bool) -> Workload:
+    """UAT (``gradient``) or its random control: restarts x iterations of candidates + beam search, then held-out.
+
+    Follows :func:`run_uat`, an upper bound where it stops early: every beam is assumed to expand fully."""
+    n_opt, note_opt = _examples(inputs, cfg.opt_data, cfg.n_opt, cfg, "opt_data")
+    n_eval, note_eval = _examples(inputs, cfg.eval_data, cfg.n_eval, cfg, "eval_data")
+    length = _length(cfg, cfg.trigger_length)
+    batch = min(cfg.batch_size, n_opt)
+    # Beam search: the current trigger, then per position the new candidates of every beam (one beam at first).
+    candidates = 1 + cfg.top_k + (cfg.trigger_length - 1) * cfg.beam_size * cfg.top_k
+    iterations = cfg.restarts * cfg.iterations
+    scored = iterations * batch * candidates + cfg.restarts * n_opt + 2 * n_opt + 2 * n_eval
+    grads = iterations * batch if gradient else 0
+    # The largest scoring call: one beam-search position (every beam's candidates on the batch), the whole
+    # optimisation split (a restart's final score), or a chunk of held-out examples; batch_tokens caps it.
+    largest = max(batch * cfg.beam_size * cfg.top_k, n_opt, min(EVAL_CHUNK, n_eval))
+    rows = max(1, min(cfg.batch_tokens // length, largest))
+    batches = [Batch(rows, length, logit_positions=cfg.continuation_tokens + 1, label="exact scoring")]
+    if gradient:
+        batches.append(Batch(batch, length, "inputs", logit_positions=cfg.continuation_tokens + 1,
+                             label="trigger gradients"))
+    # Calls: per iteration the current trigger and one call per trigger position (one gradient call); per restart its
+    # final score on the optimisation split; then the split without and with the trigger, held-out chunks likewise.
+    calls = (iterations * (1 + cfg.trigger_length) + cfg.restarts + 2
+             + 2 * -(-n_eval // EVAL_CHUNK))
+    return Workload(forward_tokens=scored * length, gradient_tokens=grads * length, context=length,
+                    queries=scored + grads, forward_calls=calls, gradient_calls=grads // batch if grads else 0,
+                    batches=batches, disk_bytes=n_eval * RECORD_BYTES,
+                    disk_note="per-example records",
+                    notes=[f"{cfg.restarts} restarts x {cfg.iterations} iterations x {batch} documents x "
+                           f"{candidates} candidate triggers (upper bound); {n_opt:,} optimisation + {n_eval:,} "
+                           f"held-out examples, {length} tokens each{note_opt}{note_eval}"])
+
+
+class UniversalTriggerAttack(AttackPlugin[UATConfig]):
     """Universal adversarial trigger: one gradient-searched prefix for all documents, judged on held-out ones."""
 
     name = "uat"
-    Config = UATConfig
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: UATConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return run_uat(model, ctx, cfg, lambda allowed: gradient_candidates(cfg.top_k, allowed))
 
-    def plan(self, inputs):
+    def plan(self, inputs: PlanInputs) -> Workload:
         """Queries and gradient passes of this stage, from the config (``harness plan``)."""
-        from .workload import uat_workload
-
         return uat_workload(self.config, inputs, gradient=True)
 
 

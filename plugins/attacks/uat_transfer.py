@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from harness import (AttackPlugin, DocumentSource, HarnessError, LoadedModel, PluginConfig, StageContext, hookimpl,
-                     load_documents)
+from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, NoEstimate, PlanInputs,
+                     PluginConfig, StageContext, Workload, hookimpl, load_documents)
 
 from harness.attacks import Scorer, make_examples, summarize
-from .uat import UATConfig, evaluate_trigger, tokenizer_fingerprint
+from .uat import EVAL_CHUNK, UATConfig, evaluate_trigger, tokenizer_fingerprint
+from .workload import RECORD_BYTES, _examples, _length
 
 
 class UATTransferConfig(PluginConfig):
@@ -35,14 +36,36 @@ def source_uat_config(result: dict[str, Any]) -> UATConfig:
     return UATConfig.model_validate(config.get("uat") or config)
 
 
-class UATTransfer(AttackPlugin):
+# -- cost model (harness plan) ------------------------------------------------------------------------------------
+def transfer_workload(cfg: UATTransferConfig, inputs: PlanInputs) -> Workload:
+    """``uat_transfer``: every source trigger (a ``uat`` stage it needs) on its held-out split, with and without it."""
+    tokens = queries = 0
+    batches, notes = [], []
+    for _, dep in sorted(inputs.dependencies.items()):
+        try:
+            src = source_uat_config(dep)  # as the stage reads its input's config at run time
+        except ValidationError:
+            continue  # not a trigger (e.g. the training stage of the model)
+        n, note = _examples(inputs, cfg.eval_data or src.eval_data, cfg.n_eval or src.n_eval, src, "eval_data")
+        plain, triggered = _length(src), _length(src, src.trigger_length)
+        tokens += n * (plain + triggered)
+        queries += 2 * n
+        batches.append(Batch(max(1, min(cfg.batch_tokens // triggered, EVAL_CHUNK, n)), triggered,
+                             logit_positions=src.continuation_tokens + 1, label="exact scoring"))
+        source = f"{dep['stage']['entry']} of {dep['stage']['model']}"
+        notes.append(f"{source}: {n:,} held-out examples x 2 (with and without its trigger){note}")
+    if not batches:
+        raise NoEstimate("no uat stage among the stages it needs (`needs: [<uat entry>]`)")
+    return Workload(forward_tokens=tokens, context=max(b.seq_len for b in batches), queries=queries,
+                    batches=batches[:1], disk_bytes=queries / 2 * RECORD_BYTES, disk_note="per-example records",
+                    notes=[f"{len(batches)} source trigger(s): " + "; ".join(notes)])
+class UATTransfer(AttackPlugin[UATTransferConfig]):
     """Evaluates every model's universal trigger (the stages it needs) on this model: one transfer-matrix row."""
 
     name = "uat_transfer"
-    Config = UATTransferConfig
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: UATTransferConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         sources = {sid: r for sid, r in sorted(ctx.inputs.items()) if "trigger_ids" in (r.get("metrics") or {})}
         if not sources:
             needed = ", ".join(ctx.inputs) or "none"
@@ -72,10 +95,8 @@ class UATTransfer(AttackPlugin):
         threshold = next(iter(row.values()))["threshold"]
         return {**summarize(pooled, threshold), "transfer": row}
 
-    def plan(self, inputs):
+    def plan(self, inputs: PlanInputs) -> Workload:
         """Queries of this stage, from its config and those of the uat stages it needs (``harness plan``)."""
-        from .workload import transfer_workload
-
         return transfer_workload(self.config, inputs)
 
 

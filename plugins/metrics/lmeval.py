@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import json
 import logging
 import os
 import random
@@ -32,7 +33,8 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from harness import ExistingPath, HarnessError, LoadedModel, MetricPlugin, PluginConfig, StageContext, hookimpl
+from harness import (Batch, ExistingPath, HarnessError, LoadedModel, MetricPlugin, NoEstimate, PlanInputs, PluginConfig,
+                     StageContext, Workload, hookimpl)
 
 #: The offline task YAMLs shipped with the plugin (and the script that built their data).
 LOCAL_TASKS = Path(__file__).resolve().parent / "lm_eval_tasks"
@@ -62,16 +64,74 @@ class LMEvalConfig(PluginConfig):
         return [value] if isinstance(value, str) else value
 
 
-class LMEval(MetricPlugin):
+# -- cost model (harness plan) ----------------------------------------------------------------------------------------
+#: task -> (documents in the evaluated split, requests per document, tokens per request); approximate.
+HUB_TASKS = {
+    "lambada_openai": (5153, 1, 90), "lambada_standard": (5153, 1, 90), "hellaswag": (10042, 4, 100),
+    "winogrande": (1267, 2, 30), "truthfulqa_mc1": (817, 5, 250), "truthfulqa_mc2": (817, 7, 250),
+    "arc_easy": (2376, 4, 50), "arc_challenge": (1172, 4, 60), "piqa": (1838, 2, 50), "boolq": (3270, 2, 150),
+    "openbookqa": (500, 4, 25), "sciq": (1000, 4, 130), "wikitext": (62, 1, 4000),
+}
+LOCAL_DATA = LOCAL_TASKS / "data"
+LOCAL_TASK_FILES = {"shakespeare_next_line": "next_line.jsonl", "shakespeare_last_word": "last_word.jsonl",
+               "shakespeare_rolling": "rolling.jsonl"}
+LOCAL_TAGS = {"shakespeare_local": list(LOCAL_TASK_FILES)}
+
+
+def local_task_size(name: str, chars_per_token: float) -> tuple[int, float, float]:
+    """(documents, requests per document, tokens per request) measured from a shipped task's data file."""
+    rows = [json.loads(line) for line in (LOCAL_DATA / LOCAL_TASK_FILES[name]).read_text().splitlines() if line.strip()]
+    requests = chars = 0.0
+    for row in rows:
+        base = len(row.get("context", "")) + len(row.get("text", ""))
+        choices = row.get("choices") or [row.get("target", "")]
+        requests += len(choices)
+        chars += sum(base + len(c) for c in choices)
+    return len(rows), requests / len(rows), chars / requests / chars_per_token
+
+
+def lm_eval_workload(cfg: LMEvalConfig, inputs: PlanInputs) -> Workload:
+    """Each request is one forward pass over context + continuation. The shipped offline tasks are measured from their
+    data files; for common hub tasks :data:`HUB_TASKS` gives approximate sizes; other tasks are listed as not
+    estimated. lm-eval's task index is not built."""
+    tasks = [t for name in cfg.tasks for t in LOCAL_TAGS.get(name, [name])]
+    shots = 1 + (cfg.num_fewshot or 0)  # each few-shot example adds about one request's worth of context
+    total = longest = 0.0
+    counted, unknown, notes = [], [], []
+    for task in tasks:
+        if task in LOCAL_TASK_FILES:
+            docs, per_doc, length = local_task_size(task, inputs.chars_per_token)
+        elif task in HUB_TASKS:
+            docs, per_doc, length = HUB_TASKS[task]
+        else:
+            unknown.append(task)
+            continue
+        if cfg.limit is not None:
+            docs = min(docs, int(cfg.limit)) if cfg.limit >= 1 else max(1, int(docs * cfg.limit))
+        length = min(length * shots, inputs.shape.max_length)
+        total += docs * per_doc * length
+        longest = max(longest, length)
+        counted.append(f"{task} {docs:,}x{per_doc:.3g}x{length:,.0f}")
+    if not counted:
+        raise NoEstimate(f"lm_eval: no size known for task(s) {', '.join(unknown)} (only the shipped tasks and "
+                         f"{', '.join(sorted(HUB_TASKS))} are tabled)")
+    notes.append("documents x requests x tokens: " + "; ".join(counted) + " (approximate)")
+    if unknown:
+        notes.append(f"not counted (size unknown): {', '.join(unknown)}")
+    return Workload(forward_tokens=total, context=int(longest),
+                    batches=[Batch(cfg.batch_size, int(longest), label="requests")],
+                    disk_bytes=500 * total / max(longest, 1), disk_note="per-sample records", notes=notes)
+
+
+class LMEval(MetricPlugin[LMEvalConfig]):
     """lm-evaluation-harness tasks on the in-memory model (hub tasks, or shipped offline ones)."""
 
     name = "lm_eval"
-    Config = LMEvalConfig
     seeded = False  # deterministic given the model: greedy generation, fixed few-shot seed
     version = "1"
 
     def evaluate(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: LMEvalConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
 
@@ -101,10 +161,8 @@ class LMEval(MetricPlugin):
         write_records(out, ctx)
         return metrics
 
-    def plan(self, inputs):
+    def plan(self, inputs: PlanInputs) -> Workload:
         """Requests and tokens of the tasks, from the config (``harness plan``)."""
-        from .lmeval_plan import lm_eval_workload
-
         return lm_eval_workload(self.config, inputs)
 
 

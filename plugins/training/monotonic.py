@@ -29,7 +29,7 @@ parameters a loader must find non-negative.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,8 @@ from torch.nn.utils import parametrize
 from harness import HarnessError
 
 #: Monotone non-decreasing activations that transformers can rebuild from ``config.hidden_act`` on reload.
-MONOTONE_ACTIVATIONS = ("relu", "leaky_relu", "relu2", "relu6", "sigmoid", "tanh")
+MonotoneActivation = Literal["relu", "leaky_relu", "relu2", "relu6", "sigmoid", "tanh"]
+MONOTONE_ACTIVATIONS: tuple[str, ...] = get_args(MonotoneActivation)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +41,11 @@ from harness import (
     TrainerPlugin,
     atomic_write_json,
     hookimpl,
+    set_gradient_checkpointing,
 )
 
 from .data import IGNORE, Blocks, BlockSchedule, build_blocks, cached_blocks
-from .monotonic import MODEL_TYPES, MONOTONE_ACTIVATIONS, MonotonicSpec, make_monotonic, merge, negative_entries
+from .monotonic import MODEL_TYPES, MonotoneActivation, MonotonicSpec, make_monotonic, merge, negative_entries
 from .parallel import DataParallel, gradient_sync
 from .state import Processes, Snapshots, setup_processes
 
@@ -108,7 +109,7 @@ class MonotonicConfig(TrainConfig):
     min_weight: float = Field(default=1e-4, gt=0)
     #: ``monotone`` replaces the FFN activation by ``monotone_activation`` (monotone FFN with ``mlp_both``).
     activation: Literal["original", "monotone"] = "original"
-    monotone_activation: Literal[MONOTONE_ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+    monotone_activation: MonotoneActivation = "relu"
 
     @field_validator("variant")
     @classmethod
@@ -142,13 +143,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
 
 
 def enable_checkpointing(model: torch.nn.Module) -> None:
-    """Keep only each layer's input and recompute the rest in the backward pass (much less activation memory for
-    about one more forward pass). transformers 5 renamed ``gradient_checkpointing_enable``; 4.57 has only that."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    """Gradient checkpointing on, as the core switches it (the plan's calibration times the same calls)."""
+    set_gradient_checkpointing(model, True)
 
 
 def count_targets(batch: dict[str, torch.Tensor]) -> int:
@@ -239,10 +235,15 @@ class _NoBar:
 
 
 # -- the trainers -----------------------------------------------------------------------------------------------------
-class RecoveryTrainer(TrainerPlugin):
+#: The config of a recovery trainer: the baseline's, or a subclass that adds its transform's options.
+TrainConfigT = TypeVar("TrainConfigT", bound=TrainConfig)
+
+
+class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
     """Recovery training without constraints (the fair baseline: same data, schedule and loop)."""
 
     name = "baseline"
+    #: Set by hand: this class is also the generic base of the trainers that add a transform.
     Config = BaselineConfig
 
     def transform(self, model: torch.nn.Module) -> dict[str, Any]:
@@ -256,7 +257,7 @@ class RecoveryTrainer(TrainerPlugin):
         return training_workload(self.config, inputs)
 
     def train(self, loaded: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: TrainConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         started = time.time()
         procs = setup_processes(ctx.torch_device())
         state_dir = ctx.stage_dir / "train_state"
@@ -393,14 +394,13 @@ class RecoveryTrainer(TrainerPlugin):
                             f"training state is {last}; fix: lower `lr` or check the data and the starting weights")
 
 
-class MonotonicTrainer(RecoveryTrainer):
+class MonotonicTrainer(RecoveryTrainer[MonotonicConfig]):
     """Monotonic transform (non-negative FFN weights, W = softplus(V)) then the same recovery training."""
 
     name = "monotonic"
-    Config = MonotonicConfig
 
     def transform(self, model: torch.nn.Module) -> dict[str, Any]:
-        cfg: MonotonicConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         spec = MonotonicSpec(variant=cfg.variant, init=cfg.init, min_weight=cfg.min_weight,
                              activation=cfg.monotone_activation if cfg.activation == "monotone" else "original")
         names = make_monotonic(model, spec)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -122,21 +122,24 @@ def textattack_summary(records: list[dict[str, Any]], threshold: float) -> dict[
     return metrics
 
 
-class _BridgeAttack(AttackPlugin):
+#: The config of one bridge attack.
+BridgeConfigT = TypeVar("BridgeConfigT", bound=TextAttackTaskConfig)
+
+
+class _BridgeAttack(AttackPlugin[BridgeConfigT]):
     """What the bridge's attacks share: ``control: true`` makes the stage a control (see ``control.py``)."""
 
     def is_control(self) -> bool:
-        return bool(self.config.control)  # type: ignore[attr-defined]
+        return self.config.control
 
 
-class DeepWordBugAttack(_BridgeAttack):
+class DeepWordBugAttack(_BridgeAttack[DeepWordBugConfig]):
     """TextAttack's DeepWordBug on causal LMs: character edits of the most important words, greedy (offline)."""
 
     name = "textattack_deepwordbug"
-    Config = DeepWordBugConfig
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: DeepWordBugConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
 
         def components(wrapper: Any, where: str):
             from .recipes import deepwordbug
@@ -146,18 +149,17 @@ class DeepWordBugAttack(_BridgeAttack):
         return run_textattack(model, ctx, cfg, components)
 
     def plan(self, inputs):
-        cfg: DeepWordBugConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return textattack_workload(cfg, inputs, gradient=cfg.wir_method == "gradient" and not cfg.control)
 
 
-class PruthiAttack(_BridgeAttack):
+class PruthiAttack(_BridgeAttack[PruthiConfig]):
     """TextAttack's Pruthi2019 on causal LMs: typo-like edits inside words, greedy search (offline)."""
 
     name = "textattack_pruthi"
-    Config = PruthiConfig
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: PruthiConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
 
         def components(wrapper: Any, where: str):
             from .recipes import pruthi
@@ -167,17 +169,16 @@ class PruthiAttack(_BridgeAttack):
         return run_textattack(model, ctx, cfg, components)
 
     def plan(self, inputs):
-        return textattack_workload(self.config, inputs, gradient=False)  # type: ignore[arg-type]
+        return textattack_workload(self.config, inputs, gradient=False)
 
 
-class TextAttackAttack(_BridgeAttack):
+class TextAttackAttack(_BridgeAttack[TextAttackConfig]):
     """Any TextAttack recipe, or transformation + constraints + search method, on causal LMs."""
 
     name = "textattack"
-    Config = TextAttackConfig
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: TextAttackConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
 
         def components(wrapper: Any, where: str):
             from .catalogue import build, build_transformation, recipe_components
@@ -194,7 +195,7 @@ class TextAttackAttack(_BridgeAttack):
         return run_textattack(model, ctx, cfg, components)
 
     def plan(self, inputs):
-        cfg: TextAttackConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         gradient = cfg.search.args.get("wir_method") == "gradient" and cfg.recipe is None and not cfg.control
         return textattack_workload(cfg, inputs, gradient=gradient)
 

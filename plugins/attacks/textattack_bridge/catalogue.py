@@ -19,7 +19,7 @@ from typing import Any
 
 from harness import HarnessError, did_you_mean
 
-from .config import Component
+from .component import Component
 from .env import NetworkBlocked, import_textattack, no_network
 
 import_textattack()

@@ -7,31 +7,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from harness import DocumentSource, PluginConfig
+from harness import DocumentSource
 
 from harness.attacks import TaskConfig
-
-
-class Component(PluginConfig):
-    """One TextAttack component: its class name as TextAttack spells it, and keyword arguments (``args``)."""
-
-    name: str
-    args: dict[str, Any] = {}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value  # `RepeatModification` == `{name: ...}`
-
-    @field_validator("name")
-    @classmethod
-    def _identifier(cls, value: str) -> str:
-        if not value.isidentifier():
-            raise ValueError(f"'{value}' is not a TextAttack class name")
-        return value
-
-    def describe(self) -> str:
-        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.args.items())})"
+from .component import Component
 
 
 class TextAttackTaskConfig(TaskConfig):
