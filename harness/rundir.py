@@ -170,6 +170,8 @@ class RunDir:
         if done is None or done["key"] != key:
             return StageState("incomplete", damage="done.json damaged" if (sdir / "done.json").exists()
                               and done is None else "")
+        if self.marker_key(stage_id) != key:
+            return StageState("incomplete", damage="stage.json missing or damaged")
         result = self.result(stage_id)
         if result is None:
             return StageState("incomplete", damage="result.json missing or damaged")
@@ -181,6 +183,16 @@ class RunDir:
 
     def is_done(self, stage_id: str, key: str) -> bool:
         return self.state(stage_id, key).status == "done"
+
+    def stage_markers(self) -> list[dict[str, Any]]:
+        """The stages as their own ``stage.json`` markers describe them (when ``config.resolved.json`` is damaged)."""
+        found = []
+        for marker in sorted((self.root / "stages").glob("**/stage.json")):
+            data = read_json_object(marker, {"id": str, "key": str, "section": str, "entry": str, "plugin": str,
+                                             "model": str}, "that stage is not listed")
+            if data is not None and is_within(marker.resolve(), self.root):
+                found.append(data)
+        return found
 
     def records(self, stage_id: str) -> list[dict[str, Any]]:
         return read_records(self.stage_dir(stage_id) / RECORDS)[0]

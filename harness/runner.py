@@ -134,8 +134,10 @@ class Runner:
                                        f"{stage.id}; fix: check rank 0's log for its error, then rerun")
                 time.sleep(0.05)
             return
-        if sdir.exists() and (self._marker_key(stage) != stage.key or self.dir.damaged_state(stage.id)):
-            # Results of an older config of this stage, or a resume state that cannot be read: recompute it.
+        if sdir.exists() and (self._marker_key(stage) != stage.key or (sdir / "done.json").exists()
+                              or self.dir.damaged_state(stage.id)):
+            # Results of an older config of this stage, a finished stage whose files no longer check out (a done
+            # marker beside a stage that is not done), or a resume state that cannot be read: recompute it all.
             self.dir.clear_stage(stage.id)
         sdir.mkdir(parents=True, exist_ok=True)
         if not marker.exists():

@@ -210,6 +210,7 @@ def check_name(name: Any, path: Path, key: str, what: str) -> str:
     """A name that is safe as a directory name (see NAME_PATTERN), or one ConfigError line."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
+        key = key if len(key) <= 80 else key[:77] + "..."
         raise ConfigError(path, key, f"invalid {what} name {shown} ({NAME_RULE})", f"rename it, e.g. `my_{what}`")
     return name
 

@@ -97,10 +97,11 @@ def load_run(run_dir: str | Path, config: ReportConfig | None = None) -> RunData
     if not resolved_path.exists():
         raise HarnessError(f"{run_dir}: no config.resolved.json, so this is not a harness run directory; fix: pass "
                            "the directory that `harness run` printed (or its --out)")
-    resolved = read_json_object(resolved_path, {"stages": list})
+    rundir = RunDir(run_dir)
+    resolved = read_json_object(resolved_path, {"stages": list},
+                                "the stages are read from their own stage.json markers instead")
     if resolved is None:
-        raise HarnessError(f"{resolved_path}: damaged (not the JSON object `harness run` writes); fix: run the suite "
-                           "again with the same --out (it rewrites this file and keeps every finished stage)")
+        resolved = {"stages": rundir.stage_markers()}
     suite = resolved.get("suite") if isinstance(resolved.get("suite"), dict) else {}
     if config is None:
         from pydantic import ValidationError
@@ -111,7 +112,6 @@ def load_run(run_dir: str | Path, config: ReportConfig | None = None) -> RunData
             config = ReportConfig.model_validate(suite.get("report") or {})
         except ValidationError as exc:
             raise validation_error_line(exc, resolved_path, "suite.report", "report", ReportConfig) from None
-    rundir = RunDir(run_dir)
     stages = []
     for st in resolved["stages"]:
         if not isinstance(st, dict) or not all(isinstance(st.get(k), str) for k in

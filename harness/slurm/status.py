@@ -49,13 +49,11 @@ def run_status(run_dir: Path, query_slurm: bool = True) -> list[StageStatus]:
     if not config.exists():
         raise HarnessError(f"{run_dir}: not a run directory (no config.resolved.json); fix: give the directory "
                            "`harness run` or `harness slurm submit` printed")
-    resolved = read_json_object(config, {"stages": list})
-    if resolved is None:
-        raise HarnessError(f"{config}: damaged (not the JSON object `harness run` writes); fix: run the suite again "
-                           "with the same --out (it rewrites this file and keeps every finished stage)")
-    stages = [st for st in resolved["stages"] if isinstance(st, dict) and isinstance(st.get("id"), str)
-              and isinstance(st.get("key"), str)]
     rundir = RunDir(run_dir)
+    resolved = read_json_object(config, {"stages": list}, "the stages are read from their own stage.json markers")
+    stages = [st for st in (resolved or {"stages": rundir.stage_markers()})["stages"]
+              if isinstance(st, dict) and isinstance(st.get("id"), str) and isinstance(st.get("key"), str)
+              and isinstance(st.get("deps", []), list)]
     record = read_record(run_dir)
     refs = [info["job"] for info in record["stages"].values()]
     if record.get("report"):
@@ -138,7 +136,7 @@ def _started(attempts: list[dict[str, Any]]) -> str:
 
 
 def _blocked_by(stage: dict[str, Any], rows: dict[str, StageStatus]) -> str:
-    for dep in stage["deps"]:
+    for dep in stage.get("deps", []):
         if dep in rows and rows[dep].state in ("failed", "cancelled"):
             return f"never ran: input {dep} {rows[dep].state}"
     return ""

@@ -171,10 +171,24 @@ def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) ->
             model = _load_gguf(ref, config.gguf_file, dtype, kwargs)
         else:
             tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(config.tokenizer or ref), **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True, **kwargs)
+            # Its multi-line load report of a mismatch is said here in one line instead.
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                model, loading = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True,
+                                                                      output_loading_info=True, **kwargs)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+            # transformers 5 re-initialises a tensor whose shape differs from the config (with a warning): the
+            # model would be partly random. Refuse, as transformers 4 does.
+            mismatched = loading.get("mismatched_keys") or []
+            if mismatched:
+                first = mismatched[0]
+                raise RuntimeError(f"size mismatch for {first[0] if isinstance(first, tuple) else first} "
+                                   f"({len(mismatched)} tensor(s))")
     except (OSError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
-        if local and "size mismatch" in str(exc):
+        if local and "mismatch" in str(exc):
             raise HarnessError(f"model '{name}': the weights in {ref} do not match its config.json ({first}); fix: "
                                "use the config.json saved with these weights") from exc
         if local:
