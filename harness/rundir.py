@@ -236,18 +236,19 @@ def _pid_alive(pid: int) -> bool:
 @contextmanager
 def _locked(path: Path, shared: bool, what: str) -> Iterator[None]:
     """A POSIX record lock (``fcntl.lockf``: held per process, released by the kernel when the holder dies, and
-    not inherited by forked workers) on ``path``, which names its holder."""
+    not inherited by forked workers) on ``path``, which names its holder. Nothing else in the process may open the
+    file while it is held (closing any descriptor of it drops the lock)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.lockf(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
-            holder = _read_holder(path)
+            holder = _read_holder(fd)
             who = (f"pid {holder.get('pid')} on host {holder.get('host')} (since {holder.get('since')})" if holder
                    else "another process")
             raise HarnessError(f"{what} is in use by {who}; fix: wait for that run to finish (or stop it), or pass "
                                "another --out") from None
-        previous = _read_holder(path)
+        previous = _read_holder(fd)
         if (previous and previous.get("host") == socket.gethostname() and isinstance(previous.get("pid"), int)
                 and previous["pid"] != os.getpid() and not _pid_alive(previous["pid"]) and not shared):
             log.info("%s: the previous holder (pid %s) is gone; its lock was stale", path, previous["pid"])
@@ -261,9 +262,11 @@ def _locked(path: Path, shared: bool, what: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _read_holder(path: Path) -> dict[str, Any]:
+def _read_holder(fd: int) -> dict[str, Any]:
+    """The holder named in the lock file, read through the locking descriptor: opening and closing the file again
+    would release this process's POSIX locks on it."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8") or "{}")
+        data = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
