@@ -51,10 +51,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 @command("validate", "check a suite (plugins, keys, types, files) without running it", _suite_args)
 def cmd_validate(args: argparse.Namespace) -> int:
     from .graph import build_graph
+    from .preflight import check_reachable
     from .suite import load_suite
 
     suite = load_suite(args.suite, args.mode)
     graph = build_graph(suite)
+    # The cheap file checks too (checkpoints' headers, tokenizer files, data files, what is reachable offline).
+    check_reachable(suite, graph.stages)
     console.print(f"{args.suite}: valid ({args.mode} mode): {len(suite.models)} models, {len(graph.stages)} stages, "
                   f"seeds {suite.seeds}")
     return 0
@@ -132,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         # would otherwise take for style tags and drop.
         err_console.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from .context import StopNow
+
         err_console.print("interrupted; run the same command again to resume")
-        return 130
+        return 3 if isinstance(exc, StopNow) else 130
 
 
 if __name__ == "__main__":

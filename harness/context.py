@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .progress import Bar
-from .store import RecordLog, atomic_write_json, read_json
+from .rundir import read_json_object
+from .store import RecordLog, atomic_write_json
 
 if TYPE_CHECKING:
     from .loaded_model import LoadedModel
@@ -37,6 +38,11 @@ def derive_seed(*parts: Any) -> int:
 
 class StagePreempted(Exception):
     """Raised by a plugin that saw ``ctx.should_stop`` and saved its state; the stage resumes on the next run."""
+
+
+class StopNow(KeyboardInterrupt):
+    """A second stop request (SIGTERM/SIGINT): the stage stops at once; its records and state files keep what was
+    durable, so the next run resumes from there."""
 
 
 @dataclass
@@ -88,8 +94,10 @@ class StageContext:
         atomic_write_json(self.stage_dir / f"state-{name}.json", state)
 
     def load_state(self, name: str) -> dict[str, Any] | None:
-        path = self.stage_dir / f"state-{name}.json"
-        return read_json(path) if path.exists() else None
+        """The state last saved under ``name``; None when there is none or it is damaged (then the stage starts
+        that state over, with one warning line)."""
+        return read_json_object(self.stage_dir / f"state-{name}.json",
+                                consequence=f"stage {self.stage.id} starts this state over")
 
     def load_model(self, name: str) -> LoadedModel:
         if self.model_loader is None:

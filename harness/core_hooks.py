@@ -7,19 +7,20 @@ from pathlib import Path
 from typing import Any
 
 from .hookspecs import hookimpl
-from .store import atomic_write_json, read_json
+from .rundir import RunDir
+from .store import atomic_write_json
 
 
 def collect_results(run_dir: Path, stages: list[Any]) -> dict[str, Any]:
     """Every stage of the run with its metrics, or ``status: missing`` (never a placeholder number)."""
+    rundir = RunDir(run_dir)
     rows = []
     for stage in stages:
-        stage_dir = run_dir / "stages" / stage.id
         row = stage.as_dict()
-        done = stage_dir / "done.json"
-        if done.exists() and read_json(done).get("key") == stage.key:
-            result = read_json(stage_dir / "result.json")
-            row.update(status="done", metrics=result.get("metrics", {}), duration_s=result.get("duration_s"))
+        state = rundir.state(stage.id, stage.key)
+        if state.status == "done" and state.result is not None:
+            row.update(status="done", metrics=state.result.get("metrics", {}),
+                       duration_s=state.result.get("duration_s"))
         else:
             row.update(status="missing", metrics=None)
         rows.append(row)

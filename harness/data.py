@@ -5,6 +5,7 @@ Shared by metrics, attacks and trainers, so that every stage of a suite reads th
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from .config import ExistingPath, PluginConfig
 from .errors import HarnessError
@@ -50,9 +51,56 @@ class DocumentSource(PluginConfig):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, (str, Path)) else value
 
+    @field_validator("data_files")
+    @classmethod
+    def _readable(cls, value: list[Path] | None, info: ValidationInfo) -> list[Path] | None:
+        for path in value or []:
+            check_data_file(path, info.data.get("dataset", "json"))
+        return value
+
     def describe(self) -> str:
         files = ",".join(p.name for p in self.data_files or [])
         return f"{self.dataset}[{self.split}]" + (f"({files})" if files else "")
+
+
+#: Compressed files are not looked into (datasets decompresses them while reading).
+_COMPRESSED = {".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4"}
+
+
+def check_data_file(path: Path, builder: str) -> None:
+    """Cheap checks of one local data file at validation (a ``ValueError`` with the fix): a regular, non-empty file
+    whose start looks like ``builder``'s format (JSON Lines: the first line is a JSON object; parquet: its magic)."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a data file; fix: list the files in it (`data_files: "
+                         f"[{path}/part-1.jsonl, ...]`) or a glob")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a regular file; fix: point `data_files` at a file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty; fix: point `data_files` at a file with documents")
+    if path.suffix in _COMPRESSED or builder not in _LOCAL_BUILDERS:
+        return
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if builder == "parquet":
+        if not head.startswith(b"PAR1"):
+            raise ValueError(f"{path} is not a parquet file (no PAR1 magic); fix: use `dataset: json` or `text` for "
+                             "text files, or re-export it as parquet")
+        return
+    if b"\0" in head:
+        raise ValueError(f"{path} is a binary file, not {builder} text; fix: point `data_files` at a "
+                         f"{'JSON Lines' if builder == 'json' else builder} file (or use `dataset: parquet`)")
+    if builder == "json":
+        first = head.split(b"\n", 1)[0].strip()
+        if path.suffix == ".json" and first[:1] in (b"[", b"{"):
+            return  # a whole JSON document: datasets reads it; its rows are checked when read
+        try:
+            row = json.loads(first)
+        except ValueError as exc:
+            raise ValueError(f"{path}: line 1 is not JSON ({exc}); fix: write one JSON object per line (JSON "
+                             "Lines), or use `dataset: text` for plain text") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line 1 is a JSON {type(row).__name__}, not an object; fix: write one JSON "
+                             "object per line, e.g. {\"text\": \"...\"}")
 
 
 def document_sources(value: Any, where: str) -> list[tuple[str, DocumentSource]]:
@@ -257,7 +305,10 @@ def rows_of(source: DocumentSource) -> Iterator[Any]:
         if isinstance(failed.error, HarnessError):
             raise failed.error from None
         if source.dataset in _LOCAL_BUILDERS and not is_transient(failed.error):
-            raise failed.error
+            files = ", ".join(str(p) for p in source.data_files or [])
+            raise HarnessError(f"dataset {source.describe()}: cannot read {files} as '{source.dataset}' at row "
+                               f"{failed.position} ({_one_line(failed.error)}); fix: repair that file (every row "
+                               f"must be valid {source.dataset}) or point `data_files` elsewhere") from failed.error
         after = f" after {failed.retries} retries" if failed.retries else ""
         raise HarnessError(
             f"dataset '{source.dataset}' (split '{source.split}'): the stream failed at row {failed.position}{after} "

@@ -3,7 +3,8 @@
 Run at the start of ``harness run`` and ``harness slurm submit`` (``--skip-preflight`` skips them), in this order:
 
 1. the run directory can be created and written, and its filesystem has room for the plan's disk estimate of the
-   stages still to run (checkpoints kept, caches, records);
+   stages still to run (checkpoints kept, caches, records); no stage's planned peak memory exceeds this machine's
+   (the GPU's, else RAM);
 2. a GPU is visible when the suite (or a model) asks for ``device: cuda``; for a SLURM submission, the profile gives
    those jobs GPUs instead (the login node needs none);
 3. every model and dataset the stages use can be reached: each plugin's own ``preflight`` (weights in a local
@@ -149,8 +150,17 @@ def check_reachable(suite: Suite, stages: list[Stage]) -> list[str]:
     return checked
 
 
-def disk_needed(suite: Suite, stages: list[Stage]) -> tuple[float | None, str, list[str]]:
-    """(bytes the plan expects these stages to leave, the biggest one, stages without an estimate)."""
+def machine_memory() -> tuple[float, str]:
+    """(bytes, what) of the memory a stage runs in here: the first GPU's, else the machine's RAM."""
+    import torch
+
+    if torch.cuda.is_available():
+        return float(torch.cuda.get_device_properties(0).total_memory), f"GPU memory ({torch.cuda.get_device_name(0)})"
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "RAM"
+
+
+def local_plan(suite: Suite, stages: list[Stage]) -> Any:
+    """The plan of ``stages`` on this machine (its disk and peak memory; the speed is not needed here)."""
     import torch
 
     from .plan.estimate import make_plan
@@ -158,14 +168,35 @@ def disk_needed(suite: Suite, stages: list[Stage]) -> tuple[float | None, str, l
 
     # Disk does not depend on the accelerator's speed; its device only picks the training precision.
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    plan = make_plan(suite, Accelerator("this machine", 1.0, 1.0, device=device), stages=stages,
+    memory, _ = machine_memory()
+    return make_plan(suite, Accelerator("this machine", 1.0, memory / 1e9, device=device), stages=stages,
                      measure_tokens=False)
+
+
+def disk_needed(suite: Suite, stages: list[Stage], plan: Any = None) -> tuple[float | None, str, list[str]]:
+    """(bytes the plan expects these stages to leave, the biggest one, stages without an estimate)."""
+    plan = plan if plan is not None else local_plan(suite, stages)
     estimated = [s for s in plan.stages if s.workload is not None]
     if not estimated:
         return None, "", [s.stage.id for s in plan.stages]
     biggest = max(estimated, key=lambda s: s.disk_bytes)
     return (plan.disk_bytes, f"largest: {biggest.stage.id} ~{_gb(biggest.disk_bytes)}",
             [s.stage.id for s in plan.missing])
+
+
+def check_memory(plan: Any) -> str:
+    """Refuse a stage whose planned peak memory exceeds this machine's (it would be killed, or swap for hours)."""
+    capacity, what = machine_memory()
+    worst = max((s for s in plan.stages if s.memory is not None), key=lambda s: s.memory.total, default=None)
+    if worst is None:
+        return ""
+    if worst.memory.total > capacity:
+        parts = ", ".join(f"{k} {_gb(v)}" for k, v in sorted(worst.memory.parts.items(), key=lambda kv: -kv[1])[:3])
+        raise HarnessError(f"stage {worst.stage.id}: the plan's peak memory is ~{_gb(worst.memory.total)} ({parts}), "
+                           f"more than this machine's {_gb(capacity)} of {what}; fix: lower its batch size "
+                           "(`micro_batch`, `batch_tokens`, ...; `harness plan` shows the numbers) or pass "
+                           "--skip-preflight to try anyway")
+    return f"memory: peak ~{_gb(worst.memory.total)} ({worst.stage.id}) of {_gb(capacity)} {what}"
 
 
 def run_preflight(suite: Suite, run_dir: Path, stages: list[Stage] | None = None, done: set[str] | None = None,
@@ -192,11 +223,14 @@ def run_preflight(suite: Suite, run_dir: Path, stages: list[Stage] | None = None
 
     def space() -> None:
         try:
-            needed, biggest, missing = disk_needed(suite, todo)
+            plan = local_plan(suite, todo)
+            needed, biggest, missing = disk_needed(suite, todo, plan)
         except Exception as exc:  # the estimate only informs this check; failing to make it must not stop a run
             log.warning("pre-flight: no disk estimate (%s: %s)", type(exc).__name__, exc)
             result.notes.append(f"no disk estimate ({type(exc).__name__}: {exc})")
             return
+        if profile is None and (memory := check_memory(plan)):  # a submission's jobs run on other machines
+            result.checks.append(memory)
         if missing:
             result.notes.append(f"no disk estimate for {len(missing)} stage(s), e.g. {missing[0]}")
         if needed is not None:

@@ -1,15 +1,16 @@
 """Runs a suite's stage graph: skips what is complete, resumes what was interrupted, stores every result.
 
-A stage is complete when ``done.json`` holds its current cache key; ``result.json`` is written first, so a kill
-between the two only reruns the stage. A stage directory holding a different key (a changed config) is cleared
-before the stage reruns; one holding the same key but no ``done.json`` was interrupted, and its plugin resumes
-from its records and state files.
+A stage is complete when ``done.json`` holds its current cache key (see :mod:`harness.rundir`, which owns the
+directory's layout and the done check); ``result.json`` is written first, so a kill between the two only reruns the
+stage. A stage directory holding a different key (a changed config) is cleared before the stage reruns; one holding
+the same key but no valid ``done.json`` was interrupted (or damaged), and its plugin resumes from its records and
+state files. A run holds the run directory's lock (a ``--stage`` run: that stage's) while it runs.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
-import shutil
 import signal
 import time
 from contextlib import contextmanager
@@ -18,19 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from .api import LoadedModel
-from .context import StageContext, StagePreempted, seed_everything
+from .context import StageContext, StagePreempted, StopNow, seed_everything
 from .env import environment_record
 from .errors import HarnessError, did_you_mean
 from .graph import Graph, Stage, build_graph
 from .plugins import Registry, load_registry
-from .store import atomic_write_json, atomic_write_text, read_json, to_json
+from .rundir import RunDir, read_json_object
+from .store import atomic_write_json, atomic_write_text, to_json, write_failed
 from .suite import Suite
 
 
 @dataclass
 class StageOutcome:
     stage: Stage
-    status: str  # done | skipped | preempted
+    status: str  # done | skipped | preempted (stopped before it finished, or before it started)
     result: dict[str, Any] | None
 
 
@@ -43,6 +45,7 @@ class Runner:
         #: so two processes never clear or replace each other's files.
         self.rank = rank
         self.run_dir = Path(run_dir or suite.output_dir).resolve()
+        self.dir = RunDir(self.run_dir)
         self.registry = registry or load_registry()
         self.graph: Graph = build_graph(suite)
         self.show_progress = show_progress
@@ -57,14 +60,10 @@ class Runner:
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def stage_dir(self, stage: Stage) -> Path:
-        return self.run_dir / "stages" / stage.id
+        return self.dir.stage_dir(stage.id)
 
     def is_done(self, stage: Stage) -> bool:
-        done = self.stage_dir(stage) / "done.json"
-        try:
-            return done.exists() and read_json(done).get("key") == stage.key
-        except (OSError, ValueError):
-            return False
+        return self.dir.is_done(stage.id, stage.key)
 
     def write_run_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -118,15 +117,11 @@ class Runner:
                             stop_flag=self.stop_flag, show_progress=self.show_progress)
 
     def _result(self, stage_id: str) -> dict[str, Any]:
-        path = self.run_dir / "stages" / stage_id / "result.json"
-        return read_json(path) if path.exists() else {}
+        return self.dir.result(stage_id) or {}
 
     # -- running -------------------------------------------------------------------------------------------------
     def _marker_key(self, stage: Stage) -> str | None:
-        try:
-            return read_json(self.stage_dir(stage) / "stage.json").get("key")
-        except (OSError, ValueError):
-            return None
+        return self.dir.marker_key(stage.id)
 
     def prepare_stage_dir(self, stage: Stage, wait_s: float = 600.0) -> None:
         sdir = self.stage_dir(stage)
@@ -139,8 +134,11 @@ class Runner:
                                        f"{stage.id}; fix: check rank 0's log for its error, then rerun")
                 time.sleep(0.05)
             return
-        if sdir.exists() and self._marker_key(stage) != stage.key:
-            shutil.rmtree(sdir)  # results of an older config of this stage: recompute from scratch
+        if sdir.exists() and (self._marker_key(stage) != stage.key or (sdir / "done.json").exists()
+                              or self.dir.damaged_state(stage.id)):
+            # Results of an older config of this stage, a finished stage whose files no longer check out (a done
+            # marker beside a stage that is not done), or a resume state that cannot be read: recompute it all.
+            self.dir.clear_stage(stage.id)
         sdir.mkdir(parents=True, exist_ok=True)
         if not marker.exists():
             atomic_write_json(marker, {**stage.as_dict(), "config": self.suite.section(stage.section)[stage.entry]
@@ -170,23 +168,38 @@ class Runner:
         if self.rank == 0:
             sdir = self.stage_dir(stage)
             atomic_write_json(sdir / "result.json", result)
-            atomic_write_json(sdir / "done.json", {"key": stage.key, "finished": result["finished"]})
+            atomic_write_json(sdir / "done.json", self.dir.done_marker(stage.id, stage.key, result["finished"]))
             self.registry.pm.hook.harness_stage_finished(run_dir=self.run_dir, stage=stage, result=result)
         return StageOutcome(stage, "done", result)
 
     def run(self) -> list[StageOutcome]:
+        """Every stage (or those of ``only``) in order, holding the run directory's lock (rank 0 only: the other
+        ranks of a launcher are its helpers). A stop request ends the run with the first unfinished stage's
+        outcome ``preempted``, whichever stage it landed in."""
+        if self.rank != 0:
+            return self._run()
+        only = self.only[0] if self.only and len(self.only) == 1 else None
+        with self.dir.lock(only):
+            return self._run()
+
+    def _run(self) -> list[StageOutcome]:
         self.write_run_files()
-        outcomes = []
+        outcomes: list[StageOutcome] = []
         stages = [s for s in self.graph.stages if self.only is None or s.id in self.only]
         with _stop_signals(self.stop_flag):
             for stage in stages:
-                try:
-                    outcomes.append(self.run_stage(stage))
-                except StagePreempted:
+                if self.stop_flag[0]:  # asked to stop while the last stage ran (and it finished anyway)
                     outcomes.append(StageOutcome(stage, "preempted", None))
                     break
-                if self.stop_flag[0]:
+                try:
+                    outcomes.append(self.run_stage(stage))
+                except (StagePreempted, StopNow):
+                    outcomes.append(StageOutcome(stage, "preempted", None))
                     break
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a library's own write (torch.save, a cache)
+                        raise write_failed(Path(exc.filename or self.stage_dir(stage)), exc) from None
+                    raise
         self._model = None
         if self.rank == 0 and all(self.is_done(s) for s in self.graph.stages):
             self.registry.pm.hook.harness_run_finished(run_dir=self.run_dir, suite=self.suite,
@@ -196,14 +209,16 @@ class Runner:
 
 @contextmanager
 def _stop_signals(flag: list[bool]):
-    """SIGUSR1 (SLURM's warning before a time limit or preemption) and SIGTERM ask the running stage to save its
-    state and stop; plugins poll ``ctx.should_stop``."""
+    """SIGUSR1 (SLURM's warning before a time limit or preemption), SIGTERM and SIGINT ask the running stage to save
+    its state and stop; plugins poll ``ctx.should_stop``. A second SIGTERM or SIGINT stops at once."""
 
     def handler(signum: int, frame: Any) -> None:
+        if flag[0] and signum != signal.SIGUSR1:
+            raise StopNow()
         flag[0] = True
 
     previous = {}
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
+    for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
         try:
             previous[sig] = signal.signal(sig, handler)
         except ValueError:  # not in the main thread
@@ -217,16 +232,17 @@ def _stop_signals(flag: list[bool]):
 
 def summary_table(run_dir: Path) -> str:
     """A compact text table of final_results.json (the full report comes from the report plugin)."""
-    path = run_dir / "final_results.json"
-    if not path.exists():
-        return "(no final_results.json yet)"
-    data = read_json(path)
+    data = read_json_object(run_dir / "final_results.json", {"stages": list})
+    if data is None:
+        return "(no readable final_results.json yet)"
     lines = []
     for row in data["stages"]:
-        metrics = row.get("metrics") or {}
+        if not isinstance(row, dict):
+            continue
+        metrics = row.get("metrics") if isinstance(row.get("metrics"), dict) else {}
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
                           if isinstance(v, (int, float)) and not isinstance(v, bool))
-        lines.append(f"{row['id']:<48} {row['status']:<8} {shown}")
+        lines.append(f"{row.get('id', '?'):<48} {row.get('status', '?'):<8} {shown}")
     return "\n".join(lines)
 
 

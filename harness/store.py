@@ -7,6 +7,7 @@ time and fsynced, so an interrupted stage can resume after its last complete rec
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -14,6 +15,18 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from .errors import HarnessError
+from .rundir import read_records
+
+#: Write failures that are the filesystem's state, not a bug: reported as one line naming the path.
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def write_failed(path: Path, exc: OSError) -> HarnessError:
+    """The one line for a write that the filesystem refused (a full disk, a quota, a read-only mount)."""
+    return HarnessError(f"{path}: cannot write ({exc.strerror or exc}); fix: free space on that filesystem (or pass "
+                        "--out on a larger one) and run the same command again to resume")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -41,6 +54,15 @@ _FILE_MODE = _default_file_mode()
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
+    try:
+        _atomic_write_bytes(path, data)
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise write_failed(path, exc) from None
+        raise
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -108,17 +130,7 @@ class RecordLog:
     def _read_and_repair(self) -> Iterator[dict[str, Any]]:
         if not self.path.exists():
             return
-        good_bytes = 0
-        records = []
-        with open(self.path, "rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    break  # torn write from a killed process: drop it
-                try:
-                    records.append(json.loads(raw))
-                except json.JSONDecodeError:
-                    break
-                good_bytes += len(raw)
+        records, good_bytes = read_records(self.path)  # a torn write from a killed process is dropped
         if good_bytes != self.path.stat().st_size:
             with open(self.path, "r+b") as f:
                 f.truncate(good_bytes)
@@ -141,10 +153,15 @@ class RecordLog:
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True, default=_json_default) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # a part of the line may be written: the next read drops it as a torn line
+            if exc.errno in _FULL:
+                raise write_failed(self.path, exc) from None
+            raise
         self._records.append(json.loads(line))
 
     def extend(self, records: Iterable[dict[str, Any]]) -> None:

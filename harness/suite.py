@@ -24,6 +24,7 @@ plugin's own config and is validated by the plugin's ``Config``.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ from .plugins import PluginInfo, Registry, load_registry
 SECTIONS = {"models": "model", "train": "trainer", "metrics": "metric", "attacks": "attack"}
 TOP_KEYS = {"name", "description", "seeds", "device", "output_dir", "report", "quick", "full", *SECTIONS}
 MODES = ("quick", "full")
+#: Seeds are 64-bit signed in torch's generators: larger ones overflow.
+MAX_SEED = 2**63
 RESERVED = {
     "models": {"plugin", "enabled", "from_train"},
     "train": {"plugin", "enabled", "model"},
@@ -171,18 +174,70 @@ def validation_error_line(exc: ValidationError, file: Path, prefix: str, plugin:
                        f"give a valid {_type_name(etype)} value for plugin '{plugin}'")
 
 
+#: A suite larger than this is refused before it is parsed (real suites are a few kB; a runaway generated one
+#: would otherwise take minutes to parse and more to validate).
+MAX_SUITE_BYTES = 1 << 20
+#: Entry, model and suite names become directory names in the run: a safe character set and a length limit.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+NAME_RULE = "1-100 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"
+
+
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping that names a key twice (plain YAML keeps the last and silently drops the first)."""
+
+
+class UniqueKeySafeLoader(yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader):
+    """yaml's safe loader that refuses duplicate keys in a mapping: the C parser when PyYAML was built with libyaml
+    (tens of times faster on a large suite), else the pure-Python one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+            if duplicate:
+                raise DuplicateKey(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def check_name(name: Any, path: Path, key: str, what: str) -> str:
+    """A name that is safe as a directory name (see NAME_PATTERN), or one ConfigError line."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
+        key = key if len(key) <= 80 else key[:77] + "..."
+        raise ConfigError(path, key, f"invalid {what} name {shown} ({NAME_RULE})", f"rename it, e.g. `my_{what}`")
+    return name
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(path, "", "is a directory, not a suite file", "give the suite's YAML file (e.g. "
+                          f"{path / 'quick.yaml'})")
     if not path.exists():
         raise ConfigError(path, "", "suite file not found", "check the path")
+    size = path.stat().st_size
+    if size > MAX_SUITE_BYTES:
+        raise ConfigError(path, "", f"the file is {size:,} bytes, over the {MAX_SUITE_BYTES:,}-byte limit for a "
+                          "suite", "split it into smaller suites (a suite describes one study)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeySafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if isinstance(exc, DuplicateKey):
+            raise ConfigError(path, "", f"{problem} at {where}", "keep one of the two (merge their options)") from None
         raise ConfigError(path, "", f"invalid YAML at {where}: {problem}", "fix the YAML syntax there") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "", "not a UTF-8 text file", "save the suite as UTF-8 YAML") from None
+    except RecursionError:
+        raise ConfigError(path, "", "nested too deeply to read", "flatten the YAML") from None
     if data is None:
         raise ConfigError(path, "", "the suite is empty", "add at least `models:` and `metrics:`")
     if not isinstance(data, dict):
@@ -227,6 +282,7 @@ def _parse_entries(data: dict[str, Any], section: str, path: Path, registry: Reg
     kind = SECTIONS[section]
     entries: dict[str, Entry] = {}
     for name, options in block.items():
+        check_name(name, path, f"{section}.{name}", SECTIONS[section] if section != "train" else "train entry")
         key = f"{section}.{name}"
         options = {} if options is None else options
         if not isinstance(options, dict):
@@ -280,16 +336,14 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
                               f"use only: {', '.join(sorted(TOP_KEYS))}")
     resolved = resolve_mode(data, path, mode)
 
-    name = resolved.get("name", path.stem)
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ConfigError(path, "name", f"suite name must be letters, digits, '-', '_' or '.', got {name!r}",
-                          "rename it, e.g. `name: my_suite`")
+    name = check_name(resolved.get("name", path.stem), path, "name", "suite")
     seeds = resolved.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
     if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise ConfigError(path, "seeds", f"expected a non-empty list of non-negative integers, got {seeds!r}",
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < MAX_SEED for s in seeds)):
+        shown = repr(seeds) if len(repr(seeds)) <= 80 else repr(seeds)[:77] + "..."
+        raise ConfigError(path, "seeds", f"expected a non-empty list of integers from 0 to 2**63-1, got {shown}",
                           "write `seeds: [42, 1337]`")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(path, "seeds", f"duplicate seeds in {seeds}", "list each seed once")
@@ -330,6 +384,7 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
             if entry.name in entry.needs:
                 raise ConfigError(path, f"{entry.key}.needs", "an entry cannot need itself", "remove it from `needs`")
             entry.config = _validate_config(entry, path)
+    _check_needs_cycles({**sections["metrics"], **sections["attacks"]}, path)
 
     report_raw = resolved.get("report") or {}
     if not isinstance(report_raw, dict):
@@ -363,3 +418,23 @@ def _check_train_cycles(train: dict[str, Entry], models: dict[str, Entry], path:
                                   "a train entry cannot start from its own output")
             seen.append(base.from_train)
             entry = train[base.from_train]
+
+
+def _check_needs_cycles(entries: dict[str, Entry], path: Path) -> None:
+    """Entries whose ``needs`` lead back to themselves would never run: one line naming the cycle."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: checked
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = trail[trail.index(name):] + [name]
+            raise ConfigError(path, f"{entries[trail[-1]].key}.needs", f"`needs` cycle: {' -> '.join(cycle)}",
+                              "remove one of these `needs` (an entry cannot wait for itself)")
+        state[name] = 1
+        for need in entries[name].needs:
+            visit(need, trail + [name])
+        state[name] = 2
+
+    for name in entries:
+        visit(name, [])

@@ -1,12 +1,12 @@
 """Read a run directory: the stages the run planned (``config.resolved.json``) and what each one left behind.
 
 A stage counts as done only when its ``done.json`` holds the stage's current cache key; anything else is missing
-(``incomplete`` when it started, ``not started`` otherwise) and never contributes a number. Nothing here writes.
+(``incomplete`` when it started, ``not started`` otherwise, ``damaged: ...`` when a file it finished with no longer
+reads back) and never contributes a number. Nothing here writes, and no damaged file makes it raise.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HarnessError
-from ..store import read_json
+from ..rundir import RECORDS, RunDir, read_json_object, read_records, warn_damaged
 from ..suite import ReportConfig
 
 
@@ -29,7 +29,7 @@ class StageData:
     key: str
     deps: list[str]
     dir: Path
-    status: str  # done | incomplete | not started
+    status: str  # done | incomplete | not started | damaged: <which file>
     result: dict[str, Any] | None = None
 
     @property
@@ -51,19 +51,7 @@ class StageData:
     @cached_property
     def records(self) -> list[dict[str, Any]]:
         """Per-example records (read-only: a torn last line from a killed process is skipped, not repaired)."""
-        path = self.dir / "records.jsonl"
-        if not path.exists():
-            return []
-        rows = []
-        with open(path, "rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    break
-                try:
-                    rows.append(json.loads(raw))
-                except json.JSONDecodeError:
-                    break
-        return rows
+        return read_records(self.dir / RECORDS)[0]
 
 
 @dataclass
@@ -109,8 +97,12 @@ def load_run(run_dir: str | Path, config: ReportConfig | None = None) -> RunData
     if not resolved_path.exists():
         raise HarnessError(f"{run_dir}: no config.resolved.json, so this is not a harness run directory; fix: pass "
                            "the directory that `harness run` printed (or its --out)")
-    resolved = read_json(resolved_path)
-    suite = resolved.get("suite") or {}
+    rundir = RunDir(run_dir)
+    resolved = read_json_object(resolved_path, {"stages": list},
+                                "the stages are read from their own stage.json markers instead")
+    if resolved is None:
+        resolved = {"stages": rundir.stage_markers()}
+    suite = resolved.get("suite") if isinstance(resolved.get("suite"), dict) else {}
     if config is None:
         from pydantic import ValidationError
 
@@ -121,22 +113,22 @@ def load_run(run_dir: str | Path, config: ReportConfig | None = None) -> RunData
         except ValidationError as exc:
             raise validation_error_line(exc, resolved_path, "suite.report", "report", ReportConfig) from None
     stages = []
-    for st in resolved.get("stages", []):
-        sdir = run_dir / "stages" / st["id"]
-        status, result = "not started", None
+    for st in resolved["stages"]:
+        if not isinstance(st, dict) or not all(isinstance(st.get(k), str) for k in
+                                               ("id", "section", "entry", "plugin", "model", "key")):
+            warn_damaged(resolved_path, f"a stage entry is malformed ({str(st)[:60]})", "that stage is left out")
+            continue
         try:
-            done = read_json(sdir / "done.json") if (sdir / "done.json").exists() else None
-        except (OSError, ValueError):
-            done = None
-        if done is not None and done.get("key") == st["key"] and (sdir / "result.json").exists():
-            status, result = "done", read_json(sdir / "result.json")
-        elif sdir.exists():
-            status = "incomplete"
+            sdir = rundir.stage_dir(st["id"])
+        except HarnessError as exc:
+            warn_damaged(resolved_path, str(exc), "that stage is left out")
+            continue
+        state = rundir.state(st["id"], st["key"])
         stages.append(StageData(id=st["id"], section=st["section"], entry=st["entry"], plugin=st["plugin"],
                                 model=st["model"], seed=st.get("seed"), key=st["key"], deps=st.get("deps", []),
-                                dir=sdir, status=status, result=result))
-    env_path = run_dir / "environment.json"
-    environment = read_json(env_path) if env_path.exists() else {}
+                                dir=sdir, status=f"damaged: {state.damage}" if state.damage else state.status,
+                                result=state.result))
+    environment = read_json_object(run_dir / "environment.json") or {}
     # config.resolved.json is written with sorted keys, so the suite's model order is the stages' order (the graph
     # visits models in suite order); the baseline comes first.
     enabled = [m for m, opts in (suite.get("models") or {}).items()

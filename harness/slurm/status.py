@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HarnessError
-from ..store import read_json
+from ..rundir import RunDir, read_json_object, read_records
 from . import scheduler
 from .plan import flat
 from .submit import read_record
@@ -23,7 +23,7 @@ from .submit import read_record
 @dataclass
 class StageStatus:
     stage: str
-    state: str  # done | running | pending | requeued | failed | cancelled | interrupted | not started | unknown
+    state: str  # done | damaged | running | pending | requeued | failed | cancelled | interrupted | not started | unknown
     job: str = ""
     detail: str = ""
     log: str = ""
@@ -40,15 +40,7 @@ def _last_line(path: Path) -> str:
 
 def _attempts(run_dir: Path, stage_id: str) -> list[dict[str, Any]]:
     path = run_dir / "slurm" / "attempts" / f"{flat(stage_id)}.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut short by a killed job
-    return out
+    return read_records(path)[0]  # a line cut short by a killed job ends what is read
 
 
 def run_status(run_dir: Path, query_slurm: bool = True) -> list[StageStatus]:
@@ -57,7 +49,11 @@ def run_status(run_dir: Path, query_slurm: bool = True) -> list[StageStatus]:
     if not config.exists():
         raise HarnessError(f"{run_dir}: not a run directory (no config.resolved.json); fix: give the directory "
                            "`harness run` or `harness slurm submit` printed")
-    stages = read_json(config)["stages"]
+    rundir = RunDir(run_dir)
+    resolved = read_json_object(config, {"stages": list}, "the stages are read from their own stage.json markers")
+    stages = [st for st in (resolved or {"stages": rundir.stage_markers()})["stages"]
+              if isinstance(st, dict) and isinstance(st.get("id"), str) and isinstance(st.get("key"), str)
+              and isinstance(st.get("deps", []), list)]
     record = read_record(run_dir)
     refs = [info["job"] for info in record["stages"].values()]
     if record.get("report"):
@@ -75,15 +71,19 @@ def run_status(run_dir: Path, query_slurm: bool = True) -> list[StageStatus]:
     rows: dict[str, StageStatus] = {}
     for stage in stages:  # graph order: inputs come first
         sid = stage["id"]
-        sdir = run_dir / "stages" / sid
+        try:
+            sdir = rundir.stage_dir(sid)
+        except HarnessError as exc:
+            rows[sid] = StageStatus(sid, "unknown", detail=str(exc))
+            continue
         info = record["stages"].get(sid) or {}
         job = info.get("job", "")
         log = _log_of(run_dir, info)
         row = StageStatus(sid, "not started", job, "", log)
-        done = sdir / "done.json"
         attempts = _attempts(run_dir, sid)
-        if done.exists() and read_json(done).get("key") == stage["key"]:
-            result = read_json(sdir / "result.json") if (sdir / "result.json").exists() else {}
+        state = rundir.state(sid, stage["key"])
+        if state.status == "done" and state.result is not None:
+            result = state.result
             row.state, row.detail = "done", f"{result.get('duration_s', '?')} s, finished {result.get('finished', '?')}"
         elif job in queued:
             q = queued[job]
@@ -104,6 +104,8 @@ def run_status(run_dir: Path, query_slurm: bool = True) -> list[StageStatus]:
             row.state, row.detail = _ended(job, ended.get(job), attempts, stage, rows)
             if row.state == "failed" and log:
                 row.detail += f": {_last_line(Path(log))}" if _last_line(Path(log)) else ""
+        elif state.damage:
+            row.state, row.detail = "damaged", f"{state.damage}; run again to recompute it"
         elif sdir.exists():
             row.state, row.detail = "interrupted", "partial results kept; run again to resume"
         else:
@@ -134,7 +136,7 @@ def _started(attempts: list[dict[str, Any]]) -> str:
 
 
 def _blocked_by(stage: dict[str, Any], rows: dict[str, StageStatus]) -> str:
-    for dep in stage["deps"]:
+    for dep in stage.get("deps", []):
         if dep in rows and rows[dep].state in ("failed", "cancelled"):
             return f"never ran: input {dep} {rows[dep].state}"
     return ""

@@ -23,7 +23,8 @@ from typing import Any
 
 from ..graph import Graph
 from ..runner import Runner
-from ..store import atomic_write_json, atomic_write_text, read_json
+from ..rundir import read_json_object
+from ..store import atomic_write_json, atomic_write_text
 from ..suite import load_suite
 from . import scheduler
 from .plan import Job, flat, plan_jobs, report_job, topological
@@ -36,8 +37,9 @@ def slurm_dir(run_dir: Path) -> Path:
 
 
 def read_record(run_dir: Path) -> dict[str, Any]:
-    path = slurm_dir(run_dir) / "jobs.json"
-    return read_json(path) if path.exists() else {"stages": {}, "report": None, "submissions": []}
+    record = read_json_object(slurm_dir(run_dir) / "jobs.json", {"stages": dict},
+                              "the jobs submitted before are not known to this command")
+    return record or {"stages": {}, "report": None, "submissions": []}
 
 
 @dataclass

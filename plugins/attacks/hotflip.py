@@ -42,7 +42,7 @@ class HotFlipConfig(TaskConfig):
     n_examples: int | None = Field(default=None, ge=1)
     sample: Literal["first", "seeded"] = "first"
     #: Steps (at most one flip each): a count, or a fraction (0, 1] of the context tokens.
-    flips: int | Annotated[float, Field(gt=0, le=1)] = 10
+    flips: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, le=1)] = 10
     #: Swaps scored exactly per step (the top first-order candidates), in one batched forward pass.
     beam_width: int = Field(default=32, ge=1)
 

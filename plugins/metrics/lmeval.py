@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from harness import (Batch, ExistingPath, HarnessError, LoadedModel, MetricPlugin, NoEstimate, PlanInputs, PluginConfig,
-                     StageContext, Workload, hookimpl)
+                     StageContext, StagePreempted, Workload, hookimpl)
 
 #: The offline task YAMLs shipped with the plugin (and the script that built their data).
 LOCAL_TASKS = Path(__file__).resolve().parent / "lm_eval_tasks"
@@ -57,11 +57,44 @@ class LMEvalConfig(PluginConfig):
     include_path: list[ExistingPath] = Field(default_factory=list)
     #: Overrides of the generation settings of generate_until tasks (e.g. ``{max_gen_toks: 32}``).
     gen_kwargs: dict[str, Any] | None = None
+    #: Allow task directories in ``include_path`` that import Python (``!function`` in a task YAML, or ``.py``
+    #: files beside them): lm-eval runs that code. Off unless a suite asks, like ``trust_remote_code``.
+    trust_code: bool = Field(default=False, exclude=True)  # permission, not a setting: not in the cache key
 
     @field_validator("tasks", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _no_code_unless_trusted(self) -> LMEvalConfig:
+        if not self.trust_code:
+            for directory in self.include_path:
+                found = code_in_task_dir(directory)
+                if found:
+                    raise ValueError(f"include_path {directory}: {found} would make lm-eval run Python from that "
+                                     "directory; fix: set `trust_code: true` for this entry if you trust that code")
+        return self
+
+
+def code_in_task_dir(directory: Path) -> str:
+    """What in a task directory would import code (a ``!function`` tag in a YAML, a ``.py`` file), or ""."""
+    root = Path(directory)
+    if root.is_file():
+        files = [root]
+    else:
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+    for path in files:
+        if path.suffix == ".py":
+            return f"{path.name} (Python code)"
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            if "!function" in text:
+                return f"{path.name} (a `!function` tag)"
+    return ""
 
 
 # -- cost model (harness plan) ----------------------------------------------------------------------------------------
@@ -143,6 +176,7 @@ class LMEval(MetricPlugin[LMEvalConfig]):
             # A copy of the tokenizer: HFLM may add a pad token to it, and other stages share the original.
             lm = HFLM(pretrained=model.model, tokenizer=copy.deepcopy(model.tokenizer), batch_size=cfg.batch_size,
                       max_length=model.max_length)
+            poll_stop(lm, ctx)
             try:
                 out = simple_evaluate(model=lm, tasks=list(cfg.tasks), task_manager=task_manager,
                                       num_fewshot=cfg.num_fewshot, limit=cfg.limit,
@@ -164,6 +198,20 @@ class LMEval(MetricPlugin[LMEvalConfig]):
     def plan(self, inputs: PlanInputs) -> Workload:
         """Requests and tokens of the tasks, from the config (``harness plan``)."""
         return lm_eval_workload(self.config, inputs)
+
+
+def poll_stop(lm: Any, ctx: StageContext) -> None:
+    """Make every batch lm-eval sends to the model check the stop flag first (its results are written only when
+    ``simple_evaluate`` returns, so a stopped stage reruns whole)."""
+    for name in ("_model_call", "_model_generate"):
+        call = getattr(lm, name)
+
+        def polled(*args: Any, _call: Any = call, **kwargs: Any) -> Any:
+            if ctx.should_stop:
+                raise StagePreempted(ctx.stage.id)
+            return _call(*args, **kwargs)
+
+        setattr(lm, name, polled)
 
 
 def make_task_manager(tasks: list[str], include_path: list[Path]):

@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import Field
 
-from harness import (Batch, DocumentSource, LoadedModel, MetricPlugin, NonFiniteLoss, PlanInputs, PluginConfig,
-                     StageContext, Workload, hookimpl, load_documents)
+from harness import (Batch, DocumentSource, HarnessError, LoadedModel, MetricPlugin, NonFiniteLoss, PlanInputs,
+                     PluginConfig, StageContext, StagePreempted, Workload, hookimpl, load_documents)
 from harness.scoring import HEAD_CHUNK_POSITIONS, rolling_windows, score_windows
 
 
@@ -61,6 +61,8 @@ class Perplexity(MetricPlugin[PerplexityConfig]):
             for chunk in chunks:
                 if all(d.id in done for d in chunk):
                     continue
+                if ctx.should_stop:  # every finished chunk's records are durable: resume from the next one
+                    raise StagePreempted(ctx.stage.id)
                 # The whole chunk is rescored even if part of it was recorded before an interruption, so every
                 # document is always scored in the same batch composition (bit-identical results on resume).
                 seqs = [([eos] if cfg.prefix_eos else []) + tok(d.text, add_special_tokens=False)["input_ids"]
@@ -103,7 +105,9 @@ class Perplexity(MetricPlugin[PerplexityConfig]):
         return Workload(
             forward_tokens=docs.documents * fed, context=int(min(max_length, tokens)),
             # Scored positions are projected to the vocabulary a slice at a time (harness.scoring.score_windows).
-            batches=[Batch(max(1, cfg.batch_tokens // max_length), max_length, label="scoring",
+            # A batch never holds more windows than the documents have (a huge budget is not a huge batch).
+            batches=[Batch(max(1, min(cfg.batch_tokens // max_length, math.ceil(docs.documents * (1 + later)))),
+                           max_length, label="scoring",
                            logits_at_once=HEAD_CHUNK_POSITIONS)],
             disk_bytes=200 * docs.documents, disk_note="per-document records",
             notes=[f"{docs.documents:,} documents x ~{fed:,.0f} tokens ({1 + later:.0f} window(s) of <= {max_length}, "
@@ -115,6 +119,9 @@ def summarize(records: list[dict[str, Any]], max_length: int, stride: int) -> di
     tokens = sum(r["tokens"] for r in records)
     words = sum(r["words"] for r in records)
     nbytes = sum(r["bytes"] for r in records)
+    if not tokens or not words or not nbytes:
+        raise HarnessError("perplexity: the documents gave no tokens to score (an empty tokenizer or empty texts); "
+                           "fix: check the model's tokenizer files and the data's `text_field`")
     mean = nll / tokens
     return {"perplexity": math.exp(mean), "mean_nll": mean, "tokens": tokens, "documents": len(records),
             "word_perplexity": math.exp(nll / words), "byte_perplexity": math.exp(nll / nbytes),

@@ -129,10 +129,76 @@ def check_source(config: HFCausalLMConfig, name: str) -> None:
     if local and not config.gguf_file and config.random_init is None and not any(Path(ref).glob("*.safetensors")):
         raise HarnessError(f"model '{name}': no safetensors weights in {ref}; fix: re-save the checkpoint with "
                            "`save_pretrained(..., safe_serialization=True)` (pickled .bin weights are not loaded)")
+    if local and not config.gguf_file:
+        check_local_checkpoint(Path(ref), name, config)
     if not local and not cached_locally(ref, revision=config.revision) and (offline_mode() or not hub_reachable()):
         why = "HF_HUB_OFFLINE is set" if offline_mode() else "the hub is unreachable"
         raise HarnessError(f"model '{name}' (models.{name}.path): '{ref}' is not in the local Hugging Face cache and "
                            f"{why}; {_offline_help(ref)}")
+
+
+#: Files any one of which lets AutoTokenizer build a tokenizer from a directory.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
+#: A safetensors header is JSON of at most this many bytes (the format's own limit is 100 MB).
+MAX_HEADER = 100_000_000
+
+
+def check_safetensors(path: Path, name: str) -> None:
+    """The file's header reads as the format says (8-byte length, then JSON) and its tensors fill the file exactly,
+    so a truncated download or a corrupt header is one line here rather than a loader's traceback."""
+    import json
+
+    size = path.stat().st_size
+    problem = ""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        length = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+        if length < 2 or length > min(MAX_HEADER, size - 8):
+            problem = "its header length is invalid (truncated or not a safetensors file)"
+        else:
+            try:
+                header = json.loads(f.read(length))
+                ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                header, ends = None, []
+                problem = "its header is not valid safetensors JSON"
+            if header is not None and 8 + length + max(ends, default=0) != size:
+                problem = (f"its tensors need {8 + length + max(ends, default=0):,} bytes but the file has {size:,} "
+                           "(truncated)")
+    if problem:
+        raise HarnessError(f"model '{name}': {path}: {problem}; fix: copy or download the checkpoint again (or "
+                           "re-save it with `save_pretrained`)")
+
+
+def check_local_checkpoint(directory: Path, name: str, config: HFCausalLMConfig) -> None:
+    """A local checkpoint directory has a readable config that needs no code unless allowed, intact safetensors
+    weights and tokenizer files (or a separate `tokenizer:`)."""
+    import json
+
+    config_file = directory / "config.json"
+    try:
+        model_config = json.loads(config_file.read_text(encoding="utf-8"))
+        if not isinstance(model_config, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        raise HarnessError(f"model '{name}': {directory} has no config.json; fix: point `path:` at a directory "
+                           "written by `save_pretrained`") from None
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"model '{name}': {config_file} is unreadable ({exc}); fix: copy the checkpoint "
+                           "again") from None
+    if model_config.get("auto_map") and not config.trust_remote_code:
+        from transformers import CONFIG_MAPPING
+
+        if model_config.get("model_type") not in CONFIG_MAPPING:
+            raise HarnessError(f"model '{name}': {config_file} needs Python code shipped with the checkpoint "
+                               f"(auto_map, model_type {model_config.get('model_type')!r}), which is not run unless "
+                               "asked; fix: set `trust_remote_code: true` for this model if you trust its source")
+    for weights in sorted(directory.glob("*.safetensors")):
+        check_safetensors(weights, name)
+    if config.tokenizer is None and not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        raise HarnessError(f"model '{name}': {directory} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, "
+                           "...); fix: save the tokenizer beside the weights (`tokenizer.save_pretrained(dir)`) or "
+                           "set `tokenizer:` to a tokenizer directory or hub id")
 
 
 def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) -> LoadedModel:
@@ -157,11 +223,31 @@ def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) ->
             model = _random_model(ref, config.random_init, dtype, kwargs)
         else:
             tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(config.tokenizer or ref), **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True, **kwargs)
-    except OSError as exc:
+            # Its multi-line load report of a mismatch is said here in one line instead.
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                model, loading = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True,
+                                                                      output_loading_info=True, **kwargs)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+            # transformers 5 re-initialises a tensor whose shape differs from the config (with a warning): the
+            # model would be partly random. Refuse, as transformers 4 does.
+            mismatched = loading.get("mismatched_keys") or []
+            if mismatched:
+                first = mismatched[0]
+                raise RuntimeError(f"size mismatch for {first[0] if isinstance(first, tuple) else first} "
+                                   f"({len(mismatched)} tensor(s))")
+    except (OSError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+        if local and "mismatch" in str(exc):
+            raise HarnessError(f"model '{name}': the weights in {ref} do not match its config.json ({first}); fix: "
+                               "use the config.json saved with these weights") from exc
         if local:
-            raise HarnessError(f"model '{name}': cannot load {ref}: {str(exc).splitlines()[0]}; fix: check that the "
+            raise HarnessError(f"model '{name}': cannot load {ref}: {first}; fix: check that the "
                                "directory holds config.json, tokenizer files and *.safetensors") from exc
+        if not isinstance(exc, OSError):
+            raise
         raise HarnessError(f"model '{name}': cannot load '{ref}' from the Hugging Face hub ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0][:160]}); {_offline_help(ref)}") from exc
     if tokenizer.pad_token_id is None:  # batching needs a pad id; it is always masked out

@@ -9,6 +9,7 @@ error at one of an older format (``SNAPSHOT_FORMAT`` in ``meta.json``) rather th
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -135,6 +136,24 @@ class Snapshots:
     def save(self, step: int, state: dict[str, Any]) -> Path:
         """Every process calls this; the main one writes the shared state, each its own RNG."""
         final, tmp = self.path(step), self.root / f".step-{step:08d}.tmp"
+        try:
+            return self._save(step, state, final, tmp)
+        except (OSError, RuntimeError, HarnessError) as exc:
+            # A full disk (torch.save says so with a RuntimeError): remove the half-written snapshot so it does not
+            # keep the disk full, and say so in one line; the last complete snapshot stays the newest.
+            shutil.rmtree(tmp, ignore_errors=True)
+            # torch.save reports a failed write as a RuntimeError ("iostream error", "unexpected pos").
+            full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or isinstance(
+                exc, RuntimeError)
+            if full:
+                free = shutil.disk_usage(self.root).free
+                raise HarnessError(f"{tmp}: cannot write the training snapshot ({str(exc).splitlines()[0][:120]}; "
+                                   f"{free / 1e6:,.1f} MB free); fix: free space on that filesystem (or pass --out "
+                                   "on a larger one) and run the same command again to resume from the last "
+                                   "snapshot") from None
+            raise
+
+    def _save(self, step: int, state: dict[str, Any], final: Path, tmp: Path) -> Path:
         if self.procs.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -155,7 +174,14 @@ class Snapshots:
         """The newest readable snapshot's state, with this process's RNG restored; None when there is none."""
         for step in reversed(self.steps()):
             directory = self.path(step)
-            meta = read_json(directory / "meta.json")
+            try:
+                meta = read_json(directory / "meta.json")
+                if not isinstance(meta, dict) or not isinstance(meta.get("world"), int):
+                    raise ValueError("not a snapshot's meta.json")
+            except (OSError, ValueError) as exc:  # a damaged marker: this snapshot cannot be trusted
+                log.warning("warning: training snapshot %s is damaged (meta.json: %s); trying an older one",
+                            directory, exc)
+                continue
             if meta["world"] != self.procs.world:
                 raise HarnessError(f"the training state in {directory} was written by {meta['world']} process(es), "
                                    f"this run has {self.procs.world}; fix: relaunch with the same number of processes "
