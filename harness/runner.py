@@ -171,6 +171,7 @@ class Runner:
         result = {"stage": stage.as_dict(), "plugin": entry.plugin.name, "package": entry.plugin.package,
                   "config": entry.config.model_dump(mode="json"), "model_info": model.info,
                   "metrics": metrics, "n_records": len(ctx.records),
+                  "declared_metrics": [spec.as_dict() for spec in plugin.declared_metrics()],
                   **({"control": bool(plugin.is_control())} if stage.section == "attacks" else {}),
                   "duration_s": round(time.time() - started, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if self.rank == 0:

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from pydantic import model_validator
 
-from harness import AttackPlugin, LoadedModel, PluginConfig, StageContext, hookimpl
+from harness import AttackPlugin, LoadedModel, MetricSpec, PluginConfig, StageContext, hookimpl
 
-from harness.attacks import Scorer, attack_rng, random_allowed
-from .hotflip import HotFlipConfig, Proposer, run_flip_attack
-from .uat import CandidateFn, UATConfig, run_uat
+from harness.attacks import ATTACK_METRICS, Scorer, attack_rng, random_allowed
+from .hotflip import FLIP_METRICS, HotFlipConfig, Proposer, run_flip_attack
+from .uat import UAT_METRICS, CandidateFn, UATConfig, run_uat
 
 
 class RandomTokenConfig(PluginConfig):
@@ -94,6 +94,11 @@ class RandomTokenAttack(AttackPlugin):
 
     def is_control(self) -> bool:
         return True
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        """The controlled attack's metrics (it runs that attack's loop and summary)."""
+        cfg: RandomTokenConfig = self.config  # type: ignore[assignment]
+        return ATTACK_METRICS + (FLIP_METRICS if cfg.hotflip is not None else UAT_METRICS)
 
     def plan(self, inputs):
         """The controlled attack's queries without its gradient passes (``harness plan``)."""

@@ -31,7 +31,8 @@ from pydantic import Field
 from harness import (AttackPlugin, DocumentSource, HarnessError, LoadedModel, StageContext, StagePreempted,
                      hookimpl, load_documents)
 
-from harness.attacks import (Example, Scorer, TaskConfig, allowed_tokens, attack_rng, example_record, make_examples,
+from harness import MetricSpec
+from harness.attacks import (ATTACK_METRICS, Example, Scorer, TaskConfig, allowed_tokens, attack_rng, example_record, make_examples,
                      random_allowed, summarize)
 
 #: Candidate tokens per trigger position: (scorer, batch ids [B, T], n_scored, trigger positions, trigger, restart,
@@ -219,11 +220,25 @@ def run_uat(model: LoadedModel, ctx: StageContext, cfg: UATConfig,
     return metrics
 
 
+#: What :func:`run_uat` adds to the shared attack summary (of the held-out split).
+UAT_METRICS = [
+    MetricSpec("opt_mean_relative_increase", "NLL incr. on the optimisation split (%)", scale=100, digits=1,
+               show=False),
+    MetricSpec("opt_mean_nll_after", "NLL after, optimisation split", show=False),
+    MetricSpec("n_opt", "Optimisation examples", digits=0, show=False),
+    MetricSpec("optimisation_queries", "Optimisation queries", digits=0, show=False),
+    MetricSpec("gradient_calls", "Gradient passes", digits=0, show=False),
+]
+
+
 class UniversalTriggerAttack(AttackPlugin):
     """Universal adversarial trigger: one gradient-searched prefix for all documents, judged on held-out ones."""
 
     name = "uat"
     Config = UATConfig
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        return ATTACK_METRICS + UAT_METRICS
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg: UATConfig = self.config  # type: ignore[assignment]

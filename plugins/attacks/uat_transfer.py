@@ -18,7 +18,8 @@ from pydantic import Field
 from harness import (AttackPlugin, DocumentSource, HarnessError, LoadedModel, PluginConfig, StageContext, hookimpl,
                      load_documents)
 
-from harness.attacks import Scorer, make_examples, summarize
+from harness import MetricSpec
+from harness.attacks import ATTACK_METRICS, Scorer, make_examples, summarize
 from .uat import UATConfig, evaluate_trigger, tokenizer_fingerprint
 
 
@@ -40,6 +41,11 @@ class UATTransfer(AttackPlugin):
 
     name = "uat_transfer"
     Config = UATTransferConfig
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        """The shared summary of every trigger pooled, and the matrix row: source model -> that trigger's summary."""
+        return ATTACK_METRICS + [MetricSpec("transfer", "Transfer", kind="matrix", show=False,
+                                            cells=("success_rate", "mean_relative_increase"))]
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg: UATTransferConfig = self.config  # type: ignore[assignment]
