@@ -49,6 +49,9 @@ class ReportConfig(PluginConfig):
     controls: dict[str, str] = Field(default_factory=dict)
     #: Thresholds at which the attack tables show the success rate (read from each attack's declared curve).
     curve_thresholds: list[float] = Field(default_factory=lambda: [0.15, 0.30])
+    #: The x-axis of the success-against-budget plot: the first of these budget metrics that every attack reports
+    #: (then any attack), else the attacks' declared budget metrics (``MetricSpec(budget=True)``) in their order.
+    budget_axis: list[str] = Field(default_factory=list)
     #: Bootstrap of the 95% intervals (over examples within a seed, and over seeds); seeded: reports reproduce.
     bootstrap_samples: int = Field(default=2000, ge=100)
     bootstrap_seed: int = 0

@@ -323,6 +323,108 @@ def scores_plot(agg: Aggregate, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _budget_metric(agg: Aggregate, entries: list[str]) -> str | None:
+    """The x-axis of the budget plot (see ``ReportConfig.budget_axis``)."""
+    declared = [s.name for e in entries for g in entry_groups(agg, e) for s in g.specs or [] if s.budget]
+    candidates = list(dict.fromkeys([*agg.run.config.budget_axis, *declared]))
+
+    def reports(entry: str, metric: str) -> bool:
+        return any(g.across.get(metric) is not None and g.across[metric].mean is not None
+                   for g in entry_groups(agg, entry))
+
+    for need_all in (True, False):
+        for metric in candidates:
+            if (all if need_all else any)(reports(e, metric) for e in entries):
+                return metric
+    return None
+
+
+def budget_plot(agg: Aggregate, path: Path) -> Path | None:
+    """Each attack's success (and mean increase of the value its curve thresholds) against its declared budget
+    (FLOPs, queries...): all attacks on one axis per model, so attacks compare at equal compute. Points: mean over
+    seeds, bars: 95% interval; hollow markers: controls."""
+    cfg = agg.run.config
+    entries = attack_entries(agg)
+    x_metric = _budget_metric(agg, entries) if entries else None
+    if x_metric is None:
+        return None
+    ys: list[str] = [cfg.attack_metric] if cfg.attack_metric else []
+    for e in entries:
+        curve = _curve_spec(agg, e)
+        field = _field_spec(agg, e, curve.field) if curve and curve.field else None
+        if field is not None and field.name not in ys:
+            ys.append(field.name)
+    models = [m for m in agg.run.models if any(agg.find(e, m, ("attacks",)) for e in entries)]
+    if not ys or not models:
+        return None
+    fig = _figure(4.4 * len(ys), 3.2 * len(models))
+    axes = fig.subplots(len(models), len(ys), squeeze=False)
+    colors = dict(zip(entries, _colors(len(entries))))
+    x_label = next((s.display for e in entries for g in entry_groups(agg, e) if (s := g.spec(x_metric))), x_metric)
+    drawn = False
+    for row, model in zip(axes, models):
+        for ax, y_metric in zip(row, ys):
+            xs = []
+            for e in entries:
+                g = agg.find(e, model, ("attacks",))
+                x = g.across.get(x_metric) if g else None
+                y = g.across.get(y_metric) if g else None
+                if x is None or y is None or x.mean is None or y.mean is None:
+                    continue
+                spec = g.spec(y_metric)
+                scale = spec.scale if spec else 1.0
+                err = ([[(y.mean - y.ci[0]) * scale], [(y.ci[1] - y.mean) * scale]] if y.ci else None)
+                control = bool(any(s.result and s.result.get("control") for s in g.done))
+                ax.errorbar([x.mean], [y.mean * scale], yerr=err, fmt="o", ms=7, capsize=3, color=colors[e],
+                            mfc="none" if control else colors[e], label=e + (" (control)" if control else ""))
+                xs.append(x.mean)
+                drawn = True
+            if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
+                ax.set_xscale("log")
+            spec = next((s for e in entries for g in entry_groups(agg, e) if (s := g.spec(y_metric))), None)
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(spec.display if spec else y_metric)
+            ax.set_title(f"{model}: {spec.display if spec else y_metric} vs budget", fontsize=9)
+            if xs:
+                ax.legend(fontsize=7)
+    return _save(fig, path) if drawn else None
+
+
+def histogram_plot(agg: Aggregate, path: Path) -> Path | None:
+    """Each declared histogram (a list per record, e.g. the positions an attack edited) per model, all seeds pooled:
+    one panel per (attack, histogram), so a boundary effect is visible."""
+    panels = []
+    for e in attack_entries(agg):
+        specs = {s.name: s for g in entry_groups(agg, e) for s in g.specs_of_kind("histogram") if s.field}
+        for spec in specs.values():
+            pooled = {}
+            for m in agg.run.models:
+                g = agg.find(e, m, ("attacks",))
+                values = [v for s in (g.done if g else []) for r in s.records
+                          if isinstance(r.get(spec.field), list) for v in r[spec.field]
+                          if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                if values:
+                    pooled[m] = np.asarray(values, dtype=float)
+            if pooled:
+                panels.append((e, spec, pooled))
+    if not panels:
+        return None
+    fig = _figure(4.6 * len(panels), 3.4)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (entry, spec, pooled) in zip(axes, panels):
+        top = max(float(v.max()) for v in pooled.values())
+        bins = np.arange(-0.5, top + 1.5, 1.0) if top < 200 else 40
+        for color, model in zip(_colors(len(agg.run.models)), agg.run.models):
+            if model in pooled:
+                ax.hist(pooled[model], bins=bins, histtype="step", lw=1.6, color=color,
+                        label=f"{model} (n={len(pooled[model])})")
+        ax.set_xlabel(spec.field)
+        ax.set_ylabel("count (all records, all seeds)")
+        ax.set_title(f"{entry}: {spec.display}")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def plot_list(agg: Aggregate) -> list[tuple[str, str, Callable[[Aggregate, Path], Path | None]]]:
     """(file name, title, drawing function) of every figure, in the order the HTML shows them."""
     gap = agg.run.config.gap
@@ -335,6 +437,8 @@ def plot_list(agg: Aggregate) -> list[tuple[str, str, Callable[[Aggregate, Path]
         ("training_curves.png", "Training curves", training_plot),
         ("transfer_matrix.png", "Transfer matrix", transfer_plot),
         ("scores.png", "Scores with standard errors", scores_plot),
+        ("attack_budget.png", "Attack success against the budget spent", budget_plot),
+        ("histograms.png", "Where the attacks' edits land (declared histograms)", histogram_plot),
     ]
 
 

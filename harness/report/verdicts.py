@@ -7,7 +7,8 @@ the baseline face the same seeds and the same examples (records paired by ``id``
 resampled together. An attack's reduction must also exceed its control's (the paired interval of the difference
 above 0), else it is ``same as control``: a model that reacts less to any edit (a damaged one, say) shows a
 reduction under random edits too. A reduction against a baseline value below ``report.attack_floor`` (few
-successes to reduce) says ``too few successes``.
+successes to reduce) says ``too few successes`` when the metric is a rate (the mean of a true/false record field,
+or a curve's rate at a threshold).
 
 How an attack finds its control (a stage whose plugin's ``is_control()`` is true): ``report.controls`` names it
 (``{attack_entry: control_entry}``); else the one control whose stages need the attack's stages (``needs:``); else
@@ -91,6 +92,18 @@ def _reproduce(stat: Any, aligned: list[dict[str, np.ndarray]], stages: list[Any
         if value is None or not np.isclose(full, value, rtol=1e-6, atol=1e-9):
             return False
     return True
+
+
+def is_rate(group: Group, metric: str) -> bool:
+    """Whether ``metric`` is a rate of successes (the share of examples over a threshold, or the mean of a record
+    field that is true or false), to which ``report.attack_floor`` applies."""
+    spec = group.spec(metric)
+    if spec is None or spec.field is None:
+        return False
+    if spec.threshold is not None:
+        return True
+    values = [r.get(spec.field) for s in group.done for r in s.records if spec.field in r]
+    return bool(values) and all(isinstance(v, bool) for v in values)
 
 
 def _interval(draws: np.ndarray, confidence: float) -> list[float] | None:
@@ -231,7 +244,7 @@ def reduction_indicator(agg: Aggregate, entry: str, target: str, model: str) -> 
         item.update(status="control", detail="a control: the reference for the attacks' reduction, not judged "
                                              "against the target")
         return item
-    if bs.mean < cfg.attack_floor:
+    if bs.mean < cfg.attack_floor and is_rate(b, metric):
         item.update(status="too few successes", met=False,
                     detail=f"the baseline's {metric} {bs.mean:.3g} is below the floor {cfg.attack_floor:g} "
                            "(report.attack_floor): too little to reduce for a verdict")
