@@ -9,7 +9,9 @@ Plugins written before the generic (``Config = MyConfig`` on an unparametrised b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origin
 
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
 #: ``token_weighted_exp``: exp of that (perplexity from summed NLL and token counts); ``none``: the summary value
 #: alone (no example-level interval).
 Aggregation = Literal["mean", "median", "token_weighted", "token_weighted_exp", "none"]
+MetricKind = Literal["scalar", "curve", "histogram", "matrix", "series"]
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,10 @@ class MetricSpec:
     the plugin (as an lm-evaluation-harness task declares its ``metric_list``).
 
     ``name`` is the key of the summary the plugin's method returns; the report reads only declared keys, and warns
-    (naming plugin and key) when a declared one is missing from a result.
+    (naming plugin and key) when a declared one is missing from a result. A name with ``{placeholders}`` declares a
+    family of keys (``{task}/{metric}`` matches ``hellaswag/acc``); the placeholders' values fill the same
+    placeholders of ``label``, ``field``, ``weight``, ``error`` and ``where`` (see :meth:`match`). The first spec
+    of a plugin that matches a key is the one that describes it.
     """
 
     name: str
@@ -55,13 +63,76 @@ class MetricSpec:
     show: bool = True
     #: A compute budget (queries, gradient passes, FLOPs): an x-axis for the report's success-against-budget plots.
     budget: bool = False
-    #: ``scalar`` (one number per stage), ``curve`` (a summary dict of parallel lists, e.g. a success curve), or
-    #: ``histogram`` (``field`` holds a list per record, e.g. edited positions, histogrammed over records).
-    kind: Literal["scalar", "curve", "histogram"] = "scalar"
+    #: ``scalar`` (one number per stage), ``curve`` (a summary dict ``{"thresholds": [...], <rate>: [...]}``: the
+    #: share of records whose ``field`` exceeds each threshold), ``histogram`` (``field`` holds a list per record,
+    #: e.g. edited positions, histogrammed over records) or ``matrix`` (a summary dict source -> {key: value}, e.g.
+    #: one model's trigger evaluated on others; ``cells`` names the keys shown; an entry reporting one is shown as
+    #: its matrix, not as rows of the side-by-side tables) or ``series`` (the records' ``field`` against their ``x``,
+    #: e.g. a training loss against the step; ``name`` is only the series' name).
+    kind: MetricKind = "scalar"
+    #: Only the records whose fields equal these values are examples of this metric (e.g. ``{"task": "{task}"}``).
+    where: dict[str, str] = dataclass_field(default_factory=dict, hash=False)
+    #: The summary key that holds this metric's standard error as the plugin computed it (e.g. an evaluation library's).
+    error: str | None = None
+    #: ``matrix`` metrics: the keys of each cell the report shows.
+    cells: tuple[str, ...] = ()
+    #: ``series`` metrics: the record field on the horizontal axis, and the summary key holding the value at
+    #: ``x = 0`` (before the first record), if any.
+    x: str | None = None
+    start: str | None = None
+    #: With ``field``: the metric is the share of examples whose ``field`` exceeds this (``aggregation: mean`` of
+    #: the indicator), e.g. a success rate at another threshold, read from a ``curve``.
+    threshold: float | None = None
 
     @property
     def display(self) -> str:
         return self.label or self.name
+
+    @property
+    def is_family(self) -> bool:
+        return bool(_PLACEHOLDER.search(self.name))
+
+    def match(self, key: str) -> MetricSpec | None:
+        """This spec for summary key ``key`` (placeholders filled in), or None when it does not describe ``key``.
+        A placeholder matches any text without ``/`` or ``,``."""
+        if not self.is_family:
+            return self if key == self.name else None
+        pattern = "".join(f"(?P<{part}>[^/,]+)" if i % 2 else re.escape(part)
+                          for i, part in enumerate(_PLACEHOLDER.split(self.name)))
+        found = re.fullmatch(pattern, key)
+        if found is None:
+            return None
+        values = found.groupdict()
+
+        def fill(text: str | None) -> str | None:
+            return None if text is None else _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+        return replace(self, name=key, label=fill(self.label) or "", field=fill(self.field),
+                       weight=fill(self.weight), error=fill(self.error),
+                       where={k: fill(v) or "" for k, v in self.where.items()})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (recorded in every stage's result, so a report needs no plugin installed to read it)."""
+        out = asdict(self)
+        out["cells"] = list(self.cells)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MetricSpec:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "cells" in values:
+            values["cells"] = tuple(values["cells"])
+        return cls(**values)
+
+
+def describe(specs: list[MetricSpec], key: str) -> MetricSpec | None:
+    """The spec (placeholders filled in) of ``specs`` that describes summary key ``key``: the first that matches."""
+    for spec in specs:
+        found = spec.match(key)
+        if found is not None:
+            return found
+    return None
 
 
 #: A plugin's config type: the type parameter of its base class.
@@ -202,3 +273,5 @@ KINDS: dict[str, type[Plugin[Any]]] = {
     "model": ModelPlugin, "metric": MetricPlugin, "attack": AttackPlugin, "trainer": TrainerPlugin,
 }
 PathLike = str | Path
+#: Suite section -> the kind of plugin its entries name.
+SECTIONS: dict[str, str] = {"models": "model", "train": "trainer", "metrics": "metric", "attacks": "attack"}

@@ -275,7 +275,8 @@ ATTACK_METRICS = [
     MetricSpec("mean_nll_after", "NLL after", field="nll_after", show=False),
     MetricSpec("n_examples", "Examples", aggregation="none", digits=0, show=False),
     MetricSpec("mean_queries", "Queries / example", field="queries", digits=1, budget=True),
-    MetricSpec("success_curve", "Success curve", aggregation="none", kind="curve", show=False),
+    MetricSpec("success_curve", "Success curve", field="relative_increase", aggregation="none", kind="curve",
+               show=False),
 ]
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
+
+from .errors import ConfigError, did_you_mean
 
 
 class PluginConfig(BaseModel):
@@ -48,3 +50,36 @@ def looks_like_local_path(value: str) -> bool:
 def config_dict(config: BaseModel) -> dict[str, Any]:
     """A JSON-ready dict of a config, for hashing and for the resolved config saved beside results."""
     return config.model_dump(mode="json")
+
+
+def _type_name(expected: str) -> str:
+    return expected.replace("_type", "").replace("_parsing", "")
+
+
+def validation_error_line(exc: ValidationError, file: Path, prefix: str, plugin: str,
+                          config_cls: type[BaseModel]) -> ConfigError:
+    """The first pydantic error as a one-line ConfigError (the count of the others is appended)."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    key = f"{prefix}.{loc}" if loc else prefix
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    etype = err["type"]
+    known = list(config_cls.model_fields)
+    if etype == "extra_forbidden":
+        bad = str(err["loc"][-1])
+        if len(err["loc"]) == 1:
+            return ConfigError(file, key, f"unknown key '{bad}' for plugin '{plugin}'{did_you_mean(bad, known)}{more}",
+                               f"remove it or use one of: {', '.join(known) or '(no options)'}")
+        return ConfigError(file, key, f"unknown key '{bad}'{more}", "remove it; see the plugin's Config")
+    if etype == "missing":
+        return ConfigError(file, key, f"required key missing for plugin '{plugin}'{more}", f"add `{loc}: ...`")
+    if etype == "value_error" and "file not found" in err["msg"]:
+        return ConfigError(file, key, err["msg"].replace("Value error, ", "") + more,
+                           "check the path (relative paths are relative to the suite file)")
+    if etype == "value_error":  # a config's own validator (cross-field checks): its message, with its fix if it has one
+        problem, _, fix = err["msg"].removeprefix("Value error, ").partition("; fix: ")
+        return ConfigError(file, key, f"{problem}{more}", fix or f"see the options of plugin '{plugin}'")
+    got = err.get("input")
+    return ConfigError(file, key, f"{err['msg']} (got {got!r}){more}",
+                       f"give a valid {_type_name(etype)} value for plugin '{plugin}'")

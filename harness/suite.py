@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
-from .config import PluginConfig
+from .api import SECTIONS
+from .config import PluginConfig, validation_error_line
 from .errors import ConfigError, did_you_mean
 from .plugins import PluginInfo, Registry, load_registry
+from .report.config import ReportConfig
 
-SECTIONS = {"models": "model", "train": "trainer", "metrics": "metric", "attacks": "attack"}
 TOP_KEYS = {"name", "description", "seeds", "device", "output_dir", "report", "quick", "full", *SECTIONS}
 MODES = ("quick", "full")
 #: Seeds are 64-bit signed in torch's generators: larger ones overflow.
@@ -47,52 +48,6 @@ RESERVED = {
     "metrics": {"plugin", "enabled", "models", "needs"},
     "attacks": {"plugin", "enabled", "models", "needs"},
 }
-
-
-class ReportMetric(PluginConfig):
-    """One metric of one metrics/attacks entry (``entry`` may also name the entry's plugin)."""
-
-    entry: str
-    metric: str
-
-
-class TableColumn(ReportMetric):
-    """A column of the paper's Table 7: ``label`` shows ``metric`` of ``entry`` times ``scale``."""
-
-    label: str
-    scale: float = 1.0
-    digits: int = Field(default=2, ge=0, le=8)
-
-
-#: The paper's Table 7: perplexity (Pile in the paper), HotFlip success and NLL increase, UAT NLL increase.
-TABLE7 = [
-    TableColumn(label="Perplexity", entry="perplexity", metric="perplexity", digits=2),
-    TableColumn(label="HotFlip success (%)", entry="hotflip", metric="success_rate", scale=100, digits=1),
-    TableColumn(label="HotFlip NLL incr. (%)", entry="hotflip", metric="mean_relative_increase", scale=100, digits=1),
-    TableColumn(label="UAT NLL incr. (%)", entry="uat", metric="mean_relative_increase", scale=100, digits=1),
-]
-
-
-class ReportConfig(PluginConfig):
-    """Options of the run's final report (``report:`` in a suite)."""
-
-    #: Relative NLL increase above which an attack on an example counts as a success (marked on the plots).
-    success_threshold: float = 0.15
-    #: The reference model (e.g. the unconstrained one) and the models compared to it (default: all others).
-    baseline: str | None = None
-    compare: list[str] = Field(default_factory=list)
-    #: Rows are models; columns these metrics (mean ± std over seeds).
-    table7: list[TableColumn] = Field(default_factory=lambda: list(TABLE7))
-    #: Success indicator 1: relative perplexity gap of a compared model vs the baseline, target below this.
-    perplexity: ReportMetric = ReportMetric(entry="perplexity", metric="perplexity")
-    perplexity_gap_target: float = Field(default=0.15, gt=0)
-    #: Success indicator 2: relative reduction of this metric of every attack entry, target above this.
-    attack_metric: str = "success_rate"
-    attack_reduction_target: float = Field(default=0.40, gt=0, lt=1)
-    #: Bootstrap of the 95% intervals (over examples within a seed, and over seeds); seeded: reports reproduce.
-    bootstrap_samples: int = Field(default=2000, ge=100)
-    bootstrap_seed: int = 0
-    confidence: float = Field(default=0.95, gt=0, lt=1)
 
 
 @dataclass
@@ -139,39 +94,6 @@ def deep_merge(base: Any, override: Any) -> Any:
             out[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
         return out
     return copy.deepcopy(override)
-
-
-def _type_name(expected: str) -> str:
-    return expected.replace("_type", "").replace("_parsing", "")
-
-
-def validation_error_line(exc: ValidationError, file: Path, prefix: str, plugin: str,
-                          config_cls: type[BaseModel]) -> ConfigError:
-    """The first pydantic error as a one-line ConfigError (the count of the others is appended)."""
-    errors = exc.errors()
-    err = errors[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    key = f"{prefix}.{loc}" if loc else prefix
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    etype = err["type"]
-    known = list(config_cls.model_fields)
-    if etype == "extra_forbidden":
-        bad = str(err["loc"][-1])
-        if len(err["loc"]) == 1:
-            return ConfigError(file, key, f"unknown key '{bad}' for plugin '{plugin}'{did_you_mean(bad, known)}{more}",
-                               f"remove it or use one of: {', '.join(known) or '(no options)'}")
-        return ConfigError(file, key, f"unknown key '{bad}'{more}", "remove it; see the plugin's Config")
-    if etype == "missing":
-        return ConfigError(file, key, f"required key missing for plugin '{plugin}'{more}", f"add `{loc}: ...`")
-    if etype == "value_error" and "file not found" in err["msg"]:
-        return ConfigError(file, key, err["msg"].replace("Value error, ", "") + more,
-                           "check the path (relative paths are relative to the suite file)")
-    if etype == "value_error":  # a config's own validator (cross-field checks): its message, with its fix if it has one
-        problem, _, fix = err["msg"].removeprefix("Value error, ").partition("; fix: ")
-        return ConfigError(file, key, f"{problem}{more}", fix or f"see the options of plugin '{plugin}'")
-    got = err.get("input")
-    return ConfigError(file, key, f"{err['msg']} (got {got!r}){more}",
-                       f"give a valid {_type_name(etype)} value for plugin '{plugin}'")
 
 
 #: A suite larger than this is refused before it is parsed (real suites are a few kB; a runaway generated one

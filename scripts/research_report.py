@@ -102,9 +102,10 @@ class Run:
 
     def _indicators_on(self, attack_metric: str) -> list[dict[str, Any]]:
         """The report's success indicators, recomputed by the report's own code with another attack metric."""
-        from harness.report.aggregate import aggregate, indicators
+        from harness.report.aggregate import aggregate
         from harness.report.collect import load_run
-        from harness.suite import ReportConfig
+        from harness.report.config import ReportConfig
+        from harness.report.verdicts import indicators
 
         config = ReportConfig.model_validate({**self.suite, "attack_metric": attack_metric})
         return indicators(aggregate(load_run(self.dir, config)))

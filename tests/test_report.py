@@ -18,6 +18,9 @@ import pytest
 from harness import HarnessError
 from harness.cli import main as cli_main
 from harness.report import build_report
+from harness.api import describe
+from harness.attacks import ATTACK_METRICS
+from harness.report.verdicts import verdict
 from harness.report.stats import (across_seeds_bootstrap, bootstrap_examples, example_columns, mean_std,
                                   percentile_interval, rng_for)
 from harness.report.tables import latex_escape
@@ -61,6 +64,19 @@ def attack_stage(rng: np.random.Generator, high: float) -> tuple[dict, list[dict
                                                                          for t in thresholds]}}, records
 
 
+#: The paper's Table 7 and indicators, as the shipped suites spell them out.
+PAPER_REPORT = {
+    "table7": [
+        {"label": "Perplexity", "entry": "perplexity", "metric": "perplexity", "digits": 2},
+        {"label": "HotFlip success (%)", "entry": "hotflip", "metric": "success_rate", "scale": 100, "digits": 1},
+        {"label": "HotFlip NLL incr. (%)", "entry": "hotflip", "metric": "mean_relative_increase", "scale": 100,
+         "digits": 1},
+        {"label": "UAT NLL incr. (%)", "entry": "uat", "metric": "mean_relative_increase", "scale": 100, "digits": 1}],
+    "gap": {"entry": "perplexity", "metric": "perplexity"},
+    "attack_metric": "success_rate",
+}
+
+
 def make_run(root: Path, *, not_started=(), incomplete=(), stale=(), report: dict | None = None,
              control: bool = False) -> tuple[Path, dict]:
     """A run of 2 models x 3 seeds: training, perplexity, HotFlip, UAT and a transfer row (``control``: and HotFlip's
@@ -102,6 +118,10 @@ def make_run(root: Path, *, not_started=(), incomplete=(), stale=(), report: dic
         for model in MODELS:
             for seed in SEEDS:
                 metrics, records = attack_stage(rng, ATTACK_HIGH[(entry, model)])
+                if entry == "hotflip":  # the positions HotFlip edited (its declared histogram)
+                    pos = np.random.default_rng(seed)
+                    for r in records:
+                        r["positions"] = sorted(pos.choice(24, size=4, replace=False).tolist())
                 add(f"attacks/{entry}/{model}/s{seed}", "attacks", entry, entry, model, seed, metrics, records,
                     extra={"control": False})
     for model in MODELS if control else ():
@@ -115,7 +135,7 @@ def make_run(root: Path, *, not_started=(), incomplete=(), stale=(), report: dic
                    for src in MODELS}
             add(f"attacks/uat_transfer/{model}/s{seed}", "attacks", "uat_transfer", "uat_transfer", model, seed,
                 {"success_rate": 0.3, "transfer": row}, [], deps=[f"attacks/uat/{m}/s{seed}" for m in MODELS])
-    report = {"baseline": "base", "compare": ["mono_ffn"]} if report is None else report
+    report = {"baseline": "base", "compare": ["mono_ffn"], **PAPER_REPORT} if report is None else report
     suite = {"name": "fake", "models": {m: {"plugin": "pythia_tiny"} for m in MODELS}, "report": report}
     atomic_write_json(root / "config.resolved.json", {"mode": "quick", "suite": suite, "seeds": SEEDS,
                                                       "configs": {}, "stages": stages})
@@ -142,7 +162,7 @@ def test_mean_std_and_intervals_on_known_inputs():
 
     # Over examples: the bootstrap interval of a mean agrees with the normal-theory one (mean ± 1.96 s / sqrt(n)).
     x = np.random.default_rng(0).normal(10.0, 2.0, size=400)
-    found = example_columns("mean_relative_increase", [{"relative_increase": v} for v in x])
+    found = example_columns(describe(ATTACK_METRICS, "mean_relative_increase"), [{"relative_increase": v} for v in x])
     reps = bootstrap_examples(*found, 4000, rng_for(0, "t"))
     lo, hi = percentile_interval(reps, 0.95)
     half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))
@@ -165,15 +185,25 @@ def test_across_seed_intervals():
     assert method1 == "bootstrap over examples" and np.array_equal(single, within[0])
 
 
-def test_example_statistics_follow_the_plugins_definitions():
+def test_example_statistics_follow_the_plugins_declarations():
+    from harness_plugins.metrics.lmeval import LMEval, LMEvalConfig
+    from harness_plugins.metrics.perplexity import Perplexity, PerplexityConfig
+
+    ppl = Perplexity(PerplexityConfig.model_construct()).declared_metrics()
+    lm_specs = LMEval(LMEvalConfig(tasks=["t1"])).declared_metrics()
     recs = [{"id": "a", "tokens": 10, "nll_sum": 20.0}, {"id": "b", "tokens": 30, "nll_sum": 30.0}]
-    stat, cols = example_columns("perplexity", recs)
+    stat, cols = example_columns(describe(ppl, "perplexity"), recs)
     assert float(stat.compute({k: v[None] for k, v in cols.items()})[0]) == pytest.approx(math.exp(50 / 40))
     lm = [{"task": "t1", "acc": 1.0}, {"task": "t1", "acc": 0.0}, {"task": "t1", "acc": 1.0}, {"task": "t2", "acc": 0.0}]
-    stat, cols = example_columns("t1/acc", lm)
+    spec = describe(lm_specs, "t1/acc")
+    assert spec.field == "acc" and spec.where == {"task": "t1"} and spec.error == "t1/acc_stderr"
+    stat, cols = example_columns(spec, lm)
     assert float(stat.compute({k: v[None] for k, v in cols.items()})[0]) == pytest.approx(2 / 3)
-    assert example_columns("t1/acc_stderr", lm) is None and example_columns("tokens", recs) is None
-    assert example_columns("success_rate", recs) is None  # records of another kind
+    with_filter = describe(lm_specs, "t1/acc,strict")
+    assert with_filter.where == {"task": "t1", "filter": "strict"} and with_filter.error == "t1/acc,strict_stderr"
+    assert example_columns(describe(lm_specs, "t1/acc_stderr"), lm) is None
+    assert example_columns(describe(ppl, "tokens"), recs) is None and describe(ppl, "no_such_key") is None
+    assert example_columns(describe(ATTACK_METRICS, "success_rate"), recs) is None  # records of another kind
 
 
 # -- the report of a complete run -------------------------------------------------------------------------------------
@@ -221,18 +251,22 @@ def test_aggregates_match_the_stage_results(full_report):
     ind = {(i["indicator"], i.get("entry")): i for i in res["indicators"]}
     gap = ind[("perplexity gap vs baseline", "perplexity")]
     assert gap["value"] == pytest.approx(np.mean(ppl) / written["metrics/perplexity/base"]["perplexity"] - 1)
-    assert gap["status"] == ("met" if gap["value"] < 0.15 else "not met")
+    # Honest verdicts: met / not met only when the paired 95% interval lies on one side of the target.
+    assert gap["status"] == verdict(gap["ci95"], 0.15, above=False) and gap["ci_method"].startswith("paired")
     for entry in ("hotflip", "uat"):
         red = ind[("attack-success reduction", entry)]
         base_sr = np.mean([written[f"attacks/{entry}/base/s{s}"]["success_rate"] for s in SEEDS])
         mono_sr = np.mean([written[f"attacks/{entry}/mono_ffn/s{s}"]["success_rate"] for s in SEEDS])
         assert red["value"] == pytest.approx(1 - mono_sr / base_sr)
-        assert red["met"] == (red["value"] > 0.40) and red["ci95"][0] < red["value"] < red["ci95"][1]
+        assert red["ci95"][0] < red["value"] < red["ci95"][1]
         # An interval on both sides of the target is said to leave the question open, met or not.
         assert ("not settled" in red.get("detail", "")) == (red["ci95"][0] < 0.40 < red["ci95"][1])
     assert ("not settled" in gap.get("detail", "")) == (gap["ci95"][0] < 0.15 < gap["ci95"][1])
-    assert ind[("attack-success reduction", "hotflip")]["status"] == "met"  # uniform [0, .5) vs [0, .2)
-    assert ind[("attack-success reduction", "uat")]["status"] == "not met"  # [0, .3) vs [0, .25)
+    # uniform [0, .5) vs [0, .2): the interval clears the target, but there is no control to tell it from damage
+    hot = ind[("attack-success reduction", "hotflip")]
+    assert hot["ci95"][0] > 0.40 and hot["status"] == "no control" and not hot["met"]
+    uat = ind[("attack-success reduction", "uat")]  # [0, .3) vs [0, .25)
+    assert uat["status"] == verdict(uat["ci95"], 0.40, above=True) != "met"
     assert ("attack-success reduction", "uat_transfer") not in ind
 
     tm = res["transfer_matrix"]
@@ -248,11 +282,11 @@ def test_every_output_file_and_plot_is_written(full_report):
         assert report.files[name].stat().st_size > 200
     made = {n for n, info in report.results["plots"].items() if info["path"]}
     assert made == {"perplexity.png", "attack_success_curve.png", "relative_nll_increase.png", "training_curves.png",
-                    "transfer_matrix.png"}  # no lm_eval stage in this run
+                    "transfer_matrix.png", "attack_budget.png", "histograms.png"}  # no stage reports a stderr
     for name in made:
         assert report.files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = report.summary
-    assert "attack-success reduction (mono_ffn vs base, hotflip.success_rate)" in summary and "-> MET" in summary
+    assert "attack-success reduction (mono_ffn vs base, hotflip.success_rate)" in summary and "-> NO CONTROL" in summary
 
 
 def test_report_is_reproducible(full_report, tmp_path):
@@ -371,7 +405,9 @@ def test_a_control_gets_its_reduction_shown_but_not_judged(tmp_path):
     mono_sr = np.mean([written[f"attacks/random_hotflip/mono_ffn/s{s}"]["success_rate"] for s in SEEDS])
     assert ctrl["value"] == pytest.approx(1 - mono_sr / base_sr) and ctrl["value"] > 0.40  # would be "met"
     assert ctrl["control"] and ctrl["status"] == "control" and "met" not in ctrl
-    assert not attack["control"] and attack["status"] == "met"
+    # The attack's reduction clears the target, but the control's is as large: the verdict says so.
+    assert not attack["control"] and attack["ci95"][0] > 0.40 and attack["status"] == "same as control"
+    assert attack["control_entry"] == "random_hotflip" and attack["minus_control_ci95"][0] <= 0
     summary = (run_dir / "experiment_summary.txt").read_text()
     assert re.search(r"random_hotflip\.success_rate\): [-\d.]+% .*-> CONTROL", summary)
     # In the attack table the control sits beside its attack, marked.
@@ -412,7 +448,11 @@ metrics:
   perplexity:
     data: {dataset: json, data_files: @DATA@/test.jsonl, split: test, limit: 4}
     max_length: 64
-report: {baseline: base, compare: [half]}
+report:
+  baseline: base
+  compare: [half]
+  table7: [{label: Perplexity, entry: perplexity, metric: perplexity}]
+  gap: {entry: perplexity, metric: perplexity}
 """
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ..store import atomic_write_json, atomic_write_text
-from ..suite import ReportConfig
-from .aggregate import aggregate, attack_table, indicators, table7
+from .config import ReportConfig
+from .aggregate import aggregate, attack_table, table7
 from .collect import RunData, load_run
 from .html import report_html
 from .plots import make_plots, transfer_matrix
 from .tables import latex_table7, markdown_table7, summary_text
+from .verdicts import indicators
 
 __all__ = ["Report", "build_report", "load_run"]
 
@@ -68,6 +69,7 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None) -> Rep
         "stages": _stage_rows(run),
         "results": [g.as_dict() for g in agg.groups],
         "table7": table, "attacks": attacks, "indicators": checks, "transfer_matrix": transfer,
+        "warnings": agg.warnings, "notes": agg.notes,
         "plots": plots, "files": {k: str(v) for k, v in files.items()},
     }
     summary = summary_text(agg, table, checks, attacks)

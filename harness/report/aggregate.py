@@ -1,5 +1,5 @@
 """Aggregation: every metric per model x seed, then across seeds (mean, std, bootstrap interval); Table 7 cells;
-the success indicators (perplexity gap vs the baseline, attack-success reduction), computed and judged, not assumed.
+the success indicators (a metric's gap vs the baseline, attack-success reduction), computed and judged, not assumed.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from ..api import MetricSpec
 from .collect import RunData, StageData
+from .declared import declared_specs, describe, missing_declared, undeclared
 from .stats import (across_seeds_bootstrap, bootstrap_examples, example_columns, mean_std, percentile_interval,
                     reproduces, rng_for)
 
@@ -47,6 +49,18 @@ class Group:
     stages: list[StageData]
     per_seed: dict[str, dict[str, Any]] = field(default_factory=dict)
     across: dict[str, MetricSummary] = field(default_factory=dict)
+    #: What the plugin declared it reports (None: unknown, e.g. the plugin is not installed and the result predates
+    #: recorded declarations).
+    specs: list[MetricSpec] | None = None
+    #: Metrics the report derives from declared curves: the rate at each of ``report.curve_thresholds``.
+    derived: list[MetricSpec] = field(default_factory=list)
+
+    def spec(self, metric: str) -> MetricSpec | None:
+        """The declaration of ``metric`` (placeholders filled in), or None when undeclared."""
+        return describe(self.specs + self.derived, metric) if self.specs is not None else None
+
+    def specs_of_kind(self, kind: str) -> list[MetricSpec]:
+        return [s for s in self.specs or [] if s.kind == kind]
 
     @property
     def done(self) -> list[StageData]:
@@ -73,6 +87,31 @@ def build_groups(run: RunData) -> list[Group]:
     return list(groups.values())
 
 
+def curve_specs(curve: MetricSpec, thresholds: list[float]) -> list[MetricSpec]:
+    """The rate of a declared curve at each threshold, as metrics of their own (``<curve>@<threshold>``)."""
+    return [MetricSpec(f"{curve.name}@{t:g}", f"Success > {t * 100:g}% (%)", field=curve.field, threshold=t,
+                       scale=100, digits=1) for t in thresholds]
+
+
+def curve_values(group: Group, stage: StageData) -> dict[str, float]:
+    """The derived curve rates of one stage: read from the stored curve at the threshold (the plugin's own
+    number), else computed from the records' field."""
+    out: dict[str, float] = {}
+    for spec in group.derived:
+        curve = next((c for c in group.specs_of_kind("curve") if c.field == spec.field), None)
+        stored = stage.metrics.get(curve.name) if curve else None
+        if isinstance(stored, dict) and isinstance(stored.get("thresholds"), list):
+            rates = next((v for k, v in stored.items() if k != "thresholds" and isinstance(v, list)), [])
+            at = [i for i, t in enumerate(stored["thresholds"]) if abs(t - (spec.threshold or 0)) < 1e-9]
+            if at and at[0] < len(rates) and isinstance(rates[at[0]], (int, float)):
+                out[spec.name] = float(rates[at[0]])
+                continue
+        found = example_columns(spec, stage.records)
+        if found is not None:
+            out[spec.name] = float(found[0].compute({f: c[None, :] for f, c in found[1].items()})[0])
+    return out
+
+
 def aggregate_group(group: Group, run: RunData) -> None:
     cfg = run.config
     replicates: dict[str, dict[str, np.ndarray | None]] = {}
@@ -81,11 +120,11 @@ def aggregate_group(group: Group, run: RunData) -> None:
         if not s.done:
             group.per_seed[label] = {"stage": s.id, "status": s.status}
             continue
-        scalars = s.scalars()
+        scalars = {**s.scalars(), **curve_values(group, s)}
         intervals: dict[str, list[float]] = {}
         for metric, value in scalars.items():
             reps = None
-            found = example_columns(metric, s.records) if value is not None else None
+            found = example_columns(group.spec(metric), s.records) if value is not None else None
             if found is not None and reproduces(*found, value):
                 rng = rng_for(cfg.bootstrap_seed, s.id, metric)
                 reps = bootstrap_examples(*found, cfg.bootstrap_samples, rng)
@@ -93,9 +132,9 @@ def aggregate_group(group: Group, run: RunData) -> None:
             replicates.setdefault(metric, {})[label] = reps
         group.per_seed[label] = {"stage": s.id, "status": "done", "metrics": scalars, "ci95": intervals,
                                  "duration_s": (s.result or {}).get("duration_s")}
-    metrics = list(dict.fromkeys(m for s in group.done for m in s.scalars()))
+    metrics = list(dict.fromkeys(m for s in group.done for m in {**s.scalars(), **curve_values(group, s)}))
     for metric in metrics:
-        values = {seed_label(s.seed): s.scalars().get(metric) for s in group.done}
+        values = {seed_label(s.seed): {**s.scalars(), **curve_values(group, s)}.get(metric) for s in group.done}
         values = {k: v for k, v in values.items() if v is not None}
         mean, std = mean_std(list(values.values()))
         reps, method = across_seeds_bootstrap(list(values.values()),
@@ -111,6 +150,10 @@ def aggregate_group(group: Group, run: RunData) -> None:
 class Aggregate:
     run: RunData
     groups: list[Group]
+    #: One line per (plugin, key) whose result lacks a declared metric.
+    warnings: list[str] = field(default_factory=list)
+    #: One line per plugin whose result holds numbers it did not declare (shown in "all metrics" only).
+    notes: list[str] = field(default_factory=list)
 
     def find(self, entry: str | None, model: str, sections: tuple[str, ...] = ("metrics", "attacks")) -> Group | None:
         if entry is None:
@@ -124,11 +167,44 @@ class Aggregate:
         return [g for g in self.groups if g.section in ("metrics", "attacks")]
 
 
+def declarations(groups: list[Group], thresholds: list[float]) -> tuple[list[str], list[str]]:
+    """Each group's declared metrics (from its first finished stage), and the lines about results that lack a
+    declared metric (warnings) or hold undeclared numbers (notes), one per plugin and key."""
+    missing: dict[tuple[str, str], list[str]] = {}
+    extra: dict[str, list[str]] = {}
+    unknown: list[str] = []
+    for g in groups:
+        done = g.done
+        if not done:
+            continue
+        g.specs = declared_specs(done[0])
+        if g.specs is None:
+            if g.plugin not in unknown:
+                unknown.append(g.plugin)
+            continue
+        g.derived = [d for c in g.specs_of_kind("curve") if c.field for d in curve_specs(c, thresholds)]
+        for s in done:
+            for key in missing_declared(g.specs, s):
+                missing.setdefault((g.plugin, key), []).append(s.id)
+            for key in undeclared(g.specs, s):
+                if key not in extra.setdefault(g.plugin, []):
+                    extra[g.plugin].append(key)
+    warnings = [f"plugin '{plugin}' declares '{key}' but its result lacks it ({len(ids)} stage"
+                f"{'s' if len(ids) != 1 else ''}: {', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})"
+                for (plugin, key), ids in missing.items()]
+    notes = [f"plugin '{plugin}' reports numbers it does not declare: {', '.join(keys)} (shown under all metrics "
+             "only, without example-level intervals)" for plugin, keys in extra.items() if keys]
+    notes += [f"plugin '{plugin}' is not installed here and its results record no declarations: its numbers are "
+              "shown under all metrics only" for plugin in unknown]
+    return warnings, notes
+
+
 def aggregate(run: RunData) -> Aggregate:
     groups = build_groups(run)
+    warnings, notes = declarations(groups, run.config.curve_thresholds)
     for g in groups:
         aggregate_group(g, run)
-    return Aggregate(run, groups)
+    return Aggregate(run, groups, warnings, notes)
 
 
 # -- Table 7 -------------------------------------------------------------------------------------------------------
@@ -171,15 +247,30 @@ def table7(agg: Aggregate) -> dict[str, Any]:
     return {"columns": columns, "rows": rows, "n_seeds": len(run.seeds)}
 
 
-#: The attack table's columns: what every attack plugin reports (the shared summary of harness.scoring).
-ATTACK_COLUMNS = [{"label": "Success (%)", "metric": "success_rate", "scale": 100, "digits": 1},
-                  {"label": "NLL incr. (%)", "metric": "mean_relative_increase", "scale": 100, "digits": 1},
-                  {"label": "Median NLL incr. (%)", "metric": "median_relative_increase", "scale": 100, "digits": 1},
-                  {"label": "Queries / example", "metric": "mean_queries", "scale": 1, "digits": 1}]
+def entry_groups(agg: Aggregate, entry: str) -> list[Group]:
+    return [g for g in agg.groups if g.entry == entry and g.section in ("metrics", "attacks")]
 
 
-def is_transfer(run: RunData, entry: str) -> bool:
-    return any("transfer" in s.metrics for s in run.stages if s.entry == entry and s.done)
+def is_transfer(agg: Aggregate, entry: str) -> bool:
+    """An entry that reports a matrix (a trigger found on one model evaluated on others): shown as its matrix, not
+    as rows of the side-by-side tables, and judged by no indicator."""
+    return any(g.specs_of_kind("matrix") for g in entry_groups(agg, entry))
+
+
+def attack_entries(agg: Aggregate) -> list[str]:
+    return [e for sec, e, _ in agg.run.entries() if sec == "attacks" and not is_transfer(agg, e)]
+
+
+def attack_columns(agg: Aggregate) -> list[dict[str, Any]]:
+    """The side-by-side table's columns: the shown scalar metrics that every attack of the suite declares, in the
+    order the first one declares them (so every row has the same measures), then the success rates at the report's
+    curve thresholds (for attacks that declare a curve)."""
+    declared = [[s for s in g.specs + g.derived if s.kind == "scalar" and s.show and not s.is_family]
+                for e in attack_entries(agg) for g in entry_groups(agg, e) if g.specs is not None]
+    if not declared:
+        return []
+    common = [s for s in declared[0] if all(any(o.name == s.name for o in other) for other in declared[1:])]
+    return [{"label": s.display, "metric": s.name, "scale": s.scale, "digits": s.digits} for s in common]
 
 
 def is_control(run: RunData, entry: str) -> bool:
@@ -187,115 +278,24 @@ def is_control(run: RunData, entry: str) -> bool:
 
 
 def attack_table(agg: Aggregate) -> dict[str, Any]:
-    """Every attack of the suite (HotFlip, UAT, TextAttack's, controls...) on every model, side by side, with the
+    """Every attack of the suite (controls included) on every model, side by side, with the
     same columns: one row per (attack, model)."""
     run = agg.run
     rows = []
-    for section, entry, plugin in run.entries():
-        if section != "attacks" or is_transfer(run, entry):
-            continue
+    columns = attack_columns(agg)
+    plugins = {e: p for _, e, p in run.entries()}
+    for entry in attack_entries(agg):
+        plugin = plugins[entry]
         for model in table_models(run):
             if agg.find(entry, model) is None:
                 continue
             rows.append({"attack": entry, "plugin": plugin, "control": is_control(run, entry), "model": model,
                          "baseline": model == run.config.baseline,
-                         "cells": [summary_cell(agg, entry, model, c["metric"], c["scale"]) for c in ATTACK_COLUMNS]})
-    return {"columns": ATTACK_COLUMNS, "rows": rows, "n_seeds": len(run.seeds)}
-
-
-# -- success indicators --------------------------------------------------------------------------------------------
-
-def _ratio_interval(num: Any, den: Any, confidence: float, transform) -> list[float] | None:
-    """Interval of transform(num / den) from independent bootstrap replicates of both means (different models)."""
-    if num.replicates is None or den.replicates is None:
-        return None
-    n = min(len(num.replicates), len(den.replicates))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        draws = transform(num.replicates[:n] / den.replicates[:n])
-    draws = draws[np.isfinite(draws)]
-    return list(percentile_interval(draws, confidence)) if len(draws) else None
-
-
-def _unsettled(ci: list[float] | None, target: float) -> str | None:
-    """A note when the 95% interval holds the target on both sides: met or not, this run does not settle it."""
-    if ci is not None and ci[0] < target < ci[1]:
-        return f"the 95% interval [{ci[0]:.1%}, {ci[1]:.1%}] contains the target: not settled by this run"
-    return None
+                         "cells": [summary_cell(agg, entry, model, c["metric"], c["scale"]) for c in columns]})
+    return {"columns": columns, "rows": rows, "n_seeds": len(run.seeds)}
 
 
 def compared_models(run: RunData) -> list[str]:
     if run.config.baseline is None:
         return []
     return list(run.config.compare) or [m for m in run.models if m != run.config.baseline]
-
-
-def indicators(agg: Aggregate) -> list[dict[str, Any]]:
-    run, cfg = agg.run, agg.run.config
-    out: list[dict[str, Any]] = []
-    gap_target = f"< {cfg.perplexity_gap_target:.0%}"
-    red_target = f"> {cfg.attack_reduction_target:.0%}"
-    compare = compared_models(run)
-    if cfg.baseline is None or not compare:
-        why = ("the suite names no baseline model (set `report: {baseline: <model>, compare: [<model>]}`)"
-               if cfg.baseline is None else "the suite has no model besides the baseline to compare")
-        for name, target in (("perplexity gap vs baseline", gap_target), ("attack-success reduction", red_target)):
-            out.append({"indicator": name, "status": "not applicable", "target": target, "detail": why})
-        return out
-
-    ppl_entry = run.resolve_entry(cfg.perplexity.entry)
-    for model in compare:
-        item = {"indicator": "perplexity gap vs baseline", "model": model, "baseline": cfg.baseline,
-                "entry": ppl_entry, "metric": cfg.perplexity.metric, "target": gap_target}
-        b, m = agg.find(ppl_entry, cfg.baseline), agg.find(ppl_entry, model)
-        bs = b.across.get(cfg.perplexity.metric) if b else None
-        ms = m.across.get(cfg.perplexity.metric) if m else None
-        if ppl_entry is None:
-            item.update(status="not applicable", detail=f"no metrics entry '{cfg.perplexity.entry}' in the suite")
-        elif bs is None or ms is None or bs.mean is None or ms.mean is None or bs.mean <= 0:
-            item.update(status="missing", detail="perplexity of the baseline or the model did not finish")
-        else:
-            gap = ms.mean / bs.mean - 1
-            met = gap < cfg.perplexity_gap_target
-            ci = _ratio_interval(ms, bs, cfg.confidence, lambda r: r - 1)
-            item.update(value=gap, baseline_value=bs.mean, model_value=ms.mean, met=met,
-                        status="met" if met else "not met", ci95=ci)
-            if note := _unsettled(ci, cfg.perplexity_gap_target):
-                item["detail"] = note
-        out.append(item)
-
-    attack_entries = [e for sec, e, _ in run.entries() if sec == "attacks" and not is_transfer(run, e)]
-    if not attack_entries:
-        out.append({"indicator": "attack-success reduction", "status": "not applicable", "target": red_target,
-                    "detail": "the suite runs no attack"})
-    for entry in attack_entries:
-        # A control (random edits at an attack's budget) is shown beside the attacks, but its reduction is a
-        # reference for theirs, not a robustness result: it gets no met / not met.
-        control = is_control(run, entry)
-        for model in compare:
-            item = {"indicator": "attack-success reduction", "model": model, "baseline": cfg.baseline,
-                    "entry": entry, "metric": cfg.attack_metric, "target": red_target, "control": control}
-            b, m = agg.find(entry, cfg.baseline), agg.find(entry, model)
-            bs = b.across.get(cfg.attack_metric) if b else None
-            ms = m.across.get(cfg.attack_metric) if m else None
-            if b is None or m is None:
-                item.update(status="not applicable", detail=f"attack '{entry}' does not run on both models")
-            elif bs is None or ms is None or bs.mean is None or ms.mean is None:
-                item.update(status="missing", detail=f"'{entry}' on the baseline or the model did not finish "
-                                                     f"(or reports no {cfg.attack_metric})")
-            elif bs.mean <= 0:
-                item.update(status="not applicable", baseline_value=bs.mean, model_value=ms.mean,
-                            detail=f"the baseline's {cfg.attack_metric} is 0, so there is nothing to reduce")
-            else:
-                reduction = 1 - ms.mean / bs.mean
-                item.update(value=reduction, baseline_value=bs.mean, model_value=ms.mean,
-                            ci95=_ratio_interval(ms, bs, cfg.confidence, lambda r: 1 - r))
-                if control:
-                    item.update(status="control", detail="a control: the reference for the attacks' reduction, "
-                                                         "not judged against the target")
-                else:
-                    met = reduction > cfg.attack_reduction_target
-                    item.update(met=met, status="met" if met else "not met")
-                    if note := _unsettled(item["ci95"], cfg.attack_reduction_target):
-                        item["detail"] = note
-            out.append(item)
-    return out

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import HarnessError
 from ..rundir import RECORDS, RunDir, read_json_object, read_records, warn_damaged
-from ..suite import ReportConfig
+from .config import ReportConfig
 
 
 @dataclass
@@ -78,7 +78,7 @@ class RunData:
         return [(sec, entry, plugin) for (sec, entry), plugin in seen.items()]
 
     def resolve_entry(self, name: str) -> str | None:
-        """An entry name, or the single entry that uses a plugin of that name (``hotflip`` -> ``hotflip_top10``)."""
+        """An entry name, or the single entry that uses a plugin of that name (``gcg`` -> ``gcg_long``)."""
         entries = self.entries()
         if any(e == name for _, e, _ in entries):
             return name
@@ -106,7 +106,7 @@ def load_run(run_dir: str | Path, config: ReportConfig | None = None) -> RunData
     if config is None:
         from pydantic import ValidationError
 
-        from ..suite import validation_error_line
+        from ..config import validation_error_line
 
         try:
             config = ReportConfig.model_validate(suite.get("report") or {})

@@ -20,6 +20,7 @@ table { border-collapse: collapse; margin: 8px 0 12px 0; font-size: 0.92em; }
 th, td { border: 1px solid #bbb; padding: 4px 9px; text-align: right; }
 th { background: #e8eef4; } td:first-child, th:first-child { text-align: left; }
 .met { background: #d8f3dc; } .notmet { background: #fde2e1; } .na { background: #eee; color: #555; }
+.unsettled { background: #fff3cd; }
 .missing { color: #a33; font-weight: bold; } .text { text-align: left; }
 .meta { color: #555; font-size: 0.9em; } .note { color: #555; font-size: 0.88em; }
 figure { margin: 14px 0; } figcaption { font-size: 0.9em; color: #444; }
@@ -49,7 +50,9 @@ def _indicators_html(indicators: list[dict[str, Any]]) -> str:
                      _e(f"{item.get('entry')}.{item.get('metric')}" if item.get("entry") else ""), value,
                      _e(f"[{ci[0]:.1%}, {ci[1]:.1%}]") if ci else "", _e(item["target"]),
                      f"<b>{_e(item['status'])}</b>", f'<div class="text">{_e(item.get("detail", ""))}</div>'])
-        classes.append({"met": "met", "not met": "notmet"}.get(item["status"], "na"))
+        # Only an interval wholly on the target's side is green; open or confounded verdicts are amber.
+        classes.append({"met": "met", "not met": "notmet", "not settled": "unsettled", "same as control": "unsettled",
+                        "no control": "unsettled", "too few successes": "unsettled"}.get(item["status"], "na"))
     return _table(["indicator", "model", "baseline", "metric", "value", "95% CI", "target", "status", "note"],
                   rows, classes)
 
@@ -102,6 +105,12 @@ def _metrics_html(agg: Aggregate) -> str:
     return "\n".join(parts)
 
 
+def _declarations_html(agg: Aggregate) -> str:
+    """Results that lack a metric their plugin declares (warnings), or hold numbers it does not (notes)."""
+    lines = [f'<li class="missing">{_e(w)}</li>' for w in agg.warnings] + [f"<li>{_e(n)}</li>" for n in agg.notes]
+    return f"<h2>Declared metrics</h2><ul>{''.join(lines)}</ul>" if lines else ""
+
+
 def _transfer_html(tm: dict[str, Any] | None) -> str:
     if tm is None:
         return ""
@@ -134,8 +143,7 @@ def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str
     run = agg.run
     env = run.environment
     pkgs = env.get("packages") or {}
-    env_line = ", ".join(f"{k} {v}" for k, v in pkgs.items() if v and k in ("harness", "torch", "transformers",
-                                                                             "lm_eval", "datasets"))
+    env_line = ", ".join(f"{k} {v}" for k, v in pkgs.items() if v)
     done = sum(s.done for s in run.stages)
     missing = "".join(f"<li><b>{_e(s.id)}</b>: {_e(s.status)}</li>" for s in run.missing)
     body = [
@@ -144,6 +152,7 @@ def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str
         f"finished; run directory <code>{_e(run.run_dir)}</code>; report generated {_e(generated)}."
         + (f"<br>Environment: python {_e(env.get('python'))}, {_e(env_line)}; "
            f"{_e(env.get('platform', ''))}." if env else "") + "</p>",
+        _declarations_html(agg),
         "<h2>Success indicators</h2>", _indicators_html(indicators),
         "<h2>Table 7</h2>", _table7_html(table),
         _attacks_html(attacks),

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..api import MetricSpec
+
 #: Replicates computed per block, so a bootstrap over 10,000 examples stays within a few tens of MB.
 _BLOCK_ELEMENTS = 2_000_000
 
@@ -54,24 +56,26 @@ def _mean(field: str) -> ExampleStatistic:
     return ExampleStatistic((field,), lambda c: c[field].mean(axis=-1))
 
 
-def _token_weighted(transform: Callable[[np.ndarray], np.ndarray]) -> ExampleStatistic:
-    return ExampleStatistic(("nll_sum", "tokens"),
-                            lambda c: transform(c["nll_sum"].sum(axis=-1) / c["tokens"].sum(axis=-1)))
+def _token_weighted(field: str, weight: str, transform: Callable[[np.ndarray], np.ndarray]) -> ExampleStatistic:
+    return ExampleStatistic((field, weight), lambda c: transform(c[field].sum(axis=-1) / c[weight].sum(axis=-1)))
 
 
-#: Metrics of the perplexity and attack plugins, by name (see plugins/metrics/perplexity.py, plugins/attacks/).
-EXAMPLE_STATISTICS: dict[str, ExampleStatistic] = {
-    "perplexity": _token_weighted(np.exp),
-    "mean_nll": _token_weighted(lambda x: x),
-    "success_rate": _mean("success"),
-    "mean_relative_increase": _mean("relative_increase"),
-    "median_relative_increase": ExampleStatistic(("relative_increase",),
-                                                 lambda c: np.median(c["relative_increase"], axis=-1)),
-    "mean_nll_before": _mean("nll_before"),
-    "mean_nll_after": _mean("nll_after"),
-    # HotFlip: mean over the examples that have one (records with `spearman: null` are skipped, as the plugin does).
-    "spearman_mean": _mean("spearman"),
-}
+def statistic(spec: MetricSpec) -> ExampleStatistic | None:
+    """The statistic a declared metric is of its records, or None (no field, or ``aggregation: none``)."""
+    field = spec.field
+    if field is None or spec.kind != "scalar":
+        return None
+    if spec.threshold is not None and spec.aggregation == "mean":
+        t = spec.threshold
+        return ExampleStatistic((field,), lambda c: (c[field] > t).mean(axis=-1))
+    if spec.aggregation == "mean":
+        return _mean(field)
+    if spec.aggregation == "median":
+        return ExampleStatistic((field,), lambda c: np.median(c[field], axis=-1))
+    if spec.aggregation in ("token_weighted", "token_weighted_exp") and spec.weight:
+        transform = np.exp if spec.aggregation == "token_weighted_exp" else (lambda x: x)
+        return _token_weighted(field, spec.weight, transform)
+    return None
 
 
 def _numeric(value: Any) -> float | None:
@@ -82,31 +86,26 @@ def _numeric(value: Any) -> float | None:
     return None
 
 
-def example_columns(metric: str, records: list[dict[str, Any]]) -> tuple[ExampleStatistic, dict[str, np.ndarray]] | None:
-    """The statistic behind ``metric`` and its per-example columns, or None when the records cannot give it.
+def example_rows(spec: MetricSpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records that are examples of ``spec``: those matching its ``where`` and holding a number in every field
+    its statistic reads (rows of another kind, or without the field, are not examples of this metric)."""
+    stat = statistic(spec)
+    if stat is None:
+        return []
+    return [r for r in records
+            if all(r.get(k) == v for k, v in spec.where.items())
+            and all(_numeric(r.get(f)) is not None for f in stat.fields)]
 
-    Besides the named metrics, ``task/metric`` (the lm_eval plugin's naming, optionally ``task/metric,filter``) is
-    the mean of the per-sample ``metric`` over that task's records.
-    """
-    if metric in EXAMPLE_STATISTICS:
-        stat, rows = EXAMPLE_STATISTICS[metric], records
-    elif "/" in metric and not metric.endswith("_stderr"):
-        task, name = metric.split("/", 1)
-        name, _, filt = name.partition(",")
-        rows = [r for r in records if r.get("task") == task and (not filt or r.get("filter") == filt)]
-        stat = _mean(name)
-    else:
+
+def example_columns(spec: MetricSpec | None,
+                    records: list[dict[str, Any]]) -> tuple[ExampleStatistic, dict[str, np.ndarray]] | None:
+    """The statistic behind a declared metric and its per-example columns, or None when the records cannot give it."""
+    if spec is None or (stat := statistic(spec)) is None:
         return None
-    columns: dict[str, list[float]] = {f: [] for f in stat.fields}
-    for r in rows:
-        values = [_numeric(r.get(f)) for f in stat.fields]
-        if any(v is None for v in values):
-            continue  # rows of another kind (or without this field) are not examples of this metric
-        for f, v in zip(stat.fields, values):
-            columns[f].append(v)  # type: ignore[arg-type]
-    if not columns[stat.fields[0]]:
+    rows = example_rows(spec, records)
+    if not rows:
         return None
-    return stat, {f: np.asarray(v, dtype=float) for f, v in columns.items()}
+    return stat, {f: np.asarray([_numeric(r[f]) for r in rows], dtype=float) for f in stat.fields}
 
 
 def reproduces(stat: ExampleStatistic, columns: dict[str, np.ndarray], value: float) -> bool:
@@ -150,3 +149,54 @@ def across_seeds_bootstrap(values: Sequence[float], replicates: Sequence[np.ndar
         arr = np.asarray(values, dtype=float)
         return arr[rng.integers(0, k, size=(n_boot, k))].mean(axis=1), "bootstrap over seeds"
     return None, None
+
+
+def aligned_columns(stat: ExampleStatistic,
+                    arms: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, np.ndarray]] | None:
+    """Per arm, the statistic's columns over the examples every arm has (paired by record ``id``, in the first arm's
+    order); None when a record has no id or no example is shared. ``arms`` holds each arm's example records."""
+    by_id = []
+    for rows in arms:
+        ids = {}
+        for r in rows:
+            if not isinstance(r.get("id"), (str, int)):
+                return None
+            ids[r["id"]] = r
+        by_id.append(ids)
+    shared = [i for i in by_id[0] if all(i in other for other in by_id[1:])]
+    if not shared:
+        return None
+    return [{f: np.asarray([_numeric(ids[i][f]) for i in shared], dtype=float) for f in stat.fields} for ids in by_id]
+
+
+def paired_bootstrap(stat: ExampleStatistic, seeds: Sequence[Sequence[dict[str, np.ndarray]]], n_boot: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Replicates ``(arms, n_boot)`` of the mean over seeds of ``stat`` for every arm, resampled together.
+
+    ``seeds[s][a]`` holds arm ``a``'s columns at seed ``s``, rows aligned across arms (the same examples). Each
+    replicate draws the seeds with replacement (when there are two or more) and, for each drawn seed, one resample of
+    its examples that every arm shares: the arms (a model and its baseline, an attack and its control) face the
+    same seeds and examples, so their difference is measured without the noise they share.
+    """
+    k = len(seeds)
+    n_arms = len(seeds[0])
+    per_seed = np.empty((k, n_arms, n_boot))
+    for s, arms in enumerate(seeds):
+        n = len(next(iter(arms[0].values())))
+        block = max(1, _BLOCK_ELEMENTS // max(n, 1))
+        for start in range(0, n_boot, block):
+            size = min(block, n_boot - start)
+            idx = rng.integers(0, n, size=(size, n))
+            for a, columns in enumerate(arms):
+                per_seed[s, a, start:start + size] = stat.compute({f: c[idx] for f, c in columns.items()})
+    if k == 1:
+        return per_seed[0]
+    seed_idx = rng.integers(0, k, size=(n_boot, k))
+    rep_idx = rng.integers(0, n_boot, size=(n_boot, k))
+    return per_seed[seed_idx, :, rep_idx].mean(axis=1).T
+
+
+def paired_seed_bootstrap(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Replicates ``(arms, n_boot)`` of the mean over seeds, seeds resampled together; ``values`` is (seeds, arms)."""
+    k = values.shape[0]
+    return values[rng.integers(0, k, size=(n_boot, k))].mean(axis=1).T

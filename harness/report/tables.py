@@ -56,7 +56,7 @@ def latex_table7(agg: Aggregate, table: dict[str, Any]) -> str:
     lines = [f"% Table 7 of suite '{run.suite}' ({run.mode} mode, seeds {run.seeds}), written by `harness report`",
              f"% from the measured results in {run.run_dir}.",
              r"\centering",
-             r"\caption{" + latex_escape("Perplexity and adversarial robustness per model. " + " ".join(_notes(table)))
+             r"\caption{" + latex_escape("The suite's Table 7 metrics per model. " + " ".join(_notes(table)))
              .replace("±", r"$\pm$").replace("†", r"$^\dagger$") + "}",
              r"\label{tab:table7}",
              r"\begin{tabular}{l" + "r" * len(cols) + "}",
@@ -126,6 +126,9 @@ def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[st
            f"Run directory: {run.run_dir}",
            f"Stages: {n_done} of {len(run.stages)} finished" + (f"; {len(run.missing)} missing" if run.missing else ""),
            ""]
+    out += [f"WARNING: {w}" for w in agg.warnings] + [f"Note: {n}" for n in agg.notes]
+    if agg.warnings or agg.notes:
+        out.append("")
     if run.config.baseline:
         out.append(f"Baseline: {run.config.baseline}; compared: {', '.join(compared_models(run)) or '(none)'}")
     out += ["Success indicators (computed from this run):"] + [f"  - {indicator_line(i)}" for i in indicators]

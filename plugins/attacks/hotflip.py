@@ -27,8 +27,9 @@ from pydantic import Field
 from harness import (AttackPlugin, Batch, DocumentSource, LoadedModel, PlanInputs, StageContext, StagePreempted,
                      Workload, hookimpl, load_documents)
 
-from harness.attacks import (Example, Scorer, TaskConfig, allowed_tokens, example_record, make_examples, select_examples,
-                     spearman, summarize)
+from harness import MetricSpec
+from harness.attacks import (ATTACK_METRICS, Example, Scorer, TaskConfig, allowed_tokens, example_record, make_examples,
+                             select_examples, spearman, summarize)
 from .workload import RECORD_BYTES, _examples, _length
 
 #: Proposes swaps for the current sequence: (ids, editable positions, swaps already tried at these ids) ->
@@ -163,6 +164,16 @@ def run_flip_attack(model: LoadedModel, ctx: StageContext, cfg: HotFlipConfig,
     return flip_summary(ctx.records.records, cfg)
 
 
+#: What :func:`flip_summary` adds to the shared attack summary.
+FLIP_METRICS = [
+    MetricSpec("mean_flips", "Flips / example", digits=2, show=False),
+    MetricSpec("flip_positions", "Flip positions", field="positions", kind="histogram", show=False),
+]
+#: HotFlip's own: how far its first-order estimates rank the swaps as the exact scores do. The mean over the examples
+#: that have one (records with `spearman: null` are skipped, as flip_summary does).
+SPEARMAN_METRIC = MetricSpec("spearman_mean", "Spearman (estimate vs exact)", field="spearman", digits=2, show=False)
+
+
 def flip_summary(records: Sequence[dict[str, Any]], cfg: HotFlipConfig) -> dict[str, Any]:
     metrics = summarize(records, cfg.threshold)
     metrics["mean_flips"] = float(np.mean([len(r["positions"]) for r in records])) if records else 0.0
@@ -200,6 +211,9 @@ class HotFlipAttack(AttackPlugin[HotFlipConfig]):
     """HotFlip on causal LMs: gradient-ranked token swaps in the context, scored exactly in batches."""
 
     name = "hotflip"
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        return ATTACK_METRICS + FLIP_METRICS + [SPEARMAN_METRIC]
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from pydantic import model_validator
 
-from harness import AttackPlugin, LoadedModel, PlanInputs, PluginConfig, StageContext, Workload, hookimpl
+from harness import AttackPlugin, LoadedModel, MetricSpec, PlanInputs, PluginConfig, StageContext, Workload, hookimpl
 
-from harness.attacks import Scorer, attack_rng, random_allowed
-from .hotflip import HotFlipConfig, Proposer, flip_workload, run_flip_attack
-from .uat import CandidateFn, UATConfig, run_uat, uat_workload
+from harness.attacks import ATTACK_METRICS, Scorer, attack_rng, random_allowed
+from .hotflip import FLIP_METRICS, HotFlipConfig, Proposer, flip_workload, run_flip_attack
+from .uat import UAT_METRICS, CandidateFn, UATConfig, run_uat, uat_workload
 
 
 class RandomTokenConfig(PluginConfig):
@@ -93,6 +93,10 @@ class RandomTokenAttack(AttackPlugin[RandomTokenConfig]):
 
     def is_control(self) -> bool:
         return True
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        """The controlled attack's metrics (it runs that attack's loop and summary)."""
+        return ATTACK_METRICS + (FLIP_METRICS if self.config.hotflip is not None else UAT_METRICS)
 
     def plan(self, inputs: PlanInputs) -> Workload:
         """The controlled attack's queries without its gradient passes (``harness plan``)."""

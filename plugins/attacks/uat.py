@@ -31,7 +31,8 @@ from pydantic import Field
 from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, PlanInputs, StageContext,
                      StagePreempted, Workload, hookimpl, load_documents)
 
-from harness.attacks import (Example, Scorer, TaskConfig, allowed_tokens, attack_rng, example_record, make_examples,
+from harness import MetricSpec
+from harness.attacks import (ATTACK_METRICS, Example, Scorer, TaskConfig, allowed_tokens, attack_rng, example_record, make_examples,
                      random_allowed, summarize)
 from .workload import RECORD_BYTES, _examples, _length
 
@@ -255,10 +256,24 @@ def uat_workload(cfg: UATConfig, inputs: PlanInputs, gradient: bool) -> Workload
                            f"held-out examples, {length} tokens each{note_opt}{note_eval}"])
 
 
+#: What :func:`run_uat` adds to the shared attack summary (of the held-out split).
+UAT_METRICS = [
+    MetricSpec("opt_mean_relative_increase", "NLL incr. on the optimisation split (%)", scale=100, digits=1,
+               show=False),
+    MetricSpec("opt_mean_nll_after", "NLL after, optimisation split", show=False),
+    MetricSpec("n_opt", "Optimisation examples", digits=0, show=False),
+    MetricSpec("optimisation_queries", "Optimisation queries", digits=0, show=False),
+    MetricSpec("gradient_calls", "Gradient passes", digits=0, show=False),
+]
+
+
 class UniversalTriggerAttack(AttackPlugin[UATConfig]):
     """Universal adversarial trigger: one gradient-searched prefix for all documents, judged on held-out ones."""
 
     name = "uat"
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        return ATTACK_METRICS + UAT_METRICS
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config

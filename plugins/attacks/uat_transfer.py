@@ -18,7 +18,8 @@ from pydantic import Field, ValidationError
 from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, NoEstimate, PlanInputs,
                      PluginConfig, StageContext, Workload, hookimpl, load_documents)
 
-from harness.attacks import Scorer, make_examples, summarize
+from harness import MetricSpec
+from harness.attacks import ATTACK_METRICS, Scorer, make_examples, summarize
 from .uat import EVAL_CHUNK, UATConfig, evaluate_trigger, tokenizer_fingerprint
 from .workload import RECORD_BYTES, _examples, _length
 
@@ -63,6 +64,11 @@ class UATTransfer(AttackPlugin[UATTransferConfig]):
     """Evaluates every model's universal trigger (the stages it needs) on this model: one transfer-matrix row."""
 
     name = "uat_transfer"
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        """The shared summary of every trigger pooled, and the matrix row: source model -> that trigger's summary."""
+        return ATTACK_METRICS + [MetricSpec("transfer", "Transfer", kind="matrix", show=False,
+                                            cells=("success_rate", "mean_relative_increase"))]
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from harness import (Batch, ExistingPath, HarnessError, LoadedModel, MetricPlugin, NoEstimate, PlanInputs, PluginConfig,
-                     StageContext, StagePreempted, Workload, hookimpl)
+from harness import (Batch, ExistingPath, HarnessError, LoadedModel, MetricPlugin, MetricSpec, NoEstimate, PlanInputs,
+                     PluginConfig, StageContext, StagePreempted, Workload, hookimpl)
 
 #: The offline task YAMLs shipped with the plugin (and the script that built their data).
 LOCAL_TASKS = Path(__file__).resolve().parent / "lm_eval_tasks"
@@ -162,6 +162,18 @@ class LMEval(MetricPlugin[LMEvalConfig]):
     name = "lm_eval"
     seeded = False  # deterministic given the model: greedy generation, fixed few-shot seed
     version = "1"
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        """One family per naming of :func:`summarize`: ``task/metric`` (``task/metric,filter`` when a task has
+        several filters), the mean of the per-sample ``metric`` over that task's records, and its standard error."""
+        return [
+            MetricSpec("{task}/{metric},{filter}_stderr", aggregation="none", show=False),
+            MetricSpec("{task}/{metric}_stderr", aggregation="none", show=False),
+            MetricSpec("{task}/{metric},{filter}", field="{metric}", where={"task": "{task}", "filter": "{filter}"},
+                       error="{task}/{metric},{filter}_stderr", digits=3),
+            MetricSpec("{task}/{metric}", field="{metric}", where={"task": "{task}"}, error="{task}/{metric}_stderr",
+                       digits=3),
+        ]
 
     def evaluate(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config

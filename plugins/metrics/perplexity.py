@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import Field
 
-from harness import (Batch, DocumentSource, HarnessError, LoadedModel, MetricPlugin, NonFiniteLoss, PlanInputs,
-                     PluginConfig, StageContext, StagePreempted, Workload, hookimpl, load_documents)
+from harness import (Batch, DocumentSource, HarnessError, LoadedModel, MetricPlugin, MetricSpec, NonFiniteLoss,
+                     PlanInputs, PluginConfig, StageContext, StagePreempted, Workload, hookimpl, load_documents)
 from harness.scoring import HEAD_CHUNK_POSITIONS, rolling_windows, score_windows
 
 
@@ -43,6 +43,20 @@ class Perplexity(MetricPlugin[PerplexityConfig]):
 
     name = "perplexity"
     seeded = False  # a deterministic function of model and documents
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        per_token = {"field": "nll_sum", "weight": "tokens"}
+        return [
+            MetricSpec("perplexity", "Perplexity", aggregation="token_weighted_exp", higher_is_better=False, **per_token),
+            MetricSpec("mean_nll", "Mean NLL", aggregation="token_weighted", higher_is_better=False, **per_token),
+            MetricSpec("tokens", "Tokens", aggregation="none", digits=0, show=False),
+            MetricSpec("documents", "Documents", aggregation="none", digits=0, show=False),
+            MetricSpec("word_perplexity", "Word perplexity", aggregation="none", higher_is_better=False),
+            MetricSpec("byte_perplexity", "Byte perplexity", aggregation="none", higher_is_better=False, digits=3),
+            MetricSpec("bits_per_byte", "Bits per byte", aggregation="none", higher_is_better=False, digits=3),
+            MetricSpec("max_length", "Window", aggregation="none", digits=0, show=False),
+            MetricSpec("stride", "Stride", aggregation="none", digits=0, show=False),
+        ]
 
     def evaluate(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config

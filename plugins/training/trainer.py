@@ -32,6 +32,7 @@ from pydantic import Field, field_validator
 
 from harness import (
     DocumentSource,
+    MetricSpec,
     HarnessError,
     LoadedModel,
     NonFiniteLoss,
@@ -249,6 +250,28 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
     def transform(self, model: torch.nn.Module) -> dict[str, Any]:
         """Change the model before training; returns what ``harness.json`` records about the change."""
         return {"monotonic": False}
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        """The numbers of the training summary (the per-step records feed the report's training curves)."""
+        ppl = {"higher_is_better": False, "aggregation": "none"}
+        return [
+            MetricSpec("final_train_loss", "Final training loss", **ppl, digits=3),
+            MetricSpec("initial_val_perplexity", "Validation perplexity before", **ppl),
+            MetricSpec("final_val_perplexity", "Validation perplexity after", **ppl),
+            MetricSpec("best_val_perplexity", "Best validation perplexity", **ppl),
+            MetricSpec("steps", "Steps", aggregation="none", digits=0),
+            MetricSpec("tokens", "Tokens", aggregation="none", digits=0),
+            MetricSpec("train_time_s", "Training time (s)", aggregation="none", digits=1, show=False),
+            MetricSpec("val_time_s", "Validation time (s)", aggregation="none", digits=1, show=False),
+            MetricSpec("tokens_per_s", "Tokens / s", aggregation="none", digits=0, show=False),
+            MetricSpec("wall_time_s", "Wall time (s)", aggregation="none", digits=1, show=False),
+            MetricSpec("blocks", "Training blocks", aggregation="none", digits=0, show=False),
+            MetricSpec("global_batch", "Global batch", aggregation="none", digits=0, show=False),
+            MetricSpec("world_size", "Processes", aggregation="none", digits=0, show=False),
+            MetricSpec("loss_by_step", "training loss", field="loss", x="step", kind="series"),
+            MetricSpec("val_perplexity_by_step", "validation perplexity", field="val_perplexity", x="step",
+                       kind="series", start="initial_val_perplexity"),
+        ]
 
     def plan(self, inputs):
         """Tokens, memory and disk of this training stage, from the config (``harness plan``)."""

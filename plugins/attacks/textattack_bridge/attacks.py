@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from harness import AttackPlugin, LoadedModel, StageContext, StagePreempted, derive_seed, load_documents
+from harness import AttackPlugin, LoadedModel, MetricSpec, StageContext, StagePreempted, derive_seed, load_documents
 
-from harness.attacks import Scorer, example_record, make_examples, select_examples, summarize
+from harness.attacks import ATTACK_METRICS, Scorer, example_record, make_examples, select_examples, summarize
 from .config import DeepWordBugConfig, PruthiConfig, TextAttackConfig, TextAttackTaskConfig
 
 _STATUS = {"SuccessfulAttackResult": "succeeded", "FailedAttackResult": "failed",
@@ -131,6 +131,15 @@ class _BridgeAttack(AttackPlugin[BridgeConfigT]):
 
     def is_control(self) -> bool:
         return self.config.control
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        """The shared attack summary and what :func:`textattack_summary` adds."""
+        return ATTACK_METRICS + [
+            MetricSpec("mean_words_perturbed", "Words perturbed / example", field="words_perturbed", digits=2,
+                       show=False),
+            MetricSpec("mean_textattack_queries", "TextAttack queries / example", field="textattack_queries",
+                       digits=1, show=False),
+        ]
 
 
 class DeepWordBugAttack(_BridgeAttack[DeepWordBugConfig]):

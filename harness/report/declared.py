@@ -1,0 +1,70 @@
+"""What each stage's plugin declared it reports (:class:`harness.MetricSpec`), as the report reads it.
+
+A stage's ``result.json`` records its plugin's declarations; a result written before declarations existed gets
+them from the plugin class, through the registry, built with the stage's recorded config. Nothing here names a
+plugin or a metric: the report shows, aggregates and intervals exactly what the plugins declare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..api import SECTIONS, MetricSpec, describe
+from ..errors import HarnessError
+from .collect import StageData
+
+__all__ = ["declared_specs", "describe", "missing_declared", "undeclared"]
+
+
+def _from_registry(stage: StageData) -> list[MetricSpec] | None:
+    from pydantic import ValidationError
+
+    from ..plugins import load_registry
+
+    kind = SECTIONS.get(stage.section)
+    if kind is None:
+        return None
+    try:
+        cls = load_registry().get(kind, stage.plugin).cls
+    except (KeyError, HarnessError):
+        return None  # the plugin is not installed here: its numbers are shown, undeclared
+    config: Any = (stage.result or {}).get("config") or {}
+    try:
+        plugin = cls(cls.Config.model_validate(config))
+    except ValidationError:
+        # The recorded config no longer validates here (a moved file, a renamed option): the declarations of a
+        # plugin depend on its options at most, so take them as recorded.
+        plugin = cls(cls.Config.model_construct(**config))
+    return plugin.declared_metrics()
+
+
+def declared_specs(stage: StageData) -> list[MetricSpec] | None:
+    """The stage's declarations: recorded in its result, else from its plugin class; None when neither is known."""
+    recorded = (stage.result or {}).get("declared_metrics")
+    if isinstance(recorded, list):
+        return [MetricSpec.from_dict(d) for d in recorded if isinstance(d, dict)]
+    return _from_registry(stage)
+
+
+def missing_declared(specs: Iterable[MetricSpec], stage: StageData) -> list[str]:
+    """Declared keys the stage's result lacks (a family: no key matches; a histogram: no record has its field)."""
+    metrics = stage.metrics
+    out = []
+    for spec in specs:
+        if spec.kind == "series":
+            continue  # an optional view of the records (a validation curve only when validation ran)
+        if spec.kind == "histogram":
+            if spec.field and not any(spec.field in r for r in stage.records):
+                out.append(spec.field)
+        elif spec.is_family:
+            if not any(spec.match(k) for k in metrics):
+                out.append(spec.name)
+        elif spec.name not in metrics:
+            out.append(spec.name)
+    return out
+
+
+def undeclared(specs: list[MetricSpec], stage: StageData) -> list[str]:
+    """Numeric keys of the stage's result that no declaration describes."""
+    return [k for k in stage.scalars() if describe(specs, k) is None]

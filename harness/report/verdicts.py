@@ -1,0 +1,279 @@
+"""The success indicators, judged on paired intervals: a compared model's gap vs the baseline in a metric (say its
+perplexity), and the reduction of every attack's metric (say its success rate), against the suite's targets.
+
+Honest verdicts: an indicator is ``met`` only when its 95% interval lies entirely on the target's side, ``not met``
+only when it lies entirely on the other side, otherwise ``not settled``. The intervals are paired: the model and
+the baseline face the same seeds and the same examples (records paired by ``id`` within a seed), so they are
+resampled together. An attack's reduction must also exceed its control's (the paired interval of the difference
+above 0), else it is ``same as control``: a model that reacts less to any edit (a damaged one, say) shows a
+reduction under random edits too. A reduction against a baseline value below ``report.attack_floor`` (few
+successes to reduce) says ``too few successes`` when the metric is a rate (the mean of a true/false record field,
+or a curve's rate at a threshold).
+
+How an attack finds its control (a stage whose plugin's ``is_control()`` is true): ``report.controls`` names it
+(``{attack_entry: control_entry}``); else the one control whose stages need the attack's stages (``needs:``); else
+the one control whose entry name contains the attack's entry name as whole ``_``-separated words
+(``random_hotflip`` for ``hotflip``, ``deepwordbug_random`` for ``deepwordbug``). None found: ``no control``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .aggregate import Aggregate, Group, attack_entries, compared_models, is_control
+from .stats import aligned_columns, example_rows, paired_bootstrap, paired_seed_bootstrap, percentile_interval, rng_for
+from .stats import statistic as spec_statistic
+
+MET, NOT_MET, UNSETTLED = "met", "not met", "not settled"
+
+
+def verdict(ci: list[float] | None, target: float, above: bool) -> str:
+    """``met`` when the whole interval is on the target's side (above it when ``above``), ``not met`` when the whole
+    interval is on the other side, else ``not settled`` (also without an interval)."""
+    if ci is None:
+        return UNSETTLED
+    lo, hi = ci
+    if above:
+        return MET if lo > target else NOT_MET if hi <= target else UNSETTLED
+    return MET if hi < target else NOT_MET if lo >= target else UNSETTLED
+
+
+def paired_means(agg: Aggregate, groups: list[Group], metric: str) -> tuple[np.ndarray, str] | None:
+    """Replicates ``(len(groups), n_boot)`` of each group's mean of ``metric`` over the seeds they share, resampled
+    together (examples paired by id within a seed when the records reproduce the metric, else seeds only)."""
+    cfg = agg.run.config
+    per_group = [{_label(s): s for s in g.done} for g in groups]
+    labels = list(dict.fromkeys(label for stages in per_group for label in stages if label != "unseeded"))
+    for stages in per_group:  # an unseeded stage (a seed-free metric) is the same result at every seed
+        if list(stages) == ["unseeded"] and labels:
+            stages.update({label: stages["unseeded"] for label in labels})
+    seeds = [label for label in per_group[0] if all(label in other for other in per_group[1:])]
+    if len(seeds) > 1:
+        seeds = [label for label in seeds if label != "unseeded"]
+    if not seeds:
+        return None
+    rng = rng_for(cfg.bootstrap_seed, "paired", metric, *[f"{g.entry}@{g.model}" for g in groups])
+    found = [spec for g in groups if (spec := g.spec(metric)) is not None]
+    first = found[0] if len(found) == len(groups) else None
+    same = first is not None and all((s.field, s.aggregation, s.weight) == (first.field, first.aggregation,
+                                                                            first.weight) for s in found)
+    stat = spec_statistic(first) if first is not None and same else None
+    if stat is not None:
+        columns = []
+        for label in seeds:
+            arms = [example_rows(spec, per_group[i][label].records) for i, spec in enumerate(found)]
+            aligned = aligned_columns(stat, arms)
+            if aligned is None or not _reproduce(stat, aligned, [per_group[i][label] for i in range(len(groups))],
+                                                 metric):
+                columns = []
+                break
+            columns.append(aligned)
+        if columns:
+            method = "paired bootstrap over examples" + (" and seeds" if len(seeds) > 1 else "")
+            return paired_bootstrap(stat, columns, cfg.bootstrap_samples, rng), method
+    values = np.array([[per_group[i][label].scalars().get(metric) for i in range(len(groups))] for label in seeds],
+                      dtype=float)
+    if len(seeds) < 2 or not np.isfinite(values).all():
+        return None
+    return paired_seed_bootstrap(values, cfg.bootstrap_samples, rng), "paired bootstrap over seeds"
+
+
+def _label(stage: Any) -> str:
+    return "unseeded" if stage.seed is None else str(stage.seed)
+
+
+def _reproduce(stat: Any, aligned: list[dict[str, np.ndarray]], stages: list[Any], metric: str) -> bool:
+    """The shared examples give each stage's reported value (else they measure something else: no pairing)."""
+    for columns, stage in zip(aligned, stages):
+        value = stage.scalars().get(metric)
+        full = float(stat.compute({f: c[None, :] for f, c in columns.items()})[0])
+        if value is None or not np.isclose(full, value, rtol=1e-6, atol=1e-9):
+            return False
+    return True
+
+
+def is_rate(group: Group, metric: str) -> bool:
+    """Whether ``metric`` is a rate of successes (the share of examples over a threshold, or the mean of a record
+    field that is true or false), to which ``report.attack_floor`` applies."""
+    spec = group.spec(metric)
+    if spec is None or spec.field is None:
+        return False
+    if spec.threshold is not None:
+        return True
+    values = [r.get(spec.field) for s in group.done for r in s.records if spec.field in r]
+    return bool(values) and all(isinstance(v, bool) for v in values)
+
+
+def _interval(draws: np.ndarray, confidence: float) -> list[float] | None:
+    draws = draws[np.isfinite(draws)]
+    return list(percentile_interval(draws, confidence)) if len(draws) else None
+
+
+def control_of(agg: Aggregate, entry: str) -> tuple[str | None, str]:
+    """The control entry an attack is judged against, and how it was found (see the module's docstring)."""
+    run = agg.run
+    controls = [e for e in attack_entries(agg) if is_control(run, e) and e != entry]
+    named = run.config.controls.get(entry)
+    if named is not None:
+        return (named, "named in report.controls") if named in controls else (None, f"report.controls names "
+                                                                                     f"'{named}', which is no control entry of this run")
+    needing = [c for c in controls if any(d.startswith(f"attacks/{entry}/") for s in run.stages if s.entry == c
+                                          for d in s.deps)]
+    if len(needing) == 1:
+        return needing[0], "its stages need the attack's"
+    words = entry.split("_")
+    by_name = [c for c in controls if _contains(c.split("_"), words)]
+    if len(by_name) == 1:
+        return by_name[0], "its entry name contains the attack's"
+    if len(by_name) > 1:
+        return None, f"several controls match by name ({', '.join(by_name)}): name one in report.controls"
+    return None, "no control entry matches (name one in report.controls)"
+
+
+def _contains(words: list[str], part: list[str]) -> bool:
+    return any(words[i:i + len(part)] == part for i in range(len(words) - len(part) + 1))
+
+
+def indicators(agg: Aggregate) -> list[dict[str, Any]]:
+    run, cfg = agg.run, agg.run.config
+    out: list[dict[str, Any]] = []
+    gap_name = f"{cfg.gap.metric} gap vs baseline" if cfg.gap else "gap vs baseline"
+    gap_target = f"< {cfg.gap_target:.0%}"
+    red_target = f"> {cfg.attack_reduction_target:.0%}"
+    compare = compared_models(run)
+    if cfg.baseline is None or not compare:
+        why = ("the suite names no baseline model (set `report: {baseline: <model>, compare: [<model>]}`)"
+               if cfg.baseline is None else "the suite has no model besides the baseline to compare")
+        for name, target in ((gap_name, gap_target), ("attack-success reduction", red_target)):
+            out.append({"indicator": name, "status": "not applicable", "target": target, "detail": why})
+        return out
+
+    if cfg.gap is None:
+        out.append({"indicator": gap_name, "status": "not applicable", "target": gap_target,
+                    "detail": "the suite's report names no metric (set `report: {gap: {entry: ..., metric: ...}}`)"})
+    for model in compare if cfg.gap else []:
+        out.append(gap_indicator(agg, gap_name, gap_target, model))
+
+    entries = attack_entries(agg)
+    if cfg.attack_metric is None:
+        out.append({"indicator": "attack-success reduction", "status": "not applicable", "target": red_target,
+                    "detail": "the suite's report names no attack metric (set `report: {attack_metric: ...}`)"})
+        entries = []
+    elif not entries:
+        out.append({"indicator": "attack-success reduction", "status": "not applicable", "target": red_target,
+                    "detail": "the suite runs no attack"})
+    for entry in entries:
+        for model in compare:
+            out.append(reduction_indicator(agg, entry, red_target, model))
+    return out
+
+
+def gap_indicator(agg: Aggregate, name: str, target: str, model: str) -> dict[str, Any]:
+    run, cfg = agg.run, agg.run.config
+    assert cfg.gap is not None and cfg.baseline is not None
+    metric = cfg.gap.metric
+    entry = run.resolve_entry(cfg.gap.entry)
+    item: dict[str, Any] = {"indicator": name, "model": model, "baseline": cfg.baseline, "entry": entry,
+                            "metric": metric, "target": target}
+    b, m = agg.find(entry, cfg.baseline), agg.find(entry, model)
+    bs = b.across.get(metric) if b else None
+    ms = m.across.get(metric) if m else None
+    if entry is None:
+        item.update(status="not applicable", detail=f"no metrics entry '{cfg.gap.entry}' in the suite")
+        return item
+    if b is None or m is None or bs is None or ms is None or bs.mean is None or ms.mean is None or bs.mean <= 0:
+        item.update(status="missing", detail=f"{metric} of the baseline or the model did not finish")
+        return item
+    item.update(value=ms.mean / bs.mean - 1, baseline_value=bs.mean, model_value=ms.mean)
+    paired = paired_means(agg, [m, b], metric)
+    ci = None
+    if paired is not None:
+        reps, method = paired
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ci = _interval(reps[0] / reps[1] - 1, cfg.confidence)
+        item["ci_method"] = method
+    status = verdict(ci, cfg.gap_target, above=False)
+    item.update(ci95=ci, status=status, met=status == MET)
+    if status == UNSETTLED:
+        item["detail"] = ("no interval (neither shared examples nor two shared seeds)" if ci is None else
+                          f"the 95% interval [{ci[0]:.1%}, {ci[1]:.1%}] contains the target: not settled by this run")
+    return item
+
+
+def _reduction_draws(agg: Aggregate, groups: list[Group], metric: str) -> tuple[np.ndarray, str] | None:
+    """Paired replicates of the reduction ``1 - model / baseline`` per (model, baseline) pair of ``groups``
+    (``[model, baseline, model2, baseline2, ...]``): rows of the result."""
+    paired = paired_means(agg, groups, metric)
+    if paired is None:
+        return None
+    reps, method = paired
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.stack([1 - reps[i] / reps[i + 1] for i in range(0, len(groups), 2)]), method
+
+
+def reduction_indicator(agg: Aggregate, entry: str, target: str, model: str) -> dict[str, Any]:
+    run, cfg = agg.run, agg.run.config
+    metric = cfg.attack_metric
+    assert metric is not None and cfg.baseline is not None
+    # A control (random edits at an attack's budget) is shown beside the attacks, but its reduction is a
+    # reference for theirs, not a robustness result: it gets no met / not met.
+    control = is_control(run, entry)
+    item: dict[str, Any] = {"indicator": "attack-success reduction", "model": model, "baseline": cfg.baseline,
+                            "entry": entry, "metric": metric, "target": target, "control": control}
+    b, m = agg.find(entry, cfg.baseline), agg.find(entry, model)
+    bs = b.across.get(metric) if b else None
+    ms = m.across.get(metric) if m else None
+    if b is None or m is None:
+        item.update(status="not applicable", detail=f"attack '{entry}' does not run on both models")
+        return item
+    if bs is None or ms is None or bs.mean is None or ms.mean is None:
+        item.update(status="missing", detail=f"'{entry}' on the baseline or the model did not finish "
+                                             f"(or reports no {metric})")
+        return item
+    item.update(baseline_value=bs.mean, model_value=ms.mean)
+    if bs.mean <= 0:
+        item.update(status="too few successes", detail=f"the baseline's {metric} is 0: there is nothing to reduce")
+        return item
+    item["value"] = 1 - ms.mean / bs.mean
+    draws = _reduction_draws(agg, [m, b], metric)
+    ci = _interval(draws[0][0], cfg.confidence) if draws else None
+    item.update(ci95=ci, ci_method=draws[1] if draws else None)
+    if control:
+        item.update(status="control", detail="a control: the reference for the attacks' reduction, not judged "
+                                             "against the target")
+        return item
+    if bs.mean < cfg.attack_floor and is_rate(b, metric):
+        item.update(status="too few successes", met=False,
+                    detail=f"the baseline's {metric} {bs.mean:.3g} is below the floor {cfg.attack_floor:g} "
+                           "(report.attack_floor): too little to reduce for a verdict")
+        return item
+    status = verdict(ci, cfg.attack_reduction_target, above=True)
+    notes = []
+    if ci is None:
+        notes.append("no interval (neither shared examples nor two shared seeds)")
+    elif status == UNSETTLED:
+        notes.append(f"the 95% interval [{ci[0]:.1%}, {ci[1]:.1%}] contains the target: not settled by this run")
+    name, how = control_of(agg, entry)
+    item["control_entry"] = name
+    cb, cm = (agg.find(name, cfg.baseline), agg.find(name, model)) if name else (None, None)
+    if name is None or cb is None or cm is None:
+        notes.append(f"control: {how}" if name is None else f"control '{name}' did not run on both models")
+        if status == MET:
+            status = "no control"
+    else:
+        both = _reduction_draws(agg, [m, b, cm, cb], metric)
+        diff_ci = _interval(both[0][0] - both[0][1], cfg.confidence) if both else None
+        cbs, cms = cb.across.get(metric), cm.across.get(metric)
+        if cbs is not None and cms is not None and cbs.mean and cms.mean is not None:
+            item["control_value"] = 1 - cms.mean / cbs.mean
+            item["minus_control"] = item["value"] - item["control_value"]
+        item["minus_control_ci95"] = diff_ci
+        notes.append(f"control '{name}' ({how})")
+        if status == MET and (diff_ci is None or diff_ci[0] <= 0):
+            status = "same as control"
+            notes.append("the reduction does not exceed the control's: paired interval of the difference "
+                         + (f"[{diff_ci[0]:.1%}, {diff_ci[1]:.1%}]" if diff_ci else "unavailable") + " is not above 0")
+    item.update(status=status, met=status == MET, detail="; ".join(notes))
+    return item
