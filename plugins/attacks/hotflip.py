@@ -24,11 +24,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from harness import (AttackPlugin, DocumentSource, LoadedModel, StageContext, StagePreempted, hookimpl,
+from harness import (AttackPlugin, DocumentSource, LoadedModel, MetricSpec, StageContext, StagePreempted, hookimpl,
                      load_documents)
-
-from harness.attacks import (Example, Scorer, TaskConfig, allowed_tokens, example_record, make_examples, select_examples,
-                     spearman, summarize)
+from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, Example, Scorer, TaskConfig, allowed_tokens,
+                             example_record, make_examples, position_histogram, select_examples, spearman, summarize)
 
 #: Proposes swaps for the current sequence: (ids, editable positions, swaps already tried at these ids) ->
 #: (swaps as (position, token) pairs, first-order estimates of their loss change or None).
@@ -142,14 +141,13 @@ def run_flip_attack(model: LoadedModel, ctx: StageContext, cfg: HotFlipConfig,
                 continue
             if ctx.should_stop:  # records so far are durable: the rerun resumes at this example
                 raise StagePreempted(ctx.stage.id)
-            scorer.queries = scorer.gradient_calls = 0  # counted per example
+            scorer.budget.reset()  # counted per example
             out = flip_search(scorer, ex, n_flips(cfg.flips, len(ex.context)), make_proposer(scorer, allowed, ex))
             start = len(ex.prefix)
             edited = out.ids[start:start + len(ex.context)]
             positions = sorted(out.flipped)
             ctx.records.append(example_record(
-                ex.id, out.nll_before, out.nll_after, cfg.threshold,
-                queries=scorer.queries + scorer.gradient_calls, gradient_calls=scorer.gradient_calls,
+                ex.id, out.nll_before, out.nll_after, cfg.threshold, **scorer.budget.as_record(),
                 steps=out.steps, positions=[p - start for p in positions],
                 original_tokens=[out.flipped[p][0] for p in positions],
                 new_tokens=[out.flipped[p][1] for p in positions],
@@ -165,10 +163,17 @@ def run_flip_attack(model: LoadedModel, ctx: StageContext, cfg: HotFlipConfig,
 def flip_summary(records: Sequence[dict[str, Any]], cfg: HotFlipConfig) -> dict[str, Any]:
     metrics = summarize(records, cfg.threshold)
     metrics["mean_flips"] = float(np.mean([len(r["positions"]) for r in records])) if records else 0.0
+    metrics[POSITIONS_METRIC.name] = position_histogram(records, cfg.context_tokens)
     rhos = [r["spearman"] for r in records if r.get("spearman") is not None]
     if rhos:
         metrics["spearman_mean"] = float(np.mean(rhos))
     return metrics
+
+
+#: What a flip attack (HotFlip, its random control) reports: the shared summary, where the flips land, and its own.
+FLIP_METRICS = [*ATTACK_METRICS, POSITIONS_METRIC,
+                MetricSpec("mean_flips", "Flips / example", aggregation="none", digits=1, show=False),
+                MetricSpec("spearman_mean", "First-order Spearman", aggregation="none", show=False)]
 
 
 class HotFlipAttack(AttackPlugin):
@@ -176,6 +181,10 @@ class HotFlipAttack(AttackPlugin):
 
     name = "hotflip"
     Config = HotFlipConfig
+    version = "2"  # records and summary gain the budget (tokens, FLOPs) and the position histogram
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        return list(FLIP_METRICS)
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg: HotFlipConfig = self.config  # type: ignore[assignment]

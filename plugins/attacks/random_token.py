@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from pydantic import model_validator
 
-from harness import AttackPlugin, LoadedModel, PluginConfig, StageContext, hookimpl
+from harness import AttackPlugin, LoadedModel, MetricSpec, PluginConfig, StageContext, hookimpl
 
 from harness.attacks import Scorer, attack_rng, random_allowed
-from .hotflip import HotFlipConfig, Proposer, run_flip_attack
-from .uat import CandidateFn, UATConfig, run_uat
+from .hotflip import FLIP_METRICS, HotFlipConfig, Proposer, run_flip_attack
+from .uat import UAT_METRICS, CandidateFn, UATConfig, run_uat
 
 
 class RandomTokenConfig(PluginConfig):
@@ -81,6 +81,11 @@ class RandomTokenAttack(AttackPlugin):
 
     name = "random_token"
     Config = RandomTokenConfig
+    version = "2"  # records and summary gain the budget (tokens, FLOPs) and, as the HotFlip control, the positions
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        cfg: RandomTokenConfig = self.config  # type: ignore[assignment]
+        return list(FLIP_METRICS if cfg.hotflip is not None else UAT_METRICS)
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg: RandomTokenConfig = self.config  # type: ignore[assignment]

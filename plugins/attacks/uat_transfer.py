@@ -15,10 +15,10 @@ from typing import Any
 
 from pydantic import Field
 
-from harness import (AttackPlugin, DocumentSource, HarnessError, LoadedModel, PluginConfig, StageContext, hookimpl,
-                     load_documents)
+from harness import (AttackPlugin, DocumentSource, HarnessError, LoadedModel, MetricSpec, PluginConfig, StageContext,
+                     hookimpl, load_documents)
 
-from harness.attacks import Scorer, make_examples, summarize
+from harness.attacks import ATTACK_METRICS, Scorer, make_examples, summarize
 from .uat import UATConfig, evaluate_trigger, tokenizer_fingerprint
 
 
@@ -40,6 +40,10 @@ class UATTransfer(AttackPlugin):
 
     name = "uat_transfer"
     Config = UATTransferConfig
+    version = "2"  # records and summary gain the budget (tokens, FLOPs)
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        return list(ATTACK_METRICS)
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg: UATTransferConfig = self.config  # type: ignore[assignment]
