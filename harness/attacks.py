@@ -8,6 +8,10 @@ of a grid, so a report can show the whole curve and no single threshold decides 
 
 Fairness: documents, splits, budgets and random streams depend on the suite (seed, document id...), never on the
 model, so every model of a suite faces the same examples and the same random draws (:func:`attack_rng`).
+
+Budget: the :class:`Scorer` counts what it spends in a :class:`Budget` (queries, gradient passes, tokens computed,
+FLOPs by :class:`ComputeCost`); an attack resets it per example and writes ``budget.as_record()`` into the record,
+so every attack reports the same budget fields and :func:`summarize` averages them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import math
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -31,7 +35,8 @@ from .errors import HarnessError
 from .scoring import continuation_nll, logits_tail_kwarg, swap_nll
 
 __all__ = [
-    "ATTACK_METRICS", "CURVE_THRESHOLDS", "Example", "Scorer", "TaskConfig", "VocabFilter", "allowed_tokens", "attack_rng",
+    "ATTACK_METRICS", "BUDGET_FIELDS", "Budget", "CURVE_THRESHOLDS", "ComputeCost", "Example", "POSITIONS_METRIC",
+    "Scorer", "TaskConfig", "VocabFilter", "allowed_tokens", "attack_rng", "budget_summary", "position_histogram",
     "continuation_nll", "example_record", "make_examples", "random_allowed", "relative_increase", "select_examples",
     "spearman", "success_curve", "summarize", "swap_nll",
 ]
@@ -163,25 +168,142 @@ def random_allowed(allowed: torch.Tensor, n: int, gen: torch.Generator) -> torch
     return ids[torch.randint(len(ids), (n,), generator=gen)]
 
 
+# -- compute budget ----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ComputeCost:
+    """FLOPs per token of one model, by the standard estimate (Kaplan et al. 2020, "Scaling laws", table 1).
+
+    A token run forward costs ``2 N + 2 n_layer context d``: ``N`` is the count of **non-embedding** parameters (the
+    input embeddings, position embeddings and the output projection to the vocabulary are left out, as Kaplan et al.
+    do: a lookup costs nothing, and the vocabulary projection runs only at the scored positions), ``context`` the
+    positions the token's pass attends to, ``d`` the model width. A token also run backward costs three times that
+    (``6 N + 6 n_layer context d``).
+    """
+
+    non_embedding_params: int
+    n_layer: int
+    d_model: int
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> ComputeCost:
+        embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if isinstance(head, torch.nn.Module):
+            embedding |= {id(p) for p in head.parameters()}
+        config = getattr(model, "config", None)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        return cls(non_embedding_params=sum(p.numel() for p in model.parameters() if id(p) not in embedding),
+                   n_layer=int(getattr(text, "num_hidden_layers", 0) or 0),
+                   d_model=int(getattr(text, "hidden_size", 0) or 0))
+
+    def flops(self, tokens: int, context: int, backward: bool = False) -> float:
+        """FLOPs of ``tokens`` positions, each attending to ``context`` positions (forward, or forward + backward)."""
+        forward = 2.0 * self.non_embedding_params + 2.0 * self.n_layer * context * self.d_model
+        return tokens * forward * (3.0 if backward else 1.0)
+
+
+@dataclass
+class Budget:
+    """What an attack spent (on one example, or on optimising a universal trigger), as its :class:`Scorer` counts it.
+
+    ``tokens`` counts the positions the model actually computed: pads in a padded batch are computed and count;
+    positions whose keys and values came from a cache (``Scorer.swap_nll``'s prefix reuse) are not and do not.
+    """
+
+    #: Sequences scored exactly (one forward pass each, batched or not).
+    exact_queries: int = 0
+    #: Sequences run forward and backward for a gradient.
+    gradient_calls: int = 0
+    #: Token positions run forward (those of gradient passes included).
+    tokens: int = 0
+    #: Of ``tokens``, the positions also run backward.
+    gradient_tokens: int = 0
+    #: Floating-point operations of all those passes (:class:`ComputeCost`).
+    flops: float = 0.0
+
+    def reset(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, f.default)
+
+    def as_record(self, share: int = 1) -> dict[str, Any]:
+        """The budget fields of a per-example record (``BUDGET_FIELDS``); ``share``: the number of examples this
+        budget was spent on together (a batched evaluation), each record getting its equal part.
+
+        ``queries`` counts every sequence the model ran on: exact scores plus gradient passes (what HotFlip has always
+        reported as its queries, so a gradient attack and its gradient-free control compare at equal model calls).
+        """
+        def part(count: int) -> int | float:
+            return count // share if count % share == 0 else count / share
+
+        return {"queries": part(self.exact_queries + self.gradient_calls), "gradient_calls": part(self.gradient_calls),
+                "tokens": part(self.tokens), "gradient_tokens": part(self.gradient_tokens), "flops": self.flops / share}
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able counters, to save with an attack's resumable state (``Budget(**state)`` restores them)."""
+        return asdict(self)
+
+
+#: The record fields :meth:`Budget.as_record` writes.
+BUDGET_FIELDS = ("queries", "gradient_calls", "tokens", "gradient_tokens", "flops")
+
+
 # -- the model: exact scores and first-order scores -------------------------------------------------------------------
 
 class Scorer:
-    """Exact continuation NLL of candidate sequences in batched forward passes; counts the queries spent."""
+    """Exact continuation NLL of candidate sequences in batched forward passes; counts what it spends in ``budget``.
+
+    ``queries`` and ``gradient_calls`` read and write ``budget.exact_queries`` and ``budget.gradient_calls``. A pass an
+    attack runs itself (on embeddings, say) is counted with :meth:`count_pass`.
+    """
 
     def __init__(self, model: LoadedModel, batch_tokens: int) -> None:
         self.model = model.model
         self.batch_tokens = batch_tokens
         pad = model.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else 0
-        self.queries = 0  # sequences scored exactly (one forward pass each, batched or not)
-        self.gradient_calls = 0  # sequences run forward + backward for a gradient
+        self.budget = Budget()
+        self.cost = ComputeCost.of(self.model)
         self._embeddings: torch.Tensor | None = None
         self._embeddings_f32: torch.Tensor | None = None
         self._prefixes: dict = {}  # swap_nll's cached keys and values of the last base and its best candidate
 
+    @property
+    def queries(self) -> int:
+        """Sequences scored exactly (one forward pass each, batched or not)."""
+        return self.budget.exact_queries
+
+    @queries.setter
+    def queries(self, value: int) -> None:
+        self.budget.exact_queries = value
+
+    @property
+    def gradient_calls(self) -> int:
+        """Sequences run forward + backward for a gradient."""
+        return self.budget.gradient_calls
+
+    @gradient_calls.setter
+    def gradient_calls(self, value: int) -> None:
+        self.budget.gradient_calls = value
+
+    def count_pass(self, rows: int, fed: int, context: int | None = None, backward: bool = False) -> None:
+        """Count one forward pass (and its backward pass, then one gradient call per row) of ``rows`` sequences,
+        ``fed`` positions computed in each, attending to ``context`` positions (default ``fed``: no cache)."""
+        context = fed if context is None else context
+        budget = self.budget
+        budget.tokens += rows * fed
+        budget.flops += self.cost.flops(rows * fed, context, backward)
+        if backward:
+            budget.gradient_calls += rows
+            budget.gradient_tokens += rows * fed
+
+    def _count_forward(self, rows: int, fed: int, context: int) -> None:
+        self.count_pass(rows, fed, context)
+
     def nll(self, sequences: torch.Tensor | Sequence[Sequence[int]], n_scored: int) -> torch.Tensor:
         self.queries += len(sequences)
-        return continuation_nll(self.model, sequences, n_scored, self.batch_tokens, self.pad_id)
+        return continuation_nll(self.model, sequences, n_scored, self.batch_tokens, self.pad_id,
+                                on_pass=self._count_forward)
 
     def swap_nll(self, base: torch.Tensor, candidates: torch.Tensor, n_scored: int) -> torch.Tensor:
         """``nll(candidates, n_scored)`` for edits of ``base`` (``[T]``, or ``[N, T]``: one per candidate): the same
@@ -189,7 +311,8 @@ class Scorer:
         saves time (see ``harness.scoring.swap_nll``). The keys and values of this base and of its best candidate
         are kept for the next call (a greedy search's next base is one of them)."""
         self.queries += len(candidates)
-        return swap_nll(self.model, base, candidates, n_scored, self.batch_tokens, memo=self._prefixes)
+        return swap_nll(self.model, base, candidates, n_scored, self.batch_tokens, memo=self._prefixes,
+                        on_pass=self._count_forward)
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -202,6 +325,19 @@ class Scorer:
                 self._embeddings_f32 = self._embeddings.float()
         return self._embeddings
 
+    def embeds_logits(self, embeds: torch.Tensor, keep: int, backward: bool = False) -> torch.Tensor:
+        """Logits ``[B, keep, V]`` of the last ``keep`` positions of the model run on input embeddings ``embeds``
+        ``[B, T, d]`` (continuous inputs: soft prompts, perturbed embeddings), and count the pass: with
+        ``backward`` the caller back-propagates through them (a gradient call per row; call under
+        ``torch.enable_grad()``), otherwise each row is one exact query."""
+        kwarg = logits_tail_kwarg(self.model)
+        logits = self.model(inputs_embeds=embeds, **({kwarg: keep} if kwarg else {})).logits[:, -keep:]
+        rows, length = embeds.shape[0], embeds.shape[1]
+        if not backward:
+            self.queries += rows
+        self.count_pass(rows, length, backward=backward)
+        return logits
+
     def token_gradients(self, ids: torch.Tensor, n_scored: int, positions: Sequence[int]) -> torch.Tensor:
         """Gradient of the continuation loss w.r.t. the one-hot input at ``positions``, averaged over the rows.
 
@@ -210,7 +346,7 @@ class Scorer:
         ``positions[p]``, up to the same constant for every ``v`` (the gradient dotted with the current token's
         embedding; subtract ``grad[p, current]`` to get the estimated loss change of the swap).
         """
-        self.gradient_calls += len(ids)
+        self.count_pass(ids.shape[0], ids.shape[1], backward=True)
         emb_matrix = self.embeddings
         ids = ids.to(emb_matrix.device)
         embeds = emb_matrix[ids].detach().requires_grad_(True)
@@ -259,9 +395,24 @@ def summarize(records: Sequence[dict[str, Any]], threshold: float) -> dict[str, 
         "mean_nll_before": mean([r["nll_before"] for r in records]),
         "mean_nll_after": mean([r["nll_after"] for r in records]),
         "n_examples": len(records),
-        "mean_queries": mean([r.get("queries", 0) for r in records]),
+        **budget_summary(records),
         "success_curve": success_curve(rel),
     }
+
+
+def budget_summary(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The budget keys of :func:`summarize` (``mean_queries``, ``mean_gradient_calls``, ``mean_tokens``,
+    ``mean_gradient_tokens``, ``mean_flops``), for a summary of other metrics (a targeted attack's, say).
+
+    ``mean_queries`` counts a record without ``queries`` as 0 (as it always has); the others are NaN (unknown, never
+    a cost of 0) when a record does not report them."""
+    def mean(name: str) -> float:
+        if not records or any(name not in r for r in records):
+            return float("nan")
+        return float(np.mean([r[name] for r in records]))
+
+    queries = float(np.mean([r.get("queries", 0) for r in records])) if records else float("nan")
+    return {"mean_queries": queries, **{f"mean_{name}": mean(name) for name in BUDGET_FIELDS[1:]}}
 
 
 #: What :func:`summarize` reports, declared (an attack's ``declared_metrics`` returns these plus its own). Success
@@ -275,9 +426,31 @@ ATTACK_METRICS = [
     MetricSpec("mean_nll_after", "NLL after", field="nll_after", show=False),
     MetricSpec("n_examples", "Examples", aggregation="none", digits=0, show=False),
     MetricSpec("mean_queries", "Queries / example", field="queries", digits=1, budget=True),
+    MetricSpec("mean_gradient_calls", "Gradient passes / example", field="gradient_calls", digits=1, budget=True,
+               show=False),
+    MetricSpec("mean_tokens", "Tokens / example", field="tokens", digits=0, budget=True, show=False),
+    MetricSpec("mean_gradient_tokens", "Backward tokens / example", field="gradient_tokens", digits=0, budget=True,
+               show=False),
+    MetricSpec("mean_flops", "FLOPs / example", field="flops", digits=0, budget=True, show=False),
     MetricSpec("success_curve", "Success curve", field="relative_increase", aggregation="none", kind="curve",
                show=False),
 ]
+
+#: The edited positions (indices into the context) of a flip attack's records, histogrammed over records: where
+#: the flips land (a boundary effect shows as a peak at the last positions). Flip attacks declare it too, and put
+#: :func:`position_histogram` in their summary under its name.
+POSITIONS_METRIC = MetricSpec("position_histogram", "Edited positions", field="positions", aggregation="none",
+                              kind="histogram", show=False)
+
+
+def position_histogram(records: Sequence[dict[str, Any]], n_positions: int) -> dict[str, list[int]]:
+    """How often each context position ``0 .. n_positions - 1`` was edited, over the records' ``positions`` lists."""
+    counts = [0] * n_positions
+    for r in records:
+        for p in r.get("positions") or ():
+            if 0 <= p < n_positions:
+                counts[p] += 1
+    return {"positions": list(range(n_positions)), "counts": counts}
 
 
 def _ranks(values: Sequence[float]) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import inspect
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -168,6 +168,12 @@ def sequence_nll(model: torch.nn.Module, seq: Sequence[int], max_length: int, st
 #: pass, ~870 at 8192; the scorer before this cap ran 16384-token passes at ~750.
 CPU_CHUNK_TOKENS = 2048
 
+#: Told of every forward pass the attack scorers run: ``(rows, fed, context)``: ``rows`` sequences, ``fed``
+#: positions computed in each (pads included; positions whose keys and values come from a cache are not), each
+#: attending to at most ``context`` positions (the cached ones plus those fed). Budget accounting
+#: (``harness.attacks.Budget``) listens; the scores never depend on it.
+PassCounter = Callable[[int, int, int], None]
+
 
 _FORWARD_PARAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -196,18 +202,25 @@ def _rows_per_chunk(model: torch.nn.Module, width: int, batch_tokens: int) -> in
     return max(1, tokens // max(width, 1))
 
 
-def _tail_logits(model: torch.nn.Module, ids: torch.Tensor, keep: int, **kwargs) -> torch.Tensor:
-    """Logits of the last ``keep`` positions of ``ids`` ([B, keep, V]); ``kwargs`` go to the forward pass."""
+def _tail_logits(model: torch.nn.Module, ids: torch.Tensor, keep: int, on_pass: PassCounter | None = None,
+                 start: int = 0, **kwargs) -> torch.Tensor:
+    """Logits of the last ``keep`` positions of ``ids`` ([B, keep, V]); ``kwargs`` go to the forward pass, which
+    ``on_pass`` is told of (``ids`` follow ``start`` cached positions)."""
     kwarg = logits_tail_kwarg(model)
     if kwarg is not None:
         logits = model(input_ids=ids, **{kwarg: keep}, **kwargs).logits
+        if on_pass is not None:
+            on_pass(ids.shape[0], ids.shape[1], start + ids.shape[1])
         if logits.shape[1] == keep:
             return logits
-    return model(input_ids=ids, **kwargs).logits[:, ids.shape[1] - keep:]
+    logits = model(input_ids=ids, **kwargs).logits[:, ids.shape[1] - keep:]
+    if on_pass is not None:
+        on_pass(ids.shape[0], ids.shape[1], start + ids.shape[1])
+    return logits
 
 
 def _chunk_nll(model: torch.nn.Module, ids: torch.Tensor, lens: torch.Tensor, ks: torch.Tensor,
-               start: int = 0, **kwargs) -> torch.Tensor:
+               start: int = 0, on_pass: PassCounter | None = None, **kwargs) -> torch.Tensor:
     """Mean continuation NLL of each row of ``ids`` ([n, W], right-padded; float64 CPU ``[n]``).
 
     Row ``r`` has ``lens[r]`` real tokens, the last ``ks[r]`` of them scored. Tokens before ``start`` are not fed:
@@ -219,7 +232,7 @@ def _chunk_nll(model: torch.nn.Module, ids: torch.Tensor, lens: torch.Tensor, ks
     if first < start:
         raise ValueError(f"a row's continuation starts at position {first + 1}, before the fed tokens ({start})")
     device = next(model.parameters()).device
-    logits = _tail_logits(model, ids[:, start:width - 1].to(device), width - 1 - first, **kwargs)
+    logits = _tail_logits(model, ids[:, start:width - 1].to(device), width - 1 - first, on_pass, start, **kwargs)
     targets = ids[:, first + 1:].to(device)
     if bool((lens == width).all()) and bool((ks == width - 1 - first).all()):
         # Every row scores every kept position: no gather, and cross-entropy runs on the logits as they are.
@@ -236,7 +249,8 @@ def _chunk_nll(model: torch.nn.Module, ids: torch.Tensor, lens: torch.Tensor, ks
 
 @torch.no_grad()
 def continuation_nll(model: torch.nn.Module, sequences: torch.Tensor | Sequence[Sequence[int]],
-                     n_scored: int | Sequence[int], batch_tokens: int = 16384, pad_id: int = 0) -> torch.Tensor:
+                     n_scored: int | Sequence[int], batch_tokens: int = 16384, pad_id: int = 0,
+                     on_pass: PassCounter | None = None) -> torch.Tensor:
     """Mean NLL of the last ``n_scored`` tokens of each sequence (its continuation), given all tokens before them.
 
     ``sequences`` is a ``[N, T]`` LongTensor (candidates of one length: no padding at all) or a list of token lists
@@ -245,6 +259,7 @@ def continuation_nll(model: torch.nn.Module, sequences: torch.Tensor | Sequence[
     right-padded; no attention mask is needed because the model is causal and the pads come after every real token.
     Only the positions that predict a continuation token are projected to the vocabulary. Returns a float64 CPU
     tensor ``[N]`` in input order; a sequence scores the same alone or in a batch up to float summation order.
+    ``on_pass`` is told of every forward pass (see :data:`PassCounter`).
     """
     n = len(sequences)
     if isinstance(sequences, torch.Tensor):
@@ -274,7 +289,7 @@ def continuation_nll(model: torch.nn.Module, sequences: torch.Tensor | Sequence[
                 ids[row, :lengths[i]] = torch.as_tensor(list(sequences[i]), dtype=torch.long)
         lens = torch.tensor([lengths[i] for i in group])
         ks = torch.tensor([counts[i] for i in group])
-        out[torch.tensor(group)] = _chunk_nll(model, ids, lens, ks)
+        out[torch.tensor(group)] = _chunk_nll(model, ids, lens, ks, on_pass=on_pass)
     return out
 
 
@@ -343,7 +358,8 @@ def _plan_groups(starts: list[int], width: int, rows: int, overhead: int) -> tup
 @torch.no_grad()
 def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tensor, n_scored: int,
              batch_tokens: int = 16384, overhead_tokens: int | None = None,
-             memo: dict[tuple[int, ...], object] | None = None) -> torch.Tensor:
+             memo: dict[tuple[int, ...], object] | None = None,
+             on_pass: PassCounter | None = None) -> torch.Tensor:
     """``continuation_nll(model, candidates, n_scored, batch_tokens)`` for candidates that edit base sequences (a
     HotFlip step's token swaps), computing less: tokens before a candidate's first edit are those of its base, so
     their keys and values come from one cached forward pass of the bases' prefixes.
@@ -360,6 +376,9 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
     call's base and of its best-scoring candidate (first in input order on ties), so that a next call on either of
     them (a greedy search's next step: the same sequence after a failed step, the best swap after a kept one) needs
     no prefix pass. With a memo the prefix pass counts as free in the plan: it is kept for the next calls.
+
+    ``on_pass`` is told of every forward pass actually run (see :data:`PassCounter`): a prefix pass the memo spares
+    is not one, and a suffix pass counts only the positions it feeds.
     """
     if candidates.dim() != 2:
         raise ValueError(f"candidates must be a [N, T] tensor, got shape {tuple(candidates.shape)}")
@@ -375,7 +394,7 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
     params = _forward_params(model)
     cache_kwarg = _cache_kwarg(model)
     if n == 0 or cache_kwarg is None or "position_ids" not in params:
-        return continuation_nll(model, candidates, n_scored, batch_tokens)
+        return continuation_nll(model, candidates, n_scored, batch_tokens, on_pass=on_pass)
     device = next(model.parameters()).device
     if overhead_tokens is None:
         overhead_tokens = FORWARD_OVERHEAD_TOKENS.get(device.type, DEFAULT_FORWARD_OVERHEAD_TOKENS)
@@ -409,22 +428,24 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
             cost += overhead_tokens + len(local) * prefix
         plain = -(-len(order) // rows) * overhead_tokens + len(order) * (width - 1)
         if prefix == 0 or cost >= plain:
-            out[order] = continuation_nll(model, candidates[order], n_scored, batch_tokens)
+            out[order] = continuation_nll(model, candidates[order], n_scored, batch_tokens, on_pass=on_pass)
             continue
         cache = known
         if cache is None:
             upto = width - 1 if memo is not None else prefix  # a memo keeps every position a later prefix may need
             tail = logits_tail_kwarg(model)
             cached = model(input_ids=local[:, :upto].to(device), use_cache=True, **({tail: 1} if tail else {}))
+            if on_pass is not None:
+                on_pass(len(local), upto, upto)
             cache = cached.cache if getattr(cached, "cache", None) is not None else cached.past_key_values
             if not _full_attention_cache(cache, upto):  # not exact to crop or index: score them plainly
-                out[order] = continuation_nll(model, candidates[order], n_scored, batch_tokens)
+                out[order] = continuation_nll(model, candidates[order], n_scored, batch_tokens, on_pass=on_pass)
                 cache = None
                 continue
         for lo, hi in chunks:
             chunk = order[lo:hi]
             scores, past = _score_from(model, candidates[chunk], n_scored, order_starts[lo], cache,
-                                       which[chunk] - first_base, cache_kwarg, params)
+                                       which[chunk] - first_base, cache_kwarg, params, on_pass)
             out[chunk] = scores
             if memo is not None:
                 row = int(scores.argmax())
@@ -442,8 +463,8 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
 
 
 def _score_from(model: torch.nn.Module, ids: torch.Tensor, n_scored: int, start: int, cache: object,
-                base_rows: torch.Tensor, cache_kwarg: str,
-                params: Mapping[str, object]) -> tuple[torch.Tensor, object]:
+                base_rows: torch.Tensor, cache_kwarg: str, params: Mapping[str, object],
+                on_pass: PassCounter | None = None) -> tuple[torch.Tensor, object]:
     """Continuation NLL of ``ids`` fed from ``start``, positions before it from rows ``base_rows`` of ``cache``;
     and the pass's own cache (every fed position of every row)."""
     from transformers import DynamicCache
@@ -462,4 +483,4 @@ def _score_from(model: torch.nn.Module, ids: torch.Tensor, n_scored: int, start:
     kwargs = {cache_kwarg: past, "position_ids": positions[None].expand(len(ids), -1), "use_cache": True}
     if "cache_position" in params:  # transformers 4 derives it from the cache; explicit is safer
         kwargs["cache_position"] = positions
-    return _chunk_nll(model, ids, lens, ks, start, **kwargs), past
+    return _chunk_nll(model, ids, lens, ks, start, on_pass, **kwargs), past

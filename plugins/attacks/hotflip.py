@@ -24,12 +24,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from harness import (AttackPlugin, Batch, DocumentSource, LoadedModel, PlanInputs, StageContext, StagePreempted,
-                     Workload, hookimpl, load_documents)
+from harness import (AttackPlugin, Batch, DocumentSource, LoadedModel, MetricSpec, PlanInputs, StageContext,
+                     StagePreempted, Workload, hookimpl, load_documents)
+from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, Example, Scorer, TaskConfig, allowed_tokens,
+                             example_record, make_examples, position_histogram, select_examples, spearman, summarize)
 
-from harness import MetricSpec
-from harness.attacks import (ATTACK_METRICS, Example, Scorer, TaskConfig, allowed_tokens, example_record, make_examples,
-                             select_examples, spearman, summarize)
 from .workload import RECORD_BYTES, _examples, _length
 
 #: Proposes swaps for the current sequence: (ids, editable positions, swaps already tried at these ids) ->
@@ -144,14 +143,13 @@ def run_flip_attack(model: LoadedModel, ctx: StageContext, cfg: HotFlipConfig,
                 continue
             if ctx.should_stop:  # records so far are durable: the rerun resumes at this example
                 raise StagePreempted(ctx.stage.id)
-            scorer.queries = scorer.gradient_calls = 0  # counted per example
+            scorer.budget.reset()  # counted per example
             out = flip_search(scorer, ex, n_flips(cfg.flips, len(ex.context)), make_proposer(scorer, allowed, ex))
             start = len(ex.prefix)
             edited = out.ids[start:start + len(ex.context)]
             positions = sorted(out.flipped)
             ctx.records.append(example_record(
-                ex.id, out.nll_before, out.nll_after, cfg.threshold,
-                queries=scorer.queries + scorer.gradient_calls, gradient_calls=scorer.gradient_calls,
+                ex.id, out.nll_before, out.nll_after, cfg.threshold, **scorer.budget.as_record(),
                 steps=out.steps, positions=[p - start for p in positions],
                 original_tokens=[out.flipped[p][0] for p in positions],
                 new_tokens=[out.flipped[p][1] for p in positions],
@@ -167,7 +165,7 @@ def run_flip_attack(model: LoadedModel, ctx: StageContext, cfg: HotFlipConfig,
 #: What :func:`flip_summary` adds to the shared attack summary.
 FLIP_METRICS = [
     MetricSpec("mean_flips", "Flips / example", digits=2, show=False),
-    MetricSpec("flip_positions", "Flip positions", field="positions", kind="histogram", show=False),
+    POSITIONS_METRIC,
 ]
 #: HotFlip's own: how far its first-order estimates rank the swaps as the exact scores do. The mean over the examples
 #: that have one (records with `spearman: null` are skipped, as flip_summary does).
@@ -177,6 +175,7 @@ SPEARMAN_METRIC = MetricSpec("spearman_mean", "Spearman (estimate vs exact)", fi
 def flip_summary(records: Sequence[dict[str, Any]], cfg: HotFlipConfig) -> dict[str, Any]:
     metrics = summarize(records, cfg.threshold)
     metrics["mean_flips"] = float(np.mean([len(r["positions"]) for r in records])) if records else 0.0
+    metrics[POSITIONS_METRIC.name] = position_histogram(records, cfg.context_tokens)
     rhos = [r["spearman"] for r in records if r.get("spearman") is not None]
     if rhos:
         metrics["spearman_mean"] = float(np.mean(rhos))
@@ -211,6 +210,7 @@ class HotFlipAttack(AttackPlugin[HotFlipConfig]):
     """HotFlip on causal LMs: gradient-ranked token swaps in the context, scored exactly in batches."""
 
     name = "hotflip"
+    version = "2"  # records and summary gain the budget (tokens, FLOPs) and the position histogram
 
     def declared_metrics(self) -> list[MetricSpec]:
         return ATTACK_METRICS + FLIP_METRICS + [SPEARMAN_METRIC]

@@ -25,8 +25,8 @@ import torch
 from pydantic import model_validator
 
 from harness import AttackPlugin, LoadedModel, MetricSpec, PlanInputs, PluginConfig, StageContext, Workload, hookimpl
-
 from harness.attacks import ATTACK_METRICS, Scorer, attack_rng, random_allowed
+
 from .hotflip import FLIP_METRICS, HotFlipConfig, Proposer, flip_workload, run_flip_attack
 from .uat import UAT_METRICS, CandidateFn, UATConfig, run_uat, uat_workload
 
@@ -80,6 +80,7 @@ class RandomTokenAttack(AttackPlugin[RandomTokenConfig]):
     """Control: the HotFlip or UAT loop with random candidate tokens (same budget, no gradient)."""
 
     name = "random_token"
+    version = "2"  # records and summary gain the budget (tokens, FLOPs) and, as the HotFlip control, the positions
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config

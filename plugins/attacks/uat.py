@@ -28,12 +28,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, PlanInputs, StageContext,
-                     StagePreempted, Workload, hookimpl, load_documents)
+from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, PlanInputs,
+                     StageContext, StagePreempted, Workload, hookimpl, load_documents)
+from harness.attacks import (ATTACK_METRICS, Budget, Example, Scorer, TaskConfig, allowed_tokens, attack_rng,
+                             example_record, make_examples, random_allowed, summarize)
 
-from harness import MetricSpec
-from harness.attacks import (ATTACK_METRICS, Example, Scorer, TaskConfig, allowed_tokens, attack_rng, example_record, make_examples,
-                     random_allowed, summarize)
 from .workload import RECORD_BYTES, _examples, _length
 
 #: Candidate tokens per trigger position: (scorer, batch ids [B, T], n_scored, trigger positions, trigger, restart,
@@ -129,8 +128,8 @@ def optimise_trigger(scorer: Scorer, opt: Sequence[Example], allowed: torch.Tens
                      candidates: CandidateFn, ctx: StageContext) -> dict[str, Any]:
     """Restarts x iterations of candidate proposal + beam search on ``opt`` only; resumes from the saved state."""
     state = ctx.load_state("uat") or {"restart": 0, "iteration": 0, "trigger": None, "finished": [], "history": [],
-                                      "queries": 0, "gradient_calls": 0}
-    scorer.queries, scorer.gradient_calls = state["queries"], state["gradient_calls"]
+                                      "budget": Budget().state()}
+    scorer.budget = Budget(**state["budget"])  # what the finished iterations spent
     n_scored = len(opt[0].continuation)
     start = len(opt[0].prefix)
     positions = list(range(start, start + cfg.trigger_length))
@@ -151,16 +150,14 @@ def optimise_trigger(scorer: Scorer, opt: Sequence[Example], allowed: torch.Tens
                 cands = candidates(scorer, ids, n_scored, positions, state["trigger"], restart, it)
                 trigger, loss = beam_search(scorer, batch, state["trigger"], cands, cfg.beam_size)
                 state["history"].append({"restart": restart, "iteration": it, "batch_nll": loss})
-                state.update(trigger=trigger, iteration=it + 1, queries=scorer.queries,
-                             gradient_calls=scorer.gradient_calls)
+                state.update(trigger=trigger, iteration=it + 1, budget=scorer.budget.state())
                 ctx.save_state("uat", state)
                 bar.advance()
                 bar.set(restart=restart, batch_nll=loss, queries=scorer.queries + scorer.gradient_calls)
             # The restart's trigger, judged on the whole optimisation split (never on held-out documents).
             opt_nll = float(mean_loss(scorer, opt, [state["trigger"]])[0])
             state["finished"].append({"trigger_ids": state["trigger"], "opt_nll": opt_nll})
-            state.update(restart=restart + 1, iteration=0, trigger=None, queries=scorer.queries,
-                         gradient_calls=scorer.gradient_calls)
+            state.update(restart=restart + 1, iteration=0, trigger=None, budget=scorer.budget.state())
             ctx.save_state("uat", state)
     return state
 
@@ -181,12 +178,14 @@ def evaluate_trigger(scorer: Scorer, examples: Sequence[Example], trigger: Seque
                 continue
             if ctx.should_stop:
                 raise StagePreempted(ctx.stage.id)
+            scorer.budget.reset()
             before = scorer.nll(torch.tensor([ex.ids() for ex in chunk]), k)
             after = scorer.nll(triggered_batch(chunk, [list(trigger)]), k)
+            spent = scorer.budget.as_record(share=len(chunk))  # 2 queries each, the chunk's passes shared equally
             for ex, b, a in zip(chunk, before.tolist(), after.tolist()):
                 if ex.id in todo:
                     ctx.records.append(example_record(
-                        id_prefix + ex.id, b, a, threshold, queries=2, trigger_ids=list(trigger),
+                        id_prefix + ex.id, b, a, threshold, **spent, trigger_ids=list(trigger),
                         adversarial_text=tok.decode(list(trigger) + list(ex.context)), **fields))
             bar.advance(len(chunk))
             recs = [r for r in ctx.records if str(r["id"]).startswith(id_prefix)]
@@ -215,7 +214,7 @@ def run_uat(model: LoadedModel, ctx: StageContext, cfg: UATConfig,
         trigger_ids=trigger, trigger_text=tok.decode(trigger), tokenizer_fingerprint=tokenizer_fingerprint(tok),
         opt_mean_relative_increase=float(((opt_after - opt_before) / opt_before).mean()),
         opt_mean_nll_after=float(opt_after.mean()), n_opt=len(opt),
-        optimisation_queries=state["queries"] + state["gradient_calls"], gradient_calls=state["gradient_calls"],
+        **optimisation_budget(Budget(**state["budget"])),
         restarts=[{"trigger_ids": f["trigger_ids"], "trigger_text": tok.decode(f["trigger_ids"]),
                    "opt_nll": f["opt_nll"]} for f in state["finished"]])
     return metrics
@@ -256,6 +255,13 @@ def uat_workload(cfg: UATConfig, inputs: PlanInputs, gradient: bool) -> Workload
                            f"held-out examples, {length} tokens each{note_opt}{note_eval}"])
 
 
+def optimisation_budget(budget: Budget) -> dict[str, Any]:
+    """What optimising the trigger spent (once for all held-out examples; the records hold the evaluation's cost)."""
+    return {"optimisation_queries": budget.exact_queries + budget.gradient_calls,
+            "gradient_calls": budget.gradient_calls, "optimisation_tokens": budget.tokens,
+            "optimisation_gradient_tokens": budget.gradient_tokens, "optimisation_flops": budget.flops}
+
+
 #: What :func:`run_uat` adds to the shared attack summary (of the held-out split).
 UAT_METRICS = [
     MetricSpec("opt_mean_relative_increase", "NLL incr. on the optimisation split (%)", scale=100, digits=1,
@@ -264,6 +270,10 @@ UAT_METRICS = [
     MetricSpec("n_opt", "Optimisation examples", digits=0, show=False),
     MetricSpec("optimisation_queries", "Optimisation queries", digits=0, show=False),
     MetricSpec("gradient_calls", "Gradient passes", digits=0, show=False),
+    MetricSpec("optimisation_tokens", "Optimisation tokens", aggregation="none", digits=0, budget=True, show=False),
+    MetricSpec("optimisation_gradient_tokens", "Optimisation backward tokens", aggregation="none", digits=0,
+               budget=True, show=False),
+    MetricSpec("optimisation_flops", "Optimisation FLOPs", aggregation="none", digits=0, budget=True, show=False),
 ]
 
 
@@ -271,6 +281,7 @@ class UniversalTriggerAttack(AttackPlugin[UATConfig]):
     """Universal adversarial trigger: one gradient-searched prefix for all documents, judged on held-out ones."""
 
     name = "uat"
+    version = "2"  # records and summary gain the budget (tokens, FLOPs), the summary the optimisation's
 
     def declared_metrics(self) -> list[MetricSpec]:
         return ATTACK_METRICS + UAT_METRICS

@@ -15,11 +15,10 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, NoEstimate, PlanInputs,
-                     PluginConfig, StageContext, Workload, hookimpl, load_documents)
-
-from harness import MetricSpec
+from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, NoEstimate,
+                     PlanInputs, PluginConfig, StageContext, Workload, hookimpl, load_documents)
 from harness.attacks import ATTACK_METRICS, Scorer, make_examples, summarize
+
 from .uat import EVAL_CHUNK, UATConfig, evaluate_trigger, tokenizer_fingerprint
 from .workload import RECORD_BYTES, _examples, _length
 
@@ -64,6 +63,7 @@ class UATTransfer(AttackPlugin[UATTransferConfig]):
     """Evaluates every model's universal trigger (the stages it needs) on this model: one transfer-matrix row."""
 
     name = "uat_transfer"
+    version = "2"  # records and summary gain the budget (tokens, FLOPs)
 
     def declared_metrics(self) -> list[MetricSpec]:
         """The shared summary of every trigger pooled, and the matrix row: source model -> that trigger's summary."""

@@ -26,7 +26,8 @@ import torch
 
 from harness import AttackPlugin, LoadedModel, MetricSpec, StageContext, StagePreempted, derive_seed, load_documents
 
-from harness.attacks import ATTACK_METRICS, Scorer, example_record, make_examples, select_examples, summarize
+from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, Scorer, example_record, make_examples,
+                             position_histogram, select_examples, summarize)
 from .config import DeepWordBugConfig, PruthiConfig, TextAttackConfig, TextAttackTaskConfig
 
 _STATUS = {"SuccessfulAttackResult": "succeeded", "FailedAttackResult": "failed",
@@ -79,7 +80,8 @@ def run_textattack(model: LoadedModel, ctx: StageContext, cfg: TextAttackTaskCon
             scorer = wrapper.scorer
             ctx.records.append(example_record(
                 ex.id, goal.nll_before, float(final.raw_output), cfg.threshold,
-                queries=scorer.queries + scorer.gradient_calls, gradient_calls=scorer.gradient_calls,
+                **scorer.budget.as_record(), positions=edited_positions(wrapper, ex, initial.attacked_text,
+                                                                        final.attacked_text),
                 textattack_queries=int(final.num_queries), status=_STATUS.get(type(result).__name__, "?"),
                 words_perturbed=len(initial.attacked_text.all_words_diff(final.attacked_text)),
                 adversarial_text=final.attacked_text.text, original_text=text))
@@ -87,7 +89,28 @@ def run_textattack(model: LoadedModel, ctx: StageContext, cfg: TextAttackTaskCon
             bar.advance()
             bar.set(success=float(np.mean([r["success"] for r in records])),
                     queries=int(sum(r["queries"] for r in records)))
-    return textattack_summary(ctx.records.records, cfg.threshold)
+    return textattack_summary(ctx.records.records, cfg.threshold, cfg.context_tokens)
+
+
+def edited_positions(wrapper: Any, example: Any, original: Any, final: Any) -> list[int]:
+    """The context token positions (as every flip attack reports them) under the words TextAttack changed: each
+    token of the unedited context whose characters overlap a changed word of the original text. Word edits rarely
+    keep token boundaries, so this is where the edits land, not a count of tokens swapped."""
+    text = original.text
+    changed = original.all_words_diff(final)
+    spans, cursor = [], 0
+    for index, word in enumerate(original.words):  # TextAttack's words appear in its text in order
+        at = text.find(word, cursor)
+        if at < 0:
+            break
+        cursor = at + len(word)
+        if index in changed:
+            spans.append((at, cursor))
+    context = list(example.context)
+    # Character offsets of each token in the decoded context (prefix decodes: exact for byte-level vocabularies).
+    bounds = [len(wrapper.tokenizer.decode(context[:i])) for i in range(len(context) + 1)]
+    return [i for i in range(len(context))
+            if any(bounds[i] < end and start < bounds[i + 1] for start, end in spans)]
 
 
 def textattack_workload(cfg: TextAttackTaskConfig, inputs: Any, gradient: bool) -> Any:
@@ -114,8 +137,9 @@ def textattack_workload(cfg: TextAttackTaskConfig, inputs: Any, gradient: bool) 
                            f"bound){note}"])
 
 
-def textattack_summary(records: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+def textattack_summary(records: list[dict[str, Any]], threshold: float, n_context: int) -> dict[str, Any]:
     metrics = summarize(records, threshold)
+    metrics[POSITIONS_METRIC.name] = position_histogram(records, n_context)
     metrics["mean_words_perturbed"] = float(np.mean([r["words_perturbed"] for r in records])) if records else 0.0
     metrics["mean_textattack_queries"] = (float(np.mean([r["textattack_queries"] for r in records]))
                                           if records else 0.0)
@@ -129,17 +153,17 @@ BridgeConfigT = TypeVar("BridgeConfigT", bound=TextAttackTaskConfig)
 class _BridgeAttack(AttackPlugin[BridgeConfigT]):
     """What the bridge's attacks share: ``control: true`` makes the stage a control (see ``control.py``)."""
 
-    def is_control(self) -> bool:
-        return self.config.control
+    version = "2"  # records and summary gain the budget (tokens, FLOPs) and the edited positions
 
     def declared_metrics(self) -> list[MetricSpec]:
-        """The shared attack summary and what :func:`textattack_summary` adds."""
-        return ATTACK_METRICS + [
-            MetricSpec("mean_words_perturbed", "Words perturbed / example", field="words_perturbed", digits=2,
-                       show=False),
-            MetricSpec("mean_textattack_queries", "TextAttack queries / example", field="textattack_queries",
-                       digits=1, show=False),
-        ]
+        return [*ATTACK_METRICS, POSITIONS_METRIC,
+                MetricSpec("mean_words_perturbed", "Words perturbed / example", field="words_perturbed", digits=1,
+                           show=False),
+                MetricSpec("mean_textattack_queries", "TextAttack queries / example", field="textattack_queries",
+                           digits=1, show=False)]
+
+    def is_control(self) -> bool:
+        return self.config.control
 
 
 class DeepWordBugAttack(_BridgeAttack[DeepWordBugConfig]):

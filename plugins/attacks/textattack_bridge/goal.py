@@ -77,7 +77,7 @@ class CausalLMContinuationWrapper(ModelWrapper):
         ids = self.context_ids([text_input])[0]
         seq = torch.tensor([ex.ids(context=ids)], device=next(self.model.parameters()).device)
         k = len(ex.continuation)
-        self.scorer.gradient_calls += 1
+        self.scorer.count_pass(1, seq.shape[1], backward=True)
         embeds = self.model.get_input_embeddings()(seq).detach().requires_grad_(True)
         with torch.enable_grad():
             logits = self.model(inputs_embeds=embeds).logits[:, -k - 1:-1]
