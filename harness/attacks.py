@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -34,9 +34,14 @@ from .data import Document
 from .errors import HarnessError
 from .scoring import continuation_nll, logits_tail_kwarg, swap_nll
 
+#: A loss over the continuation: (logits ``[B, k, V]`` float32 of the positions that predict the last ``k`` tokens,
+#: those tokens ``[B, k]``) -> one loss per row ``[B]``. The default (None) is the mean NLL of the ``k`` tokens.
+ContinuationLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 __all__ = [
-    "ATTACK_METRICS", "BUDGET_FIELDS", "Budget", "CURVE_THRESHOLDS", "ComputeCost", "Example", "POSITIONS_METRIC",
-    "Scorer", "TaskConfig", "VocabFilter", "allowed_tokens", "attack_rng", "budget_summary", "position_histogram",
+    "ATTACK_METRICS", "BUDGET_FIELDS", "Budget", "CURVE_THRESHOLDS", "ComputeCost", "ContinuationLoss", "Example",
+    "POSITIONS_METRIC", "Scorer", "TaskConfig", "VocabFilter", "allowed_tokens", "attack_rng", "budget_summary",
+    "position_histogram",
     "continuation_nll", "example_record", "make_examples", "random_allowed", "relative_increase", "select_examples",
     "spearman", "success_curve", "summarize", "swap_nll",
 ]
@@ -338,10 +343,12 @@ class Scorer:
         self.count_pass(rows, length, backward=backward)
         return logits
 
-    def token_gradients(self, ids: torch.Tensor, n_scored: int, positions: Sequence[int]) -> torch.Tensor:
+    def token_gradients(self, ids: torch.Tensor, n_scored: int, positions: Sequence[int],
+                        loss: ContinuationLoss | None = None) -> torch.Tensor:
         """Gradient of the continuation loss w.r.t. the one-hot input at ``positions``, averaged over the rows.
 
-        ``ids`` is ``[B, T]``; the loss of a row is its mean continuation NLL. Returns ``[len(positions), V]``
+        ``ids`` is ``[B, T]``; the loss of a row is its mean continuation NLL, or ``loss`` (see
+        :data:`ContinuationLoss`) when given. Returns ``[len(positions), V]``
         (float32, CPU): entry ``[p, v]`` is the first-order change of the loss when token ``v`` is put at position
         ``positions[p]``, up to the same constant for every ``v`` (the gradient dotted with the current token's
         embedding; subtract ``grad[p, current]`` to get the estimated loss change of the swap).
@@ -354,12 +361,45 @@ class Scorer:
         with torch.enable_grad():
             logits = self.model(inputs_embeds=embeds, **({kwarg: n_scored + 1} if kwarg else {})).logits
             logits = logits[:, -n_scored - 1:-1]
-            loss = F.cross_entropy(logits.float().transpose(1, 2), ids[:, -n_scored:], reduction="none").mean(1)
-            (grad,) = torch.autograd.grad(loss.mean(), embeds)
+            labels = ids[:, -n_scored:]
+            rows = (F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none").mean(1) if loss is None
+                    else loss(logits.float(), labels))
+            (grad,) = torch.autograd.grad(rows.mean(), embeds)
         pos = torch.as_tensor(list(positions), device=grad.device)
         # d loss / d onehot[p, v] = grad_embedding[p] . embedding[v]  (the HotFlip linearisation)
         emb_f32 = self._embeddings_f32 if self._embeddings_f32 is not None else emb_matrix.float()  # set with it
         return (grad[:, pos].sum(0).float() @ emb_f32.T).cpu()
+
+    def continuation_scores(self, sequences: torch.Tensor, n_scored: int,
+                            loss: ContinuationLoss | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sequence of ``sequences`` (``[N, T]``): the continuation loss (mean NLL of the last ``n_scored``
+        tokens, or ``loss``) and whether the model's greedy continuation is exactly those tokens (every position's
+        argmax is the next token: what greedy decoding would emit), in plain batched forward passes (no prefix
+        reuse). Returns float64 ``[N]`` and bool ``[N]`` on the CPU; one query per sequence."""
+        self.queries += len(sequences)
+        losses = torch.empty(len(sequences), dtype=torch.float64)
+        matches = torch.empty(len(sequences), dtype=torch.bool)
+        device = next(self.model.parameters()).device
+        kwarg = logits_tail_kwarg(self.model)
+        rows = max(1, self.batch_tokens // max(sequences.shape[1], 1))
+        with torch.no_grad():
+            for lo in range(0, len(sequences), rows):
+                ids = sequences[lo:lo + rows].to(device)
+                logits = self.model(input_ids=ids, **({kwarg: n_scored + 1} if kwarg else {})).logits
+                self.count_pass(len(ids), ids.shape[1])
+                logits = logits[:, -n_scored - 1:-1].float()
+                labels = ids[:, -n_scored:]
+                chunk = (F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(1) if loss is None
+                         else loss(logits, labels))
+                losses[lo:lo + len(ids)] = chunk.double().cpu()
+                matches[lo:lo + len(ids)] = (logits.argmax(-1) == labels).all(1).cpu()
+        return losses, matches
+
+    def forget(self) -> None:
+        """Drop the keys and values ``swap_nll`` keeps between calls. A search that checkpoints calls this at each
+        checkpoint, so that an uninterrupted run computes exactly what a resumed one (which starts with no cache)
+        does, to the last bit: a cached prefix and a recomputed one may differ in float summation order."""
+        self._prefixes.clear()
 
 
 # -- records and summary metrics ---------------------------------------------------------------------------------------

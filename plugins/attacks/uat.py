@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -83,9 +83,20 @@ def load_splits(model: LoadedModel, cfg: UATConfig, where: str) -> tuple[list[Ex
     return opt, held_out
 
 
-def triggered_batch(examples: Sequence[Example], triggers: Sequence[Sequence[int]]) -> torch.Tensor:
+#: Where a universal string goes: before the context (a UAT trigger) or after it (a universal GCG suffix).
+Placement = Literal["prefix", "suffix"]
+
+
+def with_trigger(example: Example, trigger: Sequence[int], placement: Placement = "prefix") -> list[int]:
+    if placement == "prefix":
+        return example.ids(trigger=trigger)
+    return [*example.prefix, *example.context, *trigger, *example.continuation]
+
+
+def triggered_batch(examples: Sequence[Example], triggers: Sequence[Sequence[int]],
+                    placement: Placement = "prefix") -> torch.Tensor:
     """``[len(triggers) * len(examples), T]``: every example with every trigger (trigger-major)."""
-    return torch.tensor([ex.ids(trigger=t) for t in triggers for ex in examples])
+    return torch.tensor([with_trigger(ex, t, placement) for t in triggers for ex in examples])
 
 
 def mean_loss(scorer: Scorer, examples: Sequence[Example], triggers: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -163,8 +174,10 @@ def optimise_trigger(scorer: Scorer, opt: Sequence[Example], allowed: torch.Tens
 
 
 def evaluate_trigger(scorer: Scorer, examples: Sequence[Example], trigger: Sequence[int], model: LoadedModel,
-                     ctx: StageContext, threshold: float, id_prefix: str = "", **fields: Any) -> list[dict[str, Any]]:
-    """Record NLL with and without ``trigger`` on every example not recorded yet; returns this trigger's records."""
+                     ctx: StageContext, threshold: float, id_prefix: str = "", placement: Placement = "prefix",
+                     **fields: Any) -> list[dict[str, Any]]:
+    """Record NLL with and without ``trigger`` (before the context, or after it with ``placement: suffix``) on every
+    example not recorded yet; returns this trigger's records."""
     tok = model.tokenizer
     done = ctx.records.done()
     k = len(examples[0].continuation)
@@ -180,13 +193,14 @@ def evaluate_trigger(scorer: Scorer, examples: Sequence[Example], trigger: Seque
                 raise StagePreempted(ctx.stage.id)
             scorer.budget.reset()
             before = scorer.nll(torch.tensor([ex.ids() for ex in chunk]), k)
-            after = scorer.nll(triggered_batch(chunk, [list(trigger)]), k)
+            after = scorer.nll(triggered_batch(chunk, [list(trigger)], placement), k)
             spent = scorer.budget.as_record(share=len(chunk))  # 2 queries each, the chunk's passes shared equally
             for ex, b, a in zip(chunk, before.tolist(), after.tolist()):
                 if ex.id in todo:
                     ctx.records.append(example_record(
                         id_prefix + ex.id, b, a, threshold, **spent, trigger_ids=list(trigger),
-                        adversarial_text=tok.decode(list(trigger) + list(ex.context)), **fields))
+                        adversarial_text=tok.decode(with_trigger(ex, trigger, placement)[len(ex.prefix):-k]),
+                        **fields))
             bar.advance(len(chunk))
             recs = [r for r in ctx.records if str(r["id"]).startswith(id_prefix)]
             bar.set(success=float(np.mean([r["success"] for r in recs])))

@@ -1,9 +1,12 @@
 """Attack plugin ``uat_transfer``: one row of the model x model transfer matrix of universal triggers.
 
-Used with ``needs: [uat]``, its stage for model B (and a seed) receives the results of the ``uat`` stages of every
-model of the suite for that seed. Each source model A's trigger is evaluated on B over A's held-out split with A's
-task options (read from A's stored config, so the row matches A's own held-out numbers on the diagonal). The trigger
-ids are used as they are when A and B share a vocabulary, and re-tokenised from the trigger text otherwise.
+Used with ``needs: [uat]`` (or any universal attack that reports a trigger the same way: ``trigger_ids``,
+``trigger_text``, ``tokenizer_fingerprint`` and, for a string placed after the context, ``trigger_placement:
+suffix`` in its metrics, with ``eval_data``/``n_eval`` and the task options in its config; ``uat`` and universal
+``gcg`` do), its stage for model B (and a seed) receives the results of those stages of every model of the suite for
+that seed. Each source model A's trigger is evaluated on B over A's held-out split with A's task options (read from
+A's stored config, so the row matches A's own held-out numbers on the diagonal). The trigger ids are used as they
+are when A and B share a vocabulary, and re-tokenised from the trigger text otherwise.
 
 Metrics: ``transfer: {source_model: {success_rate, mean_relative_increase, ..., trigger_text, retokenized}}``, and
 the shared summary keys pooled over all source triggers.
@@ -17,9 +20,9 @@ from pydantic import Field, ValidationError
 
 from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, NoEstimate,
                      PlanInputs, PluginConfig, StageContext, Workload, hookimpl, load_documents)
-from harness.attacks import ATTACK_METRICS, Scorer, make_examples, summarize
+from harness.attacks import ATTACK_METRICS, Scorer, TaskConfig, make_examples, summarize
 
-from .uat import EVAL_CHUNK, UATConfig, evaluate_trigger, tokenizer_fingerprint
+from .uat import EVAL_CHUNK, evaluate_trigger, tokenizer_fingerprint
 from .workload import RECORD_BYTES, _examples, _length
 
 
@@ -30,10 +33,22 @@ class UATTransferConfig(PluginConfig):
     batch_tokens: int = Field(default=16384, ge=64)
 
 
-def source_uat_config(result: dict[str, Any]) -> UATConfig:
-    """The UAT options of a source stage (a ``uat`` entry, or a ``random_token`` control in its ``uat`` mode)."""
-    config = result.get("config") or {}
-    return UATConfig.model_validate(config.get("uat") or config)
+class TriggerSource(TaskConfig):
+    """What a transfer row needs of a source stage's config: its held-out split, task options and trigger length."""
+
+    eval_data: DocumentSource
+    n_eval: int | None = None
+    #: The trigger's length (``trigger_length`` of uat, ``n_tokens`` of gcg), for ``harness plan``.
+    trigger_length: int = 10
+
+
+def source_uat_config(result: dict[str, Any]) -> TriggerSource:
+    """The options of a source stage: a ``uat`` entry, a ``random_token`` control in its ``uat`` mode, or any universal
+    attack with ``eval_data`` (e.g. ``gcg`` with ``universal: true``). Raises ValidationError for a stage without."""
+    config = dict((result.get("config") or {}).get("uat") or result.get("config") or {})
+    if "n_tokens" in config and "trigger_length" not in config:
+        config["trigger_length"] = config["n_tokens"]
+    return TriggerSource.model_validate({k: v for k, v in config.items() if k in TriggerSource.model_fields})
 
 
 # -- cost model (harness plan) ------------------------------------------------------------------------------------
@@ -94,7 +109,8 @@ class UATTransfer(AttackPlugin[UATTransferConfig]):
             trigger = (tok(metrics["trigger_text"], add_special_tokens=False)["input_ids"] if retokenized
                        else list(metrics["trigger_ids"]))
             records = evaluate_trigger(Scorer(model, cfg.batch_tokens), examples, trigger, model, ctx, src.threshold,
-                                       id_prefix=f"{column}/", source=column, source_stage=sid)
+                                       id_prefix=f"{column}/", placement=metrics.get("trigger_placement", "prefix"),
+                                       source=column, source_stage=sid)
             pooled += records
             row[column] = {**summarize(records, src.threshold), "source_stage": sid,
                            "trigger_text": metrics["trigger_text"], "trigger_ids": trigger, "retokenized": retokenized}

@@ -1,0 +1,600 @@
+"""Attack plugin ``gcg``: Greedy Coordinate Gradient (Zou et al. 2023), the loop of nanoGCG 0.3.0 on the suite's task.
+
+An optimised string of tokens (the document's own context tokens with ``edit: context``, HotFlip's threat model; or
+``n_tokens`` tokens placed after/before the context with ``edit: suffix | prefix``, the nanoGCG/HarmBench setting)
+is searched to minimise a loss over the tokens that follow it:
+
+- ``objective: untargeted``: minus the continuation NLL (raise it: the suite's shared task, threshold and summary);
+- ``objective: targeted``: the NLL of a target (``target:`` text, or ``target_field:`` of each document) put where
+  the continuation was; success is exact match of the model's greedy continuation with the target.
+
+Each step (:func:`gcg_step`):
+
+1. one forward + backward pass gives the gradient of the loss w.r.t. the one-hot of the string's tokens (averaged
+   over the documents of the step with ``universal: true``);
+2. per position the ``topk`` tokens with the most negative gradient (tokens the vocabulary filter forbids never);
+3. ``search_width`` candidates, each the current string with ``n_replace`` random positions set to random tokens of
+   their top-k; candidates whose decoded text does not re-encode to the same ids are dropped (``filter_ids``);
+4. every candidate is scored exactly in batched forward passes (tokens before its first edit reuse cached keys and
+   values where that saves time); the best enters a buffer of the ``buffer_size`` best strings (0: the best
+   candidate replaces the current string, even when worse, as in nanoGCG), whose best is the next current string.
+
+``early_stop`` ends the search at the first exact match (targeted) or success (untargeted). ``use_mellowmax``
+replaces the targeted loss by mellowmax of the target tokens' negative logits (as nanoGCG). ``universal: true``
+optimises one string over an optimisation split (``batch_size`` documents per step, in a seeded order, as UAT) and
+judges it on a disjoint held-out split; its string feeds ``uat_transfer`` like a UAT trigger. ``mode: random_token``
+is the control: the same loop, the same positions, the same candidate count, with uniform allowed tokens instead of
+the gradient's top-k (and no gradient pass). ``max_queries`` caps each example's exact evaluations plus gradient
+passes (the control is charged the gradient passes it skips, so both score the same number of candidates): "GCG at
+HotFlip's budget" is a config.
+
+The state of a search (current string, buffer, best string, step, counters, the generator's state) is saved
+atomically every ``save_every`` steps; an interrupted stage (SIGUSR1, kill -9) resumes from the last save and ends
+with the same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from harness import (AttackPlugin, DocumentSource, HarnessError, LoadedModel, MetricSpec, StageContext,
+                     StagePreempted, hookimpl, load_documents)
+from harness.attacks import (ATTACK_METRICS, ContinuationLoss, Example, Scorer, TaskConfig, allowed_tokens,
+                             attack_rng, example_record, make_examples, random_allowed, select_examples, summarize)
+
+from .uat import evaluate_trigger, tokenizer_fingerprint
+
+Edit = Literal["context", "suffix", "prefix"]
+
+
+class GCGConfig(TaskConfig):
+    #: Documents attacked one by one (``universal: false``).
+    data: DocumentSource | None = None
+    n_examples: int | None = Field(default=None, ge=1)
+    sample: Literal["first", "seeded"] = "first"
+    #: One string for all documents: optimised on ``opt_data``, judged on the disjoint ``eval_data`` (as UAT).
+    universal: bool = False
+    opt_data: DocumentSource | None = None
+    eval_data: DocumentSource | None = None
+    n_opt: int | None = Field(default=None, ge=1)
+    n_eval: int | None = Field(default=None, ge=1)
+    #: Universal: optimisation documents per step (the gradient and every candidate's loss average over them).
+    batch_size: int = Field(default=16, ge=1)
+
+    #: What the attacker edits: the context tokens, or an optimised string of ``n_tokens`` after/before them.
+    edit: Edit = "context"
+    n_tokens: int = Field(default=20, ge=1)
+    #: The optimised string's first value (suffix/prefix; default nanoGCG's "x x ... x", one "x" per token).
+    optim_str_init: str | None = None
+    objective: Literal["untargeted", "targeted"] = "untargeted"
+    #: Targeted: one fixed target text, or the name of a field of each document holding its target.
+    target: str | None = None
+    target_field: str | None = None
+
+    # nanoGCG 0.3.0's options, with its defaults.
+    num_steps: int = Field(default=250, ge=1)
+    search_width: int = Field(default=512, ge=1)
+    topk: int = Field(default=256, ge=1)
+    n_replace: int = Field(default=1, ge=1)
+    buffer_size: int = Field(default=0, ge=0)
+    use_mellowmax: bool = False
+    mellowmax_alpha: float = Field(default=1.0, gt=0)
+    early_stop: bool = False
+    filter_ids: bool = True
+
+    #: Per example (universal: for the optimisation): exact evaluations + gradient passes at most; None: no cap.
+    max_queries: int | None = Field(default=None, ge=1)
+    #: ``random_token``: the control (uniform allowed tokens at the same positions and budget, no gradient).
+    mode: Literal["gcg", "random_token"] = "gcg"
+    #: Steps between two saved states (the most work an interruption loses).
+    save_every: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GCGConfig:
+        if self.universal:
+            if self.opt_data is None or self.eval_data is None or self.data is not None:
+                raise ValueError("universal: true needs `opt_data:` and `eval_data:` (disjoint splits) and no `data:`")
+            if self.edit == "context":
+                raise ValueError("universal: true needs `edit: suffix` or `edit: prefix` (one string for every "
+                                 "document; `context` edits each document's own tokens)")
+            if self.target_field is not None:
+                raise ValueError("universal: true takes a fixed `target:` text, not `target_field:`")
+        elif self.data is None or self.opt_data is not None or self.eval_data is not None:
+            raise ValueError("give `data:` (the documents attacked), or set `universal: true` with `opt_data:` and "
+                             "`eval_data:`")
+        if self.objective == "targeted":
+            if (self.target is None) == (self.target_field is None):
+                raise ValueError("objective: targeted needs exactly one of `target: <text>` or `target_field: <name>`")
+            if self.target is not None and not self.target:
+                raise ValueError("`target:` is empty; fix: give the text the model should be made to emit")
+        else:
+            if self.target is not None or self.target_field is not None:
+                raise ValueError("`target:`/`target_field:` need `objective: targeted`")
+            if self.use_mellowmax:
+                raise ValueError("use_mellowmax applies to `objective: targeted` (a loss over target logits)")
+        length = self.context_tokens if self.edit == "context" else self.n_tokens
+        if self.n_replace > length:
+            raise ValueError(f"n_replace = {self.n_replace} exceeds the {length} editable tokens")
+        return self
+
+
+# -- the optimisation problem ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Problem:
+    """What one search sees: documents (one, or a universal string's optimisation split), the tokens scored after
+    the string (continuation or target) per document, and where the string sits."""
+
+    examples: list[Example]
+    tails: list[tuple[int, ...]]
+    edit: Edit
+    objective: str
+
+    def ids(self, i: int, string: Sequence[int] | None) -> list[int]:
+        """Document ``i`` with ``string`` in place (None: without the attack)."""
+        ex, tail = self.examples[i], self.tails[i]
+        if self.edit == "context":
+            return [*ex.prefix, *(ex.context if string is None else string), *tail]
+        string = list(string or [])
+        if self.edit == "prefix":
+            return [*ex.prefix, *string, *ex.context, *tail]
+        return [*ex.prefix, *ex.context, *string, *tail]
+
+    def positions(self, length: int) -> list[int]:
+        ex = self.examples[0]
+        start = len(ex.prefix) + (len(ex.context) if self.edit == "suffix" else 0)
+        return list(range(start, start + length))
+
+
+def mellowmax_loss(alpha: float) -> ContinuationLoss:
+    """nanoGCG's mellowmax of the target tokens' negative logits: a smooth maximum over the target positions."""
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        t = -logits.gather(2, labels[..., None])[..., 0]
+        return (torch.logsumexp(alpha * t, dim=1) - math.log(t.shape[1])) / alpha
+
+    return loss
+
+
+class Objective:
+    """The loss minimised (and its gradient) over a set of documents, counting every query in ``scorer``."""
+
+    def __init__(self, scorer: Scorer, problem: Problem, cfg: GCGConfig) -> None:
+        self.scorer, self.problem = scorer, problem
+        self.k = len(problem.tails[0])
+        self.sign = -1.0 if problem.objective == "untargeted" else 1.0  # untargeted: raise the NLL
+        self.custom = mellowmax_loss(cfg.mellowmax_alpha) if cfg.use_mellowmax else None
+
+    def batch(self, docs: Sequence[int], strings: Sequence[Sequence[int]]) -> torch.Tensor:
+        return torch.tensor([self.problem.ids(i, s) for s in strings for i in docs])
+
+    def gradient(self, docs: Sequence[int], string: Sequence[int]) -> torch.Tensor:
+        """``[len(string), V]``: d loss / d one-hot of the string's tokens, averaged over ``docs``."""
+        ids = self.batch(docs, [string])
+        grad = self.scorer.token_gradients(ids, self.k, self.problem.positions(len(string)), loss=self.custom)
+        return self.sign * grad
+
+    def losses(self, docs: Sequence[int], current: Sequence[int], candidates: torch.Tensor) -> torch.Tensor:
+        """Exact loss of every candidate string (mean over ``docs``); edits of ``current`` reuse its prefix."""
+        seqs = self.batch(docs, candidates.tolist())
+        if self.custom is not None:
+            nll, _ = self.scorer.continuation_scores(seqs, self.k, loss=self.custom)
+        else:
+            base = self.batch(docs, [current])
+            base = base[0] if len(docs) == 1 else base.repeat(len(candidates), 1)
+            nll = self.scorer.swap_nll(base, seqs, self.k)
+        return self.sign * nll.view(len(candidates), len(docs)).mean(1)
+
+    def exact_match(self, docs: Sequence[int], string: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per document: target NLL with ``string`` and whether greedy decoding emits exactly the target."""
+        return self.scorer.continuation_scores(self.batch(docs, [string]), self.k)
+
+
+# -- the search ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class SearchState:
+    """Everything a search needs to continue (saved every few steps; JSON: floats round-trip exactly)."""
+
+    key: str
+    step: int
+    current: list[int]
+    buffer: list[tuple[float, list[int]]]  # (loss, string), best first; nanoGCG's AttackBuffer
+    best: tuple[float, list[int]]  # the lowest loss seen (targeted: the best exact match first)
+    best_match: bool
+    generator: list[int]
+    queries: int = 0
+    gradient_calls: int = 0
+    charged: int = 0  # queries counted against max_queries (the control is charged its skipped gradients too)
+    dropped: int = 0  # candidates dropped by filter_ids
+    steps_to_success: int | None = None
+    losses: list[float] = field(default_factory=list)  # the best candidate's loss at every step
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "buffer": [[l, s] for l, s in self.buffer], "best": list(self.best)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SearchState:
+        data = dict(data)
+        data["buffer"] = [(float(l), list(s)) for l, s in data["buffer"]]
+        data["best"] = (float(data["best"][0]), list(data["best"][1]))
+        return cls(**data)
+
+
+def sample_candidates(current: torch.Tensor, grad: torch.Tensor | None, allowed: torch.Tensor, cfg: GCGConfig,
+                      gen: torch.Generator) -> torch.Tensor:
+    """``search_width`` strings, each ``current`` with ``n_replace`` positions changed (nanoGCG's
+    ``sample_ids_from_grad``): to one of the position's top-k tokens by gradient, or (``grad`` None: the control)
+    to a uniform allowed token. Both draw the positions the same way, so at a seed they edit the same positions."""
+    n = len(current)
+    positions = torch.argsort(torch.rand((cfg.search_width, n), generator=gen), dim=1)[:, :cfg.n_replace]
+    if grad is None:
+        values = random_allowed(allowed, cfg.search_width * cfg.n_replace, gen).view(cfg.search_width, cfg.n_replace)
+    else:
+        grad = grad.clone()
+        grad[:, ~allowed] = torch.inf
+        topk = min(cfg.topk, int(allowed.sum()))
+        top = (-grad).topk(topk, dim=1).indices  # [n, topk]
+        pick = torch.randint(0, topk, (cfg.search_width, cfg.n_replace, 1), generator=gen)
+        values = torch.gather(top[positions], 2, pick).squeeze(2)
+    return current.repeat(cfg.search_width, 1).scatter_(1, positions, values)
+
+
+def retokenizes(tokenizer: Any, candidates: torch.Tensor) -> torch.Tensor:
+    """nanoGCG's ``filter_ids``: whether each candidate's decoded text encodes back to the same ids."""
+    texts = tokenizer.batch_decode(candidates.tolist())
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return torch.tensor([ids == row for ids, row in zip(encoded, candidates.tolist())], dtype=torch.bool)
+
+
+def buffer_add(buffer: list[tuple[float, list[int]]], size: int, loss: float, string: list[int]) -> None:
+    """nanoGCG's AttackBuffer.add: size 0 keeps only the newest; otherwise the worst entry is replaced."""
+    if size == 0:
+        buffer[:] = [(loss, string)]
+    elif len(buffer) < size:
+        buffer.append((loss, string))
+        buffer.sort(key=lambda b: b[0])
+    elif loss < buffer[-1][0]:
+        buffer[-1] = (loss, string)
+        buffer.sort(key=lambda b: b[0])
+
+
+def search(objective: Objective, init: list[int], allowed: torch.Tensor, tokenizer: Any, cfg: GCGConfig,
+           gen: torch.Generator, key: str, batches: Sequence[Sequence[int]], ctx: StageContext | None = None,
+           untargeted_before: float | None = None, threshold: float = 0.0,
+           init_loss: float | None = None) -> SearchState:
+    """The GCG loop (or its random control) from ``init``, over the document batch of each step (``batches[step %
+    len(batches)]``); resumes from ``ctx``'s saved state for ``key`` and saves every ``save_every`` steps.
+    ``init_loss``: the loss of ``init`` where the caller has scored it already (not scored again)."""
+    scorer = objective.scorer
+    targeted = objective.problem.objective == "targeted"
+    control = cfg.mode == "random_token"
+    saved = ctx.load_state("gcg") if ctx is not None else None
+    if saved is not None and saved["key"] == key:
+        state = SearchState.from_json(saved)
+        gen.set_state(torch.tensor(state.generator, dtype=torch.uint8))
+    else:
+        state = initial_state(objective, init, allowed, cfg, gen, key, batches[0], targeted, init_loss)
+    scorer.queries, scorer.gradient_calls = state.queries, state.gradient_calls
+    budget = cfg.max_queries if cfg.max_queries is not None else math.inf
+    while state.step < cfg.num_steps:
+        if ctx is not None and ctx.should_stop:  # resume from the last saved state (an exact restart point)
+            raise StagePreempted(ctx.stage.id)
+        if cfg.early_stop and (state.best_match if targeted else
+                               untargeted_before is not None and -state.best[0] > untargeted_before * (1 + threshold)):
+            break
+        docs = batches[state.step % len(batches)]
+        check = len(docs) if targeted and not cfg.universal else 0  # the exact-match check after the step
+        width = cfg.search_width
+        if budget < math.inf:  # what the budget leaves after this step's gradient pass and check
+            width = min(width, int(budget - state.charged - len(docs) - check) // len(docs))
+        if width < 1:
+            break
+        current = torch.tensor(state.current)
+        grad = None if control else objective.gradient(docs, state.current)
+        state.charged += len(docs)  # the gradient pass (the control is charged it too: equal exact evaluations)
+        candidates = sample_candidates(current, grad, allowed, cfg, gen)
+        if cfg.filter_ids:
+            keep = retokenizes(tokenizer, candidates)
+            state.dropped += int((~keep).sum())
+            candidates = candidates[keep]
+        candidates = candidates[:width]
+        if len(candidates):
+            losses = objective.losses(docs, state.current, candidates)
+            state.charged += len(candidates) * len(docs)
+            best = int(losses.argmin())
+            loss = float(losses[best])
+            state.losses.append(loss)
+            if cfg.buffer_size == 0 or loss < state.buffer[-1][0]:
+                buffer_add(state.buffer, cfg.buffer_size, loss, candidates[best].tolist())
+            state.current = list(state.buffer[0][1])
+            current_loss = state.buffer[0][0]
+            match = False
+            if check:  # is the current string an exact match? (one query)
+                _, matched = objective.exact_match(docs, state.current)
+                state.charged += check
+                match = bool(matched.all())
+                if match and state.steps_to_success is None:
+                    state.steps_to_success = state.step + 1
+            if (match, -current_loss) > (state.best_match, -state.best[0]):
+                state.best, state.best_match = (current_loss, list(state.current)), match
+        state.step += 1
+        state.queries, state.gradient_calls = scorer.queries, scorer.gradient_calls
+        if ctx is not None and state.step % cfg.save_every == 0 and state.step < cfg.num_steps:
+            state.generator = gen.get_state().tolist()
+            ctx.save_state("gcg", state.to_json())
+            scorer.forget()  # what follows computes exactly as a run resumed from here does
+    state.queries, state.gradient_calls = scorer.queries, scorer.gradient_calls
+    return state
+
+
+def initial_state(objective: Objective, init: list[int], allowed: torch.Tensor, cfg: GCGConfig, gen: torch.Generator,
+                  key: str, docs: Sequence[int], targeted: bool, init_loss: float | None) -> SearchState:
+    """The buffer's first strings (``init``, then random allowed strings, as nanoGCG's random init), scored."""
+    strings = [init] + [random_allowed(allowed, len(init), gen).tolist() for _ in range(max(0, cfg.buffer_size - 1))]
+    if init_loss is None:
+        losses = objective.losses(docs, init, torch.tensor(strings)).tolist()
+    else:
+        rest = objective.losses(docs, init, torch.tensor(strings[1:])).tolist() if len(strings) > 1 else []
+        losses = [init_loss, *rest]
+    buffer: list[tuple[float, list[int]]] = []
+    for loss, string in zip(losses, strings):
+        buffer_add(buffer, max(1, cfg.buffer_size), loss, string)
+    match = False
+    if targeted and not cfg.universal:
+        match = bool(objective.exact_match(docs, buffer[0][1])[1].all())
+    state = SearchState(key=key, step=0, current=list(buffer[0][1]), buffer=buffer, best=(buffer[0][0],
+                        list(buffer[0][1])), best_match=match, generator=[], steps_to_success=0 if match else None,
+                        losses=[])
+    state.charged = objective.scorer.queries + objective.scorer.gradient_calls
+    return state
+
+
+# -- stages ------------------------------------------------------------------------------------------------------
+
+def init_string(tokenizer: Any, cfg: GCGConfig, where: str) -> list[int]:
+    """The first string: ``optim_str_init``, or nanoGCG's "x x ... x" (one token per "x" on GPT-NeoX and Llama
+    vocabularies; where "x x" splits otherwise, the first ``n_tokens`` tokens of a longer one, if they re-encode)."""
+    text = cfg.optim_str_init if cfg.optim_str_init is not None else " ".join(["x"] * cfg.n_tokens)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if cfg.optim_str_init is None and len(ids) != cfg.n_tokens:
+        ids = tokenizer(" ".join(["x"] * 2 * cfg.n_tokens), add_special_tokens=False)["input_ids"][:cfg.n_tokens]
+        if tokenizer(tokenizer.decode(ids), add_special_tokens=False)["input_ids"] != ids:
+            raise HarnessError(f"{where}: nanoGCG's default first string \"x x ... x\" does not make {cfg.n_tokens} "
+                               "tokens of this vocabulary; fix: set `optim_str_init:`")
+    if len(ids) != cfg.n_tokens:
+        raise HarnessError(f"{where}.optim_str_init: {text!r} is {len(ids)} tokens, n_tokens is {cfg.n_tokens}; fix: "
+                           "make them agree")
+    return list(ids)
+
+
+def targets(model: LoadedModel, cfg: GCGConfig, source: DocumentSource | None, examples: Sequence[Example],
+            where: str) -> list[tuple[int, ...]]:
+    """The tokens scored after the string, per example: its continuation, or its target; checks the length."""
+    tok = model.tokenizer
+    if cfg.objective == "untargeted":
+        tails = [ex.continuation for ex in examples]
+    elif cfg.target is not None:
+        tails = [tuple(tok(cfg.target, add_special_tokens=False)["input_ids"])] * len(examples)
+    else:
+        assert source is not None and cfg.target_field is not None
+        texts = {d.id: d.text for d in load_documents(source.model_copy(update={"text_field": cfg.target_field}))}
+        missing = [ex.id for ex in examples if not texts.get(ex.id)]
+        if missing:
+            raise HarnessError(f"{where}.target_field: document {missing[0]} has no '{cfg.target_field}' text; fix: "
+                               "give every document a target, or a fixed `target:`")
+        tails = [tuple(tok(texts[ex.id], add_special_tokens=False)["input_ids"]) for ex in examples]
+    string = 0 if cfg.edit == "context" else cfg.n_tokens
+    need = int(cfg.prefix_eos) + cfg.context_tokens + string + max(len(t) for t in tails)
+    if need > model.max_length:
+        raise HarnessError(f"{where}: the target/continuation makes sequences of {need} tokens, more than the "
+                           f"{model.max_length} positions of model '{model.name}'; fix: a shorter target or context")
+    return tails
+
+
+def attack_examples(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> dict[str, Any]:
+    """One search per example (resuming after the recorded ones and inside the one interrupted)."""
+    where = ctx.stage.entry
+    assert cfg.data is not None
+    examples = make_examples(load_documents(cfg.data), model, cfg, where=f"{where}.data")
+    examples = select_examples(examples, cfg.n_examples, cfg.sample, ctx)
+    tails = targets(model, cfg, cfg.data, examples, where)
+    allowed = allowed_tokens(model, cfg.vocab)
+    tok = model.tokenizer
+    init = None if cfg.edit == "context" else init_string(tok, cfg, where)
+    done = ctx.records.done()
+    with ctx.progress("examples", len(examples)) as bar:
+        bar.advance(sum(1 for ex in examples if ex.id in done))
+        for ex, tail in zip(examples, tails):
+            if ex.id in done:
+                continue
+            if ctx.should_stop:
+                raise StagePreempted(ctx.stage.id)
+            ctx.records.append(attack_one(model, Problem([ex], [tail], cfg.edit, cfg.objective), init, allowed, cfg,
+                                          attack_rng(ctx, "gcg", ex.id), ctx))
+            bar.advance()
+            bar.set(success=float(np.mean([r["success"] for r in ctx.records.records])))
+    return gcg_summary(ctx.records.records, cfg)
+
+
+def attack_one(model: LoadedModel, problem: Problem, init: list[int] | None, allowed: torch.Tensor, cfg: GCGConfig,
+               gen: torch.Generator, ctx: StageContext | None) -> dict[str, Any]:
+    """Search one example; its record."""
+    tok = model.tokenizer
+    ex = problem.examples[0]
+    scorer = Scorer(model, cfg.batch_tokens)
+    objective = Objective(scorer, problem, cfg)
+    targeted = cfg.objective == "targeted"
+    k = len(problem.tails[0])
+    before = float(scorer.nll(torch.tensor([problem.ids(0, None)]), k)[0])
+    start = list(ex.context) if init is None else init
+    # A context edit starts from the document itself: its loss is the unattacked NLL, scored just now.
+    known = objective.sign * before if init is None and objective.custom is None else None
+    state = search(objective, start, allowed, tok, cfg, gen, ex.id, [[0]], ctx,
+                   untargeted_before=None if targeted else before, threshold=cfg.threshold, init_loss=known)
+    string = state.best[1]
+    fields: dict[str, Any] = {"queries": state.queries + state.gradient_calls, "gradient_calls": state.gradient_calls,
+                              "steps": state.step, "dropped_candidates": state.dropped,
+                              "adversarial_ids": string, "adversarial_text": tok.decode(string)}
+    if cfg.edit == "context":
+        fields["positions"] = [i for i, (a, b) in enumerate(zip(ex.context, string)) if a != b]
+        fields["original_text"] = tok.decode(list(ex.context))
+    if not targeted:
+        record = example_record(ex.id, before, -state.best[0], cfg.threshold, **fields)
+    else:
+        nll, match = objective.exact_match([0], string)  # the target NLL itself (the loss may be mellowmax)
+        fields["queries"] += 1
+        record = example_record(ex.id, before, float(nll[0]), cfg.threshold, **fields)
+        record.update(success=bool(match[0]), exact_match=bool(match[0]), target_nll=float(nll[0]),
+                      target_text=tok.decode(list(problem.tails[0])),
+                      steps_to_success=state.steps_to_success if bool(match[0]) else None)
+    return record
+
+
+def gcg_summary(records: Sequence[dict[str, Any]], cfg: GCGConfig) -> dict[str, Any]:
+    metrics = summarize(records, cfg.threshold)
+    mean = (lambda xs: float(np.mean(xs)) if len(xs) else float("nan"))
+    metrics["mean_gradient_calls"] = mean([r.get("gradient_calls", 0) for r in records])
+    metrics["mean_steps"] = mean([r["steps"] for r in records if "steps" in r])
+    if cfg.objective == "targeted":
+        matches = [bool(r["exact_match"]) for r in records]
+        metrics["success_rate"] = metrics["exact_match_rate"] = mean(matches)
+        metrics["mean_target_nll"] = mean([r["target_nll"] for r in records])
+        steps = [r["steps_to_success"] for r in records if r.get("steps_to_success") is not None]
+        metrics["median_steps_to_success"] = float(np.median(steps)) if steps else None
+    return metrics
+
+
+def attack_universal(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> dict[str, Any]:
+    """One string optimised on the optimisation split only, then judged on the held-out split (as UAT)."""
+    where = ctx.stage.entry
+    assert cfg.opt_data is not None and cfg.eval_data is not None
+    opt = make_examples(load_documents(cfg.opt_data), model, cfg, cfg.n_opt, where=f"{where}.opt_data")
+    held_out = make_examples(load_documents(cfg.eval_data), model, cfg, cfg.n_eval, where=f"{where}.eval_data")
+    seen = {(ex.context, ex.continuation) for ex in opt}
+    shared = [ex.id for ex in held_out if (ex.context, ex.continuation) in seen]
+    if shared:
+        raise HarnessError(f"{where}: {len(shared)} held-out documents (e.g. {shared[0]}) are also in opt_data; fix: "
+                           "use disjoint splits (another file or split, or `skip:` past the optimisation documents)")
+    tok = model.tokenizer
+    allowed = allowed_tokens(model, cfg.vocab)
+    init = init_string(tok, cfg, where)
+    problem = Problem(opt, targets(model, cfg, None, opt, where), cfg.edit, cfg.objective)
+    order = torch.randperm(len(opt), generator=attack_rng(ctx, "gcg", "universal", "order")).tolist()
+    size = min(cfg.batch_size, len(opt))
+    n_batches = -(-len(opt) // size)
+    batches = [[order[(b * size + j) % len(opt)] for j in range(size)] for b in range(n_batches)]
+    scorer = Scorer(model, cfg.batch_tokens)
+    objective = Objective(scorer, problem, cfg)
+    state = search(objective, init, allowed, tok, cfg, attack_rng(ctx, "gcg", "universal"), "universal", batches, ctx)
+    string = state.best[1]
+    summary: dict[str, Any] = {"n_opt": len(opt), "optimisation_queries": state.queries + state.gradient_calls,
+                               "gradient_calls": state.gradient_calls, "steps": state.step,
+                               "dropped_candidates": state.dropped, "adversarial_ids": string,
+                               "adversarial_text": tok.decode(string), "tokenizer_fingerprint": tokenizer_fingerprint(tok)}
+    if cfg.objective == "untargeted":
+        # Held-out numbers through UAT's evaluation, so that uat_transfer's diagonal reproduces them.
+        records = evaluate_trigger(Scorer(model, cfg.batch_tokens), held_out, string, model, ctx, cfg.threshold,
+                                   placement=cfg.edit)
+        metrics = summarize(records, cfg.threshold)
+        metrics.update(summary, trigger_ids=string, trigger_text=tok.decode(string), trigger_placement=cfg.edit)
+        return metrics
+    held = Problem(held_out, targets(model, cfg, None, held_out, where), cfg.edit, cfg.objective)
+    judge = Objective(Scorer(model, cfg.batch_tokens), held, cfg)
+    docs = list(range(len(held_out)))
+    before, _ = judge.scorer.continuation_scores(torch.tensor([held.ids(i, None) for i in docs]), judge.k)
+    after, match = judge.exact_match(docs, string)
+    done = ctx.records.done()
+    for i, ex in enumerate(held_out):
+        if ex.id not in done:
+            record = example_record(ex.id, float(before[i]), float(after[i]), cfg.threshold, queries=2,
+                                    adversarial_ids=string, adversarial_text=tok.decode(string))
+            record.update(success=bool(match[i]), exact_match=bool(match[i]), target_nll=float(after[i]))
+            ctx.records.append(record)
+    metrics = gcg_summary(ctx.records.records, cfg)
+    metrics.update(summary)
+    return metrics
+
+
+class GCGAttack(AttackPlugin):
+    """Greedy Coordinate Gradient (nanoGCG's loop): gradient top-k candidates, scored exactly in batches."""
+
+    name = "gcg"
+    Config = GCGConfig
+
+    def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        cfg: GCGConfig = self.config  # type: ignore[assignment]
+        return attack_universal(model, ctx, cfg) if cfg.universal else attack_examples(model, ctx, cfg)
+
+    def is_control(self) -> bool:
+        return self.config.mode == "random_token"  # type: ignore[attr-defined]
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        cfg: GCGConfig = self.config  # type: ignore[assignment]
+        specs = [*ATTACK_METRICS,
+                 MetricSpec("mean_gradient_calls", "Gradient passes / example", field="gradient_calls", digits=1,
+                            budget=True, show=False),
+                 MetricSpec("mean_steps", "GCG steps", field="steps", digits=1, show=False)]
+        if cfg.objective == "targeted":
+            specs += [MetricSpec("exact_match_rate", "Exact match (%)", field="exact_match", scale=100, digits=1),
+                      MetricSpec("mean_target_nll", "Target NLL", field="target_nll", higher_is_better=True),
+                      MetricSpec("median_steps_to_success", "Steps to success", aggregation="none", digits=0,
+                                 show=False)]
+        return specs
+
+    def plan(self, inputs):
+        """Queries and gradient passes of this stage, from the config (upper bounds; ``harness plan``)."""
+        return gcg_workload(self.config, inputs)  # type: ignore[arg-type]
+
+
+def gcg_workload(cfg: GCGConfig, inputs: Any) -> Any:
+    """Per search: the initial scores, then per step one gradient pass (not the control's), ``search_width``
+    candidates (fewer after ``filter_ids``), and a targeted search's exact-match check; capped by ``max_queries``."""
+    from harness import Batch, Workload
+
+    from .workload import RECORD_BYTES, _examples
+
+    string = 0 if cfg.edit == "context" else cfg.n_tokens
+    tail = cfg.continuation_tokens  # a target's length is unknown before tokenising: the continuation's stands in
+    length = int(cfg.prefix_eos) + cfg.context_tokens + string + tail
+    if cfg.universal:
+        n_opt, note = _examples(inputs, cfg.opt_data, cfg.n_opt, cfg, "opt_data")
+        n_eval, note_eval = _examples(inputs, cfg.eval_data, cfg.n_eval, cfg, "eval_data")
+        docs, searches, note = min(cfg.batch_size, n_opt), 1, note + note_eval
+    else:
+        n_eval, note = _examples(inputs, cfg.data, cfg.n_examples, cfg, "data")
+        docs, searches = 1, n_eval
+    check = docs if cfg.objective == "targeted" and not cfg.universal else 0
+    grad = 0 if cfg.mode == "random_token" else docs
+    per_step = docs * cfg.search_width + check
+    scored = docs * max(1, cfg.buffer_size) + cfg.num_steps * per_step + 1 + check
+    grads = cfg.num_steps * grad
+    if cfg.max_queries is not None:
+        steps = min(cfg.num_steps, cfg.max_queries // (docs + per_step))
+        scored, grads = min(scored, cfg.max_queries + 1), steps * grad
+    scored = searches * scored + (2 * n_eval if cfg.universal else 0)
+    grads *= searches
+    rows = max(1, min(cfg.search_width * docs, cfg.batch_tokens // length))
+    batches = [Batch(rows, length, logit_positions=tail + 1, label="exact scoring")]
+    if grad:
+        batches.append(Batch(docs, length, "inputs", logit_positions=tail + 1, label="token gradients"))
+    steps_run = cfg.num_steps if cfg.max_queries is None else min(cfg.num_steps, cfg.max_queries // (docs + per_step))
+    return Workload(forward_tokens=scored * length, gradient_tokens=grads * length, context=length,
+                    queries=scored + grads, forward_calls=searches * (2 + steps_run * (1 + bool(check))),
+                    gradient_calls=searches * steps_run if grad else 0, batches=batches,
+                    disk_bytes=n_eval * RECORD_BYTES, disk_note="per-example records",
+                    notes=[f"{searches:,} search(es) x {steps_run} steps x ({'1 gradient + ' if grad else ''}"
+                           f"{cfg.search_width} candidates x {docs} document(s)), {length} tokens each "
+                           f"(upper bound){note}"])
+
+
+@hookimpl
+def harness_attacks() -> list[type]:
+    return [GCGAttack]
