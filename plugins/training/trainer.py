@@ -1,7 +1,10 @@
 """Trainer plugins ``baseline`` and ``monotonic``: recovery training of a pretrained causal LM, resumable.
 
 Both run the same loop on the same data and schedule, so a comparison between their outputs is fair; ``monotonic``
-first constrains the feed-forward weights (:mod:`.monotonic`). The loop, per optimiser step::
+first constrains the feed-forward weights (:mod:`.monotonic`; for Llama-family models ``init: shift`` converts the
+model exactly to OLMo first, :mod:`.llama_shift`); ``baseline`` may first add seeded noise to its FFN weights
+(``ffn_noise``, a damage control). Every stage's result records ``weight_change`` (:mod:`.weight_change`). The loop,
+per optimiser step::
 
     rows      = schedule.rows(step)                 # the global batch: a pure function of (seed, step)
     for each micro-batch of this process's rows:    # gradient accumulation, DDP syncs only on the last
@@ -9,6 +12,7 @@ first constrains the feed-forward weights (:mod:`.monotonic`). The loop, per opt
         loss.backward()
     stop if the loss or the gradient norm is not finite (the last snapshot stays the newest)
     clip, AdamW step, warmup-then-cosine learning rate
+    constraint: project -> clamp the constrained weights to >= min_weight (projected gradient)
     log a row; validate every `val_every` steps; snapshot every `checkpoint_every` steps and when asked to stop
 
 Normalising by the tokens of the whole global batch (not per micro-batch) makes ``grad_accum`` x ``micro_batch``
@@ -55,7 +59,7 @@ from .monotonic import (
 )
 from .parallel import DataParallel, gradient_sync
 from .state import Processes, Snapshots, setup_processes
-from .weight_change import effective_weights, load_initial, parameter_group, relative_change, save_initial
+from .weight_change import effective_weights, group_change, load_initial, parameter_group, save_initial
 
 
 class TrainConfig(PluginConfig):
@@ -414,8 +418,9 @@ class RecoveryTrainer(TrainerPlugin):
         trained = parallel.export_model()  # every process takes part (FSDP gathers the shards)
         if procs.is_main and trained is not None:
             # None when resumed from a snapshot older than the file (then the change is unknown, not zero)
-            summary["weight_change"] = (relative_change(initial, effective_weights(trained))
-                                        if initial is not None else None)
+            change = group_change(initial, effective_weights(trained)) if initial is not None else None
+            summary["weight_change"] = change["relative"] if change else None
+            summary["weight_change_norm"] = change["absolute"] if change else None
         if procs.is_main:
             provenance["training"] = {
                 "trainer": self.name, "version": self.version, "config": cfg.model_dump(mode="json"),

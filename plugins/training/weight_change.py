@@ -45,8 +45,10 @@ def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def relative_change(initial: dict[str, torch.Tensor], final: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Group -> ``||W - W0||_F / ||W0||_F`` over the group's tensors (groups with no parameters left out)."""
+def group_change(initial: dict[str, torch.Tensor], final: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """``{"relative": group -> ||W - W0||_F / ||W0||_F, "absolute": group -> ||W - W0||_F}`` over each group's
+    tensors (groups with no parameters left out). Both are needed to compare arms: the ``shift`` init lifts the
+    weights, so the same step is a smaller fraction of its larger ``||W0||``."""
     moved = dict.fromkeys(GROUPS, 0.0)
     size = dict.fromkeys(GROUPS, 0.0)
     for name, w0 in initial.items():
@@ -54,7 +56,9 @@ def relative_change(initial: dict[str, torch.Tensor], final: dict[str, torch.Ten
         w0 = w0.double()
         moved[group] += float((final[name].double() - w0).pow(2).sum())
         size[group] += float(w0.pow(2).sum())
-    return {g: math.sqrt(moved[g] / size[g]) for g in GROUPS if size[g] > 0}
+    present = [g for g in GROUPS if size[g] > 0]
+    return {"relative": {g: math.sqrt(moved[g] / size[g]) for g in present},
+            "absolute": {g: math.sqrt(moved[g]) for g in present}}
 
 
 def save_initial(weights: dict[str, torch.Tensor], path: Path) -> None:
