@@ -17,7 +17,14 @@ Which linears are constrained is a *variant* (named module suffixes per architec
     stream is a LayerNorm (the next layers' two norms and the final norm), which subtracts the mean over hidden
     units: adding a rank-one ``1 uᵀ`` adds the same number to every hidden unit of a token and is removed again.
     The constants are chosen so that every constrained entry is at least ``min_weight``. RMSNorm (Llama family)
-    does not subtract the mean, so the trick does not hold there.
+    does not subtract the mean, so the trick does not hold there directly: :func:`transform_model` first rewrites a
+    Llama model exactly as an OLMo model (parameter-free LayerNorm on a zero-mean stream, :mod:`.llama_shift`) and
+    shifts that.
+
+How the constraint is kept during training is the *constraint*: ``softplus`` (``W = softplus(V)``, the published
+method), ``project`` (``W`` itself is the parameter; the trainer clamps it to ``>= min_weight`` after every
+optimiser step: projected gradient, so ``W`` moves at the optimiser's rate, not multiplicatively) or ``none`` (the
+init only, then unconstrained training: the control that separates the constraint from the damage of the init).
 
 ``activation: monotone`` also swaps the FFN's GELU/SiLU (non-monotone: both dip below zero) for a monotone one,
 so that an FFN whose weights are all constrained (``mlp_both``) is monotone in its input.
@@ -58,6 +65,9 @@ class Architecture:
     input_norm: dict[str, str] = field(default_factory=dict)
     #: linear suffixes that write into the residual stream (read only by norms)
     residual_writers: tuple[str, ...] = ()
+    #: whether the FFN is gated (``down(act(gate x) * up x)``): such an FFN is not monotone in ``x`` even with
+    #: non-negative weights and a monotone ``act``, because ``up x`` takes both signs
+    gated: bool = False
 
 
 GPT_NEOX = Architecture(
@@ -72,18 +82,27 @@ GPT_NEOX = Architecture(
     input_norm={"mlp.dense_h_to_4h": "post_attention_layernorm"},
     residual_writers=("mlp.dense_4h_to_h", "attention.dense"),
 )
-LLAMA = Architecture(
-    name="llama",
-    variants={
-        "gated_updown": ("mlp.up_proj", "mlp.down_proj"),
-        "gated_all": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
-    },
+GATED_VARIANTS = {
+    "gated_updown": ("mlp.up_proj", "mlp.down_proj"),
+    "gated_all": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+    "gated_all_attn_out": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "self_attn.o_proj"),
+}
+LLAMA = Architecture(name="llama", variants=GATED_VARIANTS, mlp_activation="act_fn", mean_centred_norms=False,
+                     gated=True)
+#: OLMo: the Llama block with parameter-free LayerNorms (what :mod:`.llama_shift` converts Llama models to).
+OLMO = Architecture(
+    name="olmo",
+    variants=GATED_VARIANTS,
     mlp_activation="act_fn",
-    mean_centred_norms=False,
+    mean_centred_norms=True,
+    input_norm={"mlp.gate_proj": "post_attention_layernorm", "mlp.up_proj": "post_attention_layernorm"},
+    residual_writers=("mlp.down_proj", "self_attn.o_proj"),
+    gated=True,
 )
 #: Hugging Face ``model_type`` -> architecture family.
-MODEL_TYPES = {"gpt_neox": GPT_NEOX, "llama": LLAMA, "mistral": LLAMA, "qwen2": LLAMA, "qwen3": LLAMA}
+MODEL_TYPES = {"gpt_neox": GPT_NEOX, "llama": LLAMA, "mistral": LLAMA, "qwen2": LLAMA, "qwen3": LLAMA, "olmo": OLMO}
 INITS = ("abs", "shift")
+CONSTRAINTS = ("softplus", "project", "none")
 
 
 def architecture_of(model: nn.Module) -> Architecture:
@@ -138,6 +157,8 @@ class Softplus(nn.Module):
 @torch.no_grad()
 def _fold_norm_into_linear(norm: nn.LayerNorm, linear: nn.Linear) -> None:
     """``linear(norm(x))`` unchanged, with the norm's gain and bias moved into the linear layer."""
+    if getattr(norm, "weight", None) is None and getattr(norm, "bias", None) is None:
+        return  # a parameter-free LayerNorm (OLMo): nothing to fold
     gain = norm.weight.detach().clone() if norm.weight is not None else torch.ones(linear.in_features)
     shift = norm.bias.detach().clone() if norm.bias is not None else torch.zeros(linear.in_features)
     w = linear.weight.detach().double()
@@ -170,7 +191,8 @@ def shifted_weights(model: nn.Module, arch: Architecture, suffixes: tuple[str, .
     if not arch.mean_centred_norms:
         raise HarnessError(f"monotonic: init 'shift' is function-preserving only when every reader of the changed "
                            f"activations is a LayerNorm (it subtracts the mean); {arch.name} models use RMSNorm, "
-                           "which does not; fix: use `init: abs`")
+                           "which does not; fix: use `init: abs`, or convert the model first "
+                           "(transform_model does: llama_shift.llama_to_olmo)")
     for layer in decoder_layers(model):
         for suffix in suffixes:
             linear = _get(layer, suffix)
@@ -193,10 +215,17 @@ class MonotonicSpec:
     min_weight: float = 1e-4
     #: ``original`` keeps GELU/SiLU; otherwise a name from :data:`MONOTONE_ACTIVATIONS`
     activation: str = "original"
+    #: how training keeps the weights non-negative: one of :data:`CONSTRAINTS`
+    constraint: str = "softplus"
+    #: width of the converted stream for ``shift`` on RMSNorm models (None: hidden_size + 1)
+    stream_width: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"variant": self.variant, "init": self.init, "min_weight": self.min_weight,
-                "activation": self.activation}
+        out = {"variant": self.variant, "init": self.init, "min_weight": self.min_weight,
+               "activation": self.activation, "constraint": self.constraint}
+        if self.stream_width is not None:
+            out["stream_width"] = self.stream_width
+        return out
 
 
 def constrained_linears(model: nn.Module, arch: Architecture, suffixes: tuple[str, ...]) -> dict[str, nn.Linear]:
@@ -226,16 +255,26 @@ def set_activation(model: nn.Module, arch: Architecture, name: str) -> None:
 
 
 def make_monotonic(model: nn.Module, spec: MonotonicSpec) -> list[str]:
-    """Apply the init and the softplus reparametrisation in place; returns the constrained weight names."""
+    """Apply the init and (``softplus``) the reparametrisation in place; returns the constrained weight names.
+
+    ``project`` and ``none`` leave plain weights (the trainer projects after every step under ``project``)."""
     arch = architecture_of(model)
     suffixes = variant_suffixes(arch, spec.variant)
     if spec.init not in INITS:
         raise HarnessError(f"monotonic: unknown init '{spec.init}'; fix: use one of {', '.join(INITS)}")
+    if spec.constraint not in CONSTRAINTS:
+        raise HarnessError(f"monotonic: unknown constraint '{spec.constraint}'; fix: use one of "
+                           f"{', '.join(CONSTRAINTS)}")
     if not spec.min_weight > 0:
         raise HarnessError("monotonic: min_weight must be > 0 (softplus never reaches 0)")
     if spec.activation != "original" and spec.activation not in MONOTONE_ACTIVATIONS:
         raise HarnessError(f"monotonic: activation '{spec.activation}' is not a known monotone activation; fix: use "
                            f"original or one of {', '.join(MONOTONE_ACTIVATIONS)}")
+    if spec.activation != "original" and arch.gated:
+        raise HarnessError(f"monotonic: a monotone activation does not make the gated FFN of {arch.name} models "
+                           "monotone: in down(act(gate x) * up x) the factor up x takes both signs (its input is a "
+                           "normalised, zero-mean vector), so raising an input can lower an output whatever the "
+                           "weights' signs; fix: use `activation: original` here (monotone FFNs: GPT-NeoX, mlp_both)")
     linears = constrained_linears(model, arch, suffixes)
     if spec.init == "shift":
         shifted_weights(model, arch, suffixes, spec.min_weight)
@@ -245,11 +284,32 @@ def make_monotonic(model: nn.Module, spec: MonotonicSpec) -> list[str]:
                 linear.weight.copy_(linear.weight.abs().clamp_min(spec.min_weight))
             else:  # shift: rounding may leave an entry a hair below the floor
                 linear.weight.clamp_(min=spec.min_weight)
-        # Registration calls Softplus.right_inverse on the current weight: V = softplus⁻¹(W).
-        parametrize.register_parametrization(linear, "weight", Softplus())
+        if spec.constraint == "softplus":
+            # Registration calls Softplus.right_inverse on the current weight: V = softplus⁻¹(W).
+            parametrize.register_parametrization(linear, "weight", Softplus())
     if spec.activation != "original":
         set_activation(model, arch, spec.activation)
     return [f"{name}.weight" for name in linears]
+
+
+def transform_model(model: nn.Module, spec: MonotonicSpec) -> tuple[nn.Module, list[str]]:
+    """:func:`make_monotonic`, after converting an RMSNorm model to OLMo when the init is ``shift``.
+
+    Returns the model to train (``model`` itself, or the converted OLMo model) and the constrained weight names."""
+    if spec.init == "shift" and not architecture_of(model).mean_centred_norms:
+        from .llama_shift import llama_to_olmo
+
+        model = llama_to_olmo(model, spec.stream_width)
+    return model, make_monotonic(model, spec)
+
+
+@torch.no_grad()
+def project_(weights: list[torch.Tensor], floor: float) -> None:
+    """The projection step of projected gradient descent: clamp every listed weight to ``>= floor`` in place.
+
+    Works on plain tensors and on FSDP's DTensor shards (a pointwise op on each process's shard)."""
+    for w in weights:
+        w.clamp_(min=floor)
 
 
 def merge(model: nn.Module) -> None:

@@ -1,7 +1,10 @@
 """Trainer plugins ``baseline`` and ``monotonic``: recovery training of a pretrained causal LM, resumable.
 
 Both run the same loop on the same data and schedule, so a comparison between their outputs is fair; ``monotonic``
-first constrains the feed-forward weights (:mod:`.monotonic`). The loop, per optimiser step::
+first constrains the feed-forward weights (:mod:`.monotonic`; for Llama-family models ``init: shift`` converts the
+model exactly to OLMo first, :mod:`.llama_shift`); ``baseline`` may first add seeded noise to its FFN weights
+(``ffn_noise``, a damage control). Every stage's result records ``weight_change`` (:mod:`.weight_change`). The loop,
+per optimiser step::
 
     rows      = schedule.rows(step)                 # the global batch: a pure function of (seed, step)
     for each micro-batch of this process's rows:    # gradient accumulation, DDP syncs only on the last
@@ -9,6 +12,7 @@ first constrains the feed-forward weights (:mod:`.monotonic`). The loop, per opt
         loss.backward()
     stop if the loss or the gradient norm is not finite (the last snapshot stays the newest)
     clip, AdamW step, warmup-then-cosine learning rate
+    constraint: project -> clamp the constrained weights to >= min_weight (projected gradient)
     log a row; validate every `val_every` steps; snapshot every `checkpoint_every` steps and when asked to stop
 
 Normalising by the tokens of the whole global batch (not per micro-batch) makes ``grad_accum`` x ``micro_batch``
@@ -46,9 +50,18 @@ from harness import (
 )
 
 from .data import IGNORE, Blocks, BlockSchedule, build_blocks, cached_blocks
-from .monotonic import MODEL_TYPES, MonotoneActivation, MonotonicSpec, make_monotonic, merge, negative_entries
+from .monotonic import (
+    MODEL_TYPES,
+    MonotoneActivation,
+    MonotonicSpec,
+    merge,
+    negative_entries,
+    project_,
+    transform_model,
+)
 from .parallel import DataParallel, gradient_sync
 from .state import Processes, Snapshots, setup_processes
+from .weight_change import effective_weights, group_change, load_initial, parameter_group, save_initial
 
 
 class TrainConfig(PluginConfig):
@@ -93,7 +106,10 @@ class TrainConfig(PluginConfig):
 
 
 class BaselineConfig(TrainConfig):
-    pass
+    #: Gaussian noise added to every FFN weight matrix before training, with standard deviation ``ffn_noise`` times
+    #: that matrix's own standard deviation (seeded by the run seed and stage): a damaged but unconstrained control
+    #: whose perplexity a suite can match to a monotonic arm's. 0: none.
+    ffn_noise: float = Field(default=0.0, ge=0)
 
 
 class MonotonicConfig(TrainConfig):
@@ -104,10 +120,17 @@ class MonotonicConfig(TrainConfig):
     warmup_ratio: float = Field(default=0.2, ge=0, le=1)
     #: Which linears are constrained: gpt_neox mlp_in | mlp_both | mlp_in_attn_out; llama gated_updown | gated_all.
     variant: str = "mlp_both"
-    #: ``abs`` (published: softplus⁻¹|W0|) or ``shift`` (function-preserving, LayerNorm models only).
+    #: ``abs`` (published: softplus⁻¹|W0|) or ``shift`` (function-preserving; Llama-family RMSNorm models are first
+    #: converted exactly to OLMo, see llama_shift.py, and the exported checkpoint is an OlmoForCausalLM).
     init: Literal["abs", "shift"] = "abs"
-    #: Smallest constrained weight right after the init.
+    #: ``softplus``: W = softplus(V), V trained (published); ``project``: W trained and clamped to >= min_weight after
+    #: every optimiser step (weight decay pulls W toward 0); ``none``: the init only, then unconstrained training
+    #: (a control: the init's damage without the constraint; the checkpoint is not marked monotonic).
+    constraint: Literal["softplus", "project", "none"] = "softplus"
+    #: Smallest constrained weight right after the init (``project``: also the floor of every step).
     min_weight: float = Field(default=1e-4, gt=0)
+    #: ``shift`` on RMSNorm models: width of the converted residual stream (none: hidden_size + 1).
+    stream_width: int | None = Field(default=None, ge=2)
     #: ``monotone`` replaces the FFN activation by ``monotone_activation`` (monotone FFN with ``mlp_both``).
     activation: Literal["original", "monotone"] = "original"
     monotone_activation: MonotoneActivation = "relu"
@@ -247,9 +270,19 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
     #: Set by hand: this class is also the generic base of the trainers that add a transform.
     Config = BaselineConfig
 
-    def transform(self, model: torch.nn.Module) -> dict[str, Any]:
-        """Change the model before training; returns what ``harness.json`` records about the change."""
-        return {"monotonic": False}
+    def transform(self, model: torch.nn.Module, ctx: StageContext) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """Change the model before training; returns the model to train (it may be a new one) and what
+        ``harness.json`` records about the change."""
+        cfg = self.config
+        if not isinstance(cfg, BaselineConfig) or cfg.ffn_noise == 0:
+            return model, {"monotonic": False}
+        gen = ctx.rng("ffn-noise")
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.ndim >= 2 and parameter_group(name) == "ffn":
+                    noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
+                    param.add_((noise * cfg.ffn_noise * param.float().std().cpu()).to(param.device, param.dtype))
+        return model, {"monotonic": False, "ffn_noise": cfg.ffn_noise}
 
     def declared_metrics(self) -> list[MetricSpec]:
         """The numbers of the training summary (the per-step records feed the report's training curves)."""
@@ -287,12 +320,18 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
         state_dir.mkdir(parents=True, exist_ok=True)
         tokenizer = loaded.tokenizer
 
-        net = loaded.model
-        provenance = self.transform(net)
+        net, provenance = self.transform(loaded.model, ctx)
         net.float().to(procs.device).train()  # fp32 master weights, whatever dtype the model was loaded in
         if cfg.gradient_checkpointing:
             enable_checkpointing(net)
+        initial_path = state_dir / "initial_weights.safetensors"
+        initial = effective_weights(net) if procs.is_main else None  # W0, before FSDP shards the model
         parallel = DataParallel(net, procs)  # before the optimiser: FSDP replaces the parameters by their shards
+        params = dict(net.named_parameters())  # FSDP keeps the names; the tensors are this process's shards now
+        # constraint: project -- the weights clamped to the floor after every optimiser step
+        projected = ([params[name] for name in provenance["constrained_weights"]]
+                     if provenance.get("constraint") == "project" else [])
+        floor = float(provenance.get("min_weight", 0.0))
 
         train_blocks = cached_blocks(state_dir / "train_blocks.npz",
                                      lambda: build_blocks(cfg.data, tokenizer, cfg.seq_len, cfg.packing),
@@ -330,9 +369,12 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
             scheduler.load_state_dict(saved["scheduler"])
             progress = Progress(**saved["progress"])
             ctx.log(f"resumed from step {progress.step} of {total_steps}")
+            initial = load_initial(initial_path) if procs.is_main else None
         else:
             progress = Progress()
             progress.initial_val_perplexity = progress.best_val_perplexity = validate()
+            if initial is not None:
+                save_initial(initial, initial_path)
 
         def snapshot() -> None:
             snapshots.save(progress.step, {**parallel.state(optimizer), "scheduler": scheduler.state_dict(),
@@ -362,6 +404,7 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                 self._check_finite("gradient norm", grad_norm, progress.step, total_steps, snapshots)
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
+                project_(projected, floor)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step_time = time.perf_counter() - t0
@@ -397,6 +440,11 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                    "world_size": procs.world, "parallel": procs.strategy if procs.distributed else "none",
                    "precision": precision}
         trained = parallel.export_model()  # every process takes part (FSDP gathers the shards)
+        if procs.is_main and trained is not None:
+            # None when resumed from a snapshot older than the file (then the change is unknown, not zero)
+            change = group_change(initial, effective_weights(trained)) if initial is not None else None
+            summary["weight_change"] = change["relative"] if change else None
+            summary["weight_change_norm"] = change["absolute"] if change else None
         if procs.is_main:
             provenance["training"] = {
                 "trainer": self.name, "version": self.version, "config": cfg.model_dump(mode="json"),
@@ -422,13 +470,24 @@ class MonotonicTrainer(RecoveryTrainer[MonotonicConfig]):
 
     name = "monotonic"
 
-    def transform(self, model: torch.nn.Module) -> dict[str, Any]:
+    def spec(self) -> MonotonicSpec:
         cfg = self.config
-        spec = MonotonicSpec(variant=cfg.variant, init=cfg.init, min_weight=cfg.min_weight,
-                             activation=cfg.monotone_activation if cfg.activation == "monotone" else "original")
-        names = make_monotonic(model, spec)
-        return {"monotonic": True, **spec.as_dict(), "architecture": model.config.model_type,
-                "constrained_weights": names}
+        return MonotonicSpec(variant=cfg.variant, init=cfg.init, min_weight=cfg.min_weight,
+                             activation=cfg.monotone_activation if cfg.activation == "monotone" else "original",
+                             constraint=cfg.constraint, stream_width=cfg.stream_width)
+
+    def transform(self, model: torch.nn.Module, ctx: StageContext) -> tuple[torch.nn.Module, dict[str, Any]]:
+        spec = self.spec()
+        source_type = model.config.model_type
+        model, names = transform_model(model, spec)
+        provenance: dict[str, Any] = {"monotonic": spec.constraint != "none", **spec.as_dict(),
+                                      "architecture": model.config.model_type}
+        if model.config.model_type != source_type:
+            provenance["converted_from"] = source_type
+        # Under `none` the weights are free after the init: listed as initialised, not as constrained (the loader
+        # verifies `constrained_weights` are non-negative).
+        provenance["constrained_weights" if spec.constraint != "none" else "initialised_weights"] = names
+        return model, provenance
 
 
 def export_checkpoint(model: torch.nn.Module, tokenizer, out_dir, provenance: dict[str, Any], save_dtype: str) -> None:
