@@ -53,18 +53,23 @@ def test_example_attack_runs_and_shows_in_every_report_output(tmp_path, example_
     run = tmp_path / "run"
     proc = run_cli("run", str(suite), "--out", str(run), "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    result = json.loads((run / "stages" / "attacks" / "sweep" / "tiny" / "result.json").read_text())
+    (stage,) = (run / "stages" / "attacks" / "sweep" / "tiny").iterdir()  # the one seed's stage
+    result = json.loads((stage / "result.json").read_text())
     assert result["package"] == "harness-example-attack"
-    records = [json.loads(line) for line in (run / "stages" / "attacks" / "sweep" / "tiny" / "records.jsonl")
-               .read_text().splitlines()]
+    records = [json.loads(line) for line in (stage / "records.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(r["nll_after"] >= r["nll_before"] for r in records)
     # 1 base score + 16 positions x 4 candidates per example
     assert all(r["queries"] == 1 + 16 * 4 for r in records)
     final = json.loads((run / "final_results.json").read_text())
-    side_by_side = {row["entry"] for row in final["attacks"]["rows"]}
-    assert {"hotflip", "sweep"} <= side_by_side
+    side_by_side = {row["attack"]: row for row in final["attacks"]["rows"]}
+    assert {"hotflip", "sweep"} <= set(side_by_side)
+    sweep_cells = {c["metric"]: c for c in side_by_side["sweep"]["cells"]}
+    assert sweep_cells["success_rate"]["status"] == "done"
+    assert sweep_cells["mean_queries"]["mean"] == pytest.approx(1 + 16 * 4)
+    assert not [w for w in final["warnings"] if "sweep" in w]  # every declared metric was reported
     assert "Sweep success (%)" in (run / "table7.md").read_text()
-    assert "sweep" in (run / "experiment_summary.txt").read_text()
+    summary = (run / "experiment_summary.txt").read_text()
+    assert any(line.startswith("| sweep |") for line in summary.splitlines())
     assert "sweep" in (run / "report.html").read_text()
-    assert any("sweep" in str(info) for info in final["plots"].values() if info.get("path")) or \
-        "sweep" in json.dumps(final["plots"])
+    for plot in ("attack_success_curve.png", "attack_budget.png", "relative_nll_increase.png"):
+        assert final["plots"][plot]["path"], final["plots"][plot]

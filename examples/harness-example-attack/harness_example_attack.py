@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness import AttackPlugin, DocumentSource, LoadedModel, StageContext, StagePreempted, hookimpl, load_documents
+from harness import (AttackPlugin, DocumentSource, LoadedModel, MetricSpec, StageContext, StagePreempted, hookimpl,
+                     load_documents)
 from harness.attacks import (ATTACK_METRICS, Scorer, TaskConfig, allowed_tokens, attack_rng, example_record,
                              make_examples, random_allowed, select_examples, summarize)
 
@@ -24,14 +25,13 @@ class SweepConfig(TaskConfig):  # the shared task: context/continuation, vocabul
     candidates: int = Field(default=16, ge=1)  # random tokens tried per position, scored in one batch
 
 
-class SweepAttack(AttackPlugin):
+class SweepAttack(AttackPlugin[SweepConfig]):
     """Right-to-left sweep: at each context position keep the best of a few random tokens if it raises the NLL."""
 
     name = "sweep"
-    Config = SweepConfig
 
-    def declared_metrics(self):
-        return ATTACK_METRICS  # the shared summary: success, NLL increase, queries (what the tables show)
+    def declared_metrics(self) -> list[MetricSpec]:
+        return ATTACK_METRICS  # the shared summary: success, NLL increase, budget (what the tables show)
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict:
         cfg = self.config
@@ -40,7 +40,8 @@ class SweepAttack(AttackPlugin):
         for ex in (ex for ex in examples if ex.id not in done):
             if ctx.should_stop:
                 raise StagePreempted(ctx.stage.id)  # records so far are durable: a rerun resumes here
-            gen, scorer.queries = attack_rng(ctx, "sweep", ex.id), 0  # the same draws for every model
+            gen = attack_rng(ctx, "sweep", ex.id)  # the same draws for every model of the suite
+            scorer.budget.reset()  # what this example spends: queries, tokens, FLOPs
             ids, k = torch.tensor(ex.ids()), len(ex.continuation)
             before = best = float(scorer.nll(ids[None], k)[0])
             for pos in reversed(range(len(ex.prefix), len(ex.prefix) + len(ex.context))):
@@ -49,7 +50,7 @@ class SweepAttack(AttackPlugin):
                 nll = scorer.swap_nll(ids, batch, k)  # exact, batched, reusing the unchanged prefix
                 if float(nll.max()) > best:
                     best, ids = float(nll.max()), batch[int(nll.argmax())]
-            ctx.records.append(example_record(ex.id, before, best, cfg.threshold, queries=scorer.queries))
+            ctx.records.append(example_record(ex.id, before, best, cfg.threshold, **scorer.budget.as_record()))
         return summarize(ctx.records.records, cfg.threshold)
 
 
