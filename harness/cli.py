@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import HarnessError
+from .logs import configure_logging
 
 # Wide enough for tables when the output is a file or a pipe (rich would otherwise assume 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="harness", description="Robustness benchmark harness for causal LMs.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log more, show the libraries' warnings (transformers, lm-eval), and show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help, add_arguments, handler) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=help)
@@ -122,10 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logger = logging.getLogger("harness")  # only our logger: libraries keep their own handlers (no duplicates)
-    if not logger.handlers:
-        logger.addHandler(logging.StreamHandler())
-    logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    configure_logging(args.verbose)
     try:
         return args.handler(args)
     except HarnessError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import HarnessError
 from .stage import Stage
 from .store import stable_hash
 from .suite import Entry, Suite
@@ -34,6 +35,13 @@ def _stage_id(section: str, entry: str, model: str | None, seed: int, seeded: bo
     return "/".join(parts)
 
 
+def start_model(entry: Entry) -> str:
+    """The model entry a train entry starts from (``load_suite`` has checked that it names one)."""
+    if entry.model is None:
+        raise HarnessError(f"{entry.section}.{entry.name}: no `model:` to train from; fix: add `model: <model entry>`")
+    return entry.model
+
+
 def build_graph(suite: Suite) -> Graph:
     stages: list[Stage] = []
     identity: dict[tuple[str, int], dict[str, Any]] = {}
@@ -48,7 +56,7 @@ def build_graph(suite: Suite) -> Graph:
                 seed_dependent[model] = False
             else:
                 t = suite.train[entry.from_train]
-                seed_dependent[model] = t.plugin.cls.seeded or model_seeded(t.model)  # type: ignore[arg-type]
+                seed_dependent[model] = t.plugin.cls.seeded or model_seeded(start_model(t))
         return seed_dependent[model]
 
     def model_key(model: str, seed: int) -> dict[str, Any]:
@@ -69,14 +77,15 @@ def build_graph(suite: Suite) -> Graph:
 
     def train_for(name: str, seed: int) -> Stage:
         entry = suite.train[name]
-        seeded = entry.plugin.cls.seeded or model_seeded(entry.model)  # type: ignore[arg-type]
+        start = start_model(entry)
+        seeded = entry.plugin.cls.seeded or model_seeded(start)
         seed_key = seed if seeded else suite.seeds[0]
         if (name, seed_key) in train_stage:
             return train_stage[(name, seed_key)]
-        base = model_key(entry.model, seed_key)  # type: ignore[arg-type]
-        deps = [source[(entry.model, seed_key)]] if source.get((entry.model, seed_key)) else []  # type: ignore[index]
+        base = model_key(start, seed_key)
+        made_by = source.get((start, seed_key))  # the stage that trains the starting model, if any
         stage = Stage(_stage_id("train", name, None, seed_key, seeded), "train", name, entry.plugin.name,
-                      entry.model, seed_key, seeded, [d for d in deps if d])  # type: ignore[arg-type]
+                      start, seed_key, seeded, [made_by] if made_by else [])
         stage.produces = [m for m, e in suite.models.items() if e.from_train == name]
         stage.key = stable_hash({"plugin": entry.plugin.name, "version": entry.plugin.cls.version,
                                  "config": entry.config.model_dump(mode="json"), "model": base,

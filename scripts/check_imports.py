@@ -72,12 +72,17 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one module (Tarjan), each as a cycle through them."""
+    """One cycle through each group of modules that import each other (see :func:`components`)."""
+    return [_cycle_through(graph, component) for component in components(graph)]
+
+
+def components(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted: the import circles."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
     on_stack: set[str] = set()
-    components: list[list[str]] = []
+    found: list[list[str]] = []
     counter = [0]
 
     def visit(root: str) -> None:  # iterative: no recursion limit on long chains
@@ -112,12 +117,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
                     if member == node:
                         break
                 if len(component) > 1:
-                    components.append(sorted(component))
+                    found.append(sorted(component))
 
     for module in sorted(graph):
         if module not in index:
             visit(module)
-    return [_cycle_through(graph, component) for component in sorted(components)]
+    return sorted(found)
 
 
 def _cycle_through(graph: dict[str, set[str]], component: list[str]) -> list[str]:

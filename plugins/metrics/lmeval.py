@@ -182,9 +182,12 @@ class LMEval(MetricPlugin[LMEvalConfig]):
 
         task_manager = make_task_manager(cfg.tasks, [LOCAL_TASKS, *cfg.include_path])
         ctx.log(f"lm-eval tasks {', '.join(cfg.tasks)} (batch size {cfg.batch_size}, limit {cfg.limit})")
-        # lm-eval draws tqdm bars on stderr; without a terminal (or with --no-progress) they are only noise.
-        quiet = ctx.show_progress is False or (ctx.show_progress is None and not sys.stderr.isatty())
-        with preserved_state(model), quiet_lm_eval(), (hidden_stderr() if quiet else nullcontext()):
+        # lm-eval draws tqdm bars on stderr; without a terminal (or with --no-progress) they are only noise. Its
+        # warnings are the command line's to show or not (`harness -v`, see harness.logs): when its logger passes
+        # them, stderr stays open for them.
+        no_bars = ctx.show_progress is False or (ctx.show_progress is None and not sys.stderr.isatty())
+        quiet = no_bars and not logging.getLogger("lm_eval").isEnabledFor(logging.WARNING)
+        with preserved_state(model), (hidden_stderr() if quiet else nullcontext()):
             # A copy of the tokenizer: HFLM may add a pad token to it, and other stages share the original.
             lm = HFLM(pretrained=model.model, tokenizer=copy.deepcopy(model.tokenizer), batch_size=cfg.batch_size,
                       max_length=model.max_length)
@@ -280,18 +283,6 @@ def preserved_state(model: LoadedModel) -> Iterator[None]:
 def hidden_stderr() -> Iterator[None]:
     with open(os.devnull, "w") as devnull, redirect_stderr(devnull):
         yield
-
-
-@contextmanager
-def quiet_lm_eval() -> Iterator[None]:
-    """lm-eval logs a page of warnings per task (custom datasets, default aggregations); keep errors only."""
-    logger = logging.getLogger("lm_eval")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _number(value: Any) -> float | None:
