@@ -50,7 +50,9 @@ def test_research_suites_compare_like_with_like():
         shared = ("data", "val_data", "seq_len", "micro_batch", "grad_accum", "steps", "val_blocks")
         for model in report["compare"]:
             entry = train[suite["models"][model]["from_train"]]
-            assert entry["plugin"] == "monotonic" and entry["model"] == start
+            # a monotonic arm or its control (the same |W0| start unconstrained, or the baseline with FFN noise)
+            assert entry["plugin"] == "monotonic" or entry.get("ffn_noise", 0) > 0, model
+            assert entry["model"] == start
             assert {k: entry[k] for k in shared} == {k: train[base][k] for k in shared}, model
         # every attack runs on the baseline and every compared model, its control on the same ones
         for name, attack in suite["attacks"].items():
@@ -59,10 +61,18 @@ def test_research_suites_compare_like_with_like():
             k: v for k, v in suite["attacks"]["hotflip"].items() if k != "models"}
         assert suite["attacks"]["random_uat"]["uat"] == {
             k: v for k, v in suite["attacks"]["uat"].items() if k != "models"}
-    inits = {pythia["train"][pythia["models"][m]["from_train"]]["init"] for m in pythia["report"]["compare"]}
-    assert inits == {"abs", "shift"}
+    # issue 15's arms in both suites: published abs + softplus, shift + project, (GPT-NeoX only: + monotone
+    # activation; a gated FFN is not monotone), and the two controls
+    for suite, arms in ((pythia, {("abs", "softplus", "original"), ("shift", "project", "original"),
+                                  ("shift", "project", "monotone"), ("abs", "none", "original")}),
+                        (smol, {("abs", "softplus", "original"), ("shift", "project", "original"),
+                                ("abs", "none", "original")})):
+        entries = [suite["train"][suite["models"][m]["from_train"]] for m in suite["report"]["compare"]]
+        assert {(e["init"], e.get("constraint", "softplus"), e.get("activation", "original"))
+                for e in entries if e["plugin"] == "monotonic"} == arms
+        assert sum(e.get("ffn_noise", 0) > 0 for e in entries) == 1
     mono = smol["train"][smol["models"]["monotonic"]["from_train"]]
-    assert (mono["variant"], mono["init"]) == ("gated_updown", "abs")  # shift is refused under RMSNorm
+    assert (mono["variant"], mono["init"]) == ("gated_updown", "abs")  # the published recipe
 
 
 MINI_SUITE = """

@@ -445,6 +445,7 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
             change = group_change(initial, effective_weights(trained)) if initial is not None else None
             summary["weight_change"] = change["relative"] if change else None
             summary["weight_change_norm"] = change["absolute"] if change else None
+            initial_path.unlink(missing_ok=True)  # a full copy of the weights: only a resume needs it
         if procs.is_main:
             provenance["training"] = {
                 "trainer": self.name, "version": self.version, "config": cfg.model_dump(mode="json"),
