@@ -42,6 +42,15 @@ metrics:
 """
 
 
+@pytest.fixture(autouse=True)
+def fresh_cli_logger(monkeypatch):
+    """`main()` gives the harness logger a handler bound to the stderr of the test that first called it; a later
+    test's captured stderr is another stream."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("harness"), "handlers", [])
+
+
 def one_line_error(capsys, *argv: str) -> str:
     """Run the CLI in-process; assert exit 2 and exactly one line on stderr, return it."""
     rc = main(list(argv))

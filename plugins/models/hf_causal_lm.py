@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import model_validator
 
 from harness import (HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, WeightsSource, cached_locally,
                      hookimpl, hub_reachable, offline_mode)
@@ -28,6 +29,17 @@ class HFCausalLMConfig(PluginConfig):
     trust_remote_code: bool = False
     #: A GGUF file inside ``path`` (dequantised to ``dtype`` on load; GGUF holds no code, like safetensors).
     gguf_file: str | None = None
+
+    @model_validator(mode="after")
+    def _local_checkpoint_is_loadable(self) -> HFCausalLMConfig:
+        """A local checkpoint's files are checked when the suite is validated (cheap: no weights are read)."""
+        ref = Path(os.path.expanduser(self.path))
+        if not self.gguf_file and ref.is_dir():
+            try:
+                check_local_checkpoint(ref, str(ref), self)
+            except HarnessError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
 
 def _offline_help(ref: str) -> str:
