@@ -251,6 +251,11 @@ def test_sigterm_during_perplexity_exits_3_and_resume_is_identical(tmp_path):
         if records.exists() and len(records.read_bytes().splitlines()) >= 3:
             break
         time.sleep(0.05)
+    # A second run on the same directory meanwhile is refused in one line naming the first one's pid.
+    second = subprocess.run([*HARNESS, "run", str(path), "--out", str(run_dir), "--no-progress"],
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 2 and f"in use by pid {proc.pid} on host {socket.gethostname()}" in second.stderr
+    assert len([ln for ln in second.stderr.splitlines() if ln.strip()]) == 1, second.stderr
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 3, err
@@ -266,6 +271,24 @@ def test_sigterm_during_perplexity_exits_3_and_resume_is_identical(tmp_path):
     want = read_json(fresh_dir / "stages/metrics/ppl/tiny/result.json")["metrics"]
     assert got == want
     assert read_records(records)[0] == read_records(fresh_dir / "stages/metrics/ppl/tiny/records.jsonl")[0]
+
+
+def test_lm_eval_batches_poll_the_stop_flag():
+    from types import SimpleNamespace
+
+    from harness.context import StagePreempted
+    from harness_plugins.metrics.lmeval import poll_stop
+
+    calls = []
+    lm = SimpleNamespace(_model_call=lambda *a: calls.append(a) or "logits", _model_generate=lambda *a: "text")
+    ctx = SimpleNamespace(should_stop=False, stage=SimpleNamespace(id="metrics/lm/tiny"))
+    poll_stop(lm, ctx)
+    assert lm._model_call(1) == "logits" and lm._model_generate(2) == "text" and calls == [(1,)]
+    ctx.should_stop = True
+    for call in (lm._model_call, lm._model_generate):
+        with pytest.raises(StagePreempted):
+            call(3)
+    assert calls == [(1,)]
 
 
 def test_stop_between_stages_is_preempted_and_second_signal_stops_at_once(tmp_path, monkeypatch):
