@@ -236,8 +236,8 @@ def test_damaged_training_snapshot_meta_falls_back_to_the_older_one(tmp_path, ca
 
 
 # -- stopping -----------------------------------------------------------------------------------------------------
-LONG = SUITE.replace("limit: 6", "limit: 60").replace("chunk_documents: 2", "chunk_documents: 1").replace(
-    "max_length: 64", "max_length: 256")
+LONG = SUITE.replace("limit: 6", "limit: 24").replace("chunk_documents: 2", "chunk_documents: 1").replace(
+    "max_length: 64", "max_length: 128")
 
 
 def test_sigterm_during_perplexity_exits_3_and_resume_is_identical(tmp_path):
@@ -261,7 +261,7 @@ def test_sigterm_during_perplexity_exits_3_and_resume_is_identical(tmp_path):
     assert proc.returncode == 3, err
     assert "preempted" in err and not (run_dir / "stages/metrics/ppl/tiny/done.json").exists()
     n_before = len(read_records(records)[0])
-    assert 3 <= n_before < 60
+    assert 3 <= n_before < 24
     resumed = subprocess.run([*HARNESS, "run", str(path), "--out", str(run_dir), "--no-progress"],
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
@@ -446,6 +446,22 @@ def test_directory_and_oversized_suite_are_one_line(tmp_path, capsys):
     started = time.monotonic()
     line = one_line_error(capsys, "validate", str(big))
     assert "1,048,576-byte limit" in line and time.monotonic() - started < 30
+
+
+def test_preflight_refuses_a_stage_whose_planned_memory_exceeds_the_machine(tmp_path):
+    from harness.preflight import run_preflight
+
+    path = write_suite(tmp_path, """
+        models:
+          tiny: {plugin: pythia_tiny}
+        train:
+          monotonic: {model: tiny, data: {dataset: json, data_files: @DATA@/train.jsonl, limit: 20}, seq_len: 64,
+                      micro_batch: 1000000000000, steps: 2}
+        """)
+    suite = load_suite(path, output_dir=tmp_path / "run")
+    with pytest.raises(HarnessError) as err:
+        run_preflight(suite, tmp_path / "run")
+    assert "peak memory" in str(err.value) and "--skip-preflight" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_lm_eval_task_dir_that_imports_code_needs_trust_code(tmp_path, capsys):
