@@ -170,8 +170,8 @@ class RunDir:
         if done is None or done["key"] != key:
             return StageState("incomplete", damage="done.json damaged" if (sdir / "done.json").exists()
                               and done is None else "")
-        if self.marker_key(stage_id) != key:
-            return StageState("incomplete", damage="stage.json missing or damaged")
+        if (sdir / "stage.json").exists() and self.marker_key(stage_id) != key:
+            return StageState("incomplete", damage="stage.json damaged")
         result = self.result(stage_id)
         if result is None:
             return StageState("incomplete", damage="result.json missing or damaged")
@@ -183,6 +183,22 @@ class RunDir:
 
     def is_done(self, stage_id: str, key: str) -> bool:
         return self.state(stage_id, key).status == "done"
+
+    def resolved(self) -> dict[str, Any]:
+        """``config.resolved.json`` (the run's suite and planned stages), keeping only well-formed stage entries; when
+        the file is damaged, the stages their own ``stage.json`` markers describe. Raises only when this is not a
+        run directory at all."""
+        path = self.root / "config.resolved.json"
+        if not path.exists():
+            raise HarnessError(f"{self.root}: no config.resolved.json, so this is not a harness run directory; fix: "
+                               "pass the directory that `harness run` or `harness slurm submit` printed (or its --out)")
+        data = read_json_object(path, {"stages": list}, "the stages are read from their own stage.json markers")
+        if data is None:
+            data = {"stages": self.stage_markers()}
+        good = [st for st in data["stages"] if _stage_entry(st)]
+        if len(good) != len(data["stages"]):
+            warn_damaged(path, f"{len(data['stages']) - len(good)} malformed stage entr(ies)", "they are left out")
+        return {**data, "stages": good}
 
     def stage_markers(self) -> list[dict[str, Any]]:
         """The stages as their own ``stage.json`` markers describe them (when ``config.resolved.json`` is damaged)."""
@@ -217,6 +233,13 @@ class RunDir:
             locks.mkdir(exist_ok=True)
             with _locked(self.inside(locks / f"{flat}.lock"), shared=False, what=f"stage {stage_id} of {self.root}"):
                 yield
+
+
+def _stage_entry(st: Any) -> bool:
+    """A stage entry as ``Stage.as_dict`` writes it, with an id that stays inside the run."""
+    return (isinstance(st, dict) and isinstance(st.get("id"), str) and isinstance(st.get("key"), str)
+            and isinstance(st.get("deps", []), list) and ".." not in st["id"].split("/")
+            and not st["id"].startswith("/"))
 
 
 def _holder() -> dict[str, Any]:

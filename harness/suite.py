@@ -133,7 +133,7 @@ def check_name(name: Any, path: Path, key: str, what: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
         key = key if len(key) <= 80 else key[:77] + "..."
-        raise ConfigError(path, key, f"invalid {what} name {shown} ({NAME_RULE})", f"rename it, e.g. `my_{what}`")
+        raise ConfigError(path, key, f"{what} name must be {NAME_RULE}, got {shown}", f"rename it, e.g. `my_{what}`")
     return name
 
 
@@ -265,7 +265,7 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
     if (not isinstance(seeds, list) or not seeds
             or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < MAX_SEED for s in seeds)):
         shown = repr(seeds) if len(repr(seeds)) <= 80 else repr(seeds)[:77] + "..."
-        raise ConfigError(path, "seeds", f"expected a non-empty list of integers from 0 to 2**63-1, got {shown}",
+        raise ConfigError(path, "seeds", f"expected a non-empty list of non-negative integers below 2**63, got {shown}",
                           "write `seeds: [42, 1337]`")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(path, "seeds", f"duplicate seeds in {seeds}", "list each seed once")

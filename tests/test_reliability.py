@@ -42,6 +42,15 @@ metrics:
 """
 
 
+@pytest.fixture(autouse=True)
+def fresh_cli_logger(monkeypatch):
+    """`main()` gives the harness logger a handler bound to the stderr of the test that first called it; a later
+    test's captured stderr is another stream."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("harness"), "handlers", [])
+
+
 def one_line_error(capsys, *argv: str) -> str:
     """Run the CLI in-process; assert exit 2 and exactly one line on stderr, return it."""
     rc = main(list(argv))
@@ -227,8 +236,8 @@ def test_damaged_training_snapshot_meta_falls_back_to_the_older_one(tmp_path, ca
 
 
 # -- stopping -----------------------------------------------------------------------------------------------------
-LONG = SUITE.replace("limit: 6", "limit: 60").replace("chunk_documents: 2", "chunk_documents: 1").replace(
-    "max_length: 64", "max_length: 256")
+LONG = SUITE.replace("limit: 6", "limit: 24").replace("chunk_documents: 2", "chunk_documents: 1").replace(
+    "max_length: 64", "max_length: 128")
 
 
 def test_sigterm_during_perplexity_exits_3_and_resume_is_identical(tmp_path):
@@ -242,12 +251,17 @@ def test_sigterm_during_perplexity_exits_3_and_resume_is_identical(tmp_path):
         if records.exists() and len(records.read_bytes().splitlines()) >= 3:
             break
         time.sleep(0.05)
+    # A second run on the same directory meanwhile is refused in one line naming the first one's pid.
+    second = subprocess.run([*HARNESS, "run", str(path), "--out", str(run_dir), "--no-progress"],
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 2 and f"in use by pid {proc.pid} on host {socket.gethostname()}" in second.stderr
+    assert len([ln for ln in second.stderr.splitlines() if ln.strip()]) == 1, second.stderr
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 3, err
     assert "preempted" in err and not (run_dir / "stages/metrics/ppl/tiny/done.json").exists()
     n_before = len(read_records(records)[0])
-    assert 3 <= n_before < 60
+    assert 3 <= n_before < 24
     resumed = subprocess.run([*HARNESS, "run", str(path), "--out", str(run_dir), "--no-progress"],
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
@@ -257,6 +271,24 @@ def test_sigterm_during_perplexity_exits_3_and_resume_is_identical(tmp_path):
     want = read_json(fresh_dir / "stages/metrics/ppl/tiny/result.json")["metrics"]
     assert got == want
     assert read_records(records)[0] == read_records(fresh_dir / "stages/metrics/ppl/tiny/records.jsonl")[0]
+
+
+def test_lm_eval_batches_poll_the_stop_flag():
+    from types import SimpleNamespace
+
+    from harness.context import StagePreempted
+    from harness_plugins.metrics.lmeval import poll_stop
+
+    calls = []
+    lm = SimpleNamespace(_model_call=lambda *a: calls.append(a) or "logits", _model_generate=lambda *a: "text")
+    ctx = SimpleNamespace(should_stop=False, stage=SimpleNamespace(id="metrics/lm/tiny"))
+    poll_stop(lm, ctx)
+    assert lm._model_call(1) == "logits" and lm._model_generate(2) == "text" and calls == [(1,)]
+    ctx.should_stop = True
+    for call in (lm._model_call, lm._model_generate):
+        with pytest.raises(StagePreempted):
+            call(3)
+    assert calls == [(1,)]
 
 
 def test_stop_between_stages_is_preempted_and_second_signal_stops_at_once(tmp_path, monkeypatch):
@@ -414,6 +446,22 @@ def test_directory_and_oversized_suite_are_one_line(tmp_path, capsys):
     started = time.monotonic()
     line = one_line_error(capsys, "validate", str(big))
     assert "1,048,576-byte limit" in line and time.monotonic() - started < 30
+
+
+def test_preflight_refuses_a_stage_whose_planned_memory_exceeds_the_machine(tmp_path):
+    from harness.preflight import run_preflight
+
+    path = write_suite(tmp_path, """
+        models:
+          tiny: {plugin: pythia_tiny}
+        train:
+          monotonic: {model: tiny, data: {dataset: json, data_files: @DATA@/train.jsonl, limit: 20}, seq_len: 64,
+                      micro_batch: 1000000000000, steps: 2}
+        """)
+    suite = load_suite(path, output_dir=tmp_path / "run")
+    with pytest.raises(HarnessError) as err:
+        run_preflight(suite, tmp_path / "run")
+    assert "peak memory" in str(err.value) and "--skip-preflight" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_lm_eval_task_dir_that_imports_code_needs_trust_code(tmp_path, capsys):

@@ -94,14 +94,8 @@ def load_run(run_dir: str | Path, config: ReportConfig | None = None) -> RunData
     """Everything the report needs from ``run_dir``; ``config`` defaults to the suite's ``report:`` of that run."""
     run_dir = Path(run_dir).resolve()
     resolved_path = run_dir / "config.resolved.json"
-    if not resolved_path.exists():
-        raise HarnessError(f"{run_dir}: no config.resolved.json, so this is not a harness run directory; fix: pass "
-                           "the directory that `harness run` printed (or its --out)")
     rundir = RunDir(run_dir)
-    resolved = read_json_object(resolved_path, {"stages": list},
-                                "the stages are read from their own stage.json markers instead")
-    if resolved is None:
-        resolved = {"stages": rundir.stage_markers()}
+    resolved = rundir.resolved()
     suite = resolved.get("suite") if isinstance(resolved.get("suite"), dict) else {}
     if config is None:
         from pydantic import ValidationError
@@ -114,18 +108,10 @@ def load_run(run_dir: str | Path, config: ReportConfig | None = None) -> RunData
             raise validation_error_line(exc, resolved_path, "suite.report", "report", ReportConfig) from None
     stages = []
     for st in resolved["stages"]:
-        if not isinstance(st, dict) or not all(isinstance(st.get(k), str) for k in
-                                               ("id", "section", "entry", "plugin", "model", "key")):
-            warn_damaged(resolved_path, f"a stage entry is malformed ({str(st)[:60]})", "that stage is left out")
-            continue
-        try:
-            sdir = rundir.stage_dir(st["id"])
-        except HarnessError as exc:
-            warn_damaged(resolved_path, str(exc), "that stage is left out")
-            continue
+        sdir = rundir.stage_dir(st["id"])
         state = rundir.state(st["id"], st["key"])
-        stages.append(StageData(id=st["id"], section=st["section"], entry=st["entry"], plugin=st["plugin"],
-                                model=st["model"], seed=st.get("seed"), key=st["key"], deps=st.get("deps", []),
+        named = {k: st[k] if isinstance(st.get(k), str) else "?" for k in ("section", "entry", "plugin", "model")}
+        stages.append(StageData(id=st["id"], **named, seed=st.get("seed"), key=st["key"], deps=st.get("deps", []),
                                 dir=sdir, status=f"damaged: {state.damage}" if state.damage else state.status,
                                 result=state.result))
     environment = read_json_object(run_dir / "environment.json") or {}

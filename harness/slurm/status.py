@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HarnessError
-from ..rundir import RunDir, read_json_object, read_records
+from ..rundir import RunDir, read_records
 from . import scheduler
 from .plan import flat
 from .submit import read_record
@@ -45,15 +45,8 @@ def _attempts(run_dir: Path, stage_id: str) -> list[dict[str, Any]]:
 
 def run_status(run_dir: Path, query_slurm: bool = True) -> list[StageStatus]:
     run_dir = Path(run_dir).resolve()
-    config = run_dir / "config.resolved.json"
-    if not config.exists():
-        raise HarnessError(f"{run_dir}: not a run directory (no config.resolved.json); fix: give the directory "
-                           "`harness run` or `harness slurm submit` printed")
     rundir = RunDir(run_dir)
-    resolved = read_json_object(config, {"stages": list}, "the stages are read from their own stage.json markers")
-    stages = [st for st in (resolved or {"stages": rundir.stage_markers()})["stages"]
-              if isinstance(st, dict) and isinstance(st.get("id"), str) and isinstance(st.get("key"), str)
-              and isinstance(st.get("deps", []), list)]
+    stages = rundir.resolved()["stages"]
     record = read_record(run_dir)
     refs = [info["job"] for info in record["stages"].values()]
     if record.get("report"):
@@ -71,11 +64,7 @@ def run_status(run_dir: Path, query_slurm: bool = True) -> list[StageStatus]:
     rows: dict[str, StageStatus] = {}
     for stage in stages:  # graph order: inputs come first
         sid = stage["id"]
-        try:
-            sdir = rundir.stage_dir(sid)
-        except HarnessError as exc:
-            rows[sid] = StageStatus(sid, "unknown", detail=str(exc))
-            continue
+        sdir = rundir.stage_dir(sid)
         info = record["stages"].get(sid) or {}
         job = info.get("job", "")
         log = _log_of(run_dir, info)

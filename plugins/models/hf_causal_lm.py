@@ -65,6 +65,17 @@ class HFCausalLMConfig(PluginConfig):
             data.pop("random_init", None)
         return data
 
+    @model_validator(mode="after")
+    def _local_checkpoint_is_loadable(self) -> HFCausalLMConfig:
+        """A local checkpoint's files are checked when the suite is validated (cheap: no weights are read)."""
+        ref = Path(os.path.expanduser(self.path))
+        if not self.gguf_file and ref.is_dir():
+            try:
+                check_local_checkpoint(ref, str(ref), self)
+            except HarnessError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
 
 def _offline_help(ref: str) -> str:
     return (f"to run offline, download it where the hub is reachable (`huggingface-cli download {ref}` on a login "
