@@ -15,9 +15,11 @@ def _args(p: argparse.ArgumentParser) -> None:
 @command("report", "aggregate a run directory into final_results.json, Table 7 (LaTeX/Markdown), plots and an "
          "HTML report; works on partial runs", _args)
 def cmd_report(args: argparse.Namespace) -> int:
+    from .plugins import load_registry
     from .report import build_report
 
-    report = build_report(args.run_dir)
+    # Results written before plugins' declared metrics were recorded get them from the installed plugin classes.
+    report = build_report(args.run_dir, plugins=load_registry().plugin_class)
     console.print(report.summary, highlight=False, markup=False)
     for name, path in report.files.items():
         err_console.print(f"{name:>26}  {path}", highlight=False)

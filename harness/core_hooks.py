@@ -16,4 +16,7 @@ def harness_run_finished(run_dir: Path, suite: Any, stages: list[Any]) -> None:
     (``harness report RUN_DIR`` redoes it)."""
     from .report import build_report
 
-    build_report(run_dir, suite.report)
+    # The suite's own plugin classes declare the metrics of stages cached from before declarations were recorded.
+    classes = {(entry.section, entry.plugin.name): entry.plugin.cls
+               for section in ("train", "metrics", "attacks") for entry in suite.section(section).values()}
+    build_report(run_dir, suite.report, plugins=lambda section, name: classes.get((section, name)))

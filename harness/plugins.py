@@ -10,7 +10,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .api import KINDS, Plugin
+from .api import KINDS, SECTIONS, Plugin
 from .errors import HarnessError, did_you_mean
 
 ENTRY_POINT_GROUP = "harness"
@@ -70,6 +70,12 @@ class Registry:
 
     def all(self) -> list[PluginInfo]:
         return [info for kind in KINDS for _, info in sorted(self._by_kind[kind].items())]
+
+    def plugin_class(self, section: str, name: str) -> type[Plugin] | None:
+        """The class of plugin ``name`` for entries of suite ``section``, or None when it is not installed (how the
+        report finds the declared metrics of results that do not record them)."""
+        kind = SECTIONS.get(section)
+        return self._by_kind[kind][name].cls if kind in self._by_kind and name in self._by_kind[kind] else None
 
     def get(self, kind: str, name: str) -> PluginInfo:
         try:

@@ -83,10 +83,12 @@ class Run:
     """One research run: its final_results.json plus what the harness's aggregation code derives from it."""
 
     def __init__(self, name: str, run_dir: Path) -> None:
+        from harness.plugins import load_registry
         from harness.report import build_report
 
         self.name, self.dir = name, run_dir
-        build_report(run_dir)  # `harness report RUN_DIR`: final_results.json, table7.md, plots/
+        # `harness report RUN_DIR`: final_results.json, table7.md, plots/
+        build_report(run_dir, plugins=load_registry().plugin_class)
         self.results = json.loads((run_dir / "final_results.json").read_text())
         self.suite = self.results.get("report_config", {})
         resolved = json.loads((run_dir / "config.resolved.json").read_text())
@@ -108,7 +110,9 @@ class Run:
         from harness.report.verdicts import indicators
 
         config = ReportConfig.model_validate({**self.suite, "attack_metric": attack_metric})
-        return indicators(aggregate(load_run(self.dir, config)))
+        from harness.plugins import load_registry
+
+        return indicators(aggregate(load_run(self.dir, config), load_registry().plugin_class))
 
     @property
     def complete(self) -> bool:
@@ -594,12 +598,13 @@ def suite_section(name: str, title: str, numbers: dict[str, Any] | None, run: Ru
 def rerun_numbers(name: str, runs_dir: Path, main: dict[str, Any] | None) -> dict[str, Any] | None:
     """An independent rerun (``RESEARCH_OUT=runs/research_<name>_rerun scripts/research_run.sh <name>``): its wall time,
     and how far its Table 7 is from the main run's (the same suite and seeds should give the same numbers)."""
+    from harness.plugins import load_registry
     from harness.report import build_report
 
     run_dir = runs_dir / f"research_{name}_rerun"
     if main is None or not (run_dir / "config.resolved.json").exists():
         return None
-    build_report(run_dir)
+    build_report(run_dir, plugins=load_registry().plugin_class)
     results = json.loads((run_dir / "final_results.json").read_text())
     main_cells = {(r["model"], c["entry"], c["metric"]): c.get("mean") for r in main["table7"]["rows"]
                   for c in r["cells"]}

@@ -20,6 +20,7 @@ from harness.cli import main as cli_main
 from harness.report import build_report
 from harness.api import describe
 from harness.attacks import ATTACK_METRICS
+from harness.plugins import load_registry
 from harness.report.verdicts import verdict
 from harness.report.stats import (across_seeds_bootstrap, bootstrap_examples, example_columns, mean_std,
                                   percentile_interval, rng_for)
@@ -77,10 +78,17 @@ PAPER_REPORT = {
 }
 
 
+def recorded_declarations(section: str, plugin: str) -> list[dict]:
+    """What the runner records in a result: the plugin's declared metrics (here with default options)."""
+    cls = load_registry().plugin_class(section, plugin)
+    return [s.as_dict() for s in cls(cls.Config.model_construct()).declared_metrics()]
+
+
 def make_run(root: Path, *, not_started=(), incomplete=(), stale=(), report: dict | None = None,
-             control: bool = False) -> tuple[Path, dict]:
+             control: bool = False, record_declarations: bool = True) -> tuple[Path, dict]:
     """A run of 2 models x 3 seeds: training, perplexity, HotFlip, UAT and a transfer row (``control``: and HotFlip's
-    random control). Returns the run directory and the metrics written, by stage id."""
+    random control). Returns the run directory and the metrics written, by stage id. ``record_declarations=False``:
+    results as written before the runner recorded the plugins' declared metrics."""
     rng = np.random.default_rng(7)
     stages, written = [], {}
 
@@ -97,8 +105,9 @@ def make_run(root: Path, *, not_started=(), incomplete=(), stale=(), report: dic
                 f.write(json.dumps(r) + "\n")
         if stage_id in incomplete:
             return
+        declared = {"declared_metrics": recorded_declarations(section, plugin)} if record_declarations else {}
         atomic_write_json(sdir / "result.json", {"stage": info, "config": {}, "model_info": {}, "metrics": metrics,
-                                                 "duration_s": 1.0, **(extra or {})})
+                                                 "duration_s": 1.0, **declared, **(extra or {})})
         atomic_write_json(sdir / "done.json", {"key": "an-older-key" if stage_id in stale else info["key"]})
         written[stage_id] = metrics
 
@@ -493,3 +502,18 @@ def test_a_metric_an_attack_does_not_report_is_not_shown_as_missing(tmp_path):
     assert "n/a" in line and "--" not in line
     assert "n/a: the stage finished but reported no value for this metric." in report.summary
     assert "--: the stage did not finish" not in report.summary
+
+
+def test_results_without_recorded_declarations_get_them_from_the_plugin_classes(tmp_path):
+    """A run written before results recorded their declared metrics: with the installed plugin classes the report
+    is the same as if they had been recorded; without them, the numbers are shown undeclared, with a note."""
+    new, _ = make_run(tmp_path / "new")
+    old, _ = make_run(tmp_path / "old", record_declarations=False)
+    recorded = build_report(new).results
+    resolved = build_report(old, plugins=load_registry().plugin_class).results
+    for key in ("results", "table7", "attacks", "indicators", "warnings"):
+        assert json.dumps(resolved[key]).replace(str(old), "") == json.dumps(recorded[key]).replace(str(new), "")
+    bare = build_report(old).results
+    assert bare["attacks"]["columns"] == [] and any("record no declarations" in n for n in bare["notes"])
+    ppl = group(bare, "perplexity", "base")["per_seed"]["unseeded"]
+    assert ppl["metrics"]["perplexity"] and not ppl["ci95"]  # no declaration, no example-level interval claimed

@@ -17,6 +17,7 @@ from ..store import atomic_write_json, atomic_write_text
 from .config import ReportConfig
 from .aggregate import aggregate, attack_table, table7
 from .collect import RunData, load_run
+from .declared import PluginResolver
 from .html import report_html
 from .plots import make_plots, transfer_matrix
 from .tables import latex_table7, markdown_table7, summary_text
@@ -47,10 +48,12 @@ def _stage_rows(run: RunData) -> list[dict[str, Any]]:
     return rows
 
 
-def build_report(run_dir: str | Path, config: ReportConfig | None = None) -> Report:
-    """Aggregate ``run_dir`` and write every report file; ``config`` defaults to the run's own ``report:``."""
+def build_report(run_dir: str | Path, config: ReportConfig | None = None,
+                 plugins: PluginResolver | None = None) -> Report:
+    """Aggregate ``run_dir`` and write every report file; ``config`` defaults to the run's own ``report:``;
+    ``plugins`` gives the declared metrics of results that do not record them (e.g. ``Registry.plugin_class``)."""
     run = load_run(run_dir, config)
-    agg = aggregate(run)
+    agg = aggregate(run, plugins)
     table = table7(agg)
     attacks = attack_table(agg)
     checks = indicators(agg)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..api import MetricSpec
 from .collect import RunData, StageData
-from .declared import declared_specs, describe, missing_declared, undeclared
+from .declared import PluginResolver, declared_specs, describe, missing_declared, undeclared
 from .stats import (across_seeds_bootstrap, bootstrap_examples, example_columns, mean_std, percentile_interval,
                     reproduces, rng_for)
 
@@ -154,6 +154,8 @@ class Aggregate:
     warnings: list[str] = field(default_factory=list)
     #: One line per plugin whose result holds numbers it did not declare (shown in "all metrics" only).
     notes: list[str] = field(default_factory=list)
+    #: Where declarations not recorded in a result come from (the plugin classes).
+    plugins: PluginResolver | None = None
 
     def find(self, entry: str | None, model: str, sections: tuple[str, ...] = ("metrics", "attacks")) -> Group | None:
         if entry is None:
@@ -167,7 +169,8 @@ class Aggregate:
         return [g for g in self.groups if g.section in ("metrics", "attacks")]
 
 
-def declarations(groups: list[Group], thresholds: list[float]) -> tuple[list[str], list[str]]:
+def declarations(groups: list[Group], thresholds: list[float],
+                 plugins: PluginResolver | None) -> tuple[list[str], list[str]]:
     """Each group's declared metrics (from its first finished stage), and the lines about results that lack a
     declared metric (warnings) or hold undeclared numbers (notes), one per plugin and key."""
     missing: dict[tuple[str, str], list[str]] = {}
@@ -177,7 +180,7 @@ def declarations(groups: list[Group], thresholds: list[float]) -> tuple[list[str
         done = g.done
         if not done:
             continue
-        g.specs = declared_specs(done[0])
+        g.specs = declared_specs(done[0], plugins)
         if g.specs is None:
             if g.plugin not in unknown:
                 unknown.append(g.plugin)
@@ -194,17 +197,19 @@ def declarations(groups: list[Group], thresholds: list[float]) -> tuple[list[str
                 for (plugin, key), ids in missing.items()]
     notes = [f"plugin '{plugin}' reports numbers it does not declare: {', '.join(keys)} (shown under all metrics "
              "only, without example-level intervals)" for plugin, keys in extra.items() if keys]
-    notes += [f"plugin '{plugin}' is not installed here and its results record no declarations: its numbers are "
-              "shown under all metrics only" for plugin in unknown]
+    notes += [f"plugin '{plugin}': its results record no declarations and its class is not installed here: its "
+              "numbers are shown under all metrics only" for plugin in unknown]
     return warnings, notes
 
 
-def aggregate(run: RunData) -> Aggregate:
+def aggregate(run: RunData, plugins: PluginResolver | None = None) -> Aggregate:
+    """Every group's metrics; ``plugins`` gives the declarations of results that do not record them (written
+    before declarations were recorded)."""
     groups = build_groups(run)
-    warnings, notes = declarations(groups, run.config.curve_thresholds)
+    warnings, notes = declarations(groups, run.config.curve_thresholds, plugins)
     for g in groups:
         aggregate_group(g, run)
-    return Aggregate(run, groups, warnings, notes)
+    return Aggregate(run, groups, warnings, notes, plugins)
 
 
 # -- Table 7 -------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HarnessError
-from ..rundir import RECORDS, RunDir, read_json_object, read_records, warn_damaged
+from ..rundir import RECORDS, RunDir, read_json_object, read_records
 from .config import ReportConfig
 
 

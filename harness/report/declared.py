@@ -1,50 +1,48 @@
 """What each stage's plugin declared it reports (:class:`harness.MetricSpec`), as the report reads it.
 
 A stage's ``result.json`` records its plugin's declarations; a result written before declarations existed gets
-them from the plugin class, through the registry, built with the stage's recorded config. Nothing here names a
-plugin or a metric: the report shows, aggregates and intervals exactly what the plugins declare.
+them from the plugin class (a :data:`PluginResolver` the caller passes: the registry, or the run's suite), built
+with the stage's recorded config. Nothing here names a plugin or a metric: the report shows, aggregates and
+intervals exactly what the plugins declare. (The report never imports the registry itself: the registry registers
+the core's hooks, which write the report.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..api import SECTIONS, MetricSpec, describe
-from ..errors import HarnessError
+from pydantic import ValidationError
+
+from ..api import MetricSpec, Plugin, describe
 from .collect import StageData
 
-__all__ = ["declared_specs", "describe", "missing_declared", "undeclared"]
+__all__ = ["PluginResolver", "declared_specs", "describe", "missing_declared", "undeclared"]
+
+#: (suite section, plugin name) -> the plugin class, or None when it is not installed.
+PluginResolver = Callable[[str, str], "type[Plugin] | None"]
 
 
-def _from_registry(stage: StageData) -> list[MetricSpec] | None:
-    from pydantic import ValidationError
-
-    from ..plugins import load_registry
-
-    kind = SECTIONS.get(stage.section)
-    if kind is None:
-        return None
-    try:
-        cls = load_registry().get(kind, stage.plugin).cls
-    except (KeyError, HarnessError):
+def _from_class(stage: StageData, plugins: PluginResolver) -> list[MetricSpec] | None:
+    cls = plugins(stage.section, stage.plugin)
+    if cls is None:
         return None  # the plugin is not installed here: its numbers are shown, undeclared
     config: Any = (stage.result or {}).get("config") or {}
     try:
         plugin = cls(cls.Config.model_validate(config))
-    except ValidationError:
+    except (ValidationError, TypeError):
         # The recorded config no longer validates here (a moved file, a renamed option): the declarations of a
         # plugin depend on its options at most, so take them as recorded.
         plugin = cls(cls.Config.model_construct(**config))
     return plugin.declared_metrics()
 
 
-def declared_specs(stage: StageData) -> list[MetricSpec] | None:
+def declared_specs(stage: StageData, plugins: PluginResolver | None = None) -> list[MetricSpec] | None:
     """The stage's declarations: recorded in its result, else from its plugin class; None when neither is known."""
     recorded = (stage.result or {}).get("declared_metrics")
     if isinstance(recorded, list):
         return [MetricSpec.from_dict(d) for d in recorded if isinstance(d, dict)]
-    return _from_registry(stage)
+    return _from_class(stage, plugins) if plugins is not None else None
 
 
 def missing_declared(specs: Iterable[MetricSpec], stage: StageData) -> list[str]:

@@ -198,7 +198,7 @@ def increase_distribution_plot(agg: Aggregate, path: Path) -> Path | None:
 
 def _series_specs(agg: Aggregate, stage: Any) -> list[MetricSpec]:
     group = next((g for g in agg.groups if stage in g.stages), None)
-    specs = group.specs if group is not None and group.specs is not None else declared_specs(stage)
+    specs = group.specs if group is not None and group.specs is not None else declared_specs(stage, agg.plugins)
     return [s for s in specs or [] if s.kind == "series" and s.field and s.x]
 
 
