@@ -65,8 +65,8 @@ def test_untargeted_gcg_at_hotflips_budget_beats_hotflip_and_its_random_control(
 def test_targeted_gcg_makes_the_tiny_model_emit_a_short_target(tiny, tmp_path):
     # Seeds tried: 42 and 43: 3 of the 4 prompts each (early_stop: 8 and 15 median steps to success).
     cfg = gcg.GCGConfig(data=TEST, n_examples=4, context_tokens=16, continuation_tokens=8, edit="suffix", n_tokens=8,
-                        objective="targeted", target=" my good lord", num_steps=40, search_width=32, topk=8, buffer_size=1,
-                        early_stop=True)
+                        objective="targeted", target=" my good lord", num_steps=40, search_width=32, topk=8,
+                        buffer_size=1, early_stop=True)
     assert 3 <= len(tiny.tokenizer(cfg.target)["input_ids"]) <= 5
     ctx = _ctx(tmp_path, "targeted")
     metrics = gcg.GCGAttack(cfg).attack(tiny, ctx)
