@@ -254,6 +254,12 @@ def test_deepwordbug_raises_nll_above_its_random_control(tmp_path):
         assert all(r["nll_before"] == pytest.approx(before[r["id"]], rel=1e-9) for r in records[entry])
         assert all(r["queries"] <= budget for r in records[entry])
         assert all(r["adversarial_text"] != r["original_text"] for r in records[entry])
+        # The budget of every record, and where its word edits land among the context tokens.
+        assert all(r["tokens"] > 0 and r["flops"] > 0 and r["gradient_calls"] == 0 for r in records[entry])
+        assert results[entry]["mean_flops"] == pytest.approx(sum(r["flops"] for r in records[entry]) / 6)
+        assert all(r["positions"] and all(0 <= p < 32 for p in r["positions"]) for r in records[entry])
+        assert sum(results[entry]["position_histogram"]["counts"]) == sum(len(r["positions"])
+                                                                        for r in records[entry])
 
     recipe, control = results["deepwordbug"], results["deepwordbug_random"]
     pairs = [(round(a["relative_increase"], 4), round(b["relative_increase"], 4))

@@ -1,0 +1,345 @@
+"""Attack plugin ``soft_prompt``: the embedding-space upper bound of the token attacks.
+
+The token attacks (HotFlip, UAT, GCG) search a discrete set; this attack drops the constraint that an input be a
+token and optimises the input **embeddings** directly, by gradient, so it bounds from above what any token attack
+editing the same positions can reach (Schwinn et al. 2024, "Soft prompt threats"). If a model resists even this,
+the resistance is real; if it resists only the token attacks, the token attacks are too weak.
+
+Threat models (``edit``), on the examples HotFlip attacks (the same documents and selection):
+
+- ``suffix`` / ``prefix``: ``n_tokens`` free embeddings placed after / before the context (initialised from allowed
+  tokens' embeddings drawn by the suite's seed), unbounded;
+- ``context``: a perturbation of the context tokens' embeddings, each token's within an L2 or L-infinity ball of
+  radius ``epsilon`` x the mean norm (in that norm) of the allowed tokens' embeddings.
+
+Objectives: ``untargeted`` raises the continuation NLL (the shared task, records and summary of
+:mod:`harness.attacks`, so it lands in the same tables as the token attacks); ``targeted`` lowers the NLL of a fixed
+``target`` text put in place of the continuation and reports whether the model's greedy continuation is exactly the
+target (teacher-forced argmax at every target position: the same test, without decoding).
+
+Each step, for a chunk of examples at once (their losses are summed, so each example's gradient is its own):
+
+1. one forward + backward pass gives the loss and its gradient w.r.t. the free embeddings (or the perturbation);
+2. the loss of every example is compared with its best so far (the best embeddings are kept, as the reported result);
+3. ``pgd``: a step of ``lr`` x the embeddings' RMS coordinate in the direction of the gradient's sign; ``adam``: an
+   Adam step of that learning rate; ``context`` then projects back onto the ball.
+
+After the last step the final embeddings are scored too. The state (embeddings, best embeddings, optimiser state,
+step, budget) of the chunk in progress is saved atomically every ``save_every`` steps and when it is finished, so a
+killed or preempted stage resumes to the same numbers.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, PlanInputs,
+                     StageContext, StagePreempted, Workload, atomic_write_bytes, hookimpl, load_documents)
+from harness.attacks import (ATTACK_METRICS, Budget, Example, Scorer, TaskConfig, allowed_tokens, attack_rng,
+                             budget_summary, example_record, make_examples, random_allowed, select_examples,
+                             summarize)
+
+
+class SoftPromptConfig(TaskConfig):
+    data: DocumentSource
+    #: Examples to attack (the first usable documents, or a seeded sample: HotFlip's with the same options).
+    n_examples: int | None = Field(default=None, ge=1)
+    sample: Literal["first", "seeded"] = "first"
+    #: Where the adversary acts: free embeddings after / before the context, or a bounded perturbation of it.
+    edit: Literal["suffix", "prefix", "context"] = "suffix"
+    #: Free embeddings (``suffix`` / ``prefix``).
+    n_tokens: int = Field(default=20, ge=1)
+    #: The ball of each context token's perturbation (``context``), radius ``epsilon`` x the mean norm of the allowed
+    #: tokens' embeddings in that norm.
+    norm: Literal["l2", "linf"] = "l2"
+    epsilon: float = Field(default=0.5, gt=0)
+    optimizer: Literal["pgd", "adam"] = "adam"
+    #: Adam's learning rate, or PGD's step, in units of the embeddings' RMS coordinate.
+    lr: float = Field(default=0.1, gt=0)
+    steps: int = Field(default=100, ge=1)
+    objective: Literal["untargeted", "targeted"] = "untargeted"
+    #: The text the model should continue with (``targeted``), in place of the document's continuation.
+    target: str | None = None
+    #: Examples optimised together (their passes batched; each keeps its own embeddings and optimiser state).
+    batch_size: int = Field(default=8, ge=1)
+    #: Steps between two saves of the state of the chunk in progress.
+    save_every: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _target_iff_targeted(self) -> SoftPromptConfig:
+        if self.objective == "targeted" and not self.target:
+            raise ValueError("objective `targeted` needs `target: <text>` (what the model should continue with)")
+        if self.objective == "untargeted" and self.target is not None:
+            raise ValueError("`target` is only read by objective `targeted`; remove it or set `objective: targeted`")
+        return self
+
+
+@dataclass
+class Geometry:
+    """The size of the model's embeddings, in which the step and the ball are measured."""
+
+    scale: float  # RMS coordinate of the allowed tokens' embeddings: the unit of ``lr``
+    radius: float  # ``context``: the perturbation's bound per token
+
+
+def geometry(scorer: Scorer, allowed: torch.Tensor, cfg: SoftPromptConfig) -> Geometry:
+    emb = scorer.embeddings[allowed].float()
+    norms = emb.norm(dim=1) if cfg.norm == "l2" else emb.abs().amax(dim=1)
+    return Geometry(scale=float(emb.pow(2).mean().sqrt()), radius=cfg.epsilon * float(norms.mean()))
+
+
+def project(delta: torch.Tensor, norm: str, radius: float) -> torch.Tensor:
+    """``delta`` ``[B, C, d]`` with each token's row moved onto the ``norm`` ball of ``radius`` (in place)."""
+    with torch.no_grad():
+        if norm == "linf":
+            delta.clamp_(-radius, radius)
+        else:
+            factor = (radius / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+            delta.mul_(factor)
+    return delta
+
+
+def scored_tokens(ex: Example, target: list[int] | None) -> list[int]:
+    """What the loss scores after the adversary's input: the document's continuation, or the target."""
+    return list(ex.continuation) if target is None else target
+
+
+def assemble(scorer: Scorer, chunk: list[Example], params: torch.Tensor, cfg: SoftPromptConfig,
+             target: list[int] | None) -> torch.Tensor:
+    """Input embeddings ``[B, T, d]``: prefix, then free embeddings and context (or the perturbed context), then the
+    scored tokens."""
+    emb = scorer.embeddings
+    device = emb.device
+    prefix = emb[torch.tensor([list(ex.prefix) for ex in chunk], dtype=torch.long, device=device)]
+    context = emb[torch.tensor([list(ex.context) for ex in chunk], device=device)]
+    scored = emb[torch.tensor([scored_tokens(ex, target) for ex in chunk], device=device)]
+    params = params.to(emb.dtype)
+    if cfg.edit == "context":
+        return torch.cat([prefix, context + params, scored], dim=1)
+    if cfg.edit == "prefix":
+        return torch.cat([prefix, params, context, scored], dim=1)
+    return torch.cat([prefix, context, params, scored], dim=1)
+
+
+def continuation_loss(scorer: Scorer, embeds: torch.Tensor, labels: torch.Tensor,
+                      backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row mean NLL of ``labels`` ``[B, k]`` (the last ``k`` inputs) and whether the argmax predicts every one."""
+    k = labels.shape[1]
+    logits = scorer.embeds_logits(embeds, k + 1, backward=backward)[:, :-1].float()
+    nll = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(1)
+    return nll, (logits.argmax(-1) == labels).all(1)
+
+
+def init_params(scorer: Scorer, chunk: list[Example], allowed: torch.Tensor, cfg: SoftPromptConfig,
+                ctx: StageContext) -> torch.Tensor:
+    """Free embeddings of allowed tokens drawn by the seed and the example (the same for every model at a seed), or
+    a zero perturbation."""
+    emb = scorer.embeddings
+    if cfg.edit == "context":
+        return torch.zeros(len(chunk), len(chunk[0].context), emb.shape[1], dtype=torch.float32, device=emb.device)
+    ids = [random_allowed(allowed, cfg.n_tokens, attack_rng(ctx, "soft_prompt", "init", ex.id)) for ex in chunk]
+    return emb[torch.stack(ids).to(emb.device)].float()
+
+
+def state_path(ctx: StageContext, first: int) -> Path:
+    return ctx.stage_dir / f"state-soft_prompt-{first}.pt"
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def optimise_chunk(scorer: Scorer, chunk: list[Example], allowed: torch.Tensor, geo: Geometry, cfg: SoftPromptConfig,
+                   target: list[int] | None, ctx: StageContext, path: Path, bar: Any) -> dict[str, Any]:
+    """``steps`` of gradient ascent (untargeted) or descent (targeted) on the chunk's embeddings, resuming from the
+    state at ``path``; returns each example's best result and what the chunk spent (``budget``)."""
+    sign = -1.0 if cfg.objective == "untargeted" else 1.0  # minimise sign x NLL
+    device = scorer.embeddings.device
+    labels = torch.tensor([scored_tokens(ex, target) for ex in chunk], device=device)
+    params = init_params(scorer, chunk, allowed, cfg, ctx).requires_grad_(True)
+    adam = torch.optim.Adam([params], lr=cfg.lr * geo.scale) if cfg.optimizer == "adam" else None
+    n = len(chunk)
+    state: dict[str, Any]
+    if path.exists():
+        state = torch.load(path, weights_only=True)
+        with torch.no_grad():
+            params.copy_(state.pop("params"))
+        if adam is not None:
+            adam.load_state_dict(state.pop("adam"))
+        scorer.budget = Budget(**state.pop("budget"))
+    else:
+        # The unedited example's NLL of what is scored (the document's continuation or the target).
+        before = scorer.nll(torch.tensor([[*ex.prefix, *ex.context, *scored_tokens(ex, target)] for ex in chunk]),
+                            labels.shape[1])
+        state = {"step": 0, "nll_before": before, "best_loss": torch.full((n,), math.inf, dtype=torch.float64),
+                 "best_nll": torch.zeros(n, dtype=torch.float64), "best_match": torch.zeros(n, dtype=torch.bool),
+                 "first_success": torch.full((n,), -1), "best_params": params.detach().clone()}
+
+    def checkpoint() -> None:
+        save_state(path, {**state, "params": params.detach(), "budget": scorer.budget.state(),
+                          **({"adam": adam.state_dict()} if adam is not None else {})})
+
+    def keep_best(step: int, nll: torch.Tensor, match: torch.Tensor) -> None:
+        """Keep each example's best embeddings; note the first step that reached its goal."""
+        nll, match = nll.detach().double().cpu(), match.cpu()
+        better = sign * nll < state["best_loss"]
+        state["best_loss"] = torch.where(better, sign * nll, state["best_loss"])
+        state["best_nll"] = torch.where(better, nll, state["best_nll"])
+        state["best_match"] = torch.where(better, match, state["best_match"])
+        state["best_params"][better.to(device)] = params.detach()[better.to(device)]
+        goal = match if target is not None else nll > state["nll_before"] * (1 + cfg.threshold)
+        state["first_success"] = torch.where((state["first_success"] < 0) & goal, step, state["first_success"])
+
+    while state["step"] < cfg.steps:
+        if ctx.should_stop:
+            checkpoint()
+            raise StagePreempted(ctx.stage.id)
+        step = state["step"]
+        with torch.enable_grad():
+            nll, match = continuation_loss(scorer, assemble(scorer, chunk, params, cfg, target), labels, True)
+            (grad,) = torch.autograd.grad(sign * nll.sum(), params)  # each example's own gradient: a sum of losses
+        keep_best(step, nll, match)
+        with torch.no_grad():
+            if adam is None:
+                params.sub_(cfg.lr * geo.scale * grad.sign())
+            else:
+                params.grad = grad
+                adam.step()
+            if cfg.edit == "context":
+                project(params, cfg.norm, geo.radius)
+        state["step"] = step + 1
+        if state["step"] % cfg.save_every == 0:
+            checkpoint()
+        bar.advance()
+        bar.set(best_nll=float(state["best_nll"].mean()))
+    if not state.get("finished"):
+        with torch.no_grad():  # the embeddings after the last step
+            nll, match = continuation_loss(scorer, assemble(scorer, chunk, params, cfg, target), labels, False)
+        keep_best(cfg.steps, nll, match)
+        state["finished"] = True
+        checkpoint()  # the chunk's final result (its best embeddings), kept until its records are written
+    return {**state, "budget": scorer.budget}
+
+
+def soft_prompt_summary(records: list[dict[str, Any]], cfg: SoftPromptConfig) -> dict[str, Any]:
+    steps = [r["steps_to_success"] for r in records if r["steps_to_success"] is not None]
+    extra = {"median_steps_to_success": float(np.median(steps)) if steps else None}
+    if cfg.objective == "untargeted":
+        return {**summarize(records, cfg.threshold), **extra}
+    mean = (lambda key: float(np.mean([r[key] for r in records])) if records else float("nan"))  # noqa: E731
+    return {"exact_match_rate": mean("exact_match"), "mean_target_nll": mean("target_nll"),
+            "mean_target_nll_before": mean("target_nll_before"), "n_examples": len(records),
+            **budget_summary(records), **extra}
+
+
+STEPS_METRIC = MetricSpec("median_steps_to_success", "Steps to success (median)", aggregation="none", digits=0,
+                          show=False)
+TARGETED_METRICS = [
+    MetricSpec("exact_match_rate", "Exact match (%)", field="exact_match", scale=100, digits=1),
+    MetricSpec("mean_target_nll", "Target NLL", field="target_nll"),
+    MetricSpec("mean_target_nll_before", "Target NLL before", field="target_nll_before", show=False),
+    MetricSpec("n_examples", "Examples", aggregation="none", digits=0, show=False),
+]
+
+
+class SoftPromptAttack(AttackPlugin):
+    """Soft-prompt / embedding-perturbation attack: the continuous upper bound of the token attacks."""
+
+    name = "soft_prompt"
+    Config = SoftPromptConfig
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        cfg: SoftPromptConfig = self.config  # type: ignore[assignment]
+        if cfg.objective == "untargeted":
+            return [*ATTACK_METRICS, STEPS_METRIC]
+        return [*TARGETED_METRICS, *(m for m in ATTACK_METRICS if m.budget), STEPS_METRIC]
+
+    def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        cfg: SoftPromptConfig = self.config  # type: ignore[assignment]
+        where = f"attacks.{ctx.stage.entry}"
+        examples = make_examples(load_documents(cfg.data), model, cfg, where=f"{where}.data")
+        examples = select_examples(examples, cfg.n_examples, cfg.sample, ctx)
+        tok = model.tokenizer
+        target = None
+        if cfg.objective == "targeted":
+            assert cfg.target is not None
+            target = tok(cfg.target, add_special_tokens=False)["input_ids"]
+            if not target:
+                raise HarnessError(f"{where}.target: encodes to no token; fix: give a non-empty text")
+        extra = cfg.n_tokens if cfg.edit != "context" else 0
+        length = int(cfg.prefix_eos) + extra + cfg.context_tokens + len(target or examples[0].continuation)
+        if length > model.max_length:
+            raise HarnessError(f"{where}: the attacked sequence has {length} positions, more than the "
+                               f"{model.max_length} of model '{model.name}'; fix: shorten n_tokens, context_tokens, "
+                               "continuation_tokens or target")
+        allowed = allowed_tokens(model, cfg.vocab)
+        scorer = Scorer(model, cfg.batch_tokens)
+        geo = geometry(scorer, allowed, cfg)
+        done = ctx.records.done()
+        chunks = [examples[i:i + cfg.batch_size] for i in range(0, len(examples), cfg.batch_size)]
+        with ctx.progress("soft-prompt steps", len(chunks) * cfg.steps) as bar:
+            for first, chunk in zip(range(0, len(examples), cfg.batch_size), chunks):
+                if all(ex.id in done for ex in chunk):
+                    bar.advance(cfg.steps)
+                    continue
+                if ctx.should_stop:
+                    raise StagePreempted(ctx.stage.id)
+                scorer.budget.reset()
+                path = state_path(ctx, first)
+                if path.exists():
+                    bar.advance(int(torch.load(path, weights_only=True)["step"]))
+                out = optimise_chunk(scorer, chunk, allowed, geo, cfg, target, ctx, path, bar)
+                spent = out["budget"].as_record(share=len(chunk))  # equal rows: the chunk's passes shared equally
+                for i, ex in enumerate(chunk):
+                    if ex.id in done:
+                        continue
+                    first_success = int(out["first_success"][i])
+                    # The mean L2 norm per token of the free embeddings, or of the context's perturbation.
+                    fields = {**spent, "steps": cfg.steps, "edit": cfg.edit,
+                              "steps_to_success": first_success if first_success >= 0 else None,
+                              "adversary_norm": float(out["best_params"][i].norm(dim=-1).mean())}
+                    if target is None:
+                        ctx.records.append(example_record(ex.id, float(out["nll_before"][i]),
+                                                          float(out["best_nll"][i]), cfg.threshold, **fields))
+                    else:
+                        ctx.records.append({"id": ex.id, "target_nll_before": float(out["nll_before"][i]),
+                                            "target_nll": float(out["best_nll"][i]),
+                                            "exact_match": bool(out["best_match"][i]), **fields})
+        return soft_prompt_summary(ctx.records.records, cfg)
+
+    def plan(self, inputs: PlanInputs) -> Workload:
+        """Per example: one exact score of the unedited example, ``steps`` forward + backward passes and one last
+        forward pass of the adversarial embeddings (``harness plan``)."""
+        from .workload import RECORD_BYTES, _examples
+
+        cfg: SoftPromptConfig = self.config  # type: ignore[assignment]
+        n, note = _examples(inputs, cfg.data, cfg.n_examples, cfg, "data")
+        scored = (cfg.continuation_tokens if cfg.target is None
+                  else max(1, round(len(cfg.target) / inputs.chars_per_token)))  # the target's tokens, estimated
+        plain = int(cfg.prefix_eos) + cfg.context_tokens + scored
+        length = plain + (cfg.n_tokens if cfg.edit != "context" else 0)
+        rows = min(cfg.batch_size, n)
+        chunks = -(-n // cfg.batch_size)
+        return Workload(forward_tokens=n * (plain + length), gradient_tokens=n * cfg.steps * length, context=length,
+                        queries=n * (2 + cfg.steps), forward_calls=2 * chunks, gradient_calls=chunks * cfg.steps,
+                        batches=[Batch(rows, length, "inputs", logit_positions=scored + 1, label="embedding gradients"),
+                                 Batch(rows, plain, logit_positions=scored + 1, label="exact scoring")],
+                        disk_bytes=n * RECORD_BYTES, disk_note="per-example records and optimiser states",
+                        notes=[f"{n:,} examples x {cfg.steps} steps of {length} tokens, {rows} examples at once"
+                               f"{note}"])
+
+
+@hookimpl
+def harness_attacks() -> list[type]:
+    return [SoftPromptAttack]
