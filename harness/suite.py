@@ -27,7 +27,7 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
@@ -139,6 +139,18 @@ def deep_merge(base: Any, override: Any) -> Any:
             out[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
         return out
     return copy.deepcopy(override)
+
+
+Validated = TypeVar("Validated", bound=BaseModel)
+
+
+def validated(cls: type[Validated], data: Any, file: Path, prefix: str, what: str,
+              context: dict[str, Any] | None = None) -> Validated:
+    """``cls`` validated from ``data``, or the first problem as one ConfigError line naming ``file`` and the key."""
+    try:
+        return cls.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise validation_error_line(exc, file, prefix, what, cls) from None
 
 
 def _type_name(expected: str) -> str:
@@ -317,11 +329,8 @@ def _parse_entries(data: dict[str, Any], section: str, path: Path, registry: Reg
 
 
 def _validate_config(entry: Entry, path: Path, extra: dict[str, Any] | None = None) -> PluginConfig:
-    cls = entry.plugin.cls.Config
-    try:
-        return cls.model_validate({**entry.raw, **(extra or {})}, context={"base_dir": path.parent})
-    except ValidationError as exc:
-        raise validation_error_line(exc, path, entry.key, entry.plugin.name, cls) from None
+    return validated(entry.plugin.cls.Config, {**entry.raw, **(extra or {})}, path, entry.key, entry.plugin.name,
+                     context={"base_dir": path.parent})
 
 
 def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None = None,
@@ -389,10 +398,7 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
     report_raw = resolved.get("report") or {}
     if not isinstance(report_raw, dict):
         raise ConfigError(path, "report", "must be a mapping", "write `report: {success_threshold: 0.15}`")
-    try:
-        report = ReportConfig.model_validate(report_raw)
-    except ValidationError as exc:
-        raise validation_error_line(exc, path, "report", "report", ReportConfig) from None
+    report = validated(ReportConfig, report_raw, path, "report", "report")
     for key, names in (("report.baseline", [report.baseline] if report.baseline else []),
                        ("report.compare", report.compare)):
         _check_name_list(names, path, key, models, "model")
