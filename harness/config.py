@@ -8,7 +8,7 @@ relative to the suite file; :data:`ExistingPath` resolves them and checks that t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 
@@ -83,3 +83,15 @@ def validation_error_line(exc: ValidationError, file: Path, prefix: str, plugin:
     got = err.get("input")
     return ConfigError(file, key, f"{err['msg']} (got {got!r}){more}",
                        f"give a valid {_type_name(etype)} value for plugin '{plugin}'")
+
+
+Validated = TypeVar("Validated", bound=BaseModel)
+
+
+def validated(cls: type[Validated], data: Any, file: Path, prefix: str, what: str,
+              context: dict[str, Any] | None = None) -> Validated:
+    """``cls`` validated from ``data``, or the first problem as one ConfigError line naming ``file`` and the key."""
+    try:
+        return cls.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise validation_error_line(exc, file, prefix, what, cls) from None

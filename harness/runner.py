@@ -189,7 +189,7 @@ class Runner:
         stages = [s for s in self.graph.stages if self.only is None or s.id in self.only]
         with _stop_signals(self.stop_flag):
             for stage in stages:
-                if self.stop_flag[0]:  # asked to stop while the last stage ran (and it finished anyway)
+                if self.stop_flag[0] and not self.is_done(stage):  # asked to stop while the last stage ran
                     outcomes.append(StageOutcome(stage, "preempted", None))
                     break
                 try:

@@ -33,7 +33,7 @@ import yaml
 from pydantic import ValidationError
 
 from .api import SECTIONS
-from .config import PluginConfig, validation_error_line
+from .config import PluginConfig, validated
 from .errors import ConfigError, did_you_mean
 from .plugins import PluginInfo, Registry, load_registry
 from .report.config import ReportConfig
@@ -239,11 +239,8 @@ def _parse_entries(data: dict[str, Any], section: str, path: Path, registry: Reg
 
 
 def _validate_config(entry: Entry, path: Path, extra: dict[str, Any] | None = None) -> PluginConfig:
-    cls = entry.plugin.cls.Config
-    try:
-        return cls.model_validate({**entry.raw, **(extra or {})}, context={"base_dir": path.parent})
-    except ValidationError as exc:
-        raise validation_error_line(exc, path, entry.key, entry.plugin.name, cls) from None
+    return validated(entry.plugin.cls.Config, {**entry.raw, **(extra or {})}, path, entry.key, entry.plugin.name,
+                     context={"base_dir": path.parent})
 
 
 def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None = None,
@@ -311,10 +308,7 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
     report_raw = resolved.get("report") or {}
     if not isinstance(report_raw, dict):
         raise ConfigError(path, "report", "must be a mapping", "write `report: {success_threshold: 0.15}`")
-    try:
-        report = ReportConfig.model_validate(report_raw)
-    except ValidationError as exc:
-        raise validation_error_line(exc, path, "report", "report", ReportConfig) from None
+    report = validated(ReportConfig, report_raw, path, "report", "report")
     for key, names in (("report.baseline", [report.baseline] if report.baseline else []),
                        ("report.compare", report.compare)):
         _check_name_list(names, path, key, models, "model")

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import HarnessError
 from ..rundir import RECORDS, RunDir, read_json_object, read_records
+from ..config import validated
 from .config import ReportConfig
 
 
@@ -98,14 +99,7 @@ def load_run(run_dir: str | Path, config: ReportConfig | None = None) -> RunData
     resolved = rundir.resolved()
     suite = resolved.get("suite") if isinstance(resolved.get("suite"), dict) else {}
     if config is None:
-        from pydantic import ValidationError
-
-        from ..config import validation_error_line
-
-        try:
-            config = ReportConfig.model_validate(suite.get("report") or {})
-        except ValidationError as exc:
-            raise validation_error_line(exc, resolved_path, "suite.report", "report", ReportConfig) from None
+        config = validated(ReportConfig, suite.get("report") or {}, resolved_path, "suite.report", "report")
     stages = []
     for st in resolved["stages"]:
         sdir = rundir.stage_dir(st["id"])

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ConfigError
-from ..suite import validation_error_line
+from ..config import validated
 
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # SLURM's forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 _MEM = re.compile(r"^\d+[KMGT]?$")
@@ -139,10 +139,7 @@ def load_profile(path: Path | None) -> Profile:
         raise ConfigError(path, "", f"invalid YAML: {str(exc).splitlines()[0]}", "fix the YAML syntax") from None
     if not isinstance(data, dict):
         raise ConfigError(path, "", "a profile must be a mapping", "write `key: value` pairs at the top level")
-    try:
-        profile = Profile.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error_line(exc, path, "profile", "slurm profile", Profile) from None
+    profile = validated(Profile, data, path, "profile", "slurm profile")
     updates: dict[str, object] = {}
     for name in ("workdir", "templates"):
         value = getattr(profile, name)
