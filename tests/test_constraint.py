@@ -56,10 +56,9 @@ def test_projected_training_keeps_the_floor_and_trains_the_ffn_like_the_baseline
     assert sum(int((weights[n] == FLOOR32).sum()) for n in provenance["constrained_weights"]) > 0
     assert set(runs["baseline"][0]["weight_change"]) == {"ffn", "attention", "embeddings", "other"}
     # ||W - W0|| of the FFN (absolute: the shift init lifts W0, so relative changes of the arms differ by their
-    # ||W0|| too). Measured (8 steps at lr 1e-3, AdamW): project / baseline = RATIO_P, softplus / baseline =
-    # RATIO_S. Asserted: project within a factor 2 of the unconstrained baseline, softplus below a third of project.
+    # ||W0|| too). Measured (8 steps at lr 1e-3, AdamW): project / baseline = 1.006, softplus / baseline =
+    # 0.116. Asserted: project within a factor 2 of the unconstrained baseline, softplus below a third of project.
     moved = {k: runs[k][0]["weight_change_norm"]["ffn"] for k in ("baseline", "project", "softplus")}
-    print("FFN moved", moved, {k: v / moved["baseline"] for k, v in moved.items()})
     assert 0.5 < moved["project"] / moved["baseline"] < 2.0, moved
     assert moved["softplus"] < moved["project"] / 3, moved
     # the relative number is the absolute one over ||W0||, W0 = the weights right after the shift init
@@ -68,8 +67,6 @@ def test_projected_training_keeps_the_floor_and_trains_the_ffn_like_the_baseline
     ffn0 = sum(float(p.detach().double().pow(2).sum()) for k, p in start.named_parameters()
                if parameter_group(k) == "ffn") ** 0.5
     assert metrics["weight_change"]["ffn"] == pytest.approx(moved["project"] / ffn0, rel=1e-6)
-    # W0 (a full copy of the weights, kept for a resume) is gone once the stage is done
-    assert not (runs["project"][3] / "train_state" / "initial_weights.safetensors").exists()
 
 
 def test_unconstrained_control_is_not_marked_monotonic_and_goes_negative(runs):

@@ -61,7 +61,7 @@ from .monotonic import (
 )
 from .parallel import DataParallel, gradient_sync
 from .state import Processes, Snapshots, setup_processes
-from .weight_change import effective_weights, group_change, load_initial, parameter_group, save_initial
+from .weight_change import effective_weights, group_change, parameter_group
 
 
 class TrainConfig(PluginConfig):
@@ -324,8 +324,9 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
         net.float().to(procs.device).train()  # fp32 master weights, whatever dtype the model was loaded in
         if cfg.gradient_checkpointing:
             enable_checkpointing(net)
-        initial_path = state_dir / "initial_weights.safetensors"
-        initial = effective_weights(net) if procs.is_main else None  # W0, before FSDP shards the model
+        # W0 for weight_change, before FSDP shards the model. The transform is deterministic (seeded noise), so a
+        # resumed run gets the same W0 here before it loads its snapshot.
+        initial = effective_weights(net) if procs.is_main else None
         parallel = DataParallel(net, procs)  # before the optimiser: FSDP replaces the parameters by their shards
         params = dict(net.named_parameters())  # FSDP keeps the names; the tensors are this process's shards now
         # constraint: project -- the weights clamped to the floor after every optimiser step
@@ -369,12 +370,9 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
             scheduler.load_state_dict(saved["scheduler"])
             progress = Progress(**saved["progress"])
             ctx.log(f"resumed from step {progress.step} of {total_steps}")
-            initial = load_initial(initial_path) if procs.is_main else None
         else:
             progress = Progress()
             progress.initial_val_perplexity = progress.best_val_perplexity = validate()
-            if initial is not None:
-                save_initial(initial, initial_path)
 
         def snapshot() -> None:
             snapshots.save(progress.step, {**parallel.state(optimizer), "scheduler": scheduler.state_dict(),
@@ -440,12 +438,9 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                    "world_size": procs.world, "parallel": procs.strategy if procs.distributed else "none",
                    "precision": precision}
         trained = parallel.export_model()  # every process takes part (FSDP gathers the shards)
-        if procs.is_main and trained is not None:
-            # None when resumed from a snapshot older than the file (then the change is unknown, not zero)
-            change = group_change(initial, effective_weights(trained)) if initial is not None else None
-            summary["weight_change"] = change["relative"] if change else None
-            summary["weight_change_norm"] = change["absolute"] if change else None
-            initial_path.unlink(missing_ok=True)  # a full copy of the weights: only a resume needs it
+        if procs.is_main and trained is not None and initial is not None:
+            change = group_change(initial, effective_weights(trained))
+            summary["weight_change"], summary["weight_change_norm"] = change["relative"], change["absolute"]
         if procs.is_main:
             provenance["training"] = {
                 "trainer": self.name, "version": self.version, "config": cfg.model_dump(mode="json"),

@@ -8,11 +8,8 @@ changed the model, not how much the init did. Group norms are Frobenius norms ov
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 GROUPS = ("ffn", "attention", "embeddings", "other")
@@ -59,14 +56,3 @@ def group_change(initial: dict[str, torch.Tensor], final: dict[str, torch.Tensor
     present = [g for g in GROUPS if size[g] > 0]
     return {"relative": {g: math.sqrt(moved[g] / size[g]) for g in present},
             "absolute": {g: math.sqrt(moved[g]) for g in present}}
-
-
-def save_initial(weights: dict[str, torch.Tensor], path: Path) -> None:
-    """Write ``W0`` atomically (a resumed run needs it to measure the change at the end)."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def load_initial(path: Path) -> dict[str, torch.Tensor] | None:
-    return load_file(str(path)) if path.exists() else None
