@@ -97,8 +97,8 @@ class RandomTokenAttack(AttackPlugin):
 
     def declared_metrics(self) -> list[MetricSpec]:
         """The controlled attack's metrics (it runs that attack's loop and summary)."""
-        cfg: RandomTokenConfig = self.config  # type: ignore[assignment]
-        return ATTACK_METRICS + (FLIP_METRICS if cfg.hotflip is not None else UAT_METRICS)
+        flips = getattr(self.config, "hotflip", None) is not None
+        return ATTACK_METRICS + (FLIP_METRICS if flips else UAT_METRICS)
 
     def plan(self, inputs):
         """The controlled attack's queries without its gradient passes (``harness plan``)."""
