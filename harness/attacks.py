@@ -459,6 +459,7 @@ def budget_summary(records: Sequence[dict[str, Any]]) -> dict[str, float]:
 #: and NLL increase read as the attacker's numbers: higher means the attack did better (the model is less robust).
 ATTACK_METRICS = [
     MetricSpec("success_rate", "Success (%)", field="success", scale=100, digits=1),
+    MetricSpec("threshold", "Success threshold", aggregation="none", show=False),
     MetricSpec("mean_relative_increase", "NLL incr. (%)", field="relative_increase", scale=100, digits=1),
     MetricSpec("median_relative_increase", "Median NLL incr. (%)", field="relative_increase", aggregation="median",
                scale=100, digits=1),

@@ -104,6 +104,9 @@ metrics:
 report:
   baseline: baseline
   compare: [mono_abs, mono_shift]
+  table7: [{label: Perplexity, entry: perplexity, metric: perplexity, digits: 2}]
+  gap: {entry: perplexity, metric: perplexity}
+  attack_metric: success_rate
 """
 
 
