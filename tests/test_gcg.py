@@ -14,6 +14,7 @@ from harness.scoring import continuation_nll
 from harness.store import RecordLog
 from harness.suite import load_suite
 from harness_plugins.attacks import gcg, hotflip
+from harness_plugins.attacks.uat_transfer import UATTransfer, UATTransferConfig
 from tests.conftest import DATA, run_cli, write_suite
 
 TEST = DocumentSource(data_files=[DATA / "test.jsonl"], split="test")
@@ -104,6 +105,27 @@ def test_batched_candidate_scores_equal_a_per_candidate_loop(tiny, edit, n_docs)
     assert objective.scorer.queries == len(candidates) * n_docs and objective.scorer.gradient_calls == n_docs
 
 
+def test_mellowmax_scores_equal_nanogcgs_definition_per_candidate(tiny):
+    cfg = gcg.GCGConfig(data=TEST, context_tokens=12, continuation_tokens=6, edit="suffix", n_tokens=5,
+                        objective="targeted", target=" my good lord", use_mellowmax=True, mellowmax_alpha=2.0,
+                        search_width=8, topk=8)
+    ex = make_examples(gcg.load_documents(TEST), tiny, cfg, n=1)[0]
+    target = tuple(tiny.tokenizer(cfg.target, add_special_tokens=False)["input_ids"])
+    objective = gcg.Objective(Scorer(tiny, 4096), gcg.Problem([ex], [target], "suffix", "targeted"), cfg)
+    current = [87] * 5
+    candidates = gcg.sample_candidates(torch.tensor(current), objective.gradient([0], current),
+                                       allowed_tokens(tiny, cfg.vocab), cfg, torch.Generator().manual_seed(1))
+    batched = objective.losses([0], current, candidates)
+    k = len(target)
+    reference = []
+    for c in candidates.tolist():  # nanoGCG: mellowmax(-label_logits, alpha) over the target positions
+        with torch.no_grad():
+            logits = tiny.model(torch.tensor([[*ex.prefix, *ex.context, *c, *target]])).logits[0, -k - 1:-1]
+        t = -logits[torch.arange(k), torch.tensor(target)]
+        reference.append(float((torch.logsumexp(2.0 * t, 0) - torch.log(torch.tensor(float(k)))) / 2.0))
+    torch.testing.assert_close(batched, torch.tensor(reference, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+
+
 # -- held-out hygiene --------------------------------------------------------------------------------------------
 
 def _universal(**over):
@@ -137,6 +159,16 @@ def test_universal_gcg_never_optimises_on_held_out_documents(tiny, tmp_path, mon
     assert seen and looked_at <= opt_docs and not looked_at & held_docs
     assert metrics["n_examples"] == 4 and metrics["n_opt"] == 6 and len(metrics["trigger_ids"]) == 4
     assert metrics["trigger_placement"] == "suffix" and metrics["optimisation_queries"] > 0
+
+    # The string feeds the transfer matrix like a UAT trigger: its diagonal cell reproduces the held-out numbers.
+    sid = "attacks/universal/tiny/s42"
+    source = {"metrics": metrics, "config": cfg.model_dump(mode="json"),
+              "stage": {"id": sid, "entry": "universal", "model": "tiny"}}
+    stage = Stage("attacks/transfer/tiny/s42", "attacks", "transfer", "uat_transfer", "tiny", 42, True)
+    ctx = StageContext(stage, tmp_path, tmp_path / "transfer", 42, "quick", inputs={sid: source}, show_progress=False)
+    cell = UATTransfer(UATTransferConfig()).attack(tiny, ctx)["transfer"]["tiny"]
+    for key in ("mean_relative_increase", "success_rate", "mean_nll_after", "n_examples"):
+        assert cell[key] == metrics[key]
 
     # Another held-out split: the same string, since it never depended on held-out documents.
     other = _universal(eval_data=DocumentSource(data_files=[DATA / "test.jsonl"], split="test", skip=40))

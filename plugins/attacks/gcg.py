@@ -86,6 +86,7 @@ class GCGConfig(TaskConfig):
     buffer_size: int = Field(default=0, ge=0)
     use_mellowmax: bool = False
     mellowmax_alpha: float = Field(default=1.0, gt=0)
+    #: End a search at its first exact match (targeted; per-example searches) or success (untargeted).
     early_stop: bool = False
     filter_ids: bool = True
 
@@ -574,25 +575,25 @@ def gcg_workload(cfg: GCGConfig, inputs: Any) -> Any:
     check = docs if cfg.objective == "targeted" and not cfg.universal else 0
     grad = 0 if cfg.mode == "random_token" else docs
     per_step = docs * cfg.search_width + check
+    # max_queries caps a search's exact evaluations plus gradient passes (the control is charged them too).
+    steps_run = cfg.num_steps if cfg.max_queries is None else min(cfg.num_steps, cfg.max_queries // (docs + per_step))
     scored = docs * max(1, cfg.buffer_size) + cfg.num_steps * per_step + 1 + check
-    grads = cfg.num_steps * grad
     if cfg.max_queries is not None:
-        steps = min(cfg.num_steps, cfg.max_queries // (docs + per_step))
-        scored, grads = min(scored, cfg.max_queries + 1), steps * grad
+        scored = min(scored, cfg.max_queries + 1)
+    grads = steps_run * grad
     scored = searches * scored + (2 * n_eval if cfg.universal else 0)
     grads *= searches
     rows = max(1, min(cfg.search_width * docs, cfg.batch_tokens // length))
     batches = [Batch(rows, length, logit_positions=tail + 1, label="exact scoring")]
     if grad:
         batches.append(Batch(docs, length, "inputs", logit_positions=tail + 1, label="token gradients"))
-    steps_run = cfg.num_steps if cfg.max_queries is None else min(cfg.num_steps, cfg.max_queries // (docs + per_step))
     return Workload(forward_tokens=scored * length, gradient_tokens=grads * length, context=length,
                     queries=scored + grads, forward_calls=searches * (2 + steps_run * (1 + bool(check))),
                     gradient_calls=searches * steps_run if grad else 0, batches=batches,
                     disk_bytes=n_eval * RECORD_BYTES, disk_note="per-example records",
                     notes=[f"{searches:,} search(es) x {steps_run} steps x ({'1 gradient + ' if grad else ''}"
                            f"{cfg.search_width} candidates x {docs} document(s)), {length} tokens each "
-                           f"(upper bound){note}"])
+                           f"(queries: an upper bound; filter_ids may leave room for more, cheaper steps){note}"])
 
 
 @hookimpl
