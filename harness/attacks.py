@@ -466,7 +466,6 @@ ATTACK_METRICS = [
     MetricSpec("mean_nll_before", "NLL before", field="nll_before", show=False),
     MetricSpec("mean_nll_after", "NLL after", field="nll_after", show=False),
     MetricSpec("n_examples", "Examples", aggregation="none", digits=0, show=False),
-    MetricSpec("threshold", "Success threshold", aggregation="none", show=False),
     MetricSpec("mean_queries", "Queries / example", field="queries", digits=1, budget=True),
     MetricSpec("mean_gradient_calls", "Gradient passes / example", field="gradient_calls", digits=1, budget=True,
                show=False),
