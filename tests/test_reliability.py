@@ -209,12 +209,13 @@ def test_run_damaged_in_every_file_still_gives_status_and_report(tmp_path, prist
             f.write_bytes(f.read_bytes()[: max(1, f.stat().st_size // 3)])  # every file torn at a third
     assert main(["status", str(run_dir)]) == 0
     out = capsys.readouterr()
-    assert "Traceback" not in out.err
+    assert "Traceback" not in out.err and "metrics/ppl/tiny" in out.out and "damaged" in out.out
     assert main(["report", str(run_dir)]) == 0
     out = capsys.readouterr()
     assert "Traceback" not in out.err
     final = read_json(run_dir / "final_results.json")
-    assert final["complete"] is False or final["stages"] == []
+    assert final["complete"] is False
+    assert final["missing"] == [{"id": "metrics/ppl/tiny", "status": "damaged: stage.json damaged"}]
     # Then a run repairs it all: the stage is recomputed.
     path = write_suite(tmp_path, SUITE)
     outcomes = Runner(load_suite(path, output_dir=run_dir), show_progress=False).run()
