@@ -252,12 +252,17 @@ def test_sigterm_during_perplexity_exits_3_and_resume_is_identical(tmp_path):
         if records.exists() and len(records.read_bytes().splitlines()) >= 3:
             break
         time.sleep(0.05)
-    # A second run on the same directory meanwhile is refused in one line naming the first one's pid.
-    second = subprocess.run([*HARNESS, "run", str(path), "--out", str(run_dir), "--no-progress"],
-                            capture_output=True, text=True, timeout=600)
+    # A second run on the same directory meanwhile (the first one paused, so it is surely still mid-stage) is
+    # refused in one line naming the first one's pid.
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run([*HARNESS, "run", str(path), "--out", str(run_dir), "--no-progress"],
+                                capture_output=True, text=True, timeout=600)
+    finally:
+        proc.send_signal(signal.SIGTERM)  # pending until it continues: then it stops at the next chunk
+        proc.send_signal(signal.SIGCONT)
     assert second.returncode == 2 and f"in use by pid {proc.pid} on host {socket.gethostname()}" in second.stderr
     assert len([ln for ln in second.stderr.splitlines() if ln.strip()]) == 1, second.stderr
-    proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 3, err
     assert "preempted" in err and not (run_dir / "stages/metrics/ppl/tiny/done.json").exists()
