@@ -166,12 +166,14 @@ class RunDir:
         if not sdir.is_dir():
             return StageState("not started")
         again = f"stage {stage_id} counts as not finished and runs again"
+        if (sdir / "stage.json").exists() and self.marker_key(stage_id) is None:
+            return StageState("incomplete", damage="stage.json damaged")
         done = read_json_object(sdir / "done.json", {"key": str}, again)
         if done is None or done["key"] != key:
             return StageState("incomplete", damage="done.json damaged" if (sdir / "done.json").exists()
                               and done is None else "")
         if (sdir / "stage.json").exists() and self.marker_key(stage_id) != key:
-            return StageState("incomplete", damage="stage.json damaged")
+            return StageState("incomplete")  # the directory of another config of the stage
         result = self.result(stage_id)
         if result is None:
             return StageState("incomplete", damage="result.json missing or damaged")
@@ -204,10 +206,16 @@ class RunDir:
         """The stages as their own ``stage.json`` markers describe them (when ``config.resolved.json`` is damaged)."""
         found = []
         for marker in sorted((self.root / "stages").glob("**/stage.json")):
+            if not is_within(marker.resolve(), self.root):
+                continue
             data = read_json_object(marker, {"id": str, "key": str, "section": str, "entry": str, "plugin": str,
-                                             "model": str}, "that stage is not listed")
-            if data is not None and is_within(marker.resolve(), self.root):
-                found.append(data)
+                                             "model": str}, "the stage is listed by its directory, as damaged")
+            if data is None:  # still list the stage (its id is its directory), so status and report name it
+                parts = marker.parent.relative_to(self.root / "stages").parts
+                data = {"id": "/".join(parts), "key": "(unknown: stage.json damaged)", "deps": [],
+                        "section": parts[0], "entry": parts[1] if len(parts) > 1 else "?", "plugin": "?",
+                        "model": parts[2] if len(parts) > 2 else "?"}
+            found.append(data)
         return found
 
     def records(self, stage_id: str) -> list[dict[str, Any]]:

@@ -337,20 +337,26 @@ def _check_train_cycles(train: dict[str, Entry], models: dict[str, Entry], path:
 
 
 def _check_needs_cycles(entries: dict[str, Entry], path: Path) -> None:
-    """Entries whose ``needs`` lead back to themselves would never run: one line naming the cycle."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: checked
-
-    def visit(name: str, trail: list[str]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            cycle = trail[trail.index(name):] + [name]
-            raise ConfigError(path, f"{entries[trail[-1]].key}.needs", f"`needs` cycle: {' -> '.join(cycle)}",
-                              "remove one of these `needs` (an entry cannot wait for itself)")
-        state[name] = 1
-        for need in entries[name].needs:
-            visit(need, trail + [name])
-        state[name] = 2
-
-    for name in entries:
-        visit(name, [])
+    """Entries whose ``needs`` lead back to themselves would never run: one line naming the cycle. (Depth-first,
+    with its own stack: a long chain of ``needs`` must not hit Python's recursion limit.)"""
+    checked: set[str] = set()
+    for start in entries:
+        if start in checked:
+            continue
+        trail: list[str] = [start]
+        pending: list[list[str]] = [list(entries[start].needs)]
+        while trail:
+            if not pending[-1]:
+                checked.add(trail.pop())
+                pending.pop()
+                continue
+            need = pending[-1].pop()
+            if need in trail:
+                cycle = trail[trail.index(need):] + [need]
+                if len(cycle) > 8:
+                    cycle = cycle[:4] + [f"... ({len(cycle) - 6} more)"] + cycle[-2:]
+                raise ConfigError(path, f"{entries[trail[-1]].key}.needs", f"`needs` cycle: {' -> '.join(cycle)}",
+                                  "remove one of these `needs` (an entry cannot wait for itself)")
+            if need not in checked:
+                trail.append(need)
+                pending.append(list(entries[need].needs))

@@ -209,12 +209,13 @@ def test_run_damaged_in_every_file_still_gives_status_and_report(tmp_path, prist
             f.write_bytes(f.read_bytes()[: max(1, f.stat().st_size // 3)])  # every file torn at a third
     assert main(["status", str(run_dir)]) == 0
     out = capsys.readouterr()
-    assert "Traceback" not in out.err
+    assert "Traceback" not in out.err and "metrics/ppl/tiny" in out.out and "damaged" in out.out
     assert main(["report", str(run_dir)]) == 0
     out = capsys.readouterr()
     assert "Traceback" not in out.err
     final = read_json(run_dir / "final_results.json")
-    assert final["complete"] is False or final["stages"] == []
+    assert final["complete"] is False
+    assert final["missing"] == [{"id": "metrics/ppl/tiny", "status": "damaged: stage.json damaged"}]
     # Then a run repairs it all: the stage is recomputed.
     path = write_suite(tmp_path, SUITE)
     outcomes = Runner(load_suite(path, output_dir=run_dir), show_progress=False).run()
@@ -251,12 +252,17 @@ def test_sigterm_during_perplexity_exits_3_and_resume_is_identical(tmp_path):
         if records.exists() and len(records.read_bytes().splitlines()) >= 3:
             break
         time.sleep(0.05)
-    # A second run on the same directory meanwhile is refused in one line naming the first one's pid.
-    second = subprocess.run([*HARNESS, "run", str(path), "--out", str(run_dir), "--no-progress"],
-                            capture_output=True, text=True, timeout=600)
+    # A second run on the same directory meanwhile (the first one paused, so it is surely still mid-stage) is
+    # refused in one line naming the first one's pid.
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run([*HARNESS, "run", str(path), "--out", str(run_dir), "--no-progress"],
+                                capture_output=True, text=True, timeout=600)
+    finally:
+        proc.send_signal(signal.SIGTERM)  # pending until it continues: then it stops at the next chunk
+        proc.send_signal(signal.SIGCONT)
     assert second.returncode == 2 and f"in use by pid {proc.pid} on host {socket.gethostname()}" in second.stderr
     assert len([ln for ln in second.stderr.splitlines() if ln.strip()]) == 1, second.stderr
-    proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 3, err
     assert "preempted" in err and not (run_dir / "stages/metrics/ppl/tiny/done.json").exists()
