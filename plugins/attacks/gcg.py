@@ -44,12 +44,14 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from harness import (AttackPlugin, DocumentSource, HarnessError, LoadedModel, MetricSpec, StageContext,
-                     StagePreempted, hookimpl, load_documents)
-from harness.attacks import (ATTACK_METRICS, ContinuationLoss, Example, Scorer, TaskConfig, allowed_tokens,
-                             attack_rng, example_record, make_examples, random_allowed, select_examples, summarize)
+from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, PlanInputs,
+                     StageContext, StagePreempted, Workload, hookimpl, load_documents)
+from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, Budget, ContinuationLoss, Example, Scorer, TaskConfig,
+                             allowed_tokens, attack_rng, example_record, make_examples, position_histogram,
+                             random_allowed, select_examples, summarize)
 
-from .uat import evaluate_trigger, tokenizer_fingerprint
+from .uat import evaluate_trigger, optimisation_budget, tokenizer_fingerprint
+from .workload import RECORD_BYTES, _examples
 
 Edit = Literal["context", "suffix", "prefix"]
 
@@ -211,8 +213,8 @@ class SearchState:
     best: tuple[float, list[int]]  # the lowest loss seen (targeted: the best exact match first)
     best_match: bool
     generator: list[int]
-    queries: int = 0
-    gradient_calls: int = 0
+    #: What the search spent so far (``Budget.state()``: exact queries, gradient passes, tokens, FLOPs).
+    budget: dict[str, Any] = field(default_factory=dict)
     charged: int = 0  # queries counted against max_queries (the control is charged its skipped gradients too)
     dropped: int = 0  # candidates dropped by filter_ids
     steps_to_success: int | None = None
@@ -283,7 +285,8 @@ def search(objective: Objective, init: list[int], allowed: torch.Tensor, tokeniz
         gen.set_state(torch.tensor(state.generator, dtype=torch.uint8))
     else:
         state = initial_state(objective, init, allowed, cfg, gen, key, batches[0], targeted, init_loss)
-    scorer.queries, scorer.gradient_calls = state.queries, state.gradient_calls
+    if state.budget:  # resumed: what the search had spent when it was saved (the caller's scoring included)
+        scorer.budget = Budget(**state.budget)
     budget = cfg.max_queries if cfg.max_queries is not None else math.inf
     while state.step < cfg.num_steps:
         if ctx is not None and ctx.should_stop:  # resume from the last saved state (an exact restart point)
@@ -327,12 +330,12 @@ def search(objective: Objective, init: list[int], allowed: torch.Tensor, tokeniz
             if (match, -current_loss) > (state.best_match, -state.best[0]):
                 state.best, state.best_match = (current_loss, list(state.current)), match
         state.step += 1
-        state.queries, state.gradient_calls = scorer.queries, scorer.gradient_calls
+        state.budget = scorer.budget.state()
         if ctx is not None and state.step % cfg.save_every == 0 and state.step < cfg.num_steps:
             state.generator = gen.get_state().tolist()
             ctx.save_state("gcg", state.to_json())
             scorer.forget()  # what follows computes exactly as a run resumed from here does
-    state.queries, state.gradient_calls = scorer.queries, scorer.gradient_calls
+    state.budget = scorer.budget.state()
     return state
 
 
@@ -441,8 +444,9 @@ def attack_one(model: LoadedModel, problem: Problem, init: list[int] | None, all
     state = search(objective, start, allowed, tok, cfg, gen, ex.id, [[0]], ctx,
                    untargeted_before=None if targeted else before, threshold=cfg.threshold, init_loss=known)
     string = state.best[1]
-    fields: dict[str, Any] = {"queries": state.queries + state.gradient_calls, "gradient_calls": state.gradient_calls,
-                              "steps": state.step, "dropped_candidates": state.dropped,
+    if targeted:
+        nll, match = objective.exact_match([0], string)  # the target NLL itself (the loss may be mellowmax)
+    fields: dict[str, Any] = {**scorer.budget.as_record(), "steps": state.step, "dropped_candidates": state.dropped,
                               "adversarial_ids": string, "adversarial_text": tok.decode(string)}
     if cfg.edit == "context":
         fields["positions"] = [i for i, (a, b) in enumerate(zip(ex.context, string)) if a != b]
@@ -450,8 +454,6 @@ def attack_one(model: LoadedModel, problem: Problem, init: list[int] | None, all
     if not targeted:
         record = example_record(ex.id, before, -state.best[0], cfg.threshold, **fields)
     else:
-        nll, match = objective.exact_match([0], string)  # the target NLL itself (the loss may be mellowmax)
-        fields["queries"] += 1
         record = example_record(ex.id, before, float(nll[0]), cfg.threshold, **fields)
         record.update(success=bool(match[0]), exact_match=bool(match[0]), target_nll=float(nll[0]),
                       target_text=tok.decode(list(problem.tails[0])),
@@ -462,8 +464,9 @@ def attack_one(model: LoadedModel, problem: Problem, init: list[int] | None, all
 def gcg_summary(records: Sequence[dict[str, Any]], cfg: GCGConfig) -> dict[str, Any]:
     metrics = summarize(records, cfg.threshold)
     mean = (lambda xs: float(np.mean(xs)) if len(xs) else float("nan"))
-    metrics["mean_gradient_calls"] = mean([r.get("gradient_calls", 0) for r in records])
     metrics["mean_steps"] = mean([r["steps"] for r in records if "steps" in r])
+    if cfg.edit == "context" and not cfg.universal:
+        metrics[POSITIONS_METRIC.name] = position_histogram(records, cfg.context_tokens)
     if cfg.objective == "targeted":
         matches = [bool(r["exact_match"]) for r in records]
         metrics["success_rate"] = metrics["exact_match_rate"] = mean(matches)
@@ -496,8 +499,7 @@ def attack_universal(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> d
     objective = Objective(scorer, problem, cfg)
     state = search(objective, init, allowed, tok, cfg, attack_rng(ctx, "gcg", "universal"), "universal", batches, ctx)
     string = state.best[1]
-    summary: dict[str, Any] = {"n_opt": len(opt), "optimisation_queries": state.queries + state.gradient_calls,
-                               "gradient_calls": state.gradient_calls, "steps": state.step,
+    summary: dict[str, Any] = {"n_opt": len(opt), **optimisation_budget(scorer.budget), "steps": state.step,
                                "dropped_candidates": state.dropped, "adversarial_ids": string,
                                "adversarial_text": tok.decode(string), "tokenizer_fingerprint": tokenizer_fingerprint(tok)}
     if cfg.objective == "untargeted":
@@ -512,10 +514,11 @@ def attack_universal(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> d
     docs = list(range(len(held_out)))
     before, _ = judge.scorer.continuation_scores(torch.tensor([held.ids(i, None) for i in docs]), judge.k)
     after, match = judge.exact_match(docs, string)
+    spent = judge.scorer.budget.as_record(share=len(held_out))  # 2 queries each, the passes shared equally
     done = ctx.records.done()
     for i, ex in enumerate(held_out):
         if ex.id not in done:
-            record = example_record(ex.id, float(before[i]), float(after[i]), cfg.threshold, queries=2,
+            record = example_record(ex.id, float(before[i]), float(after[i]), cfg.threshold, **spent,
                                     adversarial_ids=string, adversarial_text=tok.decode(string))
             record.update(success=bool(match[i]), exact_match=bool(match[i]), target_nll=float(after[i]))
             ctx.records.append(record)
@@ -524,24 +527,21 @@ def attack_universal(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> d
     return metrics
 
 
-class GCGAttack(AttackPlugin):
+class GCGAttack(AttackPlugin[GCGConfig]):
     """Greedy Coordinate Gradient (nanoGCG's loop): gradient top-k candidates, scored exactly in batches."""
 
     name = "gcg"
-    Config = GCGConfig
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: GCGConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return attack_universal(model, ctx, cfg) if cfg.universal else attack_examples(model, ctx, cfg)
 
     def is_control(self) -> bool:
-        return self.config.mode == "random_token"  # type: ignore[attr-defined]
+        return self.config.mode == "random_token"
 
     def declared_metrics(self) -> list[MetricSpec]:
-        cfg: GCGConfig = self.config  # type: ignore[assignment]
-        specs = [*ATTACK_METRICS,
-                 MetricSpec("mean_gradient_calls", "Gradient passes / example", field="gradient_calls", digits=1,
-                            budget=True, show=False),
+        cfg = self.config
+        specs = [*ATTACK_METRICS, *([POSITIONS_METRIC] if cfg.edit == "context" and not cfg.universal else []),
                  MetricSpec("mean_steps", "GCG steps", field="steps", digits=1, show=False)]
         if cfg.objective == "targeted":
             specs += [MetricSpec("exact_match_rate", "Exact match (%)", field="exact_match", scale=100, digits=1),
@@ -550,17 +550,14 @@ class GCGAttack(AttackPlugin):
                                  show=False)]
         return specs
 
-    def plan(self, inputs):
+    def plan(self, inputs: PlanInputs) -> Workload:
         """Queries and gradient passes of this stage, from the config (upper bounds; ``harness plan``)."""
-        return gcg_workload(self.config, inputs)  # type: ignore[arg-type]
+        return gcg_workload(self.config, inputs)
 
 
-def gcg_workload(cfg: GCGConfig, inputs: Any) -> Any:
+def gcg_workload(cfg: GCGConfig, inputs: PlanInputs) -> Workload:
     """Per search: the initial scores, then per step one gradient pass (not the control's), ``search_width``
     candidates (fewer after ``filter_ids``), and a targeted search's exact-match check; capped by ``max_queries``."""
-    from harness import Batch, Workload
-
-    from .workload import RECORD_BYTES, _examples
 
     string = 0 if cfg.edit == "context" else cfg.n_tokens
     tail = cfg.continuation_tokens  # a target's length is unknown before tokenising: the continuation's stands in
