@@ -219,3 +219,23 @@ def test_missing_and_undeclared_metrics_are_reported_in_one_line(tmp_path):
     row = next(r for r in res["attacks"]["rows"] if r["model"] == "mono")
     labels = [c["label"] for c in res["attacks"]["columns"]]
     assert row["cells"][labels.index("Median NLL incr. (%)")]["status"] == "no value"
+
+
+def test_declared_families_are_alternatives(tmp_path):
+    """lm-eval names a metric `task/metric`, or `task/metric,filter` when a task has several filters: a result
+    with either form lacks nothing; one with neither gets one line naming the families."""
+    from harness.report.collect import StageData
+    from harness.report.declared import missing_declared, undeclared
+    from harness_plugins.metrics.lmeval import LMEval, LMEvalConfig
+
+    specs = LMEval(LMEvalConfig(tasks=["t1"])).declared_metrics()
+
+    def stage(metrics: dict) -> StageData:
+        return StageData(id="s", section="metrics", entry="e", plugin="lm_eval", model="m", seed=None, key="k",
+                         deps=[], dir=tmp_path, status="done", result={"metrics": metrics})
+
+    assert missing_declared(specs, stage({"t1/acc": 0.5, "t1/acc_stderr": 0.1})) == []
+    assert missing_declared(specs, stage({"t1/em,strict": 0.5, "t1/em,strict_stderr": 0.1})) == []
+    lacking = missing_declared(specs, stage({"score": 1.0}))
+    assert len(lacking) == 1 and "{task}/{metric}" in lacking[0]
+    assert undeclared(specs, stage({"score": 1.0, "t1/acc": 0.5})) == ["score"]

@@ -178,7 +178,8 @@ def declarations(groups: list[Group], thresholds: list[float],
     unknown: list[str] = []
     for g in groups:
         done = g.done
-        if not done:
+        if not done:  # nothing finished: what the plugin class declares (e.g. whether it reports a matrix)
+            g.specs = declared_specs(g.stages[0], plugins)
             continue
         g.specs = declared_specs(done[0], plugins)
         if g.specs is None:

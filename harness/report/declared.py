@@ -46,9 +46,13 @@ def declared_specs(stage: StageData, plugins: PluginResolver | None = None) -> l
 
 
 def missing_declared(specs: Iterable[MetricSpec], stage: StageData) -> list[str]:
-    """Declared keys the stage's result lacks (a family: no key matches; a histogram: no record has its field)."""
+    """Declared keys the stage's result lacks (a histogram: no record has its field). Families declare how keys look
+    (``{task}/{metric}`` or ``{task}/{metric},{filter}``): they are missing only when none of them matches a key."""
     metrics = stage.metrics
     out = []
+    families = [s for s in specs if s.is_family and s.kind != "series"]
+    if families and not any(f.match(k) for f in families for k in metrics):
+        out.append(" or ".join(f.name for f in families))
     for spec in specs:
         if spec.kind == "series":
             continue  # an optional view of the records (a validation curve only when validation ran)
@@ -56,8 +60,7 @@ def missing_declared(specs: Iterable[MetricSpec], stage: StageData) -> list[str]
             if spec.field and not any(spec.field in r for r in stage.records):
                 out.append(spec.field)
         elif spec.is_family:
-            if not any(spec.match(k) for k in metrics):
-                out.append(spec.name)
+            continue
         elif spec.name not in metrics:
             out.append(spec.name)
     return out
