@@ -47,6 +47,10 @@ class ReportConfig(PluginConfig):
     attack_floor: float = Field(default=0.10, ge=0)
     #: Attack entry -> the control entry it is judged against (default: see ``harness.report.aggregate.control_of``).
     controls: dict[str, str] = Field(default_factory=dict)
+    #: Metrics in which every attack is compared with its control on each model (attack minus control, paired
+    #: interval): an attack that does not beat its random control at equal budget is a finding, not a result.
+    #: Empty: ``attack_metric`` alone.
+    control_metrics: list[str] = Field(default_factory=list)
     #: Thresholds at which the attack tables show the success rate (read from each attack's declared curve).
     curve_thresholds: list[float] = Field(default_factory=lambda: [0.15, 0.30])
     #: The x-axis of the success-against-budget plot: the first of these budget metrics that every attack reports

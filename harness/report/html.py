@@ -57,6 +57,22 @@ def _indicators_html(indicators: list[dict[str, Any]]) -> str:
                   rows, classes)
 
 
+def _controls_html(controls: list[dict[str, Any]] | None) -> str:
+    if not controls:
+        return ""
+    rows, classes = [], []
+    for row in controls:
+        ci = row.get("ci95")
+        num = (lambda key: f"{row[key]:.4g}" if key in row else "&mdash;")
+        rows.append([_e(row["attack"]), _e(row["control"] or ""), _e(row["model"]), _e(row["metric"]), num("attack_value"),
+                     num("control_value"), num("difference"), _e(f"[{ci[0]:.4g}, {ci[1]:.4g}]") if ci else "",
+                     f"<b>{_e(row['status'])}</b>"])
+        classes.append({"beats control": "met", "below control": "notmet"}.get(row["status"], "unsettled"))
+    return ("<h2>Attacks against their controls (paired: same seeds and examples)</h2>"
+            + _table(["attack", "control", "model", "metric", "attack", "control", "difference", "95% CI", "status"],
+                     rows, classes))
+
+
 def _cells_html(table: dict[str, Any], headers: list[str], labels) -> str:
     """A table of summary cells (Table 7, the attack table); ``labels(row)`` gives the leading text cells."""
     cols = table["columns"]
@@ -139,7 +155,7 @@ def _figures_html(plots: dict[str, dict[str, Any]]) -> str:
 
 def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]],
                 plots: dict[str, dict[str, Any]], transfer: dict[str, Any] | None, generated: str,
-                attacks: dict[str, Any] | None = None) -> str:
+                attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None) -> str:
     run = agg.run
     env = run.environment
     pkgs = env.get("packages") or {}
@@ -156,6 +172,7 @@ def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str
         "<h2>Success indicators</h2>", _indicators_html(indicators),
         "<h2>Table 7</h2>", _table7_html(table),
         _attacks_html(attacks),
+        _controls_html(controls),
         "<h2>Figures</h2>", _figures_html(plots),
         _transfer_html(transfer),
         "<h2>All metrics (mean over seeds, sample std, bootstrap interval)</h2>", _metrics_html(agg),

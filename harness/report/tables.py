@@ -118,8 +118,18 @@ def metric_line(group: Group, metric: str) -> str:
     return f"    {metric:<44} {s.mean:.4g}{std}  (n={s.n}){ci}"
 
 
+def control_line(row: dict[str, Any]) -> str:
+    who = f"{row['attack']} vs {row['control'] or '(no control)'} on {row['model']}, {row['metric']}"
+    if "difference" not in row:
+        return f"{who}: {row['status']} ({row.get('detail', '')})"
+    ci = row.get("ci95")
+    ci_text = f", 95% CI [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ", no interval"
+    return (f"{who}: {row['attack_value']:.4g} vs {row['control_value']:.4g}, difference {row['difference']:.4g}"
+            f"{ci_text} -> {row['status'].upper()}")
+
+
 def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]],
-                 attacks: dict[str, Any] | None = None) -> str:
+                 attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None) -> str:
     run = agg.run
     n_done = sum(s.done for s in run.stages)
     out = [f"Experiment summary: suite '{run.suite}' ({run.mode} mode), seeds {run.seeds}",
@@ -132,6 +142,9 @@ def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[st
     if run.config.baseline:
         out.append(f"Baseline: {run.config.baseline}; compared: {', '.join(compared_models(run)) or '(none)'}")
     out += ["Success indicators (computed from this run):"] + [f"  - {indicator_line(i)}" for i in indicators]
+    if controls:
+        out += ["", "Attacks against their controls (attack minus control, paired 95% interval):"]
+        out += [f"  - {control_line(row)}" for row in controls]
     out += ["", "Table 7 (mean ± std over seeds):", markdown_table7(table)]
     if attacks and attacks["rows"]:
         out += ["Attacks side by side (mean ± std over seeds):", markdown_attacks(attacks)]

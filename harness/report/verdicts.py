@@ -277,3 +277,39 @@ def reduction_indicator(agg: Aggregate, entry: str, target: str, model: str) -> 
                          + (f"[{diff_ci[0]:.1%}, {diff_ci[1]:.1%}]" if diff_ci else "unavailable") + " is not above 0")
     item.update(status=status, met=status == MET, detail="; ".join(notes))
     return item
+
+
+def attack_vs_control(agg: Aggregate) -> list[dict[str, Any]]:
+    """Every attack against its control on every model both ran on, in each of ``report.control_metrics``: the
+    difference attack minus control with its paired 95% interval (the same seeds and examples: an attack and its
+    control face the same documents and random draws). ``beats control`` only when the interval lies above 0,
+    ``below control`` when it lies below, else ``not settled``."""
+    run, cfg = agg.run, agg.run.config
+    metrics = cfg.control_metrics or ([cfg.attack_metric] if cfg.attack_metric else [])
+    rows: list[dict[str, Any]] = []
+    for entry in attack_entries(agg):
+        if is_control(run, entry):
+            continue
+        control, how = control_of(agg, entry)
+        for model in run.models:
+            a, c = agg.find(entry, model), (agg.find(control, model) if control else None)
+            if a is None:
+                continue
+            for metric in metrics:
+                row: dict[str, Any] = {"attack": entry, "control": control, "found_by": how, "model": model,
+                                       "metric": metric}
+                sa, sc = a.across.get(metric), c.across.get(metric) if c else None
+                if c is None or sa is None or sc is None or sa.mean is None or sc.mean is None:
+                    row.update(status="no control" if control is None else "missing",
+                               detail=how if control is None else f"{metric} of the attack or its control did not "
+                                                                   "finish on this model")
+                    rows.append(row)
+                    continue
+                row.update(attack_value=sa.mean, control_value=sc.mean, difference=sa.mean - sc.mean)
+                paired = paired_means(agg, [a, c], metric)
+                ci = _interval(paired[0][0] - paired[0][1], cfg.confidence) if paired else None
+                status = {MET: "beats control", NOT_MET: "below control"}.get(verdict(ci, 0.0, above=True),
+                                                                             UNSETTLED)
+                row.update(ci95=ci, ci_method=paired[1] if paired else None, status=status)
+                rows.append(row)
+    return rows
