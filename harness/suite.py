@@ -325,8 +325,8 @@ def _check_train_cycles(train: dict[str, Entry], models: dict[str, Entry], path:
     for start in train.values():
         seen = [start.name]
         entry = start
-        while True:
-            base = models[entry.model]  # type: ignore[index]
+        while entry.model is not None:
+            base = models[entry.model]
             if base.from_train is None:
                 break
             if base.from_train in seen:

@@ -230,12 +230,12 @@ def summary_cell(agg: Aggregate, entry: str | None, model: str, metric: str, sca
         cell["status"] = "not run"
     elif not group.done:
         cell["status"] = "missing"
-    elif metric not in group.across or group.across[metric].mean is None:
+    elif metric not in group.across or (mean := group.across[metric].mean) is None:
         cell["status"] = "no value"
     else:
         s = group.across[metric]
         expected = len(group.stages)
-        cell.update(status="done", mean=s.mean * scale,  # type: ignore[operator]
+        cell.update(status="done", mean=mean * scale,
                     std=None if s.std is None else s.std * scale,
                     ci95=None if s.ci is None else [s.ci[0] * scale, s.ci[1] * scale],
                     n=s.n, expected=expected, partial=s.n < expected)

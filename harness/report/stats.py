@@ -138,8 +138,9 @@ def across_seeds_bootstrap(values: Sequence[float], replicates: Sequence[np.ndar
     k = len(values)
     if k == 0:
         return None, None
-    if all(r is not None for r in replicates):
-        reps = np.stack(replicates)  # type: ignore[arg-type]  # (seeds, n_boot_per_seed)
+    present = [r for r in replicates if r is not None]
+    if len(present) == len(replicates):
+        reps = np.stack(present)  # (seeds, n_boot_per_seed)
         if k == 1:
             return reps[0], "bootstrap over examples"
         seed_idx = rng.integers(0, k, size=(n_boot, k))

@@ -253,20 +253,19 @@ TARGETED_METRICS = [
 ]
 
 
-class SoftPromptAttack(AttackPlugin):
+class SoftPromptAttack(AttackPlugin[SoftPromptConfig]):
     """Soft-prompt / embedding-perturbation attack: the continuous upper bound of the token attacks."""
 
     name = "soft_prompt"
-    Config = SoftPromptConfig
 
     def declared_metrics(self) -> list[MetricSpec]:
-        cfg: SoftPromptConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.objective == "untargeted":
             return [*ATTACK_METRICS, STEPS_METRIC]
         return [*TARGETED_METRICS, *(m for m in ATTACK_METRICS if m.budget), STEPS_METRIC]
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
-        cfg: SoftPromptConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         where = f"attacks.{ctx.stage.entry}"
         examples = make_examples(load_documents(cfg.data), model, cfg, where=f"{where}.data")
         examples = select_examples(examples, cfg.n_examples, cfg.sample, ctx)
@@ -323,7 +322,7 @@ class SoftPromptAttack(AttackPlugin):
         forward pass of the adversarial embeddings (``harness plan``)."""
         from .workload import RECORD_BYTES, _examples
 
-        cfg: SoftPromptConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         n, note = _examples(inputs, cfg.data, cfg.n_examples, cfg, "data")
         scored = (cfg.continuation_tokens if cfg.target is None
                   else max(1, round(len(cfg.target) / inputs.chars_per_token)))  # the target's tokens, estimated
