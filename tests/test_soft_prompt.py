@@ -150,3 +150,17 @@ def test_bad_config_is_one_line_at_validate(tmp_path, capsys, option, words):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert words in err and "attacks.soft" in err and "fix:" in err
+
+
+def test_soft_suffix_reaches_at_least_what_gcg_reaches_on_the_same_positions(tiny, tmp_path):
+    """The continuous bound: free embeddings at the suffix positions GCG optimises as tokens (same examples, same
+    suffix length) raise the continuation NLL at least as much as GCG does there."""
+    from harness_plugins.attacks.gcg import GCGAttack, GCGConfig
+
+    options = {**TASK, "n_examples": 4, "edit": "suffix", "n_tokens": 4}
+    gcg = GCGAttack(GCGConfig.model_validate({**options, "num_steps": 8, "search_width": 16, "topk": 16}))
+    gcg_metrics = gcg.attack(tiny, _ctx(tmp_path, "gcg", "gcg"))
+    metrics, records = soft(tiny, tmp_path, **options, steps=10, batch_size=4)
+    assert [r["id"] for r in records] == [r["id"] for r in _ctx(tmp_path, "gcg").records.records]  # same docs
+    assert metrics["mean_nll_before"] == pytest.approx(gcg_metrics["mean_nll_before"], abs=1e-9)
+    assert metrics["mean_relative_increase"] >= gcg_metrics["mean_relative_increase"] > 0
