@@ -30,7 +30,7 @@ from pydantic import Field
 from .api import LoadedModel, MetricSpec
 from .config import PluginConfig
 from .context import StageContext, derive_seed
-from .data import Document
+from .data import Document, DocumentSource, load_documents
 from .errors import HarnessError
 from .scoring import continuation_nll, logits_tail_kwarg, swap_nll
 
@@ -41,9 +41,8 @@ ContinuationLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 __all__ = [
     "ATTACK_METRICS", "BUDGET_FIELDS", "Budget", "CURVE_THRESHOLDS", "ComputeCost", "ContinuationLoss", "Example",
     "POSITIONS_METRIC", "Scorer", "TaskConfig", "VocabFilter", "allowed_tokens", "attack_rng", "budget_summary",
-    "position_histogram",
-    "continuation_nll", "example_record", "make_examples", "random_allowed", "relative_increase", "select_examples",
-    "spearman", "success_curve", "summarize", "swap_nll",
+    "continuation_nll", "disjoint_splits", "example_record", "make_examples", "position_histogram", "random_allowed",
+    "relative_increase", "select_examples", "spearman", "success_curve", "summarize", "swap_nll",
 ]
 
 #: Thresholds of the stored success curve (relative NLL increase): 0, 2.5%, ..., 100%.
@@ -133,6 +132,20 @@ def select_examples(examples: list[Example], n: int | None, sample: Literal["fir
         return examples[:n]
     order = torch.randperm(len(examples), generator=attack_rng(ctx, "documents", len(examples), n)).tolist()
     return [examples[i] for i in sorted(order[:n])]
+
+
+def disjoint_splits(model: LoadedModel, task: TaskConfig, opt_source: DocumentSource, eval_source: DocumentSource,
+                    n_opt: int | None, n_eval: int | None, where: str) -> tuple[list[Example], list[Example]]:
+    """A universal attack's optimisation and held-out examples (``n_opt`` and ``n_eval`` of them), refusing splits
+    that share an example: a string judged on documents it was optimised on would overstate its success."""
+    opt = make_examples(load_documents(opt_source), model, task, n_opt, where=f"{where}.opt_data")
+    held_out = make_examples(load_documents(eval_source), model, task, n_eval, where=f"{where}.eval_data")
+    seen = {(ex.context, ex.continuation) for ex in opt}
+    shared = [ex.id for ex in held_out if (ex.context, ex.continuation) in seen]
+    if shared:
+        raise HarnessError(f"{where}: {len(shared)} held-out documents (e.g. {shared[0]}) are also in opt_data; fix: "
+                           "use disjoint splits (another file or split, or `skip:` past the optimisation documents)")
+    return opt, held_out
 
 
 def attack_rng(ctx: StageContext, *key: Any) -> torch.Generator:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from .api import SECTIONS
 from .config import PluginConfig, validated
@@ -188,7 +187,7 @@ def _check_name_list(value: Any, path: Path, key: str, known: dict[str, Any], wh
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(path, key, f"expected a list of {what} names, got {value!r}", f"write `[name, ...]`")
+        raise ConfigError(path, key, f"expected a list of {what} names, got {value!r}", "write `[name, ...]`")
     for v in value:
         if v not in known:
             raise ConfigError(path, key, f"unknown {what} '{v}'{did_you_mean(v, known)}",

@@ -13,7 +13,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..errors import HarnessError
 from ..rundir import RECORDS, RunDir, read_json_object, read_records
 from ..config import validated
 from .config import ReportConfig

@@ -47,8 +47,8 @@ from pydantic import Field, model_validator
 from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, PlanInputs,
                      StageContext, StagePreempted, Workload, hookimpl, load_documents)
 from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, Budget, ContinuationLoss, Example, Scorer, TaskConfig,
-                             allowed_tokens, attack_rng, example_record, make_examples, position_histogram,
-                             random_allowed, select_examples, summarize)
+                             allowed_tokens, attack_rng, disjoint_splits, example_record, make_examples,
+                             position_histogram, random_allowed, select_examples, summarize)
 
 from .uat import evaluate_trigger, optimisation_budget, tokenizer_fingerprint
 from .workload import RECORD_BYTES, _examples
@@ -480,13 +480,7 @@ def attack_universal(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> d
     """One string optimised on the optimisation split only, then judged on the held-out split (as UAT)."""
     where = ctx.stage.entry
     assert cfg.opt_data is not None and cfg.eval_data is not None
-    opt = make_examples(load_documents(cfg.opt_data), model, cfg, cfg.n_opt, where=f"{where}.opt_data")
-    held_out = make_examples(load_documents(cfg.eval_data), model, cfg, cfg.n_eval, where=f"{where}.eval_data")
-    seen = {(ex.context, ex.continuation) for ex in opt}
-    shared = [ex.id for ex in held_out if (ex.context, ex.continuation) in seen]
-    if shared:
-        raise HarnessError(f"{where}: {len(shared)} held-out documents (e.g. {shared[0]}) are also in opt_data; fix: "
-                           "use disjoint splits (another file or split, or `skip:` past the optimisation documents)")
+    opt, held_out = disjoint_splits(model, cfg, cfg.opt_data, cfg.eval_data, cfg.n_opt, cfg.n_eval, where)
     tok = model.tokenizer
     allowed = allowed_tokens(model, cfg.vocab)
     init = init_string(tok, cfg, where)

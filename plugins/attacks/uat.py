@@ -29,9 +29,9 @@ import torch
 from pydantic import Field
 
 from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, PlanInputs,
-                     StageContext, StagePreempted, Workload, hookimpl, load_documents)
+                     StageContext, StagePreempted, Workload, hookimpl)
 from harness.attacks import (ATTACK_METRICS, Budget, Example, Scorer, TaskConfig, allowed_tokens, attack_rng,
-                             example_record, make_examples, random_allowed, summarize)
+                             disjoint_splits, example_record, random_allowed, summarize)
 
 from .workload import RECORD_BYTES, _examples, _length
 
@@ -73,14 +73,7 @@ def load_splits(model: LoadedModel, cfg: UATConfig, where: str) -> tuple[list[Ex
     if need > model.max_length:
         raise HarnessError(f"{where}: trigger_length + context_tokens + continuation_tokens (+1) = {need} exceeds the "
                            f"{model.max_length} positions of model '{model.name}'; fix: make them smaller")
-    opt = make_examples(load_documents(cfg.opt_data), model, cfg, cfg.n_opt, where=f"{where}.opt_data")
-    held_out = make_examples(load_documents(cfg.eval_data), model, cfg, cfg.n_eval, where=f"{where}.eval_data")
-    seen = {(ex.context, ex.continuation) for ex in opt}
-    shared = [ex.id for ex in held_out if (ex.context, ex.continuation) in seen]
-    if shared:
-        raise HarnessError(f"{where}: {len(shared)} held-out documents (e.g. {shared[0]}) are also in opt_data; fix: "
-                           "use disjoint splits (another file or split, or `skip:` past the optimisation documents)")
-    return opt, held_out
+    return disjoint_splits(model, cfg, cfg.opt_data, cfg.eval_data, cfg.n_opt, cfg.n_eval, where)
 
 
 #: Where a universal string goes: before the context (a UAT trigger) or after it (a universal GCG suffix).
