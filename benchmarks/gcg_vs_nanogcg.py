@@ -4,7 +4,7 @@ Both contenders run targeted GCG with a suffix (nanoGCG's setting: prompt + opti
 template: the prompt is concatenated plainly) on the same prompts (the first ``--context`` tokens of held-out
 Shakespeare documents), the same targets, the same first string, ``num_steps``, ``search_width``, ``topk``, seed and
 nanoGCG's other defaults (n_replace 1, buffer_size 0, filter_ids, ASCII-only tokens). nanoGCG pins
-``transformers<=4.47.1``, so it runs in its own venv (``--nanogcg-python``; see /work/shared/README.md "nanoGCG"),
+``transformers<=4.47.1``, so it runs in its own venv (``--nanogcg-python``, made by ``bash scripts/setup_nanogcg.sh``),
 as a worker subprocess that loads the model once and takes one prompt at a time; the contenders' runs are
 interleaved prompt by prompt (alternating which goes first), and each side times only its own search (model loading
 excluded).
@@ -15,7 +15,7 @@ GFLOP/s against this machine's measured fp32 matmul rate (the limit). The FLOPs 
 per step one gradient pass over the whole sequence (6 x parameters per token) plus ``search_width`` full candidate
 sequences (2 x parameters per token), no credit for prefix reuse; so the GFLOP/s ratio is the steps/s ratio.
 
-    python benchmarks/gcg_vs_nanogcg.py --nanogcg-python /work/venv-nanogcg/bin/python [--prompts 5]
+    bash scripts/setup_nanogcg.sh && python benchmarks/gcg_vs_nanogcg.py [--prompts 5]
         [--num-steps 8] [--search-width 64] [--topk 64] [--n-tokens 20] [--threads 2] [--model-dir DIR]
 """
 
@@ -107,7 +107,8 @@ def run_ours(model, tok, prompt: str, target: str, init_ids: list[int], args) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nanogcg-python", type=Path, default=Path("/work/venv-nanogcg/bin/python"),
+    parser.add_argument("--nanogcg-python", type=Path,
+                        default=Path(__file__).resolve().parents[1] / ".venv-nanogcg" / "bin" / "python",
                         help="python of a venv with nanogcg==0.3.0 (and its transformers<=4.47.1)")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="a Hugging Face model directory both sides load (default: the shipped tiny model)")
@@ -131,8 +132,8 @@ def main() -> None:
         from harness_plugins.models.pythia_tiny import WEIGHTS_DIR
         args.model_dir = Path(WEIGHTS_DIR)
     if not args.nanogcg_python.exists():
-        raise SystemExit(f"--nanogcg-python {args.nanogcg_python} not found; fix: create the venv (python3 -m venv "
-                         "DIR; DIR/bin/pip install torch==2.13.0; DIR/bin/pip install -c <torch==2.13.0> nanogcg==0.3.0)")
+        raise SystemExit(f"--nanogcg-python {args.nanogcg_python} not found; fix: run `bash scripts/setup_nanogcg.sh` "
+                         "(or pass the python of a venv holding nanogcg==0.3.0)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tok = AutoTokenizer.from_pretrained(args.model_dir)
