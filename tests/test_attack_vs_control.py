@@ -47,8 +47,47 @@ def test_each_attack_is_compared_with_its_control_on_paired_examples(tmp_path):
         assert abs(row["difference"] - (values["hotflip"] - values["random_hotflip"])) < 1e-12
         lo, hi = row["ci95"]
         assert lo <= hi and "paired" in row["ci_method"]
-        expected = "beats control" if lo > 0 else "below control" if hi <= 0 else "not settled"
+        expected = "beats control" if lo > 0 else "below control" if hi < 0 else "not settled"
         assert row["status"] == expected
     summary = (run / "experiment_summary.txt").read_text()
     assert "hotflip vs random_hotflip on tiny, mean_relative_increase" in summary
     assert "Attacks against their controls" in (run / "report.html").read_text()
+
+
+def test_control_verdict_needs_an_interval_strictly_on_one_side(monkeypatch):
+    """Constructed: identical success rates of 1 (a degenerate [0, 0] interval) are not a loss to the control."""
+    from harness.report import verdicts
+
+    class Across:
+        def __init__(self, mean):
+            self.mean = mean
+
+    class Group:
+        def __init__(self, mean):
+            self.across = {"m": Across(mean)}
+
+    class Config:
+        control_metrics = ["m"]
+        attack_metric = None
+        confidence = 0.95
+
+    class Run:
+        config = Config()
+        models = ["x"]
+
+    class Agg:
+        run = Run()
+
+        def find(self, entry, model):
+            return Group(1.0)
+
+    cases = {(0.0, 0.0): "not settled", (0.1, 0.3): "beats control", (-0.3, -0.1): "below control",
+             (-0.1, 0.2): "not settled", (0.0, 0.2): "not settled"}
+    for (lo, hi), expected in cases.items():
+        draws = np.array([[lo, hi] * 50, [0.0] * 100])
+        monkeypatch.setattr(verdicts, "attack_entries", lambda agg: ["a"])
+        monkeypatch.setattr(verdicts, "is_control", lambda run, entry: False)
+        monkeypatch.setattr(verdicts, "control_of", lambda agg, entry: ("c", "named"))
+        monkeypatch.setattr(verdicts, "paired_means", lambda agg, groups, metric, d=draws: (d, "paired bootstrap"))
+        (row,) = verdicts.attack_vs_control(Agg())
+        assert row["status"] == expected, (lo, hi, row)

@@ -282,8 +282,8 @@ def reduction_indicator(agg: Aggregate, entry: str, target: str, model: str) -> 
 def attack_vs_control(agg: Aggregate) -> list[dict[str, Any]]:
     """Every attack against its control on every model both ran on, in each of ``report.control_metrics``: the
     difference attack minus control with its paired 95% interval (the same seeds and examples: an attack and its
-    control face the same documents and random draws). ``beats control`` only when the interval lies above 0,
-    ``below control`` when it lies below, else ``not settled``."""
+    control face the same documents and random draws). ``beats control`` only when the interval lies strictly above 0,
+    ``below control`` when strictly below, else ``not settled``."""
     run, cfg = agg.run, agg.run.config
     metrics = cfg.control_metrics or ([cfg.attack_metric] if cfg.attack_metric else [])
     rows: list[dict[str, Any]] = []
@@ -308,8 +308,9 @@ def attack_vs_control(agg: Aggregate) -> list[dict[str, Any]]:
                 row.update(attack_value=sa.mean, control_value=sc.mean, difference=sa.mean - sc.mean)
                 paired = paired_means(agg, [a, c], metric)
                 ci = _interval(paired[0][0] - paired[0][1], cfg.confidence) if paired else None
-                status = {MET: "beats control", NOT_MET: "below control"}.get(verdict(ci, 0.0, above=True),
-                                                                             UNSETTLED)
+                # Strictly on one side of 0, or not settled: an interval [0, 0] (both at 100%, say) is no loss.
+                status = (UNSETTLED if ci is None else "beats control" if ci[0] > 0 else
+                          "below control" if ci[1] < 0 else UNSETTLED)
                 row.update(ci95=ci, ci_method=paired[1] if paired else None, status=status)
                 rows.append(row)
     return rows
