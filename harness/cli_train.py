@@ -4,7 +4,7 @@ The command writes a one-stage suite (``models: {base: ...}``, ``train: {TRAINER
 and runs it with :class:`harness.runner.Runner`, so resume, caching and records are exactly those of suite runs.
 
 The config file is YAML: trainer options at the top level, plus the reserved keys ``model`` (the starting model
-entry, default ``{plugin: pythia_tiny}``), ``seeds``, ``device``, and ``quick:`` / ``full:`` blocks whose keys
+entry, required), ``seeds``, ``device``, and ``quick:`` / ``full:`` blocks whose keys
 replace the top-level ones in that mode. Relative paths in it are relative to the config file. Without
 ``--config`` the trainer's default ``configs/train/TRAINER.yaml`` is used.
 """
@@ -57,10 +57,11 @@ def training_suite(trainer: str, config: dict[str, Any], config_path: Path, mode
     resolved = {k: v for k, v in config.items() if k not in MODES}
     resolved.update(config.get(mode) or {})
     resolved = _absolute_paths(resolved, config_path.parent)
-    model = resolved.pop("model", None) or {"plugin": "pythia_tiny"}
+    model = resolved.pop("model", None)
     if not isinstance(model, dict):
-        raise ConfigError(config_path, "model", f"must be a model entry, got {model!r}",
-                          "write `model: {plugin: pythia_tiny}`")
+        raise ConfigError(config_path, "model", "needs the starting model entry" if model is None else
+                          f"must be a model entry, got {model!r}",
+                          "write `model: {plugin: <a model plugin>, ...}` (`harness list` shows the model plugins)")
     suite: dict[str, Any] = {"name": f"train_{trainer}", "seeds": resolved.pop("seeds", [42]),
                              "models": {"base": model},
                              "train": {trainer: {"plugin": trainer, "model": "base", **{

@@ -272,7 +272,8 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
     sections = {s: _parse_entries(resolved, s, path, registry) for s in SECTIONS}
     models, train = sections["models"], sections["train"]
     if not models:
-        raise ConfigError(path, "models", "no models defined", "add `models: {name: {plugin: pythia_tiny}}`")
+        raise ConfigError(path, "models", "no models defined",
+                          "add `models: {name: {plugin: <a model plugin>}}` (`harness list` shows them)")
 
     for entry in train.values():
         if entry.model is None:
@@ -286,7 +287,8 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
             _check_name_list(entry.from_train, path, f"{entry.key}.from_train", train, "train entry")
             if "path" not in entry.plugin.cls.Config.model_fields:
                 raise ConfigError(path, f"{entry.key}.plugin", f"plugin '{entry.plugin.name}' cannot load a trained "
-                                  "checkpoint (its config has no `path`)", "use `plugin: hf_causal_lm`")
+                                  "checkpoint (its config has no `path`)",
+                                  "use a model plugin whose config takes `path` (a Hugging Face checkpoint loader)")
             if "path" in entry.raw:
                 raise ConfigError(path, f"{entry.key}.path", "a model `from_train` gets its path from training",
                                   "remove `path:`")
