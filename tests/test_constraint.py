@@ -140,9 +140,9 @@ def test_projected_ffn_with_monotone_activation_is_monotone(tiny):
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
         opt.zero_grad()
-        assert min(float(w.min()) for w in constrained) < 0  # the step left the feasible set ...
+        assert min(float(w.detach().min()) for w in constrained) < 0  # the step left the feasible set ...
         project_(constrained, FLOOR)  # ... and the projection brings it back
-    assert min(float(w.min()) for w in constrained) >= FLOOR32
+    assert min(float(w.detach().min()) for w in constrained) >= FLOOR32
     gen = torch.Generator().manual_seed(1)
     width = model.config.hidden_size
     for layer in model.gpt_neox.layers:
