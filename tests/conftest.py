@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,18 @@ def write_suite(directory: Path, text: str, name: str = "suite.yaml") -> Path:
     path = directory / name
     path.write_text(textwrap.dedent(text).replace("@DATA@", str(DATA)))
     return path
+
+
+@contextmanager
+def pip_installed(package_dir: Path, dist_name: str) -> Iterator[None]:
+    """An out-of-tree plugin package installed (editable, no dependencies) into this venv for the block's duration."""
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", "-e", str(package_dir)], check=True,
+                   capture_output=True, timeout=300)
+    try:
+        yield
+    finally:
+        subprocess.run([*pip, "uninstall", "-y", dist_name], check=True, capture_output=True, timeout=300)
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -4,23 +4,18 @@ attack toolkit, installed with pip, and shown in every report output beside HotF
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from .conftest import ROOT, run_cli, write_suite
+from .conftest import ROOT, pip_installed, run_cli, write_suite
 
 EXAMPLE = ROOT / "examples" / "harness-example-attack"
 
 
 @pytest.fixture()
 def example_attack_installed():
-    pip = [sys.executable, "-m", "pip", "-q"]
-    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", "-e", str(EXAMPLE)], check=True,
-                   capture_output=True, timeout=300)
-    yield
-    subprocess.run([*pip, "uninstall", "-y", "harness-example-attack"], check=True, capture_output=True, timeout=300)
+    with pip_installed(EXAMPLE, "harness-example-attack"):
+        yield
 
 
 def test_example_attack_is_small_and_uses_only_the_public_api():

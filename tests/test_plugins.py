@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import importlib.metadata as md
-import subprocess
-import sys
 
 import pytest
 
 from harness import MetricPlugin, hookimpl
 from harness.plugins import ENTRY_POINT_GROUP, Registry, load_registry, make_plugin_manager
-from tests.conftest import ROOT, run_cli, write_suite
+from tests.conftest import ROOT, pip_installed, run_cli, write_suite
 
 EXAMPLE = ROOT / "examples" / "harness-example-metric"
 
@@ -52,11 +50,8 @@ def test_cli_list_shows_kind_and_package():
 
 @pytest.fixture()
 def example_installed():
-    pip = [sys.executable, "-m", "pip", "-q"]
-    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", "-e", str(EXAMPLE)], check=True,
-                   capture_output=True, timeout=300)
-    yield
-    subprocess.run([*pip, "uninstall", "-y", "harness-example-metric"], check=True, capture_output=True, timeout=300)
+    with pip_installed(EXAMPLE, "harness-example-metric"):
+        yield
 
 
 def test_out_of_tree_plugin_installs_lists_and_runs_in_a_suite(tmp_path, example_installed):
