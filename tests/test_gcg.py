@@ -180,6 +180,70 @@ def test_universal_gcg_never_optimises_on_held_out_documents(tiny, tmp_path, mon
         gcg.GCGAttack(overlapping).attack(tiny, _ctx(tmp_path, "overlap"))
 
 
+# -- per-document targets (GCG-multi) ---------------------------------------------------------------------------
+
+#: Targets of different token lengths, one per document (GCG-multi's per-behaviour targets).
+TARGET_TEXTS = [" my lord", " the king is dead", " O", " go with me now", " farewell"]
+
+
+def _with_targets(tmp_path, source, name):
+    """A copy of ``source``'s documents, each with a ``target`` field (cycling through TARGET_TEXTS)."""
+    import json
+
+    docs = gcg.load_documents(source)
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps({"id": d.id, "text": d.text, "target": TARGET_TEXTS[i % len(TARGET_TEXTS)]})
+                            + "\n" for i, d in enumerate(docs)))
+    return DocumentSource(data_files=[path], split=source.split), {d.id: TARGET_TEXTS[i % len(TARGET_TEXTS)]
+                                                                    for i, d in enumerate(docs)}
+
+
+def test_per_document_targets_of_different_lengths_are_scored_exactly(tiny, tmp_path):
+    source, wanted = _with_targets(tmp_path, VALID, "valid_targets")
+    cfg = _universal(opt_data=source, objective="targeted", target_field="target")
+    examples = make_examples(gcg.load_documents(source), tiny, cfg, n=4)
+    tails = gcg.targets(tiny, cfg, source, examples, "gcg")
+    assert [tiny.tokenizer.decode(list(t)) for t in tails] == [wanted[ex.id] for ex in examples]
+    assert len({len(t) for t in tails}) > 1  # the batch mixes target lengths
+    problem = gcg.Problem(examples, tails, "suffix", "targeted")
+    objective = gcg.Objective(Scorer(tiny, 4096), problem, cfg)
+    docs, current = [0, 1, 2, 3], [87] * 4
+    candidates = gcg.sample_candidates(torch.tensor(current), objective.gradient(docs, current),
+                                       allowed_tokens(tiny, cfg.vocab), cfg, torch.Generator().manual_seed(0))
+    # the batch's loss and gradient are the means of each document's own (computed one document at a time)
+    by_hand = torch.stack([objective.losses([i], current, candidates) for i in docs]).mean(0)
+    torch.testing.assert_close(objective.losses(docs, current, candidates), by_hand, rtol=1e-6, atol=1e-6)
+    grad_by_hand = torch.stack([objective.gradient([i], current) for i in docs]).mean(0)
+    torch.testing.assert_close(objective.gradient(docs, current), grad_by_hand, rtol=1e-5, atol=1e-6)
+    nll, _ = objective.scores(docs, current)
+    for i in docs:
+        ids = torch.tensor([problem.ids(i, current)])
+        assert float(nll[i]) == pytest.approx(float(continuation_nll(tiny.model, ids, len(tails[i]))[0]), rel=1e-5)
+
+
+def test_universal_gcg_with_per_document_targets_judges_each_held_out_document_on_its_own(tiny, tmp_path):
+    opt, _ = _with_targets(tmp_path, VALID, "valid_targets")
+    held, wanted = _with_targets(tmp_path, TEST, "test_targets")
+    cfg = _universal(opt_data=opt, eval_data=held, objective="targeted", target_field="target")
+    ctx = _ctx(tmp_path, "multi")
+    metrics = gcg.GCGAttack(cfg).attack(tiny, ctx)
+    recs = _records(ctx)
+    assert len(recs) == 4 and [r["target_text"] for r in recs] == [wanted[r["id"]] for r in recs]
+    assert len({r["target_text"] for r in recs}) > 1
+    assert metrics["exact_match_rate"] == sum(r["exact_match"] for r in recs) / 4
+    assert metrics["optimisation_queries"] > 0 and len(metrics["adversarial_ids"]) == 4
+
+
+def test_per_example_gcg_reads_each_documents_target(tiny, tmp_path):
+    source, wanted = _with_targets(tmp_path, TEST, "test_targets")
+    cfg = gcg.GCGConfig(data=source, n_examples=3, context_tokens=16, continuation_tokens=8, edit="suffix",
+                        n_tokens=4, objective="targeted", target_field="target", num_steps=2, search_width=8, topk=8)
+    ctx = _ctx(tmp_path, "per_doc")
+    gcg.GCGAttack(cfg).attack(tiny, ctx)
+    recs = _records(ctx)
+    assert len(recs) == 3 and [r["target_text"] for r in recs] == [wanted[r["id"]] for r in recs]
+
+
 # -- resume ------------------------------------------------------------------------------------------------------
 
 def _interrupted(tiny, tmp_path, cfg, name, after_saves):

@@ -21,8 +21,8 @@ Each step (:func:`gcg_step`):
 
 ``early_stop`` ends the search at the first exact match (targeted) or success (untargeted). ``use_mellowmax``
 replaces the targeted loss by mellowmax of the target tokens' negative logits (as nanoGCG). ``universal: true``
-optimises one string over an optimisation split (``batch_size`` documents per step, in a seeded order, as UAT) and
-judges it on a disjoint held-out split; its string feeds ``uat_transfer`` like a UAT trigger. ``mode: random_token``
+optimises one string over an optimisation split (``batch_size`` documents per step, in a seeded order, as UAT; with
+``target_field`` each document keeps its own target, as GCG-multi) and judges it on a disjoint held-out split; its string feeds ``uat_transfer`` like a UAT trigger. ``mode: random_token``
 is the control: the same loop, the same positions, the same candidate count, with uniform allowed tokens instead of
 the gradient's top-k (and no gradient pass). ``max_queries`` caps each example's exact evaluations plus gradient
 passes (the control is charged the gradient passes it skips, so both score the same number of candidates): "GCG at
@@ -107,8 +107,6 @@ class GCGConfig(TaskConfig):
             if self.edit == "context":
                 raise ValueError("universal: true needs `edit: suffix` or `edit: prefix` (one string for every "
                                  "document; `context` edits each document's own tokens)")
-            if self.target_field is not None:
-                raise ValueError("universal: true takes a fixed `target:` text, not `target_field:`")
         elif self.data is None or self.opt_data is not None or self.eval_data is not None:
             raise ValueError("give `data:` (the documents attacked), or set `universal: true` with `opt_data:` and "
                              "`eval_data:`")
@@ -167,37 +165,66 @@ def mellowmax_loss(alpha: float) -> ContinuationLoss:
 
 
 class Objective:
-    """The loss minimised (and its gradient) over a set of documents, counting every query in ``scorer``."""
+    """The loss minimised (and its gradient) over a set of documents, counting every query in ``scorer``.
+
+    Documents whose tails (targets) differ in length are scored in one batch per length (GCG-multi's per-document
+    targets); a batch's loss is the mean over its documents either way."""
 
     def __init__(self, scorer: Scorer, problem: Problem, cfg: GCGConfig) -> None:
         self.scorer, self.problem = scorer, problem
-        self.k = len(problem.tails[0])
         self.sign = -1.0 if problem.objective == "untargeted" else 1.0  # untargeted: raise the NLL
         self.custom = mellowmax_loss(cfg.mellowmax_alpha) if cfg.use_mellowmax else None
 
+    def by_length(self, docs: Sequence[int]) -> list[tuple[int, list[int]]]:
+        """``docs`` grouped by the length of their tail: (tail length, documents), in order of first appearance."""
+        groups: dict[int, list[int]] = {}
+        for i in docs:
+            groups.setdefault(len(self.problem.tails[i]), []).append(i)
+        return list(groups.items())
+
     def batch(self, docs: Sequence[int], strings: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Every string in every document (string-major); the documents' tails must have one length."""
         return torch.tensor([self.problem.ids(i, s) for s in strings for i in docs])
 
     def gradient(self, docs: Sequence[int], string: Sequence[int]) -> torch.Tensor:
         """``[len(string), V]``: d loss / d one-hot of the string's tokens, averaged over ``docs``."""
-        ids = self.batch(docs, [string])
-        grad = self.scorer.token_gradients(ids, self.k, self.problem.positions(len(string)), loss=self.custom)
-        return self.sign * grad
+        positions = self.problem.positions(len(string))
+        grads = [(len(group), self.scorer.token_gradients(self.batch(group, [string]), k, positions, loss=self.custom))
+                 for k, group in self.by_length(docs)]
+        if len(grads) == 1:  # one batch: its mean already (not re-weighted, which would round differently)
+            return self.sign * grads[0][1]
+        return self.sign * sum(n * grad for n, grad in grads) / len(docs)
 
     def losses(self, docs: Sequence[int], current: Sequence[int], candidates: torch.Tensor) -> torch.Tensor:
         """Exact loss of every candidate string (mean over ``docs``); edits of ``current`` reuse its prefix."""
-        seqs = self.batch(docs, candidates.tolist())
-        if self.custom is not None:
-            nll, _ = self.scorer.continuation_scores(seqs, self.k, loss=self.custom)
-        else:
-            base = self.batch(docs, [current])
-            base = base[0] if len(docs) == 1 else base.repeat(len(candidates), 1)
-            nll = self.scorer.swap_nll(base, seqs, self.k)
-        return self.sign * nll.view(len(candidates), len(docs)).mean(1)
+        per_group = []
+        for k, group in self.by_length(docs):
+            seqs = self.batch(group, candidates.tolist())
+            if self.custom is not None:
+                nll, _ = self.scorer.continuation_scores(seqs, k, loss=self.custom)
+            else:
+                base = self.batch(group, [current])
+                base = base[0] if len(group) == 1 else base.repeat(len(candidates), 1)
+                nll = self.scorer.swap_nll(base, seqs, k)
+            per_group.append(nll.view(len(candidates), len(group)))
+        return self.sign * torch.cat(per_group, dim=1).mean(1)
+
+    def scores(self, docs: Sequence[int], string: Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per document of ``docs`` (in order): the NLL of its tail with ``string`` in place (None: without the
+        attack) and whether greedy decoding emits exactly that tail."""
+        nll = torch.empty(len(docs), dtype=torch.float64)
+        match = torch.empty(len(docs), dtype=torch.bool)
+        where = {doc: n for n, doc in enumerate(docs)}
+        for k, group in self.by_length(docs):
+            ids = torch.tensor([self.problem.ids(i, string) for i in group])
+            g_nll, g_match = self.scorer.continuation_scores(ids, k)
+            rows = torch.tensor([where[i] for i in group])
+            nll[rows], match[rows] = g_nll, g_match
+        return nll, match
 
     def exact_match(self, docs: Sequence[int], string: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per document: target NLL with ``string`` and whether greedy decoding emits exactly the target."""
-        return self.scorer.continuation_scores(self.batch(docs, [string]), self.k)
+        return self.scores(docs, string)
 
 
 # -- the search ----------------------------------------------------------------------------------------------------
@@ -381,7 +408,8 @@ def init_string(tokenizer: Any, cfg: GCGConfig, where: str) -> list[int]:
 
 def targets(model: LoadedModel, cfg: GCGConfig, source: DocumentSource | None, examples: Sequence[Example],
             where: str) -> list[tuple[int, ...]]:
-    """The tokens scored after the string, per example: its continuation, or its target; checks the length."""
+    """The tokens scored after the string, per example: its continuation, or its target (the fixed text, or the
+    ``target_field`` of the example's document in ``source``); checks the length."""
     tok = model.tokenizer
     if cfg.objective == "untargeted":
         tails = [ex.continuation for ex in examples]
@@ -484,7 +512,7 @@ def attack_universal(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> d
     tok = model.tokenizer
     allowed = allowed_tokens(model, cfg.vocab)
     init = init_string(tok, cfg, where)
-    problem = Problem(opt, targets(model, cfg, None, opt, where), cfg.edit, cfg.objective)
+    problem = Problem(opt, targets(model, cfg, cfg.opt_data, opt, where), cfg.edit, cfg.objective)
     order = torch.randperm(len(opt), generator=attack_rng(ctx, "gcg", "universal", "order")).tolist()
     size = min(cfg.batch_size, len(opt))
     n_batches = -(-len(opt) // size)
@@ -503,10 +531,10 @@ def attack_universal(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> d
         metrics = summarize(records, cfg.threshold)
         metrics.update(summary, trigger_ids=string, trigger_text=tok.decode(string), trigger_placement=cfg.edit)
         return metrics
-    held = Problem(held_out, targets(model, cfg, None, held_out, where), cfg.edit, cfg.objective)
+    held = Problem(held_out, targets(model, cfg, cfg.eval_data, held_out, where), cfg.edit, cfg.objective)
     judge = Objective(Scorer(model, cfg.batch_tokens), held, cfg)
     docs = list(range(len(held_out)))
-    before, _ = judge.scorer.continuation_scores(torch.tensor([held.ids(i, None) for i in docs]), judge.k)
+    before, _ = judge.scores(docs, None)
     after, match = judge.exact_match(docs, string)
     spent = judge.scorer.budget.as_record(share=len(held_out))  # 2 queries each, the passes shared equally
     done = ctx.records.done()
@@ -514,7 +542,8 @@ def attack_universal(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> d
         if ex.id not in done:
             record = example_record(ex.id, float(before[i]), float(after[i]), cfg.threshold, **spent,
                                     adversarial_ids=string, adversarial_text=tok.decode(string))
-            record.update(success=bool(match[i]), exact_match=bool(match[i]), target_nll=float(after[i]))
+            record.update(success=bool(match[i]), exact_match=bool(match[i]), target_nll=float(after[i]),
+                          target_text=tok.decode(list(held.tails[i])))
             ctx.records.append(record)
     metrics = gcg_summary(ctx.records.records, cfg)
     metrics.update(summary)
