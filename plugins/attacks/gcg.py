@@ -22,8 +22,8 @@ Each step (:func:`gcg_step`):
 ``early_stop`` ends the search at the first exact match (targeted) or success (untargeted). ``use_mellowmax``
 replaces the targeted loss by mellowmax of the target tokens' negative logits (as nanoGCG). ``universal: true``
 optimises one string over an optimisation split (``batch_size`` documents per step, in a seeded order, as UAT; with
-``target_field`` each document keeps its own target, as GCG-multi) and judges it on a disjoint held-out split; its string feeds ``uat_transfer`` like a UAT trigger. ``mode: random_token``
-is the control: the same loop, the same positions, the same candidate count, with uniform allowed tokens instead of
+``target_field`` each document keeps its own target, as GCG-multi) and judges it on a disjoint held-out split;
+its string feeds ``uat_transfer`` like a UAT trigger. ``mode: random_token`` is the control: the same loop, the same positions, the same candidate count, with uniform allowed tokens instead of
 the gradient's top-k (and no gradient pass). ``max_queries`` caps each example's exact evaluations plus gradient
 passes (the control is charged the gradient passes it skips, so both score the same number of candidates): "GCG at
 HotFlip's budget" is a config.
