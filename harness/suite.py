@@ -313,6 +313,12 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
     for key, names in (("report.baseline", [report.baseline] if report.baseline else []),
                        ("report.compare", report.compare)):
         _check_name_list(names, path, key, models, "model")
+    for model, controls in report.matched_controls.items():
+        _check_name_list([model], path, "report.matched_controls", models, "model")
+        _check_name_list(controls, path, f"report.matched_controls.{model}", models, "model")
+        if model in controls:
+            raise ConfigError(path, f"report.matched_controls.{model}", "a model cannot be its own control",
+                              "list other models (the damage-matched arms)")
     if report.compare and not report.baseline:
         raise ConfigError(path, "report.compare", "models to compare need a baseline", "add `report.baseline: <model>`")
 

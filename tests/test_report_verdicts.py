@@ -106,7 +106,8 @@ def _ppl_records(ratio: float) -> list[dict]:
 
 
 def make_run(root: Path, successes: dict[tuple[str, str], int], controls: set[str], report: dict,
-             drop: dict[str, str] | None = None, extra: dict[str, dict] | None = None) -> Path:
+             drop: dict[str, str] | None = None, extra: dict[str, dict] | None = None,
+             ppl_scales: dict[str, float] | None = None) -> Path:
     """Models base and mono, two seeds; attack entries with ``successes[(entry, model)]`` of N; a perplexity-like
     metric (mono 5% above base on every document). Results record their declarations (the plugins are not
     installed). ``drop``: entry -> a declared key removed from its results; ``extra``: entry -> undeclared keys."""
@@ -127,7 +128,8 @@ def make_run(root: Path, successes: dict[tuple[str, str], int], controls: set[st
         atomic_write_json(sdir / "result.json", result)
         atomic_write_json(sdir / "done.json", {"key": info["key"]})
 
-    for model, scale in (("base", 1.0), ("mono", 1.05)):
+    scales = ppl_scales or {"base": 1.0, "mono": 1.05}
+    for model, scale in scales.items():
         for seed in SEEDS:
             recs = _ppl_records(scale)
             nll, tok = sum(r["nll_sum"] for r in recs), sum(r["tokens"] for r in recs)
@@ -141,7 +143,7 @@ def make_run(root: Path, successes: dict[tuple[str, str], int], controls: set[st
             metrics.update((extra or {}).get(entry, {}))
             add("attacks", entry, "fake_attack", model, seed, metrics, recs, ATTACK_METRICS,
                 control=entry in controls)
-    suite = {"name": "verdicts", "models": {"base": {}, "mono": {}},
+    suite = {"name": "verdicts", "models": {model: {} for model in scales},
              "report": {"baseline": "base", "compare": ["mono"], "gap": {"entry": "ppl", "metric": "ppl"},
                         "attack_metric": "success_rate", "bootstrap_samples": 1000, **report}}
     atomic_write_json(root / "config.resolved.json", {"mode": "quick", "suite": suite, "seeds": SEEDS,
@@ -204,6 +206,49 @@ def test_each_verdict_rule_on_a_constructed_run(tmp_path):
     at15 = row["cells"][labels.index("Success > 15% (%)")]
     assert at15["mean"] == pytest.approx(100 * 30 / N)
     assert row["cells"][labels.index("Success > 30% (%)")]["mean"] == pytest.approx(100 * 15 / N)  # the 40% ones
+
+
+def test_each_model_is_judged_against_its_matched_controls(tmp_path):
+    """mono (5% above base in perplexity) against ctrl (damaged alike: the same perplexity) and ctrl_far (50%
+    above): the perplexity ratio says which control is matched; each attack's reduction against a control is judged
+    on its paired interval."""
+    successes = {("strong", "base"): 30, ("strong", "mono"): 3, ("strong", "ctrl"): 30, ("strong", "ctrl_far"): 30,
+                 ("close", "base"): 30, ("close", "mono"): 3, ("close", "ctrl"): 4, ("close", "ctrl_far"): 4,
+                 ("worse", "base"): 30, ("worse", "mono"): 20, ("worse", "ctrl"): 5, ("worse", "ctrl_far"): 5}
+    run = make_run(tmp_path / "run", successes, controls=set(),
+                   report={"matched_controls": {"mono": ["ctrl", "ctrl_far"]}, "compare": ["mono"]},
+                   ppl_scales={"base": 1.0, "mono": 1.05, "ctrl": 1.05, "ctrl_far": 1.05 * 1.5})
+    res = build_report(run).results
+    rows = {(r["control_model"], r["entry"], r["metric"]): r for r in res["versus_matched_controls"]}
+    assert len(rows) == 2 * (1 + 3)  # per control: the gap metric, then the three attacks in success_rate
+    matched, far = rows[("ctrl", "ppl", "ppl")], rows[("ctrl_far", "ppl", "ppl")]
+    assert matched["kind"] == "gap" and matched["value"] == pytest.approx(0.0, abs=1e-12)
+    assert matched["status"] == "matched" and matched["ci95"] == pytest.approx([0.0, 0.0], abs=1e-9)
+    assert far["value"] == pytest.approx(1 / 1.5 - 1) and far["status"] == "model lower"
+    strong = rows[("ctrl", "strong", "success_rate")]
+    assert strong["value"] == pytest.approx(0.9) and strong["status"] == "more robust than control"
+    assert strong["ci95"][0] > 0 and strong["ci_method"] == "paired bootstrap over examples and seeds"
+    close = rows[("ctrl", "close", "success_rate")]
+    assert close["value"] == pytest.approx(0.25) and close["status"] == "not settled"
+    assert close["ci95"][0] <= 0 < close["ci95"][1]  # mono's successes are a subset of ctrl's: it touches 0
+    worse = rows[("ctrl", "worse", "success_rate")]
+    assert worse["status"] == "less robust than control" and worse["ci95"][1] < 0
+    summary = (run / "experiment_summary.txt").read_text()
+    assert "mono vs ctrl, strong.success_rate: 0.075 vs 0.75, reduction 90.0%" in summary
+    assert "-> MORE ROBUST THAN CONTROL" in summary and "-> MATCHED" in summary
+    assert "Models against their matched controls" in (run / "report.html").read_text()
+
+
+def test_matched_controls_must_name_models(tmp_path):
+    from harness import ConfigError
+    from harness.suite import load_suite
+
+    path = tmp_path / "suite.yaml"
+    path.write_text("name: m\nseeds: [1]\nmodels:\n  a: {plugin: pythia_tiny}\n  b: {plugin: pythia_tiny}\n"
+                    "report: {baseline: a, compare: [b], matched_controls: {b: [c]}}\n")
+    with pytest.raises(ConfigError, match="matched_controls.b") as err:
+        load_suite(path)
+    assert len(str(err.value).strip().splitlines()) == 1
 
 
 def test_missing_and_undeclared_metrics_are_reported_in_one_line(tmp_path):

@@ -21,7 +21,7 @@ from .declared import PluginResolver
 from .html import report_html
 from .plots import make_plots, transfer_matrix
 from .tables import latex_table7, markdown_table7, summary_text
-from .verdicts import attack_vs_control, indicators
+from .verdicts import attack_vs_control, indicators, versus_matched_controls
 
 __all__ = ["Report", "build_report", "load_run"]
 
@@ -58,6 +58,7 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     attacks = attack_table(agg)
     checks = indicators(agg)
     controls = attack_vs_control(agg)
+    matched = versus_matched_controls(agg)
     transfer = transfer_matrix(agg)
     generated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     plots = make_plots(agg, run.run_dir / "plots")
@@ -72,15 +73,16 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
         "complete": not run.missing, "missing": [{"id": s.id, "status": s.status} for s in run.missing],
         "stages": _stage_rows(run),
         "results": [g.as_dict() for g in agg.groups],
-        "table7": table, "attacks": attacks, "indicators": checks, "attack_vs_control": controls, "transfer_matrix": transfer,
+        "table7": table, "attacks": attacks, "indicators": checks, "attack_vs_control": controls,
+        "versus_matched_controls": matched, "transfer_matrix": transfer,
         "warnings": agg.warnings, "notes": agg.notes,
         "plots": plots, "files": {k: str(v) for k, v in files.items()},
     }
-    summary = summary_text(agg, table, checks, attacks, controls)
+    summary = summary_text(agg, table, checks, attacks, controls, matched)
     atomic_write_json(files["final_results"], results)
     atomic_write_text(files["summary"], summary)
     atomic_write_text(files["table7_tex"], latex_table7(agg, table))
     atomic_write_text(files["table7_md"], markdown_table7(table))
     atomic_write_text(files["html"], report_html(agg, table, checks, plots, transfer, generated, attacks,
-                                                                controls))
+                                                 controls, matched))
     return Report(run.run_dir, results, summary, files)

@@ -51,6 +51,10 @@ class ReportConfig(PluginConfig):
     #: interval): an attack that does not beat its random control at equal budget is a finding, not a result.
     #: Empty: ``attack_metric`` alone.
     control_metrics: list[str] = Field(default_factory=list)
+    #: Model -> the control models it is also compared with (damage-matched arms: the same init without the
+    #: constraint, a perplexity-matched unconstrained model): the gap metric's ratio (is the control matched?) and,
+    #: for every attack in ``control_metrics``, the reduction against the control, each with its paired interval.
+    matched_controls: dict[str, list[str]] = Field(default_factory=dict)
     #: Thresholds at which the attack tables show the success rate (read from each attack's declared curve).
     curve_thresholds: list[float] = Field(default_factory=lambda: [0.15, 0.30])
     #: The x-axis of the success-against-budget plot: the first of these budget metrics that every attack reports

@@ -73,6 +73,26 @@ def _controls_html(controls: list[dict[str, Any]] | None) -> str:
                      rows, classes))
 
 
+def _matched_html(matched: list[dict[str, Any]] | None) -> str:
+    if not matched:
+        return ""
+    rows, classes = [], []
+    for row in matched:
+        ci = row.get("ci95")
+        pct = (lambda key: f"{row[key]:.1%}" if key in row else "&mdash;")
+        num = (lambda key: f"{row[key]:.4g}" if key in row else "&mdash;")
+        rows.append([_e(row["model"]), _e(row["control_model"]),
+                     _e(f"{row['entry']}" + (" (random control)" if row.get("attack_control") else "")),
+                     _e(row["metric"]), num("model_value"), num("control_value"),
+                     _e("ratio - 1" if row["kind"] == "gap" else "reduction"), pct("value"),
+                     _e(f"[{ci[0]:.1%}, {ci[1]:.1%}]") if ci else "", f"<b>{_e(row['status'])}</b>"])
+        classes.append({"more robust than control": "met", "less robust than control": "notmet",
+                        "matched": "met"}.get(row["status"], "unsettled"))
+    return ("<h2>Models against their matched controls (paired: same seeds and examples)</h2>"
+            + _table(["model", "control model", "entry", "metric", "model", "control", "compared as", "value",
+                      "95% CI", "status"], rows, classes))
+
+
 def _cells_html(table: dict[str, Any], headers: list[str], labels) -> str:
     """A table of summary cells (Table 7, the attack table); ``labels(row)`` gives the leading text cells."""
     cols = table["columns"]
@@ -155,7 +175,8 @@ def _figures_html(plots: dict[str, dict[str, Any]]) -> str:
 
 def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]],
                 plots: dict[str, dict[str, Any]], transfer: dict[str, Any] | None, generated: str,
-                attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None) -> str:
+                attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None,
+                matched: list[dict[str, Any]] | None = None) -> str:
     run = agg.run
     env = run.environment
     pkgs = env.get("packages") or {}
@@ -173,6 +194,7 @@ def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str
         "<h2>Table 7</h2>", _table7_html(table),
         _attacks_html(attacks),
         _controls_html(controls),
+        _matched_html(matched),
         "<h2>Figures</h2>", _figures_html(plots),
         _transfer_html(transfer),
         "<h2>All metrics (mean over seeds, sample std, bootstrap interval)</h2>", _metrics_html(agg),

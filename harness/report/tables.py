@@ -128,8 +128,21 @@ def control_line(row: dict[str, Any]) -> str:
             f"{ci_text} -> {row['status'].upper()}")
 
 
+def matched_line(row: dict[str, Any]) -> str:
+    what = f"{row['entry']}.{row['metric']}" + (" (a random control)" if row.get("attack_control") else "")
+    who = f"{row['model']} vs {row['control_model']}, {what}"
+    if "value" not in row:
+        return f"{who}: {row['status']} ({row.get('detail', '')})"
+    ci = row.get("ci95")
+    ci_text = f", 95% CI [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else ", no interval"
+    kind = "ratio - 1" if row["kind"] == "gap" else "reduction"
+    return (f"{who}: {row['model_value']:.4g} vs {row['control_value']:.4g}, {kind} {row['value']:.1%}{ci_text} -> "
+            f"{row['status'].upper()}")
+
+
 def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]],
-                 attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None) -> str:
+                 attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None,
+                 matched: list[dict[str, Any]] | None = None) -> str:
     run = agg.run
     n_done = sum(s.done for s in run.stages)
     out = [f"Experiment summary: suite '{run.suite}' ({run.mode} mode), seeds {run.seeds}",
@@ -145,6 +158,9 @@ def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[st
     if controls:
         out += ["", "Attacks against their controls (attack minus control, paired 95% interval):"]
         out += [f"  - {control_line(row)}" for row in controls]
+    if matched:
+        out += ["", "Models against their matched controls (report.matched_controls; paired 95% intervals):"]
+        out += [f"  - {matched_line(row)}" for row in matched]
     out += ["", "Table 7 (mean ± std over seeds):", markdown_table7(table)]
     if attacks and attacks["rows"]:
         out += ["Attacks side by side (mean ± std over seeds):", markdown_attacks(attacks)]

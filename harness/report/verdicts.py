@@ -314,3 +314,54 @@ def attack_vs_control(agg: Aggregate) -> list[dict[str, Any]]:
                 row.update(ci95=ci, ci_method=paired[1] if paired else None, status=status)
                 rows.append(row)
     return rows
+
+
+def versus_matched_controls(agg: Aggregate) -> list[dict[str, Any]]:
+    """Each model of ``report.matched_controls`` against each of its control models (arms damaged like it without
+    its constraint): first the gap metric's ratio ``model / control - 1`` (``matched`` when its paired 95% interval
+    contains 0, else ``model higher`` / ``model lower``: is the control matched in, say, perplexity?), then for every
+    attack entry (controls included: they show whether the two react alike to random edits) in each of
+    ``report.control_metrics`` the reduction ``1 - model / control`` with its paired interval: ``more robust than
+    control`` only when the interval lies above 0, ``less robust than control`` when below, else ``not settled``."""
+    run, cfg = agg.run, agg.run.config
+    metrics = cfg.control_metrics or ([cfg.attack_metric] if cfg.attack_metric else [])
+    rows: list[dict[str, Any]] = []
+    for model, controls in cfg.matched_controls.items():
+        for control in controls:
+            if cfg.gap is not None:
+                rows.append(_versus_row(agg, run.resolve_entry(cfg.gap.entry), cfg.gap.metric, model, control, True))
+            for entry in attack_entries(agg):
+                for metric in metrics:
+                    rows.append(_versus_row(agg, entry, metric, model, control, False))
+    return rows
+
+
+def _versus_row(agg: Aggregate, entry: str | None, metric: str, model: str, control: str,
+                gap: bool) -> dict[str, Any]:
+    cfg = agg.run.config
+    row: dict[str, Any] = {"model": model, "control_model": control, "entry": entry, "metric": metric,
+                           "kind": "gap" if gap else "reduction",
+                           "attack_control": bool(entry) and not gap and is_control(agg.run, entry)}
+    m, c = (agg.find(entry, model), agg.find(entry, control)) if entry else (None, None)
+    ms, cs = (m.across.get(metric) if m else None), (c.across.get(metric) if c else None)
+    if m is None or c is None or ms is None or cs is None or ms.mean is None or cs.mean is None:
+        row.update(status="missing", detail=f"{entry}.{metric} did not finish on both models (or is not run on both)")
+        return row
+    row.update(model_value=ms.mean, control_value=cs.mean)
+    if cs.mean <= 0:
+        row.update(status="not applicable", detail=f"the control's {metric} is 0")
+        return row
+    paired = paired_means(agg, [m, c], metric)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if gap:
+            row["value"] = ms.mean / cs.mean - 1
+            ci = _interval(paired[0][0] / paired[0][1] - 1, cfg.confidence) if paired else None
+            status = (UNSETTLED if ci is None else "model higher" if ci[0] > 0 else "model lower" if ci[1] < 0
+                      else "matched")
+        else:
+            row["value"] = 1 - ms.mean / cs.mean
+            ci = _interval(1 - paired[0][0] / paired[0][1], cfg.confidence) if paired else None
+            status = (UNSETTLED if ci is None else "more robust than control" if ci[0] > 0 else
+                      "less robust than control" if ci[1] < 0 else UNSETTLED)
+    row.update(ci95=ci, ci_method=paired[1] if paired else None, status=status)
+    return row
