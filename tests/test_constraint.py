@@ -69,6 +69,22 @@ def test_projected_training_keeps_the_floor_and_trains_the_ffn_like_the_baseline
     assert metrics["weight_change"]["ffn"] == pytest.approx(moved["project"] / ffn0, rel=1e-6)
 
 
+def test_the_report_shows_how_much_each_parameter_group_moved(runs):
+    """weight_change is a mapping per group; the report shows each entry as a declared metric of the stage."""
+    from harness.plugins import load_registry
+    from harness.report import build_report
+
+    metrics, _, _, stage = runs["project"]
+    run_dir = stage.parents[3]  # <run>/stages/train/<entry>/s42
+    results = build_report(run_dir, plugins=load_registry().plugin_class).results
+    group = next(g for g in results["results"] if g["section"] == "train")
+    for name in ("ffn", "attention", "embeddings", "other"):
+        shown = group["across_seeds"][f"weight_change/{name}"]
+        assert shown["mean"] == pytest.approx(metrics["weight_change"][name])
+    assert not any("weight_change" in note for note in results["notes"])  # declared, not an undeclared number
+    assert "weight_change/ffn" in (run_dir / "experiment_summary.txt").read_text()
+
+
 def test_unconstrained_control_is_not_marked_monotonic_and_goes_negative(runs):
     metrics, provenance, weights, _ = runs["none"]
     assert not provenance["monotonic"] and provenance["constraint"] == "none"

@@ -41,11 +41,20 @@ class StageData:
         return (self.result or {}).get("metrics") or {}
 
     def scalars(self) -> dict[str, float | None]:
-        """The top-level numeric metrics (NaN/inf become None: measured but undefined)."""
+        """The numeric metrics (NaN/inf become None: measured but undefined): the top-level numbers, and the numbers
+        of a top-level mapping as ``name/key`` (a metric per group, say ``weight_change/ffn``)."""
         out: dict[str, float | None] = {}
+
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
         for name, value in self.metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if number(value):
                 out[name] = float(value) if math.isfinite(value) else None
+            elif isinstance(value, dict):
+                for key, sub in value.items():
+                    if number(sub):
+                        out[f"{name}/{key}"] = float(sub) if math.isfinite(sub) else None
         return out
 
     @cached_property

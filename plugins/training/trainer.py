@@ -301,6 +301,10 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
             MetricSpec("blocks", "Training blocks", aggregation="none", digits=0, show=False),
             MetricSpec("global_batch", "Global batch", aggregation="none", digits=0, show=False),
             MetricSpec("world_size", "Processes", aggregation="none", digits=0, show=False),
+            # ||W - W0|| / ||W0|| per parameter group (ffn, attention, embeddings, other): how much each part trained
+            MetricSpec("weight_change/{group}", "Relative weight change ({group})", aggregation="none", digits=4),
+            MetricSpec("weight_change_norm/{group}", "Weight change norm ({group})", aggregation="none", digits=3,
+                       show=False),
             MetricSpec("loss_by_step", "training loss", field="loss", x="step", kind="series"),
             MetricSpec("val_perplexity_by_step", "validation perplexity", field="val_perplexity", x="step",
                        kind="series", start="initial_val_perplexity"),
