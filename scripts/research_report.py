@@ -42,7 +42,10 @@ PUBLISHED = {
     "ppl_baseline_mlp_in_run": 6.92, "ppl_mlp_in": 27.59, "gap_mlp_in": 27.59 / 6.92 - 1,
     "hotflip_baseline": 0.690, "hotflip_monotonic": 0.425, "uat_baseline": 0.161, "uat_monotonic": 0.106,
 }
-ATTACKS = ("hotflip", "random_hotflip", "uat", "random_uat")
+#: Attack metrics carried into results.json per (model, attack).
+ATTACK_NUMBERS = ("success_rate", "mean_relative_increase", "mean_nll_before", "spearman_mean")
+#: Groups of parameters whose relative change every training stage records (``weight_change/<group>``).
+WEIGHT_GROUPS = ("ffn", "attention", "embeddings", "other")
 
 
 # -- small formatting helpers ------------------------------------------------------------------------------------------
@@ -86,12 +89,20 @@ class Run:
         from harness.plugins import load_registry
         from harness.report import build_report
 
+        from harness.suite import load_suite
+
         self.name, self.dir = name, run_dir
-        # `harness report RUN_DIR`: final_results.json, table7.md, plots/
-        build_report(run_dir, plugins=load_registry().plugin_class)
+        # `harness report RUN_DIR` with the suite file's current `report:` section (a run started before the report
+        # section gained, say, matched controls is reported as the suite now asks): final_results.json, table7.md,
+        # plots/
+        suite = load_suite(ROOT / "suites" / "research" / f"{name}.yaml")
+        build_report(run_dir, config=suite.report, plugins=load_registry().plugin_class)
         self.results = json.loads((run_dir / "final_results.json").read_text())
         self.suite = self.results.get("report_config", {})
         resolved = json.loads((run_dir / "config.resolved.json").read_text())
+        # in the suite's order; the transfer stages are a matrix of the others, not an attack of their own
+        self.attack_entries = [name for name, entry in suite.attacks.items() if entry.plugin != "uat_transfer"]
+        self.controls = {i["entry"] for i in self.results["indicators"] if i.get("control")}
         self.models_cfg = resolved["suite"].get("models", {})
         # each train entry's full config (defaults filled in), with the reserved keys from the suite
         self.train_cfg = {name: {**resolved["configs"].get(f"train.{name}", {}), "plugin": raw.get("plugin", name),
@@ -147,15 +158,23 @@ class Run:
         mine, base = self.train_entry(model), self.train_entry(self.baseline)
         start = self.train_cfg[mine]["model"]
         out: dict[str, Any] = {"train_entry": mine, "config": {k: self.train_cfg[mine].get(k) for k in
-                                                                ("plugin", "variant", "init", "lr", "steps")}}
+                                                                ("plugin", "variant", "init", "constraint",
+                                                                 "activation", "monotone_activation", "ffn_noise",
+                                                                 "stream_width", "lr", "steps")}}
         for when, metric in (("before", "initial_val_perplexity"), ("after", "final_val_perplexity")):
             m = self.per_seed("train", mine, start, metric)
             b = self.per_seed("train", base, start, metric)
             gaps = [m[s] / b[s] - 1 for s in m if s in b]
             mean, std = mean_std(gaps)
-            out[when] = {"gap_mean": mean, "gap_std": std, "n": len(gaps), "model_ppl": mean_std(list(m.values()))[0],
-                         "baseline_ppl": mean_std(list(b.values()))[0]}
+            out[when] = {"gap_mean": mean, "gap_std": std, "n": len(gaps), "gaps": gaps,
+                         "model_ppl": mean_std(list(m.values()))[0], "baseline_ppl": mean_std(list(b.values()))[0]}
         return out
+
+    def weight_change(self, model: str) -> dict[str, dict[str, Any] | None]:
+        """Per parameter group: ||W - W0|| / ||W0|| of the model's training stages (across seeds)."""
+        mine = self.train_entry(model)
+        start = self.train_cfg[mine]["model"] if mine else None
+        return {g: self.across("train", mine, start, f"weight_change/{g}") for g in WEIGHT_GROUPS} if mine else {}
 
     def absolute_increase(self, entry: str, model: str) -> float | None:
         """Mean over seeds of (NLL after - NLL before): the increase without dividing by the clean NLL."""
@@ -181,18 +200,18 @@ def run_numbers(run: Run) -> dict[str, Any]:
     per_model: dict[str, Any] = {}
     for model in models:
         entry: dict[str, Any] = {"perplexity": run.across("metrics", "perplexity", model, "perplexity")}
-        for attack in ATTACKS:
-            entry[attack] = {m: run.across("attacks", attack, model, m) for m in
-                             ("success_rate", "mean_relative_increase", "mean_nll_before", "spearman_mean")
+        for attack in run.attack_entries:
+            entry[attack] = {m: run.across("attacks", attack, model, m) for m in ATTACK_NUMBERS
                              if run.across("attacks", attack, model, m) is not None}
             entry[attack]["absolute_nll_increase"] = run.absolute_increase(attack, model)
+        entry["weight_change"] = run.weight_change(model)
+        entry["train_gaps"] = run.train_gaps(model)
         if model != run.baseline:
-            entry["train_gaps"] = run.train_gaps(model)
             entry["test_gap"] = run.indicator("perplexity gap vs baseline", model)
             entry["reductions"] = {a: {"success_rate": run.indicator("attack-success reduction", model, a),
                                        "mean_relative_increase": run.indicator("attack-success reduction", model, a,
                                                                                nll=True)}
-                                   for a in ATTACKS}
+                                   for a in run.attack_entries}
         per_model[model] = entry
     base_train = run.train_cfg[run.train_entry(run.baseline)]
     resolved = json.loads((run.dir / "config.resolved.json").read_text())["configs"]
@@ -208,15 +227,34 @@ def run_numbers(run: Run) -> dict[str, Any]:
             "pretrained_perplexity": (run.across("metrics", "perplexity", reference, "perplexity")
                                       if reference else None),
             "models": per_model, "transfer_matrix": run.results.get("transfer_matrix"), "train_size": train_size,
+            "attacks": run.attack_entries, "controls": sorted(run.controls),
+            "attack_vs_control": run.results.get("attack_vs_control") or [],
+            "versus_matched_controls": run.results.get("versus_matched_controls") or [],
+            "matched_controls": run.suite.get("matched_controls") or {},
             "stage_seconds": run.stage_seconds(), "invocations": invocations,
             "wall_seconds": sum(i["seconds"] for i in invocations) if invocations else None}
 
 
 # -- the document ------------------------------------------------------------------------------------------------------
 def describe_config(cfg: dict[str, Any]) -> str:
+    """The recipe of a train entry in words: what is constrained, how, from which init, at which learning rate."""
     if cfg.get("plugin") != "monotonic":
-        return f"unconstrained, lr {cfg.get('lr')}"
-    return f"{cfg.get('variant')}, `{cfg.get('init')}` init, lr {cfg.get('lr')}"
+        noise = cfg.get("ffn_noise")
+        return (f"unconstrained, FFN noise {noise:g} x std, lr {cfg.get('lr')}" if noise else
+                f"unconstrained, lr {cfg.get('lr')}")
+    constraint = cfg.get("constraint") or "softplus"
+    how = {"softplus": "W = softplus(V)", "project": "projected (W >= floor after each step)",
+           "none": "unconstrained"}.get(constraint, constraint)
+    act = cfg.get("activation") or "original"
+    act_text = "" if act == "original" else f", {cfg.get('monotone_activation') or act} activation"
+    return f"{cfg.get('variant')}, `{cfg.get('init')}` init, {how}{act_text}, lr {cfg.get('lr')}"
+
+
+def arm_kind(cfg: dict[str, Any]) -> str:
+    """``monotonic`` (a constrained arm), ``control`` (damaged without a constraint) or ``baseline``."""
+    if cfg.get("plugin") == "monotonic":
+        return "control" if cfg.get("constraint") == "none" else "monotonic"
+    return "control" if cfg.get("ffn_noise") else "baseline"
 
 
 def section_function_preservation(fp: dict[str, Any] | None) -> list[str]:
@@ -261,23 +299,39 @@ def section_function_preservation(fp: dict[str, Any] | None) -> list[str]:
                     f"before any recovery training."]
     ll = fp.get("llama")
     if ll:
-        shift = ll["down_proj_column_shift"]["fp32"]
+        naive = ll["down_proj_column_shift"]["fp32"]
         absolute = ll["gated_updown/abs"]["fp32"]
-        out += ["", f"**Why `shift` does not apply to SmolLM2 (RMSNorm).** The same column shift applied to every "
-                f"`down_proj` of {ll['model']} (what `shift` does to a residual writer) changes the logits by up to "
-                f"{num(shift['max_abs_logit_diff'])} and the perplexity from "
-                f"{num(ll['untouched']['fp32']['perplexity'])} to {num(shift['perplexity'])}: RMSNorm divides by the "
-                "root mean square without subtracting the mean, so the constant the shift adds to every hidden unit "
-                "is not removed (under LayerNorm it is), and on "
-                "the input side the normalised vector does not sum to zero, so a per-row constant in `up_proj` adds "
-                "c * sum(x / rms(x)) to each pre-activation instead of 0. The `abs` init (gated_updown) gives "
-                f"perplexity {num(absolute['perplexity'])} on the same text. `harness` therefore refuses "
-                "`init: shift` for Llama-family models with a one-line error."]
+        u = ll["untouched"]
+        out += ["", f"**RMSNorm (SmolLM2-135M).** The GPT-NeoX column shift applied directly to every `down_proj` of "
+                f"{ll['model']} changes the logits by up to {num(naive['max_abs_logit_diff'])} and the perplexity "
+                f"from {num(u['fp32']['perplexity'])} to {num(naive['perplexity'])}: RMSNorm does not subtract the "
+                "mean, so the constant the shift adds is not removed. `init: shift` therefore first converts the "
+                "model exactly to OLMo (`plugins/training/llama_shift.py`: RMSNorm gains folded into the readers, "
+                "the stream mapped isometrically into the zero-sum subspace of a wider stream, where a "
+                "parameter-free LayerNorm equals RMSNorm) and shifts the FFN there (gate/up/down: `gated_all`, the "
+                "research suite's arm). "
+                f"Measured on {ll['tokens']} held-out positions ({ll['documents']} documents x {ll['window']} "
+                "tokens), against the untouched model in fp32:", "",
+                "| conversion | stream width | max abs. logit diff (fp32) | perplexity (fp32) | top-1 (fp32) | "
+                "max (bf16) | top-1 (bf16) | smallest constrained weight |", "|---|---:|---:|---:|---:|---:|---:|---:|",
+                f"| untouched (bf16 only: the noise floor) | - | 0 | {num(u['fp32']['perplexity'], 4)} | 100% | "
+                f"{num(u['bf16']['max_abs_logit_diff'])} | {pct_plain(u['bf16']['top1_agreement'])} | - |"]
+        for key, v in ll.items():
+            if key.startswith("gated_all/shift/"):
+                out.append(f"| Llama -> OLMo + shift ({v['constrained_weights']} weights) | {v['stream_width']} | "
+                           f"{v['fp32']['max_abs_logit_diff']:.2e} | {num(v['fp32']['perplexity'], 4)} | "
+                           f"{pct_plain(v['fp32']['top1_agreement'])} | {num(v['bf16']['max_abs_logit_diff'])} | "
+                           f"{pct_plain(v['bf16']['top1_agreement'])} | {num(v['smallest_constrained_weight'], 6)} |")
+        out += [f"| naive down_proj shift (no conversion) | {ll.get('hidden_size', '-')} | "
+                f"{num(naive['max_abs_logit_diff'])} | {num(naive['perplexity'])} | "
+                f"{pct_plain(naive['top1_agreement'])} | - | - | - |",
+                f"| `abs` init (gated_updown) | - | {num(absolute['max_abs_logit_diff'])} | "
+                f"{num(absolute['perplexity'])} | {pct_plain(absolute['top1_agreement'])} | - | - | - |"]
     return out + [""]
 
 
 def model_table(numbers: dict[str, Any], run_cfg: dict[str, Any]) -> list[str]:
-    rows = ["| model | recovery | val. ppl gap before recovery | after (val.) | test perplexity | gap (test) "
+    rows = ["| model | recovery recipe | val. ppl gap before recovery | after (val.) | test perplexity | gap (test) "
             "[95% CI] |", "|---|---|---:|---:|---:|---:|"]
     base = numbers["models"][numbers["baseline"]]
     bp = base["perplexity"]
@@ -295,9 +349,10 @@ def model_table(numbers: dict[str, Any], run_cfg: dict[str, Any]) -> list[str]:
 
 def reduction_rows(numbers: dict[str, Any]) -> list[str]:
     rows = ["| model | attack | success: baseline -> model | reduction [95% CI] | NLL incr.: baseline -> model | "
-            "reduction [95% CI] | abs. NLL incr. (nats): baseline -> model |", "|---|---|---:|---:|---:|---:|---:|"]
+            "reduction [95% CI] | verdict (NLL incr.) | abs. NLL incr. (nats): baseline -> model |",
+            "|---|---|---:|---:|---:|---:|---|---:|"]
     for model in numbers["compare"]:
-        for attack in ATTACKS:
+        for attack in numbers["attacks"]:
             red = numbers["models"][model]["reductions"][attack]
             sr, nl = red["success_rate"] or {}, red["mean_relative_increase"] or {}
             b_abs = numbers["models"][numbers["baseline"]][attack]["absolute_nll_increase"]
@@ -312,7 +367,7 @@ def reduction_rows(numbers: dict[str, Any]) -> list[str]:
                 return f"{pct(item['value'])} {ci_text(item.get('ci95'), pct)}" if "value" in item else "n/a"
 
             rows.append(f"| {model} | {attack} | {pair(sr)} | {red_text(sr)} | {pair(nl)} | {red_text(nl)} | "
-                        f"{num(b_abs, 3)} -> {num(m_abs, 3)} |")
+                        f"{nl.get('status', 'n/a')} | {num(b_abs, 3)} -> {num(m_abs, 3)} |")
     return rows
 
 
@@ -390,172 +445,275 @@ def answer_function(fp: dict[str, Any] | None, all_numbers: dict[str, dict[str, 
     seen = []
     for name, numbers in all_numbers.items():
         for model in (numbers or {}).get("compare", []):
-            if _init_of(numbers, model) == "shift":
+            cfg = numbers["models"][model]["train_gaps"]["config"]
+            if _init_of(numbers, model) == "shift" and (cfg.get("activation") or "original") == "original":
                 seen.append(f"{pct(numbers['models'][model]['train_gaps']['before']['gap_mean'], 2)} ({name}/{model})")
     if seen:
         text += (" Through the whole pipeline, the validation-perplexity gap right after the shift transform (before "
                  "any training step) is " + ", ".join(seen) + ".")
-    if "llama" in fp:
-        shift = fp["llama"]["down_proj_column_shift"]["fp32"]
-        text += (f" It does not transfer to RMSNorm: the same residual shift on SmolLM2 takes the perplexity from "
-                 f"{num(fp['llama']['untouched']['fp32']['perplexity'])} to {num(shift['perplexity'])} (section 1).")
+    ll = fp.get("llama") or {}
+    exact = [v for k, v in ll.items() if k.startswith("gated_all/shift/")]
+    if exact:
+        naive = ll["down_proj_column_shift"]["fp32"]
+        text += (f" On RMSNorm (SmolLM2) the shift alone would take the perplexity from "
+                 f"{num(ll['untouched']['fp32']['perplexity'])} to {num(naive['perplexity'])}; through the exact "
+                 "conversion to OLMo it keeps the function: "
+                 + "; ".join(f"stream width {v['stream_width']}: max logit change "
+                             f"{v['fp32']['max_abs_logit_diff']:.2e}, perplexity "
+                             f"{num(v['fp32']['perplexity'], 4)} vs {num(ll['untouched']['fp32']['perplexity'], 4)}, "
+                             f"top-1 {pct_plain(v['fp32']['top1_agreement'])}, every constrained weight >= "
+                             f"{num(v['smallest_constrained_weight'], 6)}" for v in exact) + " (section 1).")
     return [out[0] + text]
 
 
-def answer_gaps(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
-    p = PUBLISHED
-    rows = ["**2. The perplexity gap of each init, before and after recovery training** (published: "
-            f"{pct(p['gap_mlp_in'], 0)} mlp_in, {pct(p['gap_mlp_both'], 0)} mlp_both, both after recovery with `abs`):",
-            "", "| suite | model | variant, init, lr | gap before recovery (val.) | after (val.) | after (test) "
-            "[95% CI] |", "|---|---|---|---:|---:|---:|"]
-    for name, numbers in all_numbers.items():
-        for model in (numbers or {}).get("compare", []):
+def _suites(all_numbers: dict[str, dict[str, Any] | None]):
+    return [(name, numbers) for name, numbers in all_numbers.items() if numbers is not None]
+
+
+def _kind(numbers: dict[str, Any], model: str) -> str:
+    return arm_kind(numbers["models"][model]["train_gaps"]["config"])
+
+
+def _verdict(item: dict[str, Any] | None) -> str:
+    item = item or {}
+    return f"{_red(item)}, **{item.get('status', 'n/a')}**" if "value" in item else item.get("status", "n/a")
+
+
+def _matched(numbers: dict[str, Any], model: str, control: str, entry: str | None, metric: str) -> dict[str, Any]:
+    for row in numbers["versus_matched_controls"]:
+        if (row["model"], row["control_model"], row["metric"]) == (model, control, metric) and \
+                (entry is None or row["entry"] == entry):
+            return row
+    return {}
+
+
+def _matched_text(row: dict[str, Any]) -> str:
+    if "value" not in row:
+        return row.get("status", "n/a")
+    return f"{pct(row['value'])} {ci_text(row.get('ci95'), pct)} ({row['status']})"
+
+
+def strongest_attacks(numbers: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The attack (not a control) with the largest mean relative NLL increase on the baseline, and the strongest
+    token attack (everything but the embedding-space soft prompt): measured, not assumed."""
+    base = numbers["models"][numbers["baseline"]]
+    ranked = sorted(((base[a].get("mean_relative_increase") or {}).get("mean") or -math.inf, a)
+                    for a in numbers["attacks"] if a not in numbers["controls"])
+    ranked = [a for v, a in ranked if v > -math.inf]
+    token = [a for a in ranked if not a.startswith("soft")]
+    return (ranked[-1] if ranked else None), (token[-1] if token else None)
+
+
+def answer_cost(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
+    rows = ["**2. What perplexity does each arm cost?** Validation gap (mean over seeds of the per-seed ratio to the "
+            "baseline, the same blocks) right after the transform and after recovery; test gap with its paired 95% "
+            "interval and the report's verdict against the < 15% target. Controls are judged against the arm they "
+            "are matched to (ratio - 1, paired interval; `matched` when the interval contains 0).", "",
+            "| suite | arm | kind | recipe | val. gap before recovery | after | test gap [95% CI] | verdict | "
+            "matched to |", "|---|---|---|---|---:|---:|---:|---|---|"]
+    for name, numbers in _suites(all_numbers):
+        for model in numbers["compare"]:
             m = numbers["models"][model]
-            g, test = m["train_gaps"], m["test_gap"] or {}
-            rows.append(f"| {name} | {model} | {describe_config(g['config'])} | {pct(g['before']['gap_mean'])} | "
-                        f"{pct(g['after']['gap_mean'])} | {pct(test.get('value'))} {ci_text(test.get('ci95'))} |")
+            g, test = m["train_gaps"], m.get("test_gap") or {}
+            matched = [f"{arm}: {_matched_text(_matched(numbers, arm, model, None, 'perplexity'))}"
+                       for arm, controls in numbers["matched_controls"].items() if model in controls]
+            rows.append(f"| {name} | {model} | {_kind(numbers, model)} | {describe_config(g['config'])} | "
+                        f"{pct(g['before']['gap_mean'], 2)} | {pct(g['after']['gap_mean'])} | "
+                        f"{pct(test.get('value'))} {ci_text(test.get('ci95'))} | {test.get('status', 'n/a')} | "
+                        f"{'; '.join(matched) or '-'} |")
     return rows
 
 
-def answer_damage(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
-    out = ["**3. Does the robustness gain survive when the function is preserved, or does it come from the damage "
-           "the `abs` init does?** HotFlip's relative NLL increase is the primary measure (continuous, whereas the "
-           "success rate is a thresholded count that saturates when the baseline is attacked almost always); the "
-           "random-token control is the same search with random candidates, so a reduction that shows there too is "
-           "not a defence against the gradient. Note what `shift` means: the constrained weights are non-negative, "
-           "yet the model computes exactly the original function "
-           "(the LayerNorms remove what the shift added), so non-negativity alone changes nothing until training "
-           "moves the weights; whatever robustness a `shift` model shows must come from that training.", ""]
-    for name, numbers in all_numbers.items():
-        if numbers is None:
+def answer_robustness(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
+    out = ["**3. Does any robustness gain exceed its damage-matched control under the strongest attack?** The "
+           "strongest attack is read off each run: the largest mean relative NLL increase on the baseline (the "
+           "soft prompt, an embedding-space bound, and separately the strongest token attack). Reduction = 1 - "
+           "model / reference in the mean relative NLL increase, paired 95% interval; against the baseline the "
+           "report's verdict (target > 40%, and above the attack's random control), against each matched control "
+           "`more robust than control` only when the interval lies above 0.", ""]
+    for name, numbers in _suites(all_numbers):
+        strongest, token = strongest_attacks(numbers)
+        if strongest is None:
+            out.append(f"- {name}: no attack results yet (the run is incomplete).")
             continue
         base = numbers["models"][numbers["baseline"]]
-        b_abs = base["hotflip"].get("absolute_nll_increase")
-        b_clean = (base["hotflip"].get("mean_nll_before") or {}).get("mean")
-        groups: dict[str, list[str]] = {}
-        verdict: dict[str, list[bool]] = {}
+        levels = ", ".join(f"{a} {pct_plain((base[a].get('mean_relative_increase') or {}).get('mean'))}"
+                           for a in dict.fromkeys([strongest, token]) if a)
+        out.append(f"- **{name}** (baseline NLL increase: {levels}):")
+        exceeded = []
+        for model, controls in numbers["matched_controls"].items():
+            if model not in numbers["compare"] or _kind(numbers, model) != "monotonic":
+                continue
+            for attack in dict.fromkeys([strongest, token]):
+                if attack is None:
+                    continue
+                vs_base = (numbers["models"][model]["reductions"].get(attack) or {}).get("mean_relative_increase")
+                parts = [f"vs baseline {_verdict(vs_base)}"]
+                beats = []
+                for control in controls:
+                    row = _matched(numbers, model, control, attack, "mean_relative_increase")
+                    parts.append(f"vs {control} {_matched_text(row)}")
+                    beats.append(row.get("status") == "more robust than control")
+                if beats and all(beats):
+                    exceeded.append(f"{model} under {attack}")
+                out.append(f"  - {model}, {attack}: " + "; ".join(parts) + ".")
+        out.append(f"  So in {name}: " + (f"a gain beyond every damage-matched control: {', '.join(exceeded)}."
+                                          if exceeded else "no arm's gain exceeds all its damage-matched controls "
+                                          "under these attacks."))
+    return out
+
+
+def answer_weights(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
+    rows = ["**4. How much did the FFN weights move?** ||W - W0|| / ||W0|| per parameter group over the recovery "
+            "training (W0: the weights right after the transform; mean over seeds).", "",
+            "| suite | arm | recipe | FFN | attention | embeddings | other |", "|---|---|---|---:|---:|---:|---:|"]
+    for name, numbers in _suites(all_numbers):
+        for model in [numbers["baseline"], *numbers["compare"]]:
+            m = numbers["models"][model]
+            w = m.get("weight_change") or {}
+            cells = [pct_plain((w.get(g) or {}).get("mean"), 2) for g in WEIGHT_GROUPS]
+            rows.append(f"| {name} | {model} | {describe_config(m['train_gaps']['config'])} | " + " | ".join(cells)
+                        + " |")
+    notes = []
+    for name, numbers in _suites(all_numbers):
+        base = ((numbers["models"][numbers["baseline"]].get("weight_change") or {}).get("ffn") or {}).get("mean")
         for model in numbers["compare"]:
             m = numbers["models"][model]
-            init = _init_of(numbers, model) or "?"
-            hot = _reduction(numbers, model, "hotflip", "mean_relative_increase")
-            ctl = _reduction(numbers, model, "random_hotflip", "mean_relative_increase")
-            clean = (m["hotflip"].get("mean_nll_before") or {}).get("mean")
-            groups.setdefault(init, []).append(
-                f"{model} (test gap {pct((m['test_gap'] or {}).get('value'))}): HotFlip NLL-increase reduction "
-                f"{_red(hot)}, random control {_red(ctl)}; clean NLL {num(clean)} vs {num(b_clean)}, absolute "
-                f"increase {num(m['hotflip'].get('absolute_nll_increase'), 3)} vs {num(b_abs, 3)} nats")
-            verdict.setdefault(init, []).append(_holds(hot))
-            verdict.setdefault(f"{init}/control", []).append(_holds(ctl))
-        for init, items in groups.items():
-            out.append(f"- {name}, `{init}` init: " + "; ".join(items) + ".")
-        measured = [_reduction(numbers, m, "hotflip", "mean_relative_increase") for m in numbers["compare"]]
-        if not any("value" in item for item in measured):
-            out.append(f"  {name}: no HotFlip results yet (the run is incomplete), so no answer from this suite.")
-            continue
-        damaged = [m for m in numbers["compare"] if _init_of(numbers, m) == "abs"]
-        lower_abs = [m for m in damaged if b_abs is not None and
-                     (numbers["models"][m]["hotflip"].get("absolute_nll_increase") or math.inf) < b_abs]
-        absolute_note = (" (the absolute increase in nats is lower as well, so it is not only the larger clean NLL "
-                         "dividing the relative increase)" if lower_abs and len(lower_abs) == len(damaged) else
-                         " (in absolute nats the increase is not lower on every `abs` model: part of the relative "
-                         "reduction is the larger clean NLL in the denominator)")
-        if "abs" in verdict and "shift" in verdict:
-            if any(verdict["abs"]) and not any(verdict["shift"]):
-                text = (f"  In {name} the reduction holds only for `abs`-init models, whose function was damaged, "
-                        "and is not shown for any `shift`-init model, whose function was preserved")
-                text += (" - and the random control shows it on the `abs` models as well, so what the damaged models "
-                         "have is a smaller reaction to any token change" + absolute_note + ", not a defence against "
-                         "gradient-guided attacks." if any(verdict["abs/control"]) else ".")
-            elif any(verdict["shift"]):
-                text = f"  In {name} the reduction also holds with the function preserved (`shift`)."
-            else:
-                text = f"  In {name} no reduction is shown (every interval contains 0) for either init."
-            out.append(text)
-        elif "abs" in verdict:
-            held = any(verdict["abs"])
-            out.append(f"  In {name} only `abs` applies (RMSNorm), so the function-preserved comparison cannot be "
-                       "made there; the reduction is " + ("shown" if held else "not shown (its interval contains 0)")
-                       + (", and the random control shows it too" + absolute_note + ": the mark of a damaged model "
-                          "that reacts less to any token change, not of a defence against the gradient." if held and
-                          any(verdict["abs/control"]) else "."))
+            ffn = ((m.get("weight_change") or {}).get("ffn") or {}).get("mean")
+            if base and ffn is not None and _kind(numbers, model) == "monotonic":
+                notes.append(f"{name}/{model} {num(ffn / base, 2)}x")
+    if notes:
+        rows += ["", "FFN change relative to the baseline's at its own learning rate: " + ", ".join(notes) + "."]
+    return rows
+
+
+def answer_monotone(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
+    out = ["**5. Does a truly monotone FFN change robustness?** Only an arm with non-negative FFN weights *and* a "
+           "monotone activation computes a monotone FFN (the property test in tests/test_constraint.py); it is "
+           "compared with the same arm keeping GELU (matched control) and with the baseline."]
+    found = False
+    for name, numbers in _suites(all_numbers):
+        for model, controls in numbers["matched_controls"].items():
+            cfg = numbers["models"][model]["train_gaps"]["config"] if model in numbers["models"] else {}
+            if (cfg.get("activation") or "original") == "original":
+                continue
+            found = True
+            for control in controls:
+                gap = _matched(numbers, model, control, None, "perplexity")
+                parts = [f"perplexity vs {control} {_matched_text(gap)}".replace("(matched)", "(same)")]
+                for attack in numbers["attacks"]:
+                    if attack in numbers["controls"]:
+                        continue
+                    row = _matched(numbers, model, control, attack, "mean_relative_increase")
+                    base = (numbers["models"][model]["reductions"].get(attack) or {}).get("mean_relative_increase")
+                    parts.append(f"{attack}: vs {control} {_matched_text(row)}, vs baseline {_verdict(base)}")
+                out.append(f"- {name}/{model}: " + "; ".join(parts) + ".")
+    if not found:
+        out.append("No suite here has a monotone-activation arm.")
+    out.append("SmolLM2's gated FFN down(SiLU(gate x) * up x) is not monotone even with non-negative weights and a "
+               "monotone activation (up x takes both signs on a normalised input), so the trainer refuses "
+               "`activation: monotone` there and the monotone arm is the GPT-NeoX one.")
+    return out
+
+
+def answer_invariance(all_numbers: dict[str, dict[str, Any] | None], fp: dict[str, Any] | None) -> list[str]:
+    seen = []
+    for name, numbers in _suites(all_numbers):
+        for model in numbers["compare"]:
+            g = numbers["models"][model]["train_gaps"]
+            if (g["config"].get("init") == "shift" and (g["config"].get("activation") or "original") == "original"
+                    and g["before"]["gaps"]):
+                worst = max(abs(x) for x in g["before"]["gaps"])
+                seen.append(f"{name}/{model} {pct(g['before']['gap_mean'], 3)} (largest per seed |{worst:.1e}|)")
+    return ["**6. What the LayerNorm/RMSNorm invariance means for the published claim.** Every LayerNorm model has "
+            "an exactly equivalent model whose FFN weights are all non-negative (the `shift` init: row constants on "
+            "the FFN's input weights are multiplied by a zero-sum normalised input, and a rank-one 1·uᵀ on its output "
+            "weights adds the same number to every unit of the stream, which the next LayerNorm removes); every "
+            "RMSNorm model has one after the exact conversion to OLMo. The validation gap right after that transform, "
+            "before any training step: " + (", ".join(seen) if seen else "not measured here") + ". So "
+            "\"non-negative FFN weights\" is not a restriction on the functions a transformer with normalised "
+            "residual readers can compute: a constrained model that is more robust is so because its training or "
+            "its initialisation changed its function (the `abs` init destroys it), not because of non-negativity. "
+            "A claim that non-negativity itself buys robustness would need a gain over the damage-matched controls "
+            "(answer 3) or from a truly monotone arm (answer 5)."]
+
+
+def answer_controls(all_numbers: dict[str, dict[str, Any] | None], extra: dict[str, Any] | None) -> list[str]:
+    out = ["**7. Does each attack beat its random control at equal budget?** Attack minus control (same loop, "
+           "documents and budget, random candidates), paired 95% interval, in the mean relative NLL increase; "
+           "`beats control` only when the interval lies above 0."]
+    sources = [(name, numbers["attack_vs_control"]) for name, numbers in _suites(all_numbers)]
+    if extra:
+        sources.append((extra["name"], extra["attack_vs_control"]))
+    for name, rows in sources:
+        by_attack: dict[str, list[str]] = {}
+        for row in rows:
+            if row["metric"] != "mean_relative_increase" or "difference" not in row:
+                continue
+            by_attack.setdefault(row["attack"], []).append(
+                f"{row['model']} {pct(row['difference'])} {ci_text(row.get('ci95'), pct)} {row['status']}")
+        if by_attack:
+            out.append(f"- {name}: " + "; ".join(f"**{a}** vs its control: " + ", ".join(v)
+                                                 for a, v in by_attack.items()) + ".")
     return out
 
 
 def answer_spearman(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
     parts = []
-    for name, numbers in all_numbers.items():
-        if numbers is None:
-            continue
-        base = numbers["models"][numbers["baseline"]]["hotflip"].get("spearman_mean")
+    for name, numbers in _suites(all_numbers):
+        base = (numbers["models"][numbers["baseline"]].get("hotflip") or {}).get("spearman_mean")
         if not base:
             continue
-        items, lower, higher = [], [], []
-        for model in numbers["compare"]:
-            s = numbers["models"][model]["hotflip"].get("spearman_mean")
-            if not s:
-                continue
-            items.append(f"{model} {num(s['mean'], 3)} {ci_text(s.get('ci95'), lambda x: num(x, 3))}")
-            if s.get("ci95") and base.get("ci95"):
-                if s["ci95"][1] < base["ci95"][0]:
-                    lower.append(model)
-                elif s["ci95"][0] > base["ci95"][1]:
-                    higher.append(model)
-        verdict = (f"lower (less trustworthy) on {', '.join(lower)}" if lower else "lower on no monotonic model")
-        if higher:
-            verdict += f"; higher on {', '.join(higher)}"
-        note = ""
-        b = numbers["models"][numbers["baseline"]]
-        hot, rnd = (b["hotflip"].get("success_rate") or {}).get("mean"), \
-            (b["random_hotflip"].get("success_rate") or {}).get("mean")
-        if base.get("ci95") and base["ci95"][0] <= 0 <= base["ci95"][1]:
-            note = (" Even on the baseline the correlation is not distinguishable from 0 here, so the gradient's "
-                    "ranking of swaps carries little information")
-            if hot is not None and rnd is not None and rnd > hot:
-                note += (f"; indeed the random control beats HotFlip on the baseline (success {pct_plain(rnd)} vs "
-                         f"{pct_plain(hot)} with the same number of exact evaluations)")
-            note += "."
+        items = [f"{model} {num(s['mean'], 3)} {ci_text(s.get('ci95'), lambda x: num(x, 3))}"
+                 for model in numbers["compare"]
+                 if (s := (numbers["models"][model].get("hotflip") or {}).get("spearman_mean"))]
         parts.append(f"{name}: baseline {num(base['mean'], 3)} {ci_text(base.get('ci95'), lambda x: num(x, 3))}; "
-                     + "; ".join(items) + f". Intervals clearly apart from the baseline's: {verdict}." + note)
-    return ["**4. Is HotFlip's first-order estimate less trustworthy on monotonic models?** Spearman correlation "
-            "between the first-order estimate of each scored swap and its exact loss change (mean over examples and "
-            "seeds, 95% interval): " + " ".join(parts or ["not measured."])]
+                     + "; ".join(items) + ".")
+    return ["**8. How informative is HotFlip's first-order estimate?** Spearman correlation between each scored "
+            "swap's first-order estimate and its exact loss change (mean over examples and seeds, 95% interval): "
+            + " ".join(parts or ["not measured."])]
 
 
-#: A success-rate reduction measured against a baseline rate below this is listed apart: a handful of successes.
-RARE_BASELINE_RATE = 0.10
+def answer_verdicts(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
+    counts: dict[str, list[str]] = {}
+    for name, numbers in _suites(all_numbers):
+        for model in numbers["compare"]:
+            for attack in numbers["attacks"]:
+                if attack in numbers["controls"]:
+                    continue
+                for metric in ("success_rate", "mean_relative_increase"):
+                    item = (numbers["models"][model]["reductions"].get(attack) or {}).get(metric) or {}
+                    if "status" in item:
+                        counts.setdefault(item["status"], []).append(f"{name}/{model} {attack} {metric}")
+    if not counts:
+        return ["**9. The report's verdicts.** None yet."]
+    met = counts.get("met", [])
+    return ["**9. The report's verdicts on attack reduction (target > 40%).** An indicator is `met` only when its "
+            "paired 95% interval lies above the target and above its random control's reduction; "
+            + "; ".join(f"`{status}`: {len(items)}" for status, items in sorted(counts.items()))
+            + ". Met: " + ("; ".join(met) if met else "none") + "."]
 
 
-def answer_seeds(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
-    held, reversed_, rare, tested = [], [], [], 0
-    for name, numbers in all_numbers.items():
-        for model in (numbers or {}).get("compare", []):
-            for attack in ATTACKS:
-                for metric, label in (("success_rate", "success"), ("mean_relative_increase", "NLL increase")):
-                    item = _reduction(numbers, model, attack, metric)
-                    if not item.get("ci95"):
-                        continue
-                    tested += 1
-                    if metric == "success_rate" and item.get("baseline_value", 1) < RARE_BASELINE_RATE:
-                        rare.append(f"{name}/{model} {attack} {label} {_red(item)} (baseline "
-                                    f"{pct_plain(item['baseline_value'])})")
-                    elif item["ci95"][0] > 0:
-                        held.append(f"{name}/{model} {attack} {label} {_red(item)}")
-                    elif item["ci95"][1] < 0:
-                        reversed_.append(f"{name}/{model} {attack} {label} {_red(item)}")
-    return ["**5. Which gains hold across seeds?** A reduction holds when its 95% interval (bootstrap over seeds and "
-            f"examples) lies above 0. Of {tested} (model, attack, metric) reductions: holding: "
-            + ("; ".join(held) or "none") + ". Reversed (the monotonic model is more vulnerable): "
-            + ("; ".join(reversed_) or "none") + ". Every other interval contains 0"
-            + (f", except success-rate reductions against a baseline rate below {pct_plain(RARE_BASELINE_RATE, 0)}, "
-               "too few successes to judge either way: " + "; ".join(rare) if rare else "") + "."]
-
-
-def answers_section(all_numbers: dict[str, dict[str, Any] | None], fp: dict[str, Any] | None) -> list[str]:
-    out = ["## Answers", "", "Built from the measurements below (sections 1-3); every number is the runs'.", ""]
-    for part in (answer_function(fp, all_numbers), answer_gaps(all_numbers), answer_damage(all_numbers),
-                 answer_spearman(all_numbers), answer_seeds(all_numbers)):
+def answers_section(all_numbers: dict[str, dict[str, Any] | None], fp: dict[str, Any] | None,
+                    extra: dict[str, Any] | None) -> list[str]:
+    out = ["## Answers", "", "Built from the measurements below; every number is the runs'.", ""]
+    for part in (answer_function(fp, all_numbers), answer_cost(all_numbers), answer_robustness(all_numbers),
+                 answer_weights(all_numbers), answer_monotone(all_numbers), answer_invariance(all_numbers, fp),
+                 answer_controls(all_numbers, extra), answer_spearman(all_numbers), answer_verdicts(all_numbers)):
         out += part + [""]
     return out
+
+
+def matched_rows(numbers: dict[str, Any]) -> list[str]:
+    rows = ["| model | control model | entry | metric | model | control | compared as | value [95% CI] | status |",
+            "|---|---|---|---|---:|---:|---|---:|---|"]
+    for row in numbers["versus_matched_controls"]:
+        value = (f"{pct(row['value'])} {ci_text(row.get('ci95'), pct)}" if "value" in row else "n/a")
+        rows.append(f"| {row['model']} | {row['control_model']} | {row['entry']}"
+                    f"{' (random control)' if row.get('attack_control') else ''} | {row['metric']} | "
+                    f"{num(row.get('model_value'), 4)} | {num(row.get('control_value'), 4)} | "
+                    f"{'ratio - 1' if row['kind'] == 'gap' else 'reduction'} | {value} | {row['status']} |")
+    return rows
 
 
 def suite_section(name: str, title: str, numbers: dict[str, Any] | None, run: Run | None, n: int,
@@ -586,6 +744,11 @@ def suite_section(name: str, title: str, numbers: dict[str, Any] | None, run: Ru
             f"{pct_plain(run.suite.get('success_threshold', 0.15), 0)}. The absolute increase (NLL after - before, "
             "in nats) is shown because the relative one divides by the clean NLL, which the `abs` init raises.", ""]
     out += reduction_rows(numbers) + [""]
+    if numbers["versus_matched_controls"]:
+        out += ["### Against the matched controls (the report's `versus_matched_controls`)", "",
+                "Each arm of `report.matched_controls` against each of its controls: the perplexity ratio (is the "
+                "control matched?) and every attack's reduction relative to the control, paired 95% intervals.", ""]
+        out += matched_rows(numbers) + [""]
     out += ["### HotFlip's first-order estimate", ""] + spearman_rows(numbers) + [""]
     out += transfer_rows(numbers.get("transfer_matrix"))
     plots = sorted((out_dir / name).glob("*.png"))
@@ -767,7 +930,7 @@ def write_document(all_numbers: dict[str, dict[str, Any] | None], runs: dict[str
              "runs/research_NAME` with its wall time logged; rerunning it resumes an interrupted run. "
              "`harness report runs/research_NAME` alone rebuilds that run's report (report.html, table7.tex, plots).",
              ""]
-    lines += answers_section(all_numbers, fp)
+    lines += answers_section(all_numbers, fp, extra_attacks_run())
     lines += section_function_preservation(fp)
     for i, (name, title) in enumerate(SUITES.items(), start=2):
         lines += suite_section(name, title, all_numbers.get(name), runs.get(name), i, out_dir, doc_dir)
@@ -777,6 +940,19 @@ def write_document(all_numbers: dict[str, dict[str, Any] | None], runs: dict[str
     lines += gpu_section(full)
     lines += missing_section(all_numbers, fp, full)
     return "\n".join(lines).rstrip() + "\n"
+
+
+#: A committed report of the attack-strength suite (suites/research/smollm2_attacks.yaml): GCG against its random
+#: control at more than one budget on SmolLM2 (too long to rerun with every regeneration of this document).
+ATTACKS_REPORT = OUT_DIR / "smollm2_attacks" / "final_results.json"
+
+
+def extra_attacks_run() -> dict[str, Any] | None:
+    if not ATTACKS_REPORT.exists():
+        return None
+    results = json.loads(ATTACKS_REPORT.read_text())
+    return {"name": f"{results['suite']} (committed report, docs/research/smollm2_attacks/)",
+            "attack_vs_control": results.get("attack_vs_control") or []}
 
 
 def full_suite_sizes() -> dict[str, Any] | None:
@@ -822,10 +998,10 @@ def gpu_section(full: dict[str, Any] | None) -> list[str]:
             "A local checkpoint directory instead of the hub: set `models.pythia_1.4b.path: /path/to/pythia-1.4b` "
             "(config.json, tokenizer files, *.safetensors). When `harness plan` warns that a training stage does not "
             "fit one GPU, set `launcher.strategy: fsdp` in the profile (weights, gradients and AdamW state sharded "
-            "over the job's GPUs; the plan sizes memory for it) or `gradient_checkpointing: true`. To add the "
-            "function-preserving variant of this study, copy the `monotonic` train entry as `monotonic_shift` with "
-            "`init: shift` (and, for the smallest gap found here, the baseline's learning rate), add a model `{plugin: hf_causal_lm, from_train: "
-            "monotonic_shift, dtype: bfloat16}`, and list it under `report.compare`.", ""]
+            "over the job's GPUs; the plan sizes memory for it) or `gradient_checkpointing: true`. The suite has the "
+            "arms of this study (published `abs` + softplus, `shift` + projected training, the monotone-activation "
+            "arm, the two damage controls, `report.matched_controls`), so its report answers the same questions.",
+            ""]
 
 
 def missing_section(all_numbers: dict[str, dict[str, Any] | None], fp: dict[str, Any] | None,
