@@ -41,8 +41,9 @@ class StageData:
         return (self.result or {}).get("metrics") or {}
 
     def scalars(self) -> dict[str, float | None]:
-        """The numeric metrics (NaN/inf become None: measured but undefined): the top-level numbers, and the numbers
-        of a top-level mapping as ``name/key`` (a metric per group, say ``weight_change/ffn``)."""
+        """The numeric metrics (NaN/inf become None: measured but undefined): the top-level numbers, and each entry
+        of a top-level mapping whose values are all numbers as ``name/key`` (a metric per group, say
+        ``weight_change/ffn``; a mapping that also holds text or structure is provenance, not a metric)."""
         out: dict[str, float | None] = {}
 
         def number(value: Any) -> bool:
@@ -51,10 +52,9 @@ class StageData:
         for name, value in self.metrics.items():
             if number(value):
                 out[name] = float(value) if math.isfinite(value) else None
-            elif isinstance(value, dict):
+            elif isinstance(value, dict) and value and all(number(sub) for sub in value.values()):
                 for key, sub in value.items():
-                    if number(sub):
-                        out[f"{name}/{key}"] = float(sub) if math.isfinite(sub) else None
+                    out[f"{name}/{key}"] = float(sub) if math.isfinite(sub) else None
         return out
 
     @cached_property
