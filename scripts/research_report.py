@@ -101,7 +101,7 @@ class Run:
         self.suite = self.results.get("report_config", {})
         resolved = json.loads((run_dir / "config.resolved.json").read_text())
         # in the suite's order; the transfer stages are a matrix of the others, not an attack of their own
-        self.attack_entries = [name for name, entry in suite.attacks.items() if entry.plugin != "uat_transfer"]
+        self.attack_entries = [name for name, entry in suite.attacks.items() if entry.plugin.name != "uat_transfer"]
         self.controls = {i["entry"] for i in self.results["indicators"] if i.get("control")}
         self.models_cfg = resolved["suite"].get("models", {})
         # each train entry's full config (defaults filled in), with the reserved keys from the suite
@@ -540,7 +540,7 @@ def answer_robustness(all_numbers: dict[str, dict[str, Any] | None]) -> list[str
         levels = ", ".join(f"{a} {pct_plain((base[a].get('mean_relative_increase') or {}).get('mean'))}"
                            for a in dict.fromkeys([strongest, token]) if a)
         out.append(f"- **{name}** (baseline NLL increase: {levels}):")
-        exceeded = []
+        exceeded, partly = [], []
         for model, controls in numbers["matched_controls"].items():
             if model not in numbers["compare"] or _kind(numbers, model) != "monotonic":
                 continue
@@ -556,10 +556,15 @@ def answer_robustness(all_numbers: dict[str, dict[str, Any] | None]) -> list[str
                     beats.append(row.get("status") == "more robust than control")
                 if beats and all(beats):
                     exceeded.append(f"{model} under {attack}")
+                elif any(beats):
+                    partly.append(f"{model} under {attack} exceeds "
+                                  + ", ".join(c for c, b in zip(controls, beats) if b) + " but not "
+                                  + ", ".join(c for c, b in zip(controls, beats) if not b))
                 out.append(f"  - {model}, {attack}: " + "; ".join(parts) + ".")
-        out.append(f"  So in {name}: " + (f"a gain beyond every damage-matched control: {', '.join(exceeded)}."
+        out.append(f"  So in {name}: " + (f"a gain beyond every damage-matched control: {', '.join(exceeded)}"
                                           if exceeded else "no arm's gain exceeds all its damage-matched controls "
-                                          "under these attacks."))
+                                          "under these attacks")
+                   + (f" ({'; '.join(partly)})" if partly else "") + ".")
     return out
 
 
@@ -687,11 +692,12 @@ def answer_verdicts(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
                         counts.setdefault(item["status"], []).append(f"{name}/{model} {attack} {metric}")
     if not counts:
         return ["**9. The report's verdicts.** None yet."]
-    met = counts.get("met", [])
+    met, same = counts.get("met", []), counts.get("same as control", [])
     return ["**9. The report's verdicts on attack reduction (target > 40%).** An indicator is `met` only when its "
             "paired 95% interval lies above the target and above its random control's reduction; "
             + "; ".join(f"`{status}`: {len(items)}" for status, items in sorted(counts.items()))
-            + ". Met: " + ("; ".join(met) if met else "none") + "."]
+            + ". Met: " + ("; ".join(met) if met else "none") + ". Same as control (a reduction above the target "
+            "that random edits show as well): " + ("; ".join(same) if same else "none") + "."]
 
 
 def answers_section(all_numbers: dict[str, dict[str, Any] | None], fp: dict[str, Any] | None,
