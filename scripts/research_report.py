@@ -89,19 +89,15 @@ class Run:
         from harness.plugins import load_registry
         from harness.report import build_report
 
-        from harness.suite import load_suite
-
         self.name, self.dir = name, run_dir
-        # `harness report RUN_DIR` with the suite file's current `report:` section (a run started before the report
-        # section gained, say, matched controls is reported as the suite now asks): final_results.json, table7.md,
-        # plots/
-        suite = load_suite(ROOT / "suites" / "research" / f"{name}.yaml")
-        build_report(run_dir, config=suite.report, plugins=load_registry().plugin_class)
+        # `harness report RUN_DIR`: final_results.json, table7.md, plots/
+        build_report(run_dir, plugins=load_registry().plugin_class)
         self.results = json.loads((run_dir / "final_results.json").read_text())
         self.suite = self.results.get("report_config", {})
         resolved = json.loads((run_dir / "config.resolved.json").read_text())
-        # in the suite's order; the transfer stages are a matrix of the others, not an attack of their own
-        self.attack_entries = [name for name, entry in suite.attacks.items() if entry.plugin.name != "uat_transfer"]
+        # in the suite's order (the stage graph's); the transfer stages are a matrix of the others, not an attack
+        self.attack_entries = list(dict.fromkeys(s["entry"] for s in resolved["stages"] if s["section"] == "attacks"
+                                                 and s["plugin"] != "uat_transfer"))
         self.controls = {i["entry"] for i in self.results["indicators"] if i.get("control")}
         self.models_cfg = resolved["suite"].get("models", {})
         # each train entry's full config (defaults filled in), with the reserved keys from the suite
@@ -388,7 +384,7 @@ def holds(item: dict[str, Any] | None) -> str:
 def spearman_rows(numbers: dict[str, Any]) -> list[str]:
     rows = ["| model | HotFlip Spearman (estimate vs exact change) | 95% CI | seeds |", "|---|---:|---:|---:|"]
     for model in [numbers["baseline"], *numbers["compare"]]:
-        s = numbers["models"][model]["hotflip"].get("spearman_mean")
+        s = (numbers["models"][model].get("hotflip") or {}).get("spearman_mean")
         if s:
             rows.append(f"| {model} | {num(s['mean'], 3)} | {ci_text(s.get('ci95'), lambda x: num(x, 3))} | {s['n']} |")
     return rows
@@ -903,8 +899,8 @@ def published_section(all_numbers: dict[str, dict[str, Any] | None]) -> list[str
         for model in numbers["compare"]:
             m = numbers["models"][model]
             test = m["test_gap"] or {}
-            hot = (m["reductions"]["hotflip"]["success_rate"] or {}).get("value")
-            uat = (m["reductions"]["uat"]["mean_relative_increase"] or {}).get("value")
+            hot = ((m["reductions"].get("hotflip") or {}).get("success_rate") or {}).get("value")
+            uat = ((m["reductions"].get("uat") or {}).get("mean_relative_increase") or {}).get("value")
             out.append(f"| {name} | {model} | {pct(test.get('value'))} {ci_text(test.get('ci95'))} | {pct(hot)} | "
                        f"{pct(uat)} |")
             if test.get("value") is not None and (best is None or abs(test["value"]) < abs(best[0])):

@@ -148,7 +148,8 @@ def test_research_report_writes_the_document_from_a_run(tmp_path):
     gap = got["mono_abs"]["test_gap"]
     assert gap["value"] == pytest.approx(got["mono_abs"]["perplexity"]["mean"] / got["baseline"]["perplexity"]["mean"]
                                          - 1)
-    assert f"| mono_abs | mlp_both, `abs` init, lr 0.0001 | {research_report.pct(expected['mono_abs'])} |" in text
+    assert (f"| mono_abs | mlp_both, `abs` init, W = softplus(V), lr 0.0001 | {research_report.pct(expected['mono_abs'])} |"
+            in text)
     figures = sorted(p.name for p in (out / "pythia_arch").glob("*.png"))
     assert "perplexity.png" in figures and "training_curves.png" in figures
     assert all(f"research/pythia_arch/{name}" in text for name in figures)
