@@ -504,7 +504,7 @@ def answer_cost(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
     rows = ["**2. What perplexity does each arm cost?** Validation gap (mean over seeds of the per-seed ratio to the "
             "baseline, the same blocks) right after the transform and after recovery; test gap with its paired 95% "
             "interval and the report's verdict against the < 15% target. Controls are judged against the arm they "
-            "are matched to (ratio - 1, paired interval; `matched` when the interval contains 0).", "",
+            "are matched to (ratio - 1, paired interval; `matched` only when the interval lies within the +-15% gap target, `not settled` when it is wider).", "",
             "| suite | arm | kind | recipe | val. gap before recovery | after | test gap [95% CI] | verdict | "
             "matched to |", "|---|---|---|---|---:|---:|---:|---|---|"]
     for name, numbers in _suites(all_numbers):
@@ -800,8 +800,8 @@ def previous_record(name: str, numbers: dict[str, Any], previous: dict[str, Any]
     machine), model by model: how many across-seed means agree exactly and the largest relative difference. A document
     regenerated from the same run keeps the comparison it already had."""
     old = ((previous or {}).get("suites") or {}).get(name)
-    if not old:
-        return None
+    if not old or old.get("train_size") != numbers.get("train_size"):
+        return None  # none, or an earlier version of the suite with other sizes: another experiment
     if old.get("invocations") == numbers.get("invocations"):
         return old.get("previous_record")
     models = {}

@@ -210,8 +210,8 @@ def test_each_verdict_rule_on_a_constructed_run(tmp_path):
 
 def test_each_model_is_judged_against_its_matched_controls(tmp_path):
     """mono (5% above base in perplexity) against ctrl (damaged alike: the same perplexity) and ctrl_far (50%
-    above): the perplexity ratio says which control is matched; each attack's reduction against a control is judged
-    on its paired interval."""
+    above): the perplexity ratio says which control is matched (its interval within +-gap_target); each attack's
+    reduction against a control is judged on its paired interval."""
     successes = {("strong", "base"): 30, ("strong", "mono"): 3, ("strong", "ctrl"): 30, ("strong", "ctrl_far"): 30,
                  ("close", "base"): 30, ("close", "mono"): 3, ("close", "ctrl"): 4, ("close", "ctrl_far"): 4,
                  ("worse", "base"): 30, ("worse", "mono"): 20, ("worse", "ctrl"): 5, ("worse", "ctrl_far"): 5}
