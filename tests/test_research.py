@@ -54,9 +54,16 @@ def test_research_suites_compare_like_with_like():
             assert entry["plugin"] == "monotonic" or entry.get("ffn_noise", 0) > 0, model
             assert entry["model"] == start
             assert {k: entry[k] for k in shared} == {k: train[base][k] for k in shared}, model
-        # every attack runs on the baseline and every compared model, its control on the same ones
+        # every attack runs on the baseline and compared models (HotFlip on all of them), its control and the
+        # transfer matrix on exactly the attack's models
+        compared = {report["baseline"], *report["compare"]}
         for name, attack in suite["attacks"].items():
-            assert set(attack["models"]) == {report["baseline"], *report["compare"]}, name
+            assert report["baseline"] in attack["models"] and set(attack["models"]) <= compared, name
+        assert set(suite["attacks"]["hotflip"]["models"]) == compared
+        for attack, controls in (("hotflip", ("random_hotflip",)), ("gcg", ("random_gcg",)),
+                                 ("uat", ("random_uat", "uat_transfer"))):
+            for control in controls:
+                assert suite["attacks"][control]["models"] == suite["attacks"][attack]["models"], control
         assert suite["attacks"]["random_hotflip"]["hotflip"] == {
             k: v for k, v in suite["attacks"]["hotflip"].items() if k != "models"}
         assert suite["attacks"]["random_uat"]["uat"] == {
@@ -66,7 +73,7 @@ def test_research_suites_compare_like_with_like():
     for suite, arms in ((pythia, {("abs", "softplus", "original"), ("shift", "project", "original"),
                                   ("shift", "project", "monotone"), ("abs", "none", "original")}),
                         (smol, {("abs", "softplus", "original"), ("shift", "project", "original"),
-                                ("abs", "none", "original")})):
+                                ("shift", "none", "original"), ("abs", "none", "original")})):
         entries = [suite["train"][suite["models"][m]["from_train"]] for m in suite["report"]["compare"]]
         assert {(e["init"], e.get("constraint", "softplus"), e.get("activation", "original"))
                 for e in entries if e["plugin"] == "monotonic"} == arms
@@ -167,3 +174,42 @@ def test_research_report_writes_the_document_from_a_run(tmp_path):
         assert "Against the previous record of `pythia_arch` (run on Another CPU, 2023-11-14" in text
         assert "baseline: all " in text and "mono_abs: " in text and "(perplexity: " in text
         assert "the largest relative difference 33%" in text and "Beyond rounding (mono_abs)" in text
+
+
+def test_lr_check_reads_each_training_stage_and_names_the_best_lr_per_recipe(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import research_report
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    run = tmp_path / "runs" / "research_smollm2_lr"
+    shift = {"plugin": "monotonic", "variant": "gated_all", "init": "shift", "constraint": "project"}
+    # validation perplexity after recovery at seeds 1 and 2
+    recipes = {"base_hi": ({"plugin": "baseline", "lr": 2e-4}, (30.9, 29.0)),
+               "base_lo": ({"plugin": "baseline", "lr": 5e-5}, (29.6, 30.0)),
+               "shift_hi": ({**shift, "lr": 2e-4}, (44.8, 40.0)),
+               "shift_lo": ({**shift, "lr": 5e-5}, (29.7, 30.1))}
+    for entry, (cfg, afters) in recipes.items():
+        for seed, after in zip((1, 2), afters):
+            stage = run / "stages" / "train" / entry / f"s{seed}"
+            stage.mkdir(parents=True)
+            plugin, config = cfg["plugin"], {k: v for k, v in cfg.items() if k != "plugin"}  # as a stage writes it
+            (stage / "result.json").write_text(json.dumps({
+                "stage": {"entry": entry, "seed": seed}, "plugin": plugin, "config": config,
+                "metrics": {"initial_val_perplexity": 35.9, "final_val_perplexity": after, "steps": 8}}))
+    (run / "config.resolved.json").write_text("{}")
+    out = tmp_path / "out"
+    out.mkdir()
+    check = research_report.lr_check(tmp_path / "runs", out)
+    assert [e["entry"] for e in check["entries"]] == ["base_hi", "base_lo", "shift_hi", "shift_lo"]
+    assert check["entries"][0]["after_mean"] == pytest.approx(29.95)
+    text = "\n".join(research_report.lr_check_lines(check))
+    assert ("| shift_hi | gated_all, `shift` init, projected (W >= floor after each step), lr 0.0002 | 35.90 | "
+            "44.80 | 40.00 | 42.40 |") in text
+    # the baseline's means are 29.95 (2e-4) and 29.80 (5e-5), but 5e-5 is lower on one seed only
+    assert ("Lowest mean validation perplexity after recovery: unconstrained: lr 5e-05 (lowest on 1 of 2 seeds); "
+            "gated_all, `shift` init, projected (W >= floor after each step): lr 5e-05 (lowest on 2 of 2 "
+            "seeds).") in text
+    # without the run, the copy kept in the output directory is read back
+    (run / "config.resolved.json").unlink()
+    assert research_report.lr_check(tmp_path / "runs", out) == check
