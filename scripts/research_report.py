@@ -928,7 +928,7 @@ def write_document(all_numbers: dict[str, dict[str, Any] | None], runs: dict[str
              "bash scripts/research_run.sh pythia_arch     # suites/research/pythia_arch.yaml -> "
              "runs/research_pythia_arch",
              "bash scripts/research_run.sh smollm2         # suites/research/smollm2.yaml     -> runs/research_smollm2",
-             "bash scripts/research_run.sh smollm2_lr      # the lr check of answer 2 (about 12 min)",
+             "bash scripts/research_run.sh smollm2_lr      # the lr check of answer 2 (about 20 min)",
              "python scripts/research_report.py --measure  # harness report on both runs + this document",
              "```", "",
              "`scripts/research_run.sh NAME` is `harness run suites/research/NAME.yaml --out runs/research_NAME` "
@@ -1011,8 +1011,8 @@ def lr_check_lines(check: dict[str, Any] | None) -> list[str]:
         return []
     seeds = sorted({s for e in check["entries"] for s in e["seeds"]}, key=int)
     rows = ["", f"Learning rate and the conversion (`{check['suite']}`, seeds {', '.join(seeds)}, validation "
-            f"perplexity after {check['entries'][0]['steps']} recovery steps; every entry starts at the same "
-            "perplexity, and each entry and seed reads its own data order): folding the RMSNorm gains g into the "
+            f"perplexity right after the transform and after {check['entries'][0]['steps']} recovery steps; each "
+            "entry and seed reads its own data order): folding the RMSNorm gains g into the "
             "readers makes AdamW's per-element step act on W*g instead of on W and g separately (a gain near 0 no "
             "longer damps its column's step), so the same lr can be a larger step for the converted model."
             + best_lr_text(check["entries"]), "",
