@@ -961,30 +961,27 @@ def extra_attacks_run() -> dict[str, Any] | None:
             "attack_vs_control": results.get("attack_vs_control") or []}
 
 
-#: The learning-rate check of the SmolLM2 recipe (suites/research/smollm2_lr.yaml): refreshed from its run when
-#: ``runs/research_smollm2_lr`` exists, else the committed copy (this name in the output directory) is read.
-LR_CHECK = OUT_DIR / "smollm2_lr.json"
+#: The learning-rate check of the SmolLM2 recipe (suites/research/smollm2_lr.yaml), kept in the output directory under
+#: this name: refreshed from its run when ``runs/research_smollm2_lr`` exists, else the committed copy is read.
+LR_CHECK_FILE = "smollm2_lr.json"
 
 
 def lr_check(runs_dir: Path, out_dir: Path) -> dict[str, Any] | None:
-    """Validation perplexity before and after recovery for each entry of the lr-check run, per seed, with its recipe;
-    kept in ``out_dir/smollm2_lr.json`` (read from there when the run is not here)."""
-    run_dir, path = runs_dir / "research_smollm2_lr", out_dir / LR_CHECK.name
+    """Validation perplexity right after the transform and after recovery, per seed, for each train entry of the
+    lr-check run, read through its report like every other run here."""
+    run_dir, path = runs_dir / "research_smollm2_lr", out_dir / LR_CHECK_FILE
     if not (run_dir / "config.resolved.json").exists():
         return json.loads(path.read_text()) if path.exists() else None
-    entries: dict[str, dict[str, Any]] = {}
-    for result_path in sorted((run_dir / "stages" / "train").glob("*/s*/result.json")):
-        result = json.loads(result_path.read_text())
-        m, cfg = result["metrics"], {**result["config"], "plugin": result["plugin"]}
-        entry = entries.setdefault(result["stage"]["entry"], {
-            "entry": result["stage"]["entry"], "lr": cfg["lr"], "recipe": describe_config(cfg),
-            "kind": arm_kind(cfg), "steps": m["steps"], "seeds": {}})
-        entry["seeds"][str(result["stage"]["seed"])] = {
-            "before": m["initial_val_perplexity"], "after": m["final_val_perplexity"],
-            "ffn_weight_change": (m.get("weight_change") or {}).get("ffn")}
-    for entry in entries.values():
-        entry["after_mean"] = mean_std([v["after"] for v in entry["seeds"].values()])[0]
-    check = {"suite": "suites/research/smollm2_lr.yaml", "entries": list(entries.values())}
+    run = Run("smollm2_lr", run_dir)
+    entries = []
+    for name, cfg in run.train_cfg.items():
+        before, after, ffn = (run.per_seed("train", name, cfg["model"], metric) for metric in
+                              ("initial_val_perplexity", "final_val_perplexity", "weight_change/ffn"))
+        entries.append({"entry": name, "lr": cfg["lr"], "recipe": describe_config(cfg), "steps": cfg["steps"],
+                        "after_mean": mean_std(list(after.values()))[0],
+                        "seeds": {seed: {"before": before.get(seed), "after": value, "ffn_weight_change": ffn.get(seed)}
+                                  for seed, value in after.items()}})
+    check = {"suite": "suites/research/smollm2_lr.yaml", "entries": entries}
     path.write_text(json.dumps(check, indent=1, sort_keys=True) + "\n")
     return check
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 
 import pytest
@@ -124,11 +125,7 @@ def test_research_report_writes_the_document_from_a_run(tmp_path):
     proc = run_cli("run", str(suite), "--out", str(runs / "research_pythia_arch"), "--no-progress", timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import research_report
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    research_report = _research_report()
     doc, out = tmp_path / "docs" / "research.md", tmp_path / "docs" / "research"
     doc.parent.mkdir()
     assert research_report.main(["--runs", str(runs), "--doc", str(doc), "--out-dir", str(out)]) == 0
@@ -176,40 +173,80 @@ def test_research_report_writes_the_document_from_a_run(tmp_path):
         assert "the largest relative difference 33%" in text and "Beyond rounding (mono_abs)" in text
 
 
-def test_lr_check_reads_each_training_stage_and_names_the_best_lr_per_recipe(tmp_path):
+LR_SUITE = """
+name: research_lr_mini
+seeds: [1, 2]
+device: cpu
+models:
+  tiny: {plugin: pythia_tiny}
+train:
+  base_hi: &r
+    plugin: baseline
+    model: tiny
+    data: {dataset: json, data_files: @DATA@/train.jsonl, limit: 40}
+    val_data: {dataset: json, data_files: @DATA@/valid.jsonl}
+    seq_len: 32
+    micro_batch: 2
+    steps: 2
+    lr: 1.0e-3
+    val_blocks: 4
+    checkpoint_every: 2
+  base_lo: {<<: *r, lr: 1.0e-5}
+  shift_lo: {<<: *r, plugin: monotonic, init: shift, constraint: project, lr: 1.0e-5}
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="the report's plots need matplotlib")
+def test_lr_check_reads_each_training_stage_through_the_report(tmp_path):
+    runs = tmp_path / "runs"
+    run_dir = runs / "research_smollm2_lr"
+    proc = run_cli("run", str(write_suite(tmp_path, LR_SUITE)), "--out", str(run_dir), "--no-progress", timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    research_report = _research_report()
+    out = tmp_path / "out"
+    out.mkdir()
+    check = research_report.lr_check(runs, out)
+    entries = {e["entry"]: e for e in check["entries"]}
+    assert set(entries) == {"base_hi", "base_lo", "shift_lo"}
+    for name, entry in entries.items():
+        for seed in ("1", "2"):  # the training stages' own metrics, seed by seed
+            stage = run_dir / "stages" / "train" / name / f"s{seed}"
+            metrics = json.loads((stage / "result.json").read_text())["metrics"]
+            assert entry["seeds"][seed]["before"] == metrics["initial_val_perplexity"]
+            assert entry["seeds"][seed]["after"] == metrics["final_val_perplexity"]
+            assert entry["seeds"][seed]["ffn_weight_change"] == metrics["weight_change"]["ffn"]
+        assert entry["after_mean"] == pytest.approx(sum(v["after"] for v in entry["seeds"].values()) / 2)
+    assert entries["shift_lo"]["recipe"] == "mlp_both, `shift` init, projected (W >= floor after each step), lr 1e-05"
+    text = "\n".join(research_report.lr_check_lines(check))
+    e = entries["base_lo"]
+    assert (f"| base_lo | unconstrained, lr 1e-05 | {research_report.num(e['seeds']['1']['before'], 2)} | "
+            f"{research_report.num(e['seeds']['1']['after'], 2)} | {research_report.num(e['seeds']['2']['after'], 2)} "
+            f"| {research_report.num(e['after_mean'], 2)} |") in text
+    # without the run, the copy kept in the output directory is read back
+    shutil.rmtree(run_dir)
+    assert research_report.lr_check(runs, out) == check
+
+
+def test_best_lr_is_named_per_recipe_with_the_seeds_it_wins_on():
+    research_report = _research_report()
+
+    def entry(recipe, lr, afters):
+        return {"recipe": f"{recipe}, lr {lr:g}", "lr": lr, "after_mean": sum(afters) / len(afters),
+                "seeds": {str(s): {"after": a} for s, a in enumerate(afters, start=1)}}
+
+    text = research_report.best_lr_text([
+        entry("unconstrained", 2e-4, (30.9, 29.0)), entry("unconstrained", 5e-5, (29.6, 30.0)),
+        entry("shifted", 2e-4, (44.8, 40.0)), entry("shifted", 5e-5, (29.7, 30.1)), entry("alone", 1e-4, (31.0, 32.0))])
+    # the baseline's means are 29.95 (2e-4) and 29.80 (5e-5), but 5e-5 is lower on one seed only; a recipe tried at
+    # one lr is not named
+    assert text == (" Lowest mean validation perplexity after recovery: unconstrained: lr 5e-05 (lowest on 1 of 2 "
+                    "seeds); shifted: lr 5e-05 (lowest on 2 of 2 seeds).")
+
+
+def _research_report():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import research_report
     finally:
         sys.path.remove(str(ROOT / "scripts"))
-    run = tmp_path / "runs" / "research_smollm2_lr"
-    shift = {"plugin": "monotonic", "variant": "gated_all", "init": "shift", "constraint": "project"}
-    # validation perplexity after recovery at seeds 1 and 2
-    recipes = {"base_hi": ({"plugin": "baseline", "lr": 2e-4}, (30.9, 29.0)),
-               "base_lo": ({"plugin": "baseline", "lr": 5e-5}, (29.6, 30.0)),
-               "shift_hi": ({**shift, "lr": 2e-4}, (44.8, 40.0)),
-               "shift_lo": ({**shift, "lr": 5e-5}, (29.7, 30.1))}
-    for entry, (cfg, afters) in recipes.items():
-        for seed, after in zip((1, 2), afters):
-            stage = run / "stages" / "train" / entry / f"s{seed}"
-            stage.mkdir(parents=True)
-            plugin, config = cfg["plugin"], {k: v for k, v in cfg.items() if k != "plugin"}  # as a stage writes it
-            (stage / "result.json").write_text(json.dumps({
-                "stage": {"entry": entry, "seed": seed}, "plugin": plugin, "config": config,
-                "metrics": {"initial_val_perplexity": 35.9, "final_val_perplexity": after, "steps": 8}}))
-    (run / "config.resolved.json").write_text("{}")
-    out = tmp_path / "out"
-    out.mkdir()
-    check = research_report.lr_check(tmp_path / "runs", out)
-    assert [e["entry"] for e in check["entries"]] == ["base_hi", "base_lo", "shift_hi", "shift_lo"]
-    assert check["entries"][0]["after_mean"] == pytest.approx(29.95)
-    text = "\n".join(research_report.lr_check_lines(check))
-    assert ("| shift_hi | gated_all, `shift` init, projected (W >= floor after each step), lr 0.0002 | 35.90 | "
-            "44.80 | 40.00 | 42.40 |") in text
-    # the baseline's means are 29.95 (2e-4) and 29.80 (5e-5), but 5e-5 is lower on one seed only
-    assert ("Lowest mean validation perplexity after recovery: unconstrained: lr 5e-05 (lowest on 1 of 2 seeds); "
-            "gated_all, `shift` init, projected (W >= floor after each step): lr 5e-05 (lowest on 2 of 2 "
-            "seeds).") in text
-    # without the run, the copy kept in the output directory is read back
-    (run / "config.resolved.json").unlink()
-    assert research_report.lr_check(tmp_path / "runs", out) == check
+    return research_report
