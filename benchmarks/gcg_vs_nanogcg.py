@@ -126,18 +126,22 @@ def run_ours(model, tok, prompt: str, target: str, init_ids: list[int], args) ->
     from harness.attacks import Example, Scorer, allowed_tokens
     from harness_plugins.attacks import gcg
 
+    screen = None if args.exact else {"draft_layers": args.draft_layers, "probe_factor": args.probe_factor,
+                                      "r": args.r, "dtype": args.draft_dtype}
     cfg = gcg.GCGConfig(data=DocumentSource(data_files=[TEST_DOCS]), prefix_eos=False, edit="suffix",
                         n_tokens=len(init_ids), objective="targeted", target=target, num_steps=args.num_steps,
-                        search_width=args.search_width, topk=args.topk)
+                        search_width=args.search_width, topk=args.topk, screen=screen)
     ex = Example("prompt", (), tuple(tok(prompt, add_special_tokens=False)["input_ids"]), ())
     problem = gcg.Problem([ex], [tuple(tok(target, add_special_tokens=False)["input_ids"])], "suffix", "targeted")
     allowed = allowed_tokens(model, cfg.vocab)
     start = time.perf_counter()
-    objective = gcg.Objective(Scorer(model, cfg.batch_tokens), problem, cfg)
+    scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
+    objective = gcg.Objective(scorer, problem, cfg)
     state = gcg.search(objective, list(init_ids), allowed, tok, cfg, torch.Generator().manual_seed(args.seed),
                        "prompt", [[0]])
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "best_loss": min(state.losses), "losses": state.losses}
+    return {"seconds": seconds, "best_loss": min(state.losses), "losses": state.losses,
+            "screen": scorer.screen_record(), "flops": scorer.budget.flops}
 
 
 def main() -> None:
@@ -157,6 +161,13 @@ def main() -> None:
     parser.add_argument("--n-tokens", type=int, default=20, help="tokens of the optimised string")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each side")
+    parser.add_argument("--exact", action="store_true",
+                        help="ours scores every candidate exactly (no screen); default: probe sampling (below)")
+    parser.add_argument("--draft-layers", type=int, default=8,
+                        help="ours' screen: the draft keeps the first/last half of this many blocks")
+    parser.add_argument("--draft-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--probe-factor", type=int, default=16)
+    parser.add_argument("--r", type=float, default=8.0)
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -215,7 +226,9 @@ def main() -> None:
           f"{mine:.6g} / {theirs:.6g}); nanoGCG worker on transformers "
           f"{hello['transformers']}; {args.prompts} prompts x {args.num_steps} steps, search_width "
           f"{args.search_width}, topk {args.topk}, {args.n_tokens}-token string, seed {args.seed}, {args.threads} "
-          f"threads each; load average {os.getloadavg()[0]:.1f}; fp32 matmul peak {peak:.1f} GFLOP/s")
+          f"threads each; load average {os.getloadavg()[0]:.1f}; fp32 matmul peak {peak:.1f} GFLOP/s; ours: "
+          + ("every candidate exact" if args.exact else f"probe sampling (draft {args.draft_layers} blocks "
+             f"{args.draft_dtype}, probe_factor {args.probe_factor}, r {args.r}; the kept candidate exact)"))
     rows = []
     for i, prompt in enumerate(texts):
         target = TARGETS[i % len(TARGETS)]
@@ -230,7 +243,8 @@ def main() -> None:
         nano, ours = result["nanogcg"], result["ours"]
         print(f"prompt {i} target {target!r}: nanoGCG {args.num_steps / nano['seconds']:.3f} steps/s, loss "
               f"{nano['best_loss']:.4f} | ours {args.num_steps / ours['seconds']:.3f} steps/s, loss "
-              f"{ours['best_loss']:.4f} | ratio {nano['seconds'] / ours['seconds']:.2f}", flush=True)
+              f"{ours['best_loss']:.4f} | ratio {nano['seconds'] / ours['seconds']:.2f}"
+              + (f" | screen {ours['screen']}" if ours.get("screen") else ""), flush=True)
     worker.stdin.close()
     worker.wait(timeout=60)
 
@@ -244,9 +258,9 @@ def main() -> None:
     print(f"total: nanoGCG {steps / total('nanogcg'):.3f} steps/s, {flops / total('nanogcg') / 1e9:.2f} GFLOP/s "
           f"({100 * flops / total('nanogcg') / 1e9 / peak:.1f}% of peak) | ours {steps / total('ours'):.3f} steps/s, "
           f"{flops / total('ours') / 1e9:.2f} GFLOP/s ({100 * flops / total('ours') / 1e9 / peak:.1f}% of peak)")
-    print(f"steps/s ratio (ours / nanoGCG): {total('nanogcg') / total('ours'):.2f} (target >= 3)")
     print(f"median final target loss over {len(rows)} prompts: nanoGCG {median['nanogcg']:.4f}, ours "
-          f"{median['ours']:.4f} (target: ours <= nanoGCG)")
+          f"{median['ours']:.4f} (target: ours <= nanoGCG); load average now {os.getloadavg()[0]:.1f}")
+    print(f"steps/s ratio (ours / nanoGCG): {total('nanogcg') / total('ours'):.2f} (target >= 3)")
     sys.stdout.flush()
 
 

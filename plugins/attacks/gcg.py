@@ -196,16 +196,20 @@ class Objective:
         return self.sign * sum(n * grad for n, grad in grads) / len(docs)
 
     def losses(self, docs: Sequence[int], current: Sequence[int], candidates: torch.Tensor) -> torch.Tensor:
-        """Exact loss of every candidate string (mean over ``docs``); edits of ``current`` reuse its prefix."""
+        """Exact loss of every candidate string (mean over ``docs``); edits of ``current`` reuse its prefix. With a
+        ``screen`` only the candidates the screen picked are scored exactly; the others get +inf (never kept)."""
         per_group = []
-        for k, group in self.by_length(docs):
+        groups = self.by_length(docs)
+        # A screen (``screen:``) ranks the candidates on their loss over every document at once: one tail length only.
+        select = ("max" if self.sign < 0 else "min") if len(groups) == 1 and len(candidates) > 1 else None
+        for k, group in groups:
             seqs = self.batch(group, candidates.tolist())
             if self.custom is not None:
                 nll, _ = self.scorer.continuation_scores(seqs, k, loss=self.custom)
             else:
                 base = self.batch(group, [current])
                 base = base[0] if len(group) == 1 else base.repeat(len(candidates), 1)
-                nll = self.scorer.swap_nll(base, seqs, k)
+                nll = self.scorer.swap_nll(base, seqs, k, select=select, group=len(group))
             per_group.append(nll.view(len(candidates), len(group)))
         return self.sign * torch.cat(per_group, dim=1).mean(1)
 
@@ -461,7 +465,7 @@ def attack_one(model: LoadedModel, problem: Problem, init: list[int] | None, all
     """Search one example; its record."""
     tok = model.tokenizer
     ex = problem.examples[0]
-    scorer = Scorer(model, cfg.batch_tokens)
+    scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
     objective = Objective(scorer, problem, cfg)
     targeted = cfg.objective == "targeted"
     k = len(problem.tails[0])
@@ -474,7 +478,8 @@ def attack_one(model: LoadedModel, problem: Problem, init: list[int] | None, all
     string = state.best[1]
     if targeted:
         nll, match = objective.exact_match([0], string)  # the target NLL itself (the loss may be mellowmax)
-    fields: dict[str, Any] = {**scorer.budget.as_record(), "steps": state.step, "dropped_candidates": state.dropped,
+    fields: dict[str, Any] = {**scorer.budget.as_record(), **scorer.screen_record(), "steps": state.step,
+                              "dropped_candidates": state.dropped,
                               "adversarial_ids": string, "adversarial_text": tok.decode(string)}
     if cfg.edit == "context":
         fields["positions"] = [i for i, (a, b) in enumerate(zip(ex.context, string)) if a != b]
@@ -517,7 +522,7 @@ def attack_universal(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> d
     size = min(cfg.batch_size, len(opt))
     n_batches = -(-len(opt) // size)
     batches = [[order[(b * size + j) % len(opt)] for j in range(size)] for b in range(n_batches)]
-    scorer = Scorer(model, cfg.batch_tokens)
+    scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
     objective = Objective(scorer, problem, cfg)
     state = search(objective, init, allowed, tok, cfg, attack_rng(ctx, "gcg", "universal"), "universal", batches, ctx)
     string = state.best[1]

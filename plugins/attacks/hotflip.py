@@ -16,6 +16,8 @@ monotonic model, say). The ``random_token`` control runs this same loop with ran
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -80,8 +82,9 @@ def flip_search(scorer: Scorer, example: Example, steps: int, propose: Proposer)
         out.steps += 1
         batch = torch.tensor([ids] * len(swaps))
         batch[torch.arange(len(swaps)), torch.tensor([p for p, _ in swaps])] = torch.tensor([t for _, t in swaps])
-        exact = scorer.swap_nll(torch.tensor(ids), batch, k)  # single swaps: the prefix before each is unchanged
-        out.changes += (exact - current).tolist()
+        # Single swaps: the prefix before each is unchanged. A screen scores only the best few exactly (-inf: not).
+        exact = scorer.swap_nll(torch.tensor(ids), batch, k, select="max")
+        out.changes += [c for c in (exact - current).tolist() if math.isfinite(c)]
         if estimates is not None:
             out.estimates += estimates
         best = int(exact.argmax())
@@ -135,7 +138,7 @@ def run_flip_attack(model: LoadedModel, ctx: StageContext, cfg: HotFlipConfig,
     allowed = allowed_tokens(model, cfg.vocab)
     tok = model.tokenizer
     done = ctx.records.done()
-    scorer = Scorer(model, cfg.batch_tokens)
+    scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
     with ctx.progress("examples", len(examples)) as bar:
         bar.advance(sum(1 for ex in examples if ex.id in done))
         for ex in examples:
