@@ -45,13 +45,14 @@ torch.set_num_threads(int(sys.argv[2]))
 logging.getLogger("nanogcg").setLevel(logging.WARNING)
 tok = transformers.AutoTokenizer.from_pretrained(sys.argv[1])
 tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # plain concatenation
-model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32).eval()
+model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=getattr(torch, sys.argv[4])).to(
+    sys.argv[3]).eval()
 print(json.dumps({"ready": True, "transformers": transformers.__version__}), flush=True)
 for line in sys.stdin:
     req = json.loads(line)
     if "probe" in req:  # the model as this side loaded it: the sum of its logits on the probe's ids
         with torch.no_grad():
-            total = float(model(torch.tensor([req["probe"]])).logits.double().sum())
+            total = float(model(torch.tensor([req["probe"]], device=model.device)).logits.double().sum())
         print(json.dumps({"logit_sum": total}), flush=True)
         continue
     cfg = GCGConfig(num_steps=req["num_steps"], search_width=req["search_width"], topk=req["topk"],
@@ -161,6 +162,8 @@ def main() -> None:
     parser.add_argument("--n-tokens", type=int, default=20, help="tokens of the optimised string")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each side")
+    parser.add_argument("--device", default="cpu", help="both sides' device (cuda: benchmarks/gpu_check.sh)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both sides' weights")
     parser.add_argument("--exact", action="store_true",
                         help="ours scores every candidate exactly (no screen); default: probe sampling (below)")
     parser.add_argument("--draft-layers", type=int, default=8,
@@ -188,7 +191,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tok = AutoTokenizer.from_pretrained(args.model_dir)
-    hf = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=getattr(torch, args.dtype)).to(args.device).eval()
     model = LoadedModel("bench", hf, tok)
     texts = prompts(tok, args.prompts, args.context)
     try:  # the same first string for both: nanoGCG's "x x ... x", as our plugin makes it of n_tokens tokens
@@ -198,7 +201,8 @@ def main() -> None:
         raise SystemExit(str(exc)) from exc
     init_text = tok.decode(init_ids)
 
-    worker = subprocess.Popen([str(args.nanogcg_python), "-c", WORKER, str(args.model_dir), str(args.threads)],
+    worker = subprocess.Popen([str(args.nanogcg_python), "-c", WORKER, str(args.model_dir), str(args.threads),
+                               args.device, args.dtype],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     assert worker.stdin is not None and worker.stdout is not None
@@ -217,8 +221,9 @@ def main() -> None:
     worker.stdin.flush()
     theirs = json.loads(worker.stdout.readline())["logit_sum"]
     with torch.no_grad():
-        mine = float(hf(torch.tensor([probe])).logits.double().sum())
-    if abs(mine - theirs) > 1e-5 * max(1.0, abs(mine)):
+        mine = float(hf(torch.tensor([probe], device=args.device)).logits.double().sum())
+    tolerance = 1e-5 if args.dtype == "float32" else 1e-2  # bf16 kernels may round differently per call
+    if abs(mine - theirs) > tolerance * max(1.0, abs(mine)):
         raise SystemExit(f"the two sides load different models (logit sums {mine:.6g} vs {theirs:.6g} on the same ids)")
     n_params = sum(p.numel() for p in hf.parameters()) - hf.get_input_embeddings().weight.numel()
     peak = matmul_peak_gflops(args.threads)

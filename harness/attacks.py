@@ -80,6 +80,12 @@ class TaskConfig(PluginConfig):
     #: see ``harness.screening``); None: every candidate scored exactly.
     screen: ScreenConfig | None = None
 
+    @property
+    def planned_batch_tokens(self) -> int:
+        """``batch_tokens`` for ``harness plan``: ``auto`` is measured on the device at run time; the plan assumes the
+        default budget (16384) for it."""
+        return self.batch_tokens if isinstance(self.batch_tokens, int) else 16384
+
     @field_validator("batch_tokens")
     @classmethod
     def _enough_tokens(cls, value: int | str) -> int | str:

@@ -48,6 +48,20 @@ class ScreenConfig(PluginConfig):
         return [i % n_layers for i in self.draft_layers]
 
 
+    def cost_in_candidates(self, n: int, n_layers: int) -> float:
+        """What screening ``n`` candidates costs, in exact candidate scores (``harness plan``): the draft's pass over
+        all ``n`` at its share of the blocks, plus the exact scores at agreement 0 (measured near 0 on SmolLM2 for
+        truncated drafts), plus all ``n`` again with ``audit``. Counts the blocks only: the vocabulary projection
+        runs at a few positions per candidate either way."""
+        if n <= 1:
+            return float(n)
+        layers = self.layer_indices(n_layers)
+        share = 1.0 if layers is None or not n_layers else len(layers) / n_layers
+        probe = min(n, max(2, math.ceil(n / self.probe_factor)))
+        exact = min(n, probe + max(self.min_exact, math.ceil(n / self.r)))
+        return n * share + exact + (n if self.audit else 0)
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman's rank correlation of two score vectors (ranks by stable sort; 0 for fewer than 2 entries)."""
     n = len(a)

@@ -559,6 +559,7 @@ class GCGAttack(AttackPlugin[GCGConfig]):
     """Greedy Coordinate Gradient (nanoGCG's loop): gradient top-k candidates, scored exactly in batches."""
 
     name = "gcg"
+    version = "2"  # FLOPs count the vocabulary projection where it runs; `screen:` (off by default)
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config
@@ -600,6 +601,10 @@ def gcg_workload(cfg: GCGConfig, inputs: PlanInputs) -> Workload:
     check = docs if cfg.objective == "targeted" and not cfg.universal else 0
     grad = 0 if cfg.mode == "random_token" else docs
     per_step = docs * cfg.search_width + check
+    # With a screen, the candidates' forward tokens are priced as the screen spends them (draft + exact scores).
+    width = cfg.search_width if cfg.screen is None else cfg.screen.cost_in_candidates(cfg.search_width,
+                                                                                       inputs.shape.n_layers)
+    priced = docs * width + check
     # max_queries caps a search's exact evaluations plus gradient passes (the control is charged them too).
     steps_run = cfg.num_steps if cfg.max_queries is None else min(cfg.num_steps, cfg.max_queries // (docs + per_step))
     scored = docs * max(1, cfg.buffer_size) + cfg.num_steps * per_step + 1 + check
@@ -608,11 +613,12 @@ def gcg_workload(cfg: GCGConfig, inputs: PlanInputs) -> Workload:
     grads = steps_run * grad
     scored = searches * scored + (2 * n_eval if cfg.universal else 0)
     grads *= searches
-    rows = max(1, min(cfg.search_width * docs, cfg.batch_tokens // length))
+    rows = max(1, min(cfg.search_width * docs, cfg.planned_batch_tokens // length))
     batches = [Batch(rows, length, logit_positions=tail + 1, label="exact scoring")]
     if grad:
         batches.append(Batch(docs, length, "inputs", logit_positions=tail + 1, label="token gradients"))
-    return Workload(forward_tokens=scored * length, gradient_tokens=grads * length, context=length,
+    priced_scored = scored if cfg.screen is None else scored * priced / per_step
+    return Workload(forward_tokens=priced_scored * length, gradient_tokens=grads * length, context=length,
                     queries=scored + grads, forward_calls=searches * (2 + steps_run * (1 + bool(check))),
                     gradient_calls=searches * steps_run if grad else 0, batches=batches,
                     disk_bytes=n_eval * RECORD_BYTES, disk_note="per-example records",

@@ -195,7 +195,7 @@ def flip_workload(cfg: HotFlipConfig, inputs: PlanInputs, gradient: bool) -> Wor
     steps = n_flips(cfg.flips, cfg.context_tokens)
     scored = n * (1 + steps * cfg.beam_width)
     grads = n * steps if gradient else 0
-    rows = max(1, min(cfg.beam_width, cfg.batch_tokens // length))
+    rows = max(1, min(cfg.beam_width, cfg.planned_batch_tokens // length))
     batches = [Batch(rows, length, logit_positions=cfg.continuation_tokens + 1, label="exact scoring")]
     if gradient:
         batches.append(Batch(1, length, "inputs", logit_positions=cfg.continuation_tokens + 1,
@@ -213,7 +213,8 @@ class HotFlipAttack(AttackPlugin[HotFlipConfig]):
     """HotFlip on causal LMs: gradient-ranked token swaps in the context, scored exactly in batches."""
 
     name = "hotflip"
-    version = "2"  # records and summary gain the budget (tokens, FLOPs) and the position histogram
+    version = "3"  # FLOPs count the vocabulary projection where it runs; `screen:` (off by default)
+    # v2: records and summary gain the budget (tokens, FLOPs) and the position histogram
 
     def declared_metrics(self) -> list[MetricSpec]:
         return ATTACK_METRICS + FLIP_METRICS + [SPEARMAN_METRIC]

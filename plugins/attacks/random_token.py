@@ -80,7 +80,8 @@ class RandomTokenAttack(AttackPlugin[RandomTokenConfig]):
     """Control: the HotFlip or UAT loop with random candidate tokens (same budget, no gradient)."""
 
     name = "random_token"
-    version = "2"  # records and summary gain the budget (tokens, FLOPs) and, as the HotFlip control, the positions
+    version = "3"  # FLOPs count the vocabulary projection where it runs; `screen:` (off by default)
+    # v2: records and summary gain the budget (tokens, FLOPs) and, as the HotFlip control, the positions
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config

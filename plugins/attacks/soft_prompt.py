@@ -257,6 +257,7 @@ class SoftPromptAttack(AttackPlugin[SoftPromptConfig]):
     """Soft-prompt / embedding-perturbation attack: the continuous upper bound of the token attacks."""
 
     name = "soft_prompt"
+    version = "2"  # FLOPs count the vocabulary projection where it runs
 
     def declared_metrics(self) -> list[MetricSpec]:
         cfg = self.config

@@ -248,7 +248,7 @@ def uat_workload(cfg: UATConfig, inputs: PlanInputs, gradient: bool) -> Workload
     # The largest scoring call: one beam-search position (every beam's candidates on the batch), the whole
     # optimisation split (a restart's final score), or a chunk of held-out examples; batch_tokens caps it.
     largest = max(batch * cfg.beam_size * cfg.top_k, n_opt, min(EVAL_CHUNK, n_eval))
-    rows = max(1, min(cfg.batch_tokens // length, largest))
+    rows = max(1, min(cfg.planned_batch_tokens // length, largest))
     batches = [Batch(rows, length, logit_positions=cfg.continuation_tokens + 1, label="exact scoring")]
     if gradient:
         batches.append(Batch(batch, length, "inputs", logit_positions=cfg.continuation_tokens + 1,
@@ -292,7 +292,8 @@ class UniversalTriggerAttack(AttackPlugin[UATConfig]):
     """Universal adversarial trigger: one gradient-searched prefix for all documents, judged on held-out ones."""
 
     name = "uat"
-    version = "2"  # records and summary gain the budget (tokens, FLOPs), the summary the optimisation's
+    version = "3"  # FLOPs count the vocabulary projection where it runs; `screen:` (off by default)
+    # v2: records and summary gain the budget (tokens, FLOPs), the summary the optimisation's
 
     def declared_metrics(self) -> list[MetricSpec]:
         return ATTACK_METRICS + UAT_METRICS
