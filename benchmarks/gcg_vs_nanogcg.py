@@ -109,9 +109,19 @@ def export_smollm2(dest: Path) -> Path:
     model.load_state_dict(gguf.state_dict())
     model.save_pretrained(dest)
     tok.save_pretrained(dest)
+    return legacy_names(dest)
+
+
+def legacy_names(dest: Path) -> Path:
+    """Write the names transformers 4.47 (nanoGCG's) reads beside transformers 5's in a saved model directory: the
+    rotary settings and the tokenizer class (same weights, same tokenizer.json)."""
     cfg_path, tok_path = dest / "config.json", dest / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg.setdefault("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    rope = cfg.get("rope_parameters") or {}
+    cfg.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
+    if cfg.get("model_type") == "gpt_neox":
+        cfg.setdefault("rotary_emb_base", rope.get("rope_theta", 10000.0))
+        cfg.setdefault("rotary_pct", rope.get("partial_rotary_factor", 0.25))
     cfg.setdefault("torch_dtype", "float32")
     cfg_path.write_text(json.dumps(cfg, indent=2))
     tok_cfg = json.loads(tok_path.read_text())

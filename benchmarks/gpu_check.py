@@ -63,7 +63,10 @@ def random_pythia_410m(work: Path, dry_run: bool) -> Path:
     dest = work / "pythia_410m_shape"
     GPTNeoXForCausalLM(cfg).save_pretrained(dest)
     tok.save_pretrained(dest)
-    return dest
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gcg_vs_nanogcg import legacy_names  # nanoGCG's transformers 4.47 reads the directory too
+
+    return legacy_names(dest)
 
 
 def main() -> None:

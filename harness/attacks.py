@@ -42,7 +42,8 @@ ContinuationLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = [
     "ATTACK_METRICS", "BUDGET_FIELDS", "Budget", "CURVE_THRESHOLDS", "ComputeCost", "ContinuationLoss", "Example",
-    "POSITIONS_METRIC", "ScreenConfig", "Scorer", "TaskConfig", "VocabFilter", "allowed_tokens", "attack_rng", "budget_summary",
+    "POSITIONS_METRIC", "ScreenConfig", "Scorer", "TaskConfig", "VocabFilter", "allowed_tokens", "attack_rng",
+    "budget_summary",
     "continuation_nll", "disjoint_splits", "example_record", "make_examples", "position_histogram", "random_allowed",
     "relative_increase", "select_examples", "spearman", "success_curve", "summarize", "swap_nll",
 ]
@@ -283,8 +284,9 @@ class Budget:
         def part(count: int) -> int | float:
             return count // share if count % share == 0 else count / share
 
-        record = {"queries": part(self.exact_queries + self.gradient_calls), "gradient_calls": part(self.gradient_calls),
-                  "tokens": part(self.tokens), "gradient_tokens": part(self.gradient_tokens), "flops": self.flops / share}
+        record: dict[str, Any] = {
+            "queries": part(self.exact_queries + self.gradient_calls), "gradient_calls": part(self.gradient_calls),
+            "tokens": part(self.tokens), "gradient_tokens": part(self.gradient_tokens), "flops": self.flops / share}
         if self.screened:  # only where a screen ran: records of exact searches keep their fields
             record["screened"] = part(self.screened)
         return record
@@ -377,7 +379,8 @@ class Scorer:
         record = {"screen_exact_fraction": stats["exact"] / stats["candidates"],
                   "screen_agreement": stats["agreement"] / stats["calls"], "screen_choices": int(stats["calls"])}
         if self.screen.audit:
-            record.update(screen_misses=int(stats.get("misses", 0)), screen_regret=stats.get("regret", 0.0) / stats["calls"])
+            record.update(screen_misses=int(stats.get("misses", 0)),
+                          screen_regret=stats.get("regret", 0.0) / stats["calls"])
         return record
 
     def draft(self) -> torch.nn.Module:

@@ -112,6 +112,7 @@ def probe_sample(score: RowScorer, n_groups: int, group: int, select: Literal["m
             full = sign * means(everything, False).double()
             chosen = int(exact.argmin())
             # a miss: a worse score than the exact best (beyond the rounding of scoring in other batches)
-            stats["misses"] = stats.get("misses", 0) + int(float(full[chosen] - full.min()) > 1e-6 * (1 + abs(float(full.min()))))
+            worse = float(full[chosen] - full.min()) > 1e-6 * (1 + abs(float(full.min())))
+            stats["misses"] = stats.get("misses", 0) + int(worse)
             stats["regret"] = stats.get("regret", 0.0) + float(full[chosen] - full.min())
     return (sign * exact).repeat_interleave(group)

@@ -95,3 +95,19 @@ def test_batch_tokens_auto_finds_a_batch_that_runs_and_caches_it(tiny, monkeypat
     finally:  # other tests' scorers keep the default cap
         scoring._AUTO_TOKENS.pop(tiny.model, None)
         scoring._FASTEST_CPU_TOKENS.pop(tiny.model, None)
+
+
+def test_hotflip_with_a_screen_keeps_only_exactly_scored_swaps(tiny):
+    from harness.attacks import Example, allowed_tokens
+    from harness_plugins.attacks.hotflip import flip_search, gradient_proposer
+
+    gen = torch.Generator().manual_seed(3)
+    ex = Example("doc", (0,), tuple(torch.randint(10, 4000, (16,), generator=gen).tolist()),
+                 tuple(torch.randint(10, 4000, (8,), generator=gen).tolist()))
+    scorer = Scorer(tiny, 16384, ScreenConfig(draft_layers=1, probe_factor=8, r=16))
+    allowed = allowed_tokens(tiny, TaskConfig().vocab)
+    out = flip_search(scorer, ex, 3, gradient_proposer(scorer, allowed, 8, 16))
+    assert scorer.budget.screened > 0 and scorer.queries < 1 + out.steps * 16  # fewer exact scores than swaps
+    exact = float(Scorer(tiny, 16384).nll(torch.tensor([out.ids]), 8)[0])
+    assert out.nll_after == pytest.approx(exact, rel=1e-5) and out.nll_after >= out.nll_before
+    assert all(math.isfinite(c) for c in out.changes)
