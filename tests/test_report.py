@@ -517,3 +517,21 @@ def test_results_without_recorded_declarations_get_them_from_the_plugin_classes(
     assert bare["attacks"]["columns"] == [] and any("record no declarations" in n for n in bare["notes"])
     ppl = group(bare, "perplexity", "base")["per_seed"]["unseeded"]
     assert ppl["metrics"]["perplexity"] and not ppl["ci95"]  # no declaration, no example-level interval claimed
+
+
+@pytest.mark.parametrize("metrics, missing", [
+    ({"weight_change": {"ffn": 0.1, "other": 0.2}}, False),  # nested: read as weight_change/ffn (no false warning)
+    ({"weight_change/ffn": 0.1}, False),  # flat
+    ({"weight_change": "n/a"}, True),  # no key of the family
+    ({}, True),
+])
+def test_a_declared_family_matches_nested_and_flat_results(tmp_path, metrics, missing):
+    from harness.api import MetricSpec
+    from harness.report.collect import StageData
+    from harness.report.declared import missing_declared
+
+    stage = StageData("train/t/s0", "train", "t", "p", "m", 0, "k", [], tmp_path, "done", {"metrics": metrics})
+    specs = [MetricSpec("weight_change/{group}", "Change ({group})", aggregation="none"),
+             MetricSpec("weight_change_norm/{group}", "Norm ({group})", aggregation="none")]
+    found = missing_declared(specs, stage)
+    assert found == (["weight_change/{group} or weight_change_norm/{group}"] if missing else [])
