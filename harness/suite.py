@@ -5,10 +5,10 @@ Shape (every section is a mapping from an entry name to its options; ``plugin:``
     name: quick
     seeds: [42]
     models:
-      tiny: {plugin: pythia_tiny}
+      base: {plugin: <a model plugin>}
       mono: {plugin: hf_causal_lm, from_train: monotonic}
     train:
-      monotonic: {plugin: monotonic, model: tiny, steps: 50}
+      monotonic: {plugin: monotonic, model: base, steps: 50}
     metrics:
       perplexity: {data: {dataset: json, data_files: ../data/shakespeare/test.jsonl}}
     attacks: {}
@@ -308,7 +308,7 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
 
     report_raw = resolved.get("report") or {}
     if not isinstance(report_raw, dict):
-        raise ConfigError(path, "report", "must be a mapping", "write `report: {success_threshold: 0.15}`")
+        raise ConfigError(path, "report", "must be a mapping", "write `report: {baseline: <model>}`")
     report = validated(ReportConfig, report_raw, path, "report", "report")
     for key, names in (("report.baseline", [report.baseline] if report.baseline else []),
                        ("report.compare", report.compare)):
