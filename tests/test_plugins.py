@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +123,21 @@ def test_the_same_package_found_twice_is_no_conflict(monkeypatch):
     harness_dist = next(d for d in real if d.metadata["name"] == "harness")
     monkeypatch.setattr(plugins.md, "distributions", lambda: [*real, harness_dist])
     assert Registry(make_plugin_manager()).get("attack", "gcg").package == "harness"
+
+
+def test_trainers_find_their_default_configs_as_package_data():
+    """`harness train NAME` without --config reads the trainer plugin's own config, shipped beside its module (so an
+    installed wheel has it: pyproject's package-data lists it), not a file of the source tree's top level."""
+    import yaml
+    from harness.cli_train import default_config
+
+    import harness_plugins
+
+    for name in ("baseline", "monotonic"):
+        cls = load_registry().get("trainer", name).cls
+        path = default_config(cls)
+        assert path.is_file() and path.is_relative_to(Path(harness_plugins.__file__).resolve().parent)
+        config = yaml.safe_load(path.read_text())
+        assert "model" in config and "quick" in config  # the reserved key and the quick block
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"training/configs/*.yaml"' in pyproject
