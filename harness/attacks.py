@@ -70,7 +70,7 @@ class TaskConfig(PluginConfig):
     prefix_eos: bool = True
     vocab: VocabFilter = VocabFilter()
     #: Relative NLL increase above which an example counts as a success. No core default: an attack plugin's
-    #: config sets one (the built-in attacks: ``harness_plugins.attacks.SUCCESS_THRESHOLD``), a suite may override it.
+    #: config sets one (the built-in attacks share theirs), and a suite may override it.
     threshold: float = Field(ge=0)
     #: Tokens per forward pass when scoring candidates (batch size x length): the memory budget.
     batch_tokens: int = Field(default=16384, ge=64)
