@@ -22,6 +22,9 @@ from .html import report_html
 from .plots import make_plots, transfer_matrix
 from .tables import latex_table7, markdown_table7, summary_text
 from .verdicts import attack_vs_control, indicators, versus_matched_controls
+from .arms import arm_checks, arm_lines, withhold_verdicts
+from .primary import headline_html, mark_exploratory, primary_endpoints, primary_lines
+from .randomness import randomness_lines, shared_randomness
 
 __all__ = ["Report", "build_report", "load_run"]
 
@@ -59,6 +62,11 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     checks = indicators(agg)
     controls = attack_vs_control(agg)
     matched = versus_matched_controls(agg)
+    arms = arm_checks(agg, matched)
+    withhold_verdicts(arms, checks, matched)
+    primary = primary_endpoints(agg, arms)
+    randomness = shared_randomness(agg)
+    mark_exploratory(checks, controls, matched)
     transfer = transfer_matrix(agg)
     generated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     plots = make_plots(agg, run.run_dir / "plots")
@@ -75,14 +83,19 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
         "results": [g.as_dict() for g in agg.groups],
         "table7": table, "attacks": attacks, "indicators": checks, "attack_vs_control": controls,
         "versus_matched_controls": matched, "transfer_matrix": transfer,
+        "primary": primary, "arms": arms, "shared_randomness": randomness,
         "warnings": agg.warnings, "notes": agg.notes,
         "plots": plots, "files": {k: str(v) for k, v in files.items()},
     }
-    summary = summary_text(agg, table, checks, attacks, controls, matched)
+    headline = primary_lines(primary) + ["", "Arms that may be compared (report.max_perplexity, matched controls):"]
+    headline += arm_lines(arms)
+    if randomness:
+        headline += ["", "Shared randomness of each paired comparison:"] + randomness_lines(randomness)
+    summary = summary_text(agg, table, checks, attacks, controls, matched, headline)
     atomic_write_json(files["final_results"], results)
     atomic_write_text(files["summary"], summary)
     atomic_write_text(files["table7_tex"], latex_table7(agg, table))
     atomic_write_text(files["table7_md"], markdown_table7(table))
     atomic_write_text(files["html"], report_html(agg, table, checks, plots, transfer, generated, attacks,
-                                                 controls, matched))
+                                                 controls, matched, headline_html(primary, arms, randomness)))
     return Report(run.run_dir, results, summary, files)
