@@ -5,6 +5,7 @@ a destroyed arm and an unmatched control shown as such, with no verdict, on a co
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,11 @@ def _attack_records(before: float, increase: float, seed: int) -> list[dict]:
 
 
 def make_run(root: Path, ppl_shift: dict[str, float], attack: dict[str, tuple[float, float]], report: dict,
-             vocab: int | None = 4096) -> Path:
+             vocab: int | None = 4096, seeds: list[int] = SEEDS,
+             records: Callable[[str, int], list[dict]] | None = None) -> Path:
     """Models with a perplexity-like metric (``exp(mean token NLL + shift)``) and one attack ``atk`` whose
-    records raise the NLL from ``before`` by ``increase`` nats; each result records ``output_vocab_size``."""
+    records raise the NLL from ``before`` by ``increase`` nats (or are ``records(model, seed)``); each result
+    records ``output_vocab_size``."""
     stages = []
 
     def add(section, entry, model, seed, metrics, records, specs):
@@ -54,17 +57,16 @@ def make_run(root: Path, ppl_shift: dict[str, float], attack: dict[str, tuple[fl
         atomic_write_json(sdir / "done.json", {"key": info["key"]})
 
     for model, shift in ppl_shift.items():
-        for seed in SEEDS:
+        for seed in seeds:
             recs = _ppl_records(shift)
             value = float(np.exp(sum(r["nll_sum"] for r in recs) / sum(r["tokens"] for r in recs)))
             add("metrics", "ppl", model, seed, {"ppl": value}, recs, PPL)
-            before, increase = attack[model]
-            recs = _attack_records(before, increase, seed)
+            recs = records(model, seed) if records else _attack_records(*attack[model], seed)
             add("attacks", "atk", model, seed, summarize(recs, 0.15), recs, ATTACK_METRICS)
     suite = {"name": "primary", "models": {m: {} for m in ppl_shift},
              "report": {"baseline": "base", "gap": {"entry": "ppl", "metric": "ppl"}, "attack_metric": "success_rate",
                         "bootstrap_samples": 4000, **report}}
-    atomic_write_json(root / "config.resolved.json", {"mode": "quick", "suite": suite, "seeds": SEEDS,
+    atomic_write_json(root / "config.resolved.json", {"mode": "quick", "suite": suite, "seeds": seeds,
                                                       "configs": {}, "stages": stages})
     return root
 
