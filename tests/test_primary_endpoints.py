@@ -146,9 +146,11 @@ def test_primary_family_is_adjusted_and_alone_in_the_headline(constructed):
 def test_relative_and_absolute_verdicts_that_disagree_are_said(tmp_path):
     """A damaged arm with twice the clean NLL: +0.5 nats on NLL 4 is a 12.5% increase, the base's +0.4 on NLL 2 is
     20%: relatively the damaged arm is "more robust", absolutely it is less."""
-    run = make_run(tmp_path / "run", {"base": 0.0, "dmg": 0.5}, {"base": (2.0, 0.4), "dmg": (4.0, 0.5)},
+    run = make_run(tmp_path / "run", {"base": 0.0, "dmg": 0.0}, {"base": (2.0, 0.4), "dmg": (4.0, 0.5)},
                    {"primary": [{"model": "dmg", "reference": "base", "entry": "atk", "metric": "mean_nll_increase",
-                                 "direction": "decrease", "min_effect": 0.1}]})
+                                 "direction": "decrease", "min_effect": 0.1}],
+                    "matched_controls": {"dmg": ["base"]},
+                    "control_metrics": ["mean_relative_increase", "mean_nll_increase"]})
     res = build_report(run).results
     (ep,) = res["primary"]["endpoints"]
     assert ep["status"] == "opposite effect"
@@ -156,6 +158,11 @@ def test_relative_and_absolute_verdicts_that_disagree_are_said(tmp_path):
     assert scales["mean_relative_increase"]["status"] == "effect as hoped"
     assert "mean_relative_increase says effect as hoped" in ep["disagreement"]
     assert "the scales disagree" in (run / "experiment_summary.txt").read_text()
+    # the exploratory comparisons on both scales get intervals and verdicts, and say that they disagree
+    versus = {r["metric"]: r for r in res["versus_matched_controls"] if r["kind"] == "reduction"}
+    assert versus["mean_relative_increase"]["status"] == "more robust than control"
+    assert versus["mean_nll_increase"]["status"] == "less robust than control"
+    assert "mean_nll_increase says less robust than control" in versus["mean_relative_increase"]["scales_disagree"]
 
 
 def test_no_primary_declared_says_so(tmp_path):

@@ -23,7 +23,7 @@ from .plots import make_plots, transfer_matrix
 from .tables import latex_table7, markdown_table7, summary_text
 from .verdicts import attack_vs_control, indicators, versus_matched_controls
 from .arms import arm_checks, arm_lines, withhold_verdicts
-from .primary import headline_html, mark_exploratory, primary_endpoints, primary_lines
+from .primary import flag_scale_disagreements, headline_html, mark_exploratory, primary_endpoints, primary_lines
 from .randomness import randomness_lines, shared_randomness
 
 __all__ = ["Report", "build_report", "load_run"]
@@ -67,6 +67,8 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     primary = primary_endpoints(agg, arms)
     randomness = shared_randomness(agg)
     mark_exploratory(checks, controls, matched)
+    flag_scale_disagreements(controls, "attack", "control", "model")
+    flag_scale_disagreements(matched, "model", "control_model", "entry")
     transfer = transfer_matrix(agg)
     generated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     plots = make_plots(agg, run.run_dir / "plots")

@@ -171,6 +171,21 @@ def _other_scales(agg: Aggregate, row: dict[str, Any], ep: Any, confidence: floa
     return out
 
 
+def flag_scale_disagreements(rows: list[dict[str, Any]], *keys: str) -> None:
+    """Rows that compare the same arms (equal ``keys``) on different scales of an attack's effect
+    (:data:`EFFECT_SCALES`) and reach different verdicts get a ``scales_disagree`` note, on each of them."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("metric") in EFFECT_SCALES and "ci95" in row:
+            groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
+    for group in groups.values():
+        said = [r.get("withheld_status") or r["status"] for r in group]  # a withheld verdict still disagrees
+        if len(set(said)) > 1:
+            note = ", ".join(f"{r['metric']} says {v}" for r, v in zip(group, said))
+            for r in group:
+                r["scales_disagree"] = note
+
+
 def mark_exploratory(*row_lists: list[dict[str, Any]]) -> None:
     """Label every row outside the primary family: its interval is exploratory."""
     for rows in row_lists:

@@ -126,7 +126,8 @@ def control_line(row: dict[str, Any]) -> str:
     ci = row.get("ci95")
     ci_text = f", 95% CI [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ", no interval"
     return (f"{who}: {row['attack_value']:.4g} vs {row['control_value']:.4g}, difference {row['difference']:.4g}"
-            f"{ci_text} -> {row['status'].upper()}")
+            f"{ci_text} -> {row['status'].upper()}"
+            + (f" (the scales disagree: {row['scales_disagree']})" if row.get("scales_disagree") else ""))
 
 
 def matched_line(row: dict[str, Any]) -> str:
@@ -138,7 +139,9 @@ def matched_line(row: dict[str, Any]) -> str:
     ci_text = f", 95% CI [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else ", no interval"
     kind = "ratio - 1" if row["kind"] == "gap" else "reduction"
     return (f"{who}: {row['model_value']:.4g} vs {row['control_value']:.4g}, {kind} {row['value']:.1%}{ci_text} -> "
-            f"{row['status'].upper()}")
+            f"{row['status'].upper()}"
+            + (f" ({row['detail']})" if row['status'] in ("destroyed", "unmatched") else "")
+            + (f" (the scales disagree: {row['scales_disagree']})" if row.get("scales_disagree") else ""))
 
 
 def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]],
