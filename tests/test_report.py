@@ -185,7 +185,8 @@ def test_across_seed_intervals():
     reps, method = across_seeds_bootstrap([1.0, 2.0, 3.0], [None, None, None], 20000, rng)
     lo, hi = percentile_interval(reps, 0.95)
     # the t-interval over three seeds: 2 +- t(0.975, 2) * 1 / sqrt(3) = 2 +- 2.484
-    assert method == "t over seeds" and lo == pytest.approx(2 - 2.484, abs=0.1) and hi == pytest.approx(2 + 2.484, abs=0.1)
+    assert method == "t over seeds"
+    assert lo == pytest.approx(2 - 2.484, abs=0.1) and hi == pytest.approx(2 + 2.484, abs=0.1)
     assert across_seeds_bootstrap([1.0], [None], 2000, rng) == (None, None)  # one seed, no records: no interval
     within = [np.random.default_rng(i).normal(v, 0.5, 2000) for i, v in enumerate([1.0, 2.0, 3.0])]
     single, method1 = across_seeds_bootstrap([1.0], within[:1], 2000, rng)

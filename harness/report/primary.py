@@ -31,6 +31,7 @@ from .verdicts import paired_means
 #: shows the others beside it.
 EFFECT_SCALES = ("mean_nll_increase", "mean_relative_increase", "mean_log_ratio")
 HOPED, OPPOSITE, SMALL, UNSETTLED = "effect as hoped", "opposite effect", "smaller than min_effect", "not settled"
+METHOD_LABELS = {"holm": "Holm-adjusted", "bonferroni": "Bonferroni-adjusted", "none": "unadjusted"}
 EXPLORATORY_NOTE = ("exploratory: unadjusted 95% intervals, not part of the primary family (report.primary); they "
                     "describe the run but do not answer the suite's question")
 
@@ -195,7 +196,7 @@ def mark_exploratory(*row_lists: list[dict[str, Any]]) -> None:
 
 def primary_lines(primary: dict[str, Any]) -> list[str]:
     """The summary's headline: the primary endpoints' verdicts, alone."""
-    method = {"holm": "Holm-adjusted", "bonferroni": "Bonferroni-adjusted", "none": "unadjusted"}[primary["multiplicity"]]
+    method = METHOD_LABELS[primary["multiplicity"]]
     if not primary["endpoints"]:
         return ["Primary endpoints: none declared (report.primary); every verdict below is exploratory."]
     out = [f"Primary endpoints ({method} family of {primary.get('family_size', 0)}; relative effect = model / "
@@ -214,8 +215,8 @@ def primary_lines(primary: dict[str, Any]) -> list[str]:
         for s in row.get("scales", []):
             sci = s["ci"]
             out.append(f"      {s['metric']}: relative {s['effect']:+.1%}"
-                       + (f" [{sci[0]:+.1%}, {sci[1]:+.1%}]" if sci else "") + f", model - reference {s['difference']:+.4g}"
-                       f" -> {s['status']}")
+                       + (f" [{sci[0]:+.1%}, {sci[1]:+.1%}]" if sci else "")
+                       + f", model - reference {s['difference']:+.4g} -> {s['status']}")
         if row.get("disagreement"):
             out.append(f"      the scales disagree: {row['disagreement']}")
     return out
@@ -226,7 +227,7 @@ def headline_html(primary: dict[str, Any], arms: dict[str, Any], randomness: lis
     may be compared, and the randomness each comparison shares."""
     from .html import _e, _table  # the page's own helpers (html.py does not import this module)
 
-    method = {"holm": "Holm-adjusted", "bonferroni": "Bonferroni-adjusted", "none": "unadjusted"}[primary["multiplicity"]]
+    method = METHOD_LABELS[primary["multiplicity"]]
     out = ["<h2>Primary endpoints</h2>"]
     if not primary["endpoints"]:
         out.append(f"<p>{_e(primary.get('note', ''))}</p>")

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from .aggregate import Aggregate, Group, attack_entries, compared_models, is_control
-from .stats import SEED_METHOD, aligned_columns, example_rows, paired_bootstrap, paired_seed_bootstrap, percentile_interval, rng_for
+from .stats import (SEED_METHOD, aligned_columns, example_rows, paired_bootstrap, paired_seed_bootstrap,
+                    percentile_interval, rng_for)
 from .stats import statistic as spec_statistic
 
 MET, NOT_MET, UNSETTLED = "met", "not met", "not settled"
