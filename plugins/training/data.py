@@ -18,7 +18,6 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -149,12 +148,15 @@ class BlockSchedule:
         return out
 
 
-def data_recipe(cfg: Any, global_batch: int) -> str:
-    """What decides the stream of training batches, as a stable string: the documents (``data``), ``seq_len``,
-    ``packing``, ``shuffle`` and the global batch. The data order is keyed by it and the seed, never by the entry."""
-    recipe = {"data": cfg.data.model_dump(mode="json"), "seq_len": cfg.seq_len, "packing": cfg.packing,
-              "shuffle": cfg.shuffle, "global_batch": global_batch}
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+def data_recipe(blocks: Blocks, global_batch: int, shuffle: bool) -> str:
+    """What decides the stream of training batches, as a stable string: the training blocks themselves (the
+    documents as tokenised, cut or padded to ``seq_len``: their content, not the files' paths, so the order does not
+    depend on where a checkout lives), the global batch and ``shuffle``. The data order is keyed by it and the seed,
+    never by the entry name."""
+    h = hashlib.sha256(json.dumps({"global_batch": global_batch, "shuffle": shuffle}).encode())
+    h.update(np.ascontiguousarray(blocks.ids).tobytes())
+    h.update(np.ascontiguousarray(blocks.lengths).tobytes())
+    return h.hexdigest()[:16]
 
 
 def order_fingerprint(blocks: Blocks, schedule: BlockSchedule, steps: int) -> str:

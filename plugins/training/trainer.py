@@ -96,9 +96,10 @@ class TrainConfig(PluginConfig):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     gradient_checkpointing: bool = False
     shuffle: bool = True
-    #: Seed of the data order (none: the run seed). The order is keyed by this seed and the data recipe (``data``,
-    #: ``seq_len``, ``packing``, the global batch), never by the entry name, so arms that share a recipe and a seed
-    #: read the same blocks in the same order (common random numbers: their difference carries no data-order noise).
+    #: Seed of the data order (none: the run seed). The order is keyed by this seed and the data recipe (the training
+    #: blocks' content, i.e. ``data`` tokenised to ``seq_len``, and the global batch), never by the entry name, so
+    #: arms that share a recipe and a seed read the same blocks in the same order (common random numbers: their
+    #: difference carries no data-order noise).
     data_seed: int | None = Field(default=None, ge=0, lt=2**63)
     #: Validate every N steps (0: only before the first and after the last step).
     val_every: int = Field(default=0, ge=0)
@@ -273,6 +274,8 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
     """Recovery training without constraints (the fair baseline: same data, schedule and loop)."""
 
     name = "baseline"
+    #: 2: the data order is keyed by the data recipe and the seed, no longer by the stage (other batches than 1's).
+    version = "2"
     #: Set by hand: this class is also the generic base of the trainers that add a transform.
     Config = BaselineConfig
 
@@ -390,7 +393,7 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                                            "progress": asdict(progress)})
 
         model = parallel.model
-        recipe = data_recipe(cfg, global_batch)
+        recipe = data_recipe(train_blocks, global_batch, cfg.shuffle)
         data_seed = ctx.seed if cfg.data_seed is None else cfg.data_seed
         schedule = BlockSchedule(len(train_blocks), global_batch, cfg.shuffle,
                                  lambda epoch: torch.Generator().manual_seed(
