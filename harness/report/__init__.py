@@ -23,7 +23,8 @@ from .plots import make_plots, transfer_matrix
 from .tables import latex_table7, markdown_table7, summary_text
 from .verdicts import attack_vs_control, indicators, versus_matched_controls
 from .arms import arm_checks, arm_lines, withhold_verdicts
-from .primary import flag_scale_disagreements, headline_html, mark_exploratory, primary_endpoints, primary_lines
+from .headline import headline_html
+from .primary import flag_scale_disagreements, mark_exploratory, primary_endpoints, primary_lines
 from .randomness import randomness_lines, shared_randomness
 
 __all__ = ["Report", "build_report", "load_run"]
