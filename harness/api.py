@@ -256,6 +256,11 @@ class AttackPlugin(Plugin[ConfigT]):
         return False
 
 
+#: The summary key under which a trainer records a fingerprint (a hex digest) of the training batches it read, in
+#: order: the report compares it between paired arms to say whether they shared their data order.
+DATA_ORDER_FINGERPRINT = "data_order_sha256"
+
+
 class TrainerPlugin(Plugin[ConfigT]):
     kind = "trainer"
     changes_model = True

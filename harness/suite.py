@@ -319,6 +319,12 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
         if model in controls:
             raise ConfigError(path, f"report.matched_controls.{model}", "a model cannot be its own control",
                               "list other models (the damage-matched arms)")
+    everything = {**sections["metrics"], **sections["attacks"]}
+    for i, endpoint in enumerate(report.primary):
+        key = f"report.primary[{i}]"
+        _check_name_list([endpoint.model, endpoint.reference], path, key, models, "model")
+        if endpoint.entry not in everything and not any(e.plugin.name == endpoint.entry for e in everything.values()):
+            _check_name_list([endpoint.entry], path, f"{key}.entry", everything, "metric/attack entry")
     if report.compare and not report.baseline:
         raise ConfigError(path, "report.compare", "models to compare need a baseline", "add `report.baseline: <model>`")
 

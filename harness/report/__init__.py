@@ -22,6 +22,10 @@ from .html import report_html
 from .plots import make_plots, transfer_matrix
 from .tables import latex_table, markdown_table, summary_text
 from .verdicts import attack_vs_control, indicators, versus_matched_controls
+from .arms import arm_checks, arm_lines, withhold_verdicts
+from .headline import headline_html
+from .primary import flag_scale_disagreements, mark_exploratory, primary_endpoints, primary_lines
+from .randomness import randomness_lines, shared_randomness
 
 __all__ = ["Report", "build_report", "load_run"]
 
@@ -59,6 +63,13 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     checks = indicators(agg)
     controls = attack_vs_control(agg)
     matched = versus_matched_controls(agg)
+    arms = arm_checks(agg, matched)
+    withhold_verdicts(arms, checks, matched)
+    primary = primary_endpoints(agg, arms)
+    randomness = shared_randomness(agg)
+    mark_exploratory(checks, controls, matched)
+    flag_scale_disagreements(controls, "attack", "control", "model")
+    flag_scale_disagreements(matched, "model", "control_model", "entry")
     transfer = transfer_matrix(agg)
     generated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     plots = make_plots(agg, run.run_dir / "plots")
@@ -77,15 +88,20 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
         "results": [g.as_dict() for g in agg.groups],
         "tables": tables, "attacks": attacks, "indicators": checks, "attack_vs_control": controls,
         "versus_matched_controls": matched, "transfer_matrix": transfer,
+        "primary": primary, "arms": arms, "shared_randomness": randomness,
         "warnings": agg.warnings, "notes": agg.notes,
         "plots": plots, "files": {k: str(v) for k, v in files.items()},
     }
-    summary = summary_text(agg, tables, checks, attacks, controls, matched)
+    headline = primary_lines(primary) + ["", "Arms that may be compared (report.max_perplexity, matched controls):"]
+    headline += arm_lines(arms)
+    if randomness:
+        headline += ["", "Shared randomness of each paired comparison:"] + randomness_lines(randomness)
+    summary = summary_text(agg, tables, checks, attacks, controls, matched, headline)
     atomic_write_json(files["final_results"], results)
     atomic_write_text(files["summary"], summary)
     for table in tables:
         atomic_write_text(files[f"{table['name']}_tex"], latex_table(agg, table))
         atomic_write_text(files[f"{table['name']}_md"], markdown_table(table))
     atomic_write_text(files["html"], report_html(agg, tables, checks, plots, transfer, generated, attacks,
-                                                 controls, matched))
+                                                 controls, matched, headline_html(primary, arms, randomness)))
     return Report(run.run_dir, results, summary, files)

@@ -5,7 +5,7 @@ targets (a suite without targets gets its comparisons' values and intervals, and
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -39,6 +39,23 @@ class ReportTable(PluginConfig):
     @property
     def heading(self) -> str:
         return self.title or self.name
+
+
+class PrimaryEndpoint(ReportMetric):
+    """One comparison that answers the suite's question: ``metric`` of ``entry`` on ``model`` against
+    ``reference`` (another model of the suite), the effect hoped for (``direction``: the model's value below the
+    reference's, or above it) and the smallest effect of interest (a fraction of the reference's value)."""
+
+    model: str
+    reference: str
+    direction: Literal["decrease", "increase"] = "decrease"
+    min_effect: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _two_models(self) -> PrimaryEndpoint:
+        if self.model == self.reference:
+            raise ValueError(f"primary endpoint compares '{self.model}' with itself: name another model as reference")
+        return self
 
 
 class ReportConfig(PluginConfig):
@@ -80,6 +97,17 @@ class ReportConfig(PluginConfig):
     #: The x-axis of the success-against-budget plot: the first of these budget metrics that every attack reports
     #: (then any attack), else the attacks' declared budget metrics (``MetricSpec(budget=True)``) in their order.
     budget_axis: list[str] = Field(default_factory=list)
+    #: The comparisons that answer the suite's question: one family, adjusted for multiplicity (``multiplicity``);
+    #: only they get verdicts in the report's headline, every other interval is exploratory.
+    primary: list[PrimaryEndpoint] = Field(default_factory=list)
+    #: How the primary family is adjusted: ``holm`` (step-down; each interval at the level of its step),
+    #: ``bonferroni`` (every interval at 1 - alpha / m) or ``none`` (a single endpoint, or stated as unadjusted).
+    multiplicity: Literal["holm", "bonferroni", "none"] = "holm"
+    #: The perplexity metric that decides whether a model may be compared at all (default: ``gap``), and its
+    #: ceiling: an arm above it is ``destroyed`` and gets no robustness verdict. None: the perplexity of a uniform
+    #: guess over the model's output vocabulary (recorded with every result).
+    perplexity: ReportMetric | None = None
+    max_perplexity: float | None = Field(default=None, gt=1)
     #: Bootstrap of the 95% intervals (over examples within a seed, and over seeds); seeded: reports reproduce.
     bootstrap_samples: int = Field(default=2000, ge=100)
     bootstrap_seed: int = 0

@@ -68,7 +68,7 @@ def _controls_html(controls: list[dict[str, Any]] | None) -> str:
                      num("control_value"), num("difference"), _e(f"[{ci[0]:.4g}, {ci[1]:.4g}]") if ci else "",
                      f"<b>{_e(row['status'])}</b>"])
         classes.append({"beats control": "met", "below control": "notmet"}.get(row["status"], "unsettled"))
-    return ("<h2>Attacks against their controls (paired: same seeds and examples)</h2>"
+    return ("<h2>Attacks against their controls (paired: same seeds and examples; exploratory)</h2>"
             + _table(["attack", "control", "model", "metric", "attack", "control", "difference", "95% CI", "status"],
                      rows, classes))
 
@@ -88,7 +88,7 @@ def _matched_html(matched: list[dict[str, Any]] | None) -> str:
                      _e(f"[{ci[0]:.1%}, {ci[1]:.1%}]") if ci else "", f"<b>{_e(row['status'])}</b>"])
         classes.append({"more robust than control": "met", "less robust than control": "notmet",
                         "matched": "met"}.get(row["status"], "unsettled"))
-    return ("<h2>Models against their matched controls (paired: same seeds and examples)</h2>"
+    return ("<h2>Models against their matched controls (paired: same seeds and examples; exploratory)</h2>"
             + _table(["model", "control model", "entry", "metric", "model", "control", "compared as", "value",
                       "95% CI", "status"], rows, classes))
 
@@ -177,7 +177,8 @@ def _figures_html(plots: dict[str, dict[str, Any]]) -> str:
 def report_html(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[dict[str, Any]],
                 plots: dict[str, dict[str, Any]], transfer: dict[str, Any] | None, generated: str,
                 attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None,
-                matched: list[dict[str, Any]] | None = None) -> str:
+                matched: list[dict[str, Any]] | None = None, headline: str = "") -> str:
+    """The page; ``headline``: the primary endpoints' block (the answer to the suite's question), put first."""
     run = agg.run
     env = run.environment
     pkgs = env.get("packages") or {}
@@ -190,15 +191,16 @@ def report_html(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[d
         f"finished; run directory <code>{_e(run.run_dir)}</code>; report generated {_e(generated)}."
         + (f"<br>Environment: python {_e(env.get('python'))}, {_e(env_line)}; "
            f"{_e(env.get('platform', ''))}." if env else "") + "</p>",
+        headline,
         _declarations_html(agg),
-        "<h2>Success indicators</h2>", _indicators_html(indicators),
+        "<h2>Success indicators (exploratory)</h2>", _indicators_html(indicators),
         _tables_html(tables),
         _attacks_html(attacks),
         _controls_html(controls),
         _matched_html(matched),
         "<h2>Figures</h2>", _figures_html(plots),
         _transfer_html(transfer),
-        "<h2>All metrics (mean over seeds, sample std, bootstrap interval)</h2>", _metrics_html(agg),
+        "<h2>All metrics (mean over seeds, sample std, exploratory interval)</h2>", _metrics_html(agg),
         "<h2>Missing stages</h2>",
         f"<ul>{missing}</ul>" if missing else "<p>None: every stage of the run finished.</p>",
     ]

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from .aggregate import Aggregate, Group, attack_entries, compared_models, is_control
-from .stats import aligned_columns, example_rows, paired_bootstrap, paired_seed_bootstrap, percentile_interval, rng_for
+from .stats import (SEED_METHOD, aligned_columns, example_rows, paired_bootstrap, paired_seed_bootstrap,
+                    percentile_interval, rng_for)
 from .stats import statistic as spec_statistic
 
 MET, NOT_MET, UNSETTLED = "met", "not met", "not settled"
@@ -65,7 +66,7 @@ def paired_means(agg: Aggregate, groups: list[Group], metric: str) -> tuple[np.n
                                                                             first.weight) for s in found)
     stat = spec_statistic(first) if first is not None and same else None
     if stat is not None:
-        columns = []
+        columns, ids = [], []
         for label in seeds:
             arms = [example_rows(spec, per_group[i][label].records) for i, spec in enumerate(found)]
             aligned = aligned_columns(stat, arms)
@@ -74,14 +75,19 @@ def paired_means(agg: Aggregate, groups: list[Group], metric: str) -> tuple[np.n
                 columns = []
                 break
             columns.append(aligned)
+            others = [{r["id"] for r in other} for other in arms[1:]]
+            ids.append([r["id"] for r in arms[0] if all(r["id"] in o for o in others)])
         if columns:
-            method = "paired bootstrap over examples" + (" and seeds" if len(seeds) > 1 else "")
-            return paired_bootstrap(stat, columns, cfg.bootstrap_samples, rng), method
+            method = f"paired {SEED_METHOD}" if len(seeds) > 1 else "paired bootstrap over examples"
+            shared = len(seeds) > 1 and all(i == ids[0] for i in ids[1:])
+            if shared:
+                method += ", plus the examples the seeds share"
+            return paired_bootstrap(stat, columns, cfg.bootstrap_samples, rng, shared), method
     values = np.array([[per_group[i][label].scalars().get(metric) for i in range(len(groups))] for label in seeds],
                       dtype=float)
     if len(seeds) < 2 or not np.isfinite(values).all():
         return None
-    return paired_seed_bootstrap(values, cfg.bootstrap_samples, rng), "paired bootstrap over seeds"
+    return paired_seed_bootstrap(values, cfg.bootstrap_samples, rng), f"paired {SEED_METHOD}"
 
 
 def _label(stage: Any) -> str:

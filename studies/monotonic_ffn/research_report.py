@@ -715,7 +715,7 @@ def suite_section(name: str, title: str, numbers: dict[str, Any] | None, run: Ru
             run.res.table_file(TABLE).read_text().strip(), "",
             "### Robustness vs the baseline", "",
             "Reduction = 1 - model / baseline (positive: the model is harder to attack); intervals: the report's "
-            "bootstrap over seeds and examples. Success = relative NLL increase above "
+            "t-interval over seeds (plus the examples the seeds share). Success = relative NLL increase above "
             f"{pct_plain(run.res.report_config.get('success_threshold') or 0.15, 0)}. The absolute increase (NLL after - before, "
             "in nats) is shown because the relative one divides by the clean NLL, which the `abs` init raises.", ""]
     out += reduction_rows(numbers) + [""]
