@@ -12,8 +12,11 @@ from .cli import command, console
 def _plan_args(p: argparse.ArgumentParser) -> None:
     from .plan import DEFAULT_GPU, DEFAULT_MFU, GPUS
 
+    from .cli_conventions import add_mode_arg, add_override_args
+
     p.add_argument("suite", type=Path, help="suite YAML file")
-    p.add_argument("--mode", choices=["quick", "full"], default="quick", help="which overrides to apply")
+    add_mode_arg(p)
+    add_override_args(p)
     p.add_argument("--profile", type=Path, default=None,
                    help="SLURM cluster profile: time limits, GPUs per job, launcher (warns where a stage won't fit)")
     p.add_argument("--gpu", default=None,
@@ -37,7 +40,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     if not 0 < args.mfu <= 1:
         raise HarnessError(f"--mfu {args.mfu}: must be in (0, 1]; fix: e.g. --mfu 0.35")
-    suite = load_suite(args.suite, args.mode)
+    from .cli_conventions import chosen_mode, say_smoke_test
+
+    suite = load_suite(args.suite, chosen_mode(args), overrides=args.overrides, limit=args.limit)
+    say_smoke_test(args)
     profile = None
     if args.profile is not None:
         from .slurm.profile import load_profile

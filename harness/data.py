@@ -32,6 +32,8 @@ class DocumentSource(PluginConfig):
     """Where documents come from. ``dataset`` is a hub id (``monology/pile-uncopyrighted``) or a local builder
     (``json``, ``text``, ``parquet``, ``csv``) together with ``data_files``."""
 
+    limit_fields = ("limit",)
+
     dataset: str = "json"
     data_files: list[ExistingPath] | None = None
     subset: str | None = None

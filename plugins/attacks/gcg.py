@@ -57,6 +57,7 @@ Edit = Literal["context", "suffix", "prefix"]
 
 
 class GCGConfig(TaskConfig):
+    limit_fields = ("n_examples", "n_opt", "n_eval")  # `harness run --limit N` caps these
     #: Documents attacked one by one (``universal: false``).
     data: DocumentSource | None = None
     n_examples: int | None = Field(default=None, ge=1)

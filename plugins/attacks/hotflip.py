@@ -37,6 +37,7 @@ Proposer = Callable[[list[int], list[int], set[tuple[int, int]]], tuple[list[tup
 
 
 class HotFlipConfig(TaskConfig):
+    limit_fields = ("n_examples",)  # `harness run --limit N` caps these
     data: DocumentSource
     #: Examples to attack (the first usable documents, or a seeded sample; see ``sample``); None = all.
     n_examples: int | None = Field(default=None, ge=1)

@@ -50,6 +50,7 @@ from harness.attacks import (ATTACK_METRICS, Budget, Example, Scorer, TaskConfig
 
 
 class SoftPromptConfig(TaskConfig):
+    limit_fields = ("n_examples",)  # `harness run --limit N` caps these
     data: DocumentSource
     #: Examples to attack (the first usable documents, or a seeded sample: HotFlip's with the same options).
     n_examples: int | None = Field(default=None, ge=1)

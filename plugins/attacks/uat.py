@@ -43,6 +43,7 @@ EVAL_CHUNK = 64
 
 
 class UATConfig(TaskConfig):
+    limit_fields = ("n_opt", "n_eval")  # `harness run --limit N` caps these
     #: Documents the trigger is optimised on.
     opt_data: DocumentSource
     #: Held-out documents the trigger is evaluated on (must not overlap opt_data).

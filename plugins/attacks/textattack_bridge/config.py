@@ -16,6 +16,8 @@ from .component import Component
 class TextAttackTaskConfig(TaskConfig):
     """What every bridge attack shares with the harness's other attacks (examples, threshold, scoring budget)."""
 
+    limit_fields = ("n_examples",)  # `harness run --limit N` caps these
+
     data: DocumentSource
     #: Examples to attack (the first usable documents, or a seeded sample); None = all.
     n_examples: int | None = Field(default=None, ge=1)
