@@ -78,11 +78,19 @@ def field_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], Any
     keys: list[str] = []
     annotation: Any = None
     metadata: list[Any] = []
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
             info = model.model_fields[part]
             keys.append(str(part))
             annotation, metadata = info.annotation, list(info.metadata)
+            model = model_in(annotation)
+        elif annotation is not None and _mapping(annotation) is not None:
+            key_type, value_type = _mapping(annotation)
+            keys.append(str(part))
+            if loc[i + 1:i + 2] == ("[key]",):  # the key itself is wrong: its type is what the error is about
+                annotation, metadata = key_type, []
+                break
+            annotation, metadata = value_type, []
             model = model_in(annotation)
         elif isinstance(part, int) and annotation is not None:
             element = _element(annotation)
@@ -111,4 +119,13 @@ def _element(annotation: Any) -> Any:
     for candidate in (annotation, *typing.get_args(annotation)):
         if typing.get_origin(candidate) in (list, tuple) and typing.get_args(candidate):
             return typing.get_args(candidate)[0]
+    return None
+
+
+def _mapping(annotation: Any) -> tuple[Any, Any] | None:
+    """(key type, value type) of a dict annotation (``dict[K, V] | None`` too), else None."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(candidate) is dict and len(typing.get_args(candidate)) == 2:
+            key, value = typing.get_args(candidate)
+            return key, value
     return None

@@ -5,7 +5,7 @@
 #
 # Without root (a cluster login node): the system packages are skipped with a note, unless passwordless sudo works;
 # harness itself needs none of them. `bash scripts/setup.sh --no-system` skips them everywhere. A plain user install
-# (no tests) is just: python3 -m venv .venv && .venv/bin/pip install .   (see README "Install").
+# (no tests) is just: python3 -m venv .venv && .venv/bin/pip install .   (see README "Install without root").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 system=1
