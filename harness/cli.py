@@ -22,6 +22,12 @@ err_console = Console(stderr=True)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
+def note(line: str | None) -> None:
+    """A one-line notice on stderr (nothing for None)."""
+    if line:
+        err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
     def register(handler: Callable[[argparse.Namespace], int]):
         COMMANDS[name] = (help, add_arguments, handler)
@@ -53,13 +59,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 @command("validate", "check a suite (plugins, keys, types, files) without running it", _suite_args)
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .cli_conventions import chosen_mode, say_smoke_test
+    from .cli_conventions import chosen_mode, smoke_test_note
     from .graph import build_graph
     from .suite import load_suite
 
     mode = chosen_mode(args)
     suite = load_suite(args.suite, mode, overrides=args.overrides, limit=args.limit)
-    say_smoke_test(args)
+    note(smoke_test_note(args))
     graph = build_graph(suite)
     console.print(f"{args.suite}: valid ({mode} mode): {len(suite.models)} models, {len(graph.stages)} stages, "
                   f"seeds {suite.seeds}")
@@ -79,7 +85,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 @command("run", "run a suite: every stage, skipping what is complete and resuming what was interrupted", _run_args)
 def cmd_run(args: argparse.Namespace) -> int:
-    from .cli_conventions import chosen_mode, say_smoke_test
+    from .cli_conventions import chosen_mode, smoke_test_note
     from .runner import Runner, summary_table
     from .suite import load_suite
 
@@ -89,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     suite = load_suite(args.suite, chosen_mode(args), output_dir=args.out, overrides=args.overrides, limit=args.limit)
-    say_smoke_test(args)
+    note(smoke_test_note(args))
     runner = Runner(suite, show_progress=False if args.no_progress else None, only=args.stage,
                     rank=int(os.environ.get("RANK", "0")))
     if not args.skip_preflight:

@@ -39,15 +39,13 @@ def chosen_mode(args: argparse.Namespace) -> str:
     return args.mode if args.mode is not None else DEFAULT_MODE
 
 
-def say_smoke_test(args: argparse.Namespace) -> None:
+def smoke_test_note(args: argparse.Namespace) -> str | None:
     """When ``--mode`` was not given and the suite (loaded fine) has its own `quick:` overrides (a full-size suite
-    whose default is a smoke test, such as suites/pythia_full.yaml), say so on stderr before anything runs."""
+    whose default is a smoke test, such as suites/pythia_full.yaml): the line that says so, else None."""
     if args.mode is None and _has_quick_section(args.suite):
-        from .cli import err_console
-
-        err_console.print(f"note: {args.suite} runs in quick mode, its smoke test (the suite's `quick:` overrides: "
-                          "fewer seeds, smaller sizes); pass --mode full for the real experiment",
-                          highlight=False, markup=False, soft_wrap=True)
+        return (f"note: {args.suite} runs in quick mode, its smoke test (the suite's `quick:` overrides: fewer seeds, "
+                "smaller sizes); pass --mode full for the real experiment")
+    return None
 
 
 def _has_quick_section(path: Path) -> bool:

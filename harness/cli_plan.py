@@ -40,10 +40,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     if not 0 < args.mfu <= 1:
         raise HarnessError(f"--mfu {args.mfu}: must be in (0, 1]; fix: e.g. --mfu 0.35")
-    from .cli_conventions import chosen_mode, say_smoke_test
+    from .cli import note
+    from .cli_conventions import chosen_mode, smoke_test_note
 
     suite = load_suite(args.suite, chosen_mode(args), overrides=args.overrides, limit=args.limit)
-    say_smoke_test(args)
+    note(smoke_test_note(args))
     profile = None
     if args.profile is not None:
         from .slurm.profile import load_profile

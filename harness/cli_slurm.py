@@ -32,7 +32,8 @@ def _slurm_args(p: argparse.ArgumentParser) -> None:
 @command("slurm", "run a suite on a SLURM cluster: `harness slurm submit SUITE [--profile P] [--dry-run]`",
          _slurm_args)
 def cmd_slurm(args: argparse.Namespace) -> int:
-    from .cli_conventions import chosen_mode, say_smoke_test
+    from .cli import note
+    from .cli_conventions import chosen_mode, smoke_test_note
     from .slurm.submit import describe, submit_suite
 
     explicit_mode, args.mode = args.mode, chosen_mode(args)
@@ -45,7 +46,7 @@ def cmd_slurm(args: argparse.Namespace) -> int:
             err_console.print(f"pre-flight (would stop a real submission): {problem}", highlight=False, markup=False)
     submission = submit_suite(args.suite, args.mode, args.out, args.profile, dry_run=args.dry_run)
     if explicit_mode is None:
-        say_smoke_test(argparse.Namespace(suite=args.suite, mode=None))
+        note(smoke_test_note(argparse.Namespace(suite=args.suite, mode=None)))
     table = Table(title=f"{'planned' if args.dry_run else 'submitted'} jobs ({len(submission.done)} stages done, "
                   f"{len(submission.kept)} kept from earlier jobs)", show_lines=True)
     for col in ("job", "runs", "resources", "waits for"):

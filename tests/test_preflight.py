@@ -148,6 +148,9 @@ def test_slurm_submit_stops_before_submitting(tmp_path):
     assert not (tmp_path / "run" / "slurm").exists()
     dry = run_cli("slurm", "submit", str(suite), "--profile", str(profile), "--out", str(tmp_path / "dry"),
                   "--dry-run")
-    assert dry.returncode == 0, dry.stderr
+    # A dry run reports the pre-flight's findings, and then refuses all the same: a job without the GPU its stage
+    # needs is never planned (tests/test_slurm_fit.py).
+    assert dry.returncode == 2, dry.stderr
     assert "pre-flight (would stop a real submission)" in dry.stderr and "jobs.metrics.gpus" in dry.stderr
-    assert (tmp_path / "dry" / "slurm" / "submit.sh").exists()
+    assert "error: stage metrics/" in dry.stderr and "needs a GPU (device 'cuda')" in dry.stderr
+    assert not (tmp_path / "dry" / "slurm" / "submit.sh").exists()
