@@ -47,6 +47,10 @@ def test_overrides_change_the_suite_after_its_mode_and_are_recorded(tmp_path):
     resolved = json.loads((tmp_path / "run" / "config.resolved.json").read_text())
     assert resolved["overrides"] == ["attacks.hotflip.flips=2", "seeds=[1, 2]", "metrics.perplexity.data.limit=7"]
     assert resolved["suite"]["attacks"]["hotflip"]["flips"] == 2 and resolved["seeds"] == [1, 2]
+    # On the command line, before or after options.
+    proc = cli("validate", str(QUICK), "seeds=[3]", "--mode", "quick", "attacks.hotflip.flips=2")
+    assert proc.returncode == 0 and "seeds [3]" in proc.stdout, proc.stderr
+    assert cli("validate", str(QUICK), "--mode", "quick", "--bogus").returncode == 2
 
 
 @pytest.mark.parametrize("override,words", [
@@ -206,3 +210,47 @@ def test_setup_without_root_skips_system_packages_and_as_root_installs_them(tmp_
     root, calls = _fake_setup(tmp_path / "root", uid=0)  # CI runs as root: unchanged
     assert root.returncode == 0, root.stderr
     assert "apt-get install" in calls.read_text() and "slurm-wlm" in calls.read_text()
+
+
+# -- the README's path from the demo to a cluster ---------------------------------------------------------------------
+def test_every_harness_command_in_the_readme_path_parses_and_names_files_that_exist():
+    import shlex
+
+    from harness.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## From the quick demo to a cluster", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+    parser = build_parser()
+    checked = 0
+    for command in commands:
+        words = shlex.split(command)
+        if words[0] == "harness":
+            args = parser.parse_args(words[1:])  # argparse exits (a failure here) on anything it does not take
+            suite = getattr(args, "suite", None)
+            if suite is not None:
+                assert (ROOT / suite).is_file(), command
+            checked += 1
+        elif words[0] == "cp":
+            assert (ROOT / words[1]).is_file(), command
+    assert checked >= 6
+    # The first two command lines of the README stay exactly what a new user types.
+    assert readme.splitlines()[3] == ("bash scripts/setup.sh && .venv/bin/harness run suites/quick.yaml    # set up, "
+                                      "then run the tiny offline default")
+    assert (ROOT / "docs" / "guide.md").is_file() and (ROOT / "docs" / "cluster.md").is_file()
+    for link in ("docs/guide.md", "docs/plugins.md", "docs/writing-plugins.md", "docs/cluster.md", "docs/benchmarks.md"):
+        assert (ROOT / link).is_file() and link in readme
+
+
+def test_the_core_option_blocks_describe_every_option():
+    """The options every plugin shares (documents, the attack task, the vocabulary filter) and the model loader's
+    are all described; plugins document their own with `#:` comments above each field."""
+    from harness.attacks import TaskConfig, VocabFilter
+    from harness.data import DocumentSource
+    from harness.describe import option_blocks
+    from harness_plugins.models.hf_causal_lm import HFCausalLMConfig
+
+    for cls in (DocumentSource, TaskConfig, VocabFilter, HFCausalLMConfig):
+        undescribed = [o.key for o in option_blocks(cls)[0].options if not o.description]
+        assert not undescribed, f"{cls.__name__}: options without a description: {undescribed}"
