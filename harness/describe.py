@@ -198,7 +198,8 @@ def reference_markdown(docs: list[PluginDoc]) -> str:
             blocks.setdefault(block.name, block)
     shared = {name for name, n in uses.items() if n > 1}
     out = ["# Plugin options", "",
-           "Generated from the code by `harness describe --all --markdown > docs/plugins.md` (a test keeps it current): "
+           "Generated from the code by `harness describe --all --markdown > docs/plugins.md` (a test keeps it "
+           "current): "
            "every built-in plugin's options (key, type, default, description) and the metrics it declares. "
            "`harness describe PLUGIN` prints the same for any installed plugin.", ""]
     for kind in KIND_ORDER:

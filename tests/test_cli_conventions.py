@@ -76,7 +76,8 @@ def test_limit_caps_every_metric_and_attack_entry_and_runs_apart(tmp_path):
     assert limited.metrics["perplexity"].config.data.limit == 3 and limited.metrics["lm_eval"].config.limit == 3
     assert limited.train["baseline"].config == plain.train["baseline"].config  # training is not an evaluation
     # Caps never raise a size: an entry already below N keeps its own.
-    assert load_suite(QUICK, limit=10_000).attacks["hotflip"].config.n_examples == plain.attacks["hotflip"].config.n_examples
+    roomy = load_suite(QUICK, limit=10_000).attacks["hotflip"].config
+    assert roomy.n_examples == plain.attacks["hotflip"].config.n_examples
     # A real run of one capped stage: 2 documents scored, and the limit recorded with the run.
     run_dir = tmp_path / "trial"
     proc = cli("run", str(QUICK), "--limit", "2", "--out", str(run_dir), "--stage", "metrics/perplexity/tiny",
@@ -141,8 +142,8 @@ def test_a_full_suite_run_without_mode_says_it_is_the_smoke_test():
 
 
 def test_download_hints_name_hf_download():
-    sources = [*ROOT.glob("harness/**/*.py"), *ROOT.glob("plugins/**/*.py"), ROOT / "README.md", *ROOT.glob("docs/*.md"),
-               *ROOT.glob("suites/*.yaml")]
+    sources = [*ROOT.glob("harness/**/*.py"), *ROOT.glob("plugins/**/*.py"), ROOT / "README.md",
+               *ROOT.glob("docs/*.md"), *ROOT.glob("suites/*.yaml")]
     stale = [str(p.relative_to(ROOT)) for p in sources if "huggingface-cli" in p.read_text(encoding="utf-8")]
     assert not stale, f"huggingface_hub 2.x replaced `huggingface-cli download` by `hf download`: {stale}"
 
@@ -239,7 +240,8 @@ def test_every_harness_command_in_the_readme_path_parses_and_names_files_that_ex
     assert readme.splitlines()[3] == ("bash scripts/setup.sh && .venv/bin/harness run suites/quick.yaml    # set up, "
                                       "then run the tiny offline default")
     assert (ROOT / "docs" / "guide.md").is_file() and (ROOT / "docs" / "cluster.md").is_file()
-    for link in ("docs/guide.md", "docs/plugins.md", "docs/writing-plugins.md", "docs/cluster.md", "docs/benchmarks.md"):
+    for link in ("docs/guide.md", "docs/plugins.md", "docs/writing-plugins.md", "docs/cluster.md",
+                 "docs/benchmarks.md"):
         assert (ROOT / link).is_file() and link in readme
 
 

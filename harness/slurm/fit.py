@@ -109,21 +109,22 @@ def check_fit(suite: Suite, profile: Any, profile_path: Any, stages: list[Stage]
             continue
         allow = (f"allow {runs - 1} requeues (`max_requeues: {runs - 1}`, `requeue: true`) to split it"
                  if runs - 1 <= 20 else "split the stage's work")
+        more_gpus = ", give train jobs more GPUs" if kind == "train" else ""
         problems.setdefault(group, (
-            f"stage {sid}: planned ~{hours_text(est.wall_hours)} on {gpu_name} x{est.processes} (+{TIME_MARGIN - 1:.0%} "
-            f"margin: {hours_text(needed_h)}) exceeds the {kind} jobs' time limit {res.time} ({where}: jobs.{kind}.time); "
-            f"fix: set jobs.{kind}.time >= {slurm_time_with_margin(est.wall_hours)}"
-            + (", give train jobs more GPUs" if kind == "train" else "") + f", or {allow}"))
+            f"stage {sid}: planned ~{hours_text(est.wall_hours)} on {gpu_name} x{est.processes} "
+            f"(+{TIME_MARGIN - 1:.0%} margin: {hours_text(needed_h)}) exceeds the {kind} jobs' time limit {res.time} "
+            f"({where}: jobs.{kind}.time); fix: set jobs.{kind}.time >= {slurm_time_with_margin(est.wall_hours)}"
+            f"{more_gpus}, or {allow}"))
     if problems:
         first, *rest = problems.values()
-        more = f" ({len(rest)} more stage entries do not fit either: {', '.join(list(problems)[1:4])}" + (
-            ", ..." if len(rest) > 3 else "") + ")" if rest else ""
-        raise HarnessError(first + more)
+        if rest:
+            named = ", ".join(list(problems)[1:4]) + (", ..." if len(rest) > 3 else "")
+            first += f" ({len(rest)} more stage entries do not fit either: {named})"
+        raise HarnessError(first)
     if fit.split:
+        shown = ", ".join(f"{s} x{n}" for s, n in list(fit.split.items())[:3]) + (", ..." if len(fit.split) > 3 else "")
         fit.notes.append(f"{len(fit.split)} stage(s) longer than their time limit run as requeued slices "
-                         f"(max_requeues {profile.max_requeues}): " + ", ".join(
-                             f"{s} x{n}" for s, n in list(fit.split.items())[:3]) + (", ..." if len(fit.split) > 3
-                                                                                     else ""))
+                         f"(max_requeues {profile.max_requeues}): {shown}")
     fit.notes.append(f"time limits checked against the plan on {gpu_name} (profile `gpu_type`) with a "
                      f"{TIME_MARGIN - 1:.0%} margin")
     return fit

@@ -101,7 +101,8 @@ class Profile(_Strict):
     python: str | None = None
     #: How a job asks for GPUs; ``{n}`` is the count. ``--gpus-per-node={n}`` needs select/cons_tres.
     gpu_flag: str = "--gres=gpu:{n}"
-    #: A directory with your own ``stage.sbatch.tmpl`` / ``report.sbatch.tmpl`` (default: the shipped ``harness/slurm/templates/``, installed with the package).
+    #: A directory with your own ``stage.sbatch.tmpl`` / ``report.sbatch.tmpl`` (default: the shipped ones in
+    #: ``harness/slurm/templates/``, installed with the package).
     templates: Path | None = None
     #: Directory jobs run in. ``null``: the directory ``harness slurm submit`` was called from.
     workdir: Path | None = None
