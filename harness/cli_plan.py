@@ -21,7 +21,7 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
                    help="SLURM cluster profile: time limits, GPUs per job, launcher (warns where a stage won't fit)")
     p.add_argument("--gpu", default=None,
                    help=f"accelerator to plan for: {', '.join(GPUS)}, or cpu (this machine, measured) "
-                        f"(default {DEFAULT_GPU}; cpu for a suite with `device: cpu`)")
+                        f"(default: the profile's gpu_type, else {DEFAULT_GPU}; cpu for a suite with `device: cpu`)")
     p.add_argument("--mfu", type=float, default=DEFAULT_MFU,
                    help=f"model FLOPs utilisation reached, 0-1 (default {DEFAULT_MFU})")
     p.add_argument("--doc-tokens", type=float, default=None,
@@ -52,7 +52,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         profile = load_profile(args.profile)
     from .plan.calibrate import CallTimer
 
-    gpu = args.gpu or ("cpu" if suite.device == "cpu" else DEFAULT_GPU)
+    # The profile's GPU model when it names one: the plan then matches what `slurm submit` checks the jobs against.
+    gpu = args.gpu or (profile.gpu_type if profile is not None and profile.gpu_type else
+                       "cpu" if suite.device == "cpu" else DEFAULT_GPU)
     accel = accelerator(gpu)
     timer = CallTimer() if accel.device == "cpu" and not args.no_timing else None
     plan = make_plan(suite, accel, args.mfu, profile, str(args.profile) if args.profile else None,
