@@ -51,6 +51,7 @@ from harness.attacks import (ATTACK_METRICS, Budget, Example, Scorer, TaskConfig
 
 
 class SoftPromptConfig(TaskConfig):
+    limit_fields = ("n_examples",)  # `harness run --limit N` caps these
     #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
     threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     data: DocumentSource
