@@ -79,9 +79,9 @@ def test_scorer_screen_keeps_the_draft_best_exact_and_counts_the_draft(tiny):
 
 
 def test_batch_tokens_auto_finds_a_batch_that_runs_and_caches_it(tiny, monkeypatch):
-    assert TaskConfig(batch_tokens="auto").batch_tokens == "auto"
+    assert TaskConfig(threshold=0.15, batch_tokens="auto").batch_tokens == "auto"
     with pytest.raises(ValueError, match="at least 64"):
-        TaskConfig(batch_tokens=10)
+        TaskConfig(threshold=0.15, batch_tokens=10)
     monkeypatch.setattr(scoring, "AUTO_CPU_TOKENS", (256, 1024))
     scoring._AUTO_TOKENS.pop(tiny.model, None)
     scoring._FASTEST_CPU_TOKENS.pop(tiny.model, None)
@@ -105,7 +105,7 @@ def test_hotflip_with_a_screen_keeps_only_exactly_scored_swaps(tiny):
     ex = Example("doc", (0,), tuple(torch.randint(10, 4000, (16,), generator=gen).tolist()),
                  tuple(torch.randint(10, 4000, (8,), generator=gen).tolist()))
     scorer = Scorer(tiny, 16384, ScreenConfig(draft_layers=1, probe_factor=8, r=16))
-    allowed = allowed_tokens(tiny, TaskConfig().vocab)
+    allowed = allowed_tokens(tiny, TaskConfig(threshold=0.15).vocab)
     out = flip_search(scorer, ex, 3, gradient_proposer(scorer, allowed, 8, 16))
     assert scorer.budget.screened > 0 and scorer.queries < 1 + out.steps * 16  # fewer exact scores than swaps
     exact = float(Scorer(tiny, 16384).nll(torch.tensor([out.ids]), 8)[0])
