@@ -124,14 +124,25 @@ def make_examples(docs: Sequence[Document], model: LoadedModel, task: TaskConfig
 
 def select_examples(examples: list[Example], n: int | None, sample: Literal["first", "seeded"],
                     ctx: StageContext) -> list[Example]:
-    """``n`` examples: the first ones, or a sample drawn by the seed alone (the same sample for every model and every
-    attack of the suite, so an attack and its control face the same documents)."""
-    if n is None or n >= len(examples):
-        return examples
-    if sample == "first":
-        return examples[:n]
-    order = torch.randperm(len(examples), generator=attack_rng(ctx, "documents", len(examples), n)).tolist()
-    return [examples[i] for i in sorted(order[:n])]
+    """``n`` examples: the first ones, or the first ``n`` of one seeded order of the documents (the same sample for
+    every model and every attack of the suite, so an attack and its control face the same documents).
+
+    Samples nest: the seeded order ranks each document by a hash of (seed, document id) alone, never by ``n`` or by
+    the pool, so ``n = 40`` contains ``n = 20`` (and a larger pool keeps the order of the documents it shares), and
+    the sample comes back in that order (``n = 20``'s examples first). Records a previous run of this stage left
+    for these examples (a config that differed only in the example count) are adopted here, in that order, so the
+    attack computes only the examples it has no record of (:meth:`StageContext.adopt_records`)."""
+    if n is not None and n >= len(examples) and sample == "first":
+        n = None
+    if n is None and sample == "first":
+        chosen = examples
+    elif sample == "first":
+        chosen = examples[:n]
+    else:
+        rank = {ex.id: derive_seed(ctx.seed, "attacks", "documents", ex.id) for ex in examples}
+        chosen = sorted(examples, key=lambda ex: rank[ex.id])[:n]
+    ctx.adopt_records([ex.id for ex in chosen])
+    return chosen
 
 
 def disjoint_splits(model: LoadedModel, task: TaskConfig, opt_source: DocumentSource, eval_source: DocumentSource,

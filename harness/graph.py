@@ -117,9 +117,12 @@ def build_graph(suite: Suite) -> Graph:
                     stage = Stage(_stage_id(entry.section, entry.name, model, seed, seeded), entry.section,
                                   entry.name, entry.plugin.name, model, seed, seeded, deps)
                     dep_keys = sorted(s.key for s in stages if s.id in deps)
-                    stage.key = stable_hash({"plugin": entry.plugin.name, "version": entry.plugin.cls.version,
-                                             "config": entry.config.model_dump(mode="json"), "model": ident,
-                                             "seed": seed if seeded else None, "deps": dep_keys})
+                    keyed = {"plugin": entry.plugin.name, "version": entry.plugin.cls.version,
+                             "config": entry.config.model_dump(mode="json"), "model": ident,
+                             "seed": seed if seeded else None, "deps": dep_keys}
+                    stage.key = stable_hash(keyed)
+                    reuse = entry.plugin.cls(entry.config).reuse_config()
+                    stage.reuse_key = stable_hash({**keyed, "config": reuse}) if reuse is not None else ""
                     evaluated.setdefault(entry.name, []).append(stage)
                     stages.append(stage)
     return Graph(suite, stages, identity, source)

@@ -18,6 +18,9 @@ class Stage:
     seeded: bool
     deps: list[str] = field(default_factory=list)
     key: str = ""
+    #: The cache key without the example count, for a plugin whose records survive a change of it (see
+    #: ``Plugin.reuse_config``); "" when they do not.
+    reuse_key: str = ""
     #: For train stages: the model entries whose weights this stage produces.
     produces: list[str] = field(default_factory=list)
 

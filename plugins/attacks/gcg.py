@@ -562,6 +562,13 @@ class GCGAttack(AttackPlugin[GCGConfig]):
     def is_control(self) -> bool:
         return self.config.mode == "random_token"
 
+    def reuse_config(self) -> dict[str, Any] | None:
+        """One search per example with a stream keyed by the example: a change of ``n_examples`` keeps the records
+        (not for a universal string, optimised over the whole split)."""
+        if self.config.universal:
+            return None
+        return self.config.model_dump(mode="json", exclude={"n_examples"})
+
     def declared_metrics(self) -> list[MetricSpec]:
         cfg = self.config
         specs = [*ATTACK_METRICS, *([POSITIONS_METRIC] if cfg.edit == "context" and not cfg.universal else []),

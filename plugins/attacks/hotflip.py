@@ -215,6 +215,10 @@ class HotFlipAttack(AttackPlugin[HotFlipConfig]):
     def declared_metrics(self) -> list[MetricSpec]:
         return ATTACK_METRICS + FLIP_METRICS + [SPEARMAN_METRIC]
 
+    def reuse_config(self) -> dict[str, Any]:
+        """Each example's search depends on that example alone: a change of ``n_examples`` keeps the records."""
+        return self.config.model_dump(mode="json", exclude={"n_examples"})
+
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config
         return run_flip_attack(model, ctx, cfg, lambda scorer, allowed, ex: gradient_proposer(
