@@ -39,7 +39,7 @@ from .scoring import continuation_nll, logits_tail_kwarg, swap_nll
 ContinuationLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = [
-    "ATTACK_METRICS", "BUDGET_FIELDS", "Budget", "CURVE_THRESHOLDS", "ComputeCost", "ContinuationLoss", "Example",
+    "ATTACK_METRICS", "BUDGET_FIELDS", "PROGRESS_FIELD", "best_so_far", "Budget", "CURVE_THRESHOLDS", "ComputeCost", "ContinuationLoss", "Example",
     "POSITIONS_METRIC", "Scorer", "TaskConfig", "VocabFilter", "allowed_tokens", "attack_rng", "budget_summary",
     "continuation_nll", "disjoint_splits", "example_record", "make_examples", "position_histogram", "random_allowed",
     "relative_increase", "select_examples", "spearman", "success_curve", "summarize", "swap_nll",
@@ -123,7 +123,7 @@ def make_examples(docs: Sequence[Document], model: LoadedModel, task: TaskConfig
 
 
 def select_examples(examples: list[Example], n: int | None, sample: Literal["first", "seeded"],
-                    ctx: StageContext) -> list[Example]:
+                    ctx: StageContext | None) -> list[Example]:
     """``n`` examples: the first ones, or the first ``n`` of one seeded order of the documents (the same sample for
     every model and every attack of the suite, so an attack and its control face the same documents).
 
@@ -139,9 +139,12 @@ def select_examples(examples: list[Example], n: int | None, sample: Literal["fir
     elif sample == "first":
         chosen = examples[:n]
     else:
+        if ctx is None:
+            raise ValueError("a seeded sample needs the stage context (its seed)")
         rank = {ex.id: derive_seed(ctx.seed, "attacks", "documents", ex.id) for ex in examples}
         chosen = sorted(examples, key=lambda ex: rank[ex.id])[:n]
-    ctx.adopt_records([ex.id for ex in chosen])
+    if ctx is not None:  # outside a stage (a test, a script) there are no records to adopt
+        ctx.adopt_records([ex.id for ex in chosen])
     return chosen
 
 
@@ -439,6 +442,20 @@ def example_record(example_id: str, before: float, after: float, threshold: floa
     rel = relative_increase(before, after)
     return {"id": example_id, "nll_before": before, "nll_after": after, "relative_increase": rel,
             "success": rel > threshold, **fields}
+
+
+#: The record field of an attack's progress: the best continuation NLL reached after each step (index 0: the unedited
+#: example's), steps of equal cost. The report's gradient-masking check reads from it the success rate against the
+#: steps spent (it must rise with the budget).
+PROGRESS_FIELD = "nll_by_step"
+
+
+def best_so_far(before: float, nlls: Sequence[float]) -> list[float]:
+    """``[before, max(before, nlls[0]), ...]``: the best NLL reached after each step, for :data:`PROGRESS_FIELD`."""
+    out = [float(before)]
+    for nll in nlls:
+        out.append(max(out[-1], float(nll)))
+    return out
 
 
 def success_curve(increases: Sequence[float], thresholds: Sequence[float] = CURVE_THRESHOLDS) -> dict[str, list]:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .progress import Bar
-from .rundir import CARRIED, read_json_object, read_records
+from .rundir import CARRIED, RunDir, read_json_object, read_records
 from .store import RecordLog, atomic_write_json
 
 if TYPE_CHECKING:
@@ -69,6 +69,12 @@ class StageContext:
         if self._records is None:
             self._records = RecordLog(self.stage_dir / "records.jsonl")
         return self._records
+
+    def input_records(self, stage_id: str) -> list[dict[str, Any]]:
+        """The per-example records of ``stage_id``, one of the stages this one needs (``ctx.inputs``)."""
+        if stage_id not in self.inputs:
+            raise KeyError(f"stage {self.stage.id} does not need {stage_id}")
+        return RunDir(self.run_dir).records(stage_id)
 
     def adopt_records(self, ids: list[str]) -> None:
         """Append, in the order of ``ids``, the records the runner carried over from this stage's previous config

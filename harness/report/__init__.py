@@ -21,6 +21,7 @@ from .declared import PluginResolver
 from .html import report_html
 from .plots import make_plots, transfer_matrix
 from .tables import latex_table7, markdown_table7, summary_text
+from .masking import attach_to_verdicts, masking_checks, masking_lines, masking_warnings
 from .verdicts import attack_vs_control, indicators, versus_matched_controls
 
 __all__ = ["Report", "build_report", "load_run"]
@@ -58,6 +59,8 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     attacks = attack_table(agg)
     checks = indicators(agg)
     controls = attack_vs_control(agg)
+    masking = masking_checks(agg, controls)
+    attach_to_verdicts(checks, masking)
     matched = versus_matched_controls(agg)
     transfer = transfer_matrix(agg)
     generated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -74,15 +77,15 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
         "stages": _stage_rows(run),
         "results": [g.as_dict() for g in agg.groups],
         "table7": table, "attacks": attacks, "indicators": checks, "attack_vs_control": controls,
-        "versus_matched_controls": matched, "transfer_matrix": transfer,
-        "warnings": agg.warnings, "notes": agg.notes,
+        "versus_matched_controls": matched, "transfer_matrix": transfer, "masking_checks": masking,
+        "warnings": [*agg.warnings, *masking_warnings(masking)], "notes": agg.notes,
         "plots": plots, "files": {k: str(v) for k, v in files.items()},
     }
-    summary = summary_text(agg, table, checks, attacks, controls, matched)
+    summary = summary_text(agg, table, checks, attacks, controls, matched, masking_lines(masking))
     atomic_write_json(files["final_results"], results)
     atomic_write_text(files["summary"], summary)
     atomic_write_text(files["table7_tex"], latex_table7(agg, table))
     atomic_write_text(files["table7_md"], markdown_table7(table))
     atomic_write_text(files["html"], report_html(agg, table, checks, plots, transfer, generated, attacks,
-                                                 controls, matched))
+                                                 controls, matched, masking))
     return Report(run.run_dir, results, summary, files)

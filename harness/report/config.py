@@ -23,6 +23,17 @@ class TableColumn(ReportMetric):
     digits: int = Field(default=2, ge=0, le=8)
 
 
+class MaskingConfig(PluginConfig):
+    """The gradient-masking checks' options (see :mod:`harness.report.masking`)."""
+
+    #: The attacks entry of the continuous relaxation on the token attacks' positions (an unconstrained attack on
+    #: the context embeddings, e.g. ``soft_prompt`` with ``edit: context, epsilon: null``). None: that check is
+    #: not applicable.
+    relaxation: str | None = None
+    #: The success rate the relaxation must reach on every model.
+    relaxation_success: float = Field(default=0.9, ge=0, le=1)
+
+
 class ReportConfig(PluginConfig):
     """Options of the run's final report (``report:`` in a suite)."""
 
@@ -60,6 +71,8 @@ class ReportConfig(PluginConfig):
     #: The x-axis of the success-against-budget plot: the first of these budget metrics that every attack reports
     #: (then any attack), else the attacks' declared budget metrics (``MetricSpec(budget=True)``) in their order.
     budget_axis: list[str] = Field(default_factory=list)
+    #: The gradient-masking checks (every model and gradient attack).
+    masking: MaskingConfig = MaskingConfig()
     #: Bootstrap of the 95% intervals (over examples within a seed, and over seeds); seeded: reports reproduce.
     bootstrap_samples: int = Field(default=2000, ge=100)
     bootstrap_seed: int = 0

@@ -142,7 +142,7 @@ def matched_line(row: dict[str, Any]) -> str:
 
 def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]],
                  attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None,
-                 matched: list[dict[str, Any]] | None = None) -> str:
+                 matched: list[dict[str, Any]] | None = None, masking: list[str] | None = None) -> str:
     run = agg.run
     n_done = sum(s.done for s in run.stages)
     out = [f"Experiment summary: suite '{run.suite}' ({run.mode} mode), seeds {run.seeds}",
@@ -161,6 +161,8 @@ def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[st
     if matched:
         out += ["", "Models against their matched controls (report.matched_controls; paired 95% intervals):"]
         out += [f"  - {matched_line(row)}" for row in matched]
+    if masking:
+        out += ["", *masking]
     out += ["", "Table 7 (mean ± std over seeds):", markdown_table7(table)]
     if attacks and attacks["rows"]:
         out += ["Attacks side by side (mean ± std over seeds):", markdown_attacks(attacks)]
