@@ -193,9 +193,19 @@ def _relaxation_check(agg: Aggregate, model: str) -> dict[str, Any]:
     if rate is None or rate.mean is None:
         return {"status": "missing", "detail": f"'{masking.relaxation}' did not finish on this model"}
     ok = rate.mean >= masking.relaxation_success
-    return {"status": "ok" if ok else "failed", "relaxation": masking.relaxation, "value": rate.mean,
-            "detail": f"continuous relaxation '{masking.relaxation}': success {rate.mean:.0%} (needs "
-                      f">= {masking.relaxation_success:.0%})"}
+    row: dict[str, Any] = {"status": "ok" if ok else "failed", "relaxation": masking.relaxation, "value": rate.mean,
+                           "detail": f"continuous relaxation '{masking.relaxation}': success {rate.mean:.0%} (needs "
+                                     f">= {masking.relaxation_success:.0%})"}
+    rows = [r[PROGRESS_FIELD] for s in group.done for r in s.records if isinstance(r.get(PROGRESS_FIELD), list)
+            and r[PROGRESS_FIELD]] if group is not None else []
+    if rows:  # has its success curve flattened? the first step from which the success rate is its final one
+        threshold, steps = _threshold(group), max(len(r) for r in rows) - 1
+        rates = [float(np.mean([(r[min(k, len(r) - 1)] - r[0]) / r[0] > threshold if r[0] > 0 else False
+                                for r in rows])) for k in range(steps + 1)]
+        flat_from = next(k for k in range(steps + 1) if all(x == rates[-1] for x in rates[k:]))
+        row.update(success_by_step=rates, flat_from_step=flat_from)
+        row["detail"] += f"; its success curve is flat from step {flat_from} of its {steps}"
+    return row
 
 
 def masking_checks(agg: Aggregate, controls: list[dict[str, Any]]) -> list[dict[str, Any]]:
