@@ -45,10 +45,11 @@ WARNINGS = {
 BUDGET_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _threshold(group: Group) -> float:
+def _threshold(group: Group, agg: Aggregate) -> float | None:
+    """The attack's own success threshold (its summary's ``threshold``), else the report's (None: neither)."""
     values = [s.metrics.get("threshold") for s in group.done]
     numbers = [float(v) for v in values if isinstance(v, (int, float))]
-    return numbers[0] if numbers else 0.15
+    return numbers[0] if numbers else agg.run.config.success_threshold
 
 
 def _has_source(group: Group | None) -> bool:
@@ -70,10 +71,12 @@ def gradient_attacks(agg: Aggregate, model: str) -> list[str]:
     return out
 
 
-def budget_curve(group: Group) -> dict[str, Any] | None:
+def budget_curve(group: Group, agg: Aggregate) -> dict[str, Any] | None:
     """The success rate (and mean relative increase) at ``BUDGET_FRACTIONS`` of the steps, pooled over the seeds'
     records that carry their progress; None when none does."""
-    threshold = _threshold(group)
+    threshold = _threshold(group, agg)
+    if threshold is None:
+        return None
     rows = [r[PROGRESS_FIELD] for s in group.done for r in s.records
             if isinstance(r.get(PROGRESS_FIELD), list) and r[PROGRESS_FIELD]]
     if not rows:
@@ -89,10 +92,11 @@ def budget_curve(group: Group) -> dict[str, Any] | None:
             "mean_relative_increase": increase, "n_examples": len(rows)}
 
 
-def _budget_check(group: Group) -> dict[str, Any]:
-    curve = budget_curve(group)
+def _budget_check(group: Group, agg: Aggregate) -> dict[str, Any]:
+    curve = budget_curve(group, agg)
     if curve is None:
-        return {"status": "not applicable", "detail": f"its records carry no progress ({PROGRESS_FIELD})"}
+        return {"status": "not applicable", "detail": f"its records carry no progress ({PROGRESS_FIELD}) or it has no "
+                                                      "success threshold"}
     first, last = curve["success_rate"][1], curve["success_rate"][-1]
     ok = last > first or first >= 1.0
     detail = (f"success {first:.0%} at a quarter of its {curve['steps']} steps, {last:.0%} at all of them"
@@ -198,8 +202,9 @@ def _relaxation_check(agg: Aggregate, model: str) -> dict[str, Any]:
                                      f">= {masking.relaxation_success:.0%})"}
     rows = [r[PROGRESS_FIELD] for s in group.done for r in s.records if isinstance(r.get(PROGRESS_FIELD), list)
             and r[PROGRESS_FIELD]] if group is not None else []
-    if rows:  # has its success curve flattened? the first step from which the success rate is its final one
-        threshold, steps = _threshold(group), max(len(r) for r in rows) - 1
+    threshold = _threshold(group, agg) if group is not None else None
+    if rows and threshold is not None:  # has its success curve flattened? the step from which it stays at its end
+        steps = max(len(r) for r in rows) - 1
         rates = [float(np.mean([(r[min(k, len(r) - 1)] - r[0]) / r[0] > threshold if r[0] > 0 else False
                                 for r in rows])) for k in range(steps + 1)]
         flat_from = next(k for k in range(steps + 1) if all(x == rates[-1] for x in rates[k:]))
@@ -215,7 +220,7 @@ def masking_checks(agg: Aggregate, controls: list[dict[str, Any]]) -> list[dict[
         for entry in gradient_attacks(agg, model):
             group = agg.find(entry, model, ("attacks",))
             assert group is not None
-            checks = {"budget": _budget_check(group), "control": _control_check(agg, controls, entry, model),
+            checks = {"budget": _budget_check(group, agg), "control": _control_check(agg, controls, entry, model),
                       "transfer": _transfer_check(agg, entry, model), "relaxation": _relaxation_check(agg, model)}
             for check, row in checks.items():
                 row = {"model": model, "attack": entry, "check": check, **row}
