@@ -73,6 +73,8 @@ report:
   attack_metric: success_rate
   control_metrics: [success_rate, mean_relative_increase]
   masking: {relaxation: relaxation}
+  primary:
+    - {model: masked, reference: tiny, entry: hotflip, metric: mean_nll_increase, direction: decrease, min_effect: 0.1}
 """
 
 
@@ -108,6 +110,11 @@ def test_zeroed_gradients_trigger_the_warnings_and_the_shipped_model_does_not(ma
     [item] = [i for i in report.results["indicators"] if i.get("entry") == "hotflip" and i.get("model") == "masked"]
     assert any("transfer from baseline beats white-box" in w for w in item["masking_warnings"])
     assert "possible gradient masking" in item["detail"]
+    # And beside the primary endpoint's verdict in the headline.
+    [endpoint] = report.results["primary"]["endpoints"]
+    assert any("transfer from baseline beats white-box" in w for w in endpoint["masking_warnings"])
+    headline = report.summary.split("Everything below is")[0]
+    assert "WARNING possible gradient masking: transfer from baseline beats white-box (masked)" in headline
 
 
 def test_the_replay_scores_the_baselines_edits_on_the_same_examples(masked_run):

@@ -21,7 +21,7 @@ from .declared import PluginResolver
 from .html import report_html
 from .plots import make_plots, transfer_matrix
 from .tables import latex_table, markdown_table, summary_text
-from .masking import attach_to_verdicts, masking_checks, masking_lines, masking_warnings
+from .masking import attach_to_primary, attach_to_verdicts, masking_checks, masking_lines, masking_warnings
 from .verdicts import attack_vs_control, indicators, versus_matched_controls
 from .arms import arm_checks, arm_lines, withhold_verdicts
 from .headline import headline_html
@@ -69,6 +69,7 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     arms = arm_checks(agg, matched)
     withhold_verdicts(arms, checks, matched)
     primary = primary_endpoints(agg, arms)
+    attach_to_primary(primary, masking)
     randomness = shared_randomness(agg)
     mark_exploratory(checks, controls, matched)
     flag_scale_disagreements(controls, "attack", "control", "model")

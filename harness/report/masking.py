@@ -235,6 +235,17 @@ def masking_warnings(rows: list[dict[str, Any]]) -> list[str]:
     return [f"{r['warning']} ({r['model']}, {r['attack']}): {r['detail']}" for r in rows if r.get("warning")]
 
 
+def attach_to_primary(primary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Add each failed check to the primary endpoints it weakens (``masking_warnings``): those on that attack whose
+    model or reference it concerns."""
+    failed = [r for r in rows if r.get("warning")]
+    for row in primary.get("endpoints", []):
+        mine = [r for r in failed if r["attack"] == row.get("entry")
+                and r["model"] in (row.get("model"), row.get("reference"))]
+        if mine:
+            row["masking_warnings"] = [f"{r['warning']} ({r['model']})" for r in mine]
+
+
 def attach_to_verdicts(indicators: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
     """Add each failed check to the verdict it weakens: the reduction indicator of that attack and model (and of the
     baseline's, whose attack success is the reference)."""
@@ -259,5 +270,5 @@ def masking_lines(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-__all__ = ["WARNINGS", "attach_to_verdicts", "budget_curve", "gradient_attacks", "masking_checks",
+__all__ = ["WARNINGS", "attach_to_primary", "attach_to_verdicts", "budget_curve", "gradient_attacks", "masking_checks",
            "masking_lines", "masking_warnings", "transfers_of"]
