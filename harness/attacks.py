@@ -64,10 +64,13 @@ class VocabFilter(PluginConfig):
 class TaskConfig(PluginConfig):
     """Options shared by every attack on the continuation NLL."""
 
+    #: Tokens before the continuation that the attack may edit (taken from each document).
     context_tokens: int = Field(default=32, ge=1)
+    #: Tokens after the context whose NLL the attack raises (fixed; never edited).
     continuation_tokens: int = Field(default=32, ge=1)
     #: Put the end-of-text token first (as the perplexity metric does); never editable.
     prefix_eos: bool = True
+    #: Which tokens the attack may insert.
     vocab: VocabFilter = VocabFilter()
     #: Relative NLL increase above which an example counts as a success. No core default: an attack plugin's
     #: config sets one (the built-in attacks share theirs), and a suite may override it.

@@ -59,6 +59,7 @@ Edit = Literal["context", "suffix", "prefix"]
 
 
 class GCGConfig(TaskConfig):
+    limit_fields = ("n_examples", "n_opt", "n_eval")  # `harness run --limit N` caps these
     #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
     threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     #: Documents attacked one by one (``universal: false``).

@@ -39,6 +39,7 @@ Proposer = Callable[[list[int], list[int], set[tuple[int, int]]], tuple[list[tup
 
 
 class HotFlipConfig(TaskConfig):
+    limit_fields = ("n_examples",)  # `harness run --limit N` caps these
     #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
     threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     data: DocumentSource

@@ -58,6 +58,7 @@ from harness.attacks import (ATTACK_METRICS, PROGRESS_FIELD, Budget, Example, Sc
 
 
 class SoftPromptConfig(TaskConfig):
+    limit_fields = ("n_examples",)  # `harness run --limit N` caps these
     #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
     threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     data: DocumentSource

@@ -28,6 +28,7 @@ from .workload import RECORD_BYTES, _examples, _length
 
 
 class UATTransferConfig(PluginConfig):
+    limit_fields = ("n_eval",)  # `harness run --limit N` caps these
     #: Held-out documents (default: each source trigger's own held-out split).
     eval_data: DocumentSource | None = None
     n_eval: int | None = Field(default=None, ge=1)
