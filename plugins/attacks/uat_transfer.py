@@ -128,7 +128,4 @@ class UATTransfer(AttackPlugin[UATTransferConfig]):
 
 @hookimpl
 def harness_attacks() -> list[type]:
-    # edit_transfer (the per-example counterpart) registers here until it has its own entry point.
-    from .edit_transfer import EditTransferAttack
-
-    return [UATTransfer, EditTransferAttack]
+    return [UATTransfer]
