@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 
 from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, NoEstimate,
-                     PlanInputs, PluginConfig, StageContext, StagePreempted, Workload, hookimpl, load_documents)
+                     PlanInputs, PluginConfig, StageContext, StagePreempted, Workload, load_documents)
 from harness.attacks import ATTACK_METRICS, Example, Scorer, TaskConfig, example_record, make_examples, summarize
 
 from .workload import RECORD_BYTES, _length
