@@ -133,8 +133,3 @@ class EditTransferAttack(AttackPlugin[EditTransferConfig]):
                                 disk_bytes=n * RECORD_BYTES, disk_note="per-example records",
                                 notes=[f"{n:,} replayed examples x 2 exact scores"])
         raise NoEstimate(f"no attack stage of model '{self.config.from_model}' among the stages it needs")
-
-
-@hookimpl
-def harness_attacks() -> list[type]:
-    return [EditTransferAttack]
