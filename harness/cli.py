@@ -116,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 #: Modules that add subcommands with ``@command`` (imported when the parser is built, so start-up stays cheap).
 COMMAND_MODULES: list[str] = ["harness.cli_train", "harness.cli_report", "harness.cli_slurm", "harness.cli_plan",
-                               "harness.cli_describe"]
+                              "harness.cli_power", "harness.cli_describe"]
 
 
 def build_parser() -> argparse.ArgumentParser:
