@@ -129,4 +129,7 @@ class UATTransfer(AttackPlugin[UATTransferConfig]):
 
 @hookimpl
 def harness_attacks() -> list[type]:
-    return [UATTransfer]
+    # edit_transfer (the per-example counterpart) registers here until it has its own entry point.
+    from .edit_transfer import EditTransferAttack
+
+    return [UATTransfer, EditTransferAttack]
