@@ -93,8 +93,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if any(o.status == "preempted" for o in outcomes):
         err_console.print("stopped on request; run the same command again to resume")
         return 3
+    from .cli_report import print_open_first
+
     console.print(summary_table(runner.run_dir))
     console.print(f"run directory: {runner.run_dir}")
+    print_open_first(runner.run_dir)
     return 0
 
 

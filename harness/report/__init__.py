@@ -1,8 +1,9 @@
 """The run's report, regenerated from the run directory alone (``harness report RUN_DIR``; also the run's last step).
 
 Writes, into the run directory: ``final_results.json`` (every stage, every metric per model x seed, across-seed
-mean/std/95% interval, Table 7, every attack side by side, the success indicators), ``experiment_summary.txt``,
-``table7.tex`` and ``table7.md``, ``plots/*.png`` and ``report.html`` (self-contained). Stages that did not finish
+mean/std/95% interval, Table 7, every attack side by side, the success indicators, the headline),
+``experiment_summary.txt`` (short: the headline first) and ``summary_details.txt`` (everything), ``table7.tex`` and
+``table7.md``, ``plots/*.png`` and ``report.html`` (self-contained; the headline table first). Stages that did not finish
 are listed as missing and never contribute a number, so a partial run gives a partial, honest report.
 """
 
@@ -18,9 +19,10 @@ from .config import ReportConfig
 from .aggregate import aggregate, attack_table, table7
 from .collect import RunData, load_run
 from .declared import PluginResolver
+from .headline import headline as headline_table
 from .html import report_html
 from .plots import make_plots, transfer_matrix
-from .tables import latex_table7, markdown_table7, summary_text
+from .tables import latex_table7, markdown_table7, short_summary, summary_text
 from .verdicts import attack_vs_control, indicators, versus_matched_controls
 
 __all__ = ["Report", "build_report", "load_run"]
@@ -30,7 +32,8 @@ __all__ = ["Report", "build_report", "load_run"]
 class Report:
     run_dir: Path
     results: dict[str, Any]
-    summary: str
+    summary: str  # experiment_summary.txt: the headline and where to look
+    details: str  # summary_details.txt: every table, comparison and metric
     files: dict[str, Path]
 
 
@@ -64,6 +67,7 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     plots = make_plots(agg, run.run_dir / "plots")
     files = {"final_results": run.run_dir / "final_results.json",
              "summary": run.run_dir / "experiment_summary.txt",
+             "summary_details": run.run_dir / "summary_details.txt",
              "table7_tex": run.run_dir / "table7.tex", "table7_md": run.run_dir / "table7.md",
              "html": run.run_dir / "report.html"}
     files.update({name: Path(info["path"]) for name, info in plots.items() if info["path"]})
@@ -78,11 +82,16 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
         "warnings": agg.warnings, "notes": agg.notes,
         "plots": plots, "files": {k: str(v) for k, v in files.items()},
     }
-    summary = summary_text(agg, table, checks, attacks, controls, matched)
+    # The primary endpoints (report.primary), once computed into the results, are the headline's rows.
+    head = headline_table(agg, checks, results.get("primary"))
+    results["headline"] = head
+    summary = short_summary(agg, head, files)
     atomic_write_json(files["final_results"], results)
     atomic_write_text(files["summary"], summary)
+    details = summary_text(agg, table, checks, attacks, controls, matched)
+    atomic_write_text(files["summary_details"], details)
     atomic_write_text(files["table7_tex"], latex_table7(agg, table))
     atomic_write_text(files["table7_md"], markdown_table7(table))
     atomic_write_text(files["html"], report_html(agg, table, checks, plots, transfer, generated, attacks,
-                                                 controls, matched))
-    return Report(run.run_dir, results, summary, files)
+                                                 controls, matched, head))
+    return Report(run.run_dir, results, summary, details, files)
