@@ -38,3 +38,28 @@ def print_open_first(run_dir: Path) -> None:
         path = run_dir / name
         if path.exists():
             console.print(f"{label}: {path}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_a", type=Path, help="the first run directory (A)")
+    p.add_argument("run_b", type=Path, help="the second run directory (B); differences read B - A")
+    p.add_argument("--changed", action="store_true", help="show only the metrics whose values differ")
+    p.add_argument("--csv", type=Path, default=None, metavar="FILE",
+                   help="also write every row (section, entry, model, seed, metric, a, b, difference, ci_low, "
+                        "ci_high, paired_examples) to FILE")
+
+
+@command("compare", "compare two runs metric by metric, per entry, model and seed, with a paired interval of "
+         "the difference where they share seeds and examples", _compare_args)
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .plugins import load_registry
+    from .report.compare import compare_runs, comparison_csv, comparison_text
+    from .store import atomic_write_text
+
+    result = compare_runs(args.run_a, args.run_b, plugins=load_registry().plugin_class)
+    console.print(comparison_text(result, changed_only=args.changed), highlight=False, markup=False,
+                  soft_wrap=True)
+    if args.csv is not None:
+        atomic_write_text(args.csv, comparison_csv(result))
+        err_console.print(f"wrote {args.csv}", highlight=False)
+    return 0

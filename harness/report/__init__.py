@@ -19,6 +19,7 @@ from .config import ReportConfig
 from .aggregate import aggregate, attack_table, table7
 from .collect import RunData, load_run
 from .declared import PluginResolver
+from .export import write_csv, write_tensorboard, write_wandb
 from .headline import headline as headline_table
 from .html import report_html
 from .plots import make_plots, transfer_matrix
@@ -68,9 +69,20 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     files = {"final_results": run.run_dir / "final_results.json",
              "summary": run.run_dir / "experiment_summary.txt",
              "summary_details": run.run_dir / "summary_details.txt",
+             "results_csv": run.run_dir / "results.csv",
              "table7_tex": run.run_dir / "table7.tex", "table7_md": run.run_dir / "table7.md",
              "html": run.run_dir / "report.html"}
     files.update({name: Path(info["path"]) for name, info in plots.items() if info["path"]})
+    write_csv(agg, files["results_csv"])
+    for name, wanted, write in (
+            ("tensorboard", run.config.tensorboard, lambda out: write_tensorboard(agg, out)),
+            ("wandb", run.config.wandb, lambda out: write_wandb(agg, out, run.config.wandb_project or run.suite))):
+        if wanted:
+            note = write(run.run_dir / name)
+            if note:  # the tracker's package is not installed: said in the report, the rest is written
+                agg.notes.append(note)
+            else:
+                files[name] = run.run_dir / name
     results = {
         "suite": run.suite, "mode": run.mode, "seeds": run.seeds, "models": run.models,
         "generated": generated, "report_config": run.config.model_dump(mode="json"),

@@ -242,15 +242,40 @@ def summary_cell(agg: Aggregate, entry: str | None, model: str, metric: str, sca
     return cell
 
 
+def default_columns(agg: Aggregate) -> list[dict[str, Any]]:
+    """The table of a suite whose ``report:`` names no columns: every displayed scalar metric (``MetricSpec.show``)
+    that a metrics or attacks entry reports, in suite and declaration order (a family's keys as reported); an entry
+    that reports a matrix is shown as its matrix instead."""
+    columns: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for _, entry, _ in agg.run.entries():
+        if is_transfer(agg, entry):
+            continue
+        for g in entry_groups(agg, entry):
+            if g.specs is None:
+                continue
+            declared = [s.name for s in g.specs + g.derived if not s.is_family]
+            reported = list(dict.fromkeys([*[m for m in declared if m in g.across], *g.across]))
+            for metric in reported:
+                spec = g.spec(metric)
+                if spec is None or spec.kind != "scalar" or not spec.show or (entry, metric) in seen:
+                    continue
+                seen.add((entry, metric))
+                columns.append({"label": f"{entry}: {spec.display}", "entry": entry, "metric": metric,
+                                "scale": spec.scale, "digits": spec.digits})
+    return columns
+
+
 def table7(agg: Aggregate) -> dict[str, Any]:
-    """Rows: models; cells: mean and std over seeds (scaled), or a status saying why there is no number."""
+    """Rows: models; cells: mean and std over seeds (scaled), or a status saying why there is no number. Columns:
+    the suite's ``report.table7``, else every displayed metric (:func:`default_columns`)."""
     run = agg.run
-    columns = [c.model_dump() for c in run.config.table7]
+    columns = [c.model_dump() for c in run.config.table7] or default_columns(agg)
     rows = [{"model": model, "baseline": model == run.config.baseline,
-             "cells": [summary_cell(agg, run.resolve_entry(col.entry), model, col.metric, col.scale)
-                       for col in run.config.table7]}
+             "cells": [summary_cell(agg, run.resolve_entry(col["entry"]), model, col["metric"], col["scale"])
+                       for col in columns]}
             for model in table_models(run)]
-    return {"columns": columns, "rows": rows, "n_seeds": len(run.seeds)}
+    return {"columns": columns, "rows": rows, "n_seeds": len(run.seeds), "default": not run.config.table7}
 
 
 def entry_groups(agg: Aggregate, entry: str) -> list[Group]:

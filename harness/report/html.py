@@ -31,7 +31,7 @@ table.headline td { vertical-align: top; } td.good { background: #d8f3dc; } td.b
 td.open { background: #fff3cd; } .verdict { font-weight: bold; display: block; }
 .sub { color: #555; font-size: 0.85em; display: block; }
 nav.toc { columns: 2; font-size: 0.92em; } nav.toc li { margin: 2px 0; }
-.keyfigs { display: grid; grid-template-columns: repeat(auto-fit, minmax(360px, 1fr)); gap: 10px; }
+.keyfigs { display: flex; flex-wrap: wrap; gap: 0 16px; align-items: flex-start; }
 """
 
 
