@@ -232,3 +232,18 @@ def test_budget_plot_draws_a_universal_attacks_one_off_cost(tmp_path):
     assert ax.get_xscale() == "log" and ax.get_xlim()[1] > 6001
     texts = [t.get_text() for t in captured[0].legends[0].get_texts()]
     assert "uat, incl. its one-off optimisation" in texts
+
+
+def test_harness_run_ends_with_the_paths_of_the_report_and_summary(tmp_path, capsys):
+    from .conftest import write_suite
+    from .test_report import REAL_SUITE
+
+    suite = write_suite(tmp_path, REAL_SUITE)
+    run = tmp_path / "run"
+    assert cli_main(["run", str(suite), "--out", str(run), "--no-progress"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert last == [f"report: {run / 'report.html'}", f"summary: {run / 'experiment_summary.txt'}"]
+    summary = (run / "experiment_summary.txt").read_text()
+    # Short, headline first: the gap of the compared model with its verdict, then where the details are.
+    assert summary.splitlines()[3].startswith("The answer") and "perplexity vs base:" in summary
+    assert len(summary.splitlines()) < 25 and (run / "summary_details.txt").read_text().count("\n") > 20
