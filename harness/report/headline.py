@@ -67,7 +67,7 @@ def _from_indicators(agg: Aggregate, indicators: list[dict[str, Any]]) -> dict[s
     if gaps:
         key = f"{cfg.gap.metric if cfg.gap else 'gap'} gap"
         columns.append({"key": key, "label": f"{cfg.gap.metric if cfg.gap else 'gap'} vs {cfg.baseline}",
-                        "kind": "gap", "target": gaps[0]["target"]})
+                        "short": key, "kind": "gap", "target": gaps[0]["target"]})
         for item in gaps:
             rows[item["model"]]["cells"][key] = _cell(item.get("value"), item.get("ci95"), item["status"],
                                                       item.get("detail", ""))
@@ -80,7 +80,8 @@ def _from_indicators(agg: Aggregate, indicators: list[dict[str, Any]]) -> dict[s
             continue
         control = next((i.get("control_entry") for i in items if i.get("control_entry")), None)
         columns.append({"key": entry, "label": f"{entry}: {cfg.attack_metric} reduction vs {cfg.baseline}",
-                        "kind": "reduction", "control": control, "target": items[0]["target"]})
+                        "short": f"{entry}: reduction", "kind": "reduction", "control": control,
+                        "target": items[0]["target"]})
         for item in items:
             rows[item["model"]]["cells"][entry] = _cell(item.get("value"), item.get("ci95"), item["status"],
                                                         item.get("detail", ""), item.get("control_value"))

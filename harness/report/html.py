@@ -187,9 +187,12 @@ def _headline_html(table: dict[str, Any], agg: Aggregate) -> str:
     if not table["rows"]:
         return ('<p class="note">No comparison to headline: the suite names no baseline and compared models '
                 "(<code>report: {baseline: MODEL, compare: [MODEL]}</code>); every metric is in the table below.</p>")
-    head = "<tr><th>model</th>" + "".join(
-        f"<th>{_e(c['label'])}" + (f'<span class="sub" style="color:#dde">target {_e(c["target"])}</span>'
-                                   if c.get("target") else "") + "</th>" for c in table["columns"]) + "</tr>"
+
+    def header(col: dict[str, Any]) -> str:
+        target = f'<span class="sub" style="color:#dde">target {_e(col["target"])}</span>' if col.get("target") else ""
+        return f'<th title="{_e(col["label"])}">{_e(col.get("short", col["label"]))}{target}</th>'
+
+    head = "<tr><th>model</th>" + "".join(header(c) for c in table["columns"]) + "</tr>"
     rows = []
     for row in table["rows"]:
         cells = []
