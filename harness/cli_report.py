@@ -20,24 +20,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     # Results written before plugins' declared metrics were recorded get them from the installed plugin classes.
     report = build_report(args.run_dir, plugins=load_registry().plugin_class)
+    from .report import OPEN_FIRST, open_first_lines
+
     console.print(report.summary, highlight=False, markup=False)
     for name, path in report.files.items():
         if name not in OPEN_FIRST:
             err_console.print(f"{name:>26}  {path}", highlight=False)
-    print_open_first(report.run_dir)
+    for line in open_first_lines(report.run_dir):  # last: the files to open
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     return 0
-
-
-#: The files a person opens first, printed last by `harness run` and `harness report` (where the eye lands).
-OPEN_FIRST = {"html": "report.html", "summary": "experiment_summary.txt"}
-
-
-def print_open_first(run_dir: Path) -> None:
-    """The report's and the summary's paths, one per line, on stdout (the last lines a run prints)."""
-    for label, name in (("report", OPEN_FIRST["html"]), ("summary", OPEN_FIRST["summary"])):
-        path = run_dir / name
-        if path.exists():
-            console.print(f"{label}: {path}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:

@@ -247,3 +247,26 @@ def test_harness_run_ends_with_the_paths_of_the_report_and_summary(tmp_path, cap
     # Short, headline first: the gap of the compared model with its verdict, then where the details are.
     assert summary.splitlines()[3].startswith("The answer") and "perplexity vs base:" in summary
     assert len(summary.splitlines()) < 25 and (run / "summary_details.txt").read_text().count("\n") > 20
+
+
+def test_primary_endpoints_are_the_headline_rows_when_present(tmp_path):
+    from harness.report.aggregate import aggregate
+    from harness.report.collect import load_run
+    from harness.report.headline import headline, headline_text
+
+    run, _ = make_run(tmp_path / "run", control=True)
+    agg = aggregate(load_run(run))
+    family = {"endpoints": [
+        {"model": "mono_ffn", "reference": "base", "entry": "hotflip", "metric": "success_rate",
+         "effect": -0.5, "ci": [-0.7, -0.3], "status": "met"},
+        {"model": "mono_ffn", "reference": "base", "entry": "uat", "metric": "success_rate",
+         "effect": -0.1, "ci": [-0.4, 0.2], "status": "not settled"}]}
+    table = headline(agg, [], family)
+    assert table["source"] == "primary" and [r["model"] for r in table["rows"]] == ["mono_ffn"]
+    assert [c["key"] for c in table["columns"]] == ["hotflip.success_rate vs base", "uat.success_rate vs base"]
+    cells = table["rows"][0]["cells"]
+    assert cells["hotflip.success_rate vs base"]["text"] == "-50.0% [-70.0%, -30.0%]"
+    assert "-> MET" in "\n".join(headline_text(table)) and "-> NOT SETTLED" in "\n".join(headline_text(table))
+    # Without endpoints: the indicators (gap, then each attack, never its control).
+    fallback = headline(agg, build_report(run).results["indicators"], {"endpoints": []})
+    assert fallback["source"] == "indicators" and "random_hotflip" not in [c["key"] for c in fallback["columns"]]

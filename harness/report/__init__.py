@@ -2,8 +2,9 @@
 
 Writes, into the run directory: ``final_results.json`` (every stage, every metric per model x seed, across-seed
 mean/std/95% interval, Table 7, every attack side by side, the success indicators, the headline),
-``experiment_summary.txt`` (short: the headline first) and ``summary_details.txt`` (everything), ``table7.tex`` and
-``table7.md``, ``plots/*.png`` and ``report.html`` (self-contained; the headline table first). Stages that did not finish
+``experiment_summary.txt`` (short: the headline first) and ``summary_details.txt`` (everything), ``results.csv``,
+``table7.tex`` and ``table7.md``, ``plots/*.png``, ``report.html`` (self-contained; the headline table first) and
+TensorBoard event files (``tensorboard/``; an offline W&B run when asked). Stages that did not finish
 are listed as missing and never contribute a number, so a partial run gives a partial, honest report.
 """
 
@@ -26,7 +27,17 @@ from .plots import make_plots, transfer_matrix
 from .tables import latex_table7, markdown_table7, short_summary, summary_text
 from .verdicts import attack_vs_control, indicators, versus_matched_controls
 
-__all__ = ["Report", "build_report", "load_run"]
+__all__ = ["OPEN_FIRST", "Report", "build_report", "load_run", "open_first_lines"]
+
+#: The files a person opens first (file key -> name in the run directory), printed last by `harness run` and
+#: `harness report`, where the eye lands.
+OPEN_FIRST = {"html": "report.html", "summary": "experiment_summary.txt"}
+
+
+def open_first_lines(run_dir: Path) -> list[str]:
+    """``report: PATH`` and ``summary: PATH`` for the files of ``run_dir`` that exist."""
+    return [f"{label}: {run_dir / OPEN_FIRST[key]}" for label, key in (("report", "html"), ("summary", "summary"))
+            if (run_dir / OPEN_FIRST[key]).exists()]
 
 
 @dataclass

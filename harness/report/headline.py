@@ -47,8 +47,8 @@ def _from_primary(agg: Aggregate, primary: list[dict[str, Any]]) -> dict[str, An
             columns.append({"key": key, "label": key, "entry": end.get("entry"), "metric": end.get("metric"),
                             "reference": end.get("reference"), "target": end.get("target", "")})
         row = rows.setdefault(end["model"], {"model": end["model"], "cells": {}})
-        value = end.get("effect", end.get("value"))
-        row["cells"][key] = _cell(value if isinstance(value, (int, float)) else None, end.get("ci95"),
+        value = end.get("effect", end.get("value"))  # the relative effect on the reference, with its interval
+        row["cells"][key] = _cell(value if isinstance(value, (int, float)) else None, end.get("ci", end.get("ci95")),
                                   str(end.get("status", "not settled")), str(end.get("detail", "")))
     return {"source": "primary", "columns": columns, "rows": _ordered(agg, rows)}
 
@@ -90,8 +90,12 @@ def _from_indicators(agg: Aggregate, indicators: list[dict[str, Any]]) -> dict[s
 
 
 def headline(agg: Aggregate, indicators: list[dict[str, Any]],
-             primary: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The headline table: from the primary endpoints when the run has them, else from the indicators."""
+             primary: dict[str, Any] | list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The headline table: from the primary endpoints when the run has them (``primary``: the endpoints, or the
+    family ``{"endpoints": [...], ...}`` as final_results.json holds it; each endpoint names its ``model``,
+    ``reference``, ``entry``, ``metric`` and carries ``effect``, ``ci`` and ``status``), else from the indicators."""
+    if isinstance(primary, dict):
+        primary = primary.get("endpoints")
     if primary:
         table = _from_primary(agg, [p for p in primary if isinstance(p, dict) and p.get("model")])
         if table["rows"]:
