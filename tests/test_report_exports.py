@@ -155,7 +155,8 @@ def test_compare_two_runs_pairs_the_shared_examples(tmp_path, capsys):
 def test_a_suite_without_report_gets_every_displayed_metric_and_its_plots(tmp_path):
     run, written = make_run(tmp_path / "run", report={})
     report = build_report(run)
-    table = report.results["table7"]
+    [table] = report.results["tables"]
+    assert table["name"] == "metrics" and table["default"]
     labels = [c["label"] for c in table["columns"]]
     # Every shown scalar metric of every metrics/attacks entry (the attacks' success rate, increases, budget ...),
     # none hidden by its declaration (show=False: the threshold, the NLL before/after) and no matrix entry.
@@ -165,10 +166,10 @@ def test_a_suite_without_report_gets_every_displayed_metric_and_its_plots(tmp_pa
     row = next(r for r in table["rows"] if r["model"] == "mono_ffn")
     expected = 100 * np.mean([written[f"attacks/hotflip/mono_ffn/s{s}"]["success_rate"] for s in SEEDS])
     assert row["cells"][col]["mean"] == pytest.approx(expected)
-    md = (run / "table7.md").read_text()
+    md = (run / "metrics.md").read_text()
     assert md.count("\n| ") >= len(MODELS) and "| perplexity: Perplexity |" in md.splitlines()[0] + " |"
     assert report.results["plots"]["metrics.png"]["path"] is not None
-    assert 'id="table"' in (run / "report.html").read_text()
+    assert 'id="table-metrics"' in (run / "report.html").read_text()
 
 
 def test_multi_panel_figures_wrap_into_rows(tmp_path):
@@ -252,7 +253,7 @@ def test_harness_run_ends_with_the_paths_of_the_report_and_summary(tmp_path, cap
 def test_primary_endpoints_are_the_headline_rows_when_present(tmp_path):
     from harness.report.aggregate import aggregate
     from harness.report.collect import load_run
-    from harness.report.headline import headline, headline_text
+    from harness.report.answer import answer_table as headline, answer_text as headline_text
 
     run, _ = make_run(tmp_path / "run", control=True)
     agg = aggregate(load_run(run))

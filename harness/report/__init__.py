@@ -1,10 +1,11 @@
 """The run's report, regenerated from the run directory alone (``harness report RUN_DIR``; also the run's last step).
 
 Writes, into the run directory: ``final_results.json`` (every stage, every metric per model x seed, across-seed
-mean/std/95% interval, Table 7, every attack side by side, the success indicators, the headline),
-``experiment_summary.txt`` (short: the headline first) and ``summary_details.txt`` (everything), ``results.csv``,
-``table7.tex`` and ``table7.md``, ``plots/*.png``, ``report.html`` (self-contained; the headline table first) and
-TensorBoard event files (``tensorboard/``; an offline W&B run when asked). Stages that did not finish
+mean/std/95% interval, the suite's tables, every attack side by side, the success indicators, the headline),
+``experiment_summary.txt`` (short: the answer first) and ``summary_details.txt`` (everything), ``results.csv``,
+``NAME.tex`` and ``NAME.md`` for each table of ``report.tables`` (without any: one table of every displayed metric),
+``plots/*.png``, ``report.html`` (self-contained; the answer first) and TensorBoard event files (``tensorboard/``; an
+offline W&B run when asked). Stages that did not finish
 are listed as missing and never contribute a number, so a partial run gives a partial, honest report.
 """
 
@@ -17,15 +18,19 @@ from typing import Any
 
 from ..store import atomic_write_json, atomic_write_text
 from .config import ReportConfig
-from .aggregate import aggregate, attack_table, table7
+from .aggregate import aggregate, attack_table, summary_tables
 from .collect import RunData, load_run
 from .declared import PluginResolver
 from .export import write_csv, write_tensorboard, write_wandb
-from .headline import headline as headline_table
+from .answer import answer_table
 from .html import report_html
 from .plots import make_plots, transfer_matrix
-from .tables import latex_table7, markdown_table7, short_summary, summary_text
+from .tables import latex_table, markdown_table, short_summary, summary_text
 from .verdicts import attack_vs_control, indicators, versus_matched_controls
+from .arms import arm_checks, arm_lines, withhold_verdicts
+from .headline import headline_html
+from .primary import flag_scale_disagreements, mark_exploratory, primary_endpoints, primary_lines
+from .randomness import randomness_lines, shared_randomness
 
 __all__ = ["OPEN_FIRST", "Report", "build_report", "load_run", "open_first_lines"]
 
@@ -69,11 +74,18 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     ``plugins`` gives the declared metrics of results that do not record them (e.g. ``Registry.plugin_class``)."""
     run = load_run(run_dir, config)
     agg = aggregate(run, plugins)
-    table = table7(agg)
+    tables = summary_tables(agg)
     attacks = attack_table(agg)
     checks = indicators(agg)
     controls = attack_vs_control(agg)
     matched = versus_matched_controls(agg)
+    arms = arm_checks(agg, matched)
+    withhold_verdicts(arms, checks, matched)
+    primary = primary_endpoints(agg, arms)
+    randomness = shared_randomness(agg)
+    mark_exploratory(checks, controls, matched)
+    flag_scale_disagreements(controls, "attack", "control", "model")
+    flag_scale_disagreements(matched, "model", "control_model", "entry")
     transfer = transfer_matrix(agg)
     generated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     plots = make_plots(agg, run.run_dir / "plots")
@@ -81,8 +93,10 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
              "summary": run.run_dir / "experiment_summary.txt",
              "summary_details": run.run_dir / "summary_details.txt",
              "results_csv": run.run_dir / "results.csv",
-             "table7_tex": run.run_dir / "table7.tex", "table7_md": run.run_dir / "table7.md",
              "html": run.run_dir / "report.html"}
+    for table in tables:  # named by the table: report.tables[].name
+        files.update({f"{table['name']}_tex": run.run_dir / f"{table['name']}.tex",
+                      f"{table['name']}_md": run.run_dir / f"{table['name']}.md"})
     files.update({name: Path(info["path"]) for name, info in plots.items() if info["path"]})
     write_csv(agg, files["results_csv"])
     for name, wanted, write in (
@@ -100,21 +114,29 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
         "complete": not run.missing, "missing": [{"id": s.id, "status": s.status} for s in run.missing],
         "stages": _stage_rows(run),
         "results": [g.as_dict() for g in agg.groups],
-        "table7": table, "attacks": attacks, "indicators": checks, "attack_vs_control": controls,
+        "tables": tables, "attacks": attacks, "indicators": checks, "attack_vs_control": controls,
         "versus_matched_controls": matched, "transfer_matrix": transfer,
+        "primary": primary, "arms": arms, "shared_randomness": randomness,
         "warnings": agg.warnings, "notes": agg.notes,
         "plots": plots, "files": {k: str(v) for k, v in files.items()},
     }
-    # The primary endpoints (report.primary), once computed into the results, are the headline's rows.
-    head = headline_table(agg, checks, results.get("primary"))
-    results["headline"] = head
-    summary = short_summary(agg, head, files)
+    verdict_lines = primary_lines(primary) + ["", "Arms that may be compared (report.max_perplexity, matched "
+                                                  "controls):"]
+    verdict_lines += arm_lines(arms)
+    if randomness:
+        verdict_lines += ["", "Shared randomness of each paired comparison:"] + randomness_lines(randomness)
+    # The answer: one row per compared model, from the primary endpoints when the suite declares them.
+    answer = answer_table(agg, checks, primary)
+    results["headline"] = answer
+    summary = short_summary(agg, answer, files, verdict_lines if primary["endpoints"] else [])
+    details = summary_text(agg, tables, checks, attacks, controls, matched, verdict_lines)
     atomic_write_json(files["final_results"], results)
     atomic_write_text(files["summary"], summary)
-    details = summary_text(agg, table, checks, attacks, controls, matched)
     atomic_write_text(files["summary_details"], details)
-    atomic_write_text(files["table7_tex"], latex_table7(agg, table))
-    atomic_write_text(files["table7_md"], markdown_table7(table))
-    atomic_write_text(files["html"], report_html(agg, table, checks, plots, transfer, generated, attacks,
-                                                 controls, matched, head))
+    for table in tables:
+        atomic_write_text(files[f"{table['name']}_tex"], latex_table(agg, table))
+        atomic_write_text(files[f"{table['name']}_md"], markdown_table(table))
+    atomic_write_text(files["html"], report_html(agg, tables, checks, plots, transfer, generated, attacks,
+                                                 controls, matched, headline_html(primary, arms, randomness),
+                                                 answer))
     return Report(run.run_dir, results, summary, details, files)

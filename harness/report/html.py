@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .aggregate import Aggregate
-from .headline import key_figures, tone
+from .answer import key_figures, tone
 from .tables import _cell_text, _notes, attack_label, fmt, model_label
 
 STYLE = """
@@ -75,7 +75,7 @@ def _controls_html(controls: list[dict[str, Any]] | None) -> str:
                      num("control_value"), num("difference"), _e(f"[{ci[0]:.4g}, {ci[1]:.4g}]") if ci else "",
                      f"<b>{_e(row['status'])}</b>"])
         classes.append({"beats control": "met", "below control": "notmet"}.get(row["status"], "unsettled"))
-    return ("<h2>Attacks against their controls (paired: same seeds and examples)</h2>"
+    return ("<h2>Attacks against their controls (paired: same seeds and examples; exploratory)</h2>"
             + _table(["attack", "control", "model", "metric", "attack", "control", "difference", "95% CI", "status"],
                      rows, classes))
 
@@ -95,13 +95,13 @@ def _matched_html(matched: list[dict[str, Any]] | None) -> str:
                      _e(f"[{ci[0]:.1%}, {ci[1]:.1%}]") if ci else "", f"<b>{_e(row['status'])}</b>"])
         classes.append({"more robust than control": "met", "less robust than control": "notmet",
                         "matched": "met"}.get(row["status"], "unsettled"))
-    return ("<h2>Models against their matched controls (paired: same seeds and examples)</h2>"
+    return ("<h2>Models against their matched controls (paired: same seeds and examples; exploratory)</h2>"
             + _table(["model", "control model", "entry", "metric", "model", "control", "compared as", "value",
                       "95% CI", "status"], rows, classes))
 
 
 def _cells_html(table: dict[str, Any], headers: list[str], labels) -> str:
-    """A table of summary cells (Table 7, the attack table); ``labels(row)`` gives the leading text cells."""
+    """A table of summary cells (a report table, the attack table); ``labels(row)`` gives the leading text cells."""
     cols = table["columns"]
     rows = []
     for row in table["rows"]:
@@ -113,8 +113,9 @@ def _cells_html(table: dict[str, Any], headers: list[str], labels) -> str:
     return _table(headers + [c["label"] for c in cols], rows) + f'<p class="note">{_e(" ".join(_notes(table)))}</p>'
 
 
-def _table7_html(table: dict[str, Any]) -> str:
-    return _cells_html(table, ["Model"], lambda row: [model_label(row)])
+def _tables_html(tables: list[dict[str, Any]]) -> str:
+    return "".join(f"<h2>{_e(table['title'])}</h2>" + _cells_html(table, ["Model"], lambda row: [model_label(row)])
+                   for table in tables)
 
 
 def _attacks_html(attacks: dict[str, Any] | None) -> str:
@@ -181,7 +182,7 @@ def _figures_html(plots: dict[str, dict[str, Any]], skip: list[str] | None = Non
     return "\n".join(parts)
 
 
-def _headline_html(table: dict[str, Any], agg: Aggregate) -> str:
+def _answer_html(table: dict[str, Any], agg: Aggregate) -> str:
     """The answer: one row per compared model, a cell per comparison (estimate, interval, verdict)."""
     cfg = agg.run.config
     if not table["rows"]:
@@ -207,7 +208,8 @@ def _headline_html(table: dict[str, Any], agg: Aggregate) -> str:
                          f'{_e(cell["text"])}{control}<span class="verdict">{_e(cell["status"])}</span></td>')
         rows.append(f"<tr><td><b>{_e(row['model'])}</b></td>{''.join(cells)}</tr>")
     if table["source"] == "primary":
-        note = "The suite's primary endpoints (report.primary), each with its 95% interval and verdict."
+        note = ("The suite's primary endpoints (report.primary): each relative effect on its reference with its "
+                "Holm-adjusted interval and verdict; the family's details are the first section below.")
     else:
         note = (f"Each cell: the estimate vs the baseline <b>{_e(cfg.baseline)}</b>, its paired 95% interval and "
                 "the verdict. Gap: the compared model's metric over the baseline's, minus 1. Attacks: the relative "
@@ -223,10 +225,13 @@ def _toc(sections: list[tuple[str, str]]) -> str:
     return f'<h2 id="contents">Details</h2><nav class="toc"><ul>{items}</ul></nav>'
 
 
-def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]],
+def report_html(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[dict[str, Any]],
                 plots: dict[str, dict[str, Any]], transfer: dict[str, Any] | None, generated: str,
                 attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None,
-                matched: list[dict[str, Any]] | None = None, headline: dict[str, Any] | None = None) -> str:
+                matched: list[dict[str, Any]] | None = None, primary_block: str = "",
+                answer: dict[str, Any] | None = None) -> str:
+    """The page: the answer (one row per compared model) and the key figures first, then a table of contents into
+    the details, the first of which is ``primary_block`` (the primary family, the arms, the shared randomness)."""
     run = agg.run
     env = run.environment
     pkgs = env.get("packages") or {}
@@ -237,14 +242,16 @@ def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str
     # Controls are references for their attacks, never judged against a target: they are not indicator rows.
     judged = [i for i in indicators if not i.get("control")]
     details: list[tuple[str, str, str]] = [
-        ("indicators", "Success indicators", _indicators_html(judged)),
-        ("table", "Table 7" if run.config.table7 else "Every displayed metric per model", _table7_html(table)),
+        ("primary", "Primary endpoints, arms and shared randomness", primary_block),
+        ("indicators", "Success indicators (exploratory)", _indicators_html(judged)),
+        *((f"table-{t['name']}", t["title"], _cells_html(t, ["Model"], lambda row: [model_label(row)]))
+          for t in tables),
         ("attacks", "Attacks side by side", _attacks_html(attacks)),
         ("controls", "Attacks against their controls", _controls_html(controls)),
         ("matched", "Models against their matched controls", _matched_html(matched)),
         ("figures", "All figures", _figures_html(plots, skip=keys)),
         ("transfer", "Transfer matrix", _transfer_html(transfer)),
-        ("metrics", "All metrics (mean over seeds, sample std, bootstrap interval)", _metrics_html(agg)),
+        ("metrics", "All metrics (mean over seeds, sample std, exploratory interval)", _metrics_html(agg)),
         ("declared", "Declared metrics (warnings and notes)", _declarations_html(agg)),
         ("missing", "Missing stages",
          f"<ul>{missing}</ul>" if missing else "<p>None: every stage of the run finished.</p>"),
@@ -261,7 +268,7 @@ def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str
         f"<h1>Robustness report: {_e(run.suite)}</h1>",
         f'<p class="meta">Mode <b>{_e(run.mode)}</b>; seeds {_e(run.seeds)}; {done} of {len(run.stages)} stages '
         f"finished{missing_link}.{warn}</p>",
-        '<h2 id="answer">The answer</h2>', _headline_html(headline or {"rows": [], "columns": []}, agg),
+        '<h2 id="answer">The answer</h2>', _answer_html(answer or {"rows": [], "columns": []}, agg),
         ('<h2 id="key-figures">Key figures</h2><div class="keyfigs">'
          + "".join(_figure_html(n, plots[n]) for n in keys) + "</div>") if keys else "",
         _toc([(anchor, title) for anchor, title, _ in details]),
