@@ -190,7 +190,9 @@ def _answer_html(table: dict[str, Any], agg: Aggregate) -> str:
                 "(<code>report: {baseline: MODEL, compare: [MODEL]}</code>); every metric is in the table below.</p>")
 
     def header(col: dict[str, Any]) -> str:
-        target = f'<span class="sub" style="color:#dde">target {_e(col["target"])}</span>' if col.get("target") else ""
+        # A target the suite does not set ("none (report.gap_target)") says nothing in a column head.
+        shown = col.get("target") and not str(col["target"]).startswith("none")
+        target = f'<span class="sub" style="color:#dde">target {_e(col["target"])}</span>' if shown else ""
         return f'<th title="{_e(col["label"])}">{_e(col.get("short", col["label"]))}{target}</th>'
 
     head = "<tr><th>model</th>" + "".join(header(c) for c in table["columns"]) + "</tr>"
@@ -214,8 +216,8 @@ def _answer_html(table: dict[str, Any], agg: Aggregate) -> str:
         note = (f"Each cell: the estimate vs the baseline <b>{_e(cfg.baseline)}</b>, its paired 95% interval and "
                 "the verdict. Gap: the compared model's metric over the baseline's, minus 1. Attacks: the relative "
                 f"reduction of {_e(cfg.attack_metric)} (its random control's reduction below it); <i>met</i> only when "
-                "the interval clears the target and the attack's reduction exceeds its control's. Hover a cell for "
-                "details.")
+                "the interval clears the suite's target (<i>no target</i>: it sets none) and the attack's reduction "
+                "exceeds its control's. Hover a cell for details.")
     return (f'<table class="headline" id="headline-table">{head}{"".join(rows)}</table>'
             f'<p class="note">{note}</p>')
 
