@@ -39,7 +39,7 @@ from .scoring import continuation_nll, logits_tail_kwarg, swap_nll
 ContinuationLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = [
-    "ATTACK_METRICS", "BUDGET_FIELDS", "Budget", "CURVE_THRESHOLDS", "ComputeCost", "ContinuationLoss", "Example",
+    "ATTACK_METRICS", "BUDGET_FIELDS", "PROGRESS_FIELD", "best_so_far", "Budget", "CURVE_THRESHOLDS", "ComputeCost", "ContinuationLoss", "Example",
     "POSITIONS_METRIC", "Scorer", "TaskConfig", "VocabFilter", "allowed_tokens", "attack_rng", "budget_summary",
     "continuation_nll", "disjoint_splits", "example_record", "make_examples", "position_histogram", "random_allowed",
     "relative_increase", "log_ratio", "select_examples", "spearman", "success_curve", "summarize", "swap_nll",
@@ -64,10 +64,13 @@ class VocabFilter(PluginConfig):
 class TaskConfig(PluginConfig):
     """Options shared by every attack on the continuation NLL."""
 
+    #: Tokens before the continuation that the attack may edit (taken from each document).
     context_tokens: int = Field(default=32, ge=1)
+    #: Tokens after the context whose NLL the attack raises (fixed; never edited).
     continuation_tokens: int = Field(default=32, ge=1)
     #: Put the end-of-text token first (as the perplexity metric does); never editable.
     prefix_eos: bool = True
+    #: Which tokens the attack may insert.
     vocab: VocabFilter = VocabFilter()
     #: Relative NLL increase above which an example counts as a success. No core default: an attack plugin's
     #: config sets one (the built-in attacks share theirs), and a suite may override it.
@@ -124,15 +127,29 @@ def make_examples(docs: Sequence[Document], model: LoadedModel, task: TaskConfig
 
 
 def select_examples(examples: list[Example], n: int | None, sample: Literal["first", "seeded"],
-                    ctx: StageContext) -> list[Example]:
-    """``n`` examples: the first ones, or a sample drawn by the seed alone (the same sample for every model and every
-    attack of the suite, so an attack and its control face the same documents)."""
-    if n is None or n >= len(examples):
-        return examples
-    if sample == "first":
-        return examples[:n]
-    order = torch.randperm(len(examples), generator=attack_rng(ctx, "documents", len(examples), n)).tolist()
-    return [examples[i] for i in sorted(order[:n])]
+                    ctx: StageContext | None) -> list[Example]:
+    """``n`` examples: the first ones, or the first ``n`` of one seeded order of the documents (the same sample for
+    every model and every attack of the suite, so an attack and its control face the same documents).
+
+    Samples nest: the seeded order ranks each document by a hash of (seed, document id) alone, never by ``n`` or by
+    the pool, so ``n = 40`` contains ``n = 20`` (and a larger pool keeps the order of the documents it shares), and
+    the sample comes back in that order (``n = 20``'s examples first). Records a previous run of this stage left
+    for these examples (a config that differed only in the example count) are adopted here, in that order, so the
+    attack computes only the examples it has no record of (:meth:`StageContext.adopt_records`)."""
+    if n is not None and n >= len(examples) and sample == "first":
+        n = None
+    if n is None and sample == "first":
+        chosen = examples
+    elif sample == "first":
+        chosen = examples[:n]
+    else:
+        if ctx is None:
+            raise ValueError("a seeded sample needs the stage context (its seed)")
+        rank = {ex.id: derive_seed(ctx.seed, "attacks", "documents", ex.id) for ex in examples}
+        chosen = sorted(examples, key=lambda ex: rank[ex.id])[:n]
+    if ctx is not None:  # outside a stage (a test, a script) there are no records to adopt
+        ctx.adopt_records([ex.id for ex in chosen])
+    return chosen
 
 
 def disjoint_splits(model: LoadedModel, task: TaskConfig, opt_source: DocumentSource, eval_source: DocumentSource,
@@ -438,6 +455,20 @@ def example_record(example_id: str, before: float, after: float, threshold: floa
     return {"id": example_id, "nll_before": before, "nll_after": after, "relative_increase": rel,
             "nll_increase": after - before, "log_ratio": log_ratio(before, after), "success": rel > threshold,
             **fields}
+
+
+#: The record field of an attack's progress: the best continuation NLL reached after each step (index 0: the unedited
+#: example's), steps of equal cost. The report's gradient-masking check reads from it the success rate against the
+#: steps spent (it must rise with the budget).
+PROGRESS_FIELD = "nll_by_step"
+
+
+def best_so_far(before: float, nlls: Sequence[float]) -> list[float]:
+    """``[before, max(before, nlls[0]), ...]``: the best NLL reached after each step, for :data:`PROGRESS_FIELD`."""
+    out = [float(before)]
+    for nll in nlls:
+        out.append(max(out[-1], float(nll)))
+    return out
 
 
 def success_curve(increases: Sequence[float], thresholds: Sequence[float] = CURVE_THRESHOLDS) -> dict[str, list]:

@@ -1,4 +1,4 @@
-"""The out-of-tree example attack (examples/harness-example-attack): written from the README alone on the public
+"""The out-of-tree example attack (examples/harness-example-attack): written from docs/writing-plugins.md alone on the public
 attack toolkit, installed with pip, and shown in every report output beside HotFlip with no change to the core."""
 
 from __future__ import annotations

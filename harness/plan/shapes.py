@@ -112,5 +112,5 @@ def lookup_shape(source: WeightsSource | None, name: str) -> ShapeLookup:
             return ShapeLookup(None, f"unknown shape: cannot read the config of '{source.ref}' from the hub "
                                      f"({type(exc).__name__})")
     return ShapeLookup(None, f"unknown shape: '{source.ref}' is not in the local Hugging Face cache and the hub is "
-                             f"not reachable; fix: `huggingface-cli download {source.ref} config.json` (or the whole "
+                             f"not reachable; fix: `hf download {source.ref} config.json` (or the whole "
                              "model) where the hub is reachable")

@@ -167,6 +167,18 @@ def _transfer_html(tm: dict[str, Any] | None) -> str:
             + "".join(parts))
 
 
+def _masking_html(rows: list[dict[str, Any]] | None) -> str:
+    if not rows:
+        return ""
+    body = [[_e(r["model"]), _e(r["attack"]), _e(r["check"]),
+             f'<span class="missing">{_e(r["warning"])}</span>' if r.get("warning") else _e(r["status"]),
+             _e(r["detail"])] for r in rows]
+    return ("<h2>Gradient-masking checks</h2><p class=\"note\">Per model and gradient attack: success rises with "
+            "budget; the attack beats its random control; the transfer from the baseline does not beat the white-box "
+            "attack; the continuous relaxation on the same positions succeeds. A failed check weakens the verdict "
+            "of that attack on that model.</p>" + _table(["model", "attack", "check", "status", "detail"], body))
+
+
 def _figure_html(name: str, info: dict[str, Any]) -> str:
     data = base64.b64encode(Path(info["path"]).read_bytes()).decode("ascii")
     return (f'<figure><img alt="{_e(info["title"])}" src="data:image/png;base64,{data}">'
@@ -231,9 +243,10 @@ def report_html(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[d
                 plots: dict[str, dict[str, Any]], transfer: dict[str, Any] | None, generated: str,
                 attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None,
                 matched: list[dict[str, Any]] | None = None, primary_block: str = "",
-                answer: dict[str, Any] | None = None) -> str:
+                masking: list[dict[str, Any]] | None = None, answer: dict[str, Any] | None = None) -> str:
     """The page: the answer (one row per compared model) and the key figures first, then a table of contents into
-    the details, the first of which is ``primary_block`` (the primary family, the arms, the shared randomness)."""
+    the details, the first of which is ``primary_block`` (the primary family, the arms, the shared randomness);
+    ``masking``: the gradient-masking checks (:mod:`harness.report.masking`)."""
     run = agg.run
     env = run.environment
     pkgs = env.get("packages") or {}
@@ -251,6 +264,7 @@ def report_html(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[d
         ("attacks", "Attacks side by side", _attacks_html(attacks)),
         ("controls", "Attacks against their controls", _controls_html(controls)),
         ("matched", "Models against their matched controls", _matched_html(matched)),
+        ("masking", "Gradient-masking checks", _masking_html(masking)),
         ("figures", "All figures", _figures_html(plots, skip=keys)),
         ("transfer", "Transfer matrix", _transfer_html(transfer)),
         ("metrics", "All metrics (mean over seeds, sample std, exploratory interval)", _metrics_html(agg)),

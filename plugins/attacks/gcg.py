@@ -47,9 +47,10 @@ from pydantic import Field, model_validator
 from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, PlanInputs,
                      StageContext, StagePreempted, Workload, hookimpl, load_documents)
 from . import SUCCESS_THRESHOLD
-from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, Budget, ContinuationLoss, Example, Scorer, TaskConfig,
+from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, PROGRESS_FIELD, Budget, ContinuationLoss, Example,
+                             Scorer, TaskConfig,
                              allowed_tokens, attack_rng, disjoint_splits, example_record, make_examples,
-                             position_histogram, random_allowed, select_examples, summarize)
+                             best_so_far, position_histogram, random_allowed, select_examples, summarize)
 
 from .uat import evaluate_trigger, optimisation_budget, tokenizer_fingerprint
 from .workload import RECORD_BYTES, _examples
@@ -58,6 +59,7 @@ Edit = Literal["context", "suffix", "prefix"]
 
 
 class GCGConfig(TaskConfig):
+    limit_fields = ("n_examples", "n_opt", "n_eval")  # `harness run --limit N` caps these
     #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
     threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     #: Documents attacked one by one (``universal: false``).
@@ -479,6 +481,8 @@ def attack_one(model: LoadedModel, problem: Problem, init: list[int] | None, all
         nll, match = objective.exact_match([0], string)  # the target NLL itself (the loss may be mellowmax)
     fields: dict[str, Any] = {**scorer.budget.as_record(), "steps": state.step, "dropped_candidates": state.dropped,
                               "adversarial_ids": string, "adversarial_text": tok.decode(string)}
+    if not targeted and objective.custom is None:  # the loss is minus the NLL: the best NLL after each step
+        fields[PROGRESS_FIELD] = best_so_far(before, [-loss for loss in state.losses])
     if cfg.edit == "context":
         fields["positions"] = [i for i, (a, b) in enumerate(zip(ex.context, string)) if a != b]
         fields["original_text"] = tok.decode(list(ex.context))
@@ -564,6 +568,13 @@ class GCGAttack(AttackPlugin[GCGConfig]):
 
     def is_control(self) -> bool:
         return self.config.mode == "random_token"
+
+    def reuse_config(self) -> dict[str, Any] | None:
+        """One search per example with a stream keyed by the example: a change of ``n_examples`` keeps the records
+        (not for a universal string, optimised over the whole split)."""
+        if self.config.universal:
+            return None
+        return self.config.model_dump(mode="json", exclude={"n_examples"})
 
     def declared_metrics(self) -> list[MetricSpec]:
         cfg = self.config

@@ -27,7 +27,8 @@ from pydantic import Field
 from harness import (AttackPlugin, Batch, DocumentSource, LoadedModel, MetricSpec, PlanInputs, StageContext,
                      StagePreempted, Workload, hookimpl, load_documents)
 from . import SUCCESS_THRESHOLD
-from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, Example, Scorer, TaskConfig, allowed_tokens,
+from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, PROGRESS_FIELD, Example, Scorer, TaskConfig,
+                             allowed_tokens,
                              example_record, make_examples, position_histogram, select_examples, spearman, summarize)
 
 from .workload import RECORD_BYTES, _examples, _length
@@ -38,6 +39,7 @@ Proposer = Callable[[list[int], list[int], set[tuple[int, int]]], tuple[list[tup
 
 
 class HotFlipConfig(TaskConfig):
+    limit_fields = ("n_examples",)  # `harness run --limit N` caps these
     #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
     threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     data: DocumentSource
@@ -65,6 +67,7 @@ class FlipOutcome:
     estimates: list[float] = field(default_factory=list)
     changes: list[float] = field(default_factory=list)  # exact loss change of every swap scored
     steps: int = 0
+    nll_by_step: list[float] = field(default_factory=list)  # the NLL after each step (index 0: before)
 
 
 def flip_search(scorer: Scorer, example: Example, steps: int, propose: Proposer) -> FlipOutcome:
@@ -73,7 +76,7 @@ def flip_search(scorer: Scorer, example: Example, steps: int, propose: Proposer)
     k = len(example.continuation)
     context = list(range(len(example.prefix), len(example.prefix) + len(example.context)))
     current = float(scorer.nll(torch.tensor([ids]), k)[0])
-    out = FlipOutcome(list(ids), current, current)
+    out = FlipOutcome(list(ids), current, current, nll_by_step=[current])
     tried: set[tuple[int, int]] = set()
     for _ in range(steps):
         editable = [p for p in context if p not in out.flipped]
@@ -96,6 +99,7 @@ def flip_search(scorer: Scorer, example: Example, steps: int, propose: Proposer)
             tried.clear()
         else:
             tried.update(swaps)
+        out.nll_by_step.append(current)
     out.ids, out.nll_after = ids, current
     return out
 
@@ -157,7 +161,8 @@ def run_flip_attack(model: LoadedModel, ctx: StageContext, cfg: HotFlipConfig,
                 original_tokens=[out.flipped[p][0] for p in positions],
                 new_tokens=[out.flipped[p][1] for p in positions],
                 adversarial_text=tok.decode(edited), original_text=tok.decode(list(ex.context)),
-                spearman=spearman(out.estimates, out.changes) if out.estimates else None))
+                spearman=spearman(out.estimates, out.changes) if out.estimates else None,
+                **{PROGRESS_FIELD: out.nll_by_step}))
             records = ctx.records.records
             bar.advance()
             bar.set(success=float(np.mean([r["success"] for r in records])),
@@ -217,6 +222,10 @@ class HotFlipAttack(AttackPlugin[HotFlipConfig]):
 
     def declared_metrics(self) -> list[MetricSpec]:
         return ATTACK_METRICS + FLIP_METRICS + [SPEARMAN_METRIC]
+
+    def reuse_config(self) -> dict[str, Any]:
+        """Each example's search depends on that example alone: a change of ``n_examples`` keeps the records."""
+        return self.config.model_dump(mode="json", exclude={"n_examples"})
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config

@@ -95,6 +95,12 @@ class RandomTokenAttack(AttackPlugin[RandomTokenConfig]):
     def is_control(self) -> bool:
         return True
 
+    def reuse_config(self) -> dict[str, Any] | None:
+        """HotFlip's loop with a stream keyed by the example: a change of ``n_examples`` keeps the records."""
+        if self.config.hotflip is None:
+            return None
+        return self.config.model_dump(mode="json", exclude={"hotflip": {"n_examples"}})
+
     def declared_metrics(self) -> list[MetricSpec]:
         """The controlled attack's metrics (it runs that attack's loop and summary)."""
         return ATTACK_METRICS + (FLIP_METRICS if self.config.hotflip is not None else UAT_METRICS)

@@ -44,6 +44,7 @@ EVAL_CHUNK = 64
 
 
 class UATConfig(TaskConfig):
+    limit_fields = ("n_opt", "n_eval")  # `harness run --limit N` caps these
     #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
     threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     #: Documents the trigger is optimised on.

@@ -28,6 +28,7 @@ from .workload import RECORD_BYTES, _examples, _length
 
 
 class UATTransferConfig(PluginConfig):
+    limit_fields = ("n_eval",)  # `harness run --limit N` caps these
     #: Held-out documents (default: each source trigger's own held-out split).
     eval_data: DocumentSource | None = None
     n_eval: int | None = Field(default=None, ge=1)
@@ -127,4 +128,7 @@ class UATTransfer(AttackPlugin[UATTransferConfig]):
 
 @hookimpl
 def harness_attacks() -> list[type]:
-    return [UATTransfer]
+    # edit_transfer (the per-example counterpart) registers here until it has its own entry point.
+    from .edit_transfer import EditTransferAttack
+
+    return [UATTransfer, EditTransferAttack]

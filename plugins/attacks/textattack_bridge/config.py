@@ -17,6 +17,7 @@ from .component import Component
 class TextAttackTaskConfig(TaskConfig):
     """What every bridge attack shares with the harness's other attacks (examples, threshold, scoring budget)."""
 
+    limit_fields = ("n_examples",)  # `harness run --limit N` caps these
     #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
     threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     data: DocumentSource
