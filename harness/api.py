@@ -63,6 +63,10 @@ class MetricSpec:
     show: bool = True
     #: A compute budget (queries, gradient passes, FLOPs): an x-axis for the report's success-against-budget plots.
     budget: bool = False
+    #: A budget spent once, up front, for all examples (a universal trigger's optimisation): the name of the
+    #: per-example budget metric it adds to (``mean_queries``, say). The budget plot shows both: the per-example
+    #: cost alone, and with this one-off cost, so a universal attack is never drawn as free.
+    upfront_for: str | None = None
     #: ``scalar`` (one number per stage), ``curve`` (a summary dict ``{"thresholds": [...], <rate>: [...]}``: the
     #: share of records whose ``field`` exceeds each threshold), ``histogram`` (``field`` holds a list per record,
     #: e.g. edited positions, histogrammed over records) or ``matrix`` (a summary dict source -> {key: value}, e.g.

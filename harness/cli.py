@@ -109,8 +109,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if any(o.status == "preempted" for o in outcomes):
         err_console.print("stopped on request; run the same command again to resume")
         return 3
+    from .report import open_first_lines
+
     console.print(summary_table(runner.run_dir))
     console.print(f"run directory: {runner.run_dir}")
+    for line in open_first_lines(runner.run_dir):  # last: the files to open
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     return 0
 
 

@@ -49,7 +49,7 @@ def test_each_attack_is_compared_with_its_control_on_paired_examples(tmp_path):
         assert lo <= hi and "paired" in row["ci_method"]
         expected = "beats control" if lo > 0 else "below control" if hi < 0 else "not settled"
         assert row["status"] == expected
-    summary = (run / "experiment_summary.txt").read_text()
+    summary = (run / "summary_details.txt").read_text()
     assert "hotflip vs random_hotflip on tiny, mean_relative_increase" in summary
     assert "Attacks against their controls" in (run / "report.html").read_text()
 

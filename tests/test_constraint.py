@@ -82,7 +82,7 @@ def test_the_report_shows_how_much_each_parameter_group_moved(runs):
         shown = group["across_seeds"][f"weight_change/{name}"]
         assert shown["mean"] == pytest.approx(metrics["weight_change"][name])
     assert not any("weight_change" in note for note in results["notes"])  # declared, not an undeclared number
-    assert "weight_change/ffn" in (run_dir / "experiment_summary.txt").read_text()
+    assert "weight_change/ffn" in (run_dir / "summary_details.txt").read_text()
 
 
 def test_unconstrained_control_is_not_marked_monotonic_and_goes_negative(runs):

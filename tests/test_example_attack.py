@@ -65,7 +65,7 @@ def test_example_attack_runs_and_shows_in_every_report_output(tmp_path, example_
     assert sweep_cells["mean_queries"]["mean"] == pytest.approx(1 + 16 * 4)
     assert not [w for w in final["warnings"] if "sweep" in w]  # every declared metric was reported
     assert "Sweep success (%)" in (run / "table7.md").read_text()
-    summary = (run / "experiment_summary.txt").read_text()
+    summary = (run / "summary_details.txt").read_text()
     assert any(line.startswith("| sweep |") for line in summary.splitlines())
     assert "sweep" in (run / "report.html").read_text()
     for plot in ("attack_success_curve.png", "attack_budget.png", "relative_nll_increase.png"):

@@ -253,7 +253,7 @@ def test_aggregates_match_the_stage_results(full_report):
         for metric, c in zip(("success_rate", "mean_relative_increase"), r["cells"]):
             values = [written[f"attacks/{r['attack']}/{r['model']}/s{s}"][metric] for s in SEEDS]
             assert c["mean"] == pytest.approx(100 * np.mean(values)) and c["n"] == 3
-    assert "| uat | mono_ffn |" in report.summary and labels[0] in report.summary
+    assert "| uat | mono_ffn |" in report.details and labels[0] in report.details
     assert "Attacks side by side" in report.files["html"].read_text()
 
     # Success indicators: computed from the means, judged against the targets.
@@ -294,7 +294,7 @@ def test_every_output_file_and_plot_is_written(full_report):
                     "transfer_matrix.png", "attack_budget.png", "histograms.png"}  # no stage reports a stderr
     for name in made:
         assert report.files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary = report.summary
+    summary = report.details
     assert "attack-success reduction (mono_ffn vs base, hotflip.success_rate)" in summary and "-> NO CONTROL" in summary
 
 
@@ -395,7 +395,7 @@ def test_partial_run_shows_missing_never_zero(tmp_path):
     assert "†" in md and "did not finish" in md
     html = report.files["html"].read_text()
     assert all(i in html for i in missing)
-    assert "attacks/uat/mono_ffn/s3: not started" in report.summary
+    assert "attacks/uat/mono_ffn/s3: not started" in report.details
 
 
 def test_no_baseline_says_so(tmp_path):
@@ -417,8 +417,20 @@ def test_a_control_gets_its_reduction_shown_but_not_judged(tmp_path):
     # The attack's reduction clears the target, but the control's is as large: the verdict says so.
     assert not attack["control"] and attack["ci95"][0] > 0.40 and attack["status"] == "same as control"
     assert attack["control_entry"] == "random_hotflip" and attack["minus_control_ci95"][0] <= 0
-    summary = (run_dir / "experiment_summary.txt").read_text()
-    assert re.search(r"random_hotflip\.success_rate\): [-\d.]+% .*-> CONTROL", summary)
+    # No control is ever shown against a target: not as an indicator line, not as a headline column; its reduction
+    # stands beside its attack's in the headline.
+    summary = (run_dir / "summary_details.txt").read_text()
+    assert "random_hotflip.success_rate):" not in summary and "-> CONTROL" not in summary
+    head = res["headline"]
+    assert [c["key"] for c in head["columns"]] == ["perplexity gap", "hotflip"] + (
+        ["uat"] if any(c["key"] == "uat" for c in head["columns"]) else [])
+    assert head["columns"][1]["control"] == "random_hotflip"
+    cell = next(r for r in head["rows"] if r["model"] == "mono_ffn")["cells"]["hotflip"]
+    assert cell["status"] == "same as control" and cell["control_value"] == pytest.approx(ctrl["value"])
+    short = (run_dir / "experiment_summary.txt").read_text()
+    assert "its control random_hotflip: " in short and "-> SAME AS CONTROL" in short
+    assert "random_hotflip" not in (run_dir / "report.html").read_text().split('id="headline-table"')[1].split(
+        "</table>")[0].split("</tr>")[0]  # no column of the headline is a control
     # In the attack table the control sits beside its attack, marked.
     marked = {(r["attack"], r["model"]): r["control"] for r in res["attacks"]["rows"]}
     assert marked[("random_hotflip", "mono_ffn")] and not marked[("hotflip", "mono_ffn")]
@@ -440,7 +452,11 @@ def test_cli_report_regenerates_a_partial_run(tmp_path, capsys):
     run, _ = make_run(tmp_path / "run", not_started={"attacks/uat/base/s1"})
     assert cli_main(["report", str(run)]) == 0
     out = capsys.readouterr()
-    assert "Table 7" in out.out and "attacks/uat/base/s1: not started" in out.out
+    assert out.out.startswith("Experiment summary: suite 'fake'") and "The answer" in out.out
+    assert "1 MISSING" in out.out and "attacks/uat/base/s1: not started" in (run / "summary_details.txt").read_text()
+    # The last lines name the files to open.
+    assert out.out.strip().splitlines()[-2:] == [f"report: {run / 'report.html'}",
+                                                  f"summary: {run / 'experiment_summary.txt'}"]
     assert (run / "report.html").exists() and (run / "plots" / "perplexity.png").exists()
     assert cli_main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
@@ -499,10 +515,10 @@ def test_a_metric_an_attack_does_not_report_is_not_shown_as_missing(tmp_path):
     cols = [c["metric"] for c in report.results["attacks"]["columns"]]
     assert row["cells"][cols.index("median_relative_increase")]["status"] == "no value"
     assert row["cells"][cols.index("success_rate")]["status"] == "done"
-    line = next(x for x in report.summary.splitlines() if x.startswith("| uat | base"))
+    line = next(x for x in report.details.splitlines() if x.startswith("| uat | base"))
     assert "n/a" in line and "--" not in line
-    assert "n/a: the stage finished but reported no value for this metric." in report.summary
-    assert "--: the stage did not finish" not in report.summary
+    assert "n/a: the stage finished but reported no value for this metric." in report.details
+    assert "--: the stage did not finish" not in report.details
 
 
 def test_results_without_recorded_declarations_get_them_from_the_plugin_classes(tmp_path):

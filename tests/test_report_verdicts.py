@@ -214,7 +214,7 @@ def test_each_verdict_rule_on_a_constructed_run(tmp_path):
     lo, hi = percentile_interval(unpaired, 0.95)
     assert lo < 0.15 < hi
     # Shown so: the summary and the HTML say each status; only `met` is green.
-    summary = (run / "experiment_summary.txt").read_text()
+    summary = (run / "summary_details.txt").read_text()
     for status in ("MET", "NOT MET", "NOT SETTLED", "TOO FEW SUCCESSES", "SAME AS CONTROL"):
         assert f"-> {status}" in summary
     page = (run / "report.html").read_text()
@@ -253,7 +253,7 @@ def test_each_model_is_judged_against_its_matched_controls(tmp_path):
     assert close["ci95"][0] <= 0 < close["ci95"][1]  # mono's successes are a subset of ctrl's: it touches 0
     worse = rows[("ctrl", "worse", "success_rate")]
     assert worse["status"] == "less robust than control" and worse["ci95"][1] < 0
-    summary = (run / "experiment_summary.txt").read_text()
+    summary = (run / "summary_details.txt").read_text()
     assert "mono vs ctrl, strong.success_rate: 0.075 vs 0.75, reduction 90.0%" in summary
     assert "-> MORE ROBUST THAN CONTROL" in summary and "-> MATCHED" in summary
     assert "Models against their matched controls" in (run / "report.html").read_text()
@@ -278,7 +278,7 @@ def test_missing_and_undeclared_metrics_are_reported_in_one_line(tmp_path):
     warning = [w for w in res["warnings"] if "median_relative_increase" in w]
     assert len(warning) == 1 and "plugin 'fake_attack'" in warning[0] and "\n" not in warning[0]
     assert any("mystery_score" in n and "fake_attack" in n for n in res["notes"])
-    summary = (run / "experiment_summary.txt").read_text()
+    summary = (run / "summary_details.txt").read_text()
     assert f"WARNING: {warning[0]}" in summary and html.escape(warning[0]) in (run / "report.html").read_text()
     # the declared column stays, with "no value" (not the mark of a stage that did not finish)
     row = next(r for r in res["attacks"]["rows"] if r["model"] == "mono")

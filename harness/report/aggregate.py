@@ -243,6 +243,30 @@ def summary_cell(agg: Aggregate, entry: str | None, model: str, metric: str, sca
     return cell
 
 
+def default_columns(agg: Aggregate) -> list[dict[str, Any]]:
+    """The table of a suite whose ``report:`` names no columns: every displayed scalar metric (``MetricSpec.show``)
+    that a metrics or attacks entry reports, in suite and declaration order (a family's keys as reported); an entry
+    that reports a matrix is shown as its matrix instead."""
+    columns: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for _, entry, _ in agg.run.entries():
+        if is_transfer(agg, entry):
+            continue
+        for g in entry_groups(agg, entry):
+            if g.specs is None:
+                continue
+            declared = [s.name for s in g.specs + g.derived if not s.is_family]
+            reported = list(dict.fromkeys([*[m for m in declared if m in g.across], *g.across]))
+            for metric in reported:
+                spec = g.spec(metric)
+                if spec is None or spec.kind != "scalar" or not spec.show or (entry, metric) in seen:
+                    continue
+                seen.add((entry, metric))
+                columns.append({"label": f"{entry}: {spec.display}", "entry": entry, "metric": metric,
+                                "scale": spec.scale, "digits": spec.digits})
+    return columns
+
+
 def summary_table(agg: Aggregate, spec: ReportTable) -> dict[str, Any]:
     """One of the suite's ``report.tables``. Rows: models; cells: mean and std over seeds (scaled), or a status
     saying why there is no number."""
@@ -256,8 +280,17 @@ def summary_table(agg: Aggregate, spec: ReportTable) -> dict[str, Any]:
 
 
 def summary_tables(agg: Aggregate) -> list[dict[str, Any]]:
-    """Every table of the suite's ``report.tables``, in its order."""
-    return [summary_table(agg, spec) for spec in agg.run.config.tables]
+    """Every table of the suite's ``report.tables``, in its order; a suite that names none gets one table of every
+    displayed metric (:func:`default_columns`), named ``metrics``."""
+    if agg.run.config.tables:
+        return [summary_table(agg, spec) for spec in agg.run.config.tables]
+    columns = default_columns(agg)
+    run = agg.run
+    rows = [{"model": model, "baseline": model == run.config.baseline,
+             "cells": [summary_cell(agg, col["entry"], model, col["metric"], col["scale"]) for col in columns]}
+            for model in table_models(run)]
+    return [{"name": "metrics", "title": "Every displayed metric per model", "columns": columns, "rows": rows,
+             "n_seeds": len(run.seeds), "default": True}] if columns else []
 
 
 def entry_groups(agg: Aggregate, entry: str) -> list[Group]:

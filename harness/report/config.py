@@ -125,6 +125,14 @@ class ReportConfig(PluginConfig):
     bootstrap_samples: int = Field(default=2000, ge=100)
     bootstrap_seed: int = 0
     confidence: float = Field(default=0.95, gt=0, lt=1)
+    #: TensorBoard event files of the training curves and every final metric, in ``tensorboard/`` of the run
+    #: (needs the ``tracking`` extra; without it the report says so and writes the rest).
+    tensorboard: bool = True
+    #: An offline Weights & Biases run in ``wandb/`` of the run (``wandb sync`` uploads it later; needs the
+    #: ``wandb`` extra). Off by default: nothing is ever sent from the harness.
+    wandb: bool = False
+    #: The W&B project name (default: the suite's name).
+    wandb_project: str | None = None
 
     @model_validator(mode="before")
     @classmethod

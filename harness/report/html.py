@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .aggregate import Aggregate
+from .answer import key_figures, tone
 from .tables import _cell_text, _notes, attack_label, fmt, model_label
 
 STYLE = """
@@ -25,6 +26,12 @@ th { background: #e8eef4; } td:first-child, th:first-child { text-align: left; }
 .meta { color: #555; font-size: 0.9em; } .note { color: #555; font-size: 0.88em; }
 figure { margin: 14px 0; } figcaption { font-size: 0.9em; color: #444; }
 img { max-width: 100%; border: 1px solid #ddd; }
+table.headline { font-size: 1em; } table.headline th { background: #1f4e79; color: #fff; }
+table.headline td { vertical-align: top; } td.good { background: #d8f3dc; } td.bad { background: #fde2e1; }
+td.open { background: #fff3cd; } .verdict { font-weight: bold; display: block; }
+.sub { color: #555; font-size: 0.85em; display: block; }
+nav.toc { columns: 2; font-size: 0.92em; } nav.toc li { margin: 2px 0; }
+.keyfigs { display: flex; flex-wrap: wrap; gap: 0 16px; align-items: flex-start; }
 """
 
 
@@ -172,26 +179,73 @@ def _masking_html(rows: list[dict[str, Any]] | None) -> str:
             "of that attack on that model.</p>" + _table(["model", "attack", "check", "status", "detail"], body))
 
 
-def _figures_html(plots: dict[str, dict[str, Any]]) -> str:
-    parts = []
-    for name, info in plots.items():
-        if info["path"] is None:
-            continue
-        data = base64.b64encode(Path(info["path"]).read_bytes()).decode("ascii")
-        parts.append(f'<figure><img alt="{_e(info["title"])}" src="data:image/png;base64,{data}">'
-                     f"<figcaption>{_e(info['title'])} ({_e(name)})</figcaption></figure>")
+def _figure_html(name: str, info: dict[str, Any]) -> str:
+    data = base64.b64encode(Path(info["path"]).read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{_e(info["title"])}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_e(info['title'])} ({_e(name)})</figcaption></figure>")
+
+
+def _figures_html(plots: dict[str, dict[str, Any]], skip: list[str] | None = None) -> str:
+    parts = [_figure_html(name, info) for name, info in plots.items()
+             if info["path"] is not None and name not in (skip or [])]
     skipped = [info["title"] for info in plots.values() if info["path"] is None]
     if skipped:
         parts.append(f'<p class="note">Not drawn (no data in this run): {_e(", ".join(skipped))}.</p>')
     return "\n".join(parts)
 
 
+def _answer_html(table: dict[str, Any], agg: Aggregate) -> str:
+    """The answer: one row per compared model, a cell per comparison (estimate, interval, verdict)."""
+    cfg = agg.run.config
+    if not table["rows"]:
+        return ('<p class="note">No comparison to headline: the suite names no baseline and compared models '
+                "(<code>report: {baseline: MODEL, compare: [MODEL]}</code>); every metric is in the table below.</p>")
+
+    def header(col: dict[str, Any]) -> str:
+        # A target the suite does not set ("none (report.gap_target)") says nothing in a column head.
+        shown = col.get("target") and not str(col["target"]).startswith("none")
+        target = f'<span class="sub" style="color:#dde">target {_e(col["target"])}</span>' if shown else ""
+        return f'<th title="{_e(col["label"])}">{_e(col.get("short", col["label"]))}{target}</th>'
+
+    head = "<tr><th>model</th>" + "".join(header(c) for c in table["columns"]) + "</tr>"
+    rows = []
+    for row in table["rows"]:
+        cells = []
+        for col in table["columns"]:
+            cell = row["cells"].get(col["key"])
+            if cell is None:
+                cells.append('<td class="open">&mdash;</td>')
+                continue
+            control = (f'<span class="sub">control {_e(col.get("control") or "")}: '
+                       f'{cell["control_value"]:+.1%}</span>' if cell.get("control_value") is not None else "")
+            cells.append(f'<td class="{tone(cell["status"])}" title="{_e(cell.get("detail", ""))}">'
+                         f'{_e(cell["text"])}{control}<span class="verdict">{_e(cell["status"])}</span></td>')
+        rows.append(f"<tr><td><b>{_e(row['model'])}</b></td>{''.join(cells)}</tr>")
+    if table["source"] == "primary":
+        note = ("The suite's primary endpoints (report.primary): each relative effect on its reference with its "
+                "Holm-adjusted interval and verdict; the family's details are the first section below.")
+    else:
+        note = (f"Each cell: the estimate vs the baseline <b>{_e(cfg.baseline)}</b>, its paired 95% interval and "
+                "the verdict. Gap: the compared model's metric over the baseline's, minus 1. Attacks: the relative "
+                f"reduction of {_e(cfg.attack_metric)} (its random control's reduction below it); <i>met</i> only when "
+                "the interval clears the suite's target (<i>no target</i>: it sets none) and the attack's reduction "
+                "exceeds its control's. Hover a cell for details.")
+    return (f'<table class="headline" id="headline-table">{head}{"".join(rows)}</table>'
+            f'<p class="note">{note}</p>')
+
+
+def _toc(sections: list[tuple[str, str]]) -> str:
+    items = "".join(f'<li><a href="#{anchor}">{_e(title)}</a></li>' for anchor, title in sections)
+    return f'<h2 id="contents">Details</h2><nav class="toc"><ul>{items}</ul></nav>'
+
+
 def report_html(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[dict[str, Any]],
                 plots: dict[str, dict[str, Any]], transfer: dict[str, Any] | None, generated: str,
                 attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None,
-                matched: list[dict[str, Any]] | None = None, headline: str = "",
-                masking: list[dict[str, Any]] | None = None) -> str:
-    """The page; ``headline``: the primary endpoints' block (the answer to the suite's question), put first;
+                matched: list[dict[str, Any]] | None = None, primary_block: str = "",
+                masking: list[dict[str, Any]] | None = None, answer: dict[str, Any] | None = None) -> str:
+    """The page: the answer (one row per compared model) and the key figures first, then a table of contents into
+    the details, the first of which is ``primary_block`` (the primary family, the arms, the shared randomness);
     ``masking``: the gradient-masking checks (:mod:`harness.report.masking`)."""
     run = agg.run
     env = run.environment
@@ -199,26 +253,51 @@ def report_html(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[d
     env_line = ", ".join(f"{k} {v}" for k, v in pkgs.items() if v)
     done = sum(s.done for s in run.stages)
     missing = "".join(f"<li><b>{_e(s.id)}</b>: {_e(s.status)}</li>" for s in run.missing)
+    keys = key_figures(plots)
+    # Controls are references for their attacks, never judged against a target: they are not indicator rows.
+    judged = [i for i in indicators if not i.get("control")]
+    details: list[tuple[str, str, str]] = [
+        ("primary", "Primary endpoints, arms and shared randomness", primary_block),
+        ("indicators", "Success indicators (exploratory)", _indicators_html(judged)),
+        *((f"table-{t['name']}", t["title"], _cells_html(t, ["Model"], lambda row: [model_label(row)]))
+          for t in tables),
+        ("attacks", "Attacks side by side", _attacks_html(attacks)),
+        ("controls", "Attacks against their controls", _controls_html(controls)),
+        ("matched", "Models against their matched controls", _matched_html(matched)),
+        ("masking", "Gradient-masking checks", _masking_html(masking)),
+        ("figures", "All figures", _figures_html(plots, skip=keys)),
+        ("transfer", "Transfer matrix", _transfer_html(transfer)),
+        ("metrics", "All metrics (mean over seeds, sample std, exploratory interval)", _metrics_html(agg)),
+        ("declared", "Declared metrics (warnings and notes)", _declarations_html(agg)),
+        ("missing", "Missing stages",
+         f"<ul>{missing}</ul>" if missing else "<p>None: every stage of the run finished.</p>"),
+        ("environment", "Run and environment",
+         f'<p class="meta">Run directory <code>{_e(run.run_dir)}</code>; report generated {_e(generated)}.'
+         + (f"<br>Python {_e(env.get('python'))}, {_e(env_line)}; {_e(env.get('platform', ''))}." if env else "")
+         + "</p>"),
+    ]
+    details = [(anchor, title, body) for anchor, title, body in details if body]
+    warn = (f' <a href="#declared">{len(agg.warnings)} warning{"s" if len(agg.warnings) != 1 else ""}</a>.'
+            if agg.warnings else "")
+    missing_link = ' (<a href="#missing">which are missing</a>)' if run.missing else ""
     body = [
         f"<h1>Robustness report: {_e(run.suite)}</h1>",
         f'<p class="meta">Mode <b>{_e(run.mode)}</b>; seeds {_e(run.seeds)}; {done} of {len(run.stages)} stages '
-        f"finished; run directory <code>{_e(run.run_dir)}</code>; report generated {_e(generated)}."
-        + (f"<br>Environment: python {_e(env.get('python'))}, {_e(env_line)}; "
-           f"{_e(env.get('platform', ''))}." if env else "") + "</p>",
-        headline,
-        _declarations_html(agg),
-        "<h2>Success indicators (exploratory)</h2>", _indicators_html(indicators),
-        _tables_html(tables),
-        _attacks_html(attacks),
-        _controls_html(controls),
-        _matched_html(matched),
-        _masking_html(masking),
-        "<h2>Figures</h2>", _figures_html(plots),
-        _transfer_html(transfer),
-        "<h2>All metrics (mean over seeds, sample std, exploratory interval)</h2>", _metrics_html(agg),
-        "<h2>Missing stages</h2>",
-        f"<ul>{missing}</ul>" if missing else "<p>None: every stage of the run finished.</p>",
+        f"finished{missing_link}.{warn}</p>",
+        '<h2 id="answer">The answer</h2>', _answer_html(answer or {"rows": [], "columns": []}, agg),
+        ('<h2 id="key-figures">Key figures</h2><div class="keyfigs">'
+         + "".join(_figure_html(n, plots[n]) for n in keys) + "</div>") if keys else "",
+        _toc([(anchor, title) for anchor, title, _ in details]),
     ]
+    # Each detail section's own heading (if its renderer wrote one) is replaced by an anchored one.
+    for anchor, title, html_body in details:
+        body.append(f'<h2 id="{anchor}">{_e(title)}</h2>' + _strip_heading(html_body))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(run.suite)}: robustness report</title><style>{STYLE}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")
+
+
+def _strip_heading(fragment: str) -> str:
+    if fragment.startswith("<h2>"):
+        return fragment[fragment.index("</h2>") + len("</h2>"):]
+    return fragment

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..store import atomic_write_bytes
 from ..api import MetricSpec
-from .aggregate import Aggregate, Group, attack_entries, entry_groups, seed_label
+from .aggregate import Aggregate, Group, attack_entries, default_columns, entry_groups, seed_label
 from .declared import declared_specs
 
 
@@ -25,6 +25,22 @@ def _figure(width: float, height: float):
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+#: Panels per row of a multi-panel figure: wider strips shrink each panel below reading size in the report.
+GRID_COLUMNS = 3
+
+
+def _panel_grid(n: int, width: float, height: float) -> tuple[Any, list[Any]]:
+    """A figure of ``n`` panels of ``width`` x ``height`` inches, wrapped into rows of at most ``GRID_COLUMNS``;
+    returns the figure and the ``n`` axes in reading order (cells past ``n`` are removed)."""
+    cols = min(n, GRID_COLUMNS)
+    rows = -(-n // cols)
+    fig = _figure(width * cols, height * rows)
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, axes[:n]
 
 
 def _save(fig, path: Path) -> Path:
@@ -42,40 +58,62 @@ def _colors(n: int) -> list:
     return [cmap(i % 10) for i in range(n)]
 
 
-def metric_plot(agg: Aggregate, path: Path) -> Path | None:
-    """The report's gap metric per model (bars: mean over seeds; whiskers: 95% interval; dots:
-    single seeds)."""
-    gap = agg.run.config.gap
-    entry = agg.run.resolve_entry(gap.entry) if gap else None
-    if gap is None or entry is None or not any(gap.metric in g.across for g in entry_groups(agg, entry)):
-        return None
-    fig = _figure(max(4.0, 2.2 + 1.1 * len(agg.run.models)), 3.6)
-    ax = fig.subplots()
-    specs = [spec for g in entry_groups(agg, entry) if (spec := g.spec(gap.metric)) is not None]
-    label = specs[0].display if specs else gap.metric
+def _bars(ax: Any, agg: Aggregate, entry: str, metric: str, scale: float = 1.0) -> str:
+    """One panel: ``metric`` of ``entry`` per model (bars: mean over seeds; whiskers: 95% interval; dots: single
+    seeds); returns the metric's label."""
+    specs = [spec for g in entry_groups(agg, entry) if (spec := g.spec(metric)) is not None]
+    label = specs[0].display if specs else metric
     names, means, lo, hi, seeds = [], [], [], [], []
     for model in agg.run.models:
         g = agg.find(entry, model)
-        s = g.across.get(gap.metric) if g else None
+        s = g.across.get(metric) if g else None
         names.append(model)
         if s is None or s.mean is None:
             means.append(np.nan), lo.append(0), hi.append(0), seeds.append([])
             continue
-        means.append(s.mean)
+        means.append(s.mean * scale)
         ci = s.ci or (s.mean, s.mean)
-        lo.append(s.mean - ci[0]), hi.append(ci[1] - s.mean), seeds.append(list(s.values.values()))
+        lo.append((s.mean - ci[0]) * scale), hi.append((ci[1] - s.mean) * scale)
+        seeds.append([v * scale for v in s.values.values()])
     x = np.arange(len(names))
     ax.bar(x, np.nan_to_num(means), yerr=[lo, hi], capsize=4, color=_colors(len(names)), alpha=0.8)
     for i, vals in enumerate(seeds):
         ax.scatter([i] * len(vals), vals, color="black", s=12, zorder=3)
         if not vals:
             ax.text(i, 0, "missing", ha="center", va="bottom", rotation=90, color="gray")
-    finite = [m for m in means if np.isfinite(m)]
-    if finite and max(finite) / max(min(finite), 1e-9) > 20:
+    finite = [m for m in means if np.isfinite(m) and m > 0]
+    if finite and len(finite) == len([m for m in means if np.isfinite(m)]) and max(finite) / min(finite) > 20:
         ax.set_yscale("log")
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set_ylabel(label)
+    return label
+
+
+def metric_plot(agg: Aggregate, path: Path) -> Path | None:
+    """The report's gap metric per model (bars: mean over seeds; whiskers: 95% interval; dots: single seeds). A
+    suite without a gap metric gets every displayed metric of its default table instead, one panel each."""
+    gap = agg.run.config.gap
+    if gap is None:
+        return default_metrics_plot(agg, path)
+    entry = agg.run.resolve_entry(gap.entry)
+    if entry is None or not any(gap.metric in g.across for g in entry_groups(agg, entry)):
+        return None
+    fig = _figure(max(4.0, 2.2 + 1.1 * len(agg.run.models)), 3.6)
+    ax = fig.subplots()
+    label = _bars(ax, agg, entry, gap.metric)
     ax.set_title(f"{entry}: {label} per model (95% CI)")
+    return _save(fig, path)
+
+
+def default_metrics_plot(agg: Aggregate, path: Path) -> Path | None:
+    """Each column of the default table (every displayed metric; see ``aggregate.default_columns``), per model."""
+    columns = default_columns(agg)
+    if not columns:
+        return None
+    fig, axes = _panel_grid(len(columns), max(3.6, 1.6 + 0.9 * len(agg.run.models)), 3.2)
+    for ax, col in zip(axes, columns):
+        _bars(ax, agg, col["entry"], col["metric"], col["scale"])
+        ax.set_title(col["label"], fontsize=9)
     return _save(fig, path)
 
 
@@ -151,8 +189,7 @@ def success_curve_plot(agg: Aggregate, path: Path) -> Path | None:
     entries = [e for e in grids if any(_curve(agg, e, m, grids[e]) for m in agg.run.models)]
     if not entries:
         return None
-    fig = _figure(4.6 * len(entries), 3.6)
-    axes = fig.subplots(1, len(entries), squeeze=False)[0]
+    fig, axes = _panel_grid(len(entries), 4.6, 3.6)
     for ax, entry in zip(axes, entries):
         label, scale = _axis_label(agg, entry)
         for color, model in zip(_colors(len(agg.run.models)), agg.run.models):
@@ -177,8 +214,7 @@ def increase_distribution_plot(agg: Aggregate, path: Path) -> Path | None:
     entries = [e for e in attack_entries(agg) if any(_field_values(agg, e, m) for m in agg.run.models)]
     if not entries:
         return None
-    fig = _figure(4.6 * len(entries), 3.6)
-    axes = fig.subplots(1, len(entries), squeeze=False)[0]
+    fig, axes = _panel_grid(len(entries), 4.6, 3.6)
     for ax, entry in zip(axes, entries):
         label, scale = _axis_label(agg, entry)
         pooled = {m: np.concatenate(list(v.values())) for m in agg.run.models
@@ -223,8 +259,7 @@ def training_plot(agg: Aggregate, path: Path) -> Path | None:
                 panels.setdefault(spec.name, (spec, []))[1].append((label, xs, ys))
     if not panels:
         return None
-    fig = _figure(5.0 * len(panels), 3.6)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    fig, axes = _panel_grid(len(panels), 5.0, 3.6)
     for ax, (spec, lines) in zip(axes, panels.values()):
         for color, (label, xs, ys) in zip(_colors(len(lines)), lines):
             ax.plot(xs, ys, "o-" if len(xs) <= 30 else "-", color=color, label=label, lw=1.2)
@@ -265,8 +300,7 @@ def transfer_plot(agg: Aggregate, path: Path) -> Path | None:
     if tm is None:
         return None
     metrics = list(tm["values"])
-    fig = _figure((2.4 + 1.2 * len(tm["targets"])) * len(metrics), 1.8 + 0.9 * len(tm["sources"]))
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    fig, axes = _panel_grid(len(metrics), 2.4 + 1.2 * len(tm["targets"]), 1.8 + 0.9 * len(tm["sources"]))
     for ax, metric in zip(axes, metrics):
         values = np.array([[np.nan if v is None else v for v in row] for row in tm["values"][metric]], dtype=float)
         im = ax.imshow(values, cmap="viridis", aspect="auto")
@@ -341,10 +375,38 @@ def _budget_metric(agg: Aggregate, entries: list[str]) -> str | None:
     return None
 
 
+def _upfront(g: Group, x_metric: str) -> float | None:
+    """The one-off budget (``MetricSpec.upfront_for``) that ``g``'s attack spent on top of ``x_metric`` per example."""
+    for spec in g.specs or []:
+        if spec.upfront_for == x_metric and (s := g.across.get(spec.name)) is not None and s.mean is not None:
+            return s.mean
+    return None
+
+
+def _compact(value: float, _pos: Any = None) -> str:
+    """A log axis' tick label: 2, 50, 3k, 1.2M (short, so neighbours never overlap)."""
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= div:
+            return f"{value / div:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _log_x(ax: Any) -> None:
+    """A log x-axis with at most a handful of short labels (1, 2, 5 per decade; no minor labels)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
+    ax.xaxis.set_major_formatter(FuncFormatter(_compact))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def budget_plot(agg: Aggregate, path: Path) -> Path | None:
     """Each attack's success (and mean increase of the value its curve thresholds) against its declared budget
     (FLOPs, queries...): all attacks on one axis per model, so attacks compare at equal compute. Points: mean over
-    seeds, bars: 95% interval; hollow markers: controls."""
+    seeds, bars: 95% interval; hollow markers: controls. A universal attack's one-off optimisation budget
+    (``MetricSpec.upfront_for``) is drawn beside its per-example budget: a diamond at per-example + one-off cost,
+    joined by a dotted line."""
     cfg = agg.run.config
     entries = attack_entries(agg)
     x_metric = _budget_metric(agg, entries) if entries else None
@@ -359,11 +421,11 @@ def budget_plot(agg: Aggregate, path: Path) -> Path | None:
     models = [m for m in agg.run.models if any(agg.find(e, m, ("attacks",)) for e in entries)]
     if not ys or not models:
         return None
-    fig = _figure(4.4 * len(ys), 3.2 * len(models))
+    fig = _figure(4.4 * len(ys) + 2.2, 3.2 * len(models))
     axes = fig.subplots(len(models), len(ys), squeeze=False)
     colors = dict(zip(entries, _colors(len(entries))))
     x_label = next((s.display for e in entries for g in entry_groups(agg, e) if (s := g.spec(x_metric))), x_metric)
-    drawn = False
+    legend: dict[str, Any] = {}
     for row, model in zip(axes, models):
         for ax, y_metric in zip(row, ys):
             xs = []
@@ -371,25 +433,35 @@ def budget_plot(agg: Aggregate, path: Path) -> Path | None:
                 g = agg.find(e, model, ("attacks",))
                 x = g.across.get(x_metric) if g else None
                 y = g.across.get(y_metric) if g else None
-                if x is None or y is None or x.mean is None or y.mean is None:
+                if g is None or x is None or y is None or x.mean is None or y.mean is None:
                     continue
                 spec = g.spec(y_metric)
                 scale = spec.scale if spec else 1.0
                 err = ([[(y.mean - y.ci[0]) * scale], [(y.ci[1] - y.mean) * scale]] if y.ci else None)
                 control = bool(any(s.result and s.result.get("control") for s in g.done))
-                ax.errorbar([x.mean], [y.mean * scale], yerr=err, fmt="o", ms=7, capsize=3, color=colors[e],
-                            mfc="none" if control else colors[e], label=e + (" (control)" if control else ""))
+                label = e + (" (control)" if control else "")
+                legend[label] = ax.errorbar([x.mean], [y.mean * scale], yerr=err, fmt="o", ms=7, capsize=3,
+                                            color=colors[e], mfc="none" if control else colors[e])
                 xs.append(x.mean)
-                drawn = True
+                upfront = _upfront(g, x_metric)
+                if upfront is not None:
+                    total = x.mean + upfront
+                    ax.plot([x.mean, total], [y.mean * scale] * 2, ":", color=colors[e], lw=1)
+                    legend[f"{label}, incl. its one-off optimisation"] = ax.plot(
+                        [total], [y.mean * scale], "D", ms=7, color=colors[e], mfc="none" if control else colors[e],
+                        alpha=0.6)[0]
+                    xs.append(total)
             if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
-                ax.set_xscale("log")
+                _log_x(ax)
             spec = next((s for e in entries for g in entry_groups(agg, e) if (s := g.spec(y_metric))), None)
             ax.set_xlabel(x_label)
             ax.set_ylabel(spec.display if spec else y_metric)
             ax.set_title(f"{model}: {spec.display if spec else y_metric} vs budget", fontsize=9)
-            if xs:
-                ax.legend(fontsize=7)
-    return _save(fig, path) if drawn else None
+    if not legend:
+        return None
+    # One legend for every panel (the same attacks everywhere), outside the axes: no panel's points hide under it.
+    fig.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize=8)
+    return _save(fig, path)
 
 
 def histogram_plot(agg: Aggregate, path: Path) -> Path | None:
@@ -411,8 +483,7 @@ def histogram_plot(agg: Aggregate, path: Path) -> Path | None:
                 panels.append((e, spec, pooled))
     if not panels:
         return None
-    fig = _figure(4.6 * len(panels), 3.4)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    fig, axes = _panel_grid(len(panels), 4.6, 3.4)
     for ax, (entry, spec, pooled) in zip(axes, panels):
         top = max(float(v.max()) for v in pooled.values())
         bins = np.arange(-0.5, top + 1.5, 1.0) if top < 200 else 40
@@ -431,8 +502,8 @@ def plot_list(agg: Aggregate) -> list[tuple[str, str, Callable[[Aggregate, Path]
     """(file name, title, drawing function) of every figure, in the order the HTML shows them."""
     gap = agg.run.config.gap
     return [
-        (f"{gap.metric if gap else 'gap_metric'}.png", f"{gap.metric if gap else 'The gap metric'} per model",
-         metric_plot),
+        (f"{gap.metric}.png" if gap else "metrics.png",
+         f"{gap.metric} per model" if gap else "Every displayed metric per model", metric_plot),
         ("attack_success_curve.png", "Attack success rate vs threshold", success_curve_plot),
         ("relative_nll_increase.png", "Distribution of the per-example value the success threshold applies to",
          increase_distribution_plot),

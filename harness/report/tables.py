@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pathlib import Path
+
 from .aggregate import Aggregate, Group, compared_models
+from .answer import answer_text, key_figures
 from .primary import EXPLORATORY_NOTE as EXPLORATORY
 
 MISSING_MARK = {"not in suite": "n/r", "not run": "n/r", "missing": "--", "no value": "n/a"}
@@ -166,7 +169,9 @@ def summary_text(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[
         out += headline + ["", f"Everything below is {EXPLORATORY}.", ""]
     if run.config.baseline:
         out.append(f"Baseline: {run.config.baseline}; compared: {', '.join(compared_models(run)) or '(none)'}")
-    out += ["Success indicators (computed from this run; exploratory):"] + [f"  - {indicator_line(i)}" for i in indicators]
+    # A control's reduction is a reference for its attack's (in the attack's line), never judged against a target.
+    out += ["Success indicators (computed from this run; exploratory):"] + [f"  - {indicator_line(i)}"
+                                                                            for i in indicators if not i.get("control")]
     if controls:
         out += ["", "Attacks against their controls (attack minus control, paired 95% interval; exploratory):"]
         out += [f"  - {control_line(row)}" for row in controls]
@@ -192,4 +197,34 @@ def summary_text(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[
     if run.missing:
         out += ["", "Missing stages (shown as missing, never as numbers):"]
         out += [f"  - {s.id}: {s.status}" for s in run.missing]
+    return "\n".join(out) + "\n"
+
+
+def short_summary(agg: Aggregate, headline: dict[str, Any], files: dict[str, Path],
+                  verdicts: list[str] | None = None) -> str:
+    """``experiment_summary.txt``: the answer first (``verdicts``: the primary family's lines, when declared), then
+    where to look (the details have their own file)."""
+    run = agg.run
+    n_done = sum(s.done for s in run.stages)
+    out = [f"Experiment summary: suite '{run.suite}' ({run.mode} mode), seeds {run.seeds}",
+           f"Stages: {n_done} of {len(run.stages)} finished"
+           + (f"; {len(run.missing)} MISSING (listed in {files['summary_details'].name})" if run.missing else ""),
+           ""]
+    if headline["source"] == "primary":
+        out.append("The answer (the suite's primary endpoints, report.primary; 95% intervals):")
+    else:
+        out.append(f"The answer (each compared model vs the baseline '{run.config.baseline}'; paired 95% intervals; "
+                   "attacks: reduction of the success rate, beside their random control's):")
+    out += answer_text(headline)
+    if verdicts:
+        out += [""] + verdicts
+    plots = {name: {"path": str(path)} for name, path in files.items() if name.endswith(".png")}
+    keys = key_figures(plots)
+    if keys:
+        out += ["", "Key figures:"] + [f"  {files[name]}" for name in keys]
+    if agg.warnings:
+        out += ["", f"{len(agg.warnings)} warning{'s' if len(agg.warnings) != 1 else ''} about the plugins' "
+                    f"declared metrics: see {files['summary_details'].name}"]
+    out += ["", f"Details (every table, comparison and metric): {files['summary_details']}",
+            f"Report with figures: {files['html']}"]
     return "\n".join(out) + "\n"

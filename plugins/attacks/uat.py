@@ -283,12 +283,14 @@ UAT_METRICS = [
                show=False),
     MetricSpec("opt_mean_nll_after", "NLL after, optimisation split", show=False),
     MetricSpec("n_opt", "Optimisation examples", digits=0, show=False),
-    MetricSpec("optimisation_queries", "Optimisation queries", digits=0, show=False),
-    MetricSpec("gradient_calls", "Gradient passes", digits=0, show=False),
-    MetricSpec("optimisation_tokens", "Optimisation tokens", aggregation="none", digits=0, budget=True, show=False),
+    MetricSpec("optimisation_queries", "Optimisation queries", digits=0, show=False, upfront_for="mean_queries"),
+    MetricSpec("gradient_calls", "Gradient passes", digits=0, show=False, upfront_for="mean_gradient_calls"),
+    MetricSpec("optimisation_tokens", "Optimisation tokens", aggregation="none", digits=0, budget=True, show=False,
+               upfront_for="mean_tokens"),
     MetricSpec("optimisation_gradient_tokens", "Optimisation backward tokens", aggregation="none", digits=0,
-               budget=True, show=False),
-    MetricSpec("optimisation_flops", "Optimisation FLOPs", aggregation="none", digits=0, budget=True, show=False),
+               budget=True, show=False, upfront_for="mean_gradient_tokens"),
+    MetricSpec("optimisation_flops", "Optimisation FLOPs", aggregation="none", digits=0, budget=True, show=False,
+               upfront_for="mean_flops"),
 ]
 
 
