@@ -2,8 +2,9 @@
 
 The public API for plugin authors is what this module exports, plus two documented modules: ``harness.attacks``
 (the attack toolkit: the shared task, examples, the batched exact scorer, token gradients, records and summaries)
-and ``harness.scoring`` (the perplexity scorer's windows and batched passes). Everything else is the core's
-business and may change without notice.
+and ``harness.scoring`` (the perplexity scorer's windows and batched passes); for code that reads finished runs
+(write-ups, notebooks, studies), ``harness.results``. Everything else is the core's business and may change without
+notice.
 """
 
 from .api import (DATA_ORDER_FINGERPRINT, AttackPlugin, LoadedModel, MetricPlugin, MetricSpec, ModelPlugin, Plugin,

@@ -64,13 +64,17 @@ class VocabFilter(PluginConfig):
 class TaskConfig(PluginConfig):
     """Options shared by every attack on the continuation NLL."""
 
+    #: Tokens before the continuation that the attack may edit (taken from each document).
     context_tokens: int = Field(default=32, ge=1)
+    #: Tokens after the context whose NLL the attack raises (fixed; never edited).
     continuation_tokens: int = Field(default=32, ge=1)
     #: Put the end-of-text token first (as the perplexity metric does); never editable.
     prefix_eos: bool = True
+    #: Which tokens the attack may insert.
     vocab: VocabFilter = VocabFilter()
-    #: Relative NLL increase above which an example counts as a success.
-    threshold: float = Field(default=0.15, ge=0)
+    #: Relative NLL increase above which an example counts as a success. No core default: an attack plugin's
+    #: config sets one (the built-in attacks share theirs), and a suite may override it.
+    threshold: float = Field(ge=0)
     #: Tokens per forward pass when scoring candidates (batch size x length): the memory budget.
     batch_tokens: int = Field(default=16384, ge=64)
 
@@ -161,7 +165,7 @@ def allowed_tokens(model: LoadedModel, vocab: VocabFilter) -> torch.Tensor:
     """Boolean mask over the embedding rows: True where the attack may insert the token."""
     tok = model.tokenizer
     n_rows = model.model.get_input_embeddings().weight.shape[0]
-    n_tok = min(len(tok), n_rows)  # embedding rows past the tokenizer (Pythia pads to 50304) are never allowed
+    n_tok = min(len(tok), n_rows)  # embedding rows past the tokenizer (a padded vocabulary) are never allowed
     mask = torch.zeros(n_rows, dtype=torch.bool)
     special = set(tok.all_special_ids) if vocab.exclude_special else set()
     allow = set(vocab.allow_list) if vocab.allow_list is not None else None

@@ -22,6 +22,12 @@ err_console = Console(stderr=True)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
+def note(line: str | None) -> None:
+    """A one-line notice on stderr (nothing for None)."""
+    if line:
+        err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
     def register(handler: Callable[[argparse.Namespace], int]):
         COMMANDS[name] = (help, add_arguments, handler)
@@ -31,8 +37,11 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 
 
 def _suite_args(p: argparse.ArgumentParser) -> None:
+    from .cli_conventions import add_mode_arg, add_override_args
+
     p.add_argument("suite", type=Path, help="suite YAML file")
-    p.add_argument("--mode", choices=["quick", "full"], default="quick", help="which overrides to apply")
+    add_mode_arg(p)
+    add_override_args(p)
 
 
 @command("list", "list every installed plugin, its kind and the package it came from", lambda p: None)
@@ -50,12 +59,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 @command("validate", "check a suite (plugins, keys, types, files) without running it", _suite_args)
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .cli_conventions import chosen_mode, smoke_test_note
     from .graph import build_graph
     from .suite import load_suite
 
-    suite = load_suite(args.suite, args.mode)
+    mode = chosen_mode(args)
+    suite = load_suite(args.suite, mode, overrides=args.overrides, limit=args.limit)
+    note(smoke_test_note(args))
     graph = build_graph(suite)
-    console.print(f"{args.suite}: valid ({args.mode} mode): {len(suite.models)} models, {len(graph.stages)} stages, "
+    console.print(f"{args.suite}: valid ({mode} mode): {len(suite.models)} models, {len(graph.stages)} stages, "
                   f"seeds {suite.seeds}")
     return 0
 
@@ -63,7 +75,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _run_args(p: argparse.ArgumentParser) -> None:
     _suite_args(p)
     p.add_argument("--out", type=Path, default=None, help="run directory (default: the suite's output_dir)")
-    p.add_argument("--stage", action="append", default=None, help="run only this stage id (repeatable)")
+    p.add_argument("--stage", action="append", default=None,
+                   help="run only these stages (repeatable): an id, a prefix (train/monotonic: every seed) or a glob "
+                        "(attacks/*/tiny/*)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--skip-preflight", action="store_true",
                    help="skip the pre-flight checks (writable run directory, free space, GPU, models and data)")
@@ -71,6 +85,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 @command("run", "run a suite: every stage, skipping what is complete and resuming what was interrupted", _run_args)
 def cmd_run(args: argparse.Namespace) -> int:
+    from .cli_conventions import chosen_mode, smoke_test_note
     from .runner import Runner, summary_table
     from .suite import load_suite
 
@@ -79,13 +94,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    suite = load_suite(args.suite, args.mode, output_dir=args.out)
+    suite = load_suite(args.suite, chosen_mode(args), output_dir=args.out, overrides=args.overrides, limit=args.limit)
+    note(smoke_test_note(args))
     runner = Runner(suite, show_progress=False if args.no_progress else None, only=args.stage,
                     rank=int(os.environ.get("RANK", "0")))
     if not args.skip_preflight:
         from .preflight import run_preflight
 
-        stages = [s for s in runner.graph.stages if args.stage is None or s.id in args.stage]
+        stages = [s for s in runner.graph.stages if runner.only is None or s.id in runner.only]
         run_preflight(suite, runner.run_dir, stages, done={s.id for s in stages if runner.is_done(s)})
     outcomes = runner.run()
     for o in outcomes:
@@ -100,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 #: Modules that add subcommands with ``@command`` (imported when the parser is built, so start-up stays cheap).
 COMMAND_MODULES: list[str] = ["harness.cli_train", "harness.cli_report", "harness.cli_slurm", "harness.cli_plan",
-                              "harness.cli_power"]
+                              "harness.cli_power", "harness.cli_describe"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,10 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in COMMAND_MODULES:
         importlib.import_module(module)
-    parser = argparse.ArgumentParser(prog="harness", description="Robustness benchmark harness for causal LMs.")
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="harness", description="Robustness benchmark harness for causal LMs.",
+        epilog="start with `harness run suites/quick.yaml` (the tiny offline demo); `harness describe PLUGIN` shows a "
+               "plugin's options; README.md has the path from the demo to a cluster")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log more, show the libraries' warnings (transformers, lm-eval), and show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"harness {__version__} (Python "
+                        f"{sys.version.split()[0]})")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help, add_arguments, handler) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=help)
         add_arguments(p)
@@ -120,7 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # KEY=VALUE overrides may come after options too (`run SUITE --mode full seeds=[1]`); argparse alone would only
+    # take them right after the suite.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    if args.command is None:  # bare `harness` (or only -v): the help, as `harness --help` prints it
+        parser.print_help()
+        return 0
     configure_logging(args.verbose)
     try:
         return args.handler(args)

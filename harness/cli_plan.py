@@ -12,13 +12,16 @@ from .cli import command, console
 def _plan_args(p: argparse.ArgumentParser) -> None:
     from .plan import DEFAULT_GPU, DEFAULT_MFU, GPUS
 
+    from .cli_conventions import add_mode_arg, add_override_args
+
     p.add_argument("suite", type=Path, help="suite YAML file")
-    p.add_argument("--mode", choices=["quick", "full"], default="quick", help="which overrides to apply")
+    add_mode_arg(p)
+    add_override_args(p)
     p.add_argument("--profile", type=Path, default=None,
                    help="SLURM cluster profile: time limits, GPUs per job, launcher (warns where a stage won't fit)")
     p.add_argument("--gpu", default=None,
                    help=f"accelerator to plan for: {', '.join(GPUS)}, or cpu (this machine, measured) "
-                        f"(default {DEFAULT_GPU}; cpu for a suite with `device: cpu`)")
+                        f"(default: the profile's gpu_type, else {DEFAULT_GPU}; cpu for a suite with `device: cpu`)")
     p.add_argument("--mfu", type=float, default=DEFAULT_MFU,
                    help=f"model FLOPs utilisation reached, 0-1 (default {DEFAULT_MFU})")
     p.add_argument("--doc-tokens", type=float, default=None,
@@ -37,7 +40,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     if not 0 < args.mfu <= 1:
         raise HarnessError(f"--mfu {args.mfu}: must be in (0, 1]; fix: e.g. --mfu 0.35")
-    suite = load_suite(args.suite, args.mode)
+    from .cli import note
+    from .cli_conventions import chosen_mode, smoke_test_note
+
+    suite = load_suite(args.suite, chosen_mode(args), overrides=args.overrides, limit=args.limit)
+    note(smoke_test_note(args))
     profile = None
     if args.profile is not None:
         from .slurm.profile import load_profile
@@ -45,7 +52,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         profile = load_profile(args.profile)
     from .plan.calibrate import CallTimer
 
-    gpu = args.gpu or ("cpu" if suite.device == "cpu" else DEFAULT_GPU)
+    # The profile's GPU model when it names one: the plan then matches what `slurm submit` checks the jobs against.
+    gpu = args.gpu or (profile.gpu_type if profile is not None and profile.gpu_type else
+                       "cpu" if suite.device == "cpu" else DEFAULT_GPU)
     accel = accelerator(gpu)
     timer = CallTimer() if accel.device == "cpu" and not args.no_timing else None
     plan = make_plan(suite, accel, args.mfu, profile, str(args.profile) if args.profile else None,

@@ -16,7 +16,9 @@ def _slurm_args(p: argparse.ArgumentParser) -> None:
                        description="Submit a suite's stage graph as SLURM jobs with afterok dependencies. Complete "
                        "stages are skipped; re-submitting a half-finished run keeps its queued/running jobs.")
     s.add_argument("suite", type=Path, help="suite YAML file")
-    s.add_argument("--mode", choices=["quick", "full"], default="quick", help="which overrides to apply")
+    from .cli_conventions import add_mode_arg
+
+    add_mode_arg(s)
     s.add_argument("--profile", type=Path, default=None,
                    help="cluster profile YAML (partition, GPUs, time, setup lines; see slurm/profile.example.yaml)")
     s.add_argument("--out", type=Path, default=None, help="run directory (default: the suite's output_dir)")
@@ -30,7 +32,11 @@ def _slurm_args(p: argparse.ArgumentParser) -> None:
 @command("slurm", "run a suite on a SLURM cluster: `harness slurm submit SUITE [--profile P] [--dry-run]`",
          _slurm_args)
 def cmd_slurm(args: argparse.Namespace) -> int:
+    from .cli import note
+    from .cli_conventions import chosen_mode, smoke_test_note
     from .slurm.submit import describe, submit_suite
+
+    explicit_mode, args.mode = args.mode, chosen_mode(args)
 
     if not args.skip_preflight:  # before anything is submitted; a dry run reports what would stop a submission
         from .preflight import preflight_for_submission
@@ -39,6 +45,8 @@ def cmd_slurm(args: argparse.Namespace) -> int:
         for problem in checked.problems:
             err_console.print(f"pre-flight (would stop a real submission): {problem}", highlight=False, markup=False)
     submission = submit_suite(args.suite, args.mode, args.out, args.profile, dry_run=args.dry_run)
+    if explicit_mode is None:
+        note(smoke_test_note(argparse.Namespace(suite=args.suite, mode=None)))
     table = Table(title=f"{'planned' if args.dry_run else 'submitted'} jobs ({len(submission.done)} stages done, "
                   f"{len(submission.kept)} kept from earlier jobs)", show_lines=True)
     for col in ("job", "runs", "resources", "waits for"):
@@ -46,6 +54,8 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     for row in describe(submission):
         table.add_row(*row)
     console.print(table)
+    for note in submission.fit.notes:
+        err_console.print(note, highlight=False, markup=False)
     if submission.kept:
         err_console.print("kept: " + ", ".join(f"{s} (job {j})" for s, j in submission.kept.items()), highlight=False)
     if submission.cancelled:

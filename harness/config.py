@@ -8,15 +8,34 @@ relative to the suite file; :data:`ExistingPath` resolves them and checks that t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 
+from .config_types import describe_type, field_at, model_in
 from .errors import ConfigError, did_you_mean
 
 
 class PluginConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    #: Fields that count the examples or documents an entry works on (``None``: all of them). ``harness run
+    #: --limit N`` caps each at N, here and in nested configs (a :class:`~harness.DocumentSource`'s ``limit``, an
+    #: attack task's ``n_examples``), for a quick trial of a suite.
+    limit_fields: ClassVar[tuple[str, ...]] = ()
+
+    def limited(self, n: int) -> Self:
+        """This config with every ``limit_fields`` value (its own and its nested configs') capped at ``n``."""
+        updates: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in self.limit_fields and (value is None or (isinstance(value, (int, float)) and value > n)):
+                updates[name] = n
+            elif isinstance(value, PluginConfig):
+                updates[name] = value.limited(n)
+            elif isinstance(value, (list, tuple)) and any(isinstance(v, PluginConfig) for v in value):
+                updates[name] = type(value)(v.limited(n) if isinstance(v, PluginConfig) else v for v in value)
+        return self.model_copy(update=updates) if updates else self
 
 
 def _base_dir(info: ValidationInfo) -> Path:
@@ -57,20 +76,31 @@ def _type_name(expected: str) -> str:
 
 
 def validation_error_line(exc: ValidationError, file: Path, prefix: str, plugin: str,
-                          config_cls: type[BaseModel]) -> ConfigError:
-    """The first pydantic error as a one-line ConfigError (the count of the others is appended)."""
+                          config_cls: type[BaseModel], is_plugin: bool = False) -> ConfigError:
+    """The first pydantic error as a one-line ConfigError (the count of problems at other keys is appended)."""
     errors = exc.errors()
     err = errors[0]
     loc = ".".join(str(p) for p in err["loc"])
     key = f"{prefix}.{loc}" if loc else prefix
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     etype = err["type"]
+    field = field_at(config_cls, tuple(err["loc"])) if etype not in ("extra_forbidden", "missing") else None
+    if field is not None:  # name the field itself, not pydantic's union member tags (`flips.constrained-int`)
+        key = ".".join([prefix, *field[0]])
+    others = {tuple(e["loc"][:len(field[0])] if field else e["loc"]) for e in errors[1:]} - {
+        tuple(err["loc"][:len(field[0])] if field else err["loc"])}
+    more = f" (and {len(others)} more problem{'s' if len(others) > 1 else ''})" if others else ""
     known = list(config_cls.model_fields)
     if etype == "extra_forbidden":
         bad = str(err["loc"][-1])
         if len(err["loc"]) == 1:
             return ConfigError(file, key, f"unknown key '{bad}' for plugin '{plugin}'{did_you_mean(bad, known)}{more}",
                                f"remove it or use one of: {', '.join(known) or '(no options)'}")
+        parent = field_at(config_cls, tuple(err["loc"][:-1]))
+        nested = model_in(parent[1]) if parent is not None else None
+        if nested is not None:
+            options = list(nested.model_fields)
+            return ConfigError(file, key, f"unknown key '{bad}' in {'.'.join(parent[0])} ({nested.__name__})"
+                               f"{did_you_mean(bad, options)}{more}", f"remove it or use one of: {', '.join(options)}")
         return ConfigError(file, key, f"unknown key '{bad}'{more}", "remove it; see the plugin's Config")
     if etype == "missing":
         return ConfigError(file, key, f"required key missing for plugin '{plugin}'{more}", f"add `{loc}: ...`")
@@ -80,18 +110,25 @@ def validation_error_line(exc: ValidationError, file: Path, prefix: str, plugin:
     if etype == "value_error":  # a config's own validator (cross-field checks): its message, with its fix if it has one
         problem, _, fix = err["msg"].removeprefix("Value error, ").partition("; fix: ")
         return ConfigError(file, key, f"{problem}{more}", fix or f"see the options of plugin '{plugin}'")
-    got = err.get("input")
-    return ConfigError(file, key, f"{err['msg']} (got {got!r}){more}",
-                       f"give a valid {_type_name(etype)} value for plugin '{plugin}'")
+    got = _shown(err.get("input"))
+    fix = f"see `harness describe {plugin}` for its options" if is_plugin else f"see the {plugin} keys in the docs"
+    if field is not None and field[1] is not None:
+        return ConfigError(file, key, f"must be {describe_type(field[1], field[2])}, got {got}{more}", fix)
+    return ConfigError(file, key, f"{err['msg'].lower()}, got {got}{more}", fix)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 Validated = TypeVar("Validated", bound=BaseModel)
 
 
 def validated(cls: type[Validated], data: Any, file: Path, prefix: str, what: str,
-              context: dict[str, Any] | None = None) -> Validated:
+              context: dict[str, Any] | None = None, is_plugin: bool = False) -> Validated:
     """``cls`` validated from ``data``, or the first problem as one ConfigError line naming ``file`` and the key."""
     try:
         return cls.model_validate(data, context=context)
     except ValidationError as exc:
-        raise validation_error_line(exc, file, prefix, what, cls) from None
+        raise validation_error_line(exc, file, prefix, what, cls, is_plugin) from None

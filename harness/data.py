@@ -22,7 +22,7 @@ log = logging.getLogger("harness")
 
 _LOCAL_BUILDERS = {"json", "text", "parquet", "csv"}
 _OFFLINE_HELP = ("to run offline, fetch it where the hub is reachable (a login node): either the files you need "
-                 "(`huggingface-cli download --repo-type dataset {ds} --include '<files>' --local-dir DIR`) and point "
+                 "(`hf download {ds} --repo-type dataset --include '<files>' --local-dir DIR`) and point "
                  "`dataset: json` (or parquet) + `data_files:` at them, or the whole split once with "
                  "`python -c \"import datasets; datasets.load_dataset('{ds}', split='{split}')\"` (same "
                  "HF_DATASETS_CACHE); then set HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1 on the compute nodes")
@@ -32,16 +32,27 @@ class DocumentSource(PluginConfig):
     """Where documents come from. ``dataset`` is a hub id (``monology/pile-uncopyrighted``) or a local builder
     (``json``, ``text``, ``parquet``, ``csv``) together with ``data_files``."""
 
+    limit_fields = ("limit",)
+
+    #: A hub dataset id, or a local builder (json, text, parquet, csv) reading ``data_files``.
     dataset: str = "json"
+    #: Local files (relative to the suite file) for a local builder; one path or a list.
     data_files: list[ExistingPath] | None = None
+    #: The dataset's configuration name (``datasets.load_dataset(dataset, subset)``).
     subset: str | None = None
+    #: The split to read (local files: the split ``data_files`` are loaded as).
     split: str = "train"
+    #: The column holding each document's text.
     text_field: str = "text"
+    #: The column holding each document's id (null or missing: its row number).
     id_field: str | None = "id"
+    #: Stream the rows instead of downloading the whole dataset first.
     streaming: bool = True
+    #: A hub revision of the dataset; null: the default branch.
     revision: str | None = None
     #: Documents skipped from the start (e.g. to keep evaluation rows disjoint from training rows).
     skip: int = Field(default=0, ge=0)
+    #: At most this many documents (after ``skip``); null: all.
     limit: int | None = Field(default=None, ge=1)
     #: Documents with fewer characters than this are dropped (empty rows would score nothing).
     min_chars: int = Field(default=1, ge=0)
@@ -313,7 +324,7 @@ def rows_of(source: DocumentSource) -> Iterator[Any]:
         raise HarnessError(
             f"dataset '{source.dataset}' (split '{source.split}'): the stream failed at row {failed.position}{after} "
             f"({_one_line(failed.error)}); fix: try again later, use a local copy (download it where the hub is "
-            f"reachable: `huggingface-cli download --repo-type dataset {source.dataset}`, then `dataset: json` or "
+            f"reachable: `hf download {source.dataset} --repo-type dataset`, then `dataset: json` or "
             "`parquet` with `data_files:`), or another `split:`") from failed.error
 
 

@@ -21,10 +21,11 @@ from typing import Any
 from .api import LoadedModel
 from .context import StageContext, StagePreempted, StopNow, seed_everything
 from .env import environment_record
-from .errors import HarnessError, did_you_mean
+from .errors import HarnessError
 from .graph import Graph, Stage, build_graph
 from .plugins import Registry, load_registry
 from .rundir import RunDir, read_json_object
+from .stage_select import select_stages
 from .store import atomic_write_json, atomic_write_text, to_json, write_failed
 from .suite import Suite
 
@@ -49,12 +50,8 @@ class Runner:
         self.registry = registry or load_registry()
         self.graph: Graph = build_graph(suite)
         self.show_progress = show_progress
-        self.only = only
-        known = [s.id for s in self.graph.stages]
-        for stage_id in only or []:
-            if stage_id not in known:
-                raise HarnessError(f"{suite.path}: unknown stage '{stage_id}'{did_you_mean(stage_id, known)}; fix: "
-                                   f"use one of: {', '.join(known)}")
+        #: The stages to run (None: all): ``only`` may give ids, prefixes or globs (:mod:`harness.stage_select`).
+        self.only = select_stages(only, [s.id for s in self.graph.stages], suite.path) if only else None
         self.stop_flag = [False]
         self._model: tuple[tuple[str, str | None], LoadedModel] | None = None
 
@@ -70,7 +67,7 @@ class Runner:
         if self.rank != 0:
             return
         resolved = {"suite_file": str(self.suite.path), "mode": self.suite.mode, "suite": self.suite.resolved,
-                    "seeds": self.suite.seeds,
+                    "overrides": self.suite.overrides, "limit": self.suite.limit, "seeds": self.suite.seeds,
                     "configs": {e.key: e.config.model_dump(mode="json")
                                 for s in ("models", "train", "metrics", "attacks")
                                 for e in self.suite.section(s).values()},

@@ -5,10 +5,10 @@ Shape (every section is a mapping from an entry name to its options; ``plugin:``
     name: quick
     seeds: [42]
     models:
-      tiny: {plugin: pythia_tiny}
+      base: {plugin: <a model plugin>}
       mono: {plugin: hf_causal_lm, from_train: monotonic}
     train:
-      monotonic: {plugin: monotonic, model: tiny, steps: 50}
+      monotonic: {plugin: monotonic, model: base, steps: 50}
     metrics:
       perplexity: {data: {dataset: json, data_files: ../data/shakespeare/test.jsonl}}
     attacks: {}
@@ -34,6 +34,7 @@ import yaml
 from .api import SECTIONS
 from .config import PluginConfig, validated
 from .errors import ConfigError, did_you_mean
+from .overrides import apply_overrides
 from .plugins import PluginInfo, Registry, load_registry
 from .report.config import ReportConfig
 
@@ -81,6 +82,10 @@ class Suite:
     report: ReportConfig
     #: The suite after the mode's overrides were merged in, as plain data (saved beside every result).
     resolved: dict[str, Any]
+    #: Command-line overrides (``key.path=value``) applied after the mode's, as given.
+    overrides: list[str] = field(default_factory=list)
+    #: ``--limit N``: every metric and attack entry capped at N examples / documents (None: as configured).
+    limit: int | None = None
 
     def section(self, name: str) -> dict[str, Entry]:
         return getattr(self, name)
@@ -239,12 +244,15 @@ def _parse_entries(data: dict[str, Any], section: str, path: Path, registry: Reg
 
 def _validate_config(entry: Entry, path: Path, extra: dict[str, Any] | None = None) -> PluginConfig:
     return validated(entry.plugin.cls.Config, {**entry.raw, **(extra or {})}, path, entry.key, entry.plugin.name,
-                     context={"base_dir": path.parent})
+                     context={"base_dir": path.parent}, is_plugin=True)
 
 
 def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None = None,
-               output_dir: str | Path | None = None) -> Suite:
-    """Read, merge the mode's overrides, and validate a suite. Raises :class:`ConfigError` with one line."""
+               output_dir: str | Path | None = None, overrides: list[str] | None = None,
+               limit: int | None = None) -> Suite:
+    """Read, merge the mode's overrides and then the command line's (``key.path=value``), and validate a suite;
+    ``limit`` caps the examples/documents of every metric and attack entry (a quick trial, written to its own run
+    directory ``<output_dir>-limitN`` unless ``output_dir`` is given). Raises :class:`ConfigError` with one line."""
     path = Path(path).resolve()
     registry = registry or load_registry()
     data = load_yaml(path)
@@ -253,6 +261,15 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
             raise ConfigError(path, str(key), f"unknown top-level key '{key}'{did_you_mean(str(key), TOP_KEYS)}",
                               f"use only: {', '.join(sorted(TOP_KEYS))}")
     resolved = resolve_mode(data, path, mode)
+    if overrides:
+        resolved = apply_overrides(resolved, list(overrides), path)
+        for key in resolved:
+            if key not in TOP_KEYS or key in MODES:
+                raise ConfigError(path, str(key), f"unknown top-level key '{key}' in the command-line overrides"
+                                  f"{did_you_mean(str(key), TOP_KEYS - set(MODES))}",
+                                  "override a suite key, e.g. `seeds=[1,2]` or `attacks.hotflip.flips=8`")
+    if limit is not None and limit < 1:
+        raise ConfigError(path, "--limit", f"must be an integer >= 1, got {limit}", "e.g. --limit 5")
 
     name = check_name(resolved.get("name", path.stem), path, "name", "suite")
     seeds = resolved.get("seeds", [0])
@@ -308,7 +325,7 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
 
     report_raw = resolved.get("report") or {}
     if not isinstance(report_raw, dict):
-        raise ConfigError(path, "report", "must be a mapping", "write `report: {success_threshold: 0.15}`")
+        raise ConfigError(path, "report", "must be a mapping", "write `report: {baseline: <model>}`")
     report = validated(ReportConfig, report_raw, path, "report", "report")
     for key, names in (("report.baseline", [report.baseline] if report.baseline else []),
                        ("report.compare", report.compare)):
@@ -328,10 +345,15 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
     if report.compare and not report.baseline:
         raise ConfigError(path, "report.compare", "models to compare need a baseline", "add `report.baseline: <model>`")
 
+    if limit is not None:  # after validation: the capped values are within every field's bounds
+        for entry in [*sections["metrics"].values(), *sections["attacks"].values()]:
+            entry.config = entry.config.limited(limit)
     out = Path(output_dir) if output_dir is not None else Path(resolved.get("output_dir", f"runs/{name}"))
+    if limit is not None and output_dir is None:  # a trial never mixes its stages into the real run's directory
+        out = out.with_name(f"{out.name}-limit{limit}")
     return Suite(path=path, name=name, mode=mode, seeds=seeds, device=device, output_dir=out.resolve(),
                  models=models, train=train, metrics=sections["metrics"], attacks=sections["attacks"],
-                 report=report, resolved=resolved)
+                 report=report, resolved=resolved, overrides=list(overrides or []), limit=limit)
 
 
 def _check_train_cycles(train: dict[str, Entry], models: dict[str, Entry], path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The out-of-tree example attack (examples/harness-example-attack): written from the README alone on the public
+"""The out-of-tree example attack (examples/harness-example-attack): written from docs/writing-plugins.md alone on the public
 attack toolkit, installed with pip, and shown in every report output beside HotFlip with no change to the core."""
 
 from __future__ import annotations
@@ -41,9 +41,11 @@ def test_example_attack_runs_and_shows_in_every_report_output(tmp_path, example_
                   context_tokens: 16, continuation_tokens: 8}
         report:
           baseline: tiny
-          table7:
-            - {label: "HotFlip success (%)", entry: hotflip, metric: success_rate, scale: 100, digits: 1}
-            - {label: "Sweep success (%)", entry: sweep, metric: success_rate, scale: 100, digits: 1}
+          tables:
+            - name: table7
+              columns:
+                - {label: "HotFlip success (%)", entry: hotflip, metric: success_rate, scale: 100, digits: 1}
+                - {label: "Sweep success (%)", entry: sweep, metric: success_rate, scale: 100, digits: 1}
     """)
     run = tmp_path / "run"
     proc = run_cli("run", str(suite), "--out", str(run), "--no-progress")

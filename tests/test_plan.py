@@ -166,7 +166,7 @@ def test_unknown_shape_is_a_clear_line_not_a_failure(tmp_path):
         """))
     plan = make_plan(suite, CPU)
     assert plan.models["other"].shape is None
-    assert "unknown shape" in plan.models["other"].reason and "huggingface-cli download" in plan.models["other"].reason
+    assert "unknown shape" in plan.models["other"].reason and "hf download" in plan.models["other"].reason
     assert plan.stages[0].workload is None and "unknown shape" in plan.stages[0].reason
 
 

@@ -78,7 +78,7 @@ def test_model_not_reachable_offline(tmp_path, capsys, monkeypatch):
         """)
     err = run_error(capsys, str(suite), "--out", str(tmp_path / "run"))
     assert "models.pythia_0.07b.path" in err and "not in the local Hugging Face cache" in err
-    assert "huggingface-cli download EleutherAI/pythia-70m-not-cached" in err and "HF_HUB_OFFLINE=1" in err
+    assert "hf download EleutherAI/pythia-70m-not-cached" in err and "HF_HUB_OFFLINE=1" in err
 
 
 def test_dataset_not_reachable_offline(tmp_path, capsys, monkeypatch):
@@ -89,7 +89,7 @@ def test_dataset_not_reachable_offline(tmp_path, capsys, monkeypatch):
         """)
     err = run_error(capsys, str(suite), "--out", str(tmp_path / "run"))
     assert "metrics.perplexity.data" in err and "'some-org/not-cached-corpus' (split 'test')" in err
-    assert "huggingface-cli download --repo-type dataset some-org/not-cached-corpus" in err
+    assert "hf download some-org/not-cached-corpus --repo-type dataset" in err
     assert "HF_DATASETS_OFFLINE=1" in err and "data_files" in err
 
 
@@ -148,6 +148,9 @@ def test_slurm_submit_stops_before_submitting(tmp_path):
     assert not (tmp_path / "run" / "slurm").exists()
     dry = run_cli("slurm", "submit", str(suite), "--profile", str(profile), "--out", str(tmp_path / "dry"),
                   "--dry-run")
-    assert dry.returncode == 0, dry.stderr
+    # A dry run reports the pre-flight's findings, and then refuses all the same: a job without the GPU its stage
+    # needs is never planned (tests/test_slurm_fit.py).
+    assert dry.returncode == 2, dry.stderr
     assert "pre-flight (would stop a real submission)" in dry.stderr and "jobs.metrics.gpus" in dry.stderr
-    assert (tmp_path / "dry" / "slurm" / "submit.sh").exists()
+    assert "error: stage metrics/" in dry.stderr and "needs a GPU (device 'cuda')" in dry.stderr
+    assert not (tmp_path / "dry" / "slurm" / "submit.sh").exists()

@@ -152,7 +152,8 @@ def make_run(root: Path, successes: dict[tuple[str, str], int], controls: set[st
                 control=entry in controls)
     suite = {"name": "verdicts", "models": {model: {} for model in scales},
              "report": {"baseline": "base", "compare": ["mono"], "gap": {"entry": "ppl", "metric": "ppl"},
-                        "attack_metric": "success_rate", "bootstrap_samples": 1000, **report}}
+                        "attack_metric": "success_rate", "bootstrap_samples": 1000, "gap_target": 0.15,
+                        "attack_reduction_target": 0.40, "curve_thresholds": [0.15, 0.30], **report}}
     atomic_write_json(root / "config.resolved.json", {"mode": "quick", "suite": suite, "seeds": SEEDS,
                                                       "configs": {}, "stages": stages})
     return root
@@ -160,6 +161,18 @@ def make_run(root: Path, successes: dict[tuple[str, str], int], controls: set[st
 
 def _indicators(results: dict) -> dict:
     return {(i["indicator"], i.get("entry")): i for i in results["indicators"]}
+
+
+def test_without_targets_the_report_gives_values_and_intervals_but_no_verdict(tmp_path):
+    """The core has no default target: a suite that sets none gets its comparisons measured, not judged."""
+    run = make_run(tmp_path / "run", {("strong", "base"): 30, ("strong", "mono"): 3}, controls=set(),
+                   report={"gap_target": None, "attack_reduction_target": None})
+    res = build_report(run).results
+    assert res["report_config"]["gap_target"] is None and res["report_config"]["attack_reduction_target"] is None
+    for item in res["indicators"]:
+        assert item["status"] == "no target" and not item["met"], item
+        assert item["ci95"] is not None and "value" in item
+    assert verdict([0.5, 0.9], None, above=True) == "no target"
 
 
 def test_each_verdict_rule_on_a_constructed_run(tmp_path):

@@ -130,11 +130,11 @@ def test_interrupted_soft_prompt_resumes_to_identical_numbers(tiny, tmp_path, mo
 
 
 @pytest.mark.parametrize("option,words", [
-    ("steps: 0", "greater than or equal to 1"),
-    ("epsilon: 0", "greater than 0"),
-    ("edit: middle", "'suffix', 'prefix' or 'context'"),
+    ("steps: 0", "must be an integer >= 1, got 0"),
+    ("epsilon: 0", "> 0"),
+    ("edit: middle", "must be one of 'suffix', 'prefix', 'context', got 'middle'"),
     ("objective: targeted", "needs `target: <text>`"),
-    ("optimizer: sgd", "'pgd' or 'adam'"),
+    ("optimizer: sgd", "one of 'pgd', 'adam'"),
 ])
 def test_bad_config_is_one_line_at_validate(tmp_path, capsys, option, words):
     path = write_suite(tmp_path, f"""

@@ -25,8 +25,8 @@ CASES = [
      "metrics.perplexty", "did you mean 'perplexity'"),
     ("models:\n  x: {plugin: perplexity}\n" + GOOD_METRIC, "models.x.plugin", "'perplexity' is a metric plugin"),
     (GOOD + "    strid: 4\n", "metrics.perplexity.strid", "unknown key 'strid' for plugin 'perplexity' (did you mean 'stride'?)"),
-    (GOOD + "    batch_tokens: lots\n", "metrics.perplexity.batch_tokens", "valid integer"),
-    (GOOD + "    batch_tokens: 1\n", "metrics.perplexity.batch_tokens", "greater than or equal to 16"),
+    (GOOD + "    batch_tokens: lots\n", "metrics.perplexity.batch_tokens", "must be an integer >= 16, got 'lots'"),
+    (GOOD + "    batch_tokens: 1\n", "metrics.perplexity.batch_tokens", "must be an integer >= 16, got 1"),
     ("models:\n  tiny: {plugin: pythia_tiny}\nmetrics:\n  perplexity: {stride: 4}\n",
      "metrics.perplexity.data", "required key missing"),
     ("models:\n  tiny: {plugin: pythia_tiny}\nmetrics:\n  perplexity:\n    data: {data_files: nowhere.jsonl}\n",
@@ -48,7 +48,7 @@ CASES = [
      "unknown train entry 'nothing'"),
     ("models:\n  m: {plugin: hf_causal_lm}\n" + GOOD_METRIC, "models.m.path", "required key missing"),
     (GOOD + "name: 'bad name!'\n", "name", "suite name must be"),
-    (GOOD + "report: {success_threshold: high}\n", "report.success_threshold", "valid number"),
+    (GOOD + "report: {success_threshold: high}\n", "report.success_threshold", "must be a number, got 'high'"),
 ]
 
 

@@ -36,6 +36,9 @@ log = logging.getLogger("harness")
 #: The optimiser, gradient and backward passes cost twice the forward pass: training is 3x forward per token.
 BACKWARD_FACTOR = 2
 DEFAULT_MFU = 0.35
+#: A job's time limit must cover its planned wall time times this: the plan leaves out model loading, tokenisation
+#: and checkpoint writes, and a cluster's GPUs rarely reach the planned MFU every hour.
+TIME_MARGIN = 1.25
 VERSIONS = ("torch", "transformers", "datasets", "lm_eval", "accelerate")
 
 
@@ -271,7 +274,7 @@ def _gb(x: float) -> str:
     return f"{x / 1e9:,.1f} GB"
 
 
-def _hours(h: float) -> str:
+def hours_text(h: float) -> str:
     return f"{h:,.1f} h" if h >= 1 else f"{h * 60:,.0f} min" if h * 60 >= 1 else f"{h * 3600:,.0f} s"
 
 
@@ -309,8 +312,9 @@ def stage_warnings(est: StageEstimate, accel: Accelerator, profile: Any, profile
             cycles = int(est.wall_hours // limit)
             then = (f"with `requeue: true` it checkpoints and is requeued ~{cycles} time(s)" if profile.requeue
                     else "it is killed at the limit (`requeue: false`)")
-            out.append(f"{sid}: ~{_hours(est.wall_hours)} per job exceeds the {kind} jobs' time limit {res.time} "
-                       f"({profile_path}); {then}; fix: raise jobs.{kind}.time to >= {_slurm_time(est.wall_hours)}"
+            out.append(f"{sid}: ~{hours_text(est.wall_hours)} per job exceeds the {kind} jobs' time limit "
+                       f"{res.time} ({profile_path}); {then}; fix: raise jobs.{kind}.time to >= "
+                       f"{slurm_time_with_margin(est.wall_hours)}"
                        + (" or give it more GPUs" if kind == "train" else ""))
     if kind == "train" and res.mem and est.workload is not None and est.workload.training is not None:
         # Resuming loads the fp32 weights and AdamW state on the CPU in every process (torch.load to CPU).
@@ -338,8 +342,8 @@ def collapse_seeds(stages: list[StageEstimate]) -> list[str]:
     return list(out)
 
 
-def _slurm_time(hours: float) -> str:
-    total = int(hours * 1.25 * 3600) + 1  # 25% margin
+def slurm_time_with_margin(hours: float) -> str:
+    total = int(hours * TIME_MARGIN * 3600) + 1
     days, rest = divmod(total, 86400)
     h, rest = divmod(rest, 3600)
     return (f"{days}-" if days else "") + f"{h:02d}:{rest // 60:02d}:00"

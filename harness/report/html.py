@@ -94,7 +94,7 @@ def _matched_html(matched: list[dict[str, Any]] | None) -> str:
 
 
 def _cells_html(table: dict[str, Any], headers: list[str], labels) -> str:
-    """A table of summary cells (Table 7, the attack table); ``labels(row)`` gives the leading text cells."""
+    """A table of summary cells (a report table, the attack table); ``labels(row)`` gives the leading text cells."""
     cols = table["columns"]
     rows = []
     for row in table["rows"]:
@@ -106,8 +106,9 @@ def _cells_html(table: dict[str, Any], headers: list[str], labels) -> str:
     return _table(headers + [c["label"] for c in cols], rows) + f'<p class="note">{_e(" ".join(_notes(table)))}</p>'
 
 
-def _table7_html(table: dict[str, Any]) -> str:
-    return _cells_html(table, ["Model"], lambda row: [model_label(row)])
+def _tables_html(tables: list[dict[str, Any]]) -> str:
+    return "".join(f"<h2>{_e(table['title'])}</h2>" + _cells_html(table, ["Model"], lambda row: [model_label(row)])
+                   for table in tables)
 
 
 def _attacks_html(attacks: dict[str, Any] | None) -> str:
@@ -173,7 +174,7 @@ def _figures_html(plots: dict[str, dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]],
+def report_html(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[dict[str, Any]],
                 plots: dict[str, dict[str, Any]], transfer: dict[str, Any] | None, generated: str,
                 attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None,
                 matched: list[dict[str, Any]] | None = None, headline: str = "") -> str:
@@ -193,7 +194,7 @@ def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str
         headline,
         _declarations_html(agg),
         "<h2>Success indicators (exploratory)</h2>", _indicators_html(indicators),
-        "<h2>Table 7</h2>", _table7_html(table),
+        _tables_html(tables),
         _attacks_html(attacks),
         _controls_html(controls),
         _matched_html(matched),

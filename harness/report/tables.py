@@ -1,4 +1,5 @@
-"""Text outputs: Table 7 as LaTeX (the body of a ``table`` environment) and Markdown, and the plain summary."""
+"""Text outputs: the suite's report tables as LaTeX (the body of a ``table`` environment) and Markdown, and the plain
+summary."""
 
 from __future__ import annotations
 
@@ -50,16 +51,18 @@ def _notes(table: dict[str, Any]) -> list[str]:
     return notes
 
 
-def latex_table7(agg: Aggregate, table: dict[str, Any]) -> str:
-    """The body of a LaTeX ``table`` environment (no packages needed): ``\\begin{table}\\input{table7}\\end{table}``."""
+def latex_table(agg: Aggregate, table: dict[str, Any]) -> str:
+    """The body of a LaTeX ``table`` environment (no packages needed): ``\\begin{table}\\input{NAME}\\end{table}``
+    for the table named NAME in the suite's ``report.tables``."""
     run = agg.run
     cols = table["columns"]
-    lines = [f"% Table 7 of suite '{run.suite}' ({run.mode} mode, seeds {run.seeds}), written by `harness report`",
+    lines = [f"% {table['title']} of suite '{run.suite}' ({run.mode} mode, seeds {run.seeds}), written by "
+             "`harness report`",
              f"% from the measured results in {run.run_dir}.",
              r"\centering",
-             r"\caption{" + latex_escape("The suite's Table 7 metrics per model. " + " ".join(_notes(table)))
+             r"\caption{" + latex_escape(f"The suite's {table['title']} metrics per model. " + " ".join(_notes(table)))
              .replace("±", r"$\pm$").replace("†", r"$^\dagger$") + "}",
-             r"\label{tab:table7}",
+             r"\label{tab:" + table["name"] + "}",
              r"\begin{tabular}{l" + "r" * len(cols) + "}",
              r"\hline",
              " & ".join(["Model"] + [latex_escape(c["label"]) for c in cols]) + r" \\",
@@ -91,7 +94,7 @@ def _markdown(table: dict[str, Any], headers: list[str], labels) -> str:
     return "\n".join(lines) + "\n\n" + " ".join(_notes(table)) + "\n"
 
 
-def markdown_table7(table: dict[str, Any]) -> str:
+def markdown_table(table: dict[str, Any]) -> str:
     return _markdown(table, ["Model"], lambda row: [model_label(row)])
 
 
@@ -144,7 +147,7 @@ def matched_line(row: dict[str, Any]) -> str:
             + (f" (the scales disagree: {row['scales_disagree']})" if row.get("scales_disagree") else ""))
 
 
-def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]],
+def summary_text(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[dict[str, Any]],
                  attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None,
                  matched: list[dict[str, Any]] | None = None, headline: list[str] | None = None) -> str:
     """The summary for a person; ``headline``: the lines that answer the suite's question (the primary endpoints),
@@ -170,7 +173,8 @@ def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[st
         out += ["", "Models against their matched controls (report.matched_controls; paired 95% intervals; "
                     "exploratory):"]
         out += [f"  - {matched_line(row)}" for row in matched]
-    out += ["", "Table 7 (mean ± std over seeds):", markdown_table7(table)]
+    for table in tables:
+        out += ["", f"{table['title']} (mean ± std over seeds):", markdown_table(table)]
     if attacks and attacks["rows"]:
         out += ["Attacks side by side (mean ± std over seeds):", markdown_attacks(attacks)]
     out.append("All metrics (mean ± std over seeds, n = seeds that finished; exploratory 95% interval):")

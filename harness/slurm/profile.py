@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, HarnessError
 from ..config import validated
 
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # SLURM's forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
@@ -101,7 +101,8 @@ class Profile(_Strict):
     python: str | None = None
     #: How a job asks for GPUs; ``{n}`` is the count. ``--gpus-per-node={n}`` needs select/cons_tres.
     gpu_flag: str = "--gres=gpu:{n}"
-    #: A directory with your own ``stage.sbatch.tmpl`` / ``report.sbatch.tmpl`` (default: the shipped ``slurm/``).
+    #: A directory with your own ``stage.sbatch.tmpl`` / ``report.sbatch.tmpl`` (default: the shipped ones in
+    #: ``harness/slurm/templates/``, installed with the package).
     templates: Path | None = None
     #: Directory jobs run in. ``null``: the directory ``harness slurm submit`` was called from.
     workdir: Path | None = None
@@ -113,6 +114,27 @@ class Profile(_Strict):
     arrays: bool = True
     #: Training stages: multi-process launch.
     launcher: Launcher = Launcher()
+    #: The GPU model the jobs get (a `harness plan --gpu` name: H100, A100-80GB, ...): submission checks every
+    #: job's time limit against the stage's planned time on it. ``null``: H100 (the plan's default) is assumed.
+    gpu_type: str | None = None
+    #: How many times a stage longer than its job's time limit may checkpoint at the limit and be requeued to go
+    #: on (needs ``requeue: true``): submission splits such a stage into that many more job runs, and refuses one
+    #: that would need more. 0: every stage must finish within one time limit.
+    max_requeues: int = Field(default=0, ge=0)
+
+    @field_validator("gpu_type")
+    @classmethod
+    def _gpu_type(cls, value: str | None) -> str | None:
+        from ..plan.hardware import GPUS, accelerator
+
+        if value is None:
+            return None
+        if value.lower() == "cpu":
+            raise ValueError("gpu_type names the jobs' GPU model; for jobs without GPUs leave it out")
+        try:
+            return accelerator(value).name
+        except HarnessError:
+            raise ValueError(f"unknown GPU {value!r}; use one of {', '.join(GPUS)}") from None
 
     @field_validator("gpu_flag")
     @classmethod

@@ -16,8 +16,8 @@ from ..errors import HarnessError
 from .plan import Job
 from .profile import Launcher, Profile, Resources
 
-#: The shipped templates (``slurm/`` at the top of the repository); a profile may point elsewhere.
-TEMPLATES = Path(__file__).resolve().parents[2] / "slurm"
+#: The shipped sbatch templates (package data, so a plain `pip install .` has them too); a profile may point elsewhere.
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 @dataclass

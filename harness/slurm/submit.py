@@ -27,6 +27,7 @@ from ..rundir import read_json_object
 from ..store import atomic_write_json, atomic_write_text
 from ..suite import load_suite
 from . import scheduler
+from .fit import Fit, check_fit
 from .plan import Job, flat, plan_jobs, report_job, topological
 from .profile import Profile, load_profile
 from .scripts import JobContext, render
@@ -52,6 +53,8 @@ class Submission:
     kept: dict[str, str]  # stage id -> job kept from an earlier submission
     cancelled: list[str] = field(default_factory=list)
     dry_run: bool = False
+    #: What the fit check says (GPUs, time limits, stages split into requeued runs).
+    fit: Fit = field(default_factory=Fit)
 
     def script(self, job: Job) -> Path:
         return slurm_dir(self.run_dir) / "jobs" / f"{job.name}.sbatch"
@@ -74,6 +77,8 @@ def submit_suite(suite_path: Path, mode: str = "quick", out: Path | None = None,
         kept, stale, report_alive = _leftover_jobs(graph, record, done)
 
     jobs = plan_jobs(graph, done, kept, arrays=profile.arrays)
+    # Before anything is written or submitted: every job gets the GPUs and the time its stage needs.
+    fit = check_fit(suite, profile, profile_path, [s for job in jobs for s in job.stages])
     report = record.get("report") or {}
     if jobs or (kept and not report_alive):
         if report_alive:
@@ -82,7 +87,7 @@ def submit_suite(suite_path: Path, mode: str = "quick", out: Path | None = None,
     elif not kept and not report_alive and not _report_current(run_dir, done):
         jobs.append(report_job([], {}))
 
-    submission = Submission(run_dir, graph, profile, jobs, done, kept, dry_run=dry_run)
+    submission = Submission(run_dir, graph, profile, jobs, done, kept, dry_run=dry_run, fit=fit)
     ctx = JobContext(suite.path, suite.name, mode, run_dir, profile, report_command=_report_command())
     for job in jobs:
         atomic_write_text(submission.script(job), render(job, ctx))
@@ -185,6 +190,9 @@ def describe(submission: Submission) -> list[tuple[str, str, str, str]]:
         res = ", ".join(x for x in (resources.partition, f"{resources.gpus or 0} GPU", resources.time) if x)
         if job.kind == "train" and submission.profile.launcher.kind != "none":
             res += f", {submission.profile.launcher.kind} {submission.profile.launcher.strategy}"
+        runs_needed = max((submission.fit.split.get(s.id, 1) for s in job.stages), default=1)
+        if runs_needed > 1:
+            res += f", up to {runs_needed} runs (requeued at the limit)"
         runs = "\n".join(f"[{t}] {s.id}" for t, s in zip(job.tasks, job.stages)) if job.is_array else (
             job.stages[0].id if job.stages else "report (after every stage)")
         waits = [f"{j if isinstance(j, str) else j.name}" + ("" if t is None else f" task {t}") for j, t in job.after]

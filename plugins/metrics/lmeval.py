@@ -41,6 +41,7 @@ LOCAL_TASKS = Path(__file__).resolve().parent / "lm_eval_tasks"
 
 
 class LMEvalConfig(PluginConfig):
+    limit_fields = ("limit",)  # `harness run --limit N` caps these
     #: Task, group or tag names lm-eval knows, or the shipped local ones (``shakespeare_local`` = all three).
     tasks: list[str] = Field(min_length=1)
     #: Few-shot examples per prompt (default: each task's own setting, 0 when it has none).

@@ -22,9 +22,13 @@ class RandomInit(PluginConfig):
 
     #: Seeds torch's generator for the initialisation (the same seed gives the same weights).
     seed: int = 0
+    #: Width of the residual stream (null: the checkpoint's config).
     hidden_size: int | None = Field(default=None, ge=1)
+    #: Attention heads; must divide ``hidden_size`` (null: the checkpoint's config).
     num_attention_heads: int | None = Field(default=None, ge=1)
+    #: Decoder layers (null: the checkpoint's config).
     num_hidden_layers: int | None = Field(default=None, ge=1)
+    #: Width of the feed-forward layers (null: the checkpoint's config).
     intermediate_size: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
@@ -44,9 +48,11 @@ class RandomInit(PluginConfig):
 class HFCausalLMConfig(PluginConfig):
     #: A hub id (``EleutherAI/pythia-1.4b``) or a local directory with config + safetensors weights.
     path: str
+    #: A hub revision (branch, tag or commit) of ``path``; null: the default branch.
     revision: str | None = None
     #: Tokenizer hub id or directory, when it is not stored with the model.
     tokenizer: str | None = None
+    #: The dtype the weights are loaded in (``auto``: the checkpoint's own).
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     #: Overrides the suite's device for this model.
     device: str | None = None
@@ -55,6 +61,7 @@ class HFCausalLMConfig(PluginConfig):
     #: A GGUF file inside ``path`` (dequantised to ``dtype`` on load; GGUF holds no code, like safetensors).
     gguf_file: str | None = None
     #: Build a randomly initialised model of this architecture instead of loading the weights (see RandomInit).
+    #: Needs ``path:`` all the same: the config (architecture) and tokenizer come from it, only the weights do not.
     random_init: RandomInit | None = None
 
     @model_serializer(mode="wrap")
@@ -78,7 +85,7 @@ class HFCausalLMConfig(PluginConfig):
 
 
 def _offline_help(ref: str) -> str:
-    return (f"to run offline, download it where the hub is reachable (`huggingface-cli download {ref}` on a login "
+    return (f"to run offline, download it where the hub is reachable (`hf download {ref}` on a login "
             "node) and set HF_HUB_OFFLINE=1 here, or set `path:` to a local checkpoint directory; the tiny offline "
             "default needs no hub: `plugin: pythia_tiny`")
 

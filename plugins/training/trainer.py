@@ -278,6 +278,7 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
     version = "2"
     #: Set by hand: this class is also the generic base of the trainers that add a transform.
     Config = BaselineConfig
+    default_config = "configs/baseline.yaml"  # the published recipe (package data)
 
     def transform(self, model: torch.nn.Module, ctx: StageContext) -> tuple[torch.nn.Module, dict[str, Any]]:
         """Change the model before training; returns the model to train (it may be a new one) and what
@@ -484,6 +485,7 @@ class MonotonicTrainer(RecoveryTrainer[MonotonicConfig]):
     """Monotonic transform (non-negative FFN weights, W = softplus(V)) then the same recovery training."""
 
     name = "monotonic"
+    default_config = "configs/monotonic.yaml"  # the published recipe (package data)
 
     def spec(self) -> MonotonicSpec:
         cfg = self.config
