@@ -45,13 +45,14 @@ torch.set_num_threads(int(sys.argv[2]))
 logging.getLogger("nanogcg").setLevel(logging.WARNING)
 tok = transformers.AutoTokenizer.from_pretrained(sys.argv[1])
 tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # plain concatenation
-model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32).eval()
+model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=getattr(torch, sys.argv[4])).to(
+    sys.argv[3]).eval()
 print(json.dumps({"ready": True, "transformers": transformers.__version__}), flush=True)
 for line in sys.stdin:
     req = json.loads(line)
     if "probe" in req:  # the model as this side loaded it: the sum of its logits on the probe's ids
         with torch.no_grad():
-            total = float(model(torch.tensor([req["probe"]])).logits.double().sum())
+            total = float(model(torch.tensor([req["probe"]], device=model.device)).logits.double().sum())
         print(json.dumps({"logit_sum": total}), flush=True)
         continue
     cfg = GCGConfig(num_steps=req["num_steps"], search_width=req["search_width"], topk=req["topk"],
@@ -108,9 +109,19 @@ def export_smollm2(dest: Path) -> Path:
     model.load_state_dict(gguf.state_dict())
     model.save_pretrained(dest)
     tok.save_pretrained(dest)
+    return legacy_names(dest)
+
+
+def legacy_names(dest: Path) -> Path:
+    """Write the names transformers 4.47 (nanoGCG's) reads beside transformers 5's in a saved model directory: the
+    rotary settings and the tokenizer class (same weights, same tokenizer.json)."""
     cfg_path, tok_path = dest / "config.json", dest / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg.setdefault("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    rope = cfg.get("rope_parameters") or {}
+    cfg.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
+    if cfg.get("model_type") == "gpt_neox":
+        cfg.setdefault("rotary_emb_base", rope.get("rope_theta", 10000.0))
+        cfg.setdefault("rotary_pct", rope.get("partial_rotary_factor", 0.25))
     cfg.setdefault("torch_dtype", "float32")
     cfg_path.write_text(json.dumps(cfg, indent=2))
     tok_cfg = json.loads(tok_path.read_text())
@@ -126,18 +137,22 @@ def run_ours(model, tok, prompt: str, target: str, init_ids: list[int], args) ->
     from harness.attacks import Example, Scorer, allowed_tokens
     from harness_plugins.attacks import gcg
 
+    screen = None if args.exact else {"draft_layers": args.draft_layers, "probe_factor": args.probe_factor,
+                                      "r": args.r, "dtype": args.draft_dtype}
     cfg = gcg.GCGConfig(data=DocumentSource(data_files=[TEST_DOCS]), prefix_eos=False, edit="suffix",
                         n_tokens=len(init_ids), objective="targeted", target=target, num_steps=args.num_steps,
-                        search_width=args.search_width, topk=args.topk)
+                        search_width=args.search_width, topk=args.topk, screen=screen)
     ex = Example("prompt", (), tuple(tok(prompt, add_special_tokens=False)["input_ids"]), ())
     problem = gcg.Problem([ex], [tuple(tok(target, add_special_tokens=False)["input_ids"])], "suffix", "targeted")
     allowed = allowed_tokens(model, cfg.vocab)
     start = time.perf_counter()
-    objective = gcg.Objective(Scorer(model, cfg.batch_tokens), problem, cfg)
+    scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
+    objective = gcg.Objective(scorer, problem, cfg)
     state = gcg.search(objective, list(init_ids), allowed, tok, cfg, torch.Generator().manual_seed(args.seed),
                        "prompt", [[0]])
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "best_loss": min(state.losses), "losses": state.losses}
+    return {"seconds": seconds, "best_loss": min(state.losses), "losses": state.losses,
+            "screen": scorer.screen_record(), "flops": scorer.budget.flops}
 
 
 def main() -> None:
@@ -157,6 +172,15 @@ def main() -> None:
     parser.add_argument("--n-tokens", type=int, default=20, help="tokens of the optimised string")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each side")
+    parser.add_argument("--device", default="cpu", help="both sides' device (cuda: benchmarks/gpu_check.sh)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both sides' weights")
+    parser.add_argument("--exact", action="store_true",
+                        help="ours scores every candidate exactly (no screen); default: probe sampling (below)")
+    parser.add_argument("--draft-layers", type=int, default=8,
+                        help="ours' screen: the draft keeps the first/last half of this many blocks")
+    parser.add_argument("--draft-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--probe-factor", type=int, default=16)
+    parser.add_argument("--r", type=float, default=8.0)
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -177,7 +201,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tok = AutoTokenizer.from_pretrained(args.model_dir)
-    hf = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=getattr(torch, args.dtype)).to(args.device).eval()
     model = LoadedModel("bench", hf, tok)
     texts = prompts(tok, args.prompts, args.context)
     try:  # the same first string for both: nanoGCG's "x x ... x", as our plugin makes it of n_tokens tokens
@@ -187,7 +211,8 @@ def main() -> None:
         raise SystemExit(str(exc)) from exc
     init_text = tok.decode(init_ids)
 
-    worker = subprocess.Popen([str(args.nanogcg_python), "-c", WORKER, str(args.model_dir), str(args.threads)],
+    worker = subprocess.Popen([str(args.nanogcg_python), "-c", WORKER, str(args.model_dir), str(args.threads),
+                               args.device, args.dtype],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     assert worker.stdin is not None and worker.stdout is not None
@@ -206,8 +231,9 @@ def main() -> None:
     worker.stdin.flush()
     theirs = json.loads(worker.stdout.readline())["logit_sum"]
     with torch.no_grad():
-        mine = float(hf(torch.tensor([probe])).logits.double().sum())
-    if abs(mine - theirs) > 1e-5 * max(1.0, abs(mine)):
+        mine = float(hf(torch.tensor([probe], device=args.device)).logits.double().sum())
+    tolerance = 1e-5 if args.dtype == "float32" else 1e-2  # bf16 kernels may round differently per call
+    if abs(mine - theirs) > tolerance * max(1.0, abs(mine)):
         raise SystemExit(f"the two sides load different models (logit sums {mine:.6g} vs {theirs:.6g} on the same ids)")
     n_params = sum(p.numel() for p in hf.parameters()) - hf.get_input_embeddings().weight.numel()
     peak = matmul_peak_gflops(args.threads)
@@ -215,7 +241,9 @@ def main() -> None:
           f"{mine:.6g} / {theirs:.6g}); nanoGCG worker on transformers "
           f"{hello['transformers']}; {args.prompts} prompts x {args.num_steps} steps, search_width "
           f"{args.search_width}, topk {args.topk}, {args.n_tokens}-token string, seed {args.seed}, {args.threads} "
-          f"threads each; load average {os.getloadavg()[0]:.1f}; fp32 matmul peak {peak:.1f} GFLOP/s")
+          f"threads each; load average {os.getloadavg()[0]:.1f}; fp32 matmul peak {peak:.1f} GFLOP/s; ours: "
+          + ("every candidate exact" if args.exact else f"probe sampling (draft {args.draft_layers} blocks "
+             f"{args.draft_dtype}, probe_factor {args.probe_factor}, r {args.r}; the kept candidate exact)"))
     rows = []
     for i, prompt in enumerate(texts):
         target = TARGETS[i % len(TARGETS)]
@@ -230,7 +258,8 @@ def main() -> None:
         nano, ours = result["nanogcg"], result["ours"]
         print(f"prompt {i} target {target!r}: nanoGCG {args.num_steps / nano['seconds']:.3f} steps/s, loss "
               f"{nano['best_loss']:.4f} | ours {args.num_steps / ours['seconds']:.3f} steps/s, loss "
-              f"{ours['best_loss']:.4f} | ratio {nano['seconds'] / ours['seconds']:.2f}", flush=True)
+              f"{ours['best_loss']:.4f} | ratio {nano['seconds'] / ours['seconds']:.2f}"
+              + (f" | screen {ours['screen']}" if ours.get("screen") else ""), flush=True)
     worker.stdin.close()
     worker.wait(timeout=60)
 
@@ -244,9 +273,9 @@ def main() -> None:
     print(f"total: nanoGCG {steps / total('nanogcg'):.3f} steps/s, {flops / total('nanogcg') / 1e9:.2f} GFLOP/s "
           f"({100 * flops / total('nanogcg') / 1e9 / peak:.1f}% of peak) | ours {steps / total('ours'):.3f} steps/s, "
           f"{flops / total('ours') / 1e9:.2f} GFLOP/s ({100 * flops / total('ours') / 1e9 / peak:.1f}% of peak)")
-    print(f"steps/s ratio (ours / nanoGCG): {total('nanogcg') / total('ours'):.2f} (target >= 3)")
     print(f"median final target loss over {len(rows)} prompts: nanoGCG {median['nanogcg']:.4f}, ours "
-          f"{median['ours']:.4f} (target: ours <= nanoGCG)")
+          f"{median['ours']:.4f} (target: ours <= nanoGCG); load average now {os.getloadavg()[0]:.1f}")
+    print(f"steps/s ratio (ours / nanoGCG): {total('nanogcg') / total('ours'):.2f} (target >= 3)")
     sys.stdout.flush()
 
 

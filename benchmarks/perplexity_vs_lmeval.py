@@ -80,6 +80,10 @@ def main() -> None:
     parser.add_argument("--big-docs", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="compare on this Hugging Face model directory only (e.g. benchmarks/gpu_check.sh's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-length", type=int, default=512, help="window of --model-dir's comparison")
     args = parser.parse_args()
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -88,6 +92,13 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
+    if args.model_dir is not None:
+        tok = AutoTokenizer.from_pretrained(args.model_dir)
+        model = AutoModelForCausalLM.from_pretrained(args.model_dir).to(args.device).eval()
+        print(f"torch {torch.__version__}, device {args.device}, dtype {next(model.parameters()).dtype}")
+        compare(LoadedModel(args.model_dir.name, model, tok), args.model_dir.name, args.big_docs, args.max_length,
+                args.batch, args.repeats)
+        return
     tok = AutoTokenizer.from_pretrained(WEIGHTS_DIR)
     tiny = AutoModelForCausalLM.from_pretrained(WEIGHTS_DIR).eval()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")

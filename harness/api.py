@@ -197,6 +197,13 @@ class Plugin(Generic[ConfigT]):
         """What this plugin's results report (the summary keys the report reads); may depend on the config."""
         return []
 
+    def reuse_config(self) -> dict[str, Any] | None:
+        """Optional: this config without its example count, for a plugin whose per-example records depend on their
+        example alone and whose samples nest (``harness.attacks.select_examples``). A stage whose config then differs
+        from the one its directory holds only in that count keeps its records, and a rerun with a larger (or
+        smaller) count computes only the examples it has no record of. None (the default): any change recomputes."""
+        return None
+
     def plan(self, inputs: PlanInputs) -> Workload | None:
         """Optional: the work one stage of this plugin does (tokens through the model, largest batches, bytes
         written), computed from the config alone, for ``harness plan`` and the pre-flight disk check. None: the

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import string
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
@@ -25,22 +26,24 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .api import LoadedModel, MetricSpec
 from .config import PluginConfig
 from .context import StageContext, derive_seed
 from .data import Document, DocumentSource, load_documents
 from .errors import HarnessError
-from .scoring import continuation_nll, logits_tail_kwarg, swap_nll
+from .scoring import auto_batch_tokens, continuation_nll, draft_model, logits_tail_kwarg, swap_nll
+from .screening import ScreenConfig, probe_sample
 
 #: A loss over the continuation: (logits ``[B, k, V]`` float32 of the positions that predict the last ``k`` tokens,
 #: those tokens ``[B, k]``) -> one loss per row ``[B]``. The default (None) is the mean NLL of the ``k`` tokens.
 ContinuationLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = [
-    "ATTACK_METRICS", "BUDGET_FIELDS", "Budget", "CURVE_THRESHOLDS", "ComputeCost", "ContinuationLoss", "Example",
-    "POSITIONS_METRIC", "Scorer", "TaskConfig", "VocabFilter", "allowed_tokens", "attack_rng", "budget_summary",
+    "ATTACK_METRICS", "BUDGET_FIELDS", "PROGRESS_FIELD", "best_so_far", "Budget", "CURVE_THRESHOLDS", "ComputeCost",
+    "ContinuationLoss", "Example", "POSITIONS_METRIC", "ScreenConfig", "Scorer", "TaskConfig", "VocabFilter",
+    "allowed_tokens", "attack_rng", "budget_summary",
     "continuation_nll", "disjoint_splits", "example_record", "make_examples", "position_histogram", "random_allowed",
     "relative_increase", "log_ratio", "select_examples", "spearman", "success_curve", "summarize", "swap_nll",
 ]
@@ -75,8 +78,25 @@ class TaskConfig(PluginConfig):
     #: Relative NLL increase above which an example counts as a success. No core default: an attack plugin's
     #: config sets one (the built-in attacks share theirs), and a suite may override it.
     threshold: float = Field(ge=0)
-    #: Tokens per forward pass when scoring candidates (batch size x length): the memory budget.
-    batch_tokens: int = Field(default=16384, ge=64)
+    #: Tokens per forward pass when scoring candidates (batch size x length): the memory budget. ``auto``: the
+    #: largest that fits the device's memory (CUDA) or the fastest (CPU), measured once per model.
+    batch_tokens: int | Literal["auto"] = Field(default=16384)
+    #: Probe sampling: a cheap draft ranks the candidates, the model scores the best few exactly (approximate choice,
+    #: see ``harness.screening``); None: every candidate scored exactly.
+    screen: ScreenConfig | None = None
+
+    @property
+    def planned_batch_tokens(self) -> int:
+        """``batch_tokens`` for ``harness plan``: ``auto`` is measured on the device at run time; the plan assumes the
+        default budget (16384) for it."""
+        return self.batch_tokens if isinstance(self.batch_tokens, int) else 16384
+
+    @field_validator("batch_tokens")
+    @classmethod
+    def _enough_tokens(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 64:
+            raise ValueError(f"batch_tokens must be at least 64 (or `auto`), got {value}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -127,15 +147,29 @@ def make_examples(docs: Sequence[Document], model: LoadedModel, task: TaskConfig
 
 
 def select_examples(examples: list[Example], n: int | None, sample: Literal["first", "seeded"],
-                    ctx: StageContext) -> list[Example]:
-    """``n`` examples: the first ones, or a sample drawn by the seed alone (the same sample for every model and every
-    attack of the suite, so an attack and its control face the same documents)."""
-    if n is None or n >= len(examples):
-        return examples
-    if sample == "first":
-        return examples[:n]
-    order = torch.randperm(len(examples), generator=attack_rng(ctx, "documents", len(examples), n)).tolist()
-    return [examples[i] for i in sorted(order[:n])]
+                    ctx: StageContext | None) -> list[Example]:
+    """``n`` examples: the first ones, or the first ``n`` of one seeded order of the documents (the same sample for
+    every model and every attack of the suite, so an attack and its control face the same documents).
+
+    Samples nest: the seeded order ranks each document by a hash of (seed, document id) alone, never by ``n`` or by
+    the pool, so ``n = 40`` contains ``n = 20`` (and a larger pool keeps the order of the documents it shares), and
+    the sample comes back in that order (``n = 20``'s examples first). Records a previous run of this stage left
+    for these examples (a config that differed only in the example count) are adopted here, in that order, so the
+    attack computes only the examples it has no record of (:meth:`StageContext.adopt_records`)."""
+    if n is not None and n >= len(examples) and sample == "first":
+        n = None
+    if n is None and sample == "first":
+        chosen = examples
+    elif sample == "first":
+        chosen = examples[:n]
+    else:
+        if ctx is None:
+            raise ValueError("a seeded sample needs the stage context (its seed)")
+        rank = {ex.id: derive_seed(ctx.seed, "attacks", "documents", ex.id) for ex in examples}
+        chosen = sorted(examples, key=lambda ex: rank[ex.id])[:n]
+    if ctx is not None:  # outside a stage (a test, a script) there are no records to adopt
+        ctx.adopt_records([ex.id for ex in chosen])
+    return chosen
 
 
 def disjoint_splits(model: LoadedModel, task: TaskConfig, opt_source: DocumentSource, eval_source: DocumentSource,
@@ -194,35 +228,43 @@ def random_allowed(allowed: torch.Tensor, n: int, gen: torch.Generator) -> torch
 
 @dataclass(frozen=True)
 class ComputeCost:
-    """FLOPs per token of one model, by the standard estimate (Kaplan et al. 2020, "Scaling laws", table 1).
+    """FLOPs per token of one model, by the standard estimate (Kaplan et al. 2020, "Scaling laws", table 1), plus the
+    vocabulary projection where it runs.
 
     A token run forward costs ``2 N + 2 n_layer context d``: ``N`` is the count of **non-embedding** parameters (the
     input embeddings, position embeddings and the output projection to the vocabulary are left out, as Kaplan et al.
-    do: a lookup costs nothing, and the vocabulary projection runs only at the scored positions), ``context`` the
-    positions the token's pass attends to, ``d`` the model width. A token also run backward costs three times that
-    (``6 N + 6 n_layer context d``).
+    do: a lookup costs nothing), ``context`` the positions the token's pass attends to, ``d`` the model width. The
+    projection to the vocabulary costs ``2 d V`` (``head_params``) at each position whose logits are computed (the
+    scorers project only the positions that predict a scored token). A token also run backward costs three times
+    that (``6 N + 6 n_layer context d``, and ``6 d V`` per projected position).
     """
 
     non_embedding_params: int
     n_layer: int
     d_model: int
+    head_params: int = 0
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> ComputeCost:
         embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        head_params = 0
         if isinstance(head, torch.nn.Module):
             embedding |= {id(p) for p in head.parameters()}
+            weight = getattr(head, "weight", None)
+            head_params = int(weight.numel()) if isinstance(weight, torch.Tensor) else 0
         config = getattr(model, "config", None)
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         return cls(non_embedding_params=sum(p.numel() for p in model.parameters() if id(p) not in embedding),
                    n_layer=int(getattr(text, "num_hidden_layers", 0) or 0),
-                   d_model=int(getattr(text, "hidden_size", 0) or 0))
+                   d_model=int(getattr(text, "hidden_size", 0) or 0), head_params=head_params)
 
-    def flops(self, tokens: int, context: int, backward: bool = False) -> float:
-        """FLOPs of ``tokens`` positions, each attending to ``context`` positions (forward, or forward + backward)."""
-        forward = 2.0 * self.non_embedding_params + 2.0 * self.n_layer * context * self.d_model
-        return tokens * forward * (3.0 if backward else 1.0)
+    def flops(self, tokens: int, context: int, backward: bool = False, projected: int = 0) -> float:
+        """FLOPs of ``tokens`` positions, each attending to ``context`` positions, ``projected`` of them projected to
+        the vocabulary (forward, or forward + backward)."""
+        forward = (2.0 * self.non_embedding_params + 2.0 * self.n_layer * context * self.d_model) * tokens
+        forward += 2.0 * self.head_params * projected
+        return forward * (3.0 if backward else 1.0)
 
 
 @dataclass
@@ -241,8 +283,10 @@ class Budget:
     tokens: int = 0
     #: Of ``tokens``, the positions also run backward.
     gradient_tokens: int = 0
-    #: Floating-point operations of all those passes (:class:`ComputeCost`).
+    #: Floating-point operations of all those passes (:class:`ComputeCost`), a screen's draft passes included.
     flops: float = 0.0
+    #: Candidates a screen's draft scored (``TaskConfig.screen``); the model's exact scores are ``exact_queries``.
+    screened: int = 0
 
     def reset(self) -> None:
         for f in fields(self):
@@ -258,8 +302,12 @@ class Budget:
         def part(count: int) -> int | float:
             return count // share if count % share == 0 else count / share
 
-        return {"queries": part(self.exact_queries + self.gradient_calls), "gradient_calls": part(self.gradient_calls),
-                "tokens": part(self.tokens), "gradient_tokens": part(self.gradient_tokens), "flops": self.flops / share}
+        record: dict[str, Any] = {
+            "queries": part(self.exact_queries + self.gradient_calls), "gradient_calls": part(self.gradient_calls),
+            "tokens": part(self.tokens), "gradient_tokens": part(self.gradient_tokens), "flops": self.flops / share}
+        if self.screened:  # only where a screen ran: records of exact searches keep their fields
+            record["screened"] = part(self.screened)
+        return record
 
     def state(self) -> dict[str, Any]:
         """JSON-able counters, to save with an attack's resumable state (``Budget(**state)`` restores them)."""
@@ -272,6 +320,9 @@ BUDGET_FIELDS = ("queries", "gradient_calls", "tokens", "gradient_tokens", "flop
 
 # -- the model: exact scores and first-order scores -------------------------------------------------------------------
 
+#: Screens' drafts, per model and (blocks, dtype): built once, shared by every Scorer of the model.
+_DRAFTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 class Scorer:
     """Exact continuation NLL of candidate sequences in batched forward passes; counts what it spends in ``budget``.
 
@@ -279,9 +330,9 @@ class Scorer:
     attack runs itself (on embeddings, say) is counted with :meth:`count_pass`.
     """
 
-    def __init__(self, model: LoadedModel, batch_tokens: int) -> None:
+    def __init__(self, model: LoadedModel, batch_tokens: int | str, screen: ScreenConfig | None = None) -> None:
         self.model = model.model
-        self.batch_tokens = batch_tokens
+        self.batch_tokens = auto_batch_tokens(self.model) if batch_tokens == "auto" else int(batch_tokens)
         pad = model.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else 0
         self.budget = Budget()
@@ -289,6 +340,13 @@ class Scorer:
         self._embeddings: torch.Tensor | None = None
         self._embeddings_f32: torch.Tensor | None = None
         self._prefixes: dict = {}  # swap_nll's cached keys and values of the last base and its best candidate
+        #: ``screen``: probe sampling for the calls that ask for a best candidate (``select=``); its draft is built
+        #: once per model and configuration; ``screen_stats`` accumulates what it did (see ``probe_sample``).
+        self.screen = screen
+        self.screen_stats: dict[str, float] = {}
+        self._draft: torch.nn.Module | None = None
+        self._draft_cost: ComputeCost | None = None
+        self._draft_prefixes: dict = {}
 
     @property
     def queries(self) -> int:
@@ -308,30 +366,92 @@ class Scorer:
     def gradient_calls(self, value: int) -> None:
         self.budget.gradient_calls = value
 
-    def count_pass(self, rows: int, fed: int, context: int | None = None, backward: bool = False) -> None:
+    def count_pass(self, rows: int, fed: int, context: int | None = None, backward: bool = False,
+                   projected: int | None = None) -> None:
         """Count one forward pass (and its backward pass, then one gradient call per row) of ``rows`` sequences,
-        ``fed`` positions computed in each, attending to ``context`` positions (default ``fed``: no cache)."""
+        ``fed`` positions computed in each, attending to ``context`` positions (default ``fed``: no cache),
+        ``projected`` of them projected to the vocabulary (default ``fed``)."""
         context = fed if context is None else context
+        projected = fed if projected is None else projected
         budget = self.budget
         budget.tokens += rows * fed
-        budget.flops += self.cost.flops(rows * fed, context, backward)
+        budget.flops += self.cost.flops(rows * fed, context, backward, rows * projected)
         if backward:
             budget.gradient_calls += rows
             budget.gradient_tokens += rows * fed
 
-    def _count_forward(self, rows: int, fed: int, context: int) -> None:
-        self.count_pass(rows, fed, context)
+    def _count_forward(self, rows: int, fed: int, context: int, projected: int) -> None:
+        self.count_pass(rows, fed, context, projected=projected)
 
-    def nll(self, sequences: torch.Tensor | Sequence[Sequence[int]], n_scored: int) -> torch.Tensor:
+    def _count_draft(self, rows: int, fed: int, context: int, projected: int) -> None:
+        assert self._draft_cost is not None
+        self.budget.flops += self._draft_cost.flops(rows * fed, context, projected=rows * projected)
+
+    def screen_record(self) -> dict[str, Any]:
+        """What the screen did, as record fields (none without a screen): the share of candidates scored exactly,
+        the mean probe agreement, and with ``audit`` how often (and by how much, in mean score) its choice missed
+        the exact best over all candidates."""
+        stats = self.screen_stats
+        if self.screen is None or not stats.get("calls"):
+            return {}
+        record = {"screen_exact_fraction": stats["exact"] / stats["candidates"],
+                  "screen_agreement": stats["agreement"] / stats["calls"], "screen_choices": int(stats["calls"])}
+        if self.screen.audit:
+            record.update(screen_misses=int(stats.get("misses", 0)),
+                          screen_regret=stats.get("regret", 0.0) / stats["calls"])
+        return record
+
+    def draft(self) -> torch.nn.Module:
+        """The screen's draft of the model (built once per model and screen configuration, then shared)."""
+        assert self.screen is not None
+        if self._draft is None:
+            n_layers = ComputeCost.of(self.model).n_layer
+            layers = self.screen.layer_indices(n_layers)
+            key = (tuple(layers) if layers is not None else None, self.screen.dtype)
+            drafts = _DRAFTS.setdefault(self.model, {})
+            if key not in drafts:
+                dtype = getattr(torch, self.screen.dtype)
+                drafts[key] = draft_model(self.model, layers if layers is not None else range(n_layers), dtype)
+            self._draft = drafts[key]
+            self._draft_cost = ComputeCost.of(self._draft)
+        return self._draft
+
+    def nll(self, sequences: torch.Tensor | Sequence[Sequence[int]], n_scored: int,
+            select: Literal["min", "max"] | None = None, group: int = 1) -> torch.Tensor:
+        """Mean continuation NLL of each sequence. ``select`` says the caller keeps the candidate with the least
+        (``min``) or greatest (``max``) score, a candidate being ``group`` consecutive rows (their mean): with a
+        ``screen`` only some candidates are scored exactly, the others get the worst value (see
+        :func:`harness.screening.probe_sample`); without one every row is scored exactly either way."""
+        if select is not None and self.screen is not None and len(sequences) > group:
+            def score(rows: torch.Tensor, draft: bool) -> torch.Tensor:
+                subset = (sequences[rows] if isinstance(sequences, torch.Tensor)
+                          else [sequences[int(i)] for i in rows])
+                if draft:
+                    self.budget.screened += len(rows)
+                    return continuation_nll(self.draft(), subset, n_scored, self.batch_tokens, self.pad_id,
+                                            on_pass=self._count_draft)
+                return self.nll(subset, n_scored)
+            return probe_sample(score, len(sequences) // group, group, select, self.screen, self.screen_stats)
         self.queries += len(sequences)
         return continuation_nll(self.model, sequences, n_scored, self.batch_tokens, self.pad_id,
                                 on_pass=self._count_forward)
 
-    def swap_nll(self, base: torch.Tensor, candidates: torch.Tensor, n_scored: int) -> torch.Tensor:
+    def swap_nll(self, base: torch.Tensor, candidates: torch.Tensor, n_scored: int,
+                 select: Literal["min", "max"] | None = None, group: int = 1) -> torch.Tensor:
         """``nll(candidates, n_scored)`` for edits of ``base`` (``[T]``, or ``[N, T]``: one per candidate): the same
         scores and queries (one per candidate), computing only what follows each candidate's first edit where that
         saves time (see ``harness.scoring.swap_nll``). The keys and values of this base and of its best candidate
-        are kept for the next call (a greedy search's next base is one of them)."""
+        are kept for the next call (a greedy search's next base is one of them). ``select`` and ``group``: as for
+        :meth:`nll` (the screen's draft reuses its own prefixes the same way)."""
+        if select is not None and self.screen is not None and len(candidates) > group:
+            def score(rows: torch.Tensor, draft: bool) -> torch.Tensor:
+                own = base if base.dim() == 1 else base[rows]
+                if draft:
+                    self.budget.screened += len(rows)
+                    return swap_nll(self.draft(), own, candidates[rows], n_scored, self.batch_tokens,
+                                    memo=self._draft_prefixes, on_pass=self._count_draft)
+                return self.swap_nll(own, candidates[rows], n_scored)
+            return probe_sample(score, len(candidates) // group, group, select, self.screen, self.screen_stats)
         self.queries += len(candidates)
         return swap_nll(self.model, base, candidates, n_scored, self.batch_tokens, memo=self._prefixes,
                         on_pass=self._count_forward)
@@ -357,7 +477,7 @@ class Scorer:
         rows, length = embeds.shape[0], embeds.shape[1]
         if not backward:
             self.queries += rows
-        self.count_pass(rows, length, backward=backward)
+        self.count_pass(rows, length, backward=backward, projected=keep if kwarg else length)
         return logits
 
     def token_gradients(self, ids: torch.Tensor, n_scored: int, positions: Sequence[int],
@@ -370,11 +490,11 @@ class Scorer:
         ``positions[p]``, up to the same constant for every ``v`` (the gradient dotted with the current token's
         embedding; subtract ``grad[p, current]`` to get the estimated loss change of the swap).
         """
-        self.count_pass(ids.shape[0], ids.shape[1], backward=True)
+        kwarg = logits_tail_kwarg(self.model)  # only the positions that predict the continuation
+        self.count_pass(ids.shape[0], ids.shape[1], backward=True, projected=n_scored + 1 if kwarg else ids.shape[1])
         emb_matrix = self.embeddings
         ids = ids.to(emb_matrix.device)
         embeds = emb_matrix[ids].detach().requires_grad_(True)
-        kwarg = logits_tail_kwarg(self.model)  # only the positions that predict the continuation
         with torch.enable_grad():
             logits = self.model(inputs_embeds=embeds, **({kwarg: n_scored + 1} if kwarg else {})).logits
             logits = logits[:, -n_scored - 1:-1]
@@ -403,7 +523,7 @@ class Scorer:
             for lo in range(0, len(sequences), rows):
                 ids = sequences[lo:lo + rows].to(device)
                 logits = self.model(input_ids=ids, **({kwarg: n_scored + 1} if kwarg else {})).logits
-                self.count_pass(len(ids), ids.shape[1])
+                self.count_pass(len(ids), ids.shape[1], projected=logits.shape[1])
                 logits = logits[:, -n_scored - 1:-1].float()
                 labels = ids[:, -n_scored:]
                 chunk = (F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(1) if loss is None
@@ -417,6 +537,7 @@ class Scorer:
         checkpoint, so that an uninterrupted run computes exactly what a resumed one (which starts with no cache)
         does, to the last bit: a cached prefix and a recomputed one may differ in float summation order."""
         self._prefixes.clear()
+        self._draft_prefixes.clear()
 
 
 # -- records and summary metrics ---------------------------------------------------------------------------------------
@@ -441,6 +562,20 @@ def example_record(example_id: str, before: float, after: float, threshold: floa
     return {"id": example_id, "nll_before": before, "nll_after": after, "relative_increase": rel,
             "nll_increase": after - before, "log_ratio": log_ratio(before, after), "success": rel > threshold,
             **fields}
+
+
+#: The record field of an attack's progress: the best continuation NLL reached after each step (index 0: the unedited
+#: example's), steps of equal cost. The report's gradient-masking check reads from it the success rate against the
+#: steps spent (it must rise with the budget).
+PROGRESS_FIELD = "nll_by_step"
+
+
+def best_so_far(before: float, nlls: Sequence[float]) -> list[float]:
+    """``[before, max(before, nlls[0]), ...]``: the best NLL reached after each step, for :data:`PROGRESS_FIELD`."""
+    out = [float(before)]
+    for nll in nlls:
+        out.append(max(out[-1], float(nll)))
+    return out
 
 
 def success_curve(increases: Sequence[float], thresholds: Sequence[float] = CURVE_THRESHOLDS) -> dict[str, list]:

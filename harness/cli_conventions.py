@@ -41,7 +41,7 @@ def chosen_mode(args: argparse.Namespace) -> str:
 
 def smoke_test_note(args: argparse.Namespace) -> str | None:
     """When ``--mode`` was not given and the suite (loaded fine) has its own `quick:` overrides (a full-size suite
-    whose default is a smoke test, such as suites/pythia_full.yaml): the line that says so, else None."""
+    whose default is a smoke test, such as the shipped full experiment): the line that says so, else None."""
     if args.mode is None and _has_quick_section(args.suite):
         return (f"note: {args.suite} runs in quick mode, its smoke test (the suite's `quick:` overrides: fewer seeds, "
                 "smaller sizes); pass --mode full for the real experiment")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .progress import Bar
-from .rundir import read_json_object
+from .rundir import CARRIED, RunDir, read_json_object, read_records
 from .store import RecordLog, atomic_write_json
 
 if TYPE_CHECKING:
@@ -69,6 +69,25 @@ class StageContext:
         if self._records is None:
             self._records = RecordLog(self.stage_dir / "records.jsonl")
         return self._records
+
+    def input_records(self, stage_id: str) -> list[dict[str, Any]]:
+        """The per-example records of ``stage_id``, one of the stages this one needs (``ctx.inputs``)."""
+        if stage_id not in self.inputs:
+            raise KeyError(f"stage {self.stage.id} does not need {stage_id}")
+        return RunDir(self.run_dir).records(stage_id)
+
+    def adopt_records(self, ids: list[str]) -> None:
+        """Append, in the order of ``ids``, the records the runner carried over from this stage's previous config
+        (``carried.jsonl``: kept when the config changed only in its example count, see
+        :meth:`harness.api.Plugin.reuse_config`) of the examples ``ids`` that have no record yet; the records of
+        examples outside ``ids`` are never adopted, so they count nowhere. A no-op without carried records."""
+        carried = {r.get("id"): r for r in read_records(self.stage_dir / CARRIED)[0]}
+        if not carried:
+            return
+        done = self.records.done()
+        for example_id in ids:
+            if example_id in carried and example_id not in done:
+                self.records.append(carried[example_id])
 
     @property
     def checkpoint_dir(self) -> Path:

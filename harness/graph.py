@@ -54,6 +54,9 @@ class PlannedStage:
     deps: list[str]
     payload: dict[str, Any]
     produces: list[str] = field(default_factory=list)
+    #: The config without its example count (``Plugin.reuse_config``), hashed in place of the config into the
+    #: stage's reuse key; None: the stage's records do not survive a change of its count.
+    reuse_config: dict[str, Any] | None = None
     #: Train stages hash their dependencies through the starting model's identity, other stages through "deps".
     deps_in_payload: bool = True
 
@@ -167,7 +170,8 @@ class _Expansion:
                                              entry.section, entry.name, entry.plugin.name, model, seed, seeded, deps,
                                              {"plugin": entry.plugin.name, "version": entry.plugin.cls.version,
                                               "config": entry.config.model_dump(mode="json"),
-                                              "seed": seed if seeded else None})
+                                              "seed": seed if seeded else None},
+                                             reuse_config=entry.plugin.cls(entry.config).reuse_config())
                         planned.setdefault(entry.name, []).append(stage)
                         self.stages.append(stage)
         return self.stages
@@ -221,8 +225,9 @@ def hash_stages(suite: Suite, planned: list[PlannedStage], source: dict[tuple[st
             payload["deps"] = sorted(keys[d] for d in p.deps)
         key = stable_hash(payload)
         keys[p.id] = key
+        reuse_key = stable_hash({**payload, "config": p.reuse_config}) if p.reuse_config is not None else ""
         stages.append(Stage(p.id, p.section, p.entry, p.plugin, p.model, p.seed, p.seeded, tuple(p.deps), key,
-                            tuple(p.produces)))
+                            reuse_key, tuple(p.produces)))
     for model, seed in source:  # every model's identity, evaluated or not
         ident(model, seed)
     return stages, identity

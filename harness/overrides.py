@@ -3,7 +3,7 @@
 Each override is ``dotted.key.path=value``; the value is read as YAML (``8`` an integer, ``[1, 2]`` a list, ``true``
 a boolean, ``bfloat16`` a string). Overrides are applied after the mode's (``--mode``) and before validation, so a
 wrong key or type is the same one-line error as in the file; the resolved suite and the overrides themselves are
-saved in ``config.resolved.json``. Entry names may hold dots (``models.pythia_1.4b.dtype=float16``): a key path
+saved in ``config.resolved.json``. Entry names may hold dots (``models.base_1.4b.dtype=float16``): a key path
 takes the longest existing key at each level.
 """
 

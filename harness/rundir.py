@@ -33,6 +33,8 @@ from .errors import HarnessError
 log = logging.getLogger("harness")
 
 RECORDS = "records.jsonl"
+#: The records of a previous config of a stage that differed only in its example count (see ``carry_records``).
+CARRIED = "carried.jsonl"
 _warned: set[str] = set()
 
 
@@ -142,6 +144,11 @@ class RunDir:
             sdir.unlink()
         elif sdir.exists():
             shutil.rmtree(sdir)
+
+    def reuse_key(self, stage_id: str) -> str | None:
+        """The reuse key in ``stage.json`` (the cache key without the example count), None when it has none."""
+        marker = read_json_object(self.stage_dir(stage_id) / "stage.json", {"reuse_key": str})
+        return marker["reuse_key"] if marker else None
 
     # -- reading back --------------------------------------------------------------------------------------------
     def marker_key(self, stage_id: str) -> str | None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import errno
 import gc
+import json
+import logging
+import shutil
 import signal
 import time
 from contextlib import contextmanager
@@ -24,10 +27,12 @@ from .env import environment_record
 from .errors import HarnessError
 from .graph import Graph, Stage, build_graph
 from .plugins import Registry, load_registry
-from .rundir import RunDir, read_json_object
+from .rundir import CARRIED, RECORDS, RunDir, read_json_object, read_records
 from .stage_select import select_stages
 from .store import atomic_write_json, atomic_write_text, to_json, write_failed
 from .suite import Suite
+
+log = logging.getLogger("harness")
 
 
 @dataclass
@@ -131,15 +136,43 @@ class Runner:
                                        f"{stage.id}; fix: check rank 0's log for its error, then rerun")
                 time.sleep(0.05)
             return
-        if sdir.exists() and (self._marker_key(stage) != stage.key or (sdir / "done.json").exists()
-                              or self.dir.damaged_state(stage.id)):
+        new_marker = {**stage.as_dict(), "reuse_key": stage.reuse_key,
+                      "config": self.suite.section(stage.section)[stage.entry].config.model_dump(mode="json")}
+        if (sdir.exists() and stage.reuse_key and self._marker_key(stage) not in (None, stage.key)
+                and self.dir.reuse_key(stage.id) == stage.reuse_key):
+            # Only the example count changed: keep the per-example records (the new sample adopts its own).
+            kept = self._restart_keeping_records(stage, new_marker)
+            log.info("[%s] the config changed only in its example count: %d records kept", stage.id, kept)
+        elif sdir.exists() and (self._marker_key(stage) != stage.key or (sdir / "done.json").exists()
+                                or self.dir.damaged_state(stage.id)):
             # Results of an older config of this stage, a finished stage whose files no longer check out (a done
             # marker beside a stage that is not done), or a resume state that cannot be read: recompute it all.
             self.dir.clear_stage(stage.id)
         sdir.mkdir(parents=True, exist_ok=True)
         if not marker.exists():
-            atomic_write_json(marker, {**stage.as_dict(), "config": self.suite.section(stage.section)[stage.entry]
-                                       .config.model_dump(mode="json")})
+            atomic_write_json(marker, new_marker)
+
+    def _restart_keeping_records(self, stage: Stage, marker: dict[str, Any]) -> int:
+        """Restart a stage whose config changed only in its example count, keeping its per-example records: they are
+        merged into ``carried.jsonl`` (with any carried before; a later record of an example wins), everything else
+        in the directory is deleted (result, done marker, resume states), and ``marker`` replaces the old
+        ``stage.json`` last. Every step is atomic and the sequence can be repeated after a crash, so no record is
+        lost and no stale result or state survives. Returns the number of records carried."""
+        sdir = self.stage_dir(stage)
+        merged: dict[Any, str] = {}
+        for name in (CARRIED, RECORDS):
+            for record in read_records(sdir / name)[0]:
+                merged[record.get("id")] = json.dumps(record, sort_keys=True) + "\n"
+        atomic_write_text(sdir / CARRIED, "".join(merged.values()))
+        for path in sorted(sdir.iterdir()):
+            if path.name in (CARRIED, "stage.json"):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        atomic_write_json(sdir / "stage.json", marker)
+        return len(merged)
 
     def run_stage(self, stage: Stage) -> StageOutcome:
         if self.is_done(stage):
@@ -169,6 +202,7 @@ class Runner:
             sdir = self.stage_dir(stage)
             atomic_write_json(sdir / "result.json", result)
             atomic_write_json(sdir / "done.json", self.dir.done_marker(stage.id, stage.key, result["finished"]))
+            (sdir / CARRIED).unlink(missing_ok=True)  # adopted into the records, or outside the sample
             self.registry.pm.hook.harness_stage_finished(run_dir=self.run_dir, stage=stage, result=result)
         return StageOutcome(stage, "done", result)
 

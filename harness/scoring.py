@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -168,14 +169,23 @@ def sequence_nll(model: torch.nn.Module, seq: Sequence[int], max_length: int, st
 #: pass, ~870 at 8192; the scorer before this cap ran 16384-token passes at ~750.
 CPU_CHUNK_TOKENS = 2048
 
-#: Told of every forward pass the attack scorers run: ``(rows, fed, context)``: ``rows`` sequences, ``fed``
+#: Told of every forward pass the attack scorers run: ``(rows, fed, context, projected)``: ``rows`` sequences, ``fed``
 #: positions computed in each (pads included; positions whose keys and values come from a cache are not), each
-#: attending to at most ``context`` positions (the cached ones plus those fed). Budget accounting
-#: (``harness.attacks.Budget``) listens; the scores never depend on it.
-PassCounter = Callable[[int, int, int], None]
+#: attending to at most ``context`` positions (the cached ones plus those fed), ``projected`` positions of each
+#: projected to the vocabulary. Budget accounting (``harness.attacks.Budget``) listens; the scores never depend on it.
+PassCounter = Callable[[int, int, int, int], None]
 
 
 _FORWARD_PARAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: ``batch_tokens: auto``, per model: the tokens per pass found (and, on CPU, the fastest, which replaces the cap).
+_AUTO_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FASTEST_CPU_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+#: ``auto_batch_tokens``: the token counts tried (CPU: each timed; CUDA: the largest that fits, halving from the top).
+AUTO_CPU_TOKENS = (512, 1024, 2048, 4096, 8192)
+AUTO_MAX_TOKENS = 1 << 20
+#: The sequence length the trial passes use (candidates of attacks: tens to a few hundred tokens).
+AUTO_WIDTH = 64
 
 
 def _forward_params(model: torch.nn.Module) -> Mapping[str, object]:
@@ -195,10 +205,11 @@ def logits_tail_kwarg(model: torch.nn.Module) -> str | None:
 
 
 def _rows_per_chunk(model: torch.nn.Module, width: int, batch_tokens: int) -> int:
-    """Rows per forward pass for sequences of ``width`` tokens: the memory budget, capped on CPU (see above)."""
+    """Rows per forward pass for sequences of ``width`` tokens: the memory budget, capped on CPU (see above; a model
+    whose fastest pass :func:`auto_batch_tokens` measured is capped there instead)."""
     tokens = batch_tokens
     if next(model.parameters()).device.type == "cpu":
-        tokens = min(tokens, CPU_CHUNK_TOKENS)
+        tokens = min(tokens, _FASTEST_CPU_TOKENS.get(model, CPU_CHUNK_TOKENS))
     return max(1, tokens // max(width, 1))
 
 
@@ -210,12 +221,12 @@ def _tail_logits(model: torch.nn.Module, ids: torch.Tensor, keep: int, on_pass: 
     if kwarg is not None:
         logits = model(input_ids=ids, **{kwarg: keep}, **kwargs).logits
         if on_pass is not None:
-            on_pass(ids.shape[0], ids.shape[1], start + ids.shape[1])
+            on_pass(ids.shape[0], ids.shape[1], start + ids.shape[1], logits.shape[1])
         if logits.shape[1] == keep:
             return logits
     logits = model(input_ids=ids, **kwargs).logits[:, ids.shape[1] - keep:]
     if on_pass is not None:
-        on_pass(ids.shape[0], ids.shape[1], start + ids.shape[1])
+        on_pass(ids.shape[0], ids.shape[1], start + ids.shape[1], ids.shape[1])
     return logits
 
 
@@ -436,7 +447,7 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
             tail = logits_tail_kwarg(model)
             cached = model(input_ids=local[:, :upto].to(device), use_cache=True, **({tail: 1} if tail else {}))
             if on_pass is not None:
-                on_pass(len(local), upto, upto)
+                on_pass(len(local), upto, upto, cached.logits.shape[1])
             cache = cached.cache if getattr(cached, "cache", None) is not None else cached.past_key_values
             if not _full_attention_cache(cache, upto):  # not exact to crop or index: score them plainly
                 out[order] = continuation_nll(model, candidates[order], n_scored, batch_tokens, on_pass=on_pass)
@@ -484,3 +495,103 @@ def _score_from(model: torch.nn.Module, ids: torch.Tensor, n_scored: int, start:
     if "cache_position" in params:  # transformers 4 derives it from the cache; explicit is safer
         kwargs["cache_position"] = positions
     return _chunk_nll(model, ids, lens, ks, start, on_pass, **kwargs), past
+
+
+# -- a cheaper copy of the model to screen candidates with (probe sampling's draft) ---------------------------------
+
+def _layer_list(body: torch.nn.Module) -> tuple[str, torch.nn.ModuleList] | None:
+    """The body's list of transformer blocks and its attribute name (``layers``: Llama, GPT-NeoX; ``h``: GPT-2)."""
+    for name in ("layers", "h"):
+        layers = getattr(body, name, None)
+        if isinstance(layers, torch.nn.ModuleList) and len(layers):
+            return name, layers
+    return None
+
+
+def draft_model(model: torch.nn.Module, layers: Sequence[int], dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A copy of ``model`` keeping only its transformer blocks ``layers`` (in that order; the embeddings, final norm
+    and vocabulary projection are kept), in ``dtype`` (None: the model's): probe sampling's draft, which shares the
+    tokenizer by construction. The blocks are renumbered so the copy's caches index them from 0.
+
+    Raises ValueError for a model whose blocks are not a ``layers``/``h`` list of its base model.
+    """
+    prefix = getattr(model, "base_model_prefix", "")
+    body = getattr(model, prefix, None) if prefix else None
+    found = _layer_list(body) if isinstance(body, torch.nn.Module) else None
+    if found is None:
+        raise ValueError(f"{type(model).__name__}: no list of transformer blocks found to truncate")
+    name, blocks = found
+    keep = list(layers)
+    if not keep or any(not 0 <= i < len(blocks) for i in keep):
+        raise ValueError(f"draft layers {keep} are not blocks of a {len(blocks)}-block model")
+    setattr(body, name, torch.nn.ModuleList())  # the copy below leaves the blocks out; they are copied one by one
+    try:
+        draft = copy.deepcopy(model)
+    finally:
+        setattr(body, name, blocks)
+    copied = torch.nn.ModuleList(copy.deepcopy(blocks[i]) for i in keep)
+    for new, block in enumerate(copied):
+        for module in block.modules():  # the attention's index into the cache
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = new
+    setattr(getattr(draft, prefix), name, copied)
+    config = getattr(draft, "config", None)
+    if config is not None:  # one config object, shared by the copy's modules (deepcopy keeps the sharing)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        if getattr(text, "layer_types", None) is not None:
+            text.layer_types = [text.layer_types[i] for i in keep]
+        text.num_hidden_layers = len(keep)
+    draft.eval()
+    return draft.to(dtype) if dtype is not None else draft
+
+
+# -- batch_tokens: auto ------------------------------------------------------------------------------------------
+
+def _trial(model: torch.nn.Module, tokens: int, width: int) -> float:
+    """Seconds of one scoring pass of ``tokens`` tokens (rows of ``width``), its continuation projected."""
+    device = next(model.parameters()).device
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 2)
+    ids = torch.randint(0, vocab, (max(1, tokens // width), width), generator=torch.Generator().manual_seed(0))
+    lens = torch.full((len(ids),), width)
+    ks = torch.full((len(ids),), width // 2)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        _chunk_nll(model, ids, lens, ks)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def auto_batch_tokens(model: torch.nn.Module, width: int = AUTO_WIDTH) -> int:
+    """Tokens per scoring pass for ``batch_tokens: auto``, found once per model and cached (as lm-eval's auto batch
+    size): on CUDA the largest power of two up to ``AUTO_MAX_TOKENS`` whose pass runs without running out of memory,
+    halved once for headroom (other passes hold more: caches, gradients); on CPU the fastest per token of
+    ``AUTO_CPU_TOKENS`` (best of two timed passes each; larger passes spill the caches, so the largest is not the
+    fastest), which then also replaces the CPU cap (``CPU_CHUNK_TOKENS``) for this model."""
+    if model in _AUTO_TOKENS:
+        return _AUTO_TOKENS[model]
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        rates = {}
+        for tokens in AUTO_CPU_TOKENS:
+            _trial(model, tokens, width)  # warm-up (allocator, kernels)
+            rates[tokens] = min(_trial(model, tokens, width) for _ in range(2)) / tokens
+        found = min(rates, key=lambda t: (rates[t], t))
+        _FASTEST_CPU_TOKENS[model] = found
+    else:
+        found, tokens = 0, AUTO_MAX_TOKENS
+        while tokens >= width and not found:
+            try:
+                _trial(model, tokens, width)
+                found = max(width, tokens // 2)
+            except torch.OutOfMemoryError:
+                tokens //= 2
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        if not found:
+            raise RuntimeError(f"batch_tokens: auto: not even one sequence of {width} tokens fits on {device}")
+    _AUTO_TOKENS[model] = found
+    return found

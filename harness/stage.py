@@ -21,6 +21,9 @@ class Stage:
     seeded: bool
     deps: tuple[str, ...] = ()
     key: str = ""
+    #: The cache key without the example count, for a plugin whose records survive a change of it (see
+    #: ``Plugin.reuse_config``); "" when they do not.
+    reuse_key: str = ""
     #: For train stages: the model entries whose weights this stage produces.
     produces: tuple[str, ...] = ()
 

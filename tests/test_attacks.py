@@ -219,7 +219,7 @@ def test_uat_never_optimises_on_held_out_documents(tiny, tmp_path, monkeypatch):
 
     def spying_optimise(scorer, opt, *args, **kwargs):  # record every sequence the optimisation looks at
         nll, grads = scorer.nll, scorer.token_gradients
-        scorer.nll = lambda seqs, k: (seen.extend(torch.as_tensor(seqs).tolist()), nll(seqs, k))[1]
+        scorer.nll = lambda seqs, k, **kw: (seen.extend(torch.as_tensor(seqs).tolist()), nll(seqs, k, **kw))[1]
         scorer.token_gradients = lambda ids, k, pos: (seen.extend(ids.tolist()), grads(ids, k, pos))[1]
         try:
             return real_optimise(scorer, opt, *args, **kwargs)

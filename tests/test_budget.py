@@ -29,6 +29,10 @@ def test_compute_cost_counts_non_embedding_parameters(tiny):
     per_token = 2 * cost.non_embedding_params + 2 * cost.n_layer * 40 * cost.d_model
     assert cost.flops(10, 40) == 10 * per_token
     assert cost.flops(10, 40, backward=True) == 30 * per_token
+    # The vocabulary projection counts where it runs: 2 d V per projected position (x3 run backward too).
+    assert cost.head_params == 4096 * 128
+    assert cost.flops(10, 40, projected=3) == 10 * per_token + 3 * 2 * 4096 * 128
+    assert cost.flops(10, 40, True, 3) == 3 * (10 * per_token + 3 * 2 * 4096 * 128)
 
 
 def test_exact_scores_count_every_position_fed(tiny):
@@ -39,7 +43,8 @@ def test_exact_scores_count_every_position_fed(tiny):
     budget = scorer.budget
     assert budget.exact_queries == 12 and budget.gradient_calls == 0 and budget.gradient_tokens == 0
     assert budget.tokens == fed.positions == 12 * (T - 1)  # the last token is only a target, never fed
-    assert budget.flops == pytest.approx(scorer.cost.flops(12 * (T - 1), T - 1))
+    # Only the K positions that predict a continuation token are projected to the vocabulary.
+    assert budget.flops == pytest.approx(scorer.cost.flops(12 * (T - 1), T - 1, projected=12 * K))
     ragged = [ids[i, :20 + i].tolist() for i in range(4)]  # right-padded to the longest in one pass: pads count
     scorer.budget.reset()
     with FedPositions(tiny.model) as fed:
@@ -73,7 +78,7 @@ def test_gradient_passes_count_forward_and_backward(tiny):
     scorer.token_gradients(ids, K, [1, 2, 3])
     b = scorer.budget
     assert (b.exact_queries, b.gradient_calls, b.tokens, b.gradient_tokens) == (0, 3, 3 * T, 3 * T)
-    assert b.flops == pytest.approx(3 * scorer.cost.flops(3 * T, T))
+    assert b.flops == pytest.approx(scorer.cost.flops(3 * T, T, backward=True, projected=3 * (K + 1)))
     record = b.as_record()
     assert set(record) == set(BUDGET_FIELDS) and record["queries"] == 3  # gradient passes are queries too
     b.reset()

@@ -143,8 +143,8 @@ def test_universal_gcg_never_optimises_on_held_out_documents(tiny, tmp_path, mon
     def spying_search(objective, *args, **kwargs):  # every sequence the optimisation looks at
         scorer = objective.scorer
         nll, swap, grads, scores = scorer.nll, scorer.swap_nll, scorer.token_gradients, scorer.continuation_scores
-        scorer.nll = lambda seqs, k: (seen.extend(torch.as_tensor(seqs).tolist()), nll(seqs, k))[1]
-        scorer.swap_nll = lambda base, c, k: (seen.extend(c.tolist()), swap(base, c, k))[1]
+        scorer.nll = lambda seqs, k, **kw: (seen.extend(torch.as_tensor(seqs).tolist()), nll(seqs, k, **kw))[1]
+        scorer.swap_nll = lambda base, c, k, **kw: (seen.extend(c.tolist()), swap(base, c, k, **kw))[1]
         scorer.token_gradients = lambda ids, k, pos, **kw: (seen.extend(ids.tolist()), grads(ids, k, pos, **kw))[1]
         scorer.continuation_scores = lambda s, k, **kw: (seen.extend(s.tolist()), scores(s, k, **kw))[1]
         return real_search(objective, *args, **kwargs)

@@ -147,4 +147,4 @@ def test_unknown_stage_id_and_exit_code_of_cli(tmp_path):
     path = write_suite(tmp_path, SUITE)
     proc = subprocess.run([*HARNESS, "run", str(path), "--out", str(tmp_path / "r"), "--stage", "nope"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "unknown stage 'nope'" in proc.stderr
+    assert proc.returncode == 2 and "--stage 'nope' matches none of the" in proc.stderr

@@ -164,3 +164,31 @@ def test_soft_suffix_reaches_at_least_what_gcg_reaches_on_the_same_positions(tin
     assert [r["id"] for r in records] == [r["id"] for r in _ctx(tmp_path, "gcg").records.records]  # same docs
     assert metrics["mean_nll_before"] == pytest.approx(gcg_metrics["mean_nll_before"], abs=1e-9)
     assert metrics["mean_relative_increase"] >= gcg_metrics["mean_relative_increase"] > 0
+
+
+def test_relaxation_with_restarts_resumes_to_identical_numbers_from_any_save(tiny, tmp_path, monkeypatch):
+    """The continuous relaxation (unbounded context edits) with 2 restarts, stopped after each of its saves (inside a
+    restart, at the switch to the next, after the last) and resumed, ends with the numbers of an uninterrupted run."""
+    options = dict(edit="context", epsilon=None, steps=4, restarts=2, save_every=2, batch_size=6)
+    want_metrics, want_records = soft(tiny, tmp_path, "whole", **options)
+    assert all(len(r["loss_curve"]) == 2 and len(r["nll_by_step"]) == 1 + 2 * 5 for r in want_records)
+    real_save = soft_prompt.save_state
+    for stop_after in range(1, 8):
+        name = f"stop{stop_after}"
+        ctx = _ctx(tmp_path, name)
+        saves = {"n": 0}
+
+        def save_then_stop(path, state, ctx=ctx, saves=saves, stop_after=stop_after):
+            real_save(path, state)
+            saves["n"] += 1
+            if saves["n"] == stop_after:
+                ctx.stop_flag[0] = True
+
+        monkeypatch.setattr(soft_prompt, "save_state", save_then_stop)
+        try:
+            SoftPromptAttack(SoftPromptConfig.model_validate({**TASK, **options})).attack(tiny, ctx)
+        except StagePreempted:
+            pass
+        monkeypatch.undo()
+        got, records = soft(tiny, tmp_path, name, **options)
+        assert got == want_metrics and records == want_records, stop_after

@@ -21,6 +21,7 @@ from .declared import PluginResolver
 from .html import report_html
 from .plots import make_plots, transfer_matrix
 from .tables import latex_table, markdown_table, summary_text
+from .masking import attach_to_primary, attach_to_verdicts, masking_checks, masking_lines, masking_warnings
 from .verdicts import attack_vs_control, indicators, versus_matched_controls
 from .arms import arm_checks, arm_lines, withhold_verdicts
 from .headline import headline_html
@@ -62,10 +63,13 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     attacks = attack_table(agg)
     checks = indicators(agg)
     controls = attack_vs_control(agg)
+    masking = masking_checks(agg, controls)
+    attach_to_verdicts(checks, masking)
     matched = versus_matched_controls(agg)
     arms = arm_checks(agg, matched)
     withhold_verdicts(arms, checks, matched)
     primary = primary_endpoints(agg, arms)
+    attach_to_primary(primary, masking)
     randomness = shared_randomness(agg)
     mark_exploratory(checks, controls, matched)
     flag_scale_disagreements(controls, "attack", "control", "model")
@@ -88,20 +92,21 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
         "results": [g.as_dict() for g in agg.groups],
         "tables": tables, "attacks": attacks, "indicators": checks, "attack_vs_control": controls,
         "versus_matched_controls": matched, "transfer_matrix": transfer,
-        "primary": primary, "arms": arms, "shared_randomness": randomness,
-        "warnings": agg.warnings, "notes": agg.notes,
+        "primary": primary, "arms": arms, "shared_randomness": randomness, "masking_checks": masking,
+        "warnings": [*agg.warnings, *masking_warnings(masking)], "notes": agg.notes,
         "plots": plots, "files": {k: str(v) for k, v in files.items()},
     }
     headline = primary_lines(primary) + ["", "Arms that may be compared (report.max_perplexity, matched controls):"]
     headline += arm_lines(arms)
     if randomness:
         headline += ["", "Shared randomness of each paired comparison:"] + randomness_lines(randomness)
-    summary = summary_text(agg, tables, checks, attacks, controls, matched, headline)
+    summary = summary_text(agg, tables, checks, attacks, controls, matched, headline, masking_lines(masking))
     atomic_write_json(files["final_results"], results)
     atomic_write_text(files["summary"], summary)
     for table in tables:
         atomic_write_text(files[f"{table['name']}_tex"], latex_table(agg, table))
         atomic_write_text(files[f"{table['name']}_md"], markdown_table(table))
     atomic_write_text(files["html"], report_html(agg, tables, checks, plots, transfer, generated, attacks,
-                                                 controls, matched, headline_html(primary, arms, randomness)))
+                                                 controls, matched, headline_html(primary, arms, randomness),
+                                                 masking))
     return Report(run.run_dir, results, summary, files)

@@ -27,6 +27,17 @@ class TableColumn(ReportMetric):
     digits: int = Field(default=2, ge=0, le=8)
 
 
+class MaskingConfig(PluginConfig):
+    """The gradient-masking checks' options (see :mod:`harness.report.masking`)."""
+
+    #: The attacks entry of the continuous relaxation on the token attacks' positions (an unconstrained attack on
+    #: the context embeddings, e.g. ``soft_prompt`` with ``edit: context, epsilon: null``). None: that check is
+    #: not applicable.
+    relaxation: str | None = None
+    #: The success rate the relaxation must reach on every model.
+    relaxation_success: float = Field(default=0.9, ge=0, le=1)
+
+
 class ReportTable(PluginConfig):
     """A table of the report: rows are models, columns these metrics (mean ± std over seeds). Written as
     ``<name>.tex`` (``\\input{<name>}`` inside a ``table`` environment; label ``tab:<name>``) and ``<name>.md``, and
@@ -97,6 +108,8 @@ class ReportConfig(PluginConfig):
     #: The x-axis of the success-against-budget plot: the first of these budget metrics that every attack reports
     #: (then any attack), else the attacks' declared budget metrics (``MetricSpec(budget=True)``) in their order.
     budget_axis: list[str] = Field(default_factory=list)
+    #: The gradient-masking checks (every model and gradient attack).
+    masking: MaskingConfig = MaskingConfig()
     #: The comparisons that answer the suite's question: one family, adjusted for multiplicity (``multiplicity``);
     #: only they get verdicts in the report's headline, every other interval is exploratory.
     primary: list[PrimaryEndpoint] = Field(default_factory=list)

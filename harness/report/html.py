@@ -160,6 +160,18 @@ def _transfer_html(tm: dict[str, Any] | None) -> str:
             + "".join(parts))
 
 
+def _masking_html(rows: list[dict[str, Any]] | None) -> str:
+    if not rows:
+        return ""
+    body = [[_e(r["model"]), _e(r["attack"]), _e(r["check"]),
+             f'<span class="missing">{_e(r["warning"])}</span>' if r.get("warning") else _e(r["status"]),
+             _e(r["detail"])] for r in rows]
+    return ("<h2>Gradient-masking checks</h2><p class=\"note\">Per model and gradient attack: success rises with "
+            "budget; the attack beats its random control; the transfer from the baseline does not beat the white-box "
+            "attack; the continuous relaxation on the same positions succeeds. A failed check weakens the verdict "
+            "of that attack on that model.</p>" + _table(["model", "attack", "check", "status", "detail"], body))
+
+
 def _figures_html(plots: dict[str, dict[str, Any]]) -> str:
     parts = []
     for name, info in plots.items():
@@ -177,8 +189,10 @@ def _figures_html(plots: dict[str, dict[str, Any]]) -> str:
 def report_html(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[dict[str, Any]],
                 plots: dict[str, dict[str, Any]], transfer: dict[str, Any] | None, generated: str,
                 attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None,
-                matched: list[dict[str, Any]] | None = None, headline: str = "") -> str:
-    """The page; ``headline``: the primary endpoints' block (the answer to the suite's question), put first."""
+                matched: list[dict[str, Any]] | None = None, headline: str = "",
+                masking: list[dict[str, Any]] | None = None) -> str:
+    """The page; ``headline``: the primary endpoints' block (the answer to the suite's question), put first;
+    ``masking``: the gradient-masking checks (:mod:`harness.report.masking`)."""
     run = agg.run
     env = run.environment
     pkgs = env.get("packages") or {}
@@ -198,6 +212,7 @@ def report_html(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[d
         _attacks_html(attacks),
         _controls_html(controls),
         _matched_html(matched),
+        _masking_html(masking),
         "<h2>Figures</h2>", _figures_html(plots),
         _transfer_html(transfer),
         "<h2>All metrics (mean over seeds, sample std, exploratory interval)</h2>", _metrics_html(agg),

@@ -219,5 +219,6 @@ def primary_lines(primary: dict[str, Any]) -> list[str]:
                        + f", model - reference {s['difference']:+.4g} -> {s['status']}")
         if row.get("disagreement"):
             out.append(f"      the scales disagree: {row['disagreement']}")
+        out += [f"      WARNING {w}" for w in row.get("masking_warnings", [])]  # harness.report.masking
     return out
 

@@ -149,9 +149,10 @@ def matched_line(row: dict[str, Any]) -> str:
 
 def summary_text(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[dict[str, Any]],
                  attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None,
-                 matched: list[dict[str, Any]] | None = None, headline: list[str] | None = None) -> str:
+                 matched: list[dict[str, Any]] | None = None, headline: list[str] | None = None,
+                 masking: list[str] | None = None) -> str:
     """The summary for a person; ``headline``: the lines that answer the suite's question (the primary endpoints),
-    put first."""
+    put first; ``masking``: the gradient-masking checks' lines."""
     run = agg.run
     n_done = sum(s.done for s in run.stages)
     out = [f"Experiment summary: suite '{run.suite}' ({run.mode} mode), seeds {run.seeds}",
@@ -173,6 +174,8 @@ def summary_text(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[
         out += ["", "Models against their matched controls (report.matched_controls; paired 95% intervals; "
                     "exploratory):"]
         out += [f"  - {matched_line(row)}" for row in matched]
+    if masking:
+        out += ["", *masking]
     for table in tables:
         out += ["", f"{table['title']} (mean ± std over seeds):", markdown_table(table)]
     if attacks and attacks["rows"]:

@@ -28,7 +28,7 @@ from ..suite import Suite
 #: Planned FLOPs from which a stage is GPU work under ``device: auto`` (1 PFLOP: about an hour at the fp32 matmul
 #: rate of a large CPU node, 0.3 TFLOP/s, and seconds on one GPU).
 GPU_FLOPS = 1e15
-#: Model size from which every stage on it is GPU work under ``device: auto`` (Pythia-160M and up).
+#: Model size from which every stage on it is GPU work under ``device: auto`` (100M parameters and up).
 GPU_PARAMS = 1e8
 
 

@@ -47,9 +47,10 @@ from pydantic import Field, model_validator
 from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, PlanInputs,
                      StageContext, StagePreempted, Workload, hookimpl, load_documents)
 from . import SUCCESS_THRESHOLD
-from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, Budget, ContinuationLoss, Example, Scorer, TaskConfig,
+from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, PROGRESS_FIELD, Budget, ContinuationLoss, Example,
+                             Scorer, TaskConfig,
                              allowed_tokens, attack_rng, disjoint_splits, example_record, make_examples,
-                             position_histogram, random_allowed, select_examples, summarize)
+                             best_so_far, position_histogram, random_allowed, select_examples, summarize)
 
 from .uat import evaluate_trigger, optimisation_budget, tokenizer_fingerprint
 from .workload import RECORD_BYTES, _examples
@@ -200,16 +201,20 @@ class Objective:
         return self.sign * sum(n * grad for n, grad in grads) / len(docs)
 
     def losses(self, docs: Sequence[int], current: Sequence[int], candidates: torch.Tensor) -> torch.Tensor:
-        """Exact loss of every candidate string (mean over ``docs``); edits of ``current`` reuse its prefix."""
+        """Exact loss of every candidate string (mean over ``docs``); edits of ``current`` reuse its prefix. With a
+        ``screen`` only the candidates the screen picked are scored exactly; the others get +inf (never kept)."""
         per_group = []
-        for k, group in self.by_length(docs):
+        groups = self.by_length(docs)
+        # A screen (``screen:``) ranks the candidates on their loss over every document at once: one tail length only.
+        select = ("max" if self.sign < 0 else "min") if len(groups) == 1 and len(candidates) > 1 else None
+        for k, group in groups:
             seqs = self.batch(group, candidates.tolist())
             if self.custom is not None:
                 nll, _ = self.scorer.continuation_scores(seqs, k, loss=self.custom)
             else:
                 base = self.batch(group, [current])
                 base = base[0] if len(group) == 1 else base.repeat(len(candidates), 1)
-                nll = self.scorer.swap_nll(base, seqs, k)
+                nll = self.scorer.swap_nll(base, seqs, k, select=select, group=len(group))
             per_group.append(nll.view(len(candidates), len(group)))
         return self.sign * torch.cat(per_group, dim=1).mean(1)
 
@@ -465,7 +470,7 @@ def attack_one(model: LoadedModel, problem: Problem, init: list[int] | None, all
     """Search one example; its record."""
     tok = model.tokenizer
     ex = problem.examples[0]
-    scorer = Scorer(model, cfg.batch_tokens)
+    scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
     objective = Objective(scorer, problem, cfg)
     targeted = cfg.objective == "targeted"
     k = len(problem.tails[0])
@@ -478,8 +483,11 @@ def attack_one(model: LoadedModel, problem: Problem, init: list[int] | None, all
     string = state.best[1]
     if targeted:
         nll, match = objective.exact_match([0], string)  # the target NLL itself (the loss may be mellowmax)
-    fields: dict[str, Any] = {**scorer.budget.as_record(), "steps": state.step, "dropped_candidates": state.dropped,
+    fields: dict[str, Any] = {**scorer.budget.as_record(), **scorer.screen_record(), "steps": state.step,
+                              "dropped_candidates": state.dropped,
                               "adversarial_ids": string, "adversarial_text": tok.decode(string)}
+    if not targeted and objective.custom is None:  # the loss is minus the NLL: the best NLL after each step
+        fields[PROGRESS_FIELD] = best_so_far(before, [-loss for loss in state.losses])
     if cfg.edit == "context":
         fields["positions"] = [i for i, (a, b) in enumerate(zip(ex.context, string)) if a != b]
         fields["original_text"] = tok.decode(list(ex.context))
@@ -521,7 +529,7 @@ def attack_universal(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> d
     size = min(cfg.batch_size, len(opt))
     n_batches = -(-len(opt) // size)
     batches = [[order[(b * size + j) % len(opt)] for j in range(size)] for b in range(n_batches)]
-    scorer = Scorer(model, cfg.batch_tokens)
+    scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
     objective = Objective(scorer, problem, cfg)
     state = search(objective, init, allowed, tok, cfg, attack_rng(ctx, "gcg", "universal"), "universal", batches, ctx)
     string = state.best[1]
@@ -558,6 +566,7 @@ class GCGAttack(AttackPlugin[GCGConfig]):
     """Greedy Coordinate Gradient (nanoGCG's loop): gradient top-k candidates, scored exactly in batches."""
 
     name = "gcg"
+    version = "2"  # FLOPs count the vocabulary projection where it runs; `screen:` (off by default)
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config
@@ -565,6 +574,13 @@ class GCGAttack(AttackPlugin[GCGConfig]):
 
     def is_control(self) -> bool:
         return self.config.mode == "random_token"
+
+    def reuse_config(self) -> dict[str, Any] | None:
+        """One search per example with a stream keyed by the example: a change of ``n_examples`` keeps the records
+        (not for a universal string, optimised over the whole split)."""
+        if self.config.universal:
+            return None
+        return self.config.model_dump(mode="json", exclude={"n_examples"})
 
     def declared_metrics(self) -> list[MetricSpec]:
         cfg = self.config
@@ -599,6 +615,10 @@ def gcg_workload(cfg: GCGConfig, inputs: PlanInputs) -> Workload:
     check = docs if cfg.objective == "targeted" and not cfg.universal else 0
     grad = 0 if cfg.mode == "random_token" else docs
     per_step = docs * cfg.search_width + check
+    # With a screen, the candidates' forward tokens are priced as the screen spends them (draft + exact scores).
+    width = cfg.search_width if cfg.screen is None else cfg.screen.cost_in_candidates(cfg.search_width,
+                                                                                       inputs.shape.n_layers)
+    priced = docs * width + check
     # max_queries caps a search's exact evaluations plus gradient passes (the control is charged them too).
     steps_run = cfg.num_steps if cfg.max_queries is None else min(cfg.num_steps, cfg.max_queries // (docs + per_step))
     scored = docs * max(1, cfg.buffer_size) + cfg.num_steps * per_step + 1 + check
@@ -607,11 +627,12 @@ def gcg_workload(cfg: GCGConfig, inputs: PlanInputs) -> Workload:
     grads = steps_run * grad
     scored = searches * scored + (2 * n_eval if cfg.universal else 0)
     grads *= searches
-    rows = max(1, min(cfg.search_width * docs, cfg.batch_tokens // length))
+    rows = max(1, min(cfg.search_width * docs, cfg.planned_batch_tokens // length))
     batches = [Batch(rows, length, logit_positions=tail + 1, label="exact scoring")]
     if grad:
         batches.append(Batch(docs, length, "inputs", logit_positions=tail + 1, label="token gradients"))
-    return Workload(forward_tokens=scored * length, gradient_tokens=grads * length, context=length,
+    priced_scored = scored if cfg.screen is None else scored * priced / per_step
+    return Workload(forward_tokens=priced_scored * length, gradient_tokens=grads * length, context=length,
                     queries=scored + grads, forward_calls=searches * (2 + steps_run * (1 + bool(check))),
                     gradient_calls=searches * steps_run if grad else 0, batches=batches,
                     disk_bytes=n_eval * RECORD_BYTES, disk_note="per-example records",

@@ -16,6 +16,8 @@ monotonic model, say). The ``random_token`` control runs this same loop with ran
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -27,7 +29,8 @@ from pydantic import Field
 from harness import (AttackPlugin, Batch, DocumentSource, LoadedModel, MetricSpec, PlanInputs, StageContext,
                      StagePreempted, Workload, hookimpl, load_documents)
 from . import SUCCESS_THRESHOLD
-from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, Example, Scorer, TaskConfig, allowed_tokens,
+from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, PROGRESS_FIELD, Example, Scorer, TaskConfig,
+                             allowed_tokens,
                              example_record, make_examples, position_histogram, select_examples, spearman, summarize)
 
 from .workload import RECORD_BYTES, _examples, _length
@@ -66,6 +69,7 @@ class FlipOutcome:
     estimates: list[float] = field(default_factory=list)
     changes: list[float] = field(default_factory=list)  # exact loss change of every swap scored
     steps: int = 0
+    nll_by_step: list[float] = field(default_factory=list)  # the NLL after each step (index 0: before)
 
 
 def flip_search(scorer: Scorer, example: Example, steps: int, propose: Proposer) -> FlipOutcome:
@@ -74,7 +78,7 @@ def flip_search(scorer: Scorer, example: Example, steps: int, propose: Proposer)
     k = len(example.continuation)
     context = list(range(len(example.prefix), len(example.prefix) + len(example.context)))
     current = float(scorer.nll(torch.tensor([ids]), k)[0])
-    out = FlipOutcome(list(ids), current, current)
+    out = FlipOutcome(list(ids), current, current, nll_by_step=[current])
     tried: set[tuple[int, int]] = set()
     for _ in range(steps):
         editable = [p for p in context if p not in out.flipped]
@@ -84,8 +88,9 @@ def flip_search(scorer: Scorer, example: Example, steps: int, propose: Proposer)
         out.steps += 1
         batch = torch.tensor([ids] * len(swaps))
         batch[torch.arange(len(swaps)), torch.tensor([p for p, _ in swaps])] = torch.tensor([t for _, t in swaps])
-        exact = scorer.swap_nll(torch.tensor(ids), batch, k)  # single swaps: the prefix before each is unchanged
-        out.changes += (exact - current).tolist()
+        # Single swaps: the prefix before each is unchanged. A screen scores only the best few exactly (-inf: not).
+        exact = scorer.swap_nll(torch.tensor(ids), batch, k, select="max")
+        out.changes += [c for c in (exact - current).tolist() if math.isfinite(c)]
         if estimates is not None:
             out.estimates += estimates
         best = int(exact.argmax())
@@ -97,6 +102,7 @@ def flip_search(scorer: Scorer, example: Example, steps: int, propose: Proposer)
             tried.clear()
         else:
             tried.update(swaps)
+        out.nll_by_step.append(current)
     out.ids, out.nll_after = ids, current
     return out
 
@@ -139,7 +145,7 @@ def run_flip_attack(model: LoadedModel, ctx: StageContext, cfg: HotFlipConfig,
     allowed = allowed_tokens(model, cfg.vocab)
     tok = model.tokenizer
     done = ctx.records.done()
-    scorer = Scorer(model, cfg.batch_tokens)
+    scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
     with ctx.progress("examples", len(examples)) as bar:
         bar.advance(sum(1 for ex in examples if ex.id in done))
         for ex in examples:
@@ -158,7 +164,8 @@ def run_flip_attack(model: LoadedModel, ctx: StageContext, cfg: HotFlipConfig,
                 original_tokens=[out.flipped[p][0] for p in positions],
                 new_tokens=[out.flipped[p][1] for p in positions],
                 adversarial_text=tok.decode(edited), original_text=tok.decode(list(ex.context)),
-                spearman=spearman(out.estimates, out.changes) if out.estimates else None))
+                spearman=spearman(out.estimates, out.changes) if out.estimates else None,
+                **{PROGRESS_FIELD: out.nll_by_step}))
             records = ctx.records.records
             bar.advance()
             bar.set(success=float(np.mean([r["success"] for r in records])),
@@ -196,7 +203,7 @@ def flip_workload(cfg: HotFlipConfig, inputs: PlanInputs, gradient: bool) -> Wor
     steps = n_flips(cfg.flips, cfg.context_tokens)
     scored = n * (1 + steps * cfg.beam_width)
     grads = n * steps if gradient else 0
-    rows = max(1, min(cfg.beam_width, cfg.batch_tokens // length))
+    rows = max(1, min(cfg.beam_width, cfg.planned_batch_tokens // length))
     batches = [Batch(rows, length, logit_positions=cfg.continuation_tokens + 1, label="exact scoring")]
     if gradient:
         batches.append(Batch(1, length, "inputs", logit_positions=cfg.continuation_tokens + 1,
@@ -214,10 +221,15 @@ class HotFlipAttack(AttackPlugin[HotFlipConfig]):
     """HotFlip on causal LMs: gradient-ranked token swaps in the context, scored exactly in batches."""
 
     name = "hotflip"
-    version = "2"  # records and summary gain the budget (tokens, FLOPs) and the position histogram
+    version = "3"  # FLOPs count the vocabulary projection where it runs; `screen:` (off by default)
+    # v2: records and summary gain the budget (tokens, FLOPs) and the position histogram
 
     def declared_metrics(self) -> list[MetricSpec]:
         return ATTACK_METRICS + FLIP_METRICS + [SPEARMAN_METRIC]
+
+    def reuse_config(self) -> dict[str, Any]:
+        """Each example's search depends on that example alone: a change of ``n_examples`` keeps the records."""
+        return self.config.model_dump(mode="json", exclude={"n_examples"})
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config

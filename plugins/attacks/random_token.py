@@ -80,7 +80,8 @@ class RandomTokenAttack(AttackPlugin[RandomTokenConfig]):
     """Control: the HotFlip or UAT loop with random candidate tokens (same budget, no gradient)."""
 
     name = "random_token"
-    version = "2"  # records and summary gain the budget (tokens, FLOPs) and, as the HotFlip control, the positions
+    version = "3"  # FLOPs count the vocabulary projection where it runs; `screen:` (off by default)
+    # v2: records and summary gain the budget (tokens, FLOPs) and, as the HotFlip control, the positions
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config
@@ -94,6 +95,12 @@ class RandomTokenAttack(AttackPlugin[RandomTokenConfig]):
 
     def is_control(self) -> bool:
         return True
+
+    def reuse_config(self) -> dict[str, Any] | None:
+        """HotFlip's loop with a stream keyed by the example: a change of ``n_examples`` keeps the records."""
+        if self.config.hotflip is None:
+            return None
+        return self.config.model_dump(mode="json", exclude={"hotflip": {"n_examples"}})
 
     def declared_metrics(self) -> list[MetricSpec]:
         """The controlled attack's metrics (it runs that attack's loop and summary)."""

@@ -10,7 +10,14 @@ Threat models (``edit``), on the examples HotFlip attacks (the same documents an
 - ``suffix`` / ``prefix``: ``n_tokens`` free embeddings placed after / before the context (initialised from allowed
   tokens' embeddings drawn by the suite's seed), unbounded;
 - ``context``: a perturbation of the context tokens' embeddings, each token's within an L2 or L-infinity ball of
-  radius ``epsilon`` x the mean norm (in that norm) of the allowed tokens' embeddings.
+  radius ``epsilon`` x the mean norm (in that norm) of the allowed tokens' embeddings; ``epsilon: null`` leaves it
+  unbounded: the **continuous relaxation** of the token attacks on their own positions (HotFlip's and GCG's context
+  tokens, the same documents), which a report's gradient-masking check expects to succeed.
+
+``restarts``: the optimisation runs again from another start (restart 0 from the usual start; restart ``r`` from
+random allowed tokens drawn by (seed, example, r), or a random perturbation of the embeddings' RMS size), keeping
+each example's best over all. Every record keeps its loss curve (``loss_curve``: the NLL at every step of every
+restart) and the best NLL after each step (``nll_by_step``), so one can see that the curve has flattened.
 
 Objectives: ``untargeted`` raises the continuation NLL (the shared task, records and summary of
 :mod:`harness.attacks`, so it lands in the same tables as the token attacks); ``targeted`` lowers the NLL of a fixed
@@ -45,9 +52,9 @@ from pydantic import Field, model_validator
 from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, PlanInputs,
                      StageContext, StagePreempted, Workload, atomic_write_bytes, hookimpl, load_documents)
 from . import SUCCESS_THRESHOLD
-from harness.attacks import (ATTACK_METRICS, Budget, Example, Scorer, TaskConfig, allowed_tokens, attack_rng,
-                             budget_summary, example_record, make_examples, random_allowed, select_examples,
-                             summarize)
+from harness.attacks import (ATTACK_METRICS, PROGRESS_FIELD, Budget, Example, Scorer, TaskConfig, allowed_tokens,
+                             attack_rng, best_so_far, budget_summary, example_record, make_examples, random_allowed,
+                             select_examples, summarize)
 
 
 class SoftPromptConfig(TaskConfig):
@@ -65,7 +72,10 @@ class SoftPromptConfig(TaskConfig):
     #: The ball of each context token's perturbation (``context``), radius ``epsilon`` x the mean norm of the allowed
     #: tokens' embeddings in that norm.
     norm: Literal["l2", "linf"] = "l2"
-    epsilon: float = Field(default=0.5, gt=0)
+    #: None: unbounded (the continuous relaxation of the token attacks on the same positions).
+    epsilon: float | None = Field(default=0.5, gt=0)
+    #: Optimisations per example from different starts (each ``steps`` long), the best kept.
+    restarts: int = Field(default=1, ge=1)
     optimizer: Literal["pgd", "adam"] = "adam"
     #: Adam's learning rate, or PGD's step, in units of the embeddings' RMS coordinate.
     lr: float = Field(default=0.1, gt=0)
@@ -98,11 +108,14 @@ class Geometry:
 def geometry(scorer: Scorer, allowed: torch.Tensor, cfg: SoftPromptConfig) -> Geometry:
     emb = scorer.embeddings[allowed].float()
     norms = emb.norm(dim=1) if cfg.norm == "l2" else emb.abs().amax(dim=1)
-    return Geometry(scale=float(emb.pow(2).mean().sqrt()), radius=cfg.epsilon * float(norms.mean()))
+    radius = math.inf if cfg.epsilon is None else cfg.epsilon * float(norms.mean())
+    return Geometry(scale=float(emb.pow(2).mean().sqrt()), radius=radius)
 
 
 def project(delta: torch.Tensor, norm: str, radius: float) -> torch.Tensor:
     """``delta`` ``[B, C, d]`` with each token's row moved onto the ``norm`` ball of ``radius`` (in place)."""
+    if math.isinf(radius):
+        return delta
     with torch.no_grad():
         if norm == "linf":
             delta.clamp_(-radius, radius)
@@ -144,13 +157,20 @@ def continuation_loss(scorer: Scorer, embeds: torch.Tensor, labels: torch.Tensor
 
 
 def init_params(scorer: Scorer, chunk: list[Example], allowed: torch.Tensor, cfg: SoftPromptConfig,
-                ctx: StageContext) -> torch.Tensor:
+                ctx: StageContext, geo: Geometry, restart: int = 0) -> torch.Tensor:
     """Free embeddings of allowed tokens drawn by the seed and the example (the same for every model at a seed), or
-    a zero perturbation."""
+    a zero perturbation; a later restart draws other tokens, or a random perturbation of the embeddings' RMS size
+    (by seed, example and restart)."""
     emb = scorer.embeddings
+    key = () if restart == 0 else (restart,)
     if cfg.edit == "context":
-        return torch.zeros(len(chunk), len(chunk[0].context), emb.shape[1], dtype=torch.float32, device=emb.device)
-    ids = [random_allowed(allowed, cfg.n_tokens, attack_rng(ctx, "soft_prompt", "init", ex.id)) for ex in chunk]
+        shape = (len(chunk[0].context), emb.shape[1])
+        if restart == 0:
+            return torch.zeros(len(chunk), *shape, dtype=torch.float32, device=emb.device)
+        noise = torch.stack([torch.randn(shape, generator=attack_rng(ctx, "soft_prompt", "init", ex.id, *key))
+                             for ex in chunk])
+        return project((noise * geo.scale).to(emb.device), cfg.norm, geo.radius)
+    ids = [random_allowed(allowed, cfg.n_tokens, attack_rng(ctx, "soft_prompt", "init", ex.id, *key)) for ex in chunk]
     return emb[torch.stack(ids).to(emb.device)].float()
 
 
@@ -166,17 +186,21 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 def optimise_chunk(scorer: Scorer, chunk: list[Example], allowed: torch.Tensor, geo: Geometry, cfg: SoftPromptConfig,
                    target: list[int] | None, ctx: StageContext, path: Path, bar: Any) -> dict[str, Any]:
-    """``steps`` of gradient ascent (untargeted) or descent (targeted) on the chunk's embeddings, resuming from the
-    state at ``path``; returns each example's best result and what the chunk spent (``budget``)."""
+    """``restarts`` x ``steps`` of gradient ascent (untargeted) or descent (targeted) on the chunk's embeddings,
+    resuming from the state at ``path``; returns each example's best result, its loss curve (``curve``: NLL per
+    restart and step) and what the chunk spent (``budget``)."""
     sign = -1.0 if cfg.objective == "untargeted" else 1.0  # minimise sign x NLL
     device = scorer.embeddings.device
     labels = torch.tensor([scored_tokens(ex, target) for ex in chunk], device=device)
-    params = init_params(scorer, chunk, allowed, cfg, ctx).requires_grad_(True)
+    params = init_params(scorer, chunk, allowed, cfg, ctx, geo).requires_grad_(True)
     adam = torch.optim.Adam([params], lr=cfg.lr * geo.scale) if cfg.optimizer == "adam" else None
     n = len(chunk)
     state: dict[str, Any]
     if path.exists():
         state = torch.load(path, weights_only=True)
+        if state.get("restart", 0):
+            with torch.no_grad():  # a restart's own start (the saved params follow; Adam's state is its own)
+                params.copy_(init_params(scorer, chunk, allowed, cfg, ctx, geo, state["restart"]))
         with torch.no_grad():
             params.copy_(state.pop("params"))
         if adam is not None:
@@ -188,15 +212,19 @@ def optimise_chunk(scorer: Scorer, chunk: list[Example], allowed: torch.Tensor, 
                             labels.shape[1])
         state = {"step": 0, "nll_before": before, "best_loss": torch.full((n,), math.inf, dtype=torch.float64),
                  "best_nll": torch.zeros(n, dtype=torch.float64), "best_match": torch.zeros(n, dtype=torch.bool),
-                 "first_success": torch.full((n,), -1), "best_params": params.detach().clone()}
+                 "first_success": torch.full((n,), -1), "best_params": params.detach().clone(), "restart": 0,
+                 "curve": torch.full((cfg.restarts, cfg.steps + 1, n), math.nan, dtype=torch.float64)}
 
     def checkpoint() -> None:
         save_state(path, {**state, "params": params.detach(), "budget": scorer.budget.state(),
                           **({"adam": adam.state_dict()} if adam is not None else {})})
 
     def keep_best(step: int, nll: torch.Tensor, match: torch.Tensor) -> None:
-        """Keep each example's best embeddings; note the first step that reached its goal."""
+        """Keep each example's best embeddings; note the first step (counted over the restarts) that reached its
+        goal; add the step to the loss curve."""
         nll, match = nll.detach().double().cpu(), match.cpu()
+        state["curve"][state["restart"], step] = nll
+        step += state["restart"] * cfg.steps
         better = sign * nll < state["best_loss"]
         state["best_loss"] = torch.where(better, sign * nll, state["best_loss"])
         state["best_nll"] = torch.where(better, nll, state["best_nll"])
@@ -205,35 +233,43 @@ def optimise_chunk(scorer: Scorer, chunk: list[Example], allowed: torch.Tensor, 
         goal = match if target is not None else nll > state["nll_before"] * (1 + cfg.threshold)
         state["first_success"] = torch.where((state["first_success"] < 0) & goal, step, state["first_success"])
 
-    while state["step"] < cfg.steps:
-        if ctx.should_stop:
-            checkpoint()
-            raise StagePreempted(ctx.stage.id)
-        step = state["step"]
-        with torch.enable_grad():
-            nll, match = continuation_loss(scorer, assemble(scorer, chunk, params, cfg, target), labels, True)
-            (grad,) = torch.autograd.grad(sign * nll.sum(), params)  # each example's own gradient: a sum of losses
-        keep_best(step, nll, match)
+    while True:
+        while state["step"] < cfg.steps:
+            if ctx.should_stop:
+                checkpoint()
+                raise StagePreempted(ctx.stage.id)
+            step = state["step"]
+            with torch.enable_grad():
+                nll, match = continuation_loss(scorer, assemble(scorer, chunk, params, cfg, target), labels, True)
+                (grad,) = torch.autograd.grad(sign * nll.sum(), params)  # each example's own gradient: a sum of losses
+            keep_best(step, nll, match)
+            with torch.no_grad():
+                if adam is None:
+                    params.sub_(cfg.lr * geo.scale * grad.sign())
+                else:
+                    params.grad = grad
+                    adam.step()
+                if cfg.edit == "context":
+                    project(params, cfg.norm, geo.radius)
+            state["step"] = step + 1
+            if state["step"] % cfg.save_every == 0:
+                checkpoint()
+            bar.advance()
+            bar.set(best_nll=float(state["best_nll"].mean()))
+        if not state.get("finished"):
+            with torch.no_grad():  # the embeddings after the last step
+                nll, match = continuation_loss(scorer, assemble(scorer, chunk, params, cfg, target), labels, False)
+            keep_best(cfg.steps, nll, match)
+            state["finished"] = True
+            checkpoint()  # the restart's result (the best embeddings), kept until the chunk's records are written
+        if state["restart"] + 1 >= cfg.restarts:
+            return {**state, "budget": scorer.budget}
+        state.update(restart=state["restart"] + 1, step=0, finished=False)  # the next start, a fresh optimiser
         with torch.no_grad():
-            if adam is None:
-                params.sub_(cfg.lr * geo.scale * grad.sign())
-            else:
-                params.grad = grad
-                adam.step()
-            if cfg.edit == "context":
-                project(params, cfg.norm, geo.radius)
-        state["step"] = step + 1
-        if state["step"] % cfg.save_every == 0:
-            checkpoint()
-        bar.advance()
-        bar.set(best_nll=float(state["best_nll"].mean()))
-    if not state.get("finished"):
-        with torch.no_grad():  # the embeddings after the last step
-            nll, match = continuation_loss(scorer, assemble(scorer, chunk, params, cfg, target), labels, False)
-        keep_best(cfg.steps, nll, match)
-        state["finished"] = True
-        checkpoint()  # the chunk's final result (its best embeddings), kept until its records are written
-    return {**state, "budget": scorer.budget}
+            params.copy_(init_params(scorer, chunk, allowed, cfg, ctx, geo, state["restart"]))
+        if adam is not None:
+            adam = torch.optim.Adam([params], lr=cfg.lr * geo.scale)
+        checkpoint()
 
 
 def soft_prompt_summary(records: list[dict[str, Any]], cfg: SoftPromptConfig) -> dict[str, Any]:
@@ -261,6 +297,7 @@ class SoftPromptAttack(AttackPlugin[SoftPromptConfig]):
     """Soft-prompt / embedding-perturbation attack: the continuous upper bound of the token attacks."""
 
     name = "soft_prompt"
+    version = "2"  # FLOPs count the vocabulary projection where it runs
 
     def declared_metrics(self) -> list[MetricSpec]:
         cfg = self.config
@@ -291,17 +328,19 @@ class SoftPromptAttack(AttackPlugin[SoftPromptConfig]):
         geo = geometry(scorer, allowed, cfg)
         done = ctx.records.done()
         chunks = [examples[i:i + cfg.batch_size] for i in range(0, len(examples), cfg.batch_size)]
-        with ctx.progress("soft-prompt steps", len(chunks) * cfg.steps) as bar:
+        per_chunk = cfg.steps * cfg.restarts
+        with ctx.progress("soft-prompt steps", len(chunks) * per_chunk) as bar:
             for first, chunk in zip(range(0, len(examples), cfg.batch_size), chunks):
                 if all(ex.id in done for ex in chunk):
-                    bar.advance(cfg.steps)
+                    bar.advance(per_chunk)
                     continue
                 if ctx.should_stop:
                     raise StagePreempted(ctx.stage.id)
                 scorer.budget.reset()
                 path = state_path(ctx, first)
                 if path.exists():
-                    bar.advance(int(torch.load(path, weights_only=True)["step"]))
+                    saved = torch.load(path, weights_only=True)
+                    bar.advance(int(saved["step"]) + int(saved.get("restart", 0)) * cfg.steps)
                 out = optimise_chunk(scorer, chunk, allowed, geo, cfg, target, ctx, path, bar)
                 spent = out["budget"].as_record(share=len(chunk))  # equal rows: the chunk's passes shared equally
                 for i, ex in enumerate(chunk):
@@ -309,10 +348,13 @@ class SoftPromptAttack(AttackPlugin[SoftPromptConfig]):
                         continue
                     first_success = int(out["first_success"][i])
                     # The mean L2 norm per token of the free embeddings, or of the context's perturbation.
-                    fields = {**spent, "steps": cfg.steps, "edit": cfg.edit,
+                    curve = out["curve"][:, :, i]  # [restarts, steps + 1]: the NLL at every step of every restart
+                    fields = {**spent, "steps": cfg.steps, "restarts": cfg.restarts, "edit": cfg.edit,
+                              "loss_curve": curve.tolist(),
                               "steps_to_success": first_success if first_success >= 0 else None,
                               "adversary_norm": float(out["best_params"][i].norm(dim=-1).mean())}
                     if target is None:
+                        fields[PROGRESS_FIELD] = best_so_far(float(out["nll_before"][i]), curve.flatten().tolist())
                         ctx.records.append(example_record(ex.id, float(out["nll_before"][i]),
                                                           float(out["best_nll"][i]), cfg.threshold, **fields))
                     else:
@@ -322,8 +364,8 @@ class SoftPromptAttack(AttackPlugin[SoftPromptConfig]):
         return soft_prompt_summary(ctx.records.records, cfg)
 
     def plan(self, inputs: PlanInputs) -> Workload:
-        """Per example: one exact score of the unedited example, ``steps`` forward + backward passes and one last
-        forward pass of the adversarial embeddings (``harness plan``)."""
+        """Per example: one exact score of the unedited example, then per restart ``steps`` forward + backward
+        passes and one last forward pass of the adversarial embeddings (``harness plan``)."""
         from .workload import RECORD_BYTES, _examples
 
         cfg = self.config
@@ -334,13 +376,14 @@ class SoftPromptAttack(AttackPlugin[SoftPromptConfig]):
         length = plain + (cfg.n_tokens if cfg.edit != "context" else 0)
         rows = min(cfg.batch_size, n)
         chunks = -(-n // cfg.batch_size)
-        return Workload(forward_tokens=n * (plain + length), gradient_tokens=n * cfg.steps * length, context=length,
-                        queries=n * (2 + cfg.steps), forward_calls=2 * chunks, gradient_calls=chunks * cfg.steps,
+        steps, r = cfg.steps * cfg.restarts, cfg.restarts
+        return Workload(forward_tokens=n * (plain + r * length), gradient_tokens=n * steps * length, context=length,
+                        queries=n * (1 + r + steps), forward_calls=(1 + r) * chunks, gradient_calls=chunks * steps,
                         batches=[Batch(rows, length, "inputs", logit_positions=scored + 1, label="embedding gradients"),
                                  Batch(rows, plain, logit_positions=scored + 1, label="exact scoring")],
                         disk_bytes=n * RECORD_BYTES, disk_note="per-example records and optimiser states",
-                        notes=[f"{n:,} examples x {cfg.steps} steps of {length} tokens, {rows} examples at once"
-                               f"{note}"])
+                        notes=[f"{n:,} examples x {r} restart(s) x {cfg.steps} steps of {length} tokens, {rows} "
+                               f"examples at once{note}"])
 
 
 @hookimpl

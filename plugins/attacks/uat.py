@@ -19,6 +19,8 @@ loop with random candidate tokens instead of steps 1-2.
 
 from __future__ import annotations
 
+import math
+
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -99,7 +101,8 @@ def triggered_batch(examples: Sequence[Example], triggers: Sequence[Sequence[int
 def mean_loss(scorer: Scorer, examples: Sequence[Example], triggers: Sequence[Sequence[int]]) -> torch.Tensor:
     """Mean continuation NLL over ``examples`` of each trigger, all triggers in one batched call."""
     k = len(examples[0].continuation)
-    return scorer.nll(triggered_batch(examples, triggers), k).view(len(triggers), len(examples)).mean(1)
+    rows = scorer.nll(triggered_batch(examples, triggers), k, select="max", group=len(examples))
+    return rows.view(len(triggers), len(examples)).mean(1)
 
 
 def gradient_candidates(top_k: int, allowed: torch.Tensor) -> CandidateFn:
@@ -127,7 +130,8 @@ def beam_search(scorer: Scorer, batch: Sequence[Example], trigger: list[int], ca
         new = [list(t) for t in sorted(expanded)]
         if new:
             losses = mean_loss(scorer, batch, new)  # every candidate trigger on every document: one batched call
-            beams += [(float(loss), t) for loss, t in zip(losses, new)]
+            # A screen scores only some candidates exactly (the others -inf): they never enter the beam.
+            beams += [(float(loss), t) for loss, t in zip(losses, new) if math.isfinite(float(loss))]
         beams = sorted(beams, key=lambda b: -b[0])[:beam_size]
     return beams[0][1], beams[0][0]
 
@@ -210,7 +214,7 @@ def run_uat(model: LoadedModel, ctx: StageContext, cfg: UATConfig,
     """Optimise on the optimisation split, evaluate on the held-out one; the summary metrics are held-out numbers."""
     opt, held_out = load_splits(model, cfg, ctx.stage.entry)
     allowed = allowed_tokens(model, cfg.vocab)
-    scorer = Scorer(model, cfg.batch_tokens)
+    scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
     state = optimise_trigger(scorer, opt, allowed, cfg, make_candidates(allowed), ctx)
     best = max(state["finished"], key=lambda f: f["opt_nll"])
     trigger = best["trigger_ids"]
@@ -248,7 +252,7 @@ def uat_workload(cfg: UATConfig, inputs: PlanInputs, gradient: bool) -> Workload
     # The largest scoring call: one beam-search position (every beam's candidates on the batch), the whole
     # optimisation split (a restart's final score), or a chunk of held-out examples; batch_tokens caps it.
     largest = max(batch * cfg.beam_size * cfg.top_k, n_opt, min(EVAL_CHUNK, n_eval))
-    rows = max(1, min(cfg.batch_tokens // length, largest))
+    rows = max(1, min(cfg.planned_batch_tokens // length, largest))
     batches = [Batch(rows, length, logit_positions=cfg.continuation_tokens + 1, label="exact scoring")]
     if gradient:
         batches.append(Batch(batch, length, "inputs", logit_positions=cfg.continuation_tokens + 1,
@@ -292,7 +296,8 @@ class UniversalTriggerAttack(AttackPlugin[UATConfig]):
     """Universal adversarial trigger: one gradient-searched prefix for all documents, judged on held-out ones."""
 
     name = "uat"
-    version = "2"  # records and summary gain the budget (tokens, FLOPs), the summary the optimisation's
+    version = "3"  # FLOPs count the vocabulary projection where it runs; `screen:` (off by default)
+    # v2: records and summary gain the budget (tokens, FLOPs), the summary the optimisation's
 
     def declared_metrics(self) -> list[MetricSpec]:
         return ATTACK_METRICS + UAT_METRICS

@@ -82,7 +82,8 @@ class UATTransfer(AttackPlugin[UATTransferConfig]):
     """Evaluates every model's universal trigger (the stages it needs) on this model: one transfer-matrix row."""
 
     name = "uat_transfer"
-    version = "2"  # records and summary gain the budget (tokens, FLOPs)
+    version = "3"  # FLOPs count the vocabulary projection where it runs
+    # v2: records and summary gain the budget (tokens, FLOPs)
 
     def declared_metrics(self) -> list[MetricSpec]:
         """The shared summary of every trigger pooled, and the matrix row: source model -> that trigger's summary."""
@@ -128,4 +129,7 @@ class UATTransfer(AttackPlugin[UATTransferConfig]):
 
 @hookimpl
 def harness_attacks() -> list[type]:
-    return [UATTransfer]
+    # edit_transfer (the per-example counterpart) registers here until it has its own entry point.
+    from .edit_transfer import EditTransferAttack
+
+    return [UATTransfer, EditTransferAttack]

@@ -89,7 +89,7 @@ def measure_smollm2(n_docs: int, length: int) -> dict:
     """``shift`` through the exact OLMo conversion (two stream widths); the naive ``down_proj`` column shift under
     RMSNorm and ``abs``, for contrast."""
     from harness.context import StageContext
-    from harness.graph import Stage
+    from harness.stage import Stage
     from harness_plugins.models.smollm2 import SmolLM2, SmolLM2Config
     from harness_plugins.training.monotonic import (MonotonicSpec, _shift_columns, make_monotonic, merge,
                                                     transform_model)

@@ -126,7 +126,7 @@ def textattack_workload(cfg: TextAttackTaskConfig, inputs: Any, gradient: bool) 
     length = _length(cfg) + cfg.context_tokens // 2
     scored = n * (1 + cfg.query_budget)
     # The largest scoring call: every text one search step asks for, at most the budget, capped by batch_tokens.
-    rows = max(1, min(cfg.batch_tokens // length, cfg.query_budget))
+    rows = max(1, min(cfg.planned_batch_tokens // length, cfg.query_budget))
     batches = [Batch(rows, length, logit_positions=cfg.continuation_tokens + 1, label="exact scoring")]
     if gradient:
         batches.append(Batch(1, length, "inputs", label="word-ranking gradient"))
@@ -153,7 +153,8 @@ BridgeConfigT = TypeVar("BridgeConfigT", bound=TextAttackTaskConfig)
 class _BridgeAttack(AttackPlugin[BridgeConfigT]):
     """What the bridge's attacks share: ``control: true`` makes the stage a control (see ``control.py``)."""
 
-    version = "2"  # records and summary gain the budget (tokens, FLOPs) and the edited positions
+    version = "3"  # FLOPs count the vocabulary projection where it runs
+    # v2: records and summary gain the budget (tokens, FLOPs) and the edited positions
 
     def declared_metrics(self) -> list[MetricSpec]:
         return [*ATTACK_METRICS, POSITIONS_METRIC,
