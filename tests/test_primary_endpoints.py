@@ -65,7 +65,7 @@ def make_run(root: Path, ppl_shift: dict[str, float], attack: dict[str, tuple[fl
             add("attacks", "atk", model, seed, summarize(recs, 0.15), recs, ATTACK_METRICS)
     suite = {"name": "primary", "models": {m: {} for m in ppl_shift},
              "report": {"baseline": "base", "gap": {"entry": "ppl", "metric": "ppl"}, "attack_metric": "success_rate",
-                        "bootstrap_samples": 4000, **report}}
+                        "gap_target": 0.15, "attack_reduction_target": 0.40, "bootstrap_samples": 4000, **report}}
     atomic_write_json(root / "config.resolved.json", {"mode": "quick", "suite": suite, "seeds": seeds,
                                                       "configs": {}, "stages": stages})
     return root

@@ -272,7 +272,9 @@ def torchrun_train(config: Path, out: Path, **env: str) -> str:
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "harness.cli", "-v",
                            "train", "monotonic", "--config", str(config), "--out", str(out), "--no-progress"],
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env,
+                               # this checkout first, then whatever the caller's path adds (the same code as here)
+                               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stderr
 

@@ -3,8 +3,9 @@
 A model whose perplexity is above the ceiling (``report.max_perplexity``; default: the perplexity of a uniform guess
 over its output vocabulary, which every result records) predicts worse than guessing: it is ``destroyed``, and its
 "robustness" is no result, so it gets no robustness verdict. A matched control (``report.matched_controls``) whose
-perplexity is not ``matched`` on the test set (the paired interval of the ratio within +-``gap_target``) is
-``unmatched`` for that model: the comparison is shown, but used for no verdict.
+perplexity is not ``matched`` on the test set (the paired interval of the ratio within +-``gap_target``; without
+a ``gap_target`` nothing can be shown matched) is ``unmatched`` for that model: the comparison is shown, but used
+for no verdict.
 """
 
 from __future__ import annotations

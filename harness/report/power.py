@@ -32,6 +32,8 @@ def _differences(agg: Aggregate, entry: str, model: str, reference: str,
     m, r = agg.find(entry, model), agg.find(entry, reference)
     if m is None or r is None:
         return [], f"'{entry}' did not run on both models"
+    if not m.done or not r.done:
+        return [], f"'{entry}' did not finish on both models"
     spec = m.spec(metric)
     if spec is None or spec.field is None or spec.aggregation != "mean" or statistic(spec) is None:
         return [], f"{metric} is not a per-example mean (its declaration has no field with aggregation: mean)"
