@@ -3,8 +3,8 @@
 Stage ids are paths (``metrics/perplexity/tiny``, ``attacks/hotflip/tiny/s42``): the stage's directory in the run.
 A stage runs once per seed when its plugin is seeded or its model depends on the seed (a model trained per seed);
 otherwise once. Each stage carries a cache key, the hash of everything its result depends on (plugin, version,
-config, the model's identity including the training that made it, seed, and the keys of its dependencies), so a
-changed config recomputes exactly the stages it changes.
+config and the content of its local data files, the model's identity including the training that made it, seed,
+and the keys of its dependencies), so a changed config or data file recomputes exactly the stages it changes.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .digests import content_key
 from .errors import HarnessError
 from .stage import Stage
 from .store import stable_hash
@@ -88,7 +89,7 @@ def build_graph(suite: Suite) -> Graph:
                       start, seed_key, seeded, [made_by] if made_by else [])
         stage.produces = [m for m, e in suite.models.items() if e.from_train == name]
         stage.key = stable_hash({"plugin": entry.plugin.name, "version": entry.plugin.cls.version,
-                                 "config": entry.config.model_dump(mode="json"), "model": base,
+                                 "config": content_key(entry.config), "model": base,
                                  "seed": seed_key if seeded else None})
         train_stage[(name, seed_key)] = stage
         stages.append(stage)
@@ -118,7 +119,7 @@ def build_graph(suite: Suite) -> Graph:
                                   entry.name, entry.plugin.name, model, seed, seeded, deps)
                     dep_keys = sorted(s.key for s in stages if s.id in deps)
                     stage.key = stable_hash({"plugin": entry.plugin.name, "version": entry.plugin.cls.version,
-                                             "config": entry.config.model_dump(mode="json"), "model": ident,
+                                             "config": content_key(entry.config), "model": ident,
                                              "seed": seed if seeded else None, "deps": dep_keys})
                     evaluated.setdefault(entry.name, []).append(stage)
                     stages.append(stage)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..rundir import RunDir
 from ..store import atomic_write_json, atomic_write_text
 from .config import ReportConfig
 from .aggregate import aggregate, attack_table, table7
@@ -61,7 +62,8 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     matched = versus_matched_controls(agg)
     transfer = transfer_matrix(agg)
     generated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    plots = make_plots(agg, run.run_dir / "plots")
+    # A `plots` that is a link is removed (never written or deleted through), with one warning line.
+    plots = make_plots(agg, RunDir(run.run_dir).real_dir(run.run_dir / "plots"))
     files = {"final_results": run.run_dir / "final_results.json",
              "summary": run.run_dir / "experiment_summary.txt",
              "table7_tex": run.run_dir / "table7.tex", "table7_md": run.run_dir / "table7.md",
