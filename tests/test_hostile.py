@@ -181,8 +181,11 @@ def test_hostile_paths_on_the_real_cluster_run_nothing_but_harness_jobs(tmp_path
             assert all(name.startswith("rel2:") for name in queue.split()), queue  # only harness jobs, ever
             time.sleep(2)
         for run in (out, dry_out):
+            logs = "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-1500:]}"
+                             for p in sorted((run / "slurm" / "logs").glob("*")))
+            assert (run / "final_results.json").exists(), logs
             final = read_json(run / "final_results.json")
-            assert final["complete"] is True, run
+            assert final["complete"] is True, logs
             logs = list((run / "slurm" / "logs").glob("*.out"))
             assert logs and all("%" not in p.name.replace("100%", "") for p in logs)
         assert list(markers.iterdir()) == [], "an injected command ran"
@@ -607,3 +610,22 @@ def test_out_on_a_foreign_directory_or_another_suites_run_is_refused_unless_forc
     assert "suite 'rel2', not 'other'" in line
     assert main(["run", str(path), "--out", str(mine), "--skip-preflight", "--no-progress", "--force"]) == 0
     assert (mine / "thesis.tex").read_text() == "precious" and (mine / "final_results.json").exists()
+
+
+def test_allocation_failure_while_loading_is_out_of_memory_not_a_damaged_checkpoint(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness_plugins.models.hf_causal_lm import HFCausalLMConfig, load_hf_causal_lm
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried "
+                           "to allocate 1073741824 bytes")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_memory)
+    ctx = SimpleNamespace(torch_device=lambda: torch.device("cpu"))
+    with pytest.raises(HarnessError) as err:
+        load_hf_causal_lm(HFCausalLMConfig(path=str(TINY)), ctx, "m")
+    assert "out of memory" in str(err.value) and "damaged" not in str(err.value) and "\n" not in str(err.value)

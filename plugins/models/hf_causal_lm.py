@@ -331,6 +331,9 @@ def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) ->
                                    f"({len(mismatched)} tensor(s))")
     except (OSError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+        if "allocate memory" in str(exc) or "out of memory" in str(exc).lower():  # the machine, not the files
+            raise HarnessError(f"model '{name}': out of memory while loading {ref} ({first}); fix: give the process "
+                               "more memory (a larger node, SLURM --mem) or load a smaller `dtype:`") from exc
         if local and "mismatch" in str(exc):
             raise HarnessError(f"model '{name}': the weights in {ref} do not match its config.json ({first}); fix: "
                                "use the config.json saved with these weights") from exc
