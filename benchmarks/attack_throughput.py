@@ -44,7 +44,7 @@ def make_candidates(loaded, n: int, context: int, continuation: int) -> tuple[to
     from harness import DocumentSource, load_documents
     from harness.attacks import TaskConfig, VocabFilter, allowed_tokens, make_examples, random_allowed
 
-    task = TaskConfig(context_tokens=context, continuation_tokens=continuation)
+    task = TaskConfig(context_tokens=context, continuation_tokens=continuation, threshold=0.0)
     examples = make_examples(load_documents(DocumentSource(data_files=[TEST_DOCS], split="test")), loaded, task, 16)
     allowed = allowed_tokens(loaded, VocabFilter())
     gen = torch.Generator().manual_seed(0)

@@ -2,11 +2,13 @@
 
 The public API for plugin authors is what this module exports, plus two documented modules: ``harness.attacks``
 (the attack toolkit: the shared task, examples, the batched exact scorer, token gradients, records and summaries)
-and ``harness.scoring`` (the perplexity scorer's windows and batched passes). Everything else is the core's
-business and may change without notice.
+and ``harness.scoring`` (the perplexity scorer's windows and batched passes); for code that reads finished runs
+(write-ups, notebooks, studies), ``harness.results``. Everything else is the core's business and may change without
+notice.
 """
 
-from .api import AttackPlugin, LoadedModel, MetricPlugin, MetricSpec, ModelPlugin, Plugin, TrainerPlugin
+from .api import (DATA_ORDER_FINGERPRINT, AttackPlugin, LoadedModel, MetricPlugin, MetricSpec, ModelPlugin, Plugin,
+                  TrainerPlugin)
 from .checkpointing import set_gradient_checkpointing
 from .config import ExistingPath, PluginConfig, ResolvedPath
 from .context import StageContext, StagePreempted, derive_seed
@@ -26,6 +28,8 @@ __all__ = [
     "MetricPlugin", "MetricSpec", "ModelPlugin", "NonFiniteLoss", "Plugin", "PluginConfig", "ResolvedPath", "StageContext",
     "StagePreempted", "TrainerPlugin", "derive_seed", "hookimpl", "load_documents", "restored_environ",
     "did_you_mean", "set_gradient_checkpointing",
+    # the summary key of a trainer's data-order fingerprint (common random numbers across arms)
+    "DATA_ORDER_FINGERPRINT",
     # durable files (atomic writes, the record log) and hub checks, for plugins that keep state or load from a hub
     "RecordLog", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json", "read_regular",
     "cached_locally", "hub_reachable", "offline_mode",

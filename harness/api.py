@@ -256,9 +256,17 @@ class AttackPlugin(Plugin[ConfigT]):
         return False
 
 
+#: The summary key under which a trainer records a fingerprint (a hex digest) of the training batches it read, in
+#: order: the report compares it between paired arms to say whether they shared their data order.
+DATA_ORDER_FINGERPRINT = "data_order_sha256"
+
+
 class TrainerPlugin(Plugin[ConfigT]):
     kind = "trainer"
     changes_model = True
+    #: The YAML ``harness train NAME`` reads without ``--config``: a path relative to the directory of the plugin's
+    #: module, shipped as package data (so it is found from an installed wheel too). None: ``--config`` is required.
+    default_config: ClassVar[str | None] = None
 
     def run_stage(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ __all__ = [
     "ATTACK_METRICS", "BUDGET_FIELDS", "Budget", "CURVE_THRESHOLDS", "ComputeCost", "ContinuationLoss", "Example",
     "POSITIONS_METRIC", "Scorer", "TaskConfig", "VocabFilter", "allowed_tokens", "attack_rng", "budget_summary",
     "continuation_nll", "disjoint_splits", "example_record", "make_examples", "position_histogram", "random_allowed",
-    "relative_increase", "select_examples", "spearman", "success_curve", "summarize", "swap_nll",
+    "relative_increase", "log_ratio", "select_examples", "spearman", "success_curve", "summarize", "swap_nll",
 ]
 
 #: Thresholds of the stored success curve (relative NLL increase): 0, 2.5%, ..., 100%.
@@ -69,8 +69,9 @@ class TaskConfig(PluginConfig):
     #: Put the end-of-text token first (as the perplexity metric does); never editable.
     prefix_eos: bool = True
     vocab: VocabFilter = VocabFilter()
-    #: Relative NLL increase above which an example counts as a success.
-    threshold: float = Field(default=0.15, ge=0)
+    #: Relative NLL increase above which an example counts as a success. No core default: an attack plugin's
+    #: config sets one (the built-in attacks share theirs), and a suite may override it.
+    threshold: float = Field(ge=0)
     #: Tokens per forward pass when scoring candidates (batch size x length): the memory budget.
     batch_tokens: int = Field(default=16384, ge=64)
 
@@ -161,7 +162,7 @@ def allowed_tokens(model: LoadedModel, vocab: VocabFilter) -> torch.Tensor:
     """Boolean mask over the embedding rows: True where the attack may insert the token."""
     tok = model.tokenizer
     n_rows = model.model.get_input_embeddings().weight.shape[0]
-    n_tok = min(len(tok), n_rows)  # embedding rows past the tokenizer (Pythia pads to 50304) are never allowed
+    n_tok = min(len(tok), n_rows)  # embedding rows past the tokenizer (a padded vocabulary) are never allowed
     mask = torch.zeros(n_rows, dtype=torch.bool)
     special = set(tok.all_special_ids) if vocab.exclude_special else set()
     allow = set(vocab.allow_list) if vocab.allow_list is not None else None
@@ -421,13 +422,22 @@ def relative_increase(before: float, after: float) -> float:
     return (after - before) / before if before > 0 else 0.0
 
 
+def log_ratio(before: float, after: float) -> float:
+    """``log(after / before)``: the relative increase on a log scale (symmetric, and not driven by a damaged
+    model's larger clean NLL the way ``(after - before) / before`` is through its denominator)."""
+    return math.log(after / before) if before > 0 and after > 0 else 0.0
+
+
 def example_record(example_id: str, before: float, after: float, threshold: float, **fields: Any) -> dict[str, Any]:
-    """One per-example record with the fields every attack writes (and any attack-specific ``fields``)."""
+    """One per-example record with the fields every attack writes (and any attack-specific ``fields``): the NLLs,
+    the relative increase (which the success ``threshold`` applies to), the absolute increase in nats and the
+    log-ratio ``log(after / before)``."""
     if not (math.isfinite(before) and math.isfinite(after)):
         raise HarnessError(f"non-finite continuation NLL on example {example_id}; check the model's dtype/weights")
     rel = relative_increase(before, after)
     return {"id": example_id, "nll_before": before, "nll_after": after, "relative_increase": rel,
-            "success": rel > threshold, **fields}
+            "nll_increase": after - before, "log_ratio": log_ratio(before, after), "success": rel > threshold,
+            **fields}
 
 
 def success_curve(increases: Sequence[float], thresholds: Sequence[float] = CURVE_THRESHOLDS) -> dict[str, list]:
@@ -447,6 +457,9 @@ def summarize(records: Sequence[dict[str, Any]], threshold: float) -> dict[str, 
         "median_relative_increase": float(np.median(rel)) if rel else float("nan"),
         "mean_nll_before": mean([r["nll_before"] for r in records]),
         "mean_nll_after": mean([r["nll_after"] for r in records]),
+        # from the NLLs (the same numbers as the records' fields, also for records written before they existed)
+        "mean_nll_increase": mean([r["nll_after"] - r["nll_before"] for r in records]),
+        "mean_log_ratio": mean([log_ratio(r["nll_before"], r["nll_after"]) for r in records]),
         "n_examples": len(records),
         **budget_summary(records),
         "success_curve": success_curve(rel),
@@ -478,6 +491,9 @@ ATTACK_METRICS = [
                scale=100, digits=1),
     MetricSpec("mean_nll_before", "NLL before", field="nll_before", show=False),
     MetricSpec("mean_nll_after", "NLL after", field="nll_after", show=False),
+    # Absolute effects: a damaged model's larger clean NLL shrinks its relative increase; these do not divide by it.
+    MetricSpec("mean_nll_increase", "NLL incr. (nats)", field="nll_increase", digits=3),
+    MetricSpec("mean_log_ratio", "log(NLL after / before)", field="log_ratio", digits=3),
     MetricSpec("n_examples", "Examples", aggregation="none", digits=0, show=False),
     MetricSpec("mean_queries", "Queries / example", field="queries", digits=1, budget=True),
     MetricSpec("mean_gradient_calls", "Gradient passes / example", field="gradient_calls", digits=1, budget=True,

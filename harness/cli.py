@@ -104,7 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 #: Modules that add subcommands with ``@command`` (imported when the parser is built, so start-up stays cheap).
-COMMAND_MODULES: list[str] = ["harness.cli_train", "harness.cli_report", "harness.cli_slurm", "harness.cli_plan"]
+COMMAND_MODULES: list[str] = ["harness.cli_train", "harness.cli_report", "harness.cli_slurm", "harness.cli_plan",
+                              "harness.cli_power"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="a run directory (what `harness run` printed, or its --out)")
 
 
-@command("report", "aggregate a run directory into final_results.json, Table 7 (LaTeX/Markdown), plots and an "
+@command("report", "aggregate a run directory into final_results.json, the suite's tables (LaTeX/Markdown), plots and an "
          "HTML report; works on partial runs", _args)
 def cmd_report(args: argparse.Namespace) -> int:
     from .plugins import load_registry

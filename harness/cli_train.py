@@ -6,30 +6,34 @@ and runs it with :class:`harness.runner.Runner`, so resume, caching and records 
 The config file is YAML: trainer options at the top level, plus the reserved keys ``model`` (the starting model
 entry, required), ``seeds``, ``device``, and ``quick:`` / ``full:`` blocks whose keys
 replace the top-level ones in that mode. Relative paths in it are relative to the config file. Without
-``--config`` the trainer's default ``configs/train/TRAINER.yaml`` is used.
+``--config`` the trainer plugin's own default (``TrainerPlugin.default_config``, package data beside its module)
+is used.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .cli import command, console, err_console
 from .errors import ConfigError, HarnessError
 
-DEFAULT_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "train"
+if TYPE_CHECKING:
+    from .api import TrainerPlugin
+
 RESERVED = ("model", "seeds", "device")
 MODES = ("quick", "full")
 
 
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("trainer", help="trainer plugin: monotonic, baseline (or any installed one)")
-    p.add_argument("--config", type=Path, default=None, help="YAML of trainer options (default: configs/train/"
-                   "TRAINER.yaml)")
+    p.add_argument("--config", type=Path, default=None, help="YAML of trainer options (default: the trainer "
+                   "plugin's own, shipped with it)")
     p.add_argument("--mode", choices=MODES, default="quick", help="which block of the config applies")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/train_TRAINER)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -71,6 +75,13 @@ def training_suite(trainer: str, config: dict[str, Any], config_path: Path, mode
     return suite
 
 
+def default_config(trainer: type[TrainerPlugin]) -> Path:
+    """Where a trainer plugin's default config lives: ``default_config`` beside the plugin's module."""
+    if trainer.default_config is None:
+        raise HarnessError(f"trainer '{trainer.name}' ships no default config; fix: pass --config FILE")
+    return Path(inspect.getfile(trainer)).resolve().parent / trainer.default_config
+
+
 @command("train", "train a model (monotonic, baseline, ...) as a one-stage suite; resumes when rerun", _args)
 def cmd_train(args: argparse.Namespace) -> int:
     from .plugins import load_registry
@@ -79,11 +90,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .suite import load_suite, load_yaml
 
     try:
-        load_registry().get("trainer", args.trainer)
+        trainer = load_registry().get("trainer", args.trainer).cls
     except KeyError as exc:
         raise HarnessError(f"{exc.args[0]}; fix: pick one of those (`harness list`)") from None
-    config_path = (args.config or DEFAULT_CONFIGS / f"{args.trainer}.yaml").resolve()
-    if args.config is None and not config_path.exists():
+    config_path = (args.config or default_config(trainer)).resolve()
+    if args.config is None and not config_path.is_file():
         raise HarnessError(f"no default config for trainer '{args.trainer}' ({config_path}); fix: pass --config FILE")
     suite_data = training_suite(args.trainer, load_yaml(config_path), config_path, args.mode)
     out = (args.out or Path("runs") / f"train_{args.trainer}").resolve()

@@ -34,3 +34,14 @@ class LoadedModel:
             if isinstance(value, int) and value > 0:
                 return value
         return 2048
+
+    @property
+    def output_vocab_size(self) -> int | None:
+        """How many tokens the model's next-token distribution ranges over (its output logits; may exceed the
+        tokenizer's vocabulary when the embedding is padded): a uniform guess has this perplexity."""
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        weight = getattr(head, "weight", None)
+        if weight is not None and weight.ndim == 2:
+            return int(weight.shape[0])
+        value = getattr(self.model.config, "vocab_size", None)
+        return value if isinstance(value, int) and value > 0 else None

@@ -106,19 +106,34 @@ def make_plugin_manager(extra_plugins: list[object] | None = None, entry_points:
 
 
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
-    # pluggy's load_setuptools_entrypoints, with a one-line error naming the broken entry point.
+    # pluggy's load_setuptools_entrypoints, with a one-line error naming the broken entry point, and one naming both
+    # packages when two register the same entry-point name (pluggy would keep the first and skip the other silently:
+    # a suite naming the plugin would then run another one than its author installed). Conflicts are found before
+    # anything is imported, so the error is the same whichever package the path lists first.
+    found: dict[str, tuple[str, md.EntryPoint]] = {}  # entry-point name -> (package, entry point)
     for dist in md.distributions():
+        package = dist.metadata["name"]
         for ep in dist.entry_points:
-            if ep.group != ENTRY_POINT_GROUP or pm.get_plugin(ep.name) or pm.is_blocked(ep.name):
+            if ep.group != ENTRY_POINT_GROUP or pm.is_blocked(ep.name):
                 continue
-            try:
-                plugin: ModuleType | Any = ep.load()
-            except Exception as exc:  # a broken third-party plugin must not hide behind a traceback
+            if ep.name in found and found[ep.name][0] != package:  # the same package twice (editable) is no clash
+                first, other = found[ep.name]
                 raise HarnessError(
-                    f"entry point '{ep.name} = {ep.value}' of package {dist.metadata['name']} failed to import: "
-                    f"{type(exc).__name__}: {exc}; fix: reinstall that package or `pip uninstall` it") from exc
-            pm.register(plugin, name=ep.name)
-            pm.harness_packages[ep.name] = dist.metadata["name"]
+                    f"two packages register the harness entry point '{ep.name}': {first} ({other.value}) and "
+                    f"{package} ({ep.value}); fix: rename the entry point in one package's pyproject.toml or "
+                    "uninstall it")
+            found.setdefault(ep.name, (package, ep))
+    for name, (package, ep) in found.items():
+        if pm.get_plugin(name):  # registered in code under this name before the entry points were read
+            continue
+        try:
+            plugin: ModuleType | Any = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not hide behind a traceback
+            raise HarnessError(
+                f"entry point '{ep.name} = {ep.value}' of package {package} failed to import: "
+                f"{type(exc).__name__}: {exc}; fix: reinstall that package or `pip uninstall` it") from exc
+        pm.register(plugin, name=name)
+        pm.harness_packages[name] = package
 
 
 _REGISTRY: Registry | None = None

@@ -168,6 +168,8 @@ class Runner:
             self._model = None  # training changed the weights in memory: reload before evaluating anything
         result = {"stage": stage.as_dict(), "plugin": entry.plugin.name, "package": entry.plugin.package,
                   "config": entry.config.model_dump(mode="json"), "model_info": model.info,
+                  # the perplexity of a uniform guess: the report's default ceiling for a usable model
+                  "output_vocab_size": model.output_vocab_size,
                   "metrics": metrics, "n_records": len(ctx.records),
                   "declared_metrics": [spec.as_dict() for spec in plugin.declared_metrics()], **plugin.result_fields(),
                   "duration_s": round(time.time() - started, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -60,7 +60,7 @@ def _targets(window: Window, seq_next: int) -> list[int]:
 
 #: Positions projected to the vocabulary at once by :func:`_chunked_nll`: their logits (positions x vocabulary)
 #: stay small enough for the CPU's caches or a GPU's spare memory, instead of all rows x width x vocabulary at once
-#: (25 GB for 8 rows of 2048 tokens of Pythia's 50k vocabulary in fp32).
+#: (25 GB for 8 rows of 2048 tokens of a 50k vocabulary in fp32).
 HEAD_CHUNK_POSITIONS = 256
 
 _SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -3,12 +3,15 @@ graph that builds stages needs the suite, which the context must not import."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stage:
+    """Frozen: the graph sets a stage's dependencies and cache key once, when it builds the stage (a key that
+    changed later would silently detach the stage from its cached result)."""
+
     id: str
     section: str  # train | metrics | attacks
     entry: str
@@ -16,11 +19,17 @@ class Stage:
     model: str  # the model entry evaluated (for train: the starting model)
     seed: int
     seeded: bool
-    deps: list[str] = field(default_factory=list)
+    deps: tuple[str, ...] = ()
     key: str = ""
     #: For train stages: the model entries whose weights this stage produces.
-    produces: list[str] = field(default_factory=list)
+    produces: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Callers may pass lists; stored as tuples so that a built stage cannot change.
+        object.__setattr__(self, "deps", tuple(self.deps))
+        object.__setattr__(self, "produces", tuple(self.produces))
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "section": self.section, "entry": self.entry, "plugin": self.plugin,
-                "model": self.model, "seed": self.seed if self.seeded else None, "deps": self.deps, "key": self.key}
+                "model": self.model, "seed": self.seed if self.seeded else None, "deps": list(self.deps),
+                "key": self.key}

@@ -5,10 +5,10 @@ Shape (every section is a mapping from an entry name to its options; ``plugin:``
     name: quick
     seeds: [42]
     models:
-      tiny: {plugin: pythia_tiny}
+      base: {plugin: <a model plugin>}
       mono: {plugin: hf_causal_lm, from_train: monotonic}
     train:
-      monotonic: {plugin: monotonic, model: tiny, steps: 50}
+      monotonic: {plugin: monotonic, model: base, steps: 50}
     metrics:
       perplexity: {data: {dataset: json, data_files: ../data/shakespeare/test.jsonl}}
     attacks: {}
@@ -323,7 +323,7 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
 
     report_raw = resolved.get("report") or {}
     if not isinstance(report_raw, dict):
-        raise ConfigError(path, "report", "must be a mapping", "write `report: {success_threshold: 0.15}`")
+        raise ConfigError(path, "report", "must be a mapping", "write `report: {baseline: <model>}`")
     report = validated(ReportConfig, report_raw, path, "report", "report")
     for key, names in (("report.baseline", [report.baseline] if report.baseline else []),
                        ("report.compare", report.compare)):
@@ -334,6 +334,12 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
         if model in controls:
             raise ConfigError(path, f"report.matched_controls.{model}", "a model cannot be its own control",
                               "list other models (the damage-matched arms)")
+    everything = {**sections["metrics"], **sections["attacks"]}
+    for i, endpoint in enumerate(report.primary):
+        key = f"report.primary[{i}]"
+        _check_name_list([endpoint.model, endpoint.reference], path, key, models, "model")
+        if endpoint.entry not in everything and not any(e.plugin.name == endpoint.entry for e in everything.values()):
+            _check_name_list([endpoint.entry], path, f"{key}.entry", everything, "metric/attack entry")
     if report.compare and not report.baseline:
         raise ConfigError(path, "report.compare", "models to compare need a baseline", "add `report.baseline: <model>`")
 

@@ -25,7 +25,7 @@ class ModelShape:
     hidden: int
     n_heads: int
     intermediate: int
-    #: Rows of the output projection (Pythia pads its vocabulary to a multiple of 128).
+    #: Rows of the output projection (a model may pad its vocabulary, e.g. to a multiple of 128).
     vocab: int
     max_length: int
     tied_embeddings: bool
@@ -33,7 +33,7 @@ class ModelShape:
     model_type: str
     #: dtype the config declares (what ``dtype: auto`` loads).
     dtype: str
-    #: Where the numbers come from, printed with the plan ("config.json in ...", "published Pythia config").
+    #: Where the numbers come from, printed with the plan ("config.json in ...", "published ... config").
     source: str
 
     @property

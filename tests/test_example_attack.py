@@ -41,9 +41,11 @@ def test_example_attack_runs_and_shows_in_every_report_output(tmp_path, example_
                   context_tokens: 16, continuation_tokens: 8}
         report:
           baseline: tiny
-          table7:
-            - {label: "HotFlip success (%)", entry: hotflip, metric: success_rate, scale: 100, digits: 1}
-            - {label: "Sweep success (%)", entry: sweep, metric: success_rate, scale: 100, digits: 1}
+          tables:
+            - name: table7
+              columns:
+                - {label: "HotFlip success (%)", entry: hotflip, metric: success_rate, scale: 100, digits: 1}
+                - {label: "Sweep success (%)", entry: sweep, metric: success_rate, scale: 100, digits: 1}
     """)
     run = tmp_path / "run"
     proc = run_cli("run", str(suite), "--out", str(run), "--no-progress")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,72 @@ def test_out_of_tree_plugin_installs_lists_and_runs_in_a_suite(tmp_path, example
     result = json.loads((tmp_path / "run" / "stages" / "metrics" / "top1_accuracy" / "tiny" / "result.json").read_text())
     assert result["package"] == "harness-example-metric"
     assert 0.05 < result["metrics"]["top1_accuracy"] < 0.9  # a trained model: well above chance (1/4096)
+
+
+def _fake_distribution(tmp_path, package: str, entry_points: dict[str, str]) -> md.Distribution:
+    """An installed-package record (dist-info) registering ``entry_points`` in the harness group."""
+    info = tmp_path / f"{package.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n"
+                                           + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+    return md.PathDistribution(info)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_third_party_entry_point_with_a_builtins_name_is_an_error_naming_both_packages(tmp_path, monkeypatch, first):
+    from harness import plugins
+    from harness.errors import HarnessError
+
+    fake = _fake_distribution(tmp_path, "evil-gcg", {"gcg": "evil_gcg_module"})
+    real = list(md.distributions())
+    monkeypatch.setattr(plugins.md, "distributions", lambda: [fake, *real] if first else [*real, fake])
+    with pytest.raises(HarnessError) as err:
+        make_plugin_manager()
+    message = str(err.value)
+    assert "'gcg'" in message and "evil-gcg (evil_gcg_module)" in message and "harness (" in message
+    assert "\n" not in message
+
+
+def test_third_party_plugin_class_with_a_builtins_name_is_an_error_naming_both_packages(tmp_path, monkeypatch):
+    from harness import plugins
+    from harness.errors import HarnessError
+
+    (tmp_path / "clash_module.py").write_text(
+        "from harness import MetricPlugin, hookimpl\n\n"
+        "class Perplexity(MetricPlugin):\n    name = 'perplexity'\n\n"
+        "@hookimpl\ndef harness_metrics():\n    return [Perplexity]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake = _fake_distribution(tmp_path, "clash-pkg", {"clash": "clash_module"})
+    real = list(md.distributions())
+    monkeypatch.setattr(plugins.md, "distributions", lambda: [*real, fake])
+    with pytest.raises(HarnessError, match="named 'perplexity'") as err:
+        Registry(make_plugin_manager())
+    assert "(harness)" in str(err.value) and "clash_module (clash-pkg)" in str(err.value)
+
+
+def test_the_same_package_found_twice_is_no_conflict(monkeypatch):
+    from harness import plugins
+
+    real = list(md.distributions())
+    harness_dist = next(d for d in real if d.metadata["name"] == "harness")
+    monkeypatch.setattr(plugins.md, "distributions", lambda: [*real, harness_dist])
+    assert Registry(make_plugin_manager()).get("attack", "gcg").package == "harness"
+
+
+def test_trainers_find_their_default_configs_as_package_data():
+    """`harness train NAME` without --config reads the trainer plugin's own config, shipped beside its module (so an
+    installed wheel has it: pyproject's package-data lists it), not a file of the source tree's top level."""
+    import yaml
+    from harness.cli_train import default_config
+
+    import harness_plugins
+
+    for name in ("baseline", "monotonic"):
+        cls = load_registry().get("trainer", name).cls
+        path = default_config(cls)
+        assert path.is_file() and path.is_relative_to(Path(harness_plugins.__file__).resolve().parent)
+        config = yaml.safe_load(path.read_text())
+        assert "model" in config and "quick" in config  # the reserved key and the quick block
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"training/configs/*.yaml"' in pyproject

@@ -67,12 +67,13 @@ def attack_stage(rng: np.random.Generator, high: float) -> tuple[dict, list[dict
 
 #: The paper's Table 7 and indicators, as the shipped suites spell them out.
 PAPER_REPORT = {
-    "table7": [
+    "success_threshold": 0.15, "gap_target": 0.15, "attack_reduction_target": 0.40, "curve_thresholds": [0.15, 0.30],
+    "tables": [{"name": "table7", "title": "Table 7", "columns": [
         {"label": "Perplexity", "entry": "perplexity", "metric": "perplexity", "digits": 2},
         {"label": "HotFlip success (%)", "entry": "hotflip", "metric": "success_rate", "scale": 100, "digits": 1},
         {"label": "HotFlip NLL incr. (%)", "entry": "hotflip", "metric": "mean_relative_increase", "scale": 100,
          "digits": 1},
-        {"label": "UAT NLL incr. (%)", "entry": "uat", "metric": "mean_relative_increase", "scale": 100, "digits": 1}],
+        {"label": "UAT NLL incr. (%)", "entry": "uat", "metric": "mean_relative_increase", "scale": 100, "digits": 1}]}],
     "gap": {"entry": "perplexity", "metric": "perplexity"},
     "attack_metric": "success_rate",
 }
@@ -156,8 +157,8 @@ def group(results: dict, entry: str, model: str) -> dict:
 
 
 def cell(results: dict, model: str, label: str) -> dict:
-    col = [c["label"] for c in results["table7"]["columns"]].index(label)
-    return next(r for r in results["table7"]["rows"] if r["model"] == model)["cells"][col]
+    col = [c["label"] for c in results["tables"][0]["columns"]].index(label)
+    return next(r for r in results["tables"][0]["rows"] if r["model"] == model)["cells"][col]
 
 
 # -- statistics on known inputs ---------------------------------------------------------------------------------------
@@ -182,14 +183,13 @@ def test_mean_std_and_intervals_on_known_inputs():
 
 def test_across_seed_intervals():
     rng = rng_for(0, "seeds")
-    reps, method = across_seeds_bootstrap([1.0, 2.0, 3.0], [None, None, None], 2000, rng)
+    reps, method = across_seeds_bootstrap([1.0, 2.0, 3.0], [None, None, None], 20000, rng)
     lo, hi = percentile_interval(reps, 0.95)
-    assert method == "bootstrap over seeds" and 1.0 <= lo < 2.0 < hi <= 3.0
+    # the t-interval over three seeds: 2 +- t(0.975, 2) * 1 / sqrt(3) = 2 +- 2.484
+    assert method == "t over seeds"
+    assert lo == pytest.approx(2 - 2.484, abs=0.1) and hi == pytest.approx(2 + 2.484, abs=0.1)
     assert across_seeds_bootstrap([1.0], [None], 2000, rng) == (None, None)  # one seed, no records: no interval
     within = [np.random.default_rng(i).normal(v, 0.5, 2000) for i, v in enumerate([1.0, 2.0, 3.0])]
-    reps2, method2 = across_seeds_bootstrap([1.0, 2.0, 3.0], within, 2000, rng)
-    lo2, hi2 = percentile_interval(reps2, 0.95)
-    assert method2 == "bootstrap over seeds and examples" and hi2 - lo2 > hi - lo  # both sources of variation
     single, method1 = across_seeds_bootstrap([1.0], within[:1], 2000, rng)
     assert method1 == "bootstrap over examples" and np.array_equal(single, within[0])
 
@@ -230,7 +230,7 @@ def test_aggregates_match_the_stage_results(full_report):
     ppl = [written[f"metrics/perplexity/mono_ffn/s{s}"]["perplexity"] for s in SEEDS]
     agg = group(res, "perplexity", "mono_ffn")["across_seeds"]["perplexity"]
     assert agg["mean"] == pytest.approx(np.mean(ppl)) and agg["std"] == pytest.approx(statistics.stdev(ppl))
-    assert agg["n"] == 3 and agg["ci_method"] == "bootstrap over seeds and examples"
+    assert agg["n"] == 3 and agg["ci_method"] == "t over seeds"
     assert agg["ci95"][0] < agg["mean"] < agg["ci95"][1]
     base = group(res, "perplexity", "base")
     assert base["across_seeds"]["perplexity"]["n"] == 1 and base["across_seeds"]["perplexity"]["std"] is None
@@ -242,7 +242,7 @@ def test_aggregates_match_the_stage_results(full_report):
     c = cell(res, "mono_ffn", "HotFlip success (%)")
     assert c["mean"] == pytest.approx(100 * np.mean(sr)) and c["std"] == pytest.approx(100 * statistics.stdev(sr))
     assert c["n"] == 3 and not c["partial"]
-    assert [r["model"] for r in res["table7"]["rows"]] == ["base", "mono_ffn"] and res["table7"]["rows"][0]["baseline"]
+    assert [r["model"] for r in res["tables"][0]["rows"]] == ["base", "mono_ffn"] and res["tables"][0]["rows"][0]["baseline"]
 
     # Every attack on every model side by side (transfer excluded, the control marked), from the stage results.
     rows = res["attacks"]["rows"]
@@ -339,7 +339,7 @@ def _check_latex_structure(tex: str, n_cols: int) -> None:
 def test_latex_table_compiles_inside_a_table_environment(full_report, tmp_path):
     report, _ = full_report
     tex = report.files["table7_tex"].read_text()
-    _check_latex_structure(tex, len(report.results["table7"]["columns"]))
+    _check_latex_structure(tex, len(report.results["tables"][0]["columns"]))
     assert r"mono\_ffn" in tex and r"$\pm$" in tex
     pdflatex = shutil.which("pdflatex")
     if pdflatex is None:
@@ -460,8 +460,9 @@ metrics:
 report:
   baseline: base
   compare: [half]
-  table7: [{label: Perplexity, entry: perplexity, metric: perplexity}]
+  tables: [{name: table7, columns: [{label: Perplexity, entry: perplexity, metric: perplexity}]}]
   gap: {entry: perplexity, metric: perplexity}
+  gap_target: 0.15
 """
 
 
@@ -511,9 +512,27 @@ def test_results_without_recorded_declarations_get_them_from_the_plugin_classes(
     old, _ = make_run(tmp_path / "old", record_declarations=False)
     recorded = build_report(new).results
     resolved = build_report(old, plugins=load_registry().plugin_class).results
-    for key in ("results", "table7", "attacks", "indicators", "warnings"):
+    for key in ("results", "tables", "attacks", "indicators", "warnings"):
         assert json.dumps(resolved[key]).replace(str(old), "") == json.dumps(recorded[key]).replace(str(new), "")
     bare = build_report(old).results
     assert bare["attacks"]["columns"] == [] and any("record no declarations" in n for n in bare["notes"])
     ppl = group(bare, "perplexity", "base")["per_seed"]["unseeded"]
     assert ppl["metrics"]["perplexity"] and not ppl["ci95"]  # no declaration, no example-level interval claimed
+
+
+@pytest.mark.parametrize("metrics, missing", [
+    ({"weight_change": {"ffn": 0.1, "other": 0.2}}, False),  # nested: read as weight_change/ffn (no false warning)
+    ({"weight_change/ffn": 0.1}, False),  # flat
+    ({"weight_change": "n/a"}, True),  # no key of the family
+    ({}, True),
+])
+def test_a_declared_family_matches_nested_and_flat_results(tmp_path, metrics, missing):
+    from harness.api import MetricSpec
+    from harness.report.collect import StageData
+    from harness.report.declared import missing_declared
+
+    stage = StageData("train/t/s0", "train", "t", "p", "m", 0, "k", [], tmp_path, "done", {"metrics": metrics})
+    specs = [MetricSpec("weight_change/{group}", "Change ({group})", aggregation="none"),
+             MetricSpec("weight_change_norm/{group}", "Norm ({group})", aggregation="none")]
+    found = missing_declared(specs, stage)
+    assert found == (["weight_change/{group} or weight_change_norm/{group}"] if missing else [])

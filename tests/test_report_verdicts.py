@@ -6,7 +6,9 @@ from __future__ import annotations
 import html
 import itertools
 import json
+import math
 from pathlib import Path
+
 
 import numpy as np
 import pytest
@@ -54,17 +56,22 @@ def test_pairing_removes_the_noise_the_arms_share():
     assert lo < 0 < hi  # unpaired, the same data cannot even tell the sign
 
 
-def test_paired_bootstrap_over_seeds_by_hand():
-    """Two seeds whose examples are all equal: a replicate's mean over 2 seeds drawn with replacement is 1, 2 or 3
-    for the model with probabilities 1/4, 1/2, 1/4, and the baseline (2 at both seeds) is always 2."""
-    seeds = [[{"x": np.full(5, 1.0)}, {"x": np.full(5, 2.0)}], [{"x": np.full(5, 3.0)}, {"x": np.full(5, 2.0)}]]
+def test_paired_intervals_over_seeds_by_hand():
+    """Three seeds: model 1, 3, 2 and baseline 2, 2, 2 (every example equal within a seed). The replicates are the
+    t-interval's: the baseline has no spread (always 2), the model's 95% interval is 2 +- t(0.975, 2) * 1 / sqrt(3),
+    and a difference of arms gets the t-interval of the per-seed differences."""
+    seeds = [[{"x": np.full(5, v)}, {"x": np.full(5, 2.0)}] for v in (1.0, 3.0, 2.0)]
     reps = paired_bootstrap(MEAN, seeds, 40_000, rng_for(0, "seeds"))
-    assert np.all(reps[1] == 2.0)
-    freq = {v: float(np.mean(reps[0] == v)) for v in (1.0, 2.0, 3.0)}
-    assert freq == pytest.approx({1.0: 0.25, 2.0: 0.5, 3.0: 0.25}, abs=0.01)
-    # values only (no records): the seeds are resampled together too
-    by_seed = paired_seed_bootstrap(np.array([[1.0, 2.0], [3.0, 2.0]]), 40_000, rng_for(0, "v"))
-    assert np.all(by_seed[1] == 2.0) and np.mean(by_seed[0] == 2.0) == pytest.approx(0.5, abs=0.01)
+    assert np.allclose(reps[1], 2.0)
+    half = 4.302653 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(3), sd = 1
+    lo, hi = percentile_interval(reps[0], 0.95)
+    assert lo == pytest.approx(2 - half, abs=0.1) and hi == pytest.approx(2 + half, abs=0.1)  # Monte Carlo
+    # values only (no records): the same, paired
+    by_seed = paired_seed_bootstrap(np.array([[1.0, 2.0], [3.0, 2.5], [2.0, 1.5]]), 40_000, rng_for(0, "v"))
+    diff = np.array([-1.0, 0.5, 0.5])  # per-seed differences: mean 0, sd sqrt(0.75)
+    lo, hi = percentile_interval(by_seed[0] - by_seed[1], 0.95)
+    half = 4.302653 * diff.std(ddof=1) / math.sqrt(3)
+    assert lo == pytest.approx(-half, abs=0.1) and hi == pytest.approx(half, abs=0.1)
 
 
 def test_records_are_paired_by_id():
@@ -145,7 +152,8 @@ def make_run(root: Path, successes: dict[tuple[str, str], int], controls: set[st
                 control=entry in controls)
     suite = {"name": "verdicts", "models": {model: {} for model in scales},
              "report": {"baseline": "base", "compare": ["mono"], "gap": {"entry": "ppl", "metric": "ppl"},
-                        "attack_metric": "success_rate", "bootstrap_samples": 1000, **report}}
+                        "attack_metric": "success_rate", "bootstrap_samples": 1000, "gap_target": 0.15,
+                        "attack_reduction_target": 0.40, "curve_thresholds": [0.15, 0.30], **report}}
     atomic_write_json(root / "config.resolved.json", {"mode": "quick", "suite": suite, "seeds": SEEDS,
                                                       "configs": {}, "stages": stages})
     return root
@@ -153,6 +161,18 @@ def make_run(root: Path, successes: dict[tuple[str, str], int], controls: set[st
 
 def _indicators(results: dict) -> dict:
     return {(i["indicator"], i.get("entry")): i for i in results["indicators"]}
+
+
+def test_without_targets_the_report_gives_values_and_intervals_but_no_verdict(tmp_path):
+    """The core has no default target: a suite that sets none gets its comparisons measured, not judged."""
+    run = make_run(tmp_path / "run", {("strong", "base"): 30, ("strong", "mono"): 3}, controls=set(),
+                   report={"gap_target": None, "attack_reduction_target": None})
+    res = build_report(run).results
+    assert res["report_config"]["gap_target"] is None and res["report_config"]["attack_reduction_target"] is None
+    for item in res["indicators"]:
+        assert item["status"] == "no target" and not item["met"], item
+        assert item["ci95"] is not None and "value" in item
+    assert verdict([0.5, 0.9], None, above=True) == "no target"
 
 
 def test_each_verdict_rule_on_a_constructed_run(tmp_path):
@@ -172,7 +192,7 @@ def test_each_verdict_rule_on_a_constructed_run(tmp_path):
     strong = ind[("attack-success reduction", "strong")]
     assert strong["status"] == "met" and strong["met"] and strong["ci95"][0] > 0.40
     assert strong["control_entry"] == "random_strong" and strong["minus_control_ci95"][0] > 0  # found by name
-    assert strong["ci_method"] == "paired bootstrap over examples and seeds"
+    assert strong["ci_method"] == "paired t over seeds, plus the examples the seeds share"
     assert ind[("attack-success reduction", "weak")]["status"] == "not met"
     mid = ind[("attack-success reduction", "mid")]
     assert mid["ci95"][0] < 0.40 < mid["ci95"][1] and mid["status"] == "not settled" and not mid["met"]
@@ -227,7 +247,7 @@ def test_each_model_is_judged_against_its_matched_controls(tmp_path):
     assert far["value"] == pytest.approx(1 / 1.5 - 1) and far["status"] == "model lower"
     strong = rows[("ctrl", "strong", "success_rate")]
     assert strong["value"] == pytest.approx(0.9) and strong["status"] == "more robust than control"
-    assert strong["ci95"][0] > 0 and strong["ci_method"] == "paired bootstrap over examples and seeds"
+    assert strong["ci95"][0] > 0 and strong["ci_method"] == "paired t over seeds, plus the examples the seeds share"
     close = rows[("ctrl", "close", "success_rate")]
     assert close["value"] == pytest.approx(0.25) and close["status"] == "not settled"
     assert close["ci95"][0] <= 0 < close["ci95"][1]  # mono's successes are a subset of ctrl's: it touches 0

@@ -135,7 +135,7 @@ def examples(tiny):
     from harness.attacks import TaskConfig, make_examples
 
     docs = load_documents(DocumentSource(dataset="json", data_files=[DATA / "test.jsonl"], split="test", limit=40))
-    return make_examples(docs, tiny, TaskConfig(), n=3)
+    return make_examples(docs, tiny, TaskConfig(threshold=0.0), n=3)
 
 
 @needs_textattack

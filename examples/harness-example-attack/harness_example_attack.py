@@ -23,6 +23,7 @@ class SweepConfig(TaskConfig):  # the shared task: context/continuation, vocabul
     data: DocumentSource
     n_examples: int | None = Field(default=None, ge=1)
     candidates: int = Field(default=16, ge=1)  # random tokens tried per position, scored in one batch
+    threshold: float = Field(default=0.15, ge=0)  # success: the NLL raised by more than 15% (the core sets no default)
 
 
 class SweepAttack(AttackPlugin[SweepConfig]):

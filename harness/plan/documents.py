@@ -20,7 +20,7 @@ from ..workload import DocumentStats, NoEstimate
 #: Characters per token assumed when no tokenizer is at hand (GPT-2-style BPE on English prose).
 DEFAULT_CHARS_PER_TOKEN = 4.0
 #: Mean tokens per document (GPT-NeoX tokenizer) of hub datasets, rough: the Pile holds ~300B tokens in 211M
-#: documents (Pythia and Pile papers); the uncopyrighted copy drops the book subsets, its longest documents.
+#: documents (as its papers report); the uncopyrighted copy drops the book subsets, its longest documents.
 KNOWN_DATASETS = {
     "monology/pile-uncopyrighted": 1200.0,
     "EleutherAI/pile": 1400.0,

@@ -1,23 +1,21 @@
-"""Model shapes without weights: the config from a local directory or the Hugging Face cache, else a small table
-of the published Pythia configs (labelled as such), else the hub if it is reachable, else "unknown"."""
+"""Model shapes without weights: the config from a local directory or the Hugging Face cache, else the published
+configs shipped as data (``published_configs.json``, labelled as such), else the hub if it is reachable, else
+"unknown"."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from ..hub import hub_reachable, offline_mode
 from ..workload import ModelShape, WeightsSource
 
-#: EleutherAI/pythia-<size>[-deduped]: (layers, hidden, heads, vocabulary rows) from the published config.json files
-#: (GPT-NeoX; intermediate 4 x hidden, 2048 positions, untied embeddings). Used when the config is not cached.
-PYTHIA = {
-    "14m": (6, 128, 4, 50304), "31m": (6, 256, 8, 50304), "70m": (6, 512, 8, 50304), "160m": (12, 768, 12, 50304),
-    "410m": (24, 1024, 16, 50304), "1b": (16, 2048, 8, 50304), "1.4b": (24, 2048, 16, 50304),
-    "2.8b": (32, 2560, 32, 50304), "6.9b": (32, 4096, 32, 50432), "12b": (36, 5120, 40, 50688),
-}
-_PYTHIA_ID = re.compile(r"^EleutherAI/pythia-([0-9.]+[mb])(-deduped)?(-v0)?$", re.IGNORECASE)
+#: Published configs by model reference (families of sizes), read when a model's config is not cached.
+PUBLISHED_CONFIGS = Path(__file__).with_name("published_configs.json")
 
 
 @dataclass(frozen=True)
@@ -58,17 +56,25 @@ def shape_from_config(config: Any, source: str) -> ModelShape:
         dtype=str(dtype).replace("torch.", ""), source=source)
 
 
-def pythia_config(ref: str) -> tuple[Any, str] | None:
-    m = _PYTHIA_ID.match(ref)
-    if not m or m.group(1).lower() not in PYTHIA:
-        return None
-    from transformers import GPTNeoXConfig
+@cache
+def _published_families() -> list[dict[str, Any]]:
+    return json.loads(PUBLISHED_CONFIGS.read_text())["families"]
 
-    layers, hidden, heads, vocab = PYTHIA[m.group(1).lower()]
-    config = GPTNeoXConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-                           intermediate_size=4 * hidden, vocab_size=vocab, max_position_embeddings=2048,
-                           rotary_pct=0.25, tie_word_embeddings=False, use_parallel_residual=True, dtype="float16")
-    return config, f"published Pythia-{m.group(1).upper()} config (built-in table: not cached, not read from the hub)"
+
+def published_config(ref: str) -> tuple[Any, str] | None:
+    """The config of ``ref`` from the shipped published configs, and its label; None when not listed."""
+    for family in _published_families():
+        m = re.match(family["pattern"], ref, re.IGNORECASE)
+        size = m.group("size").lower() if m else None
+        if size is None or size not in family["sizes"]:
+            continue
+        from transformers import AutoConfig
+
+        fields = {**family["config"], **family["sizes"][size]}
+        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+        label = family["label"].format(SIZE=size.upper(), size=size)
+        return config, f"{label} (shipped table: not cached, not read from the hub)"
+    return None
 
 
 def _auto_config(ref: str, source: WeightsSource, local_only: bool) -> Any:
@@ -95,7 +101,7 @@ def lookup_shape(source: WeightsSource | None, name: str) -> ShapeLookup:
                                              f"config.json of {source.ref} in the local Hugging Face cache"))
     except (OSError, ValueError):
         pass
-    table = pythia_config(source.ref)
+    table = published_config(source.ref)
     if table is not None:
         return ShapeLookup(shape_from_config(*table))
     if not offline_mode() and hub_reachable():

@@ -1,8 +1,8 @@
 """The run's report, regenerated from the run directory alone (``harness report RUN_DIR``; also the run's last step).
 
 Writes, into the run directory: ``final_results.json`` (every stage, every metric per model x seed, across-seed
-mean/std/95% interval, Table 7, every attack side by side, the success indicators), ``experiment_summary.txt``,
-``table7.tex`` and ``table7.md``, ``plots/*.png`` and ``report.html`` (self-contained). Stages that did not finish
+mean/std/95% interval, the suite's tables, every attack side by side, the success indicators),
+``experiment_summary.txt``, ``NAME.tex`` and ``NAME.md`` for each table of ``report.tables``, ``plots/*.png`` and ``report.html`` (self-contained). Stages that did not finish
 are listed as missing and never contribute a number, so a partial run gives a partial, honest report.
 """
 
@@ -16,13 +16,17 @@ from typing import Any
 from ..rundir import RunDir
 from ..store import atomic_write_json, atomic_write_text
 from .config import ReportConfig
-from .aggregate import aggregate, attack_table, table7
+from .aggregate import aggregate, attack_table, summary_tables
 from .collect import RunData, load_run
 from .declared import PluginResolver
 from .html import report_html
 from .plots import make_plots, transfer_matrix
-from .tables import latex_table7, markdown_table7, summary_text
+from .tables import latex_table, markdown_table, summary_text
 from .verdicts import attack_vs_control, indicators, versus_matched_controls
+from .arms import arm_checks, arm_lines, withhold_verdicts
+from .headline import headline_html
+from .primary import flag_scale_disagreements, mark_exploratory, primary_endpoints, primary_lines
+from .randomness import randomness_lines, shared_randomness
 
 __all__ = ["Report", "build_report", "load_run"]
 
@@ -55,19 +59,28 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     ``plugins`` gives the declared metrics of results that do not record them (e.g. ``Registry.plugin_class``)."""
     run = load_run(run_dir, config)
     agg = aggregate(run, plugins)
-    table = table7(agg)
+    tables = summary_tables(agg)
     attacks = attack_table(agg)
     checks = indicators(agg)
     controls = attack_vs_control(agg)
     matched = versus_matched_controls(agg)
+    arms = arm_checks(agg, matched)
+    withhold_verdicts(arms, checks, matched)
+    primary = primary_endpoints(agg, arms)
+    randomness = shared_randomness(agg)
+    mark_exploratory(checks, controls, matched)
+    flag_scale_disagreements(controls, "attack", "control", "model")
+    flag_scale_disagreements(matched, "model", "control_model", "entry")
     transfer = transfer_matrix(agg)
     generated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     # A `plots` that is a link is removed (never written or deleted through), with one warning line.
     plots = make_plots(agg, RunDir(run.run_dir).real_dir(run.run_dir / "plots"))
     files = {"final_results": run.run_dir / "final_results.json",
              "summary": run.run_dir / "experiment_summary.txt",
-             "table7_tex": run.run_dir / "table7.tex", "table7_md": run.run_dir / "table7.md",
              "html": run.run_dir / "report.html"}
+    for table in tables:  # named by the table: report.tables[].name
+        files.update({f"{table['name']}_tex": run.run_dir / f"{table['name']}.tex",
+                      f"{table['name']}_md": run.run_dir / f"{table['name']}.md"})
     files.update({name: Path(info["path"]) for name, info in plots.items() if info["path"]})
     results = {
         "suite": run.suite, "mode": run.mode, "seeds": run.seeds, "models": run.models,
@@ -75,16 +88,22 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
         "complete": not run.missing, "missing": [{"id": s.id, "status": s.status} for s in run.missing],
         "stages": _stage_rows(run),
         "results": [g.as_dict() for g in agg.groups],
-        "table7": table, "attacks": attacks, "indicators": checks, "attack_vs_control": controls,
+        "tables": tables, "attacks": attacks, "indicators": checks, "attack_vs_control": controls,
         "versus_matched_controls": matched, "transfer_matrix": transfer,
+        "primary": primary, "arms": arms, "shared_randomness": randomness,
         "warnings": agg.warnings, "notes": agg.notes,
         "plots": plots, "files": {k: str(v) for k, v in files.items()},
     }
-    summary = summary_text(agg, table, checks, attacks, controls, matched)
+    headline = primary_lines(primary) + ["", "Arms that may be compared (report.max_perplexity, matched controls):"]
+    headline += arm_lines(arms)
+    if randomness:
+        headline += ["", "Shared randomness of each paired comparison:"] + randomness_lines(randomness)
+    summary = summary_text(agg, tables, checks, attacks, controls, matched, headline)
     atomic_write_json(files["final_results"], results)
     atomic_write_text(files["summary"], summary)
-    atomic_write_text(files["table7_tex"], latex_table7(agg, table))
-    atomic_write_text(files["table7_md"], markdown_table7(table))
-    atomic_write_text(files["html"], report_html(agg, table, checks, plots, transfer, generated, attacks,
-                                                 controls, matched))
+    for table in tables:
+        atomic_write_text(files[f"{table['name']}_tex"], latex_table(agg, table))
+        atomic_write_text(files[f"{table['name']}_md"], markdown_table(table))
+    atomic_write_text(files["html"], report_html(agg, tables, checks, plots, transfer, generated, attacks,
+                                                 controls, matched, headline_html(primary, arms, randomness)))
     return Report(run.run_dir, results, summary, files)

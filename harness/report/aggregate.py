@@ -1,4 +1,4 @@
-"""Aggregation: every metric per model x seed, then across seeds (mean, std, bootstrap interval); Table 7 cells;
+"""Aggregation: every metric per model x seed, then across seeds (mean, std, bootstrap interval); the report tables' cells;
 the success indicators (a metric's gap vs the baseline, attack-success reduction), computed and judged, not assumed.
 """
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from ..api import MetricSpec
 from .collect import RunData, StageData
+from .config import ReportTable
 from .declared import PluginResolver, declared_specs, describe, missing_declared, undeclared
 from .stats import (across_seeds_bootstrap, bootstrap_examples, example_columns, mean_std, percentile_interval,
                     reproduces, rng_for)
@@ -213,7 +214,7 @@ def aggregate(run: RunData, plugins: PluginResolver | None = None) -> Aggregate:
     return Aggregate(run, groups, warnings, notes, plugins)
 
 
-# -- Table 7 -------------------------------------------------------------------------------------------------------
+# -- the report's tables -----------------------------------------------------------------------------------------
 
 def table_models(run: RunData) -> list[str]:
     base = run.config.baseline
@@ -242,15 +243,21 @@ def summary_cell(agg: Aggregate, entry: str | None, model: str, metric: str, sca
     return cell
 
 
-def table7(agg: Aggregate) -> dict[str, Any]:
-    """Rows: models; cells: mean and std over seeds (scaled), or a status saying why there is no number."""
+def summary_table(agg: Aggregate, spec: ReportTable) -> dict[str, Any]:
+    """One of the suite's ``report.tables``. Rows: models; cells: mean and std over seeds (scaled), or a status
+    saying why there is no number."""
     run = agg.run
-    columns = [c.model_dump() for c in run.config.table7]
+    columns = [c.model_dump() for c in spec.columns]
     rows = [{"model": model, "baseline": model == run.config.baseline,
              "cells": [summary_cell(agg, run.resolve_entry(col.entry), model, col.metric, col.scale)
-                       for col in run.config.table7]}
+                       for col in spec.columns]}
             for model in table_models(run)]
-    return {"columns": columns, "rows": rows, "n_seeds": len(run.seeds)}
+    return {"name": spec.name, "title": spec.heading, "columns": columns, "rows": rows, "n_seeds": len(run.seeds)}
+
+
+def summary_tables(agg: Aggregate) -> list[dict[str, Any]]:
+    """Every table of the suite's ``report.tables``, in its order."""
+    return [summary_table(agg, spec) for spec in agg.run.config.tables]
 
 
 def entry_groups(agg: Aggregate, entry: str) -> list[Group]:

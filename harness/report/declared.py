@@ -47,11 +47,13 @@ def declared_specs(stage: StageData, plugins: PluginResolver | None = None) -> l
 
 def missing_declared(specs: Iterable[MetricSpec], stage: StageData) -> list[str]:
     """Declared keys the stage's result lacks (a histogram: no record has its field). Families declare how keys look
-    (``{task}/{metric}`` or ``{task}/{metric},{filter}``): they are missing only when none of them matches a key."""
+    (``{task}/{metric}`` or ``{task}/{metric},{filter}``): they are missing only when none of them matches a key, flat
+    (``"weight_change/ffn": 0.1``) or nested (``"weight_change": {"ffn": 0.1}``, read as ``weight_change/ffn``)."""
     metrics = stage.metrics
     out = []
     families = [s for s in specs if s.is_family and s.kind != "series"]
-    if families and not any(f.match(k) for f in families for k in metrics):
+    keys = {*metrics, *stage.scalars()}
+    if families and not any(f.match(k) for f in families for k in keys):
         out.append(" or ".join(f.name for f in families))
     for spec in specs:
         if spec.kind == "series":

@@ -68,7 +68,7 @@ def _controls_html(controls: list[dict[str, Any]] | None) -> str:
                      num("control_value"), num("difference"), _e(f"[{ci[0]:.4g}, {ci[1]:.4g}]") if ci else "",
                      f"<b>{_e(row['status'])}</b>"])
         classes.append({"beats control": "met", "below control": "notmet"}.get(row["status"], "unsettled"))
-    return ("<h2>Attacks against their controls (paired: same seeds and examples)</h2>"
+    return ("<h2>Attacks against their controls (paired: same seeds and examples; exploratory)</h2>"
             + _table(["attack", "control", "model", "metric", "attack", "control", "difference", "95% CI", "status"],
                      rows, classes))
 
@@ -88,13 +88,13 @@ def _matched_html(matched: list[dict[str, Any]] | None) -> str:
                      _e(f"[{ci[0]:.1%}, {ci[1]:.1%}]") if ci else "", f"<b>{_e(row['status'])}</b>"])
         classes.append({"more robust than control": "met", "less robust than control": "notmet",
                         "matched": "met"}.get(row["status"], "unsettled"))
-    return ("<h2>Models against their matched controls (paired: same seeds and examples)</h2>"
+    return ("<h2>Models against their matched controls (paired: same seeds and examples; exploratory)</h2>"
             + _table(["model", "control model", "entry", "metric", "model", "control", "compared as", "value",
                       "95% CI", "status"], rows, classes))
 
 
 def _cells_html(table: dict[str, Any], headers: list[str], labels) -> str:
-    """A table of summary cells (Table 7, the attack table); ``labels(row)`` gives the leading text cells."""
+    """A table of summary cells (a report table, the attack table); ``labels(row)`` gives the leading text cells."""
     cols = table["columns"]
     rows = []
     for row in table["rows"]:
@@ -106,8 +106,9 @@ def _cells_html(table: dict[str, Any], headers: list[str], labels) -> str:
     return _table(headers + [c["label"] for c in cols], rows) + f'<p class="note">{_e(" ".join(_notes(table)))}</p>'
 
 
-def _table7_html(table: dict[str, Any]) -> str:
-    return _cells_html(table, ["Model"], lambda row: [model_label(row)])
+def _tables_html(tables: list[dict[str, Any]]) -> str:
+    return "".join(f"<h2>{_e(table['title'])}</h2>" + _cells_html(table, ["Model"], lambda row: [model_label(row)])
+                   for table in tables)
 
 
 def _attacks_html(attacks: dict[str, Any] | None) -> str:
@@ -173,10 +174,11 @@ def _figures_html(plots: dict[str, dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]],
+def report_html(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[dict[str, Any]],
                 plots: dict[str, dict[str, Any]], transfer: dict[str, Any] | None, generated: str,
                 attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None,
-                matched: list[dict[str, Any]] | None = None) -> str:
+                matched: list[dict[str, Any]] | None = None, headline: str = "") -> str:
+    """The page; ``headline``: the primary endpoints' block (the answer to the suite's question), put first."""
     run = agg.run
     env = run.environment
     pkgs = env.get("packages") or {}
@@ -189,15 +191,16 @@ def report_html(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str
         f"finished; run directory <code>{_e(run.run_dir)}</code>; report generated {_e(generated)}."
         + (f"<br>Environment: python {_e(env.get('python'))}, {_e(env_line)}; "
            f"{_e(env.get('platform', ''))}." if env else "") + "</p>",
+        headline,
         _declarations_html(agg),
-        "<h2>Success indicators</h2>", _indicators_html(indicators),
-        "<h2>Table 7</h2>", _table7_html(table),
+        "<h2>Success indicators (exploratory)</h2>", _indicators_html(indicators),
+        _tables_html(tables),
         _attacks_html(attacks),
         _controls_html(controls),
         _matched_html(matched),
         "<h2>Figures</h2>", _figures_html(plots),
         _transfer_html(transfer),
-        "<h2>All metrics (mean over seeds, sample std, bootstrap interval)</h2>", _metrics_html(agg),
+        "<h2>All metrics (mean over seeds, sample std, exploratory interval)</h2>", _metrics_html(agg),
         "<h2>Missing stages</h2>",
         f"<ul>{missing}</ul>" if missing else "<p>None: every stage of the run finished.</p>",
     ]

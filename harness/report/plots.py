@@ -106,7 +106,7 @@ def _field_values(agg: Aggregate, entry: str, model: str) -> dict[str, np.ndarra
 
 def _threshold_grid(agg: Aggregate, entry: str) -> np.ndarray:
     """Thresholds from 0 to just past the largest increase of any model (every curve is 0 beyond it)."""
-    top = 2 * agg.run.config.success_threshold
+    top = 2 * (agg.run.config.success_threshold or 0.0)
     for model in agg.run.models:
         top = max([top] + [float(rel.max()) for rel in _field_values(agg, entry, model).values()])
     return np.linspace(0.0, 1.05 * top, 106)
@@ -162,7 +162,8 @@ def success_curve_plot(agg: Aggregate, path: Path) -> Path | None:
             t, mean, std = curve
             ax.plot(t * scale, mean * 100, color=color, label=model)
             ax.fill_between(t * scale, (mean - std) * 100, (mean + std) * 100, color=color, alpha=0.2)
-        ax.axvline(agg.run.config.success_threshold * scale, color="gray", ls="--", lw=1, label="report threshold")
+        if agg.run.config.success_threshold is not None:
+            ax.axvline(agg.run.config.success_threshold * scale, color="gray", ls="--", lw=1, label="report threshold")
         ax.set_xlabel(f"success threshold: {label}")
         ax.set_ylabel("attack success rate (%)")
         ax.set_ylim(-2, 102)
@@ -188,7 +189,8 @@ def increase_distribution_plot(agg: Aggregate, path: Path) -> Path | None:
             if model in pooled:
                 ax.hist(pooled[model] * scale, bins=bins, histtype="step", lw=1.6, color=color,
                         label=f"{model} (n={len(pooled[model])})")
-        ax.axvline(agg.run.config.success_threshold * scale, color="gray", ls="--", lw=1)
+        if agg.run.config.success_threshold is not None:
+            ax.axvline(agg.run.config.success_threshold * scale, color="gray", ls="--", lw=1)
         ax.set_xlabel(label)
         ax.set_ylabel("examples")
         ax.set_title(f"{entry}: {label} per example")

@@ -1,4 +1,5 @@
-"""Text outputs: Table 7 as LaTeX (the body of a ``table`` environment) and Markdown, and the plain summary."""
+"""Text outputs: the suite's report tables as LaTeX (the body of a ``table`` environment) and Markdown, and the plain
+summary."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 from typing import Any
 
 from .aggregate import Aggregate, Group, compared_models
+from .primary import EXPLORATORY_NOTE as EXPLORATORY
 
 MISSING_MARK = {"not in suite": "n/r", "not run": "n/r", "missing": "--", "no value": "n/a"}
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -49,16 +51,18 @@ def _notes(table: dict[str, Any]) -> list[str]:
     return notes
 
 
-def latex_table7(agg: Aggregate, table: dict[str, Any]) -> str:
-    """The body of a LaTeX ``table`` environment (no packages needed): ``\\begin{table}\\input{table7}\\end{table}``."""
+def latex_table(agg: Aggregate, table: dict[str, Any]) -> str:
+    """The body of a LaTeX ``table`` environment (no packages needed): ``\\begin{table}\\input{NAME}\\end{table}``
+    for the table named NAME in the suite's ``report.tables``."""
     run = agg.run
     cols = table["columns"]
-    lines = [f"% Table 7 of suite '{run.suite}' ({run.mode} mode, seeds {run.seeds}), written by `harness report`",
+    lines = [f"% {table['title']} of suite '{run.suite}' ({run.mode} mode, seeds {run.seeds}), written by "
+             "`harness report`",
              f"% from the measured results in {run.run_dir}.",
              r"\centering",
-             r"\caption{" + latex_escape("The suite's Table 7 metrics per model. " + " ".join(_notes(table)))
+             r"\caption{" + latex_escape(f"The suite's {table['title']} metrics per model. " + " ".join(_notes(table)))
              .replace("±", r"$\pm$").replace("†", r"$^\dagger$") + "}",
-             r"\label{tab:table7}",
+             r"\label{tab:" + table["name"] + "}",
              r"\begin{tabular}{l" + "r" * len(cols) + "}",
              r"\hline",
              " & ".join(["Model"] + [latex_escape(c["label"]) for c in cols]) + r" \\",
@@ -90,7 +94,7 @@ def _markdown(table: dict[str, Any], headers: list[str], labels) -> str:
     return "\n".join(lines) + "\n\n" + " ".join(_notes(table)) + "\n"
 
 
-def markdown_table7(table: dict[str, Any]) -> str:
+def markdown_table(table: dict[str, Any]) -> str:
     return _markdown(table, ["Model"], lambda row: [model_label(row)])
 
 
@@ -125,7 +129,8 @@ def control_line(row: dict[str, Any]) -> str:
     ci = row.get("ci95")
     ci_text = f", 95% CI [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ", no interval"
     return (f"{who}: {row['attack_value']:.4g} vs {row['control_value']:.4g}, difference {row['difference']:.4g}"
-            f"{ci_text} -> {row['status'].upper()}")
+            f"{ci_text} -> {row['status'].upper()}"
+            + (f" (the scales disagree: {row['scales_disagree']})" if row.get("scales_disagree") else ""))
 
 
 def matched_line(row: dict[str, Any]) -> str:
@@ -137,12 +142,16 @@ def matched_line(row: dict[str, Any]) -> str:
     ci_text = f", 95% CI [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else ", no interval"
     kind = "ratio - 1" if row["kind"] == "gap" else "reduction"
     return (f"{who}: {row['model_value']:.4g} vs {row['control_value']:.4g}, {kind} {row['value']:.1%}{ci_text} -> "
-            f"{row['status'].upper()}")
+            f"{row['status'].upper()}"
+            + (f" ({row['detail']})" if row['status'] in ("destroyed", "unmatched") else "")
+            + (f" (the scales disagree: {row['scales_disagree']})" if row.get("scales_disagree") else ""))
 
 
-def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[str, Any]],
+def summary_text(agg: Aggregate, tables: list[dict[str, Any]], indicators: list[dict[str, Any]],
                  attacks: dict[str, Any] | None = None, controls: list[dict[str, Any]] | None = None,
-                 matched: list[dict[str, Any]] | None = None) -> str:
+                 matched: list[dict[str, Any]] | None = None, headline: list[str] | None = None) -> str:
+    """The summary for a person; ``headline``: the lines that answer the suite's question (the primary endpoints),
+    put first."""
     run = agg.run
     n_done = sum(s.done for s in run.stages)
     out = [f"Experiment summary: suite '{run.suite}' ({run.mode} mode), seeds {run.seeds}",
@@ -152,19 +161,23 @@ def summary_text(agg: Aggregate, table: dict[str, Any], indicators: list[dict[st
     out += [f"WARNING: {w}" for w in agg.warnings] + [f"Note: {n}" for n in agg.notes]
     if agg.warnings or agg.notes:
         out.append("")
+    if headline:
+        out += headline + ["", f"Everything below is {EXPLORATORY}.", ""]
     if run.config.baseline:
         out.append(f"Baseline: {run.config.baseline}; compared: {', '.join(compared_models(run)) or '(none)'}")
-    out += ["Success indicators (computed from this run):"] + [f"  - {indicator_line(i)}" for i in indicators]
+    out += ["Success indicators (computed from this run; exploratory):"] + [f"  - {indicator_line(i)}" for i in indicators]
     if controls:
-        out += ["", "Attacks against their controls (attack minus control, paired 95% interval):"]
+        out += ["", "Attacks against their controls (attack minus control, paired 95% interval; exploratory):"]
         out += [f"  - {control_line(row)}" for row in controls]
     if matched:
-        out += ["", "Models against their matched controls (report.matched_controls; paired 95% intervals):"]
+        out += ["", "Models against their matched controls (report.matched_controls; paired 95% intervals; "
+                    "exploratory):"]
         out += [f"  - {matched_line(row)}" for row in matched]
-    out += ["", "Table 7 (mean ± std over seeds):", markdown_table7(table)]
+    for table in tables:
+        out += ["", f"{table['title']} (mean ± std over seeds):", markdown_table(table)]
     if attacks and attacks["rows"]:
         out += ["Attacks side by side (mean ± std over seeds):", markdown_attacks(attacks)]
-    out.append("All metrics (mean ± std over seeds, n = seeds that finished; 95% bootstrap interval):")
+    out.append("All metrics (mean ± std over seeds, n = seeds that finished; exploratory 95% interval):")
     for g in agg.groups:
         if not g.across and not g.missing:
             continue

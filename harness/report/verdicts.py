@@ -23,15 +23,20 @@ from typing import Any
 import numpy as np
 
 from .aggregate import Aggregate, Group, attack_entries, compared_models, is_control
-from .stats import aligned_columns, example_rows, paired_bootstrap, paired_seed_bootstrap, percentile_interval, rng_for
+from .stats import (SEED_METHOD, aligned_columns, example_rows, paired_bootstrap, paired_seed_bootstrap,
+                    percentile_interval, rng_for)
 from .stats import statistic as spec_statistic
 
 MET, NOT_MET, UNSETTLED = "met", "not met", "not settled"
+NO_TARGET = "no target"
 
 
-def verdict(ci: list[float] | None, target: float, above: bool) -> str:
+def verdict(ci: list[float] | None, target: float | None, above: bool) -> str:
     """``met`` when the whole interval is on the target's side (above it when ``above``), ``not met`` when the whole
-    interval is on the other side, else ``not settled`` (also without an interval)."""
+    interval is on the other side, else ``not settled`` (also without an interval); ``no target`` when the suite
+    sets none (the core has no default target: the value and its interval are the result)."""
+    if target is None:
+        return NO_TARGET
     if ci is None:
         return UNSETTLED
     lo, hi = ci
@@ -61,7 +66,7 @@ def paired_means(agg: Aggregate, groups: list[Group], metric: str) -> tuple[np.n
                                                                             first.weight) for s in found)
     stat = spec_statistic(first) if first is not None and same else None
     if stat is not None:
-        columns = []
+        columns, ids = [], []
         for label in seeds:
             arms = [example_rows(spec, per_group[i][label].records) for i, spec in enumerate(found)]
             aligned = aligned_columns(stat, arms)
@@ -70,14 +75,19 @@ def paired_means(agg: Aggregate, groups: list[Group], metric: str) -> tuple[np.n
                 columns = []
                 break
             columns.append(aligned)
+            others = [{r["id"] for r in other} for other in arms[1:]]
+            ids.append([r["id"] for r in arms[0] if all(r["id"] in o for o in others)])
         if columns:
-            method = "paired bootstrap over examples" + (" and seeds" if len(seeds) > 1 else "")
-            return paired_bootstrap(stat, columns, cfg.bootstrap_samples, rng), method
+            method = f"paired {SEED_METHOD}" if len(seeds) > 1 else "paired bootstrap over examples"
+            shared = len(seeds) > 1 and all(i == ids[0] for i in ids[1:])
+            if shared:
+                method += ", plus the examples the seeds share"
+            return paired_bootstrap(stat, columns, cfg.bootstrap_samples, rng, shared), method
     values = np.array([[per_group[i][label].scalars().get(metric) for i in range(len(groups))] for label in seeds],
                       dtype=float)
     if len(seeds) < 2 or not np.isfinite(values).all():
         return None
-    return paired_seed_bootstrap(values, cfg.bootstrap_samples, rng), "paired bootstrap over seeds"
+    return paired_seed_bootstrap(values, cfg.bootstrap_samples, rng), f"paired {SEED_METHOD}"
 
 
 def _label(stage: Any) -> str:
@@ -140,30 +150,32 @@ def indicators(agg: Aggregate) -> list[dict[str, Any]]:
     run, cfg = agg.run, agg.run.config
     out: list[dict[str, Any]] = []
     gap_name = f"{cfg.gap.metric} gap vs baseline" if cfg.gap else "gap vs baseline"
-    gap_target = f"< {cfg.gap_target:.0%}"
-    red_target = f"> {cfg.attack_reduction_target:.0%}"
+    gap_target = f"< {cfg.gap_target:.0%}" if cfg.gap_target is not None else "none (report.gap_target)"
+    red_target = (f"> {cfg.attack_reduction_target:.0%}" if cfg.attack_reduction_target is not None
+                  else "none (report.attack_reduction_target)")
     compare = compared_models(run)
     if cfg.baseline is None or not compare:
         why = ("the suite names no baseline model (set `report: {baseline: <model>, compare: [<model>]}`)"
                if cfg.baseline is None else "the suite has no model besides the baseline to compare")
-        for name, target in ((gap_name, gap_target), ("attack-success reduction", red_target)):
-            out.append({"indicator": name, "status": "not applicable", "target": target, "detail": why})
+        for kind, name, target in (("gap", gap_name, gap_target),
+                                   ("reduction", "attack-success reduction", red_target)):
+            out.append({"indicator": name, "kind": kind, "status": "not applicable", "target": target, "detail": why})
         return out
 
     if cfg.gap is None:
-        out.append({"indicator": gap_name, "status": "not applicable", "target": gap_target,
+        out.append({"indicator": gap_name, "kind": "gap", "status": "not applicable", "target": gap_target,
                     "detail": "the suite's report names no metric (set `report: {gap: {entry: ..., metric: ...}}`)"})
     for model in compare if cfg.gap else []:
         out.append(gap_indicator(agg, gap_name, gap_target, model))
 
     entries = attack_entries(agg)
     if cfg.attack_metric is None:
-        out.append({"indicator": "attack-success reduction", "status": "not applicable", "target": red_target,
-                    "detail": "the suite's report names no attack metric (set `report: {attack_metric: ...}`)"})
+        out.append({"indicator": "attack-success reduction", "kind": "reduction", "status": "not applicable",
+                    "target": red_target, "detail": "the suite's report names no attack metric (set `report: {attack_metric: ...}`)"})
         entries = []
     elif not entries:
-        out.append({"indicator": "attack-success reduction", "status": "not applicable", "target": red_target,
-                    "detail": "the suite runs no attack"})
+        out.append({"indicator": "attack-success reduction", "kind": "reduction", "status": "not applicable",
+                    "target": red_target, "detail": "the suite runs no attack"})
     for entry in entries:
         for model in compare:
             out.append(reduction_indicator(agg, entry, red_target, model))
@@ -175,7 +187,7 @@ def gap_indicator(agg: Aggregate, name: str, target: str, model: str) -> dict[st
     assert cfg.gap is not None and cfg.baseline is not None
     metric = cfg.gap.metric
     entry = run.resolve_entry(cfg.gap.entry)
-    item: dict[str, Any] = {"indicator": name, "model": model, "baseline": cfg.baseline, "entry": entry,
+    item: dict[str, Any] = {"indicator": name, "kind": "gap", "model": model, "baseline": cfg.baseline, "entry": entry,
                             "metric": metric, "target": target}
     b, m = agg.find(entry, cfg.baseline), agg.find(entry, model)
     bs = b.across.get(metric) if b else None
@@ -220,7 +232,8 @@ def reduction_indicator(agg: Aggregate, entry: str, target: str, model: str) -> 
     # A control (random edits at an attack's budget) is shown beside the attacks, but its reduction is a
     # reference for theirs, not a robustness result: it gets no met / not met.
     control = is_control(run, entry)
-    item: dict[str, Any] = {"indicator": "attack-success reduction", "model": model, "baseline": cfg.baseline,
+    item: dict[str, Any] = {"indicator": "attack-success reduction", "kind": "reduction", "model": model,
+                            "baseline": cfg.baseline,
                             "entry": entry, "metric": metric, "target": target, "control": control}
     b, m = agg.find(entry, cfg.baseline), agg.find(entry, model)
     bs = b.across.get(metric) if b else None
@@ -359,7 +372,8 @@ def _versus_row(agg: Aggregate, entry: str | None, metric: str, model: str, cont
             ci = _interval(paired[0][0] / paired[0][1] - 1, cfg.confidence) if paired else None
             # matched: the whole interval within +-gap_target (an interval that merely contains 0 may be wide)
             status = (UNSETTLED if ci is None else "model higher" if ci[0] > 0 else "model lower" if ci[1] < 0
-                      else "matched" if -cfg.gap_target < ci[0] and ci[1] < cfg.gap_target else UNSETTLED)
+                      else "matched" if cfg.gap_target is not None and -cfg.gap_target < ci[0] and ci[1] < cfg.gap_target
+                      else UNSETTLED)
         else:
             row["value"] = 1 - ms.mean / cs.mean
             ci = _interval(1 - paired[0][0] / paired[0][1], cfg.confidence) if paired else None

@@ -46,6 +46,7 @@ from pydantic import Field, model_validator
 
 from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, PlanInputs,
                      StageContext, StagePreempted, Workload, hookimpl, load_documents)
+from . import SUCCESS_THRESHOLD
 from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, Budget, ContinuationLoss, Example, Scorer, TaskConfig,
                              allowed_tokens, attack_rng, disjoint_splits, example_record, make_examples,
                              position_histogram, random_allowed, select_examples, summarize)
@@ -57,6 +58,8 @@ Edit = Literal["context", "suffix", "prefix"]
 
 
 class GCGConfig(TaskConfig):
+    #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
+    threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     #: Documents attacked one by one (``universal: false``).
     data: DocumentSource | None = None
     n_examples: int | None = Field(default=None, ge=1)

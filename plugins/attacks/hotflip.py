@@ -26,6 +26,7 @@ from pydantic import Field
 
 from harness import (AttackPlugin, Batch, DocumentSource, LoadedModel, MetricSpec, PlanInputs, StageContext,
                      StagePreempted, Workload, hookimpl, load_documents)
+from . import SUCCESS_THRESHOLD
 from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, Example, Scorer, TaskConfig, allowed_tokens,
                              example_record, make_examples, position_histogram, select_examples, spearman, summarize)
 
@@ -37,6 +38,8 @@ Proposer = Callable[[list[int], list[int], set[tuple[int, int]]], tuple[list[tup
 
 
 class HotFlipConfig(TaskConfig):
+    #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
+    threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     data: DocumentSource
     #: Examples to attack (the first usable documents, or a seeded sample; see ``sample``); None = all.
     n_examples: int | None = Field(default=None, ge=1)

@@ -44,12 +44,15 @@ from pydantic import Field, model_validator
 
 from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, PlanInputs,
                      StageContext, StagePreempted, Workload, atomic_write_bytes, hookimpl, load_documents)
+from . import SUCCESS_THRESHOLD
 from harness.attacks import (ATTACK_METRICS, Budget, Example, Scorer, TaskConfig, allowed_tokens, attack_rng,
                              budget_summary, example_record, make_examples, random_allowed, select_examples,
                              summarize)
 
 
 class SoftPromptConfig(TaskConfig):
+    #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
+    threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     data: DocumentSource
     #: Examples to attack (the first usable documents, or a seeded sample: HotFlip's with the same options).
     n_examples: int | None = Field(default=None, ge=1)

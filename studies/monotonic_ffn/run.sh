@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Run one research suite and log how long it took on this machine (read by scripts/research_report.py).
+# Run one research suite and log how long it took on this machine (read by studies/monotonic_ffn/research_report.py).
 #
-#   bash scripts/research_run.sh pythia_arch        # suites/research/pythia_arch.yaml -> runs/research_pythia_arch
-#   bash scripts/research_run.sh smollm2            # suites/research/smollm2.yaml     -> runs/research_smollm2
-#   bash scripts/research_run.sh smollm2 --mode full
+#   bash studies/monotonic_ffn/run.sh pythia_arch        # studies/monotonic_ffn/suites/pythia_arch.yaml -> runs/research_pythia_arch
+#   bash studies/monotonic_ffn/run.sh smollm2            # studies/monotonic_ffn/suites/smollm2.yaml     -> runs/research_smollm2
+#   bash studies/monotonic_ffn/run.sh smollm2 --mode full
 #
 # Every invocation appends one line to RUN_DIR/invocations.jsonl (start, end, seconds, exit code, torch threads,
 # load average before and after, CPU), so a run that was interrupted and resumed reports the sum of its parts.
@@ -11,10 +11,10 @@
 # than two (two spinning threads on an oversubscribed machine mostly wait for each other), hence the default of 1;
 # set OMP_NUM_THREADS yourself on a machine of your own.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repository root: runs/ and .venv/ live there
 name="${1:?usage: research_run.sh pythia_arch|smollm2 [harness run options]}"
 shift
-suite="suites/research/${name}.yaml"
+suite="studies/monotonic_ffn/suites/${name}.yaml"
 out="${RESEARCH_OUT:-runs/research_${name}}"   # RESEARCH_OUT=runs/research_${name}_rerun: an independent rerun
 [ -f "$suite" ] || { echo "no suite $suite" >&2; exit 2; }
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
