@@ -14,6 +14,7 @@ from .config import ExistingPath, PluginConfig, ResolvedPath
 from .context import StageContext, StagePreempted, derive_seed
 from .data import Document, DocumentSource, load_documents
 from .env import restored_environ
+from .files import read_regular
 from .errors import ConfigError, HarnessError, NonFiniteLoss, did_you_mean
 from .hub import cached_locally, hub_reachable, offline_mode
 from .hookspecs import hookimpl
@@ -30,7 +31,7 @@ __all__ = [
     # the summary key of a trainer's data-order fingerprint (common random numbers across arms)
     "DATA_ORDER_FINGERPRINT",
     # durable files (atomic writes, the record log) and hub checks, for plugins that keep state or load from a hub
-    "RecordLog", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json",
+    "RecordLog", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json", "read_regular",
     "cached_locally", "hub_reachable", "offline_mode",
     # the optional `plan` method's types (harness plan)
     "Batch", "DocumentStats", "ModelShape", "NoEstimate", "PlanInputs", "TrainingSetup", "WeightsSource", "Workload",

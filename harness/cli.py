@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import HarnessError
+from .files import escape
 from .logs import configure_logging
 
 # Wide enough for tables when the output is a file or a pipe (rich would otherwise assume 80 columns).
@@ -81,11 +82,14 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--skip-preflight", action="store_true",
                    help="skip the pre-flight checks (writable run directory, free space, GPU, models and data)")
+    p.add_argument("--force", action="store_true",
+                   help="use --out even when it holds another suite's run or files that are not a harness run")
 
 
 @command("run", "run a suite: every stage, skipping what is complete and resuming what was interrupted", _run_args)
 def cmd_run(args: argparse.Namespace) -> int:
     from .cli_conventions import chosen_mode, smoke_test_note
+    from .rundir import check_run_target
     from .runner import Runner, summary_table
     from .suite import load_suite
 
@@ -96,6 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     suite = load_suite(args.suite, chosen_mode(args), output_dir=args.out, overrides=args.overrides, limit=args.limit)
     note(smoke_test_note(args))
+    check_run_target(suite.output_dir, suite.name, force=args.force)
     runner = Runner(suite, show_progress=False if args.no_progress else None, only=args.stage,
                     rank=int(os.environ.get("RANK", "0")))
     if not args.skip_preflight:
@@ -146,6 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def environment_error_line(exc: BaseException) -> str:
+    """The one line for a failure of the machine or the filesystem rather than of the harness: a file or directory
+    the process may not write (a run directory made read-only mid-run), a directory where a file belongs (or the
+    reverse), memory that ran out. What was computed is kept: records are durable line by line."""
+    if isinstance(exc, MemoryError):
+        return ("out of memory (MemoryError); fix: give the process more memory (a larger node or SLURM --mem), or "
+                "shrink the model or batch (`batch_tokens`, `micro_batch`, `max_documents`), then run the same "
+                "command again to resume")
+    assert isinstance(exc, OSError)
+    where = exc.filename if exc.filename is not None else "(unknown path)"
+    if isinstance(exc, PermissionError):
+        fix = ("make it readable and writable for this user (`chmod u+rw`, or `chmod u+rwx` for a directory), or "
+               "pass another --out; then run the same command again to resume")
+    elif isinstance(exc, IsADirectoryError):
+        fix = "a file belongs there: remove or rename that directory (or point the option at a file)"
+    else:
+        fix = "a directory belongs there: remove or rename that file (or point the option at a directory)"
+    return f"{where}: {exc.strerror or type(exc).__name__}; fix: {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # KEY=VALUE overrides may come after options too (`run SUITE --mode full seeds=[1]`); argparse alone would only
@@ -166,7 +191,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # markup=False: messages hold brackets (`pip install 'harness[textattack]'`, `constraints[0]`) that rich
         # would otherwise take for style tags and drop.
-        err_console.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
+        err_console.print(f"error: {escape(str(exc))}", highlight=False, soft_wrap=True, markup=False)
+        return 2
+    except (PermissionError, IsADirectoryError, NotADirectoryError, MemoryError) as exc:
+        if args.verbose:
+            raise
+        err_console.print(f"error: {escape(environment_error_line(exc))}", highlight=False, soft_wrap=True,
+                          markup=False)
         return 2
     except KeyboardInterrupt as exc:
         from .context import StopNow

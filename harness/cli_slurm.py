@@ -22,6 +22,8 @@ def _slurm_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--profile", type=Path, default=None,
                    help="cluster profile YAML (partition, GPUs, time, setup lines; see slurm/profile.example.yaml)")
     s.add_argument("--out", type=Path, default=None, help="run directory (default: the suite's output_dir)")
+    s.add_argument("--force", action="store_true",
+                   help="use --out even when it holds another suite's run or files that are not a harness run")
     s.add_argument("--dry-run", action="store_true",
                    help="write the sbatch scripts and RUN_DIR/slurm/submit.sh, submit nothing")
     s.add_argument("--skip-preflight", action="store_true",
@@ -44,7 +46,7 @@ def cmd_slurm(args: argparse.Namespace) -> int:
         checked = preflight_for_submission(args.suite, args.mode, args.out, args.profile, strict=not args.dry_run)
         for problem in checked.problems:
             err_console.print(f"pre-flight (would stop a real submission): {problem}", highlight=False, markup=False)
-    submission = submit_suite(args.suite, args.mode, args.out, args.profile, dry_run=args.dry_run)
+    submission = submit_suite(args.suite, args.mode, args.out, args.profile, dry_run=args.dry_run, force=args.force)
     if explicit_mode is None:
         note(smoke_test_note(argparse.Namespace(suite=args.suite, mode=None)))
     table = Table(title=f"{'planned' if args.dry_run else 'submitted'} jobs ({len(submission.done)} stages done, "

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from .config import ExistingPath, PluginConfig
 from .errors import HarnessError
+from .files import escape
 
 log = logging.getLogger("harness")
 
@@ -74,6 +75,8 @@ class DocumentSource(PluginConfig):
         return f"{self.dataset}[{self.split}]" + (f"({files})" if files else "")
 
 
+#: The first line of a JSON Lines file read at validation is at most this long (a document of 64 MiB).
+MAX_FIRST_LINE = 64 << 20
 #: Compressed files are not looked into (datasets decompresses them while reading).
 _COMPRESSED = {".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4"}
 
@@ -83,7 +86,7 @@ def check_data_file(path: Path, builder: str) -> None:
     whose start looks like ``builder``'s format (JSON Lines: the first line is a JSON object; parquet: its magic)."""
     if path.is_dir():
         raise ValueError(f"{path} is a directory, not a data file; fix: list the files in it (`data_files: "
-                         f"[{path}/part-1.jsonl, ...]`) or a glob")
+                         f"[{path}/part-1.jsonl, ...]`)")
     if not path.is_file():
         raise ValueError(f"{path} is not a regular file; fix: point `data_files` at a file")
     if path.stat().st_size == 0:
@@ -101,7 +104,14 @@ def check_data_file(path: Path, builder: str) -> None:
         raise ValueError(f"{path} is a binary file, not {builder} text; fix: point `data_files` at a "
                          f"{'JSON Lines' if builder == 'json' else builder} file (or use `dataset: parquet`)")
     if builder == "json":
-        first = head.split(b"\n", 1)[0].strip()
+        first = head.split(b"\n", 1)[0]
+        if b"\n" not in head and len(head) == 1 << 16:  # a first line longer than the head: read all of it
+            with open(path, "rb") as f:
+                first = f.readline(MAX_FIRST_LINE)
+            if not first.endswith(b"\n") and len(first) == MAX_FIRST_LINE:
+                raise ValueError(f"{path}: line 1 is longer than {MAX_FIRST_LINE:,} bytes; fix: write one JSON "
+                                 "object per line (JSON Lines) with documents below that size")
+        first = first.strip()
         if path.suffix == ".json" and first[:1] in (b"[", b"{"):
             return  # a whole JSON document: datasets reads it; its rows are checked when read
         try:
@@ -331,6 +341,7 @@ def rows_of(source: DocumentSource) -> Iterator[Any]:
 def load_documents(source: DocumentSource) -> list[Document]:
     """The first ``limit`` documents (after ``skip``) of ``source``, in order, with stable ids."""
     docs: list[Document] = []
+    rows: dict[str, int] = {}
     index = -1
     for row in rows_of(source):
         index += 1
@@ -343,7 +354,14 @@ def load_documents(source: DocumentSource) -> list[Document]:
         if not isinstance(text, str) or len(text) < source.min_chars:
             continue
         doc_id = row.get(source.id_field) if source.id_field else None
-        docs.append(Document(id=str(doc_id) if doc_id is not None else f"doc-{index}", text=text))
+        doc = Document(id=str(doc_id) if doc_id is not None else f"doc-{index}", text=text)
+        if doc.id in rows:  # records are keyed by id: a duplicate would be skipped as done on resume
+            files = ", ".join(str(p) for p in source.data_files or []) or source.dataset
+            raise HarnessError(f"{escape(files)}: document id {escape(repr(doc.id))} appears twice (rows "
+                               f"{rows[doc.id]} and {index}, field '{source.id_field}'); fix: give every document a "
+                               "unique id, or set `id_field: null` to number the documents by row")
+        rows[doc.id] = index
+        docs.append(doc)
         if source.limit is not None and len(docs) >= source.limit:
             break
     if not docs:

@@ -3,8 +3,8 @@
 Stage ids are paths (``metrics/perplexity/tiny``, ``attacks/hotflip/tiny/s42``): the stage's directory in the run.
 A stage runs once per seed when its plugin is seeded or its model depends on the seed (a model trained per seed);
 otherwise once. Each stage carries a cache key, the hash of everything its result depends on (plugin, version,
-config, the model's identity including the training that made it, seed, and the keys of its dependencies), so a
-changed config recomputes exactly the stages it changes.
+config and the content of its local data files, the model's identity including the training that made it, seed,
+and the keys of its dependencies), so a changed config or data file recomputes exactly the stages it changes.
 
 Built in three steps, each its own function:
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .digests import content_key
 from .errors import HarnessError
 from .stage import Stage
 from .store import stable_hash
@@ -59,6 +60,14 @@ class PlannedStage:
     reuse_config: dict[str, Any] | None = None
     #: Train stages hash their dependencies through the starting model's identity, other stages through "deps".
     deps_in_payload: bool = True
+
+
+def reuse_config(entry: Entry) -> dict[str, Any] | None:
+    """What a stage's reuse key holds of its entry: the plugin's config without the example count, plus the content
+    digests of its local data files (records computed on other content are never carried over)."""
+    reuse = entry.plugin.cls(entry.config).reuse_config()
+    digests = content_key(entry.config).get("data_files_sha256")
+    return {**reuse, "data_files_sha256": digests} if reuse is not None and digests else reuse
 
 
 def _stage_id(section: str, entry: str, model: str | None, seed: int, seeded: bool) -> str:
@@ -141,7 +150,7 @@ class _Expansion:
         stage = PlannedStage(_stage_id("train", name, None, seed_key, seeded), "train", name, entry.plugin.name,
                              start, seed_key, seeded, [made_by] if made_by else [],
                              {"plugin": entry.plugin.name, "version": entry.plugin.cls.version,
-                              "config": entry.config.model_dump(mode="json"), "seed": seed_key if seeded else None},
+                              "config": content_key(entry.config), "seed": seed_key if seeded else None},
                              produces=[m for m, e in self.suite.models.items() if e.from_train == name],
                              deps_in_payload=False)
         self.train_stage[(name, seed_key)] = stage
@@ -169,9 +178,9 @@ class _Expansion:
                         stage = PlannedStage(_stage_id(entry.section, entry.name, model, seed, seeded),
                                              entry.section, entry.name, entry.plugin.name, model, seed, seeded, deps,
                                              {"plugin": entry.plugin.name, "version": entry.plugin.cls.version,
-                                              "config": entry.config.model_dump(mode="json"),
+                                              "config": content_key(entry.config),
                                               "seed": seed if seeded else None},
-                                             reuse_config=entry.plugin.cls(entry.config).reuse_config())
+                                             reuse_config=reuse_config(entry))
                         planned.setdefault(entry.name, []).append(stage)
                         self.stages.append(stage)
         return self.stages

@@ -14,13 +14,16 @@ first, so a name can never make the harness write or delete elsewhere.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HarnessError
+from .files import NotRegularFile, escape, lstat_kind, open_regular, read_regular
 
 log = logging.getLogger("harness")
 
@@ -43,7 +47,7 @@ def warn_damaged(path: Path, problem: str, consequence: str) -> None:
     key = f"{path}:{problem}"
     if key not in _warned:
         _warned.add(key)
-        log.warning("warning: %s is damaged (%s); %s", path, problem, consequence)
+        log.warning("warning: %s is damaged (%s); %s", escape(str(path)), escape(problem), consequence)
 
 
 def read_json_object(path: Path, required: dict[str, type | tuple[type, ...]] | None = None,
@@ -51,9 +55,11 @@ def read_json_object(path: Path, required: dict[str, type | tuple[type, ...]] | 
     """The JSON object in ``path``, or None when it is missing or damaged (not JSON, not an object, a required
     field missing or of the wrong type); damage is reported with one warning line, never raised."""
     try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
+        data = json.loads(read_regular(path, nofollow=True))
     except FileNotFoundError:
+        return None
+    except NotRegularFile:
+        warn_damaged(path, f"{_what(path)}, not a regular file", consequence)
         return None
     except (OSError, ValueError) as exc:  # ValueError: JSON and UTF-8 decoding errors
         warn_damaged(path, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}", consequence)
@@ -70,12 +76,13 @@ def read_json_object(path: Path, required: dict[str, type | tuple[type, ...]] | 
 
 def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
     """The complete records of a JSONL log and the byte length they fill. Reading stops at the first torn line (a
-    killed writer's last, unterminated line) or line that is not a JSON object; what follows is not trusted."""
+    killed writer's last, unterminated line) or line that is not a JSON object; what follows is not trusted. A log
+    that is not a regular file (a symbolic link, a FIFO) holds no records: it is never followed or waited on."""
     records: list[dict[str, Any]] = []
     good_bytes = 0
     try:
-        f = open(path, "rb")
-    except FileNotFoundError:
+        f = os.fdopen(open_regular(path, "record log", nofollow=True), "rb")
+    except (FileNotFoundError, NotRegularFile):
         return records, 0
     with f:
         for raw in f:
@@ -93,15 +100,35 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 
 def file_digest(path: Path) -> str | None:
-    """sha256 of a file's bytes, None when it does not exist."""
+    """sha256 of a file's bytes, None when it does not exist; a symbolic link or special file (never followed or
+    read) gets a digest no file has, so it never matches a recorded one."""
     h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path, nofollow=True), "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     except FileNotFoundError:
         return None
+    except NotRegularFile:
+        return "(not a regular file)"
     return h.hexdigest()
+
+
+def _what(path: Path) -> str:
+    kind = lstat_kind(path)
+    return {"link": "a symbolic link", "dir": "a directory", "other": "a special file"}.get(kind or "", "not a file")
+
+
+def links_below(directory: Path) -> list[Path]:
+    """Every symbolic link inside ``directory`` (not followed), in walk order."""
+    found = []
+    for top, dirs, files in os.walk(directory):  # os.walk does not descend into links to directories
+        found += [Path(top) / name for name in dirs + files if os.path.islink(os.path.join(top, name))]
+    return found
+
+
+#: A temporary sibling of an atomic write (``.NAME.XXXXXXXX.tmp``, see store.atomic_write_bytes).
+_TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
 
 
 @dataclass
@@ -125,12 +152,55 @@ class RunDir:
 
     # -- paths ---------------------------------------------------------------------------------------------------
     def inside(self, path: Path) -> Path:
-        """``path`` (resolved, links followed) after checking it lies inside the run directory."""
-        resolved = Path(path).resolve()
-        if not is_within(resolved, self.root):
-            raise HarnessError(f"{path}: refusing to touch a path outside the run directory {self.root}; fix: use "
-                               "entry and model names of letters, digits, '-', '_' and '.' only")
-        return resolved
+        """``path`` (absolute) after checking that it lies inside the run directory and that nothing on it below the
+        run directory is a symbolic link: a link is never followed (it could lead anywhere), it is refused."""
+        absolute = Path(os.path.abspath(path))
+        if not is_within(absolute, self.root):
+            raise HarnessError(f"{escape(str(path))}: refusing to touch a path outside the run directory {self.root}; "
+                               "fix: use entry and model names of letters, digits, '-', '_' and '.' only")
+        current = self.root
+        for part in absolute.relative_to(self.root).parts:
+            current = current / part
+            kind = lstat_kind(current)
+            if kind is None:
+                break
+            if kind == "link":
+                raise HarnessError(f"{escape(str(current))} is a symbolic link inside the run directory {self.root}; "
+                                   "refusing to follow it (it could lead outside the run directory); fix: remove the "
+                                   "link (the run recreates what belongs there)")
+        return absolute
+
+    def real_dir(self, path: Path) -> Path:
+        """The directory ``path`` inside the run, created if missing; one that is a symbolic link is a damaged entry:
+        the link itself is removed (never followed) with one warning line and a real directory made in its place."""
+        path = Path(os.path.abspath(path))
+        if lstat_kind(path) == "link":
+            warn_damaged(path, "a symbolic link", "the link is removed (never followed) and the directory recreated")
+            path.unlink()
+        path = self.inside(path)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def remove_links(self, directory: Path, consequence: str) -> None:
+        """Remove every symbolic link inside ``directory`` (the links, never what they point to), each a damaged
+        entry with one warning line, so nothing later writes, reads or deletes through one."""
+        for link in links_below(self.inside(directory)):
+            warn_damaged(link, "a symbolic link", consequence)
+            link.unlink()
+
+    def remove_temporaries(self) -> int:
+        """Delete the temporary files that atomic writes of a killed process left behind (``.NAME.XXXXXXXX.tmp``);
+        only while holding the run exclusively, so no living writer owns one. Returns how many went."""
+        removed = 0
+        for top, _dirs, files in os.walk(self.root):
+            for name in files:
+                path = Path(top) / name
+                if _TEMPORARY.fullmatch(name) and lstat_kind(path) == "file":
+                    path.unlink()
+                    removed += 1
+        if removed:
+            log.info("%s: removed %d temporary file(s) left by an interrupted write", self.root, removed)
+        return removed
 
     def stage_dir(self, stage_id: str) -> Path:
         return self.inside(self.root / "stages" / stage_id)
@@ -140,10 +210,8 @@ class RunDir:
         sdir = self.stage_dir(stage_id)
         if sdir == self.root / "stages" or not is_within(sdir, self.root / "stages"):
             raise HarnessError(f"{sdir}: not a stage directory of {self.root}; refusing to delete it")
-        if sdir.is_symlink():
-            sdir.unlink()
-        elif sdir.exists():
-            shutil.rmtree(sdir)
+        if sdir.exists():
+            shutil.rmtree(sdir)  # never follows a link inside: it removes the link itself
 
     def reuse_key(self, stage_id: str) -> str | None:
         """The reuse key in ``stage.json`` (the cache key without the example count), None when it has none."""
@@ -173,6 +241,10 @@ class RunDir:
         if not sdir.is_dir():
             return StageState("not started")
         again = f"stage {stage_id} counts as not finished and runs again"
+        links = links_below(sdir)
+        if links:
+            warn_damaged(links[0], "a symbolic link inside the stage directory", again)
+            return StageState("incomplete", damage="a symbolic link inside the stage directory")
         if (sdir / "stage.json").exists() and self.marker_key(stage_id) is None:
             return StageState("incomplete", damage="stage.json damaged")
         done = read_json_object(sdir / "done.json", {"key": str}, again)
@@ -250,6 +322,35 @@ class RunDir:
                 yield
 
 
+#: What a run directory holds before ``config.resolved.json`` is written (the lock, the pre-flight record, jobs).
+_EARLY_ENTRIES = {".lock", ".locks", "preflight.json", "stages", "slurm"}
+
+
+def check_run_target(root: Path, suite_name: str, force: bool = False) -> None:
+    """Refuse, in one line, to use ``root`` as the run directory of suite ``suite_name`` when it holds something
+    else: another suite's run (whose summary and report this run would overwrite), or files that are not a harness
+    run at all (the user's own, in a directory given as --out by mistake). ``force`` skips the check."""
+    root = Path(root)
+    if force or lstat_kind(root) != "dir":
+        return
+    entries = {p.name for p in root.iterdir()}
+    if not entries:
+        return
+    if "config.resolved.json" not in entries:
+        if entries <= _EARLY_ENTRIES:
+            return
+        shown = ", ".join(sorted(entries)[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise HarnessError(f"{escape(str(root))}: not a harness run directory (it holds {escape(shown)}), so its "
+                           "files could be overwritten; fix: pass an empty or new --out, or --force to use it anyway")
+    resolved = read_json_object(root / "config.resolved.json", consequence="the run's suite is not known")
+    suite = resolved.get("suite") if resolved else None
+    other = (resolved or {}).get("suite_name") or (suite.get("name") if isinstance(suite, dict) else None)
+    if isinstance(other, str) and other != suite_name:
+        raise HarnessError(f"{escape(str(root))}: holds a run of suite '{escape(other)}', not '{suite_name}'; its "
+                           "results and report would be overwritten; fix: pass another --out (each suite its own run "
+                           "directory), or --force to reuse it")
+
+
 def _stage_entry(st: Any) -> bool:
     """A stage entry as ``Stage.as_dict`` writes it, with an id that stays inside the run."""
     return (isinstance(st, dict) and isinstance(st.get("id"), str) and isinstance(st.get("key"), str)
@@ -276,7 +377,20 @@ def _locked(path: Path, shared: bool, what: str) -> Iterator[None]:
     """A POSIX record lock (``fcntl.lockf``: held per process, released by the kernel when the holder dies, and
     not inherited by forked workers) on ``path``, which names its holder. Nothing else in the process may open the
     file while it is held (closing any descriptor of it drops the lock)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EACCES, errno.EROFS):
+            kind = {"link": "a symbolic link", "dir": "a directory"}.get(lstat_kind(path) or "", "unusable")
+            fix = ("remove it (the run recreates it)" if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO)
+                   else "make the run directory writable, or pass another --out")
+            raise HarnessError(f"{escape(str(path))}: the lock file of {what} is {kind} ({exc.strerror}); it is never "
+                               f"followed or replaced; fix: {fix}") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device opened without following a link
+        os.close(fd)
+        raise HarnessError(f"{escape(str(path))}: the lock file of {what} is not a regular file; fix: remove it (the "
+                           "run recreates it)")
     try:
         try:
             fcntl.lockf(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)

@@ -27,10 +27,11 @@ from .env import environment_record
 from .errors import HarnessError
 from .graph import Graph, Stage, build_graph
 from .plugins import Registry, load_registry
+from .files import read_regular
 from .rundir import CARRIED, RECORDS, RunDir, read_json_object, read_records
 from .stage_select import select_stages
-from .store import atomic_write_json, atomic_write_text, to_json, write_failed
-from .suite import Suite
+from .store import atomic_write_bytes, atomic_write_json, atomic_write_text, to_json, write_failed
+from .suite import MAX_SUITE_BYTES, Suite
 
 log = logging.getLogger("harness")
 
@@ -71,14 +72,15 @@ class Runner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.rank != 0:
             return
-        resolved = {"suite_file": str(self.suite.path), "mode": self.suite.mode, "suite": self.suite.resolved,
+        resolved = {"suite_file": str(self.suite.path), "suite_name": self.suite.name, "mode": self.suite.mode,
+                    "suite": self.suite.resolved,
                     "overrides": self.suite.overrides, "limit": self.suite.limit, "seeds": self.suite.seeds,
                     "configs": {e.key: e.config.model_dump(mode="json")
                                 for s in ("models", "train", "metrics", "attacks")
                                 for e in self.suite.section(s).values()},
                     "stages": [s.as_dict() for s in self.graph.stages]}
         atomic_write_json(self.run_dir / "config.resolved.json", resolved)
-        atomic_write_text(self.run_dir / "suite.yaml", self.suite.path.read_text(encoding="utf-8"))
+        atomic_write_bytes(self.run_dir / "suite.yaml", read_regular(self.suite.path, "suite file", MAX_SUITE_BYTES))
         packages = sorted({info.package for info in self.registry.all() if not info.package.startswith("(")})
         atomic_write_json(self.run_dir / "environment.json", environment_record(self.suite.seeds, packages))
 
@@ -149,6 +151,9 @@ class Runner:
             # marker beside a stage that is not done), or a resume state that cannot be read: recompute it all.
             self.dir.clear_stage(stage.id)
         sdir.mkdir(parents=True, exist_ok=True)
+        # Records, resume state, training snapshots and the checkpoint are written, read back and deleted below here:
+        # a symbolic link among them is removed (never followed) and what it stood for is computed again.
+        self.dir.remove_links(sdir, f"the link is removed (not followed); stage {stage.id} computes it again")
         if not marker.exists():
             atomic_write_json(marker, new_marker)
 
@@ -214,6 +219,8 @@ class Runner:
             return self._run()
         only = self.only[0] if self.only and len(self.only) == 1 else None
         with self.dir.lock(only):
+            if only is None:  # the run is held exclusively: no living writer owns a temporary file
+                self.dir.remove_temporaries()
             return self._run()
 
     def _run(self) -> list[StageOutcome]:

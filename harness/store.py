@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HarnessError
-from .rundir import read_records
+from .files import escape, lstat_kind
+from .rundir import read_records, warn_damaged
 
 #: Write failures that are the filesystem's state, not a bug: reported as one line naming the path.
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
@@ -128,11 +129,20 @@ class RecordLog:
         self._records = list(self._read_and_repair())
 
     def _read_and_repair(self) -> Iterator[dict[str, Any]]:
-        if not self.path.exists():
+        kind = lstat_kind(self.path)
+        if kind is None:
             return
+        if kind in ("link", "other"):  # never followed, read or waited on: the stage recomputes its records
+            warn_damaged(self.path, "a symbolic link" if kind == "link" else "not a regular file",
+                         "it is removed (not followed) and the stage's records are computed again")
+            self.path.unlink()
+            return
+        if kind == "dir":
+            raise HarnessError(f"{escape(str(self.path))}: the record log is a directory; fix: remove it, then run "
+                               "the same command again")
         records, good_bytes = read_records(self.path)  # a torn write from a killed process is dropped
         if good_bytes != self.path.stat().st_size:
-            with open(self.path, "r+b") as f:
+            with os.fdopen(os.open(self.path, os.O_RDWR | os.O_NOFOLLOW), "r+b") as f:
                 f.truncate(good_bytes)
                 f.flush()
                 os.fsync(f.fileno())
@@ -154,7 +164,9 @@ class RecordLog:
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True, default=_json_default) + "\n"
         try:
-            with open(self.path, "a", encoding="utf-8") as f:
+            # O_NOFOLLOW: a link put in the log's place after it was opened is refused, never appended through.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(line)
                 f.flush()
                 os.fsync(f.fileno())

@@ -24,6 +24,7 @@ plugin's own config and is validated by the plugin's ``Config``.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from .api import SECTIONS
 from .config import PluginConfig, validated
 from .errors import ConfigError, did_you_mean
 from .overrides import apply_overrides
+from .files import NotRegularFile, escape, has_control, open_regular
 from .plugins import PluginInfo, Registry, load_registry
 from .report.config import ReportConfig
 
@@ -147,12 +149,15 @@ def load_yaml(path: Path) -> dict[str, Any]:
                           f"{path / 'quick.yaml'})")
     if not path.exists():
         raise ConfigError(path, "", "suite file not found", "check the path")
-    size = path.stat().st_size
-    if size > MAX_SUITE_BYTES:
-        raise ConfigError(path, "", f"the file is {size:,} bytes, over the {MAX_SUITE_BYTES:,}-byte limit for a "
-                          "suite", "split it into smaller suites (a suite describes one study)")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeySafeLoader)
+        # Only a regular file is read (a FIFO would wait forever), and the limit counts the bytes read: a link to
+        # /dev/zero has size 0 but never ends.
+        raw = _read_suite_bytes(path)
+    except NotRegularFile as exc:
+        raise ConfigError(path, "", f"the suite file is {exc.kind}, not a regular file (it is not read)",
+                          "give the suite's YAML file itself") from None
+    try:
+        data = yaml.load(raw.decode("utf-8"), Loader=UniqueKeySafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
@@ -170,6 +175,16 @@ def load_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, "", f"the suite must be a mapping, got {type(data).__name__}",
                           "write `key: value` pairs at the top level")
     return data
+
+
+def _read_suite_bytes(path: Path) -> bytes:
+    fd = open_regular(path, "suite file")
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_SUITE_BYTES + 1)
+    if len(raw) > MAX_SUITE_BYTES:
+        raise ConfigError(path, "", f"the file holds more than the {MAX_SUITE_BYTES:,}-byte limit for a suite",
+                          "split it into smaller suites (a suite describes one study)")
+    return raw
 
 
 def resolve_mode(data: dict[str, Any], path: Path, mode: str) -> dict[str, Any]:
@@ -345,10 +360,20 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
     if report.compare and not report.baseline:
         raise ConfigError(path, "report.compare", "models to compare need a baseline", "add `report.baseline: <model>`")
 
+    out_raw = output_dir if output_dir is not None else resolved.get("output_dir", f"runs/{name}")
+    out_key = "--out" if output_dir is not None else "output_dir"
+    if not isinstance(out_raw, (str, Path)) or not str(out_raw):
+        raise ConfigError(path, out_key, f"expected a directory path, got {out_raw!r}", "write `output_dir: runs/NAME`")
+    # The run directory's path goes into sbatch scripts, logs and messages: a newline or terminal escape in it could
+    # forge a script line or a message, so it is refused (quotes, `$(...)` and spaces are quoted where it is used).
+    for where, shown in ((out_key, str(out_raw)), ("suite file", str(path))):
+        if has_control(shown):
+            raise ConfigError(path, where, f"the path {escape(shown)!r} holds a newline or control character",
+                              "use a path without control characters")
+    out = Path(out_raw)
     if limit is not None:  # after validation: the capped values are within every field's bounds
         for entry in [*sections["metrics"].values(), *sections["attacks"].values()]:
             entry.config = entry.config.limited(limit)
-    out = Path(output_dir) if output_dir is not None else Path(resolved.get("output_dir", f"runs/{name}"))
     if limit is not None and output_dir is None:  # a trial never mixes its stages into the real run's directory
         out = out.with_name(f"{out.name}-limit{limit}")
     return Suite(path=path, name=name, mode=mode, seeds=seeds, device=device, output_dir=out.resolve(),

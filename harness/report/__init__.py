@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..rundir import RunDir
 from ..store import atomic_write_json, atomic_write_text
 from .config import ReportConfig
 from .aggregate import aggregate, attack_table, summary_tables
@@ -92,7 +93,8 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     flag_scale_disagreements(matched, "model", "control_model", "entry")
     transfer = transfer_matrix(agg)
     generated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    plots = make_plots(agg, run.run_dir / "plots")
+    # A `plots` that is a link is removed (never written or deleted through), with one warning line.
+    plots = make_plots(agg, RunDir(run.run_dir).real_dir(run.run_dir / "plots"))
     files = {"final_results": run.run_dir / "final_results.json",
              "summary": run.run_dir / "experiment_summary.txt",
              "summary_details": run.run_dir / "summary_details.txt",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HarnessError
+from ..files import escape, has_control
 from .plan import Job
 from .profile import Launcher, Profile, Resources
 
@@ -140,20 +141,39 @@ def setup_lines(profile: Profile) -> str:
     return "\n".join(lines)
 
 
+def sbatch_value(value: str, pattern: str = "") -> str:
+    """A value for an ``#SBATCH --flag=VALUE`` line: in double quotes with ``\\`` and ``"`` escaped (sbatch's own
+    quoting of option lines, which no shell ever reads) and ``%`` doubled (sbatch's filename patterns);
+    ``pattern`` (``%j.out``) is appended as it is."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + pattern + '"'
+
+
+def check_paths(ctx: JobContext) -> None:
+    """Refuse, in one line, a path that would go into a script holding a newline or control character: quoting keeps
+    `$(...)`, backticks and quotes inert, but a newline ends an ``#SBATCH`` or comment line."""
+    for what, value in (("run directory (--out / output_dir)", str(ctx.run_dir)), ("suite file", str(ctx.suite_path)),
+                        ("profile workdir", str(ctx.workdir)), ("profile python", ctx.python),
+                        ("profile templates", str(ctx.templates))):
+        if has_control(value):
+            raise HarnessError(f"{escape(value)}: the {what} holds a newline or control character, which cannot go "
+                               "into an sbatch script safely; fix: use a path without control characters")
+
+
 def title(job: Job, ctx: JobContext) -> str:
     what = job.stages[0].id if len(job.stages) == 1 else ", ".join(s.id for s in job.stages)
     if job.kind == "report":
         what = "report (after every stage)"
-    return f"harness job: {what} -- suite {ctx.suite_name} ({ctx.mode} mode), run {ctx.run_dir}"
+    return escape(f"harness job: {what} -- suite {ctx.suite_name} ({ctx.mode} mode), run {ctx.run_dir}")
 
 
 def render(job: Job, ctx: JobContext) -> str:
+    check_paths(ctx)
     resources = ctx.profile.resources(job.kind)
     log_name = f"{job.name}.%A_%a.out" if job.is_array else f"{job.name}.%j.out"
     values = {
         "title": title(job, ctx),
-        "job_name": f"{ctx.suite_name}:{job.name.replace('__', '/')}",
-        "slurm_log": str(ctx.run_dir / "slurm" / "logs" / log_name),
+        "job_name": sbatch_value(f"{ctx.suite_name}:{job.name.replace('__', '/')}"),
+        "slurm_log": sbatch_value(str(ctx.run_dir / "slurm" / "logs") + "/", pattern=log_name),
         "signal_lead_s": str(ctx.profile.signal_lead_s),
         "sbatch_lines": "\n".join(sbatch_lines(resources, ctx.profile, job.tasks)),
         "setup": setup_lines(ctx.profile),

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..graph import Graph
 from ..runner import Runner
-from ..rundir import read_json_object
+from ..rundir import RunDir, check_run_target, read_json_object
 from ..store import atomic_write_json, atomic_write_text
 from ..suite import load_suite
 from . import scheduler
@@ -61,9 +61,10 @@ class Submission:
 
 
 def submit_suite(suite_path: Path, mode: str = "quick", out: Path | None = None, profile_path: Path | None = None,
-                 dry_run: bool = False) -> Submission:
+                 dry_run: bool = False, force: bool = False) -> Submission:
     profile = load_profile(profile_path)
     suite = load_suite(suite_path, mode, output_dir=out)
+    check_run_target(suite.output_dir, suite.name, force=force)
     runner = Runner(suite, show_progress=False)
     runner.write_run_files()
     run_dir, graph = runner.run_dir, runner.graph
@@ -89,13 +90,14 @@ def submit_suite(suite_path: Path, mode: str = "quick", out: Path | None = None,
 
     submission = Submission(run_dir, graph, profile, jobs, done, kept, dry_run=dry_run, fit=fit)
     ctx = JobContext(suite.path, suite.name, mode, run_dir, profile, report_command=_report_command())
+    RunDir(run_dir).real_dir(slurm_dir(run_dir) / "jobs")  # scripts are never written through a link
     for job in jobs:
         atomic_write_text(submission.script(job), render(job, ctx))
     if dry_run:
         atomic_write_text(slurm_dir(run_dir) / "submit.sh", submit_script(submission))
         return submission
 
-    (slurm_dir(run_dir) / "logs").mkdir(parents=True, exist_ok=True)  # SLURM does not create --output's directory
+    RunDir(run_dir).real_dir(slurm_dir(run_dir) / "logs")  # SLURM does not create --output's directory
     if stale:
         scheduler.cancel(stale)
         submission.cancelled = stale

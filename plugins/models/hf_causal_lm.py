@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (Field, SerializerFunctionWrapHandler, ValidationInfo, field_validator, model_serializer,
+                      model_validator)
 
 from harness import (HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, WeightsSource, cached_locally,
-                     hookimpl, hub_reachable, offline_mode)
+                     hookimpl, hub_reachable, offline_mode, read_regular)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -72,10 +73,32 @@ class HFCausalLMConfig(PluginConfig):
             data.pop("random_init", None)
         return data
 
+    @field_validator("path", "tokenizer")
+    @classmethod
+    def _relative_to_the_suite(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A relative local path is relative to the suite file, as every path in a suite is: ``./ck`` (or a bare
+        ``ck`` that names a directory beside the suite) becomes that directory's absolute path; a hub id stays."""
+        base = (info.context or {}).get("base_dir")
+        if value is None or base is None or value.startswith("<"):
+            return value
+        expanded = os.path.expanduser(value)
+        if os.path.isabs(expanded):
+            return value
+        beside = Path(base) / expanded
+        if value.startswith(".") or beside.is_dir():
+            return str(beside.resolve())
+        return value
+
     @model_validator(mode="after")
     def _local_checkpoint_is_loadable(self) -> HFCausalLMConfig:
         """A local checkpoint's files are checked when the suite is validated (cheap: no weights are read)."""
         ref = Path(os.path.expanduser(self.path))
+        if _is_local(str(ref)) and not ref.exists():
+            raise ValueError(f"checkpoint directory not found: {ref}; fix: check `path:` (a relative path is "
+                             "relative to the suite file), or train it first")
+        if _is_local(str(ref)) and not ref.is_dir():
+            raise ValueError(f"{ref} is not a directory; fix: point `path:` at a checkpoint directory (written by "
+                             "`save_pretrained`), not at a file in it")
         if not self.gguf_file and ref.is_dir():
             try:
                 check_local_checkpoint(ref, str(ref), self)
@@ -195,12 +218,14 @@ def check_local_checkpoint(directory: Path, name: str, config: HFCausalLMConfig)
 
     config_file = directory / "config.json"
     try:
-        model_config = json.loads(config_file.read_text(encoding="utf-8"))
+        model_config = json.loads(read_regular(config_file, "config.json", MAX_JSON_BYTES))
         if not isinstance(model_config, dict):
             raise ValueError("not a JSON object")
     except FileNotFoundError:
         raise HarnessError(f"model '{name}': {directory} has no config.json; fix: point `path:` at a directory "
                            "written by `save_pretrained`") from None
+    except HarnessError as exc:  # a FIFO, a device, a directory, or far too large
+        raise HarnessError(f"model '{name}': {exc}") from None
     except (OSError, ValueError) as exc:
         raise HarnessError(f"model '{name}': {config_file} is unreadable ({exc}); fix: copy the checkpoint "
                            "again") from None
@@ -217,6 +242,61 @@ def check_local_checkpoint(directory: Path, name: str, config: HFCausalLMConfig)
         raise HarnessError(f"model '{name}': {directory} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, "
                            "...); fix: save the tokenizer beside the weights (`tokenizer.save_pretrained(dir)`) or "
                            "set `tokenizer:` to a tokenizer directory or hub id")
+    read_provenance(directory, name)
+    tokenizer_dir = directory if config.tokenizer is None else Path(os.path.expanduser(config.tokenizer))
+    if config.random_init is None and (tokenizer_dir / "tokenizer.json").exists():
+        check_tokenizer_json(tokenizer_dir / "tokenizer.json", model_config.get("vocab_size"), name)
+
+
+#: config.json, harness.json: far below this; the limit keeps a runaway file from filling memory.
+MAX_JSON_BYTES = 16 << 20
+#: tokenizer.json of a 256k-token vocabulary is about 20 MB.
+MAX_TOKENIZER_BYTES = 512 << 20
+
+
+def read_provenance(directory: Path, name: str) -> dict[str, Any] | None:
+    """A checkpoint's ``harness.json`` (what training recorded), checked for the shape the loader relies on; None when
+    there is none. One line with the fix when it is not a JSON object, or its monotonic record is malformed."""
+    import json
+
+    path = directory / "harness.json"
+    try:
+        data = json.loads(read_regular(path, "harness.json", MAX_JSON_BYTES))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, HarnessError) as exc:
+        raise HarnessError(f"model '{name}': {path} is unreadable ({str(exc).splitlines()[0][:160]}); fix: copy the "
+                           "checkpoint again, or delete harness.json if the checkpoint was not made by harness") from None
+    problem = ""
+    if not isinstance(data, dict):
+        problem = f"a JSON {type(data).__name__}, not an object"
+    elif data.get("monotonic") and not (isinstance(data.get("constrained_weights"), list)
+                                        and all(isinstance(w, str) for w in data["constrained_weights"])):
+        problem = "`monotonic` is set but `constrained_weights` is not a list of weight names"
+    if problem:
+        raise HarnessError(f"model '{name}': {path} is malformed ({problem}); fix: re-export the checkpoint with "
+                           "`harness train`, or delete harness.json if the checkpoint was not made by harness")
+    return data
+
+
+def check_tokenizer_json(path: Path, vocab_size: Any, name: str) -> None:
+    """``tokenizer.json`` loads as a tokenizer, and its largest token id fits the model's embedding (``vocab_size``
+    in config.json): a larger id would index past the embedding matrix at the first such token."""
+    from tokenizers import Tokenizer
+
+    try:
+        text = read_regular(path, "tokenizer.json", MAX_TOKENIZER_BYTES).decode("utf-8")
+        tokenizer = Tokenizer.from_str(text)
+    except Exception as exc:  # tokenizers raises a plain Exception; a special file is a HarnessError
+        raise HarnessError(f"model '{name}': {path} does not load as a tokenizer ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); fix: save the tokenizer again "
+                           "(`tokenizer.save_pretrained(dir)`) or set `tokenizer:`") from None
+    ids = list(tokenizer.get_vocab(with_added_tokens=True).values())
+    largest = max(ids, default=-1)
+    if isinstance(vocab_size, int) and not isinstance(vocab_size, bool) and largest >= vocab_size:
+        raise HarnessError(f"model '{name}': {path} has token id {largest}, beyond the model's embedding of "
+                           f"{vocab_size} rows (config.json vocab_size); fix: use the tokenizer the model was trained "
+                           "with (or `tokenizer:` pointing at it)")
 
 
 def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) -> LoadedModel:
@@ -258,6 +338,9 @@ def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) ->
                                    f"({len(mismatched)} tensor(s))")
     except (OSError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+        if "allocate memory" in str(exc) or "out of memory" in str(exc).lower():  # the machine, not the files
+            raise HarnessError(f"model '{name}': out of memory while loading {ref} ({first}); fix: give the process "
+                               "more memory (a larger node, SLURM --mem) or load a smaller `dtype:`") from exc
         if local and "mismatch" in str(exc):
             raise HarnessError(f"model '{name}': the weights in {ref} do not match its config.json ({first}); fix: "
                                "use the config.json saved with these weights") from exc
@@ -283,11 +366,9 @@ def load_hf_causal_lm(config: HFCausalLMConfig, ctx: StageContext, name: str) ->
             "device": str(device), "n_parameters": sum(p.numel() for p in model.parameters()),
             "architecture": type(model).__name__}
     if local:
-        provenance = Path(ref) / "harness.json"
-        if provenance.exists():
-            import json
-
-            info["harness"] = json.loads(provenance.read_text())
+        provenance = read_provenance(Path(ref), name)
+        if provenance is not None:
+            info["harness"] = provenance
             if info["harness"].get("monotonic"):
                 info["monotonic_verified"] = verify_non_negative(model, info["harness"], ref, name)
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, info=info)

@@ -195,6 +195,8 @@ class Snapshots:
                 # Tensors, numbers, strings and containers only: torch's safe loader reads them (no pickled code).
                 state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
                 rng = torch.load(directory / f"rng-rank{self.procs.rank}.pt", map_location="cpu", weights_only=True)
+            except MemoryError:  # the machine, not the snapshot: said as such (one line), the snapshot kept
+                raise
             except Exception as exc:  # a damaged snapshot: fall back to the one before
                 log.warning("training snapshot %s unreadable (%s); trying an older one", directory, exc)
                 continue
