@@ -163,11 +163,16 @@ def test_hostile_paths_on_the_real_cluster_run_nothing_but_harness_jobs(tmp_path
         markers.mkdir()
         out = tmp_path / HOSTILE.format(m=markers)
         path = write_suite(tmp_path, SUITE + f"output_dir: {json.dumps(str(out))}\n")
-        submit = subprocess.run([*HARNESS, "slurm", "submit", str(path)], capture_output=True, text=True,
-                                timeout=300, env=env)
+        # Jobs sized to the one-node cluster (the default profile asks 4 CPUs a job, which no node here has, so
+        # every job would pend with reason PartitionConfig).
+        profile = tmp_path / "profile.yaml"
+        profile.write_text("defaults: {cpus_per_task: 1, time: '0:20:00', gpus: 0}\nsignal_lead_s: 30\n")
+        submit = subprocess.run([*HARNESS, "slurm", "submit", str(path), "--profile", str(profile)],
+                                capture_output=True, text=True, timeout=300, env=env)
         assert submit.returncode == 0, submit.stderr
         dry_out = tmp_path / HOSTILE.format(m=markers).replace("run", "dry")
-        dry = subprocess.run([*HARNESS, "slurm", "submit", str(path), "--dry-run", "--out", str(dry_out)],
+        dry = subprocess.run([*HARNESS, "slurm", "submit", str(path), "--dry-run", "--out", str(dry_out),
+                              "--profile", str(profile)],
                              capture_output=True, text=True, timeout=300, env=env)
         assert dry.returncode == 0, dry.stderr
         by_bash = subprocess.run(["bash", str(dry_out / "slurm" / "submit.sh")], capture_output=True, text=True,

@@ -173,7 +173,10 @@ def submit_script(submission: Submission) -> str:
              f"# Written by `harness slurm submit --dry-run` at {_now()}: the jobs of run {submission.run_dir}",
              "# in dependency order. `bash submit.sh` submits them as planned (without recording the ids in",
              "# jobs.json, which `harness status` reads; `harness slurm submit` does both).",
-             "set -euo pipefail", f"cd {shlex.quote(str(slurm_dir(submission.run_dir) / 'jobs'))}", "declare -A J"]
+             "set -euo pipefail",
+             # SLURM does not create --output's directory: a job whose log directory is missing fails unseen.
+             f"mkdir -p {shlex.quote(str(slurm_dir(submission.run_dir) / 'logs'))}",
+             f"cd {shlex.quote(str(slurm_dir(submission.run_dir) / 'jobs'))}", "declare -A J"]
     ids = {job.name: f"${{J[{job.name}]}}" for job in submission.jobs}
     for job in submission.jobs:
         dependency = job.dependency(ids)
