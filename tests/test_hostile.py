@@ -569,7 +569,7 @@ def test_control_characters_in_arguments_are_escaped(tmp_path):
     path = write_suite(tmp_path, SUITE)
     proc = harness("run", str(path), "--out", str(tmp_path / "run"), "--skip-preflight", "--stage",
                    "metrics/ppl\nerror: forged line\x1b[31m\x1b]0;title\x07")
-    line = assert_one_line(proc, "unknown stage")
+    line = assert_one_line(proc, "matches none of")
     assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr and "\\x1b" in line and "\\n" in line
 
 

@@ -134,7 +134,7 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     # The answer: one row per compared model, from the primary endpoints when the suite declares them.
     answer = answer_table(agg, checks, primary)
     results["headline"] = answer
-    summary = short_summary(agg, answer, files, verdict_lines if primary["endpoints"] else [])
+    summary = short_summary(agg, answer, files, verdict_lines)
     details = summary_text(agg, tables, checks, attacks, controls, matched, verdict_lines, masking_lines(masking))
     atomic_write_json(files["final_results"], results)
     atomic_write_text(files["summary"], summary)
