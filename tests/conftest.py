@@ -37,6 +37,27 @@ def pip_installed(package_dir: Path, dist_name: str) -> Iterator[None]:
         subprocess.run([*pip, "uninstall", "-y", dist_name], check=True, capture_output=True, timeout=300)
 
 
+@pytest.fixture
+def fresh_cli_logger(monkeypatch):
+    """`main()` gives the harness logger a handler bound to the stderr of the test that first called it; a later
+    test's captured stderr is another stream."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("harness"), "handlers", [])
+
+
+def one_line_error(capsys, *argv: str) -> str:
+    """Run the CLI in-process; assert exit 2 and exactly one line on stderr, return it."""
+    from harness.cli import main
+
+    rc = main(list(argv))
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([*HARNESS, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
 

@@ -20,7 +20,7 @@ from harness.rundir import RunDir, read_records
 from harness.runner import Runner
 from harness.store import read_json
 from harness.suite import load_suite
-from tests.conftest import DATA, HARNESS, ROOT, write_suite
+from tests.conftest import DATA, HARNESS, ROOT, one_line_error, write_suite
 
 TINY = ROOT / "plugins" / "models" / "pythia_tiny"
 STAGE = "stages/metrics/ppl/tiny"
@@ -39,25 +39,13 @@ metrics:
 """
 
 
-@pytest.fixture(autouse=True)
-def fresh_cli_logger(monkeypatch):
-    import logging
-
-    monkeypatch.setattr(logging.getLogger("harness"), "handlers", [])
+#: The CLI runs in-process here: each test gets a harness logger bound to its own stderr.
+pytestmark = pytest.mark.usefixtures("fresh_cli_logger")
 
 
 @pytest.fixture(autouse=True)
 def private_digest_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-
-
-def one_line_error(capsys, *argv: str) -> str:
-    rc = main(list(argv))
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def harness(*args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -24,7 +24,7 @@ from harness.runner import Runner
 from harness.slurm.status import run_status
 from harness.store import atomic_write_json, read_json
 from harness.suite import load_suite
-from tests.conftest import DATA, HARNESS, ROOT, write_suite
+from tests.conftest import DATA, HARNESS, ROOT, one_line_error, write_suite
 
 TINY = ROOT / "plugins" / "models" / "pythia_tiny"
 
@@ -42,23 +42,8 @@ metrics:
 """
 
 
-@pytest.fixture(autouse=True)
-def fresh_cli_logger(monkeypatch):
-    """`main()` gives the harness logger a handler bound to the stderr of the test that first called it; a later
-    test's captured stderr is another stream."""
-    import logging
-
-    monkeypatch.setattr(logging.getLogger("harness"), "handlers", [])
-
-
-def one_line_error(capsys, *argv: str) -> str:
-    """Run the CLI in-process; assert exit 2 and exactly one line on stderr, return it."""
-    rc = main(list(argv))
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
+#: The CLI runs in-process here: each test gets a harness logger bound to its own stderr.
+pytestmark = pytest.mark.usefixtures("fresh_cli_logger")
 
 
 # -- names --------------------------------------------------------------------------------------------------------
