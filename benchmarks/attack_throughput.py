@@ -78,8 +78,8 @@ def hotflip_steps(loaded, n_examples: int | None) -> tuple[list[tuple[torch.Tens
     for ex in examples:
         propose = gradient_proposer(scorer, allowed, len(ex.continuation), cfg.beam_width)
 
-        def recording(ids, editable, tried, propose=propose):
-            swaps, estimates = propose(ids, editable, tried)
+        def recording(ids, editable, tried, step, propose=propose):
+            swaps, estimates = propose(ids, editable, tried, step)
             if swaps:  # the batch flip_search scores for these swaps
                 batch = torch.tensor([ids] * len(swaps))
                 batch[torch.arange(len(swaps)), torch.tensor([p for p, _ in swaps])] = torch.tensor([t for _, t in swaps])

@@ -33,9 +33,11 @@ def lmeval_total_nll(model, tokenizer, texts: list[str], max_length: int, batch_
 
 
 def our_perplexity(loaded, docs_file: Path, limit: int, max_length: int, batch_tokens: int) -> dict:
-    """The ``perplexity`` plugin's own code path (evaluate with a real StageContext)."""
+    """The ``perplexity`` plugin's own code path (evaluate with a real StageContext, the declared metrics computed
+    from its records as the core does)."""
     from harness.context import StageContext
     from harness.graph import Stage
+    from harness.summary import complete_summary
     from harness_plugins.metrics.perplexity import Perplexity, PerplexityConfig
 
     config = PerplexityConfig.model_validate({"data": {"dataset": "json", "data_files": [str(docs_file)],
@@ -45,7 +47,9 @@ def our_perplexity(loaded, docs_file: Path, limit: int, max_length: int, batch_t
         stage = Stage("bench", "metrics", "perplexity", "perplexity", loaded.name, 0, False)
         ctx = StageContext(stage=stage, run_dir=Path(tmp), stage_dir=Path(tmp), seed=0, mode="quick",
                            show_progress=False)
-        return Perplexity(config).evaluate(loaded, ctx)
+        plugin = Perplexity(config)
+        metrics = plugin.evaluate(loaded, ctx)
+        return complete_summary(plugin.declared_metrics(), ctx.records.records, metrics)
 
 
 def compare(loaded, label: str, limit: int, max_length: int, batch: int, repeats: int) -> None:

@@ -1,8 +1,10 @@
 """harness: a plugin-based benchmark harness for the adversarial robustness of causal language models.
 
-The public API for plugin authors is what this module exports, plus two documented modules: ``harness.attacks``
-(the attack toolkit: the shared task, examples, the batched exact scorer, token gradients, records and summaries)
-and ``harness.scoring`` (the perplexity scorer's windows and batched passes); for code that reads finished runs
+The public API for plugin authors is what this module exports, plus these documented modules: ``harness.loop``
+(the per-example loop: resume, stop, budget, progress, records), ``harness.attacks`` (the attack toolkit: the shared
+task, examples, the batched exact scorer, token gradients, records and summaries), ``harness.triggers`` (universal
+strings: placement, held-out evaluation), ``harness.summary`` (how a declared metric follows from the records) and
+``harness.scoring`` (the perplexity scorer's windows and batched passes); for code that reads finished runs
 (write-ups, notebooks, studies), ``harness.results``. Everything else is the core's business and may change without
 notice.
 """
@@ -19,8 +21,8 @@ from .errors import ConfigError, HarnessError, NonFiniteLoss, did_you_mean
 from .hub import cached_locally, hub_reachable, offline_mode
 from .hookspecs import hookimpl
 from .store import RecordLog, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
-from .workload import (Batch, DocumentStats, ModelShape, NoEstimate, PlanInputs, TrainingSetup, WeightsSource,
-                       Workload)
+from .workload import (RECORD_BYTES, Batch, DocumentStats, ModelShape, NoEstimate, PlanInputs, TrainingSetup,
+                       WeightsSource, Workload, planned_examples, sequence_length)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -35,4 +37,6 @@ __all__ = [
     "cached_locally", "hub_reachable", "offline_mode",
     # the optional `plan` method's types (harness plan)
     "Batch", "DocumentStats", "ModelShape", "NoEstimate", "PlanInputs", "TrainingSetup", "WeightsSource", "Workload",
+    # what attack cost models share: a record's size, the examples a stage attacks, an attacked sequence's length
+    "RECORD_BYTES", "planned_examples", "sequence_length",
 ]

@@ -250,21 +250,27 @@ class MetricPlugin(Plugin[ConfigT]):
 
 class AttackPlugin(Plugin[ConfigT]):
     kind = "attack"
+    #: Whether this attack can be another entry's random control (``control_of: <entry>`` in a suite): the same
+    #: loop, positions, budget and examples, with random candidates where the attack uses gradient or search ones.
+    randomizable: ClassVar[bool] = False
+    #: The attack entry this stage is the random control of, or None (an attack). Set by the core from the suite's
+    #: ``control_of:`` (the plugin's config is then its attack's); a plugin reads it through :meth:`is_control`.
+    control_of: str | None = None
 
     def run_stage(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         return self.attack(model, ctx)
 
     def result_fields(self) -> dict[str, Any]:
-        return {"control": bool(self.is_control())}
+        return {"control": bool(self.is_control()), "control_of": self.control_of}
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         """Attack ``model``; write per-example records with ``ctx.records``; return the summary metrics."""
         raise NotImplementedError
 
     def is_control(self) -> bool:
-        """Whether this stage is a control (e.g. random edits at an attack's budget) rather than an attack: the
-        report shows a control's numbers beside the attacks' but judges no success target on them."""
-        return False
+        """Whether this stage is a control (random candidates at its attack's budget, ``control_of:``) rather than an
+        attack: the report shows a control's numbers beside the attacks' but judges no success target on them."""
+        return self.control_of is not None
 
 
 #: The summary key under which a trainer records a fingerprint (a hex digest) of the training batches it read, in

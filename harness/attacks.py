@@ -3,15 +3,15 @@
 The task: a document's first ``context_tokens`` tokens are the context, the next ``continuation_tokens`` the
 continuation; the attacker edits tokens it may touch (context tokens for HotFlip, a prepended trigger for UAT) to
 raise the model's mean NLL of the continuation. An attack succeeds on an example when the relative NLL increase
-``(after - before) / before`` exceeds ``threshold``; :func:`summarize` also stores the success rate at every threshold
-of a grid, so a report can show the whole curve and no single threshold decides a comparison.
+``(after - before) / before`` exceeds ``threshold``; :func:`attack_summary` also stores the success rate at every
+threshold of a grid, so a report can show the whole curve and no single threshold decides a comparison.
 
 Fairness: documents, splits, budgets and random streams depend on the suite (seed, document id...), never on the
 model, so every model of a suite faces the same examples and the same random draws (:func:`attack_rng`).
 
 Budget: the :class:`Scorer` counts what it spends in a :class:`Budget` (queries, gradient passes, tokens computed,
-FLOPs by :class:`ComputeCost`); an attack resets it per example and writes ``budget.as_record()`` into the record,
-so every attack reports the same budget fields and :func:`summarize` averages them.
+FLOPs by :class:`ComputeCost`); the core's loop (:mod:`harness.loop`) resets it per example and writes
+``budget.as_record()`` into the record, so every attack reports the same budget fields and the core averages them.
 """
 
 from __future__ import annotations
@@ -21,18 +21,19 @@ import string
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from .api import LoadedModel, MetricSpec
+from .api import AttackPlugin, LoadedModel, MetricSpec
 from .config import PluginConfig
 from .context import StageContext, derive_seed
 from .data import Document, DocumentSource, load_documents
 from .errors import HarnessError
+from .loop import run_examples
 from .scoring import auto_batch_tokens, continuation_nll, draft_model, logits_tail_kwarg, swap_nll
 from .screening import ScreenConfig, probe_sample
 
@@ -41,11 +42,11 @@ from .screening import ScreenConfig, probe_sample
 ContinuationLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = [
-    "ATTACK_METRICS", "BUDGET_FIELDS", "PROGRESS_FIELD", "best_so_far", "Budget", "CURVE_THRESHOLDS", "ComputeCost",
-    "ContinuationLoss", "Example", "POSITIONS_METRIC", "ScreenConfig", "Scorer", "TaskConfig", "VocabFilter",
-    "allowed_tokens", "attack_rng", "budget_summary",
-    "continuation_nll", "disjoint_splits", "example_record", "make_examples", "position_histogram", "random_allowed",
-    "relative_increase", "log_ratio", "select_examples", "spearman", "success_curve", "summarize", "swap_nll",
+    "ATTACK_METRICS", "BUDGET_FIELDS", "Budget", "CURVE_THRESHOLDS", "ComputeCost", "ContinuationLoss", "Example",
+    "ExampleAttack", "ExamplesConfig", "PROGRESS_FIELD", "POSITIONS_METRIC", "ScreenConfig", "Scorer", "TaskConfig",
+    "VocabFilter", "allowed_tokens", "attack_progress", "attack_rng", "attack_summary", "best_so_far",
+    "continuation_nll", "disjoint_splits", "example_record", "log_ratio", "make_examples", "position_histogram",
+    "random_allowed", "relative_increase", "select_examples", "spearman", "success_curve", "swap_nll",
 ]
 
 #: Thresholds of the stored success curve (relative NLL increase): 0, 2.5%, ..., 100%.
@@ -584,43 +585,23 @@ def success_curve(increases: Sequence[float], thresholds: Sequence[float] = CURV
                                                               for t in thresholds]}
 
 
-def summarize(records: Sequence[dict[str, Any]], threshold: float) -> dict[str, Any]:
-    """The summary every attack reports (same keys and definitions for every attack and model)."""
-    rel = [r["relative_increase"] for r in records]
-    mean = (lambda xs: float(np.mean(xs)) if len(xs) else float("nan"))
-    return {
-        "success_rate": float(np.mean([x > threshold for x in rel])) if rel else float("nan"),
-        "threshold": threshold,
-        "mean_relative_increase": mean(rel),
-        "median_relative_increase": float(np.median(rel)) if rel else float("nan"),
-        "mean_nll_before": mean([r["nll_before"] for r in records]),
-        "mean_nll_after": mean([r["nll_after"] for r in records]),
-        # from the NLLs (the same numbers as the records' fields, also for records written before they existed)
-        "mean_nll_increase": mean([r["nll_after"] - r["nll_before"] for r in records]),
-        "mean_log_ratio": mean([log_ratio(r["nll_before"], r["nll_after"]) for r in records]),
-        "n_examples": len(records),
-        **budget_summary(records),
-        "success_curve": success_curve(rel),
-    }
+def attack_summary(records: Sequence[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """What an attack's summary holds beside the metrics the core computes from its records (:data:`ATTACK_METRICS`
+    with a ``field``: success rate, NLL increases, budget means): the threshold, the number of examples and the
+    success curve."""
+    return {"threshold": threshold, "n_examples": len(records),
+            "success_curve": success_curve([r["relative_increase"] for r in records])}
 
 
-def budget_summary(records: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """The budget keys of :func:`summarize` (``mean_queries``, ``mean_gradient_calls``, ``mean_tokens``,
-    ``mean_gradient_tokens``, ``mean_flops``), for a summary of other metrics (a targeted attack's, say).
-
-    ``mean_queries`` counts a record without ``queries`` as 0 (as it always has); the others are NaN (unknown, never
-    a cost of 0) when a record does not report them."""
-    def mean(name: str) -> float:
-        if not records or any(name not in r for r in records):
-            return float("nan")
-        return float(np.mean([r[name] for r in records]))
-
-    queries = float(np.mean([r.get("queries", 0) for r in records])) if records else float("nan")
-    return {"mean_queries": queries, **{f"mean_{name}": mean(name) for name in BUDGET_FIELDS[1:]}}
+def attack_progress(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Progress-bar fields of an attack's records so far (:func:`harness.loop.run_examples`'s ``show``)."""
+    return {"success": float(np.mean([bool(r.get("success")) for r in records])) if records else 0.0,
+            "queries": int(sum(r.get("queries", 0) for r in records))}
 
 
-#: What :func:`summarize` reports, declared (an attack's ``declared_metrics`` returns these plus its own). Success
-#: and NLL increase read as the attacker's numbers: higher means the attack did better (the model is less robust).
+#: What every attack reports, declared (an attack's ``declared_metrics`` returns these plus its own): the core computes
+#: those with a ``field`` from the records, :func:`attack_summary` gives the rest. Success and NLL increase read as
+#: the attacker's numbers: higher means the attack did better (the model is less robust).
 ATTACK_METRICS = [
     MetricSpec("success_rate", "Success (%)", field="success", scale=100, digits=1),
     MetricSpec("threshold", "Success threshold", aggregation="none", show=False),
@@ -681,3 +662,49 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     if rx.std() == 0 or ry.std() == 0:
         return None
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+# -- an attack written as its per-example function ---------------------------------------------------------------------
+
+class ExamplesConfig(TaskConfig):
+    """The shared task on documents attacked one by one: ``data``, how many (``n_examples``: the first usable
+    documents, or a seeded sample, the same for every model and attack of the suite)."""
+
+    data: DocumentSource
+    n_examples: int | None = Field(default=None, ge=1)
+    sample: Literal["first", "seeded"] = "first"
+
+
+ExamplesConfigT = TypeVar("ExamplesConfigT", bound=ExamplesConfig)
+
+
+class ExampleAttack(AttackPlugin[ExamplesConfigT]):
+    """An attack that is its per-example function: the core makes the examples, runs the loop
+    (:func:`harness.loop.run_examples`: resume, stop, the budget per example, progress, records) and the summary
+    (:data:`ATTACK_METRICS`). Implement :meth:`attack_example`; :meth:`setup` for what every example shares."""
+
+    def declared_metrics(self) -> list[MetricSpec]:
+        return ATTACK_METRICS
+
+    def setup(self, model: LoadedModel, ctx: StageContext) -> None:
+        """Optional: prepare what every example shares (allowed tokens, say), before the first example."""
+
+    def attack_example(self, example: Example, scorer: Scorer, rng: torch.Generator) -> dict[str, Any]:
+        """Attack one example, scoring with ``scorer`` (its budget is this example's), drawing from ``rng`` (keyed by
+        the seed, the plugin's name and the example: the same for every model); its :func:`example_record`."""
+        raise NotImplementedError
+
+    def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
+        cfg = self.config
+        examples = make_examples(load_documents(cfg.data), model, cfg, where=f"attacks.{ctx.stage.entry}.data")
+        examples = select_examples(examples, cfg.n_examples, cfg.sample, ctx)
+        scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
+        self.setup(model, ctx)
+
+        def one(example: Example) -> dict[str, Any]:
+            scorer.screen_stats.clear()  # the screen's record fields are per example, as the budget is
+            return {**self.attack_example(example, scorer, attack_rng(ctx, self.name, example.id)),
+                    **scorer.screen_record()}
+
+        records = run_examples(ctx, examples, one, scorer=scorer, show=attack_progress)
+        return attack_summary(records, cfg.threshold)

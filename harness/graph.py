@@ -179,6 +179,7 @@ class _Expansion:
                                              entry.section, entry.name, entry.plugin.name, model, seed, seeded, deps,
                                              {"plugin": entry.plugin.name, "version": entry.plugin.cls.version,
                                               "config": content_key(entry.config),
+                                              **({"control_of": entry.control_of} if entry.control_of else {}),
                                               "seed": seed if seeded else None},
                                              reuse_config=reuse_config(entry))
                         planned.setdefault(entry.name, []).append(stage)

@@ -143,7 +143,7 @@ def check_reachable(suite: Suite, stages: list[Stage]) -> list[str]:
         checked.append(entry.key)
     for key in dict.fromkeys((s.section, s.entry) for s in stages):
         entry = suite.section(key[0])[key[1]]
-        entry.plugin.cls(entry.config).preflight(entry.key)
+        entry.build().preflight(entry.key)
         for where, source in document_sources(entry.config, entry.key):
             check_source(source, where)
             checked.append(where)

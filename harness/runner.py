@@ -32,6 +32,7 @@ from .rundir import CARRIED, RECORDS, RunDir, read_json_object, read_records
 from .stage_select import select_stages
 from .store import atomic_write_bytes, atomic_write_json, atomic_write_text, to_json, write_failed
 from .suite import MAX_SUITE_BYTES, Suite
+from .summary import run_stage_summary
 
 log = logging.getLogger("harness")
 
@@ -188,12 +189,13 @@ class Runner:
                                    f"(`harness run` runs stages in order)")
         self.prepare_stage_dir(stage)
         entry = self.suite.section(stage.section)[stage.entry]
-        plugin = entry.plugin.cls(entry.config)
+        plugin = entry.build()
         model = self.load_model(stage.model, stage.seed)
         ctx = self._context(stage)
         seed_everything(stage.seed)
         started = time.time()
-        metrics = plugin.run_stage(model, ctx)
+        # The metrics that follow from the records are computed here, from the declarations (one source of truth).
+        metrics = run_stage_summary(plugin, model, ctx)
         if plugin.changes_model:
             self._model = None  # training changed the weights in memory: reload before evaluating anything
         result = {"stage": stage.as_dict(), "plugin": entry.plugin.name, "package": entry.plugin.package,

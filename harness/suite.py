@@ -16,9 +16,11 @@ Shape (every section is a mapping from an entry name to its options; ``plugin:``
     full:  {seeds: [42, 1337]}
 
 Reserved keys in an entry: ``plugin``, ``enabled``; in metrics/attacks also ``models`` (the subset of models to run
-on, default all) and ``needs`` (entries whose stages must finish first, e.g. for transfer); in train ``model``
-(the starting model); in models ``from_train`` (the model is that train entry's checkpoint). Everything else is the
-plugin's own config and is validated by the plugin's ``Config``.
+on, default all) and ``needs`` (entries whose stages must finish first, e.g. for transfer); in attacks also
+``control_of`` (the entry is the random control of that attack entry: its plugin and options, run with random
+candidates; it takes no options of its own); in train ``model`` (the starting model); in models ``from_train`` (the
+model is that train entry's checkpoint). Everything else is the plugin's own config and is validated by the
+plugin's ``Config``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from .api import SECTIONS
+from .api import SECTIONS, AttackPlugin, Plugin
 from .config import PluginConfig, validated
 from .errors import ConfigError, did_you_mean
 from .overrides import apply_overrides
@@ -48,8 +50,10 @@ RESERVED = {
     "models": {"plugin", "enabled", "from_train"},
     "train": {"plugin", "enabled", "model"},
     "metrics": {"plugin", "enabled", "models", "needs"},
-    "attacks": {"plugin", "enabled", "models", "needs"},
+    "attacks": {"plugin", "enabled", "models", "needs", "control_of"},
 }
+#: What a control entry (``control_of:``) may set besides naming its attack: it runs its attack's plugin and options.
+CONTROL_KEYS = {"enabled", "models", "needs", "control_of"}
 
 
 @dataclass
@@ -63,10 +67,19 @@ class Entry:
     needs: list[str] = field(default_factory=list)
     from_train: str | None = None
     model: str | None = None
+    #: Attacks: the entry this one is the random control of (``control_of:``).
+    control_of: str | None = None
 
     @property
     def key(self) -> str:
         return f"{self.section}.{self.name}"
+
+    def build(self) -> Plugin[Any]:
+        """The entry's plugin, built with its validated config (and, for a control, the attack it controls)."""
+        plugin = self.plugin.cls(self.config)
+        if self.control_of is not None and isinstance(plugin, AttackPlugin):
+            plugin.control_of = self.control_of
+        return plugin
 
 
 @dataclass
@@ -222,6 +235,7 @@ def _parse_entries(data: dict[str, Any], section: str, path: Path, registry: Reg
                           f"write `{section}: {{name: {{plugin: ..., ...}}}}`")
     kind = SECTIONS[section]
     entries: dict[str, Entry] = {}
+    controls: dict[str, dict[str, Any]] = {}
     for name, options in block.items():
         check_name(name, path, f"{section}.{name}", SECTIONS[section] if section != "train" else "train entry")
         key = f"{section}.{name}"
@@ -233,6 +247,9 @@ def _parse_entries(data: dict[str, Any], section: str, path: Path, registry: Reg
         if not isinstance(enabled, bool):
             raise ConfigError(path, f"{key}.enabled", f"expected true or false, got {enabled!r}", "write `enabled: false`")
         if not enabled:
+            continue
+        if section == "attacks" and "control_of" in options:
+            controls[name] = options  # its plugin and options are its attack's: resolved once every entry is read
             continue
         plugin_name = options.get("plugin", name)
         if not isinstance(plugin_name, str):
@@ -254,7 +271,46 @@ def _parse_entries(data: dict[str, Any], section: str, path: Path, registry: Reg
         if section in ("metrics", "attacks"):
             entry.models = options.get("models")  # checked once models are known
             entry.needs = options.get("needs") or []
-    return entries
+    for name, options in controls.items():
+        target = block.get(options["control_of"]) if isinstance(options["control_of"], str) else None
+        if isinstance(target, dict) and target.get("enabled", True) is False:
+            continue  # the control of a disabled attack is disabled with it
+        entries[name] = _control_entry(name, options, entries, block, path)
+    return {name: entries[name] for name in block if name in entries}  # the suite's order, controls included
+
+
+def _control_entry(name: str, options: dict[str, Any], entries: dict[str, Entry], block: dict[str, Any],
+                   path: Path) -> Entry:
+    """Attack entry ``name`` with ``control_of: <attack>``: that attack's plugin and options, run as its random
+    control (the plugin's loop with random candidates: same positions, budget and examples)."""
+    key = f"attacks.{name}"
+    target = options["control_of"]
+    if not isinstance(target, str):
+        raise ConfigError(path, f"{key}.control_of", f"expected an attack entry name, got {target!r}",
+                          "write `control_of: <attack entry>`")
+    if target == name:
+        raise ConfigError(path, f"{key}.control_of", "an entry cannot be its own control", "name another attack entry")
+    extra = sorted(set(options) - CONTROL_KEYS)
+    if extra:
+        raise ConfigError(path, f"{key}.{extra[0]}", f"a control runs its attack's plugin and options ('{target}'), "
+                          f"so it takes no `{extra[0]}`", f"remove it (set it on attacks.{target}), keeping only "
+                          f"{', '.join(sorted(CONTROL_KEYS))}")
+    if target not in entries:
+        if isinstance(block.get(target), dict) and "control_of" in block[target]:
+            raise ConfigError(path, f"{key}.control_of", f"'{target}' is itself a control",
+                              f"name the attack '{target}' controls")
+        raise ConfigError(path, f"{key}.control_of", f"control of no attack entry '{target}'"
+                          f"{did_you_mean(target, [e for e in block if e != name])}",
+                          f"name an enabled attack entry ({', '.join(entries) or 'none defined'})")
+    attack = entries[target]
+    if not getattr(attack.plugin.cls, "randomizable", False):
+        raise ConfigError(path, f"{key}.control_of", f"attack plugin '{attack.plugin.name}' of '{target}' cannot run "
+                          "as a random control (it has no candidates to randomise)",
+                          "control an attack whose plugin can (hotflip, uat, gcg, the TextAttack bridge)")
+    entry = Entry("attacks", name, attack.plugin, PluginConfig(), dict(attack.raw), control_of=target)
+    entry.models = options.get("models")
+    entry.needs = options.get("needs") or []
+    return entry
 
 
 def _validate_config(entry: Entry, path: Path, extra: dict[str, Any] | None = None) -> PluginConfig:

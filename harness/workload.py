@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from .data import DocumentSource
+
+
+class TaskShape(Protocol):
+    """What a cost model reads of an attack's task (``harness.attacks.TaskConfig`` has it); a protocol, so that this
+    module does not import the attacks' toolkit (which imports the plugin API, which imports this)."""
+
+    prefix_eos: bool
+    context_tokens: int
+    continuation_tokens: int
 
 
 @dataclass(frozen=True)
@@ -161,3 +170,32 @@ class PlanInputs:
 class NoEstimate(Exception):
     """Raised by ``plan`` (or the document counts it asks for) when a stage cannot be estimated; the message says
     why and what would make it possible (shown as "no estimate: ...")."""
+
+
+# -- what every attack's cost model shares (public: a third party's ``plan`` uses them) -----------------------------
+
+#: Bytes of one per-example record (ids, token lists, texts) in records.jsonl, roughly.
+RECORD_BYTES = 2000
+
+
+def sequence_length(task: TaskShape, inserted: int = 0) -> int:
+    """Tokens of one attacked sequence of the shared task: ``[eos] + (inserted string) + context + continuation``."""
+    return int(task.prefix_eos) + inserted + task.context_tokens + task.continuation_tokens
+
+
+def planned_examples(inputs: PlanInputs, source: DocumentSource | None, wanted: int | None, task: TaskShape,
+                     where: str) -> tuple[int, str]:
+    """How many examples a stage attacks from ``source`` (``wanted`` of them, None: all) and a note for the plan when
+    the documents look too short to give that many; raises :class:`NoEstimate` when there are none."""
+    if source is None:
+        raise NoEstimate(f"{where}: no documents")
+    docs = inputs.documents(source)
+    need = task.context_tokens + task.continuation_tokens
+    n = docs.documents if wanted is None else min(wanted, docs.documents)
+    note = ""
+    if docs.tokens_per_document < need:
+        note = (f"; {where}: documents average {docs.tokens_per_document:,.0f} tokens, fewer than the {need} an example "
+                "needs (short ones are skipped: fewer examples)")
+    if n == 0:
+        raise NoEstimate(f"{where}: no documents")
+    return n, note

@@ -19,7 +19,7 @@ def test_each_attack_is_compared_with_its_control_on_paired_examples(tmp_path):
         attacks:
           hotflip: &hf {data: {dataset: json, data_files: @DATA@/test.jsonl, split: test}, n_examples: 6, flips: 2,
                         beam_width: 4, context_tokens: 16, continuation_tokens: 8}
-          random_hotflip: {plugin: random_token, hotflip: *hf}
+          random_hotflip: {control_of: hotflip}
         report:
           attack_metric: success_rate
           control_metrics: [success_rate, mean_relative_increase]

@@ -19,7 +19,8 @@ from harness.store import RecordLog, read_json
 from harness.suite import load_suite
 from harness import attacks as common
 from harness_plugins.attacks import uat
-from harness.attacks import Scorer, VocabFilter, allowed_tokens, summarize
+from harness.attacks import ATTACK_METRICS, Scorer, VocabFilter, allowed_tokens, attack_summary
+from harness.summary import complete_summary
 from harness_plugins.attacks.uat_transfer import UATTransfer, UATTransferConfig
 from tests.conftest import DATA, write_suite
 
@@ -37,7 +38,7 @@ attacks:
     {TASK}
     flips: 4
     beam_width: 16
-  random_hotflip: {{plugin: random_token, hotflip: *hotflip}}
+  random_hotflip: {{control_of: hotflip}}
   uat: &uat
     opt_data: {{dataset: json, data_files: @DATA@/valid.jsonl, split: valid}}
     eval_data: {{dataset: json, data_files: @DATA@/test.jsonl, split: test}}
@@ -50,7 +51,7 @@ attacks:
     batch_size: 8
     top_k: 4
     beam_size: 1
-  random_uat: {{plugin: random_token, uat: *uat}}
+  random_uat: {{control_of: uat}}
   uat_transfer: {{needs: [uat]}}
 """
 STAGES = {name: f"attacks/{name}/tiny/s42" for name in ("hotflip", "random_hotflip", "uat", "random_uat",
@@ -138,7 +139,7 @@ def test_vocabulary_filter(tiny):
 def test_summary_metrics_and_success_curve():
     recs = [common.example_record(str(i), 2.0, 2.0 * (1 + r), 0.15, queries=3)
             for i, r in enumerate([0.0, 0.1, 0.2, 0.5])]
-    m = summarize(recs, 0.15)
+    m = complete_summary(ATTACK_METRICS, recs, attack_summary(recs, 0.15))  # as the runner completes a summary
     assert m["success_rate"] == 0.5 and m["n_examples"] == 4 and m["mean_queries"] == 3
     assert m["mean_relative_increase"] == pytest.approx(0.2) and m["median_relative_increase"] == pytest.approx(0.15)
     curve = m["success_curve"]
@@ -240,7 +241,8 @@ def test_uat_never_optimises_on_held_out_documents(tiny, tmp_path, monkeypatch):
     other = _uat_config(eval_data=DocumentSource(data_files=[DATA / "test.jsonl"], split="test", skip=40))
     again = uat.run_uat(tiny, _ctx(tmp_path / "other"), other, lambda a: uat.gradient_candidates(other.top_k, a))
     assert again["trigger_ids"] == metrics["trigger_ids"] and again["restarts"] == metrics["restarts"]
-    assert again["mean_nll_before"] != metrics["mean_nll_before"]
+    held = [[r["nll_before"] for r in _ctx(tmp_path / run).records.records] for run in (".", "other")]
+    assert len(held[0]) == len(held[1]) == 4 and held[0] != held[1]  # other held-out documents
 
     overlapping = _uat_config(eval_data=DocumentSource(data_files=[DATA / "valid.jsonl"], split="valid", skip=3))
     with pytest.raises(HarnessError, match="also in opt_data"):
@@ -305,12 +307,23 @@ def test_random_control_is_deterministic_under_a_seed_and_changes_with_it(attack
     assert [r["new_tokens"] for r in changed] != [r["new_tokens"] for r in records(attack_run, "random_hotflip")]
 
 
-def test_random_token_needs_exactly_one_attack_config(tmp_path):
+@pytest.mark.parametrize("control, message", [
+    ("{control_of: hotfilp}", "control of no attack entry 'hotfilp'"),
+    ("{control_of: random_uat}", "'random_uat' is itself a control"),
+    ("{control_of: uat_transfer}", "attack plugin 'uat_transfer' of 'uat_transfer' cannot run as a random control"),
+    ("{control_of: hotflip, flips: 2}", "a control runs its attack's plugin and options ('hotflip'), so it takes no "
+                                        "`flips`"),
+    ("{control_of: random_hotflip}", "an entry cannot be its own control"),
+])
+def test_a_bad_control_is_one_line_naming_the_key(tmp_path, control, message):
     from harness import ConfigError
 
-    bad = SUITE.replace("{plugin: random_token, hotflip: *hotflip}", "{plugin: random_token}")
-    with pytest.raises(ConfigError, match="exactly one"):
+    bad = SUITE.replace("random_hotflip: {control_of: hotflip}", f"random_hotflip: {control}")
+    assert bad != SUITE
+    with pytest.raises(ConfigError) as err:
         load_suite(write_suite(tmp_path, bad))
+    assert message in str(err.value) and "attacks.random_hotflip" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("suite_file", ["quick.yaml", "pythia_full.yaml"])
@@ -319,9 +332,9 @@ def test_shipped_suites_give_each_control_exactly_its_attack_options(suite_file,
     from tests.conftest import ROOT
 
     suite = load_suite(ROOT / "suites" / suite_file, mode=mode)
-    controls = {e.name: e for e in suite.attacks.values() if e.plugin.name == "random_token"}
-    assert controls
+    controls = {e.name: e for e in suite.attacks.values() if e.control_of is not None}
+    assert {c.control_of for c in controls.values()} >= {"hotflip", "uat", "gcg"}
     for control in controls.values():
-        target = "hotflip" if control.config.hotflip is not None else "uat"
-        attack = suite.attacks[target]
-        assert getattr(control.config, target) == attack.config and control.models == attack.models
+        attack = suite.attacks[control.control_of]
+        assert control.plugin is attack.plugin and control.config == attack.config
+        assert control.models == attack.models and control.build().is_control() and not attack.build().is_control()

@@ -107,7 +107,7 @@ attacks:
     continuation_tokens: 16
     flips: 2
     beam_width: 8
-  random_hotflip: {plugin: random_token, hotflip: *hotflip}
+  random_hotflip: {control_of: hotflip}
   uat: &uat
     opt_data: {dataset: json, data_files: @DATA@/valid.jsonl, split: valid}
     eval_data: {dataset: json, data_files: @DATA@/test.jsonl, split: test}
@@ -121,7 +121,7 @@ attacks:
     batch_size: 4
     top_k: 2
     beam_size: 1
-  random_uat: {plugin: random_token, uat: *uat}
+  random_uat: {control_of: uat}
   uat_transfer: {needs: [uat]}
 """
 
@@ -150,8 +150,9 @@ def test_every_attack_records_its_budget_and_the_summary_averages_it(budget_run)
         assert r["gradient_calls"] == r["steps"] and r["queries"] == 1 + 8 * r["steps"] + r["steps"]
         assert 0 < r["gradient_tokens"] < r["tokens"]
     assert all(r["gradient_calls"] == 0 and r["gradient_tokens"] == 0 for r in control)
-    # At equal queries the control spends no backward passes, so fewer FLOPs per query than HotFlip.
-    ratio = lambda recs: sum(r["flops"] for r in recs) / sum(r["queries"] for r in recs)  # noqa: E731
+    # The control spends no backward passes, so fewer FLOPs per token computed than HotFlip (per query the two also
+    # differ by where their swaps land: a swap late in the context reuses more of the cached prefix).
+    ratio = lambda recs: sum(r["flops"] for r in recs) / sum(r["tokens"] for r in recs)  # noqa: E731
     assert ratio(control) < ratio(hotflip)
     uat_metrics, uat_records = budget_run["uat"]
     assert all(r["queries"] == 2 and r["gradient_calls"] == 0 for r in uat_records)

@@ -72,7 +72,7 @@ def test_limit_caps_every_metric_and_attack_entry_and_runs_apart(tmp_path):
     assert limited.output_dir == plain.output_dir.with_name(plain.output_dir.name + "-limit3")
     hotflip = limited.attacks["hotflip"].config
     assert hotflip.n_examples == 3 and hotflip.data.limit == 3
-    assert limited.attacks["random_hotflip"].config.model_dump()["hotflip"]["n_examples"] == 3  # nested configs too
+    assert limited.attacks["random_hotflip"].config.n_examples == 3  # a control (`control_of:`) too: its attack's config
     assert limited.metrics["perplexity"].config.data.limit == 3 and limited.metrics["lm_eval"].config.limit == 3
     assert limited.train["baseline"].config == plain.train["baseline"].config  # training is not an evaluation
     # Caps never raise a size: an entry already below N keeps its own.

@@ -9,6 +9,7 @@ import torch
 from harness import ConfigError, DocumentSource, HarnessError, StagePreempted
 from harness.attacks import Scorer, allowed_tokens, make_examples
 from harness.context import StageContext
+from harness.summary import run_stage_summary
 from harness.graph import Stage
 from harness.scoring import continuation_nll
 from harness.store import RecordLog
@@ -40,15 +41,16 @@ HOTFLIP_BUDGET = 69
 
 def test_untargeted_gcg_at_hotflips_budget_beats_hotflip_and_its_random_control(tiny, tmp_path):
     hot = hotflip.HotFlipAttack(hotflip.HotFlipConfig(**UNTARGETED, flips=4, beam_width=16))
-    hot_metrics = hot.attack(tiny, _ctx(tmp_path, "hotflip"))
+    hot_metrics = run_stage_summary(hot, tiny, _ctx(tmp_path, "hotflip"))
     options = dict(**UNTARGETED, num_steps=100, search_width=8, topk=8, buffer_size=1, max_queries=HOTFLIP_BUDGET)
     runs = {}
-    for mode in ("gcg", "random_token"):
-        attack = gcg.GCGAttack(gcg.GCGConfig(**options, mode=mode))
-        assert attack.is_control() == (mode == "random_token")
+    for mode in ("gcg", "random_gcg"):
+        attack = gcg.GCGAttack(gcg.GCGConfig(**options))
+        attack.control_of = "gcg" if mode == "random_gcg" else None  # as the core builds `control_of: gcg`
+        assert attack.is_control() == (mode == "random_gcg")
         ctx = _ctx(tmp_path, mode)
-        runs[mode] = (attack.attack(tiny, ctx), _records(ctx))
-    (ours, ours_recs), (rnd, rnd_recs) = runs["gcg"], runs["random_token"]
+        runs[mode] = (run_stage_summary(attack, tiny, ctx), _records(ctx))
+    (ours, ours_recs), (rnd, rnd_recs) = runs["gcg"], runs["random_gcg"]
     hot_recs = _records(_ctx(tmp_path, "hotflip"))
     assert [r["id"] for r in ours_recs] == [r["id"] for r in rnd_recs] == [r["id"] for r in hot_recs]
     # Budget: HotFlip spends exactly 69; GCG at most 69 (filter_ids drops some candidates); the control is charged
@@ -70,7 +72,7 @@ def test_targeted_gcg_makes_the_tiny_model_emit_a_short_target(tiny, tmp_path):
                         buffer_size=1, early_stop=True)
     assert 3 <= len(tiny.tokenizer(cfg.target)["input_ids"]) <= 5
     ctx = _ctx(tmp_path, "targeted")
-    metrics = gcg.GCGAttack(cfg).attack(tiny, ctx)
+    metrics = run_stage_summary(gcg.GCGAttack(cfg), tiny, ctx)
     recs = _records(ctx)
     assert metrics["exact_match_rate"] >= 0.75 and metrics["success_rate"] == metrics["exact_match_rate"]
     assert metrics["mean_target_nll"] < metrics["mean_nll_before"]
@@ -150,7 +152,7 @@ def test_universal_gcg_never_optimises_on_held_out_documents(tiny, tmp_path, mon
         return real_search(objective, *args, **kwargs)
 
     monkeypatch.setattr(gcg, "search", spying_search)
-    metrics = gcg.GCGAttack(cfg).attack(tiny, _ctx(tmp_path, "universal"))
+    metrics = run_stage_summary(gcg.GCGAttack(cfg), tiny, _ctx(tmp_path, "universal"))
     opt = make_examples(gcg.load_documents(VALID), tiny, cfg, 6)
     held_out = make_examples(gcg.load_documents(TEST), tiny, cfg, 4)
     opt_docs = {(ex.context, ex.continuation) for ex in opt}
@@ -166,18 +168,18 @@ def test_universal_gcg_never_optimises_on_held_out_documents(tiny, tmp_path, mon
               "stage": {"id": sid, "entry": "universal", "model": "tiny"}}
     stage = Stage("attacks/transfer/tiny/s42", "attacks", "transfer", "uat_transfer", "tiny", 42, True)
     ctx = StageContext(stage, tmp_path, tmp_path / "transfer", 42, "quick", inputs={sid: source}, show_progress=False)
-    cell = UATTransfer(UATTransferConfig()).attack(tiny, ctx)["transfer"]["tiny"]
+    cell = run_stage_summary(UATTransfer(UATTransferConfig()), tiny, ctx)["transfer"]["tiny"]
     for key in ("mean_relative_increase", "success_rate", "mean_nll_after", "n_examples"):
         assert cell[key] == metrics[key]
 
     # Another held-out split: the same string, since it never depended on held-out documents.
     other = _universal(eval_data=DocumentSource(data_files=[DATA / "test.jsonl"], split="test", skip=40))
-    again = gcg.GCGAttack(other).attack(tiny, _ctx(tmp_path, "universal_other"))
+    again = run_stage_summary(gcg.GCGAttack(other), tiny, _ctx(tmp_path, "universal_other"))
     assert again["trigger_ids"] == metrics["trigger_ids"] and again["mean_nll_before"] != metrics["mean_nll_before"]
 
     overlapping = _universal(eval_data=DocumentSource(data_files=[DATA / "valid.jsonl"], split="valid", skip=3))
     with pytest.raises(HarnessError, match="also in opt_data"):
-        gcg.GCGAttack(overlapping).attack(tiny, _ctx(tmp_path, "overlap"))
+        run_stage_summary(gcg.GCGAttack(overlapping), tiny, _ctx(tmp_path, "overlap"))
 
 
 # -- per-document targets (GCG-multi) ---------------------------------------------------------------------------
@@ -226,7 +228,7 @@ def test_universal_gcg_with_per_document_targets_judges_each_held_out_document_o
     held, wanted = _with_targets(tmp_path, TEST, "test_targets")
     cfg = _universal(opt_data=opt, eval_data=held, objective="targeted", target_field="target")
     ctx = _ctx(tmp_path, "multi")
-    metrics = gcg.GCGAttack(cfg).attack(tiny, ctx)
+    metrics = run_stage_summary(gcg.GCGAttack(cfg), tiny, ctx)
     recs = _records(ctx)
     assert len(recs) == 4 and [r["target_text"] for r in recs] == [wanted[r["id"]] for r in recs]
     assert len({r["target_text"] for r in recs}) > 1
@@ -239,7 +241,7 @@ def test_per_example_gcg_reads_each_documents_target(tiny, tmp_path):
     cfg = gcg.GCGConfig(data=source, n_examples=3, context_tokens=16, continuation_tokens=8, edit="suffix",
                         n_tokens=4, objective="targeted", target_field="target", num_steps=2, search_width=8, topk=8)
     ctx = _ctx(tmp_path, "per_doc")
-    gcg.GCGAttack(cfg).attack(tiny, ctx)
+    run_stage_summary(gcg.GCGAttack(cfg), tiny, ctx)
     recs = _records(ctx)
     assert len(recs) == 3 and [r["target_text"] for r in recs] == [wanted[r["id"]] for r in recs]
 
@@ -260,10 +262,10 @@ def _interrupted(tiny, tmp_path, cfg, name, after_saves):
 
     ctx.save_state = save_then_stop  # type: ignore[method-assign]
     with pytest.raises(StagePreempted):
-        gcg.GCGAttack(cfg).attack(tiny, ctx)
+        run_stage_summary(gcg.GCGAttack(cfg), tiny, ctx)
     assert saves["n"] == after_saves
     resumed = _ctx(tmp_path, name)  # a fresh process would start like this: the same stage directory
-    return gcg.GCGAttack(cfg).attack(tiny, resumed), _records(resumed)
+    return run_stage_summary(gcg.GCGAttack(cfg), tiny, resumed), _records(resumed)
 
 
 @pytest.mark.parametrize("kind", ["examples", "targeted", "universal"])
@@ -275,7 +277,7 @@ def test_interrupted_search_resumes_to_identical_numbers(tiny, tmp_path, kind):
         cfg = gcg.GCGConfig(data=TEST, n_examples=2, context_tokens=16, continuation_tokens=8, num_steps=7,
                             search_width=8, topk=8, buffer_size=2, save_every=2, **extra)
         stop_after = 4  # 3 saves per example (steps 2, 4, 6): inside the second example, after its step 2
-    straight = gcg.GCGAttack(cfg).attack(tiny, _ctx(tmp_path, "straight"))
+    straight = run_stage_summary(gcg.GCGAttack(cfg), tiny, _ctx(tmp_path, "straight"))
     straight_recs = _records(_ctx(tmp_path, "straight"))
     resumed, resumed_recs = _interrupted(tiny, tmp_path, cfg, "resumed", stop_after)
     assert resumed == straight and resumed_recs == straight_recs
@@ -283,7 +285,7 @@ def test_interrupted_search_resumes_to_identical_numbers(tiny, tmp_path, kind):
         cut = _ctx(tmp_path, "resumed")
         lines = (cut.stage_dir / "records.jsonl").read_text().splitlines(keepends=True)
         (cut.stage_dir / "records.jsonl").write_text(lines[0] + lines[1][:15])
-        assert gcg.GCGAttack(cfg).attack(tiny, cut) == straight and _records(cut) == straight_recs
+        assert run_stage_summary(gcg.GCGAttack(cfg), tiny, cut) == straight and _records(cut) == straight_recs
 
 
 # -- configuration errors ----------------------------------------------------------------------------------------
@@ -325,5 +327,5 @@ def test_a_target_longer_than_the_models_context_is_one_line_before_any_query(ti
                         target=" and" * (tiny.max_length + 1))
     monkeypatch.setattr(Scorer, "__init__", lambda *a, **k: pytest.fail("scored before checking the target"))
     with pytest.raises(HarnessError, match="positions of model 'tiny'") as err:
-        gcg.GCGAttack(cfg).attack(tiny, _ctx(tmp_path, "long"))
+        run_stage_summary(gcg.GCGAttack(cfg), tiny, _ctx(tmp_path, "long"))
     assert len(str(err.value).splitlines()) == 1

@@ -47,14 +47,14 @@ models:
   tiny: {plugin: pythia_tiny}
   masked: {plugin: masked_tiny}
 attacks:
-  hotflip: &hotflip
+  hotflip:
     data: {dataset: json, data_files: @DATA@/test.jsonl, split: test}
     n_examples: 12
     context_tokens: 16
     continuation_tokens: 8
     flips: 3
     beam_width: 8
-  random_hotflip: {plugin: random_token, hotflip: *hotflip}
+  random_hotflip: {control_of: hotflip}
   hotflip_transfer: {plugin: edit_transfer, needs: [hotflip], from_model: tiny}
   relaxation:
     plugin: soft_prompt

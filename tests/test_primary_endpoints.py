@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from harness import MetricSpec
-from harness.attacks import ATTACK_METRICS, example_record, summarize
+from harness.attacks import ATTACK_METRICS, attack_summary, example_record
 from harness.report import build_report
 from harness.report.primary import _levels
 from harness.store import atomic_write_json
+from harness.summary import complete_summary
 
 SEEDS = [1, 2, 3]
 N = 40
@@ -62,7 +63,8 @@ def make_run(root: Path, ppl_shift: dict[str, float], attack: dict[str, tuple[fl
             value = float(np.exp(sum(r["nll_sum"] for r in recs) / sum(r["tokens"] for r in recs)))
             add("metrics", "ppl", model, seed, {"ppl": value}, recs, PPL)
             recs = records(model, seed) if records else _attack_records(*attack[model], seed)
-            add("attacks", "atk", model, seed, summarize(recs, 0.15), recs, ATTACK_METRICS)
+            add("attacks", "atk", model, seed, complete_summary(ATTACK_METRICS, recs, attack_summary(recs, 0.15)), recs,
+                ATTACK_METRICS)
     suite = {"name": "primary", "models": {m: {} for m in ppl_shift},
              "report": {"baseline": "base", "gap": {"entry": "ppl", "metric": "ppl"}, "attack_metric": "success_rate",
                         "gap_target": 0.15, "attack_reduction_target": 0.40, "bootstrap_samples": 4000, **report}}

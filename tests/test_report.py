@@ -137,7 +137,7 @@ def make_run(root: Path, *, not_started=(), incomplete=(), stale=(), report: dic
     for model in MODELS if control else ():
         for seed in SEEDS:  # the control does about as well on both models here; its reduction may be anything
             metrics, records = attack_stage(rng, {"base": 0.5, "mono_ffn": 0.2}[model])
-            add(f"attacks/random_hotflip/{model}/s{seed}", "attacks", "random_hotflip", "random_token", model, seed,
+            add(f"attacks/random_hotflip/{model}/s{seed}", "attacks", "random_hotflip", "hotflip", model, seed,
                 metrics, records, extra={"control": True})
     for model in MODELS:
         for seed in SEEDS:
@@ -146,7 +146,8 @@ def make_run(root: Path, *, not_started=(), incomplete=(), stale=(), report: dic
             add(f"attacks/uat_transfer/{model}/s{seed}", "attacks", "uat_transfer", "uat_transfer", model, seed,
                 {"success_rate": 0.3, "transfer": row}, [], deps=[f"attacks/uat/{m}/s{seed}" for m in MODELS])
     report = {"baseline": "base", "compare": ["mono_ffn"], **PAPER_REPORT} if report is None else report
-    suite = {"name": "fake", "models": {m: {"plugin": "pythia_tiny"} for m in MODELS}, "report": report}
+    suite = {"name": "fake", "models": {m: {"plugin": "pythia_tiny"} for m in MODELS}, "report": report,
+             "attacks": {"random_hotflip": {"control_of": "hotflip"}} if control else {}}
     atomic_write_json(root / "config.resolved.json", {"mode": "quick", "suite": suite, "seeds": SEEDS,
                                                       "configs": {}, "stages": stages})
     return root, written

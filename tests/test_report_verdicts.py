@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 
 from harness import MetricSpec
-from harness.attacks import ATTACK_METRICS, example_record, summarize
+from harness.attacks import ATTACK_METRICS, attack_summary, example_record
 from harness.report import build_report
 from harness.report.stats import (ExampleStatistic, aligned_columns, bootstrap_examples, paired_bootstrap,
                                   paired_seed_bootstrap, percentile_interval, rng_for)
 from harness.report.verdicts import verdict
 from harness.store import atomic_write_json
+from harness.summary import complete_summary
 
 MEAN = ExampleStatistic(("x",), lambda c: c["x"].mean(axis=-1))
 
@@ -112,7 +113,7 @@ def _ppl_records(ratio: float) -> list[dict]:
     return [{"id": f"doc-{i}", "tokens": 10, "nll_sum": float(10 * (v + np.log(ratio)))} for i, v in enumerate(nll)]
 
 
-def make_run(root: Path, successes: dict[tuple[str, str], int], controls: set[str], report: dict,
+def make_run(root: Path, successes: dict[tuple[str, str], int], controls: dict[str, str], report: dict,
              drop: dict[str, str] | None = None, extra: dict[str, dict] | None = None,
              ppl_scales: dict[str, float] | None = None) -> Path:
     """Models base and mono, two seeds; attack entries with ``successes[(entry, model)]`` of N; a perplexity-like
@@ -144,13 +145,14 @@ def make_run(root: Path, successes: dict[tuple[str, str], int], controls: set[st
     for (entry, model), k in successes.items():
         for seed in SEEDS:
             recs = _attack_records(k, seed)
-            metrics = summarize(recs, 0.15)
+            metrics = complete_summary(ATTACK_METRICS, recs, attack_summary(recs, 0.15))
             if drop and entry in drop:
                 del metrics[drop[entry]]
             metrics.update((extra or {}).get(entry, {}))
             add("attacks", entry, "fake_attack", model, seed, metrics, recs, ATTACK_METRICS,
                 control=entry in controls)
     suite = {"name": "verdicts", "models": {model: {} for model in scales},
+             "attacks": {control: {"control_of": attack} for control, attack in controls.items()},
              "report": {"baseline": "base", "compare": ["mono"], "gap": {"entry": "ppl", "metric": "ppl"},
                         "attack_metric": "success_rate", "bootstrap_samples": 1000, "gap_target": 0.15,
                         "attack_reduction_target": 0.40, "curve_thresholds": [0.15, 0.30], **report}}
@@ -165,7 +167,7 @@ def _indicators(results: dict) -> dict:
 
 def test_without_targets_the_report_gives_values_and_intervals_but_no_verdict(tmp_path):
     """The core has no default target: a suite that sets none gets its comparisons measured, not judged."""
-    run = make_run(tmp_path / "run", {("strong", "base"): 30, ("strong", "mono"): 3}, controls=set(),
+    run = make_run(tmp_path / "run", {("strong", "base"): 30, ("strong", "mono"): 3}, controls={},
                    report={"gap_target": None, "attack_reduction_target": None})
     res = build_report(run).results
     assert res["report_config"]["gap_target"] is None and res["report_config"]["attack_reduction_target"] is None
@@ -185,13 +187,12 @@ def test_each_verdict_rule_on_a_constructed_run(tmp_path):
         ("damaged", "base"): 30, ("damaged", "mono"): 3,         # as strong as `strong` ...
         ("noise", "base"): 30, ("noise", "mono"): 4,             # ... but so is its control: same as control
     }
-    run = make_run(tmp_path / "run", successes, controls={"random_strong", "noise"},
-                   report={"controls": {"damaged": "noise"}})
+    run = make_run(tmp_path / "run", successes, controls={"random_strong": "strong", "noise": "damaged"}, report={})
     res = build_report(run).results
     ind = _indicators(res)
     strong = ind[("attack-success reduction", "strong")]
     assert strong["status"] == "met" and strong["met"] and strong["ci95"][0] > 0.40
-    assert strong["control_entry"] == "random_strong" and strong["minus_control_ci95"][0] > 0  # found by name
+    assert strong["control_entry"] == "random_strong" and strong["minus_control_ci95"][0] > 0  # its control_of
     assert strong["ci_method"] == "paired t over seeds, plus the examples the seeds share"
     assert ind[("attack-success reduction", "weak")]["status"] == "not met"
     mid = ind[("attack-success reduction", "mid")]
@@ -199,7 +200,7 @@ def test_each_verdict_rule_on_a_constructed_run(tmp_path):
     rare = ind[("attack-success reduction", "rare")]
     assert rare["status"] == "too few successes" and rare["baseline_value"] == pytest.approx(3 / N)
     damaged = ind[("attack-success reduction", "damaged")]
-    assert damaged["ci95"][0] > 0.40 and damaged["control_entry"] == "noise"  # named in report.controls
+    assert damaged["ci95"][0] > 0.40 and damaged["control_entry"] == "noise"  # control_of, not a name
     assert damaged["status"] == "same as control" and damaged["minus_control_ci95"][0] <= 0
     assert ind[("attack-success reduction", "noise")]["status"] == "control"
     # The gap: mono is 5% above base on every document; paired, the interval is tight around 5% (met), although
@@ -235,7 +236,7 @@ def test_each_model_is_judged_against_its_matched_controls(tmp_path):
     successes = {("strong", "base"): 30, ("strong", "mono"): 3, ("strong", "ctrl"): 30, ("strong", "ctrl_far"): 30,
                  ("close", "base"): 30, ("close", "mono"): 3, ("close", "ctrl"): 4, ("close", "ctrl_far"): 4,
                  ("worse", "base"): 30, ("worse", "mono"): 20, ("worse", "ctrl"): 5, ("worse", "ctrl_far"): 5}
-    run = make_run(tmp_path / "run", successes, controls=set(),
+    run = make_run(tmp_path / "run", successes, controls={},
                    report={"matched_controls": {"mono": ["ctrl", "ctrl_far"]}, "compare": ["mono"]},
                    ppl_scales={"base": 1.0, "mono": 1.05, "ctrl": 1.05, "ctrl_far": 1.05 * 1.5})
     res = build_report(run).results
@@ -272,7 +273,7 @@ def test_matched_controls_must_name_models(tmp_path):
 
 
 def test_missing_and_undeclared_metrics_are_reported_in_one_line(tmp_path):
-    run = make_run(tmp_path / "run", {("atk", "base"): 20, ("atk", "mono"): 10}, set(), {},
+    run = make_run(tmp_path / "run", {("atk", "base"): 20, ("atk", "mono"): 10}, {}, {},
                    drop={"atk": "median_relative_increase"}, extra={"atk": {"mystery_score": 1.0}})
     res = build_report(run).results
     warning = [w for w in res["warnings"] if "median_relative_increase" in w]

@@ -17,7 +17,7 @@ def run(tmp_path_factory):
     root = make_run(tmp_path_factory.mktemp("results") / "run",
                     {("strong", "base"): 30, ("strong", "mono"): 3, ("random_strong", "base"): 30,
                      ("random_strong", "mono"): 29},
-                    controls={"random_strong"},
+                    controls={"random_strong": "strong"},
                     report={"tables": [{"name": "main", "title": "Main table",
                                         "columns": [{"label": "PPL", "entry": "ppl", "metric": "ppl"}]}]})
     return results.load(root)

@@ -12,9 +12,9 @@ from harness.cli import main
 from harness.context import StageContext
 from harness.data import load_documents
 from harness.graph import Stage
+from harness.summary import run_stage_summary
 from harness_plugins.attacks import soft_prompt
 from harness_plugins.attacks.hotflip import HotFlipAttack, HotFlipConfig
-from harness_plugins.attacks.random_token import RandomTokenAttack, RandomTokenConfig
 from harness_plugins.attacks.soft_prompt import SoftPromptAttack, SoftPromptConfig
 from tests.conftest import DATA, write_suite
 
@@ -30,14 +30,16 @@ def _ctx(tmp_path, name: str, plugin: str = "soft_prompt") -> StageContext:
 
 def soft(tiny, tmp_path, name="soft", **options):
     attack = SoftPromptAttack(SoftPromptConfig.model_validate({**TASK, **options}))
-    return attack.attack(tiny, _ctx(tmp_path, name)), _ctx(tmp_path, name).records.records
+    return run_stage_summary(attack, tiny, _ctx(tmp_path, name)), _ctx(tmp_path, name).records.records
 
 
 def test_soft_suffix_beats_hotflip_and_its_control_at_a_small_budget(tiny, tmp_path):
     flip = {**TASK, "flips": 2, "beam_width": 8}  # 1 + 2 x 8 scores + 2 gradients = 19 queries per example
-    hotflip = HotFlipAttack(HotFlipConfig.model_validate(flip)).attack(tiny, _ctx(tmp_path, "hotflip", "hotflip"))
-    control = RandomTokenAttack(RandomTokenConfig.model_validate({"hotflip": flip})).attack(
-        tiny, _ctx(tmp_path, "random", "random_token"))
+    hotflip = run_stage_summary(HotFlipAttack(HotFlipConfig.model_validate(flip)), tiny,
+                                _ctx(tmp_path, "hotflip", "hotflip"))
+    random_control = HotFlipAttack(HotFlipConfig.model_validate(flip))
+    random_control.control_of = "hotflip"  # as the core builds `control_of: hotflip`
+    control = run_stage_summary(random_control, tiny, _ctx(tmp_path, "random", "hotflip"))
     metrics, records = soft(tiny, tmp_path, edit="suffix", n_tokens=2, steps=10, batch_size=3)
     assert [r["id"] for r in records] == [r["id"] for r in _ctx(tmp_path, "hotflip").records.records]  # same docs
     assert metrics["mean_queries"] <= hotflip["mean_queries"]  # 10 gradient passes + 2 exact scores
@@ -101,7 +103,7 @@ def test_interrupted_soft_prompt_resumes_to_identical_numbers(tiny, tmp_path, mo
     attack = SoftPromptAttack(SoftPromptConfig.model_validate({**TASK, **options}))
     ctx = _ctx(tmp_path, "cut")
     with pytest.raises(StagePreempted):
-        attack.attack(tiny, ctx)
+        run_stage_summary(attack, tiny, ctx)
     assert len(ctx.records) == 0
     assert torch.load(tmp_path / "cut" / "state-soft_prompt-0.pt", weights_only=True)["step"] == 10  # not finished
     monkeypatch.undo()
@@ -119,7 +121,8 @@ def test_interrupted_soft_prompt_resumes_to_identical_numbers(tiny, tmp_path, mo
 
     monkeypatch.setattr(soft_prompt, "save_state", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        SoftPromptAttack(SoftPromptConfig.model_validate({**TASK, **options})).attack(tiny, _ctx(tmp_path, "crash"))
+        run_stage_summary(SoftPromptAttack(SoftPromptConfig.model_validate({**TASK, **options})), tiny,
+                          _ctx(tmp_path, "crash"))
     monkeypatch.undo()
     log = tmp_path / "crash" / "records.jsonl"
     assert len(log.read_text().splitlines()) == 4
@@ -159,7 +162,7 @@ def test_soft_suffix_reaches_at_least_what_gcg_reaches_on_the_same_positions(tin
 
     options = {**TASK, "n_examples": 4, "edit": "suffix", "n_tokens": 4}
     gcg = GCGAttack(GCGConfig.model_validate({**options, "num_steps": 8, "search_width": 16, "topk": 16}))
-    gcg_metrics = gcg.attack(tiny, _ctx(tmp_path, "gcg", "gcg"))
+    gcg_metrics = run_stage_summary(gcg, tiny, _ctx(tmp_path, "gcg", "gcg"))
     metrics, records = soft(tiny, tmp_path, **options, steps=10, batch_size=4)
     assert [r["id"] for r in records] == [r["id"] for r in _ctx(tmp_path, "gcg").records.records]  # same docs
     assert metrics["mean_nll_before"] == pytest.approx(gcg_metrics["mean_nll_before"], abs=1e-9)

@@ -236,9 +236,9 @@ def test_deepwordbug_raises_nll_above_its_random_control(tmp_path):
           n_examples: 6
           query_budget: {budget}
           stop_at_goal: false
-        deepwordbug_random: {{<<: *dwb, control: true}}
+        deepwordbug_random: {{control_of: deepwordbug}}
         random_token:  # only to compare the examples and their unedited NLL
-          hotflip: {{data: {DATA_SOURCE}, n_examples: 6, flips: 1, beam_width: 2}}
+          {{plugin: hotflip, data: {DATA_SOURCE}, n_examples: 6, flips: 1, beam_width: 2}}
     """)
     runner = Runner(load_suite(suite), run_dir=tmp_path / "run", show_progress=False)
     results = {o.stage.entry: o.result["metrics"] for o in runner.run()}

@@ -92,7 +92,7 @@ def test_each_kind_maps_run_stage_to_its_method(tmp_path):
     Trainer(_Options()).run_stage(model, ctx)
     assert calls == ["evaluate", "attack", "train"]
     assert ctx.checkpoint_dir.is_dir()  # a trainer's stage gets its checkpoint directory
-    assert Attack(_Options()).result_fields() == {"control": True} and Metric(_Options()).result_fields() == {}
+    assert Attack(_Options()).result_fields() == {"control": True, "control_of": None} and Metric(_Options()).result_fields() == {}
     assert Trainer.changes_model and not Metric.changes_model and not Attack.changes_model
 
 

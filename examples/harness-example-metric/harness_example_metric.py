@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness import DocumentSource, LoadedModel, MetricPlugin, PluginConfig, StageContext, hookimpl, load_documents
+from harness import (Document, DocumentSource, LoadedModel, MetricPlugin, MetricSpec, PluginConfig, StageContext,
+                     hookimpl, load_documents)
+from harness.loop import run_examples
 
 
 class Top1AccuracyConfig(PluginConfig):
@@ -27,20 +29,21 @@ class Top1Accuracy(MetricPlugin):
     Config = Top1AccuracyConfig
     seeded = False
 
+    def declared_metrics(self) -> list[MetricSpec]:
+        # Token-weighted: sum(hits) / sum(tokens) over the records, computed by the core (and intervalled by the report).
+        return [MetricSpec("top1_accuracy", "Top-1 accuracy", field="hits", weight="tokens",
+                           aggregation="token_weighted", higher_is_better=True),
+                MetricSpec("tokens", "Tokens", aggregation="none", digits=0, show=False)]
+
     @torch.no_grad()
     def evaluate(self, model: LoadedModel, ctx: StageContext) -> dict:
-        docs = load_documents(self.config.data)
-        done = ctx.records.done()
-        with ctx.progress("documents", len(docs)) as bar:
-            for doc in docs:
-                if doc.id not in done:
-                    ids = model.tokenizer(doc.text, return_tensors="pt")["input_ids"][:, : self.config.max_length]
-                    logits = model.model(input_ids=ids.to(model.device)).logits[0, :-1]
-                    hits = (logits.argmax(-1).cpu() == ids[0, 1:]).sum().item()
-                    ctx.records.append({"id": doc.id, "tokens": ids.shape[1] - 1, "hits": hits})
-                bar.advance()
-        tokens = sum(r["tokens"] for r in ctx.records)
-        return {"top1_accuracy": sum(r["hits"] for r in ctx.records) / tokens, "tokens": tokens}
+        def score(doc: Document) -> dict:
+            ids = model.tokenizer(doc.text, return_tensors="pt")["input_ids"][:, : self.config.max_length]
+            logits = model.model(input_ids=ids.to(model.device)).logits[0, :-1]
+            return {"id": doc.id, "tokens": ids.shape[1] - 1, "hits": (logits.argmax(-1).cpu() == ids[0, 1:]).sum().item()}
+
+        records = run_examples(ctx, load_documents(self.config.data), score, label="documents")
+        return {"tokens": sum(r["tokens"] for r in records)}
 
 
 @hookimpl

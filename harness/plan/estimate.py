@@ -233,7 +233,7 @@ def estimate_stage(stage: Stage, suite: Suite, info: ModelInfo, accel: Accelerat
     if info.shape is None:
         est.reason = info.reason
         return est
-    plugin = entry.plugin.cls(entry.config)
+    plugin = entry.build()
     inputs = PlanInputs(shape=info.shape, dtype=info.dtype, device=accel.device, processes=processes,
                         chars_per_token=info.chars_per_token,
                         documents=lambda source: counter.stats(source, info.tokenizer),

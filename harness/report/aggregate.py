@@ -320,7 +320,9 @@ def attack_columns(agg: Aggregate) -> list[dict[str, Any]]:
 
 
 def is_control(run: RunData, entry: str) -> bool:
-    return any(s.done and s.result and s.result.get("control") for s in run.stages if s.entry == entry)
+    """Whether ``entry`` is a control: the suite says so (``control_of:``), or its results do (a plugin's own)."""
+    return entry in run.controls or any(s.done and s.result and s.result.get("control") for s in run.stages
+                                        if s.entry == entry)
 
 
 def attack_table(agg: Aggregate) -> dict[str, Any]:

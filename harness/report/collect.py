@@ -75,6 +75,8 @@ class RunData:
     #: Entry configs by ``section.entry`` (from config.resolved.json), for captions and labels.
     configs: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
+    #: Control entry -> the attack entry it is the random control of (the suite's ``control_of:``).
+    controls: dict[str, str] = field(default_factory=dict)
 
     def evaluations(self) -> list[StageData]:
         return [s for s in self.stages if s.section in ("metrics", "attacks")]
@@ -123,6 +125,9 @@ def load_run(run_dir: str | Path, config: ReportConfig | None = None) -> RunData
                if not (isinstance(opts, dict) and opts.get("enabled") is False)]
     seen = [s.model for s in stages if s.section != "train"] + [s.model for s in stages] + enabled
     models = list(dict.fromkeys(([config.baseline] if config.baseline in seen else []) + seen))
+    attacks = suite.get("attacks") if isinstance(suite.get("attacks"), dict) else {}
+    controls = {name: opts["control_of"] for name, opts in attacks.items()
+                if isinstance(opts, dict) and isinstance(opts.get("control_of"), str)}
     return RunData(run_dir=run_dir, suite=suite.get("name", run_dir.name), mode=resolved.get("mode", "?"),
                    seeds=resolved.get("seeds", []), models=models, stages=stages, config=config,
-                   configs=resolved.get("configs", {}), environment=environment)
+                   configs=resolved.get("configs", {}), environment=environment, controls=controls)

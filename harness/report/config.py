@@ -93,8 +93,6 @@ class ReportConfig(PluginConfig):
     #: A reduction against a baseline value of ``attack_metric`` below this (e.g. a success rate under 10%) is
     #: judged ``too few successes``: there is too little to reduce.
     attack_floor: float = Field(default=0.10, ge=0)
-    #: Attack entry -> the control entry it is judged against (default: see ``harness.report.aggregate.control_of``).
-    controls: dict[str, str] = Field(default_factory=dict)
     #: Metrics in which every attack is compared with its control on each model (attack minus control, paired
     #: interval): an attack that does not beat its random control at equal budget is a finding, not a result.
     #: Empty: ``attack_metric`` alone.

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..api import MetricSpec
+from ..summary import ExampleStatistic, example_columns, example_rows, numeric, statistic
+
+__all__ = ["ExampleStatistic", "example_columns", "example_rows", "statistic"]  # their owner: harness.summary
 
 #: Replicates computed per block, so a bootstrap over 10,000 examples stays within a few tens of MB.
 _BLOCK_ELEMENTS = 2_000_000
@@ -49,71 +50,6 @@ def percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[floa
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(replicates, [alpha, 1 - alpha])
     return float(lo), float(hi)
-
-
-@dataclass(frozen=True)
-class ExampleStatistic:
-    """How a metric follows from per-example records: the record fields it reads, and the statistic computed on
-    a (replicates x examples) array of each field."""
-
-    fields: tuple[str, ...]
-    compute: Callable[[dict[str, np.ndarray]], np.ndarray]
-
-
-def _mean(field: str) -> ExampleStatistic:
-    return ExampleStatistic((field,), lambda c: c[field].mean(axis=-1))
-
-
-def _token_weighted(field: str, weight: str, transform: Callable[[np.ndarray], np.ndarray]) -> ExampleStatistic:
-    return ExampleStatistic((field, weight), lambda c: transform(c[field].sum(axis=-1) / c[weight].sum(axis=-1)))
-
-
-def statistic(spec: MetricSpec) -> ExampleStatistic | None:
-    """The statistic a declared metric is of its records, or None (no field, or ``aggregation: none``)."""
-    field = spec.field
-    if field is None or spec.kind != "scalar":
-        return None
-    if spec.threshold is not None and spec.aggregation == "mean":
-        t = spec.threshold
-        return ExampleStatistic((field,), lambda c: (c[field] > t).mean(axis=-1))
-    if spec.aggregation == "mean":
-        return _mean(field)
-    if spec.aggregation == "median":
-        return ExampleStatistic((field,), lambda c: np.median(c[field], axis=-1))
-    if spec.aggregation in ("token_weighted", "token_weighted_exp") and spec.weight:
-        transform = np.exp if spec.aggregation == "token_weighted_exp" else (lambda x: x)
-        return _token_weighted(field, spec.weight, transform)
-    return None
-
-
-def _numeric(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def example_rows(spec: MetricSpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records that are examples of ``spec``: those matching its ``where`` and holding a number in every field
-    its statistic reads (rows of another kind, or without the field, are not examples of this metric)."""
-    stat = statistic(spec)
-    if stat is None:
-        return []
-    return [r for r in records
-            if all(r.get(k) == v for k, v in spec.where.items())
-            and all(_numeric(r.get(f)) is not None for f in stat.fields)]
-
-
-def example_columns(spec: MetricSpec | None,
-                    records: list[dict[str, Any]]) -> tuple[ExampleStatistic, dict[str, np.ndarray]] | None:
-    """The statistic behind a declared metric and its per-example columns, or None when the records cannot give it."""
-    if spec is None or (stat := statistic(spec)) is None:
-        return None
-    rows = example_rows(spec, records)
-    if not rows:
-        return None
-    return stat, {f: np.asarray([_numeric(r[f]) for r in rows], dtype=float) for f in stat.fields}
 
 
 def reproduces(stat: ExampleStatistic, columns: dict[str, np.ndarray], value: float) -> bool:
@@ -186,7 +122,7 @@ def aligned_columns(stat: ExampleStatistic,
     shared = [i for i in by_id[0] if all(i in other for other in by_id[1:])]
     if not shared:
         return None
-    return [{f: np.asarray([_numeric(ids[i][f]) for i in shared], dtype=float) for f in stat.fields} for ids in by_id]
+    return [{f: np.asarray([numeric(ids[i][f]) for i in shared], dtype=float) for f in stat.fields} for ids in by_id]
 
 
 def paired_bootstrap(stat: ExampleStatistic, seeds: Sequence[Sequence[dict[str, np.ndarray]]], n_boot: int,

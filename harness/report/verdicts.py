@@ -10,10 +10,8 @@ reduction under random edits too. A reduction against a baseline value below ``r
 successes to reduce) says ``too few successes`` when the metric is a rate (the mean of a true/false record field,
 or a curve's rate at a threshold).
 
-How an attack finds its control (a stage whose plugin's ``is_control()`` is true): ``report.controls`` names it
-(``{attack_entry: control_entry}``); else the one control whose stages need the attack's stages (``needs:``); else
-the one control whose entry name contains the attack's entry name as whole ``_``-separated words
-(``random_hotflip`` for ``hotflip``, ``deepwordbug_random`` for ``deepwordbug``). None found: ``no control``.
+An attack's control is the entry the suite declares with ``control_of: <attack entry>`` (read from the run's
+``config.resolved.json``, never guessed from names); none: ``no control``.
 """
 
 from __future__ import annotations
@@ -122,28 +120,15 @@ def _interval(draws: np.ndarray, confidence: float) -> list[float] | None:
 
 
 def control_of(agg: Aggregate, entry: str) -> tuple[str | None, str]:
-    """The control entry an attack is judged against, and how it was found (see the module's docstring)."""
+    """The control entry an attack is judged against, and how it was found: the suite's ``control_of:`` (the first
+    in suite order when several entries control the same attack)."""
     run = agg.run
-    controls = [e for e in attack_entries(agg) if is_control(run, e) and e != entry]
-    named = run.config.controls.get(entry)
-    if named is not None:
-        return (named, "named in report.controls") if named in controls else (None, f"report.controls names "
-                                                                                     f"'{named}', which is no control entry of this run")
-    needing = [c for c in controls if any(d.startswith(f"attacks/{entry}/") for s in run.stages if s.entry == c
-                                          for d in s.deps)]
-    if len(needing) == 1:
-        return needing[0], "its stages need the attack's"
-    words = entry.split("_")
-    by_name = [c for c in controls if _contains(c.split("_"), words)]
-    if len(by_name) == 1:
-        return by_name[0], "its entry name contains the attack's"
-    if len(by_name) > 1:
-        return None, f"several controls match by name ({', '.join(by_name)}): name one in report.controls"
-    return None, "no control entry matches (name one in report.controls)"
-
-
-def _contains(words: list[str], part: list[str]) -> bool:
-    return any(words[i:i + len(part)] == part for i in range(len(words) - len(part) + 1))
+    controls = [e for e in attack_entries(agg) if run.controls.get(e) == entry]
+    if not controls:
+        return None, f"no entry of the suite has `control_of: {entry}`"
+    if len(controls) > 1:
+        return controls[0], f"the first of its controls ({', '.join(controls)}; `control_of` in the suite)"
+    return controls[0], "`control_of` in the suite"
 
 
 def indicators(agg: Aggregate) -> list[dict[str, Any]]:

@@ -12,8 +12,9 @@ A record's edited context is its ``adversarial_ids`` when they are the whole con
 ``new_tokens`` put at ``positions`` (HotFlip). Token ids are replayed as they are, so both models must share the
 vocabulary: an example whose context this model tokenizes differently is refused with one line.
 
-Metrics: the shared attack summary (:func:`harness.attacks.summarize`) of the replayed edits; each record names the
-source model (``source``, as ``uat_transfer``'s) and stage.
+Metrics: the shared attack metrics (``ATTACK_METRICS``, computed by the core from the records) of the replayed
+edits; each record names the source model (``source``, as ``uat_transfer``'s) and stage. The per-example loop is the
+core's (:func:`harness.loop.run_examples`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, NoEstimate,
-                     PlanInputs, PluginConfig, StageContext, StagePreempted, Workload, load_documents)
-from harness.attacks import ATTACK_METRICS, Example, Scorer, TaskConfig, example_record, make_examples, summarize
-
-from .workload import RECORD_BYTES, _length
+from harness import (RECORD_BYTES, AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec,
+                     NoEstimate, PlanInputs, PluginConfig, StageContext, Workload, load_documents, sequence_length)
+from harness.attacks import (ATTACK_METRICS, Example, Scorer, TaskConfig, attack_progress, attack_summary,
+                             example_record, make_examples)
+from harness.loop import run_examples
 
 
 class EditTransferConfig(PluginConfig):
@@ -94,30 +95,25 @@ class EditTransferAttack(AttackPlugin[EditTransferConfig]):
         examples = {ex.id: ex for ex in make_examples(load_documents(src.data), model, src, where=f"{where} ({sid})")}
         tok = model.tokenizer
         scorer = Scorer(model, cfg.batch_tokens)
-        done = ctx.records.done()
-        source_records = ctx.input_records(sid)
-        with ctx.progress("replayed examples", len(source_records)) as bar:
-            for record in source_records:
-                ex = examples.get(record.get("id"))
-                if ex is None or ("original_text" in record and tok.decode(list(ex.context)) != record["original_text"]):
-                    raise HarnessError(f"{where}: example {record.get('id')} of {sid} has another context on model "
-                                       f"'{model.name}' (another tokenizer?); fix: replay edits only between models "
-                                       "that share a vocabulary")
-                if ex.id in done:
-                    bar.advance()
-                    continue
-                if ctx.should_stop:
-                    raise StagePreempted(ctx.stage.id)
-                scorer.budget.reset()
-                context = edited_context(record, ex)
-                before, after = scorer.nll(torch.tensor([ex.ids(), ex.ids(context)]), len(ex.continuation)).tolist()
-                ctx.records.append(example_record(
-                    ex.id, before, after, src.threshold, **scorer.budget.as_record(), source=cfg.from_model,
-                    source_stage=sid, positions=[i for i, (a, b) in enumerate(zip(ex.context, context)) if a != b],
-                    adversarial_ids=context, adversarial_text=tok.decode(context)))
-                bar.advance()
-        return {**summarize(ctx.records.records, src.threshold), "source_model": cfg.from_model,
-                "source_stage": sid}
+        source_records = {record.get("id"): record for record in ctx.input_records(sid)}
+        for example_id, record in source_records.items():  # every source example checked before any is scored
+            ex = examples.get(example_id)
+            if ex is None or ("original_text" in record and tok.decode(list(ex.context)) != record["original_text"]):
+                raise HarnessError(f"{where}: example {example_id} of {sid} has another context on model "
+                                   f"'{model.name}' (another tokenizer?); fix: replay edits only between models "
+                                   "that share a vocabulary")
+
+        def replay(ex: Example) -> dict[str, Any]:
+            context = edited_context(source_records[ex.id], ex)
+            before, after = scorer.nll(torch.tensor([ex.ids(), ex.ids(context)]), len(ex.continuation)).tolist()
+            return example_record(
+                ex.id, before, after, src.threshold, source=cfg.from_model, source_stage=sid,
+                positions=[i for i, (a, b) in enumerate(zip(ex.context, context)) if a != b],
+                adversarial_ids=context, adversarial_text=tok.decode(context))
+
+        records = run_examples(ctx, [examples[i] for i in source_records], replay, scorer=scorer,
+                               label="replayed examples", show=attack_progress)
+        return {**attack_summary(records, src.threshold), "source_model": cfg.from_model, "source_stage": sid}
 
     def plan(self, inputs: PlanInputs) -> Workload:
         """Two exact scores per replayed example (with and without the edits), ``harness plan``."""
@@ -126,7 +122,7 @@ class EditTransferAttack(AttackPlugin[EditTransferConfig]):
             if stage.get("model") == self.config.from_model and stage.get("section") == "attacks":
                 src = source_config(dep)
                 n = int((dep.get("config") or {}).get("n_examples") or 0) or inputs.documents(src.data).documents
-                length = _length(src)
+                length = sequence_length(src)
                 return Workload(forward_tokens=2 * n * length, context=length, queries=2 * n,
                                 forward_calls=n, batches=[Batch(2, length, logit_positions=src.continuation_tokens + 1,
                                                                 label="exact scoring")],

@@ -23,8 +23,9 @@ Each step (:func:`gcg_step`):
 replaces the targeted loss by mellowmax of the target tokens' negative logits (as nanoGCG). ``universal: true``
 optimises one string over an optimisation split (``batch_size`` documents per step, in a seeded order, as UAT; with
 ``target_field`` each document keeps its own target, as GCG-multi) and judges it on a disjoint held-out split;
-its string feeds ``uat_transfer`` like a UAT trigger. ``mode: random_token`` is the control: the same loop, the same positions, the same candidate count, with uniform allowed tokens instead of
-the gradient's top-k (and no gradient pass). ``max_queries`` caps each example's exact evaluations plus gradient
+its string feeds ``uat_transfer`` like a UAT trigger. Its random control (``control_of: <this entry>``) runs the same
+loop, the same positions, the same candidate count, with uniform allowed tokens instead of the gradient's top-k (and
+no gradient pass). ``max_queries`` caps each example's exact evaluations plus gradient
 passes (the control is charged the gradient passes it skips, so both score the same number of candidates): "GCG at
 HotFlip's budget" is a config.
 
@@ -44,16 +45,16 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, PlanInputs,
-                     StageContext, StagePreempted, Workload, hookimpl, load_documents)
-from . import SUCCESS_THRESHOLD
+from harness import (RECORD_BYTES, AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec,
+                     PlanInputs, StageContext, StagePreempted, Workload, hookimpl, load_documents, planned_examples)
 from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, PROGRESS_FIELD, Budget, ContinuationLoss, Example,
-                             Scorer, TaskConfig,
-                             allowed_tokens, attack_rng, disjoint_splits, example_record, make_examples,
-                             best_so_far, position_histogram, random_allowed, select_examples, summarize)
+                             Scorer, TaskConfig, allowed_tokens, attack_progress, attack_rng, attack_summary,
+                             best_so_far, disjoint_splits, example_record, make_examples, position_histogram,
+                             random_allowed, select_examples)
+from harness.loop import run_chunks, run_examples
+from harness.triggers import evaluate_trigger, optimisation_budget, tokenizer_fingerprint
 
-from .uat import evaluate_trigger, optimisation_budget, tokenizer_fingerprint
-from .workload import RECORD_BYTES, _examples
+from . import SUCCESS_THRESHOLD
 
 Edit = Literal["context", "suffix", "prefix"]
 
@@ -99,8 +100,6 @@ class GCGConfig(TaskConfig):
 
     #: Per example (universal: for the optimisation): exact evaluations + gradient passes at most; None: no cap.
     max_queries: int | None = Field(default=None, ge=1)
-    #: ``random_token``: the control (uniform allowed tokens at the same positions and budget, no gradient).
-    mode: Literal["gcg", "random_token"] = "gcg"
     #: Steps between two saved states (the most work an interruption loses).
     save_every: int = Field(default=5, ge=1)
 
@@ -308,13 +307,14 @@ def buffer_add(buffer: list[tuple[float, list[int]]], size: int, loss: float, st
 def search(objective: Objective, init: list[int], allowed: torch.Tensor, tokenizer: Any, cfg: GCGConfig,
            gen: torch.Generator, key: str, batches: Sequence[Sequence[int]], ctx: StageContext | None = None,
            untargeted_before: float | None = None, threshold: float = 0.0,
-           init_loss: float | None = None) -> SearchState:
-    """The GCG loop (or its random control) from ``init``, over the document batch of each step (``batches[step %
-    len(batches)]``); resumes from ``ctx``'s saved state for ``key`` and saves every ``save_every`` steps.
-    ``init_loss``: the loss of ``init`` where the caller has scored it already (not scored again)."""
+           init_loss: float | None = None, control: bool = False) -> SearchState:
+    """The GCG loop (or, ``control``, its random control) from ``init``, over the document batch of each step
+    (``batches[step % len(batches)]``); resumes from ``ctx``'s saved state for ``key`` and saves every ``save_every``
+    steps: a search that checkpoints inside one example (the core's loop's lower-level door: it raises
+    StagePreempted itself, after its state is saved). ``init_loss``: the loss of ``init`` where the caller has scored
+    it already (not scored again)."""
     scorer = objective.scorer
     targeted = objective.problem.objective == "targeted"
-    control = cfg.mode == "random_token"
     saved = ctx.load_state("gcg") if ctx is not None else None
     if saved is not None and saved["key"] == key:
         state = SearchState.from_json(saved)
@@ -440,37 +440,32 @@ def targets(model: LoadedModel, cfg: GCGConfig, source: DocumentSource | None, e
     return tails
 
 
-def attack_examples(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> dict[str, Any]:
-    """One search per example (resuming after the recorded ones and inside the one interrupted)."""
+def attack_examples(model: LoadedModel, ctx: StageContext, cfg: GCGConfig, control: bool) -> dict[str, Any]:
+    """One search per example (the core's loop; a search resumes inside the example it was interrupted in)."""
     where = ctx.stage.entry
     assert cfg.data is not None
     examples = make_examples(load_documents(cfg.data), model, cfg, where=f"{where}.data")
     examples = select_examples(examples, cfg.n_examples, cfg.sample, ctx)
-    tails = targets(model, cfg, cfg.data, examples, where)
+    tails = dict(zip((ex.id for ex in examples), targets(model, cfg, cfg.data, examples, where)))
     allowed = allowed_tokens(model, cfg.vocab)
-    tok = model.tokenizer
-    init = None if cfg.edit == "context" else init_string(tok, cfg, where)
-    done = ctx.records.done()
-    with ctx.progress("examples", len(examples)) as bar:
-        bar.advance(sum(1 for ex in examples if ex.id in done))
-        for ex, tail in zip(examples, tails):
-            if ex.id in done:
-                continue
-            if ctx.should_stop:
-                raise StagePreempted(ctx.stage.id)
-            ctx.records.append(attack_one(model, Problem([ex], [tail], cfg.edit, cfg.objective), init, allowed, cfg,
-                                          attack_rng(ctx, "gcg", ex.id), ctx))
-            bar.advance()
-            bar.set(success=float(np.mean([r["success"] for r in ctx.records.records])))
-    return gcg_summary(ctx.records.records, cfg)
-
-
-def attack_one(model: LoadedModel, problem: Problem, init: list[int] | None, allowed: torch.Tensor, cfg: GCGConfig,
-               gen: torch.Generator, ctx: StageContext | None) -> dict[str, Any]:
-    """Search one example; its record."""
-    tok = model.tokenizer
-    ex = problem.examples[0]
+    init = None if cfg.edit == "context" else init_string(model.tokenizer, cfg, where)
     scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
+
+    def attack_example(ex: Example) -> dict[str, Any]:
+        scorer.forget()  # each search starts without cached keys and values, as a resumed one does
+        scorer.screen_stats.clear()  # the screen's record fields are per example, as the budget is
+        return attack_one(scorer, model.tokenizer, Problem([ex], [tails[ex.id]], cfg.edit, cfg.objective), init,
+                          allowed, cfg,
+                          attack_rng(ctx, "gcg", ex.id), ctx, control)
+
+    records = run_examples(ctx, examples, attack_example, scorer=scorer, show=attack_progress)
+    return gcg_summary(records, cfg)
+
+
+def attack_one(scorer: Scorer, tok: Any, problem: Problem, init: list[int] | None, allowed: torch.Tensor,
+               cfg: GCGConfig, gen: torch.Generator, ctx: StageContext | None, control: bool = False) -> dict[str, Any]:
+    """Search one example with ``scorer`` (which counts what it spends) and tokenizer ``tok``; its record."""
+    ex = problem.examples[0]
     objective = Objective(scorer, problem, cfg)
     targeted = cfg.objective == "targeted"
     k = len(problem.tails[0])
@@ -479,12 +474,12 @@ def attack_one(model: LoadedModel, problem: Problem, init: list[int] | None, all
     # A context edit starts from the document itself: its loss is the unattacked NLL, scored just now.
     known = objective.sign * before if init is None and objective.custom is None else None
     state = search(objective, start, allowed, tok, cfg, gen, ex.id, [[0]], ctx,
-                   untargeted_before=None if targeted else before, threshold=cfg.threshold, init_loss=known)
+                   untargeted_before=None if targeted else before, threshold=cfg.threshold, init_loss=known,
+                   control=control)
     string = state.best[1]
     if targeted:
         nll, match = objective.exact_match([0], string)  # the target NLL itself (the loss may be mellowmax)
-    fields: dict[str, Any] = {**scorer.budget.as_record(), **scorer.screen_record(), "steps": state.step,
-                              "dropped_candidates": state.dropped,
+    fields: dict[str, Any] = {**scorer.screen_record(), "steps": state.step, "dropped_candidates": state.dropped,
                               "adversarial_ids": string, "adversarial_text": tok.decode(string)}
     if not targeted and objective.custom is None:  # the loss is minus the NLL: the best NLL after each step
         fields[PROGRESS_FIELD] = best_so_far(before, [-loss for loss in state.losses])
@@ -502,21 +497,18 @@ def attack_one(model: LoadedModel, problem: Problem, init: list[int] | None, all
 
 
 def gcg_summary(records: Sequence[dict[str, Any]], cfg: GCGConfig) -> dict[str, Any]:
-    metrics = summarize(records, cfg.threshold)
-    mean = (lambda xs: float(np.mean(xs)) if len(xs) else float("nan"))
-    metrics["mean_steps"] = mean([r["steps"] for r in records if "steps" in r])
+    """What does not follow from a declaration: the shared attack summary's, the positions, the median steps to
+    success (the core computes success, NLL, steps and the budget from the records)."""
+    metrics = attack_summary(records, cfg.threshold)
     if cfg.edit == "context" and not cfg.universal:
         metrics[POSITIONS_METRIC.name] = position_histogram(records, cfg.context_tokens)
     if cfg.objective == "targeted":
-        matches = [bool(r["exact_match"]) for r in records]
-        metrics["success_rate"] = metrics["exact_match_rate"] = mean(matches)
-        metrics["mean_target_nll"] = mean([r["target_nll"] for r in records])
         steps = [r["steps_to_success"] for r in records if r.get("steps_to_success") is not None]
         metrics["median_steps_to_success"] = float(np.median(steps)) if steps else None
     return metrics
 
 
-def attack_universal(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> dict[str, Any]:
+def attack_universal(model: LoadedModel, ctx: StageContext, cfg: GCGConfig, control: bool) -> dict[str, Any]:
     """One string optimised on the optimisation split only, then judged on the held-out split (as UAT)."""
     where = ctx.stage.entry
     assert cfg.opt_data is not None and cfg.eval_data is not None
@@ -531,7 +523,8 @@ def attack_universal(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> d
     batches = [[order[(b * size + j) % len(opt)] for j in range(size)] for b in range(n_batches)]
     scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
     objective = Objective(scorer, problem, cfg)
-    state = search(objective, init, allowed, tok, cfg, attack_rng(ctx, "gcg", "universal"), "universal", batches, ctx)
+    state = search(objective, init, allowed, tok, cfg, attack_rng(ctx, "gcg", "universal"), "universal", batches, ctx,
+                   control=control)
     string = state.best[1]
     summary: dict[str, Any] = {"n_opt": len(opt), **optimisation_budget(scorer.budget), "steps": state.step,
                                "dropped_candidates": state.dropped, "adversarial_ids": string,
@@ -540,24 +533,28 @@ def attack_universal(model: LoadedModel, ctx: StageContext, cfg: GCGConfig) -> d
         # Held-out numbers through UAT's evaluation, so that uat_transfer's diagonal reproduces them.
         records = evaluate_trigger(Scorer(model, cfg.batch_tokens), held_out, string, model, ctx, cfg.threshold,
                                    placement=cfg.edit)
-        metrics = summarize(records, cfg.threshold)
+        metrics = attack_summary(records, cfg.threshold)
         metrics.update(summary, trigger_ids=string, trigger_text=tok.decode(string), trigger_placement=cfg.edit)
         return metrics
     held = Problem(held_out, targets(model, cfg, cfg.eval_data, held_out, where), cfg.edit, cfg.objective)
     judge = Objective(Scorer(model, cfg.batch_tokens), held, cfg)
-    docs = list(range(len(held_out)))
-    before, _ = judge.scores(docs, None)
-    after, match = judge.exact_match(docs, string)
-    spent = judge.scorer.budget.as_record(share=len(held_out))  # 2 queries each, the passes shared equally
-    done = ctx.records.done()
-    for i, ex in enumerate(held_out):
-        if ex.id not in done:
-            record = example_record(ex.id, float(before[i]), float(after[i]), cfg.threshold, **spent,
+
+    def judge_all(examples: list[Example]) -> list[dict[str, Any]]:
+        """Every held-out example in one chunk: 2 queries each, the passes shared equally by the core's loop."""
+        docs = list(range(len(examples)))
+        before, _ = judge.scores(docs, None)
+        after, match = judge.exact_match(docs, string)
+        records = []
+        for i, ex in enumerate(examples):
+            record = example_record(ex.id, float(before[i]), float(after[i]), cfg.threshold,
                                     adversarial_ids=string, adversarial_text=tok.decode(string))
             record.update(success=bool(match[i]), exact_match=bool(match[i]), target_nll=float(after[i]),
                           target_text=tok.decode(list(held.tails[i])))
-            ctx.records.append(record)
-    metrics = gcg_summary(ctx.records.records, cfg)
+            records.append(record)
+        return records
+
+    records = run_chunks(ctx, held_out, len(held_out), judge_all, scorer=judge.scorer, label="held-out")
+    metrics = gcg_summary(records, cfg)
     metrics.update(summary)
     return metrics
 
@@ -566,14 +563,14 @@ class GCGAttack(AttackPlugin[GCGConfig]):
     """Greedy Coordinate Gradient (nanoGCG's loop): gradient top-k candidates, scored exactly in batches."""
 
     name = "gcg"
-    version = "2"  # FLOPs count the vocabulary projection where it runs; `screen:` (off by default)
+    version = "3"  # FLOPs count the vocabulary projection where it runs; `screen:` (off by default)
+    # v2: `mode: random_token` gives way to `control_of:`; the record metrics computed by the core
+    randomizable = True
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config
-        return attack_universal(model, ctx, cfg) if cfg.universal else attack_examples(model, ctx, cfg)
-
-    def is_control(self) -> bool:
-        return self.config.mode == "random_token"
+        run = attack_universal if cfg.universal else attack_examples
+        return run(model, ctx, cfg, self.is_control())
 
     def reuse_config(self) -> dict[str, Any] | None:
         """One search per example with a stream keyed by the example: a change of ``n_examples`` keeps the records
@@ -595,10 +592,10 @@ class GCGAttack(AttackPlugin[GCGConfig]):
 
     def plan(self, inputs: PlanInputs) -> Workload:
         """Queries and gradient passes of this stage, from the config (upper bounds; ``harness plan``)."""
-        return gcg_workload(self.config, inputs)
+        return gcg_workload(self.config, inputs, control=self.is_control())
 
 
-def gcg_workload(cfg: GCGConfig, inputs: PlanInputs) -> Workload:
+def gcg_workload(cfg: GCGConfig, inputs: PlanInputs, control: bool = False) -> Workload:
     """Per search: the initial scores, then per step one gradient pass (not the control's), ``search_width``
     candidates (fewer after ``filter_ids``), and a targeted search's exact-match check; capped by ``max_queries``."""
 
@@ -606,14 +603,14 @@ def gcg_workload(cfg: GCGConfig, inputs: PlanInputs) -> Workload:
     tail = cfg.continuation_tokens  # a target's length is unknown before tokenising: the continuation's stands in
     length = int(cfg.prefix_eos) + cfg.context_tokens + string + tail
     if cfg.universal:
-        n_opt, note = _examples(inputs, cfg.opt_data, cfg.n_opt, cfg, "opt_data")
-        n_eval, note_eval = _examples(inputs, cfg.eval_data, cfg.n_eval, cfg, "eval_data")
+        n_opt, note = planned_examples(inputs, cfg.opt_data, cfg.n_opt, cfg, "opt_data")
+        n_eval, note_eval = planned_examples(inputs, cfg.eval_data, cfg.n_eval, cfg, "eval_data")
         docs, searches, note = min(cfg.batch_size, n_opt), 1, note + note_eval
     else:
-        n_eval, note = _examples(inputs, cfg.data, cfg.n_examples, cfg, "data")
+        n_eval, note = planned_examples(inputs, cfg.data, cfg.n_examples, cfg, "data")
         docs, searches = 1, n_eval
     check = docs if cfg.objective == "targeted" and not cfg.universal else 0
-    grad = 0 if cfg.mode == "random_token" else docs
+    grad = 0 if control else docs
     per_step = docs * cfg.search_width + check
     # With a screen, the candidates' forward tokens are priced as the screen spends them (draft + exact scores).
     width = cfg.search_width if cfg.screen is None else cfg.screen.cost_in_candidates(cfg.search_width,

@@ -11,7 +11,9 @@ Per example, the attacker edits context tokens to raise the model's NLL of the c
 
 Up to ``flips`` steps (a count, or a fraction of the context tokens). The per-example Spearman correlation between
 the estimates and the exact loss changes of the swaps scored shows how far the linearisation can be trusted (on a
-monotonic model, say). The ``random_token`` control runs this same loop with random swaps instead of step 1.
+monotonic model, say). Its random control (``control_of: <this entry>``) runs this same loop with ``beam_width``
+random (position, token) swaps instead of step 1, drawn from a stream keyed by (example, step): the swaps a step
+offers do not depend on the path the search took to get there.
 """
 
 from __future__ import annotations
@@ -26,18 +28,19 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from harness import (AttackPlugin, Batch, DocumentSource, LoadedModel, MetricSpec, PlanInputs, StageContext,
-                     StagePreempted, Workload, hookimpl, load_documents)
-from . import SUCCESS_THRESHOLD
+from harness import (RECORD_BYTES, AttackPlugin, Batch, DocumentSource, LoadedModel, MetricSpec, PlanInputs,
+                     StageContext, Workload, hookimpl, load_documents, planned_examples, sequence_length)
 from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, PROGRESS_FIELD, Example, Scorer, TaskConfig,
-                             allowed_tokens,
-                             example_record, make_examples, position_histogram, select_examples, spearman, summarize)
+                             allowed_tokens, attack_progress, attack_rng, attack_summary, example_record,
+                             make_examples, position_histogram, select_examples, spearman)
+from harness.loop import run_examples
 
-from .workload import RECORD_BYTES, _examples, _length
+from . import SUCCESS_THRESHOLD
 
-#: Proposes swaps for the current sequence: (ids, editable positions, swaps already tried at these ids) ->
+#: Proposes swaps for the current sequence: (ids, editable positions, swaps already tried at these ids, step) ->
 #: (swaps as (position, token) pairs, first-order estimates of their loss change or None).
-Proposer = Callable[[list[int], list[int], set[tuple[int, int]]], tuple[list[tuple[int, int]], list[float] | None]]
+Proposer = Callable[[list[int], list[int], set[tuple[int, int]], int],
+                    tuple[list[tuple[int, int]], list[float] | None]]
 
 
 class HotFlipConfig(TaskConfig):
@@ -80,9 +83,9 @@ def flip_search(scorer: Scorer, example: Example, steps: int, propose: Proposer)
     current = float(scorer.nll(torch.tensor([ids]), k)[0])
     out = FlipOutcome(list(ids), current, current, nll_by_step=[current])
     tried: set[tuple[int, int]] = set()
-    for _ in range(steps):
+    for step in range(steps):
         editable = [p for p in context if p not in out.flipped]
-        swaps, estimates = propose(ids, editable, tried)
+        swaps, estimates = propose(ids, editable, tried, step)
         if not swaps:
             break
         out.steps += 1
@@ -111,7 +114,7 @@ def gradient_proposer(scorer: Scorer, allowed: torch.Tensor, n_scored: int, beam
     """HotFlip's candidates: the swaps with the largest first-order loss increase."""
     cache: dict[tuple[int, ...], tuple[list[int], torch.Tensor]] = {}
 
-    def propose(ids: list[int], editable: list[int], tried: set[tuple[int, int]]):
+    def propose(ids: list[int], editable: list[int], tried: set[tuple[int, int]], step: int):
         if not editable:
             return [], None
         key = tuple(ids)
@@ -137,69 +140,54 @@ def gradient_proposer(scorer: Scorer, allowed: torch.Tensor, n_scored: int, beam
     return propose
 
 
-def run_flip_attack(model: LoadedModel, ctx: StageContext, cfg: HotFlipConfig,
-                    make_proposer: Callable[[Scorer, torch.Tensor, Example], Proposer]) -> dict[str, Any]:
-    """Attack every example (resuming after the recorded ones), write its record, return the summary metrics."""
-    examples = make_examples(load_documents(cfg.data), model, cfg, where=f"{ctx.stage.entry}.data")
-    examples = select_examples(examples, cfg.n_examples, cfg.sample, ctx)
-    allowed = allowed_tokens(model, cfg.vocab)
-    tok = model.tokenizer
-    done = ctx.records.done()
-    scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
-    with ctx.progress("examples", len(examples)) as bar:
-        bar.advance(sum(1 for ex in examples if ex.id in done))
-        for ex in examples:
-            if ex.id in done:
-                continue
-            if ctx.should_stop:  # records so far are durable: the rerun resumes at this example
-                raise StagePreempted(ctx.stage.id)
-            scorer.budget.reset()  # counted per example
-            out = flip_search(scorer, ex, n_flips(cfg.flips, len(ex.context)), make_proposer(scorer, allowed, ex))
-            start = len(ex.prefix)
-            edited = out.ids[start:start + len(ex.context)]
-            positions = sorted(out.flipped)
-            ctx.records.append(example_record(
-                ex.id, out.nll_before, out.nll_after, cfg.threshold, **scorer.budget.as_record(),
-                steps=out.steps, positions=[p - start for p in positions],
-                original_tokens=[out.flipped[p][0] for p in positions],
-                new_tokens=[out.flipped[p][1] for p in positions],
-                adversarial_text=tok.decode(edited), original_text=tok.decode(list(ex.context)),
-                spearman=spearman(out.estimates, out.changes) if out.estimates else None,
-                **{PROGRESS_FIELD: out.nll_by_step}))
-            records = ctx.records.records
-            bar.advance()
-            bar.set(success=float(np.mean([r["success"] for r in records])),
-                    queries=int(sum(r["queries"] for r in records)))
-    return flip_summary(ctx.records.records, cfg)
+def random_proposer(allowed: torch.Tensor, beam_width: int, stream: Callable[[int], torch.Generator]) -> Proposer:
+    """The control's candidates: ``beam_width`` distinct untried swaps, uniform over (editable position, allowed
+    token), drawn from ``stream(step)``."""
+    allowed_ids = allowed.nonzero()[:, 0]
+
+    def propose(ids: list[int], editable: list[int], tried: set[tuple[int, int]], step: int):
+        gen = stream(step)
+        swaps: list[tuple[int, int]] = []
+        seen = set(tried)
+        for _ in range(20):  # rejection sampling; the pool (positions x vocabulary) dwarfs beam_width
+            if len(swaps) == beam_width or not editable:
+                break
+            pos = torch.randint(len(editable), (beam_width,), generator=gen).tolist()
+            tok = allowed_ids[torch.randint(len(allowed_ids), (beam_width,), generator=gen)].tolist()
+            for p, t in zip(pos, tok):
+                swap = (editable[p], t)
+                if t != ids[swap[0]] and swap not in seen and len(swaps) < beam_width:
+                    seen.add(swap)
+                    swaps.append(swap)
+        return swaps, None
+
+    return propose
 
 
-#: What :func:`flip_summary` adds to the shared attack summary.
+#: What HotFlip adds to the shared attack summary: flips per example (from the summary) and the positions.
 FLIP_METRICS = [
     MetricSpec("mean_flips", "Flips / example", digits=2, show=False),
     POSITIONS_METRIC,
 ]
 #: HotFlip's own: how far its first-order estimates rank the swaps as the exact scores do. The mean over the examples
-#: that have one (records with `spearman: null` are skipped, as flip_summary does).
+#: that have one (records with `spearman: null` are not examples of it).
 SPEARMAN_METRIC = MetricSpec("spearman_mean", "Spearman (estimate vs exact)", field="spearman", digits=2, show=False)
 
 
 def flip_summary(records: Sequence[dict[str, Any]], cfg: HotFlipConfig) -> dict[str, Any]:
-    metrics = summarize(records, cfg.threshold)
-    metrics["mean_flips"] = float(np.mean([len(r["positions"]) for r in records])) if records else 0.0
-    metrics[POSITIONS_METRIC.name] = position_histogram(records, cfg.context_tokens)
-    rhos = [r["spearman"] for r in records if r.get("spearman") is not None]
-    if rhos:
-        metrics["spearman_mean"] = float(np.mean(rhos))
-    return metrics
+    """What does not follow from a declaration: the shared attack summary's, flips per example, the positions."""
+    return {**attack_summary(records, cfg.threshold),
+            "mean_flips": float(np.mean([len(r["positions"]) for r in records])) if records else 0.0,
+            POSITIONS_METRIC.name: position_histogram(records, cfg.context_tokens)}
 
 
 # -- cost model (harness plan) ------------------------------------------------------------------------------------
 def flip_workload(cfg: HotFlipConfig, inputs: PlanInputs, gradient: bool) -> Workload:
     """HotFlip (``gradient``) or its random control: per example, ``steps`` x (a gradient pass + beam_width scores).
 
-    Follows :func:`run_flip_attack`, an upper bound where it stops early: every step is assumed to run."""
-    n, note = _examples(inputs, cfg.data, cfg.n_examples, cfg, "data")
-    length = _length(cfg)
+    Follows :meth:`HotFlipAttack.attack`, an upper bound where it stops early: every step is assumed to run."""
+    n, note = planned_examples(inputs, cfg.data, cfg.n_examples, cfg, "data")
+    length = sequence_length(cfg)
     steps = n_flips(cfg.flips, cfg.context_tokens)
     scored = n * (1 + steps * cfg.beam_width)
     grads = n * steps if gradient else 0
@@ -221,11 +209,13 @@ class HotFlipAttack(AttackPlugin[HotFlipConfig]):
     """HotFlip on causal LMs: gradient-ranked token swaps in the context, scored exactly in batches."""
 
     name = "hotflip"
-    version = "3"  # FLOPs count the vocabulary projection where it runs; `screen:` (off by default)
+    version = "4"  # FLOPs count the vocabulary projection where it runs; `screen:` (off by default)
+    # v3: the random control is this plugin (`control_of:`), its swaps keyed by (example, step)
     # v2: records and summary gain the budget (tokens, FLOPs) and the position histogram
+    randomizable = True
 
     def declared_metrics(self) -> list[MetricSpec]:
-        return ATTACK_METRICS + FLIP_METRICS + [SPEARMAN_METRIC]
+        return ATTACK_METRICS + FLIP_METRICS + ([] if self.is_control() else [SPEARMAN_METRIC])
 
     def reuse_config(self) -> dict[str, Any]:
         """Each example's search depends on that example alone: a change of ``n_examples`` keeps the records."""
@@ -233,12 +223,36 @@ class HotFlipAttack(AttackPlugin[HotFlipConfig]):
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config
-        return run_flip_attack(model, ctx, cfg, lambda scorer, allowed, ex: gradient_proposer(
-            scorer, allowed, len(ex.continuation), cfg.beam_width))
+        examples = make_examples(load_documents(cfg.data), model, cfg, where=f"{ctx.stage.entry}.data")
+        examples = select_examples(examples, cfg.n_examples, cfg.sample, ctx)
+        allowed = allowed_tokens(model, cfg.vocab)
+        tok = model.tokenizer
+        scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
+
+        def attack_example(ex: Example) -> dict[str, Any]:
+            if self.is_control():
+                propose = random_proposer(allowed, cfg.beam_width,
+                                          lambda step: attack_rng(ctx, "hotflip", "control", ex.id, step))
+            else:
+                propose = gradient_proposer(scorer, allowed, len(ex.continuation), cfg.beam_width)
+            out = flip_search(scorer, ex, n_flips(cfg.flips, len(ex.context)), propose)
+            start = len(ex.prefix)
+            edited = out.ids[start:start + len(ex.context)]
+            positions = sorted(out.flipped)
+            return example_record(
+                ex.id, out.nll_before, out.nll_after, cfg.threshold, steps=out.steps,
+                positions=[p - start for p in positions], original_tokens=[out.flipped[p][0] for p in positions],
+                new_tokens=[out.flipped[p][1] for p in positions],
+                adversarial_text=tok.decode(edited), original_text=tok.decode(list(ex.context)),
+                spearman=spearman(out.estimates, out.changes) if out.estimates else None,
+                **{PROGRESS_FIELD: out.nll_by_step})
+
+        records = run_examples(ctx, examples, attack_example, scorer=scorer, show=attack_progress)
+        return flip_summary(records, cfg)
 
     def plan(self, inputs: PlanInputs) -> Workload:
         """Queries and gradient passes of this stage, from the config (``harness plan``)."""
-        return flip_workload(self.config, inputs, gradient=True)
+        return flip_workload(self.config, inputs, gradient=not self.is_control())
 
 
 @hookimpl

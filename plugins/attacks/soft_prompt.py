@@ -49,12 +49,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, PlanInputs,
-                     StageContext, StagePreempted, Workload, atomic_write_bytes, hookimpl, load_documents)
-from . import SUCCESS_THRESHOLD
+from harness import (RECORD_BYTES, AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec,
+                     PlanInputs, StageContext, StagePreempted, Workload, atomic_write_bytes, hookimpl, load_documents,
+                     planned_examples)
 from harness.attacks import (ATTACK_METRICS, PROGRESS_FIELD, Budget, Example, Scorer, TaskConfig, allowed_tokens,
-                             attack_rng, best_so_far, budget_summary, example_record, make_examples, random_allowed,
-                             select_examples, summarize)
+                             attack_rng, attack_summary, best_so_far, example_record, make_examples, random_allowed,
+                             select_examples)
+from harness.loop import run_chunks
+
+from . import SUCCESS_THRESHOLD
 
 
 class SoftPromptConfig(TaskConfig):
@@ -185,10 +188,11 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def optimise_chunk(scorer: Scorer, chunk: list[Example], allowed: torch.Tensor, geo: Geometry, cfg: SoftPromptConfig,
-                   target: list[int] | None, ctx: StageContext, path: Path, bar: Any) -> dict[str, Any]:
+                   target: list[int] | None, ctx: StageContext, path: Path) -> dict[str, Any]:
     """``restarts`` x ``steps`` of gradient ascent (untargeted) or descent (targeted) on the chunk's embeddings,
-    resuming from the state at ``path``; returns each example's best result, its loss curve (``curve``: NLL per
-    restart and step) and what the chunk spent (``budget``)."""
+    resuming from the state at ``path``; returns each example's best result and its loss curve (``curve``: NLL per
+    restart and step); what the chunk spent is in ``scorer.budget``. Checkpoints inside the chunk (the core's loop's
+    lower-level door: it saves its state, then raises StagePreempted itself)."""
     sign = -1.0 if cfg.objective == "untargeted" else 1.0  # minimise sign x NLL
     device = scorer.embeddings.device
     labels = torch.tensor([scored_tokens(ex, target) for ex in chunk], device=device)
@@ -254,8 +258,6 @@ def optimise_chunk(scorer: Scorer, chunk: list[Example], allowed: torch.Tensor, 
             state["step"] = step + 1
             if state["step"] % cfg.save_every == 0:
                 checkpoint()
-            bar.advance()
-            bar.set(best_nll=float(state["best_nll"].mean()))
         if not state.get("finished"):
             with torch.no_grad():  # the embeddings after the last step
                 nll, match = continuation_loss(scorer, assemble(scorer, chunk, params, cfg, target), labels, False)
@@ -263,7 +265,7 @@ def optimise_chunk(scorer: Scorer, chunk: list[Example], allowed: torch.Tensor, 
             state["finished"] = True
             checkpoint()  # the restart's result (the best embeddings), kept until the chunk's records are written
         if state["restart"] + 1 >= cfg.restarts:
-            return {**state, "budget": scorer.budget}
+            return state
         state.update(restart=state["restart"] + 1, step=0, finished=False)  # the next start, a fresh optimiser
         with torch.no_grad():
             params.copy_(init_params(scorer, chunk, allowed, cfg, ctx, geo, state["restart"]))
@@ -273,14 +275,12 @@ def optimise_chunk(scorer: Scorer, chunk: list[Example], allowed: torch.Tensor, 
 
 
 def soft_prompt_summary(records: list[dict[str, Any]], cfg: SoftPromptConfig) -> dict[str, Any]:
+    """What does not follow from a declaration (the core computes the rest from the records)."""
     steps = [r["steps_to_success"] for r in records if r["steps_to_success"] is not None]
     extra = {"median_steps_to_success": float(np.median(steps)) if steps else None}
     if cfg.objective == "untargeted":
-        return {**summarize(records, cfg.threshold), **extra}
-    mean = (lambda key: float(np.mean([r[key] for r in records])) if records else float("nan"))  # noqa: E731
-    return {"exact_match_rate": mean("exact_match"), "mean_target_nll": mean("target_nll"),
-            "mean_target_nll_before": mean("target_nll_before"), "n_examples": len(records),
-            **budget_summary(records), **extra}
+        return {**attack_summary(records, cfg.threshold), **extra}
+    return {"n_examples": len(records), **extra}
 
 
 STEPS_METRIC = MetricSpec("median_steps_to_success", "Steps to success (median)", aggregation="none", digits=0,
@@ -326,50 +326,37 @@ class SoftPromptAttack(AttackPlugin[SoftPromptConfig]):
         allowed = allowed_tokens(model, cfg.vocab)
         scorer = Scorer(model, cfg.batch_tokens)
         geo = geometry(scorer, allowed, cfg)
-        done = ctx.records.done()
-        chunks = [examples[i:i + cfg.batch_size] for i in range(0, len(examples), cfg.batch_size)]
-        per_chunk = cfg.steps * cfg.restarts
-        with ctx.progress("soft-prompt steps", len(chunks) * per_chunk) as bar:
-            for first, chunk in zip(range(0, len(examples), cfg.batch_size), chunks):
-                if all(ex.id in done for ex in chunk):
-                    bar.advance(per_chunk)
-                    continue
-                if ctx.should_stop:
-                    raise StagePreempted(ctx.stage.id)
-                scorer.budget.reset()
-                path = state_path(ctx, first)
-                if path.exists():
-                    saved = torch.load(path, weights_only=True)
-                    bar.advance(int(saved["step"]) + int(saved.get("restart", 0)) * cfg.steps)
-                out = optimise_chunk(scorer, chunk, allowed, geo, cfg, target, ctx, path, bar)
-                spent = out["budget"].as_record(share=len(chunk))  # equal rows: the chunk's passes shared equally
-                for i, ex in enumerate(chunk):
-                    if ex.id in done:
-                        continue
-                    first_success = int(out["first_success"][i])
-                    # The mean L2 norm per token of the free embeddings, or of the context's perturbation.
-                    curve = out["curve"][:, :, i]  # [restarts, steps + 1]: the NLL at every step of every restart
-                    fields = {**spent, "steps": cfg.steps, "restarts": cfg.restarts, "edit": cfg.edit,
-                              "loss_curve": curve.tolist(),
-                              "steps_to_success": first_success if first_success >= 0 else None,
-                              "adversary_norm": float(out["best_params"][i].norm(dim=-1).mean())}
-                    if target is None:
-                        fields[PROGRESS_FIELD] = best_so_far(float(out["nll_before"][i]), curve.flatten().tolist())
-                        ctx.records.append(example_record(ex.id, float(out["nll_before"][i]),
-                                                          float(out["best_nll"][i]), cfg.threshold, **fields))
-                    else:
-                        ctx.records.append({"id": ex.id, "target_nll_before": float(out["nll_before"][i]),
-                                            "target_nll": float(out["best_nll"][i]),
-                                            "exact_match": bool(out["best_match"][i]), **fields})
-        return soft_prompt_summary(ctx.records.records, cfg)
+        first = {ex.id: i for i, ex in enumerate(examples)}
+
+        def attack_chunk(chunk: list[Example]) -> list[dict[str, Any]]:
+            out = optimise_chunk(scorer, chunk, allowed, geo, cfg, target, ctx, state_path(ctx, first[chunk[0].id]))
+            records = []
+            for i, ex in enumerate(chunk):
+                first_success = int(out["first_success"][i])
+                curve = out["curve"][:, :, i]  # [restarts, steps + 1]: the NLL at every step of every restart
+                # The mean L2 norm per token of the free embeddings, or of the context's perturbation.
+                fields = {"steps": cfg.steps, "restarts": cfg.restarts, "edit": cfg.edit,
+                          "loss_curve": curve.tolist(),
+                          "steps_to_success": first_success if first_success >= 0 else None,
+                          "adversary_norm": float(out["best_params"][i].norm(dim=-1).mean())}
+                if target is None:
+                    fields[PROGRESS_FIELD] = best_so_far(float(out["nll_before"][i]), curve.flatten().tolist())
+                    records.append(example_record(ex.id, float(out["nll_before"][i]), float(out["best_nll"][i]),
+                                                  cfg.threshold, **fields))
+                else:
+                    records.append({"id": ex.id, "target_nll_before": float(out["nll_before"][i]),
+                                    "target_nll": float(out["best_nll"][i]),
+                                    "exact_match": bool(out["best_match"][i]), **fields})
+            return records
+
+        records = run_chunks(ctx, examples, cfg.batch_size, attack_chunk, scorer=scorer)
+        return soft_prompt_summary(records, cfg)
 
     def plan(self, inputs: PlanInputs) -> Workload:
         """Per example: one exact score of the unedited example, then per restart ``steps`` forward + backward
         passes and one last forward pass of the adversarial embeddings (``harness plan``)."""
-        from .workload import RECORD_BYTES, _examples
-
         cfg = self.config
-        n, note = _examples(inputs, cfg.data, cfg.n_examples, cfg, "data")
+        n, note = planned_examples(inputs, cfg.data, cfg.n_examples, cfg, "data")
         scored = (cfg.continuation_tokens if cfg.target is None
                   else max(1, round(len(cfg.target) / inputs.chars_per_token)))  # the target's tokens, estimated
         plain = int(cfg.prefix_eos) + cfg.context_tokens + scored

@@ -13,36 +13,33 @@ and optimised to raise the mean continuation NLL over an **optimisation split**;
 
 Several restarts start from different random triggers (the same ones for every model and for the control at a
 seed); the one with the highest mean NLL on the whole optimisation split wins. State is saved after every
-iteration, so an interrupted stage resumes at the last finished one. The ``random_token`` control runs this same
-loop with random candidate tokens instead of steps 1-2.
+iteration, so an interrupted stage resumes at the last finished one (the optimisation keeps its own loop: its state
+spans documents). Its random control (``control_of: <this entry>``) runs this same loop with ``top_k`` random
+allowed tokens per position instead of steps 1-2 (random coordinate search, like the published study's UAT), on the
+same splits, from the same initial triggers.
 """
 
 from __future__ import annotations
 
 import math
-
-import hashlib
-import json
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 from pydantic import Field
 
-from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, PlanInputs,
-                     StageContext, StagePreempted, Workload, hookimpl)
-from . import SUCCESS_THRESHOLD
+from harness import (RECORD_BYTES, AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec,
+                     PlanInputs, StageContext, StagePreempted, Workload, hookimpl, planned_examples, sequence_length)
 from harness.attacks import (ATTACK_METRICS, Budget, Example, Scorer, TaskConfig, allowed_tokens, attack_rng,
-                             disjoint_splits, example_record, random_allowed, summarize)
+                             attack_summary, disjoint_splits, random_allowed)
+from harness.triggers import (EVAL_CHUNK, evaluate_trigger, optimisation_budget, tokenizer_fingerprint,
+                              triggered_batch)
 
-from .workload import RECORD_BYTES, _examples, _length
+from . import SUCCESS_THRESHOLD
 
 #: Candidate tokens per trigger position: (scorer, batch ids [B, T], n_scored, trigger positions, trigger, restart,
 #: iteration) -> LongTensor [trigger_length, top_k].
 CandidateFn = Callable[[Scorer, torch.Tensor, int, list[int], list[int], int, int], torch.Tensor]
-#: Held-out examples are scored in fixed chunks, so a resumed stage scores each one in the same batch as before.
-EVAL_CHUNK = 64
 
 
 class UATConfig(TaskConfig):
@@ -67,12 +64,6 @@ class UATConfig(TaskConfig):
     beam_size: int = Field(default=2, ge=1)
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """Identity of a vocabulary: a trigger's ids mean the same tokens exactly when the fingerprints agree."""
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
-    return hashlib.sha256(vocab.encode()).hexdigest()[:16]
-
-
 def load_splits(model: LoadedModel, cfg: UATConfig, where: str) -> tuple[list[Example], list[Example]]:
     """The optimisation and held-out examples; refuses overlapping splits."""
     need = int(cfg.prefix_eos) + cfg.trigger_length + cfg.context_tokens + cfg.continuation_tokens
@@ -80,22 +71,6 @@ def load_splits(model: LoadedModel, cfg: UATConfig, where: str) -> tuple[list[Ex
         raise HarnessError(f"{where}: trigger_length + context_tokens + continuation_tokens (+1) = {need} exceeds the "
                            f"{model.max_length} positions of model '{model.name}'; fix: make them smaller")
     return disjoint_splits(model, cfg, cfg.opt_data, cfg.eval_data, cfg.n_opt, cfg.n_eval, where)
-
-
-#: Where a universal string goes: before the context (a UAT trigger) or after it (a universal GCG suffix).
-Placement = Literal["prefix", "suffix"]
-
-
-def with_trigger(example: Example, trigger: Sequence[int], placement: Placement = "prefix") -> list[int]:
-    if placement == "prefix":
-        return example.ids(trigger=trigger)
-    return [*example.prefix, *example.context, *trigger, *example.continuation]
-
-
-def triggered_batch(examples: Sequence[Example], triggers: Sequence[Sequence[int]],
-                    placement: Placement = "prefix") -> torch.Tensor:
-    """``[len(triggers) * len(examples), T]``: every example with every trigger (trigger-major)."""
-    return torch.tensor([with_trigger(ex, t, placement) for t in triggers for ex in examples])
 
 
 def mean_loss(scorer: Scorer, examples: Sequence[Example], triggers: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -116,6 +91,19 @@ def gradient_candidates(top_k: int, allowed: torch.Tensor) -> CandidateFn:
         estimate[:, ~allowed] = -torch.inf
         estimate[torch.arange(len(trigger)), current] = -torch.inf
         return estimate.topk(min(top_k, int(allowed.sum())), dim=1).indices
+
+    return candidates
+
+
+def random_candidates(top_k: int, allowed: torch.Tensor, ctx: StageContext) -> CandidateFn:
+    """The control's candidates: per position, ``top_k`` uniform allowed tokens (no gradient pass), drawn from a
+    stream keyed by (restart, iteration). The key's "random_token" names the plugin that ran this control before
+    ``control_of:``; kept, so the control draws the very tokens it always did."""
+
+    def candidates(scorer: Scorer, ids: torch.Tensor, n_scored: int, positions: list[int], trigger: list[int],
+                   restart: int, iteration: int) -> torch.Tensor:
+        gen = attack_rng(ctx, "random_token", "candidates", restart, iteration)
+        return random_allowed(allowed, len(positions) * top_k, gen).view(len(positions), top_k)
 
     return candidates
 
@@ -174,41 +162,6 @@ def optimise_trigger(scorer: Scorer, opt: Sequence[Example], allowed: torch.Tens
     return state
 
 
-def evaluate_trigger(scorer: Scorer, examples: Sequence[Example], trigger: Sequence[int], model: LoadedModel,
-                     ctx: StageContext, threshold: float, id_prefix: str = "", placement: Placement = "prefix",
-                     **fields: Any) -> list[dict[str, Any]]:
-    """Record NLL with and without ``trigger`` (before the context, or after it with ``placement: suffix``) on every
-    example not recorded yet; returns this trigger's records."""
-    tok = model.tokenizer
-    done = ctx.records.done()
-    k = len(examples[0].continuation)
-    label = f"held-out {id_prefix.rstrip('/')}".strip()
-    with ctx.progress(label, len(examples)) as bar:
-        for i in range(0, len(examples), EVAL_CHUNK):
-            chunk = examples[i:i + EVAL_CHUNK]
-            todo = {ex.id for ex in chunk if id_prefix + ex.id not in done}
-            if not todo:
-                bar.advance(len(chunk))
-                continue
-            if ctx.should_stop:
-                raise StagePreempted(ctx.stage.id)
-            scorer.budget.reset()
-            before = scorer.nll(torch.tensor([ex.ids() for ex in chunk]), k)
-            after = scorer.nll(triggered_batch(chunk, [list(trigger)], placement), k)
-            spent = scorer.budget.as_record(share=len(chunk))  # 2 queries each, the chunk's passes shared equally
-            for ex, b, a in zip(chunk, before.tolist(), after.tolist()):
-                if ex.id in todo:
-                    ctx.records.append(example_record(
-                        id_prefix + ex.id, b, a, threshold, **spent, trigger_ids=list(trigger),
-                        adversarial_text=tok.decode(with_trigger(ex, trigger, placement)[len(ex.prefix):-k]),
-                        **fields))
-            bar.advance(len(chunk))
-            recs = [r for r in ctx.records if str(r["id"]).startswith(id_prefix)]
-            bar.set(success=float(np.mean([r["success"] for r in recs])))
-    wanted = {id_prefix + ex.id for ex in examples}
-    return [r for r in ctx.records if r["id"] in wanted]
-
-
 def run_uat(model: LoadedModel, ctx: StageContext, cfg: UATConfig,
             make_candidates: Callable[[torch.Tensor], CandidateFn]) -> dict[str, Any]:
     """Optimise on the optimisation split, evaluate on the held-out one; the summary metrics are held-out numbers."""
@@ -224,7 +177,7 @@ def run_uat(model: LoadedModel, ctx: StageContext, cfg: UATConfig,
     opt_before = scorer.nll(torch.tensor([ex.ids() for ex in opt]), k)
     opt_after = scorer.nll(triggered_batch(opt, [trigger]), k)
     records = evaluate_trigger(Scorer(model, cfg.batch_tokens), held_out, trigger, model, ctx, cfg.threshold)
-    metrics = summarize(records, cfg.threshold)
+    metrics = attack_summary(records, cfg.threshold)
     metrics.update(
         trigger_ids=trigger, trigger_text=tok.decode(trigger), tokenizer_fingerprint=tokenizer_fingerprint(tok),
         opt_mean_relative_increase=float(((opt_after - opt_before) / opt_before).mean()),
@@ -240,9 +193,9 @@ def uat_workload(cfg: UATConfig, inputs: PlanInputs, gradient: bool) -> Workload
     """UAT (``gradient``) or its random control: restarts x iterations of candidates + beam search, then held-out.
 
     Follows :func:`run_uat`, an upper bound where it stops early: every beam is assumed to expand fully."""
-    n_opt, note_opt = _examples(inputs, cfg.opt_data, cfg.n_opt, cfg, "opt_data")
-    n_eval, note_eval = _examples(inputs, cfg.eval_data, cfg.n_eval, cfg, "eval_data")
-    length = _length(cfg, cfg.trigger_length)
+    n_opt, note_opt = planned_examples(inputs, cfg.opt_data, cfg.n_opt, cfg, "opt_data")
+    n_eval, note_eval = planned_examples(inputs, cfg.eval_data, cfg.n_eval, cfg, "eval_data")
+    length = sequence_length(cfg, cfg.trigger_length)
     batch = min(cfg.batch_size, n_opt)
     # Beam search: the current trigger, then per position the new candidates of every beam (one beam at first).
     candidates = 1 + cfg.top_k + (cfg.trigger_length - 1) * cfg.beam_size * cfg.top_k
@@ -270,13 +223,6 @@ def uat_workload(cfg: UATConfig, inputs: PlanInputs, gradient: bool) -> Workload
                            f"held-out examples, {length} tokens each{note_opt}{note_eval}"])
 
 
-def optimisation_budget(budget: Budget) -> dict[str, Any]:
-    """What optimising the trigger spent (once for all held-out examples; the records hold the evaluation's cost)."""
-    return {"optimisation_queries": budget.exact_queries + budget.gradient_calls,
-            "gradient_calls": budget.gradient_calls, "optimisation_tokens": budget.tokens,
-            "optimisation_gradient_tokens": budget.gradient_tokens, "optimisation_flops": budget.flops}
-
-
 #: What :func:`run_uat` adds to the shared attack summary (of the held-out split).
 UAT_METRICS = [
     MetricSpec("opt_mean_relative_increase", "NLL incr. on the optimisation split (%)", scale=100, digits=1,
@@ -300,17 +246,20 @@ class UniversalTriggerAttack(AttackPlugin[UATConfig]):
     name = "uat"
     version = "3"  # FLOPs count the vocabulary projection where it runs; `screen:` (off by default)
     # v2: records and summary gain the budget (tokens, FLOPs), the summary the optimisation's
+    randomizable = True
 
     def declared_metrics(self) -> list[MetricSpec]:
         return ATTACK_METRICS + UAT_METRICS
 
     def attack(self, model: LoadedModel, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config
+        if self.is_control():
+            return run_uat(model, ctx, cfg, lambda allowed: random_candidates(cfg.top_k, allowed, ctx))
         return run_uat(model, ctx, cfg, lambda allowed: gradient_candidates(cfg.top_k, allowed))
 
     def plan(self, inputs: PlanInputs) -> Workload:
         """Queries and gradient passes of this stage, from the config (``harness plan``)."""
-        return uat_workload(self.config, inputs, gradient=True)
+        return uat_workload(self.config, inputs, gradient=not self.is_control())
 
 
 @hookimpl

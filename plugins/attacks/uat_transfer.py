@@ -18,13 +18,14 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from harness import (AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec, NoEstimate,
-                     PlanInputs, PluginConfig, StageContext, Workload, hookimpl, load_documents)
-from . import SUCCESS_THRESHOLD
-from harness.attacks import ATTACK_METRICS, Scorer, TaskConfig, make_examples, summarize
+from harness import (RECORD_BYTES, AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec,
+                     NoEstimate, PlanInputs, PluginConfig, StageContext, Workload, hookimpl, load_documents,
+                     planned_examples, sequence_length)
+from harness.attacks import ATTACK_METRICS, Scorer, TaskConfig, attack_summary, make_examples
+from harness.summary import summary_from_records
+from harness.triggers import EVAL_CHUNK, evaluate_trigger, tokenizer_fingerprint
 
-from .uat import EVAL_CHUNK, evaluate_trigger, tokenizer_fingerprint
-from .workload import RECORD_BYTES, _examples, _length
+from . import SUCCESS_THRESHOLD
 
 
 class UATTransferConfig(PluginConfig):
@@ -47,9 +48,9 @@ class TriggerSource(TaskConfig):
 
 
 def source_uat_config(result: dict[str, Any]) -> TriggerSource:
-    """The options of a source stage: a ``uat`` entry, a ``random_token`` control in its ``uat`` mode, or any universal
-    attack with ``eval_data`` (e.g. ``gcg`` with ``universal: true``). Raises ValidationError for a stage without."""
-    config = dict((result.get("config") or {}).get("uat") or result.get("config") or {})
+    """The options of a source stage: a ``uat`` entry (or its control), or any universal attack with ``eval_data``
+    (e.g. ``gcg`` with ``universal: true``). Raises ValidationError for a stage without."""
+    config = dict(result.get("config") or {})
     if "n_tokens" in config and "trigger_length" not in config:
         config["trigger_length"] = config["n_tokens"]
     return TriggerSource.model_validate({k: v for k, v in config.items() if k in TriggerSource.model_fields})
@@ -65,8 +66,8 @@ def transfer_workload(cfg: UATTransferConfig, inputs: PlanInputs) -> Workload:
             src = source_uat_config(dep)  # as the stage reads its input's config at run time
         except ValidationError:
             continue  # not a trigger (e.g. the training stage of the model)
-        n, note = _examples(inputs, cfg.eval_data or src.eval_data, cfg.n_eval or src.n_eval, src, "eval_data")
-        plain, triggered = _length(src), _length(src, src.trigger_length)
+        n, note = planned_examples(inputs, cfg.eval_data or src.eval_data, cfg.n_eval or src.n_eval, src, "eval_data")
+        plain, triggered = sequence_length(src), sequence_length(src, src.trigger_length)
         tokens += n * (plain + triggered)
         queries += 2 * n
         batches.append(Batch(max(1, min(cfg.batch_tokens // triggered, EVAL_CHUNK, n)), triggered,
@@ -117,10 +118,12 @@ class UATTransfer(AttackPlugin[UATTransferConfig]):
                                        id_prefix=f"{column}/", placement=metrics.get("trigger_placement", "prefix"),
                                        source=column, source_stage=sid)
             pooled += records
-            row[column] = {**summarize(records, src.threshold), "source_stage": sid,
-                           "trigger_text": metrics["trigger_text"], "trigger_ids": trigger, "retokenized": retokenized}
+            # A cell: the shared attack metrics of this trigger's records (the core computes the pooled ones).
+            row[column] = {**summary_from_records(ATTACK_METRICS, records), **attack_summary(records, src.threshold),
+                           "source_stage": sid, "trigger_text": metrics["trigger_text"], "trigger_ids": trigger,
+                           "retokenized": retokenized}
         threshold = next(iter(row.values()))["threshold"]
-        return {**summarize(pooled, threshold), "transfer": row}
+        return {**attack_summary(pooled, threshold), "transfer": row}
 
     def plan(self, inputs: PlanInputs) -> Workload:
         """Queries of this stage, from its config and those of the uat stages it needs (``harness plan``)."""

@@ -15,8 +15,9 @@ from typing import Any
 
 from pydantic import Field
 
-from harness import (Batch, DocumentSource, HarnessError, LoadedModel, MetricPlugin, MetricSpec, NonFiniteLoss,
-                     PlanInputs, PluginConfig, StageContext, StagePreempted, Workload, hookimpl, load_documents)
+from harness import (Batch, Document, DocumentSource, HarnessError, LoadedModel, MetricPlugin, MetricSpec,
+                     NonFiniteLoss, PlanInputs, PluginConfig, StageContext, Workload, hookimpl, load_documents)
+from harness.loop import run_chunks
 from harness.scoring import HEAD_CHUNK_POSITIONS, rolling_windows, score_windows
 
 
@@ -64,47 +65,41 @@ class Perplexity(MetricPlugin[PerplexityConfig]):
         max_length = min(cfg.max_length or model.max_length, model.max_length)
         stride = min(cfg.stride or max_length, max_length)
         docs = load_documents(cfg.data)
-        done = ctx.records.done()
         eos = tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
         if cfg.prefix_eos and eos is None:
             raise ValueError("the tokenizer has no end-of-text token; set `prefix_eos: false`")
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        chunks = [docs[i:i + cfg.chunk_documents] for i in range(0, len(docs), cfg.chunk_documents)]
-        with ctx.progress("documents", len(docs)) as bar:
-            bar.advance(len([d for d in docs if d.id in done]))
-            for chunk in chunks:
-                if all(d.id in done for d in chunk):
-                    continue
-                if ctx.should_stop:  # every finished chunk's records are durable: resume from the next one
-                    raise StagePreempted(ctx.stage.id)
-                # The whole chunk is rescored even if part of it was recorded before an interruption, so every
-                # document is always scored in the same batch composition (bit-identical results on resume).
-                seqs = [([eos] if cfg.prefix_eos else []) + tok(d.text, add_special_tokens=False)["input_ids"]
-                        for d in chunk]
-                windows, nexts, owner = [], [], []
-                for j, seq in enumerate(seqs):
-                    scored = 0
-                    for w in rolling_windows(seq, max_length, stride):
-                        scored += w.n_scored
-                        windows.append(w)
-                        nexts.append(seq[scored])  # the last target of this window
-                        owner.append(j)
-                nll = score_windows(model.model, windows, nexts, cfg.batch_tokens, pad)
-                per_doc: dict[int, list] = {}
-                for part, j in zip(nll, owner):
-                    per_doc.setdefault(j, []).append(part)
-                for j, d in enumerate(chunk):
-                    if d.id in done:
-                        continue
-                    total = float(sum(float(p.sum()) for p in per_doc.get(j, [])))
-                    n_tok = sum(len(p) for p in per_doc.get(j, []))
-                    if not math.isfinite(total):
-                        raise NonFiniteLoss(f"non-finite NLL on document {d.id}; check the model's dtype/weights")
-                    ctx.records.append({"id": d.id, "tokens": n_tok, "nll_sum": total,
-                                        "nll_mean": total / n_tok if n_tok else None,
-                                        "words": count_words(d.text), "bytes": len(d.text.encode("utf-8"))})
-                bar.advance(sum(1 for d in chunk if d.id not in done))
-        return summarize(ctx.records.records, max_length, stride)
+
+        def score_chunk(chunk: list[Document]) -> list[dict[str, Any]]:
+            """Every document of the chunk, its windows in shared batched passes (the core's loop computes a chunk
+            whole, so a document is always scored in the same batch: bit-identical results on resume)."""
+            seqs = [([eos] if cfg.prefix_eos else []) + tok(d.text, add_special_tokens=False)["input_ids"]
+                    for d in chunk]
+            windows, nexts, owner = [], [], []
+            for j, seq in enumerate(seqs):
+                scored = 0
+                for w in rolling_windows(seq, max_length, stride):
+                    scored += w.n_scored
+                    windows.append(w)
+                    nexts.append(seq[scored])  # the last target of this window
+                    owner.append(j)
+            nll = score_windows(model.model, windows, nexts, cfg.batch_tokens, pad)
+            per_doc: dict[int, list] = {}
+            for part, j in zip(nll, owner):
+                per_doc.setdefault(j, []).append(part)
+            records = []
+            for j, d in enumerate(chunk):
+                total = float(sum(float(p.sum()) for p in per_doc.get(j, [])))
+                n_tok = sum(len(p) for p in per_doc.get(j, []))
+                if not math.isfinite(total):
+                    raise NonFiniteLoss(f"non-finite NLL on document {d.id}; check the model's dtype/weights")
+                records.append({"id": d.id, "tokens": n_tok, "nll_sum": total,
+                                "nll_mean": total / n_tok if n_tok else None,
+                                "words": count_words(d.text), "bytes": len(d.text.encode("utf-8"))})
+            return records
+
+        records = run_chunks(ctx, docs, cfg.chunk_documents, score_chunk, label="documents")
+        return summarize(records, max_length, stride)
 
     def plan(self, inputs: PlanInputs) -> Workload:
         """Tokens fed through the model (``harness plan``): each document's rolling windows, from the config."""
@@ -129,6 +124,7 @@ class Perplexity(MetricPlugin[PerplexityConfig]):
 
 
 def summarize(records: list[dict[str, Any]], max_length: int, stride: int) -> dict[str, Any]:
+    """What the declarations do not define (perplexity and mean NLL, token-weighted, the core computes)."""
     nll = sum(r["nll_sum"] for r in records)
     tokens = sum(r["tokens"] for r in records)
     words = sum(r["words"] for r in records)
@@ -136,8 +132,7 @@ def summarize(records: list[dict[str, Any]], max_length: int, stride: int) -> di
     if not tokens or not words or not nbytes:
         raise HarnessError("perplexity: the documents gave no tokens to score (an empty tokenizer or empty texts); "
                            "fix: check the model's tokenizer files and the data's `text_field`")
-    mean = nll / tokens
-    return {"perplexity": math.exp(mean), "mean_nll": mean, "tokens": tokens, "documents": len(records),
+    return {"tokens": tokens, "documents": len(records),
             "word_perplexity": math.exp(nll / words), "byte_perplexity": math.exp(nll / nbytes),
             "bits_per_byte": nll / nbytes / math.log(2), "max_length": max_length, "stride": stride}
 

@@ -66,10 +66,8 @@ def test_research_suites_compare_like_with_like():
                                  ("uat", ("random_uat", "uat_transfer"))):
             for control in controls:
                 assert suite["attacks"][control]["models"] == suite["attacks"][attack]["models"], control
-        assert suite["attacks"]["random_hotflip"]["hotflip"] == {
-            k: v for k, v in suite["attacks"]["hotflip"].items() if k != "models"}
-        assert suite["attacks"]["random_uat"]["uat"] == {
-            k: v for k, v in suite["attacks"]["uat"].items() if k != "models"}
+        for control, attack in (("random_hotflip", "hotflip"), ("random_gcg", "gcg"), ("random_uat", "uat")):
+            assert suite["attacks"][control]["control_of"] == attack  # the attack's options, run as its control
     # issue 15's arms in both suites: published abs + softplus, shift + project, (GPT-NeoX only: + monotone
     # activation; a gated FFN is not monotone), and the two controls
     for suite, arms in ((pythia, {("abs", "softplus", "original"), ("shift", "project", "original"),

@@ -24,10 +24,11 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from harness import AttackPlugin, LoadedModel, MetricSpec, StageContext, StagePreempted, derive_seed, load_documents
+from harness import AttackPlugin, LoadedModel, MetricSpec, StageContext, derive_seed, load_documents
+from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, Example, Scorer, attack_progress, attack_summary,
+                             example_record, make_examples, position_histogram, select_examples)
+from harness.loop import run_examples
 
-from harness.attacks import (ATTACK_METRICS, POSITIONS_METRIC, Scorer, example_record, make_examples,
-                             position_histogram, select_examples, summarize)
 from .config import DeepWordBugConfig, PruthiConfig, TextAttackConfig, TextAttackTaskConfig
 
 _STATUS = {"SuccessfulAttackResult": "succeeded", "FailedAttackResult": "failed",
@@ -37,8 +38,9 @@ ComponentsFn = Callable[[Any, str], tuple[Any, list, Any]]
 
 
 def run_textattack(model: LoadedModel, ctx: StageContext, cfg: TextAttackTaskConfig,
-                   components: ComponentsFn) -> dict[str, Any]:
-    """Attack every example (resuming after the recorded ones), write its record, return the summary metrics."""
+                   components: ComponentsFn, control: bool = False) -> dict[str, Any]:
+    """Attack every example (the core's loop), return what the summary holds beside the record metrics. ``control``:
+    the random control (``control_of:``)."""
     where = f"attacks.{ctx.stage.entry}"
     examples = make_examples(load_documents(cfg.data), model, cfg, where=f"{where}.data")
     examples = select_examples(examples, cfg.n_examples, cfg.sample, ctx)
@@ -46,12 +48,13 @@ def run_textattack(model: LoadedModel, ctx: StageContext, cfg: TextAttackTaskCon
     from .catalogue import assemble, offline_component
     from .goal import CausalLMContinuationWrapper, CausalLMNLLGoalFunction
 
-    wrapper = CausalLMContinuationWrapper(model, Scorer(model, cfg.batch_tokens))
+    scorer = Scorer(model, cfg.batch_tokens)
+    wrapper = CausalLMContinuationWrapper(model, scorer)
     goal = CausalLMNLLGoalFunction(wrapper, cfg.threshold, maximizable=not cfg.stop_at_goal,
                                    query_budget=cfg.query_budget or float("inf"))
     # Built before the first example, so that a component missing its data fails within seconds.
     transformation, constraints, search = components(wrapper, where)
-    if cfg.control:
+    if control:
         from .control import RandomControlSearch
 
         search = RandomControlSearch()
@@ -59,37 +62,26 @@ def run_textattack(model: LoadedModel, ctx: StageContext, cfg: TextAttackTaskCon
     ctx.log(f"TextAttack: {attack.transformation} | {len(attack.pre_transformation_constraints)} pre-transformation "
             f"+ {len(attack.constraints)} constraints | {attack.search_method}")
 
-    done = ctx.records.done()
-    with ctx.progress("examples", len(examples)) as bar:
-        bar.advance(sum(1 for ex in examples if ex.id in done))
-        for ex in examples:
-            if ex.id in done:
-                continue
-            if ctx.should_stop:  # records so far are durable: the rerun resumes at this example
-                raise StagePreempted(ctx.stage.id)
-            wrapper.scorer = Scorer(model, cfg.batch_tokens)  # per-example query counts
-            seed = derive_seed(ctx.seed, ctx.stage.section, ctx.stage.entry, "example", ex.id)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            torch.manual_seed(seed)
-            text = wrapper.set_example(ex)
-            with offline_component(f"{where}: a TextAttack component, while attacking example {ex.id},", "",
-                                   cfg.allow_downloads):
-                result = attack.attack(text, ex.id)
-            initial, final = result.original_result, result.perturbed_result
-            scorer = wrapper.scorer
-            ctx.records.append(example_record(
-                ex.id, goal.nll_before, float(final.raw_output), cfg.threshold,
-                **scorer.budget.as_record(), positions=edited_positions(wrapper, ex, initial.attacked_text,
-                                                                        final.attacked_text),
-                textattack_queries=int(final.num_queries), status=_STATUS.get(type(result).__name__, "?"),
-                words_perturbed=len(initial.attacked_text.all_words_diff(final.attacked_text)),
-                adversarial_text=final.attacked_text.text, original_text=text))
-            records = ctx.records.records
-            bar.advance()
-            bar.set(success=float(np.mean([r["success"] for r in records])),
-                    queries=int(sum(r["queries"] for r in records)))
-    return textattack_summary(ctx.records.records, cfg.threshold, cfg.context_tokens)
+    def attack_example(ex: Example) -> dict[str, Any]:
+        scorer.forget()  # per example: nothing cached from the last one (the core's loop counts its budget)
+        seed = derive_seed(ctx.seed, ctx.stage.section, ctx.stage.entry, "example", ex.id)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        text = wrapper.set_example(ex)
+        with offline_component(f"{where}: a TextAttack component, while attacking example {ex.id},", "",
+                               cfg.allow_downloads):
+            result = attack.attack(text, ex.id)
+        initial, final = result.original_result, result.perturbed_result
+        return example_record(
+            ex.id, goal.nll_before, float(final.raw_output), cfg.threshold,
+            positions=edited_positions(wrapper, ex, initial.attacked_text, final.attacked_text),
+            textattack_queries=int(final.num_queries), status=_STATUS.get(type(result).__name__, "?"),
+            words_perturbed=len(initial.attacked_text.all_words_diff(final.attacked_text)),
+            adversarial_text=final.attacked_text.text, original_text=text)
+
+    records = run_examples(ctx, examples, attack_example, scorer=scorer, show=attack_progress)
+    return textattack_summary(records, cfg.threshold, cfg.context_tokens)
 
 
 def edited_positions(wrapper: Any, example: Any, original: Any, final: Any) -> list[int]:
@@ -117,13 +109,13 @@ def textattack_workload(cfg: TextAttackTaskConfig, inputs: Any, gradient: bool) 
     """Upper bound of the stage's work (``harness plan``): ``query_budget`` scores per example (+1 gradient pass)."""
     from harness import Batch, NoEstimate, Workload
 
-    from ..workload import RECORD_BYTES, _examples, _length
+    from harness import RECORD_BYTES, planned_examples, sequence_length
 
     if cfg.query_budget is None:
         raise NoEstimate("how many texts TextAttack scores depends on the text; set `query_budget` to bound it")
-    n, note = _examples(inputs, cfg.data, cfg.n_examples, cfg, "data")
+    n, note = planned_examples(inputs, cfg.data, cfg.n_examples, cfg, "data")
     # Typos split words into more tokens: edited contexts are assumed up to 1.5x as long.
-    length = _length(cfg) + cfg.context_tokens // 2
+    length = sequence_length(cfg) + cfg.context_tokens // 2
     scored = n * (1 + cfg.query_budget)
     # The largest scoring call: every text one search step asks for, at most the budget, capped by batch_tokens.
     rows = max(1, min(cfg.planned_batch_tokens // length, cfg.query_budget))
@@ -138,12 +130,8 @@ def textattack_workload(cfg: TextAttackTaskConfig, inputs: Any, gradient: bool) 
 
 
 def textattack_summary(records: list[dict[str, Any]], threshold: float, n_context: int) -> dict[str, Any]:
-    metrics = summarize(records, threshold)
-    metrics[POSITIONS_METRIC.name] = position_histogram(records, n_context)
-    metrics["mean_words_perturbed"] = float(np.mean([r["words_perturbed"] for r in records])) if records else 0.0
-    metrics["mean_textattack_queries"] = (float(np.mean([r["textattack_queries"] for r in records]))
-                                          if records else 0.0)
-    return metrics
+    """What does not follow from a declaration (the core computes the record metrics: success, words perturbed...)."""
+    return {**attack_summary(records, threshold), POSITIONS_METRIC.name: position_histogram(records, n_context)}
 
 
 #: The config of one bridge attack.
@@ -151,10 +139,12 @@ BridgeConfigT = TypeVar("BridgeConfigT", bound=TextAttackTaskConfig)
 
 
 class _BridgeAttack(AttackPlugin[BridgeConfigT]):
-    """What the bridge's attacks share: ``control: true`` makes the stage a control (see ``control.py``)."""
+    """What the bridge's attacks share: each can be another entry's random control (``control_of:``, see
+    ``control.py``)."""
 
     version = "3"  # FLOPs count the vocabulary projection where it runs
     # v2: records and summary gain the budget (tokens, FLOPs) and the edited positions
+    randomizable = True
 
     def declared_metrics(self) -> list[MetricSpec]:
         return [*ATTACK_METRICS, POSITIONS_METRIC,
@@ -162,9 +152,6 @@ class _BridgeAttack(AttackPlugin[BridgeConfigT]):
                            show=False),
                 MetricSpec("mean_textattack_queries", "TextAttack queries / example", field="textattack_queries",
                            digits=1, show=False)]
-
-    def is_control(self) -> bool:
-        return self.config.control
 
 
 class DeepWordBugAttack(_BridgeAttack[DeepWordBugConfig]):
@@ -180,11 +167,11 @@ class DeepWordBugAttack(_BridgeAttack[DeepWordBugConfig]):
 
             return deepwordbug(cfg)
 
-        return run_textattack(model, ctx, cfg, components)
+        return run_textattack(model, ctx, cfg, components, self.is_control())
 
     def plan(self, inputs):
         cfg = self.config
-        return textattack_workload(cfg, inputs, gradient=cfg.wir_method == "gradient" and not cfg.control)
+        return textattack_workload(cfg, inputs, gradient=cfg.wir_method == "gradient" and not self.is_control())
 
 
 class PruthiAttack(_BridgeAttack[PruthiConfig]):
@@ -200,7 +187,7 @@ class PruthiAttack(_BridgeAttack[PruthiConfig]):
 
             return pruthi(cfg)
 
-        return run_textattack(model, ctx, cfg, components)
+        return run_textattack(model, ctx, cfg, components, self.is_control())
 
     def plan(self, inputs):
         return textattack_workload(self.config, inputs, gradient=False)
@@ -226,11 +213,11 @@ class TextAttackAttack(_BridgeAttack[TextAttackConfig]):
                      for i, c in enumerate(cfg.constraints)],
                     build("search", cfg.search, f"{where}.search", cfg.allow_downloads))
 
-        return run_textattack(model, ctx, cfg, components)
+        return run_textattack(model, ctx, cfg, components, self.is_control())
 
     def plan(self, inputs):
         cfg = self.config
-        gradient = cfg.search.args.get("wir_method") == "gradient" and cfg.recipe is None and not cfg.control
+        gradient = cfg.search.args.get("wir_method") == "gradient" and cfg.recipe is None and not self.is_control()
         return textattack_workload(cfg, inputs, gradient=gradient)
 
 

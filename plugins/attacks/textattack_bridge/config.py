@@ -32,9 +32,6 @@ class TextAttackTaskConfig(TaskConfig):
     #: Let components download what they need (word embeddings, WordNet, hub models). Off: a component that tries
     #: fails at once with one line naming the missing data.
     allow_downloads: bool = False
-    #: Run as the random control: the same transformation, constraints and budget, but words visited in random order
-    #: and a random candidate kept at each (see ``control.py``); what the search buys is the difference.
-    control: bool = False
 
     @model_validator(mode="after")
     def _no_vocab(self) -> TextAttackTaskConfig:

@@ -4,7 +4,7 @@ It keeps the attack's transformation, constraints, query budget and stopping rul
 one that visits the editable words in random order and keeps a uniformly random candidate at each. The candidates of
 each visited word are scored, as a search scores them, but the scores choose nothing. A greedy search that scores
 every word's candidates at each step (GreedySearch, BeamSearch) spends far more queries than this control unless both
-have the same ``query_budget``. Like ``random_token`` for HotFlip: the attack's options plus ``control: true``.
+have the same ``query_budget``. Like HotFlip's: an entry with ``control_of: <the attack's entry>`` runs it.
 
 Importing this module imports TextAttack (offline, see :mod:`.env`).
 """
