@@ -36,7 +36,7 @@ def our_perplexity(loaded, docs_file: Path, limit: int, max_length: int, batch_t
     """The ``perplexity`` plugin's own code path (evaluate with a real StageContext, the declared metrics computed
     from its records as the core does)."""
     from harness.context import StageContext
-    from harness.graph import Stage
+    from harness._engine.graph import Stage
     from harness.summary import complete_summary
     from harness_plugins.metrics.perplexity import Perplexity, PerplexityConfig
 

@@ -8,7 +8,7 @@ size above the resident size just before the stage (model loaded, its documents 
 tokens cached), plus the model's weights, which the estimate counts. glibc is told to return freed blocks of 64 kB
 and more to the system at once (``MALLOC_MMAP_THRESHOLD_``), so the resident size follows the live tensors instead
 of keeping the allocator's high-water mark. Time: the plan's compute time on this CPU (each stage's calls timed
-on a random-weight model of its shape, see harness.plan.calibrate) against the time the stage spent in the model
+on a random-weight model of its shape, see harness._engine.plan.calibrate) against the time the stage spent in the model
 (its forward calls and gradient passes, timed in the child) or, for training, inside the training loop; the stage's
 wall time (model loading excluded) is printed beside them: the difference is its own Python work and data reading,
 which the plan does not count.
@@ -116,9 +116,9 @@ def measure_stage(suite_path: str, out: str, stage_id: str, steps: int | None = 
     import datasets  # noqa: F401  (imported before the baseline: its import is not the stage's memory)
 
     from harness.data import document_sources, load_documents
-    from harness.runner import Runner
+    from harness._engine.runner import Runner
     from harness.store import RecordLog
-    from harness.suite import load_suite
+    from harness._engine.suite import load_suite
 
     suite = load_suite(suite_path, "quick", output_dir=out)
     override_training(suite, steps, checkpointing)
@@ -154,8 +154,8 @@ def measure_stage(suite_path: str, out: str, stage_id: str, steps: int | None = 
     peak = peak_resident()
     planned = {}
     if estimate:  # right after the stage (the same machine and load), not before (its memory is not the stage's)
-        from harness.plan import accelerator, make_plan
-        from harness.plan.calibrate import CallTimer
+        from harness._engine.plan import accelerator, make_plan
+        from harness._engine.plan.calibrate import CallTimer
 
         est = make_plan(suite, accelerator("cpu"), timer=CallTimer(), stages=[stage]).stages[0]
         w = est.workload
@@ -213,9 +213,9 @@ def main() -> None:
                                        estimate=args.estimate)))
         return
 
-    from harness.plan import accelerator, make_plan
-    from harness.plan.calibrate import CallTimer
-    from harness.suite import load_suite
+    from harness._engine.plan import accelerator, make_plan
+    from harness._engine.plan.calibrate import CallTimer
+    from harness._engine.suite import load_suite
 
     suite = load_suite(args.suite, "quick")
     override_training(suite, args.steps, args.gradient_checkpointing)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness import LoadedModel  # noqa: E402
 from harness.context import StageContext  # noqa: E402
-from harness.graph import Stage  # noqa: E402
+from harness._engine.graph import Stage  # noqa: E402
 from harness_plugins.models.pythia_tiny import WEIGHTS_DIR  # noqa: E402
 from harness_plugins.training.data import build_blocks  # noqa: E402
 from harness_plugins.training.trainer import BaselineConfig, RecoveryTrainer  # noqa: E402

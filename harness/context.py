@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .progress import Bar
-from .rundir import CARRIED, RunDir, read_json_object, read_records
+from ._engine.progress import Bar
+from ._engine.rundir import CARRIED, RunDir, read_json_object, read_records
 from .store import RecordLog, atomic_write_json
 
 if TYPE_CHECKING:

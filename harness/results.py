@@ -31,7 +31,7 @@ def suite_configs(path: str | Path, mode: str = "quick") -> dict[str, Any]:
     """What a suite resolves to before it runs (what ``config.resolved.json`` will hold): its name, seeds and every
     entry's plugin config with the defaults filled in, by section: ``{"seeds": [...], "train": {name: {...}}, ...}``.
     Raises :class:`~harness.ConfigError` for a suite ``harness validate`` rejects."""
-    from .suite import SECTIONS, load_suite
+    from ._engine.suite import SECTIONS, load_suite
 
     suite = load_suite(path, mode)
     out: dict[str, Any] = {"name": suite.name, "mode": suite.mode, "seeds": list(suite.seeds)}
@@ -50,9 +50,9 @@ def load(run_dir: str | Path, rebuild: bool = True, report: dict[str, Any] | Non
         raise HarnessError(f"{run_dir} is not a run directory (no config.resolved.json); fix: pass the --out "
                            "directory of `harness run`")
     if rebuild:
-        from .plugins import load_registry
-        from .report import build_report
-        from .report.config import ReportConfig
+        from ._engine.plugins import load_registry
+        from ._engine.report import build_report
+        from ._engine.report.config import ReportConfig
 
         config = None
         if report:
@@ -168,7 +168,7 @@ class RunResults:
 
     def records(self, stage_id: str) -> list[dict[str, Any]]:
         """The per-example records of a finished stage (what its intervals are computed from)."""
-        from .rundir import RunDir
+        from ._engine.rundir import RunDir
 
         return RunDir(self.dir).records(stage_id)
 
@@ -197,11 +197,11 @@ class RunResults:
         return found[0] if found else None
 
     def _indicators_on(self, attack_metric: str) -> list[dict[str, Any]]:
-        from .plugins import load_registry
-        from .report.aggregate import aggregate
-        from .report.collect import load_run
-        from .report.config import ReportConfig
-        from .report.verdicts import indicators
+        from ._engine.plugins import load_registry
+        from ._engine.report.aggregate import aggregate
+        from ._engine.report.collect import load_run
+        from ._engine.report.config import ReportConfig
+        from ._engine.report.verdicts import indicators
 
         config = ReportConfig.model_validate({**self.report_config, "attack_metric": attack_metric})
         return indicators(aggregate(load_run(self.dir, config), load_registry().plugin_class))

@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import HarnessError
 from .files import escape, lstat_kind
-from .rundir import read_records, warn_damaged
+from ._engine.rundir import read_records, warn_damaged
 
 #: Write failures that are the filesystem's state, not a bug: reported as one line naming the path.
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}

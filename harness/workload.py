@@ -3,7 +3,7 @@
 ``harness plan`` (and the pre-flight disk check) call ``plugin.plan(inputs)`` once per stage. The plugin answers in
 quantities its config determines (tokens through the model, the largest batch of each kind, bytes it writes); the
 core turns them into FLOPs, GPU-hours, peak memory and disk with formulas it prints as assumptions
-(:mod:`harness.plan`). A plugin without ``plan`` shows as "no estimate".
+(:mod:`harness._engine.plan`). A plugin without ``plan`` shows as "no estimate".
 """
 
 from __future__ import annotations

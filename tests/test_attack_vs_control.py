@@ -56,7 +56,7 @@ def test_each_attack_is_compared_with_its_control_on_paired_examples(tmp_path):
 
 def test_control_verdict_needs_an_interval_strictly_on_one_side(monkeypatch):
     """Constructed: identical success rates of 1 (a degenerate [0, 0] interval) are not a loss to the control."""
-    from harness.report import verdicts
+    from harness._engine.report import verdicts
 
     class Across:
         def __init__(self, mean):

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from harness import DocumentSource, HarnessError
 from harness.api import LoadedModel
 from harness.context import StageContext
-from harness.graph import Stage
-from harness.runner import Runner
+from harness._engine.graph import Stage
+from harness._engine.runner import Runner
 from harness.scoring import continuation_nll
 from harness.store import RecordLog, read_json
-from harness.suite import load_suite
+from harness._engine.suite import load_suite
 from harness import attacks as common
 from harness_plugins.attacks import uat
 from harness.attacks import ATTACK_METRICS, Scorer, VocabFilter, allowed_tokens, attack_summary

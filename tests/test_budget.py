@@ -8,9 +8,9 @@ import torch
 
 from harness import scoring
 from harness.attacks import BUDGET_FIELDS, Budget, ComputeCost, Scorer
-from harness.runner import Runner
+from harness._engine.runner import Runner
 from harness.store import RecordLog, read_json
-from harness.suite import load_suite
+from harness._engine.suite import load_suite
 from tests.conftest import write_suite
 from tests.test_prefix_scoring import FedPositions, swaps
 

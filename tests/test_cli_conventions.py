@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 
 from harness.cli import main
-from harness.runner import Runner
-from harness.suite import load_suite
+from harness._engine.runner import Runner
+from harness._engine.suite import load_suite
 from tests.conftest import ROOT, write_suite
 
 QUICK = ROOT / "suites" / "quick.yaml"
@@ -164,8 +164,8 @@ def test_describe_shows_options_types_defaults_descriptions_and_metrics():
 
 
 def test_the_options_reference_in_docs_is_the_code_s():
-    from harness.describe import plugin_doc, reference_markdown
-    from harness.plugins import load_registry
+    from harness._engine.describe import plugin_doc, reference_markdown
+    from harness._engine.plugins import load_registry
 
     docs = [plugin_doc(i) for i in load_registry().all() if i.package == "harness"]
     shipped = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
@@ -250,7 +250,7 @@ def test_the_core_option_blocks_describe_every_option():
     are all described; plugins document their own with `#:` comments above each field."""
     from harness.attacks import TaskConfig, VocabFilter
     from harness.data import DocumentSource
-    from harness.describe import option_blocks
+    from harness._engine.describe import option_blocks
     from harness_plugins.models.hf_causal_lm import HFCausalLMConfig
 
     for cls in (DocumentSource, TaskConfig, VocabFilter, HFCausalLMConfig):

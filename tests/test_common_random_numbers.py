@@ -20,8 +20,8 @@ COMMON = (f"data: {{dataset: json, data_files: {DATA}/train.jsonl, split: train,
 
 @pytest.fixture(scope="module")
 def aa_run(tmp_path_factory) -> Path:
-    from harness.runner import Runner
-    from harness.suite import load_suite
+    from harness._engine.runner import Runner
+    from harness._engine.suite import load_suite
 
     d = tmp_path_factory.mktemp("aa")
     suite = write_suite(d, f"""
@@ -85,7 +85,7 @@ def test_same_recipe_gives_identical_attack_records(aa_run):
 
 
 def test_report_states_the_randomness_each_comparison_shares(aa_run):
-    from harness.report import build_report
+    from harness._engine.report import build_report
 
     results = build_report(aa_run).results
     rows = {(r["model"], r["reference"]): r for r in results["shared_randomness"]}

@@ -71,8 +71,8 @@ def test_projected_training_keeps_the_floor_and_trains_the_ffn_like_the_baseline
 
 def test_the_report_shows_how_much_each_parameter_group_moved(runs):
     """weight_change is a mapping per group; the report shows each entry as a declared metric of the stage."""
-    from harness.plugins import load_registry
-    from harness.report import build_report
+    from harness._engine.plugins import load_registry
+    from harness._engine.report import build_report
 
     metrics, _, _, stage = runs["project"]
     run_dir = stage.parents[3]  # <run>/stages/train/<entry>/s42

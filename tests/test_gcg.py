@@ -10,10 +10,10 @@ from harness import ConfigError, DocumentSource, HarnessError, StagePreempted
 from harness.attacks import Scorer, allowed_tokens, make_examples
 from harness.context import StageContext
 from harness.summary import run_stage_summary
-from harness.graph import Stage
+from harness._engine.graph import Stage
 from harness.scoring import continuation_nll
 from harness.store import RecordLog
-from harness.suite import load_suite
+from harness._engine.suite import load_suite
 from harness_plugins.attacks import gcg, hotflip
 from harness_plugins.attacks.uat_transfer import UATTransfer, UATTransferConfig
 from tests.conftest import DATA, run_cli, write_suite

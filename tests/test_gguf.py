@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     from harness.context import StageContext
-    from harness.graph import Stage
+    from harness._engine.graph import Stage
     from harness_plugins.models.smollm2 import SmolLM2, SmolLM2Config
 
     tmp = tmp_path_factory.mktemp("smol")

@@ -1,4 +1,4 @@
-"""The stage graph (harness/graph.py): `needs` at any depth (chains, diamonds, any listing order), cycles, training
+"""The stage graph (harness/_engine/graph.py): `needs` at any depth (chains, diamonds, any listing order), cycles, training
 chains, cache keys that cover every dependency, frozen stages; and a three-level chain run end to end and planned
 for SLURM with the right `afterok` edges."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ConfigError, HarnessError
-from harness.graph import Graph, build_graph, entry_levels
-from harness.suite import load_suite
+from harness._engine.graph import Graph, build_graph, entry_levels
+from harness._engine.suite import load_suite
 from tests.conftest import write_suite
 
 PPL = "{{plugin: perplexity, {needs}data: {{dataset: json, data_files: @DATA@/test.jsonl, split: test, limit: {n}}}}}"

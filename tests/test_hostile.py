@@ -16,10 +16,10 @@ import pytest
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.rundir import RunDir, read_records
-from harness.runner import Runner
+from harness._engine.rundir import RunDir, read_records
+from harness._engine.runner import Runner
 from harness.store import read_json
-from harness.suite import load_suite
+from harness._engine.suite import load_suite
 from tests.conftest import DATA, HARNESS, ROOT, one_line_error, write_suite
 
 TINY = ROOT / "plugins" / "models" / "pythia_tiny"

@@ -10,8 +10,8 @@ import torch
 
 from harness import HarnessError
 from harness.context import StageContext
-from harness.graph import Stage
-from harness.suite import load_suite
+from harness._engine.graph import Stage
+from harness._engine.suite import load_suite
 from harness_plugins.metrics.lmeval import LMEval, LMEvalConfig
 
 from .conftest import write_suite

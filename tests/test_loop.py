@@ -13,7 +13,7 @@ import torch
 from harness import MetricSpec, StagePreempted
 from harness.attacks import ATTACK_METRICS, Budget, attack_summary, example_record
 from harness.context import StageContext
-from harness.graph import Stage
+from harness._engine.graph import Stage
 from harness.loop import run_chunks, run_examples
 from harness.store import RecordLog
 from harness.summary import complete_summary, summary_from_records

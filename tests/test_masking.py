@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from harness import LoadedModel, StageContext, hookimpl
-from harness.plugins import Registry, make_plugin_manager
-from harness.report import build_report
-from harness.runner import Runner
-from harness.suite import load_suite
+from harness._engine.plugins import Registry, make_plugin_manager
+from harness._engine.report import build_report
+from harness._engine.runner import Runner
+from harness._engine.suite import load_suite
 from harness_plugins.models.pythia_tiny import PythiaTiny
 from tests.conftest import write_suite
 
@@ -144,3 +144,15 @@ def test_the_relaxation_keeps_its_curve_and_its_restarts(masked_run):
     masked = _records(run, "attacks/relaxation/masked/s42")
     # Zero gradients: restart 0 never moves from the document (restart 1 starts from a random perturbation).
     assert all(max(r["loss_curve"][0]) == pytest.approx(r["nll_before"], rel=1e-5) for r in masked)
+
+
+def test_exact_mcnemar_matches_hand_computation():
+    from harness._engine.report.masking import mcnemar_exact
+
+    # 4 discordant pairs all one way: two-sided p = 2 * (1/2)^4; none at all: no evidence either way
+    assert mcnemar_exact(4, 0) == pytest.approx(0.125)
+    assert mcnemar_exact(0, 4) == pytest.approx(0.125)
+    assert mcnemar_exact(0, 0) == 1.0
+    # 8 vs 1: 2 * (C(9,0) + C(9,1)) / 2^9 = 20/512
+    assert mcnemar_exact(8, 1) == pytest.approx(20 / 512)
+    assert mcnemar_exact(3, 3) == 1.0

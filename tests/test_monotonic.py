@@ -139,7 +139,7 @@ def test_export_reload_round_trip_and_tampered_checkpoint_fails(tiny, ids, tmp_p
     from transformers import AutoModelForCausalLM
 
     from harness.context import StageContext
-    from harness.graph import Stage
+    from harness._engine.graph import Stage
     from harness_plugins.models.hf_causal_lm import HFCausalLMConfig, load_hf_causal_lm
     from harness_plugins.training.trainer import export_checkpoint
 

@@ -10,9 +10,9 @@ import pytest
 
 from harness.attacks import Example, select_examples
 from harness.context import StageContext
-from harness.runner import Runner
+from harness._engine.runner import Runner
 from harness.stage import Stage
-from harness.suite import load_suite
+from harness._engine.suite import load_suite
 from tests.conftest import write_suite
 
 

@@ -12,11 +12,11 @@ import pytest
 
 from harness import DocumentSource, DocumentStats, ModelShape, PlanInputs
 from harness.errors import HarnessError
-from harness.plan import accelerator, make_plan
-from harness.plan.hardware import Accelerator, slurm_bytes, slurm_seconds
-from harness.plan.memory import USABLE, largest_micro_batch, training_memory
-from harness.plan.shapes import lookup_shape
-from harness.suite import load_suite
+from harness._engine.plan import accelerator, make_plan
+from harness._engine.plan.hardware import Accelerator, slurm_bytes, slurm_seconds
+from harness._engine.plan.memory import USABLE, largest_micro_batch, training_memory
+from harness._engine.plan.shapes import lookup_shape
+from harness._engine.suite import load_suite
 from harness.workload import WeightsSource
 from harness_plugins.training.trainer import BaselineConfig, MonotonicConfig, RecoveryTrainer
 from harness_plugins.training.workload import training_workload
@@ -123,7 +123,7 @@ def test_gradient_checkpointing_and_largest_micro_batch():
 
 def test_gradient_checkpointing_costs_one_more_forward_pass():
     from harness import TrainingSetup, Workload
-    from harness.plan.estimate import workload_flops
+    from harness._engine.plan.estimate import workload_flops
 
     shape = ModelShape(1_414_647_808, 24, 2048, 16, 8192, 50304, 2048, False, "gpt_neox", "float16", "test")
     flops = {ckpt: workload_flops(shape, Workload(train_tokens=1e6, context=2048, training=TrainingSetup(
@@ -261,8 +261,8 @@ def test_gradient_checkpointing_changes_memory_not_gradients(monotonic):
 def test_cpu_time_is_calls_times_fixed_cost_plus_tokens_times_cost_per_token():
     """On cpu the plan prices each kind of call (fixed + per token, timed once) by the calls and tokens it makes."""
     from harness import Batch, Workload
-    from harness.plan.calibrate import Call, CallCost
-    from harness.plan.estimate import call_seconds
+    from harness._engine.plan.calibrate import Call, CallCost
+    from harness._engine.plan.estimate import call_seconds
 
     shape = lookup_shape(WeightsSource(str(ROOT / "plugins" / "models" / "pythia_tiny"), True), "tiny").shape
 
@@ -286,7 +286,7 @@ def test_cpu_time_is_calls_times_fixed_cost_plus_tokens_times_cost_per_token():
 
 
 def test_call_timer_runs_each_kind_of_call_on_a_random_model_of_the_shape():
-    from harness.plan.calibrate import Call, CallTimer, random_model
+    from harness._engine.plan.calibrate import Call, CallTimer, random_model
 
     shape = lookup_shape(WeightsSource(str(ROOT / "plugins" / "models" / "pythia_tiny"), True), "tiny").shape
     model = random_model(shape)

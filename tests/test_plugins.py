@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness import MetricPlugin, hookimpl
-from harness.plugins import ENTRY_POINT_GROUP, Registry, load_registry, make_plugin_manager
+from harness._engine.plugins import ENTRY_POINT_GROUP, Registry, load_registry, make_plugin_manager
 from tests.conftest import ROOT, pip_installed, run_cli, write_suite
 
 EXAMPLE = ROOT / "examples" / "harness-example-metric"
@@ -129,7 +129,7 @@ def test_trainers_find_their_default_configs_as_package_data():
     """`harness train NAME` without --config reads the trainer plugin's own config, shipped beside its module (so an
     installed wheel has it: pyproject's package-data lists it), not a file of the source tree's top level."""
     import yaml
-    from harness.cli_train import default_config
+    from harness.cli.train import default_config
 
     import harness_plugins
 

@@ -40,9 +40,9 @@ def test_one_seed_by_hand(tmp_path, capsys):
 
 
 def test_three_seeds_with_seed_variance_by_hand(tmp_path):
-    from harness.report import load_run
-    from harness.report.aggregate import aggregate
-    from harness.report.power import power_table
+    from harness._engine.report import load_run
+    from harness._engine.report.aggregate import aggregate
+    from harness._engine.report.power import power_table
 
     run = make_run(tmp_path / "run", {"base": 0.0, "mono": 0.0}, {}, PRIMARY, seeds=[1, 2, 3],
                    records=_records({1: 0.1, 2: -0.1, 3: 0.0}))

@@ -12,9 +12,9 @@ import pytest
 
 from harness import cli
 from harness.errors import HarnessError
-from harness.preflight import run_preflight
-from harness.slurm.profile import Profile, Resources
-from harness.suite import load_suite
+from harness._engine.preflight import run_preflight
+from harness._engine.slurm.profile import Profile, Resources
+from harness._engine.suite import load_suite
 
 from .conftest import run_cli, write_suite
 

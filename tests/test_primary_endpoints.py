@@ -13,8 +13,8 @@ import pytest
 
 from harness import MetricSpec
 from harness.attacks import ATTACK_METRICS, attack_summary, example_record
-from harness.report import build_report
-from harness.report.primary import _levels
+from harness._engine.report import build_report
+from harness._engine.report.primary import _levels
 from harness.store import atomic_write_json
 from harness.summary import complete_summary
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from harness.logs import NOISY_LOGGERS, configure_logging
+from harness._engine.logs import NOISY_LOGGERS, configure_logging
 
 from .conftest import run_cli, write_suite
 

@@ -18,12 +18,12 @@ import pytest
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.report import load_run
-from harness.rundir import RunDir, read_records
-from harness.runner import Runner
-from harness.slurm.status import run_status
+from harness._engine.report import load_run
+from harness._engine.rundir import RunDir, read_records
+from harness._engine.runner import Runner
+from harness._engine.slurm.status import run_status
 from harness.store import atomic_write_json, read_json
-from harness.suite import load_suite
+from harness._engine.suite import load_suite
 from tests.conftest import DATA, HARNESS, ROOT, one_line_error, write_suite
 
 TINY = ROOT / "plugins" / "models" / "pythia_tiny"
@@ -88,7 +88,7 @@ def test_nothing_outside_the_run_is_written_or_deleted(tmp_path):
 HOLD = """
 import sys, time
 from pathlib import Path
-from harness.rundir import RunDir
+from harness._engine.rundir import RunDir
 with RunDir(Path(sys.argv[1])).lock(sys.argv[2] or None):
     print("held", flush=True)
     time.sleep(60)
@@ -284,7 +284,7 @@ def test_lm_eval_batches_poll_the_stop_flag():
 
 def test_stop_between_stages_is_preempted_and_second_signal_stops_at_once(tmp_path, monkeypatch):
     from harness.context import StopNow
-    from harness.runner import _stop_signals
+    from harness._engine.runner import _stop_signals
 
     path = write_suite(tmp_path, SUITE + """
   ppl2:
@@ -440,7 +440,7 @@ def test_directory_and_oversized_suite_are_one_line(tmp_path, capsys):
 
 
 def test_preflight_refuses_a_stage_whose_planned_memory_exceeds_the_machine(tmp_path):
-    from harness.preflight import run_preflight
+    from harness._engine.preflight import run_preflight
 
     path = write_suite(tmp_path, """
         models:

@@ -17,17 +17,17 @@ import pytest
 
 from harness import HarnessError
 from harness.cli import main as cli_main
-from harness.report import build_report
+from harness._engine.report import build_report
 from harness.api import describe
 from harness.attacks import ATTACK_METRICS
-from harness.plugins import load_registry
-from harness.report.verdicts import verdict
-from harness.report.stats import (across_seeds_bootstrap, bootstrap_examples, example_columns, mean_std,
+from harness._engine.plugins import load_registry
+from harness._engine.report.verdicts import verdict
+from harness._engine.report.stats import (across_seeds_bootstrap, bootstrap_examples, example_columns, mean_std,
                                   percentile_interval, rng_for)
-from harness.report.tables import latex_escape
-from harness.runner import Runner
+from harness._engine.report.tables import latex_escape
+from harness._engine.runner import Runner
 from harness.store import atomic_write_json, read_json
-from harness.suite import load_suite
+from harness._engine.suite import load_suite
 
 from .conftest import write_suite
 
@@ -545,8 +545,8 @@ def test_results_without_recorded_declarations_get_them_from_the_plugin_classes(
 ])
 def test_a_declared_family_matches_nested_and_flat_results(tmp_path, metrics, missing):
     from harness.api import MetricSpec
-    from harness.report.collect import StageData
-    from harness.report.declared import missing_declared
+    from harness._engine.report.collect import StageData
+    from harness._engine.report.declared import missing_declared
 
     stage = StageData("train/t/s0", "train", "t", "p", "m", 0, "k", [], tmp_path, "done", {"metrics": metrics})
     specs = [MetricSpec("weight_change/{group}", "Change ({group})", aggregation="none"),

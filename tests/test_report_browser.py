@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.report import build_report
+from harness._engine.report import build_report
 
 from .test_report import make_run
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from harness.cli import main as cli_main
-from harness.report import build_report
-from harness.report.compare import compare_runs
+from harness._engine.report import build_report
+from harness._engine.report.compare import compare_runs
 from harness.store import atomic_write_json, read_json
 
 from .test_report import MODELS, SEEDS, make_run
@@ -66,7 +66,7 @@ def test_tensorboard_event_files_read_back(tmp_path):
 
 
 def report_config(run: Path):
-    from harness.report.collect import load_run
+    from harness._engine.report.collect import load_run
 
     return load_run(run).config
 
@@ -180,7 +180,7 @@ def test_multi_panel_figures_wrap_into_rows(tmp_path):
     # Three attacks with curves: one row of three panels, never a strip wider than three panels.
     curve = imread(report.files["attack_success_curve.png"])
     assert curve.shape[1] / curve.shape[0] < 4.5
-    from harness.report import plots
+    from harness._engine.report import plots
 
     monkey = plots.GRID_COLUMNS
     try:
@@ -194,16 +194,16 @@ def test_multi_panel_figures_wrap_into_rows(tmp_path):
 
 
 def test_log_budget_axis_labels_are_short():
-    from harness.report.plots import _compact
+    from harness._engine.report.plots import _compact
 
     assert [_compact(v) for v in (2, 50, 1000, 6120, 2.5e6, 3e9)] == ["2", "50", "1k", "6.12k", "2.5M", "3G"]
 
 
 def test_budget_plot_draws_a_universal_attacks_one_off_cost(tmp_path):
     from harness.api import MetricSpec
-    from harness.report.aggregate import aggregate
-    from harness.report.collect import load_run
-    from harness.report.plots import budget_plot
+    from harness._engine.report.aggregate import aggregate
+    from harness._engine.report.collect import load_run
+    from harness._engine.report.plots import budget_plot
 
     run, _ = make_run(tmp_path / "run")
     # UAT's results state its optimisation's queries, declared as a one-off budget on top of the per-example one.
@@ -221,7 +221,7 @@ def test_budget_plot_draws_a_universal_attacks_one_off_cost(tmp_path):
     from matplotlib.figure import Figure
 
     captured: list[Figure] = []
-    import harness.report.plots as plots
+    import harness._engine.report.plots as plots
 
     original = plots._save
     plots._save = lambda fig, path: (captured.append(fig), original(fig, path))[1]
@@ -251,9 +251,9 @@ def test_harness_run_ends_with_the_paths_of_the_report_and_summary(tmp_path, cap
 
 
 def test_primary_endpoints_are_the_headline_rows_when_present(tmp_path):
-    from harness.report.aggregate import aggregate
-    from harness.report.collect import load_run
-    from harness.report.answer import answer_table as headline, answer_text as headline_text
+    from harness._engine.report.aggregate import aggregate
+    from harness._engine.report.collect import load_run
+    from harness._engine.report.answer import answer_table as headline, answer_text as headline_text
 
     run, _ = make_run(tmp_path / "run", control=True)
     agg = aggregate(load_run(run))

@@ -15,10 +15,10 @@ import pytest
 
 from harness import MetricSpec
 from harness.attacks import ATTACK_METRICS, attack_summary, example_record
-from harness.report import build_report
-from harness.report.stats import (ExampleStatistic, aligned_columns, bootstrap_examples, paired_bootstrap,
+from harness._engine.report import build_report
+from harness._engine.report.stats import (ExampleStatistic, aligned_columns, bootstrap_examples, paired_bootstrap,
                                   paired_seed_bootstrap, percentile_interval, rng_for)
-from harness.report.verdicts import verdict
+from harness._engine.report.verdicts import verdict
 from harness.store import atomic_write_json
 from harness.summary import complete_summary
 
@@ -262,7 +262,7 @@ def test_each_model_is_judged_against_its_matched_controls(tmp_path):
 
 def test_matched_controls_must_name_models(tmp_path):
     from harness import ConfigError
-    from harness.suite import load_suite
+    from harness._engine.suite import load_suite
 
     path = tmp_path / "suite.yaml"
     path.write_text("name: m\nseeds: [1]\nmodels:\n  a: {plugin: pythia_tiny}\n  b: {plugin: pythia_tiny}\n"
@@ -290,8 +290,8 @@ def test_missing_and_undeclared_metrics_are_reported_in_one_line(tmp_path):
 def test_declared_families_are_alternatives(tmp_path):
     """lm-eval names a metric `task/metric`, or `task/metric,filter` when a task has several filters: a result
     with either form lacks nothing; one with neither gets one line naming the families."""
-    from harness.report.collect import StageData
-    from harness.report.declared import missing_declared, undeclared
+    from harness._engine.report.collect import StageData
+    from harness._engine.report.declared import missing_declared, undeclared
     from harness_plugins.metrics.lmeval import LMEval, LMEvalConfig
 
     specs = LMEval(LMEvalConfig(tasks=["t1"])).declared_metrics()

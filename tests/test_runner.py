@@ -8,9 +8,9 @@ import subprocess
 import sys
 import time
 
-from harness.runner import Runner
+from harness._engine.runner import Runner
 from harness.store import RecordLog, read_json
-from harness.suite import load_suite
+from harness._engine.suite import load_suite
 from tests.conftest import HARNESS, write_suite
 
 SUITE = """

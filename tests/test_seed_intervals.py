@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.report.stats import ExampleStatistic, paired_bootstrap, percentile_interval, seed_level_replicates
+from harness._engine.report.stats import ExampleStatistic, paired_bootstrap, percentile_interval, seed_level_replicates
 
 TRIALS = 1000
 N_BOOT = 1000

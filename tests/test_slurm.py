@@ -15,11 +15,11 @@ from types import SimpleNamespace
 import pytest
 
 from harness.cli import main
-from harness.graph import Graph, Stage, build_graph
-from harness.plugins import load_registry
-from harness.slurm.plan import Job, plan_jobs, report_job
-from harness.slurm.profile import load_profile
-from harness.suite import load_suite
+from harness._engine.graph import Graph, Stage, build_graph
+from harness._engine.plugins import load_registry
+from harness._engine.slurm.plan import Job, plan_jobs, report_job
+from harness._engine.slurm.profile import load_profile
+from harness._engine.suite import load_suite
 from tests.conftest import ROOT, write_suite
 
 EXAMPLE_PROFILE = ROOT / "slurm" / "profile.example.yaml"
@@ -292,7 +292,7 @@ def test_status_of_a_local_run(tmp_path):
 
 def test_status_without_slurm_reports_what_the_run_directory_knows(tmp_path):
     """A run directory read where SLURM is not reachable (copied to a laptop, say): no guessing about jobs."""
-    from harness.slurm.status import run_status
+    from harness._engine.slurm.status import run_status
     from harness.store import atomic_write_json
 
     run_dir = tmp_path / "run"

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.slurm.submit import submit_suite
+from harness._engine.slurm.submit import submit_suite
 from harness.store import read_json
 from tests.conftest import HARNESS, ROOT, write_suite
 
@@ -89,7 +89,7 @@ def jobs_record(run_dir: Path) -> dict:
 
 def status(run_dir: Path) -> dict[str, dict]:
     """``harness status RUN_DIR --json``, in this process (the CLI's own test is in status_table)."""
-    from harness.slurm.status import run_status
+    from harness._engine.slurm.status import run_status
 
     return {r.stage: asdict(r) for r in run_status(run_dir)}
 
@@ -164,7 +164,7 @@ attacks:
 def e2e(cluster, tmp_path_factory):
     """Submit, cancel one pending job and re-submit, USR1 the training of seed 42 mid-stage, wait for the end;
     and run the same suite locally. Returns what the tests look at."""
-    from harness.plugins import load_registry
+    from harness._engine.plugins import load_registry
 
     installed = {(i.kind, i.name) for i in load_registry().all()}
     if ("trainer", "monotonic") not in installed:
@@ -348,7 +348,7 @@ def test_failing_stage_leaves_dependents_never_run_and_status_says_why(cluster, 
 def test_training_with_two_processes_under_torchrun_in_one_job(cluster, tmp_path, strategy):
     """The profile's launcher: torchrun starts 2 gloo processes in the job, replicating (DDP) or sharding (FSDP)
     the model; USR1 reaches both, they snapshot together, the job requeues and the 2-process training resumes."""
-    from harness.plugins import load_registry
+    from harness._engine.plugins import load_registry
 
     if "monotonic" not in {i.name for i in load_registry().all() if i.kind == "trainer"}:
         pytest.skip("the monotonic trainer plugin is not installed")

@@ -12,9 +12,9 @@ import time
 import pytest
 
 from harness.errors import HarnessError
-from harness.slurm.fit import check_fit
-from harness.slurm.profile import load_profile
-from harness.suite import load_suite
+from harness._engine.slurm.fit import check_fit
+from harness._engine.slurm.profile import load_profile
+from harness._engine.suite import load_suite
 from tests.conftest import ROOT, write_suite
 from tests.test_slurm import EXAMPLE_PROFILE, run_cli
 
@@ -61,7 +61,7 @@ def test_a_time_limit_below_the_plan_is_refused_or_split_by_requeues(tmp_path):
     split = tmp_path / "split.yaml"
     split.write_text(short.read_text().replace("max_requeues: 0", "max_requeues: 1"))
     suite, profile = load_suite(FULL, "full"), load_profile(split)
-    from harness.graph import build_graph
+    from harness._engine.graph import build_graph
 
     stages = build_graph(suite).stages
     fit = check_fit(suite, profile, split, stages)
@@ -76,7 +76,7 @@ def test_a_time_limit_below_the_plan_is_refused_or_split_by_requeues(tmp_path):
 
 def test_tiny_suites_need_no_gpu_but_device_cuda_always_does(tmp_path):
     suite = load_suite(ROOT / "suites" / "quick.yaml")
-    from harness.graph import build_graph
+    from harness._engine.graph import build_graph
 
     fit = check_fit(suite, load_profile(None), None, build_graph(suite).stages)
     assert fit.gpu == {}  # a 1.8M-parameter model: well below GPU_FLOPS

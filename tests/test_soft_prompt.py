@@ -11,7 +11,7 @@ from harness.attacks import Scorer, allowed_tokens, make_examples, select_exampl
 from harness.cli import main
 from harness.context import StageContext
 from harness.data import load_documents
-from harness.graph import Stage
+from harness._engine.graph import Stage
 from harness.summary import run_stage_summary
 from harness_plugins.attacks import soft_prompt
 from harness_plugins.attacks.hotflip import HotFlipAttack, HotFlipConfig

@@ -75,7 +75,7 @@ def test_cli_validate_exit_code_and_no_traceback(tmp_path):
 
 
 def test_mode_overrides_merge_by_entry_name(tmp_path):
-    from harness.suite import load_suite
+    from harness._engine.suite import load_suite
 
     path = write_suite(tmp_path, GOOD + "    batch_tokens: 4096\nseeds: [1, 2]\nquick:\n  seeds: [3]\n"
                        "  metrics: {perplexity: {batch_tokens: 512}}\n")

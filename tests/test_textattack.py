@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness import HarnessError
-from harness.suite import load_suite
+from harness._engine.suite import load_suite
 
 from .conftest import DATA, ROOT, write_suite
 
@@ -69,7 +69,7 @@ def test_missing_extra_hides_the_attacks_and_names_the_install_command(tmp_path)
 
 def test_quick_suites_validate_without_the_extra():
     """suites/quick.yaml must keep working in the core venv: the bridge's entries there are disabled."""
-    out = run_python(HIDE_TEXTATTACK + "from harness.suite import load_suite\n"
+    out = run_python(HIDE_TEXTATTACK + "from harness._engine.suite import load_suite\n"
                      "s = load_suite('suites/quick.yaml')\nprint(sorted(s.attacks))")
     assert out.returncode == 0, out.stderr
     assert not any(name in out.stdout for name in ("deepwordbug", "textattack"))
@@ -81,7 +81,7 @@ def test_listed_with_the_extra():
     assert listing.returncode == 0, listing.stderr
     assert all(f" {name} " in listing.stdout for name in BRIDGE)
     # Registration must not import TextAttack (seconds); only validating or running an entry does.
-    out = run_python("import sys\nfrom harness.plugins import load_registry\nload_registry()\n"
+    out = run_python("import sys\nfrom harness._engine.plugins import load_registry\nload_registry()\n"
                      "print('textattack' in sys.modules)")
     assert out.stdout.strip() == "False", out.stderr
 
@@ -226,7 +226,7 @@ def test_generic_config_checks_names_against_the_catalogue(tmp_path):
 
 @needs_textattack
 def test_deepwordbug_raises_nll_above_its_random_control(tmp_path):
-    from harness.runner import Runner
+    from harness._engine.runner import Runner
 
     budget = 60
     suite = attack_suite(tmp_path, f"""

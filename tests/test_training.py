@@ -139,8 +139,8 @@ def test_gradient_accumulation_equals_one_large_batch(tiny):
 
 # -- end to end ---------------------------------------------------------------------------------------------------
 def test_suite_trains_both_and_evaluates_the_checkpoints(tmp_path):
-    from harness.runner import Runner
-    from harness.suite import load_suite
+    from harness._engine.runner import Runner
+    from harness._engine.suite import load_suite
 
     common = (f"data: {{dataset: json, data_files: {DATA}/train.jsonl, split: train, limit: 20}}, seq_len: 64, "
               "micro_batch: 4, grad_accum: 1, steps: 4, lr: 1.0e-3, checkpoint_every: 2, "
@@ -235,12 +235,12 @@ def test_sigusr1_snapshots_and_resumes_bit_identically(reference, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_path):
-    from harness.runner import Runner
-    from harness.suite import load_suite
+    from harness._engine.runner import Runner
+    from harness._engine.suite import load_suite
     from transformers.models.gpt_neox import modeling_gpt_neox
 
     cfg = write_config(tmp_path / "cfg.yaml", steps=8, checkpoint_every=2, val_data=None)
-    from harness.cli_train import training_suite
+    from harness.cli.train import training_suite
 
     suite_path = tmp_path / "suite.yaml"
     suite_path.write_text(yaml.safe_dump(training_suite("baseline", yaml.safe_load(cfg.read_text()), cfg, "quick")))

@@ -184,7 +184,7 @@ class LMEval(MetricPlugin[LMEvalConfig]):
         task_manager = make_task_manager(cfg.tasks, [LOCAL_TASKS, *cfg.include_path])
         ctx.log(f"lm-eval tasks {', '.join(cfg.tasks)} (batch size {cfg.batch_size}, limit {cfg.limit})")
         # lm-eval draws tqdm bars on stderr; without a terminal (or with --no-progress) they are only noise. Its
-        # warnings are the command line's to show or not (`harness -v`, see harness.logs): when its logger passes
+        # warnings are the command line's to show or not (`harness -v`): when its logger passes
         # them, stderr stays open for them.
         no_bars = ctx.show_progress is False or (ctx.show_progress is None and not sys.stderr.isatty())
         quiet = no_bars and not logging.getLogger("lm_eval").isEnabledFor(logging.WARNING)

@@ -5,8 +5,8 @@
 For each research suite (``studies/monotonic_ffn/suites/*.yaml``) whose run directory exists (``runs/research_<name>``, as
 ``studies/monotonic_ffn/run.sh`` writes it), this rebuilds the harness's own report (``harness report``: final_results.json,
 Table 7, plots), then reads every number of the write-up from it: Table 7 is the report's ``table7.md``; the
-indicators, intervals and per-seed values come from ``final_results.json`` or from the report's own aggregation code
-(``harness.report``) run with another attack metric (UAT is judged on its NLL increase, as the paper does). The
+indicators, intervals and per-seed values come from ``final_results.json`` through the public results reader
+(``harness.results``), with another attack metric (UAT is judged on its NLL increase, as the paper does). The
 figures are copied to ``studies/monotonic_ffn/research/<suite>/`` and the numbers the text uses to ``studies/monotonic_ffn/research/results.json``.
 ``--measure`` re-runs ``studies/monotonic_ffn/shift_function_check.py`` (fp32/bf16 logit differences of the ``shift`` init;
 ``--smollm2`` included when the package is installed) into ``studies/monotonic_ffn/research/function_preservation.json``.
