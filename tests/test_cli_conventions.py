@@ -217,7 +217,7 @@ def test_setup_without_root_skips_system_packages_and_as_root_installs_them(tmp_
 def test_every_harness_command_in_the_readme_path_parses_and_names_files_that_exist():
     import shlex
 
-    from harness.cli import build_parser
+    from harness.cli.main import build_parser
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## From the quick demo to a cluster", 1)[1].split("\n## ", 1)[0]

@@ -2,7 +2,9 @@
 and moves the FFN about as much as an unconstrained run at the same learning rate (softplus moves it far less);
 ``constraint: none`` is the unconstrained control; ``ffn_noise`` damages the baseline, seeded; every training stage
 records ``weight_change`` per parameter group; a Llama trained with ``init: shift`` starts at its base perplexity
-and exports an OLMo checkpoint; and a constrained FFN with a monotone activation is monotone after projected steps."""
+and exports an OLMo checkpoint; a constrained FFN with a monotone activation is monotone as a map on R^d after projected
+steps, but on LayerNorm outputs its input weights' signs are not a property of its function (a recentred copy computes
+the same map), while on an RMSNorm model non-negativity is a real restriction and the FFN is monotone on its orthant."""
 
 from __future__ import annotations
 
@@ -143,8 +145,9 @@ def test_llama_shift_training_starts_at_the_base_perplexity_and_exports_olmo(tmp
 
 
 def test_projected_ffn_with_monotone_activation_is_monotone(tiny):
-    """Jacobian of every layer's FFN non-negative at random inputs, and no output goes down along random single-
-    coordinate and random non-negative directions; after projected optimiser steps that pushed weights below 0."""
+    """As a map on R^d (the parametrisation): Jacobian of every layer's FFN non-negative at random inputs, and no
+    output goes down along random single-coordinate and random non-negative directions; after projected optimiser
+    steps that pushed weights below 0. (On LayerNorm outputs this is not a property of the function: see below.)"""
     model = copy.deepcopy(tiny.model).train()
     names = make_monotonic(model, MonotonicSpec(variant="mlp_both", init="shift", constraint="project",
                                                 activation="relu", min_weight=FLOOR))
@@ -204,3 +207,85 @@ def test_projection_under_two_process_fsdp_matches_one_process(tmp_path):
         with torch.no_grad():
             outputs.append(model(input_ids=ids).logits)
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-3, rtol=1e-3)
+
+
+def _recentred(w: torch.Tensor) -> torch.Tensor:
+    """``W - c 1ᵀ`` with ``c`` each row's mean: the same map on zero-mean inputs, about half its entries negative."""
+    return w - w.mean(dim=1, keepdim=True)
+
+
+def test_on_layernorm_outputs_the_sign_of_an_input_weight_is_not_a_property_of_the_function(tiny):
+    """Where monotonicity is not defined. A GPT-NeoX FFN after the ``shift`` init with every weight >= the floor and
+    a monotone activation reads a LayerNorm output ``n`` (gain and bias folded into the linear), and ``1ᵀn = 0``:
+    the recentred copy ``W - c 1ᵀ`` computes the same pre-activations on every such input although about half its
+    entries are negative, so "non-negative input weights" names a parametrisation, not the function; and the map
+    from the residual stream, x -> mlp(LN(x)), is not monotone (its Jacobian has negative entries). On these models
+    the "monotone" arm is an activation change."""
+    model = copy.deepcopy(tiny.model).eval()
+    make_monotonic(model, MonotonicSpec(variant="mlp_both", init="shift", constraint="project", activation="relu",
+                                        min_weight=FLOOR))
+    gen = torch.Generator().manual_seed(0)
+    width = model.config.hidden_size
+    for layer in model.gpt_neox.layers:
+        norm, w = layer.post_attention_layernorm, layer.mlp.dense_h_to_4h.weight.detach()
+        assert float(w.min()) >= FLOOR32
+        with torch.no_grad():
+            n = norm(torch.randn(256, width, generator=gen) * 3)
+            assert float(n.sum(dim=1).abs().max()) < 1e-4  # the folded norm's output is zero-mean
+            recentred = _recentred(w)
+            assert float((recentred < 0).float().mean()) > 0.3  # non-negativity fails for the recentred copy ...
+            same = (n @ recentred.T - n @ w.T).abs().max() / (n @ w.T).abs().max()
+            assert float(same) < 1e-5  # ... which computes the same pre-activations on every LayerNorm output
+        jac = torch.autograd.functional.jacobian(lambda x: layer.mlp(norm(x)), torch.randn(width, generator=gen))
+        assert float((jac < 0).float().mean()) > 0.1
+
+
+def test_on_an_rmsnorm_model_non_negativity_is_a_restriction_and_the_ffn_is_monotone_on_its_orthant():
+    """Where monotonicity is defined. RMSNorm does not remove the mean, so recentring a constrained input weight
+    changes the FFN's output (the signs are part of the function: a real constraint), and a gated FFN whose three
+    weights are non-negative is monotone on the non-negative orthant (SiLU is non-negative and increasing there)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=512)).eval()
+    names = make_monotonic(llama, MonotonicSpec(variant="gated_all", init="abs", constraint="project",
+                                                min_weight=FLOOR))
+    params = dict(llama.named_parameters())
+    assert len(names) == 6 and min(float(params[n].detach().min()) for n in names) >= FLOOR32
+    gen = torch.Generator().manual_seed(1)
+    for layer in llama.model.layers:
+        norm, mlp = layer.post_attention_layernorm, layer.mlp
+        with torch.no_grad():
+            n = norm(torch.randn(256, 64, generator=gen) * 3)
+            recentred = copy.deepcopy(mlp)
+            recentred.up_proj.weight.copy_(_recentred(mlp.up_proj.weight))
+            change = (recentred(n) - mlp(n)).abs().max() / mlp(n).abs().max()
+            assert float(change) > 0.1
+        for _ in range(4):
+            x = torch.rand(64, generator=gen) * 3
+            assert float(torch.autograd.functional.jacobian(mlp, x).min()) >= 0
+
+
+def test_a_real_constraint_on_a_small_llama_keeps_every_ffn_weight_at_its_floor(tmp_path):
+    """``init: abs`` + ``constraint: project`` on a random Llama: no conversion (the architecture stays Llama), and
+    every constrained weight is >= the floor after training."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from harness_plugins.models.pythia_tiny import WEIGHTS_DIR
+
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=4096,
+                                         max_position_embeddings=256, bos_token_id=0, eos_token_id=0,
+                                         pad_token_id=1))
+    base = tmp_path / "llama"
+    llama.save_pretrained(base)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(WEIGHTS_DIR / f, base / f)
+    _, provenance, weights, _ = train(tmp_path, "monotonic", "llama_abs", model={"plugin": "hf_causal_lm",
+                                      "path": str(base)}, init="abs", variant="gated_all", constraint="project",
+                                      min_weight=FLOOR, steps=2, lr=1e-2)
+    assert provenance["architecture"] == "llama" and "converted_from" not in provenance
+    assert len(provenance["constrained_weights"]) == 6
+    assert min(float(weights[n].min()) for n in provenance["constrained_weights"]) >= FLOOR32

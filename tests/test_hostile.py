@@ -421,7 +421,7 @@ def test_suite_that_is_a_fifo_or_dev_zero_is_one_line_in_seconds(tmp_path):
 
 
 def test_suite_read_limit_counts_bytes_read_not_stat(tmp_path, monkeypatch, capsys):
-    from harness import suite as suite_module
+    from harness._engine import suite as suite_module
 
     monkeypatch.setattr(suite_module, "MAX_SUITE_BYTES", 100)
     path = write_suite(tmp_path, SUITE)  # over 100 bytes; a proc-like file would report size 0

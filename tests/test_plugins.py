@@ -86,7 +86,7 @@ def _fake_distribution(tmp_path, package: str, entry_points: dict[str, str]) -> 
 
 @pytest.mark.parametrize("first", [True, False])
 def test_third_party_entry_point_with_a_builtins_name_is_an_error_naming_both_packages(tmp_path, monkeypatch, first):
-    from harness import plugins
+    from harness._engine import plugins
     from harness.errors import HarnessError
 
     fake = _fake_distribution(tmp_path, "evil-gcg", {"gcg": "evil_gcg_module"})
@@ -100,7 +100,7 @@ def test_third_party_entry_point_with_a_builtins_name_is_an_error_naming_both_pa
 
 
 def test_third_party_plugin_class_with_a_builtins_name_is_an_error_naming_both_packages(tmp_path, monkeypatch):
-    from harness import plugins
+    from harness._engine import plugins
     from harness.errors import HarnessError
 
     (tmp_path / "clash_module.py").write_text(
@@ -117,7 +117,7 @@ def test_third_party_plugin_class_with_a_builtins_name_is_an_error_naming_both_p
 
 
 def test_the_same_package_found_twice_is_no_conflict(monkeypatch):
-    from harness import plugins
+    from harness._engine import plugins
 
     real = list(md.distributions())
     harness_dist = next(d for d in real if d.metadata["name"] == "harness")

@@ -27,7 +27,15 @@ optimiser step: projected gradient, so ``W`` moves at the optimiser's rate, not 
 init only, then unconstrained training: the control that separates the constraint from the damage of the init).
 
 ``activation: monotone`` also swaps the FFN's GELU/SiLU (non-monotone: both dip below zero) for a monotone one,
-so that an FFN whose weights are all constrained (``mlp_both``) is monotone in its input.
+so that an FFN whose weights are all constrained (``mlp_both``) is monotone as a map on R^d. That is a statement
+about the parametrisation, not always about the model. Under a mean-subtracting norm the FFN only ever sees inputs
+with ``1ᵀn = 0``, on which ``W`` and ``W - c 1ᵀ`` compute the same map: the recentred copy is the same function with
+about half its input weights negative, and x -> mlp(LN(x)) is not monotone in the residual stream. So on LayerNorm
+models (GPT-NeoX, and RMSNorm models after the exact OLMo conversion, which changes the architecture) the
+``shift`` arms constrain nothing about the function, and ``activation: monotone`` there is an activation change
+(ReLU for GELU). Only where no reader removes the mean (RMSNorm models with ``init: abs``: a real restriction)
+does non-negativity constrain the function; there a gated FFN with all three weights non-negative is monotone on
+the non-negative orthant. ``tests/test_constraint.py`` checks both.
 
 :func:`merge` bakes ``softplus(V)`` into plain weights for export; :func:`constrained_weight_names` lists the
 parameters a loader must find non-negative.

@@ -138,8 +138,11 @@ class MonotonicConfig(TrainConfig):
     min_weight: float = Field(default=1e-4, gt=0)
     #: ``shift`` on RMSNorm models: width of the converted residual stream (none: hidden_size + 1).
     stream_width: int | None = Field(default=None, ge=2)
-    #: ``monotone`` replaces the FFN activation by ``monotone_activation`` (monotone FFN with ``mlp_both``).
+    #: ``monotone`` replaces the FFN activation by ``monotone_activation``: an activation change. With ``mlp_both``
+    #: the FFN is monotone as a map on R^d, but on a LayerNorm model its input is zero-mean, so that is not a
+    #: property of the model's function (a recentred copy computes the same map); see the monotonic module.
     activation: Literal["original", "monotone"] = "original"
+    #: the monotone activation that ``activation: monotone`` puts in place of GELU/SiLU
     monotone_activation: MonotoneActivation = "relu"
 
     @field_validator("variant")

@@ -562,9 +562,12 @@ def answer_weights(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
 
 
 def answer_monotone(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
-    out = ["**5. Does a truly monotone FFN change robustness?** Only an arm with non-negative FFN weights *and* a "
-           "monotone activation computes a monotone FFN (the property test in tests/test_constraint.py); it is "
-           "compared with the same arm keeping GELU (matched control) and with the baseline."]
+    out = ["**5. Does the ReLU arm (an activation change, not a monotone FFN) change robustness?** An arm with "
+           "non-negative FFN weights and a monotone activation is monotone as a map on R^d, but on a LayerNorm "
+           "model the FFN reads only zero-mean inputs, on which a recentred copy with about half its weights "
+           "negative computes the same map, and x -> mlp(LN(x)) is not monotone (tests/test_constraint.py checks "
+           "both). So this arm is ReLU in place of GELU; it is compared with the same arm keeping GELU (matched "
+           "control) and with the baseline."]
     found = False
     for name, numbers in _suites(all_numbers):
         for model, controls in numbers["matched_controls"].items():
@@ -586,7 +589,8 @@ def answer_monotone(all_numbers: dict[str, dict[str, Any] | None]) -> list[str]:
         out.append("No suite here has a monotone-activation arm.")
     out.append("SmolLM2's gated FFN down(SiLU(gate x) * up x) is not monotone even with non-negative weights and a "
                "monotone activation (up x takes both signs on a normalised input), so the trainer refuses "
-               "`activation: monotone` there and the monotone arm is the GPT-NeoX one.")
+               "`activation: monotone` there; with `init: abs` (no conversion: RMSNorm removes no mean) "
+               "non-negativity is a real restriction there, and the FFN is monotone on the non-negative orthant.")
     return out
 
 
@@ -609,7 +613,8 @@ def answer_invariance(all_numbers: dict[str, dict[str, Any] | None], fp: dict[st
             "residual readers can compute: a constrained model that is more robust is so because its training or "
             "its initialisation changed its function (the `abs` init destroys it), not because of non-negativity. "
             "A claim that non-negativity itself buys robustness would need a gain over the damage-matched controls "
-            "(answer 3) or from a truly monotone arm (answer 5)."]
+            "(answer 3) on a model where the constraint restricts the function (RMSNorm with `init: abs`); the "
+            "ReLU arm (answer 5) is an activation change."]
 
 
 def answer_controls(all_numbers: dict[str, dict[str, Any] | None], extra: dict[str, Any] | None) -> list[str]:
