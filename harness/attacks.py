@@ -34,7 +34,8 @@ from .context import StageContext, derive_seed
 from .data import Document, DocumentSource, load_documents
 from .errors import HarnessError
 from .loop import run_examples
-from .scoring import auto_batch_tokens, continuation_nll, draft_model, logits_tail_kwarg, swap_nll
+from .scoring import (auto_batch_tokens, continuation_nll, draft_model, logits_tail_kwarg, prefix_forward_kwargs,
+                      swap_nll)
 from .screening import ScreenConfig, probe_sample
 
 #: A loss over the continuation: (logits ``[B, k, V]`` float32 of the positions that predict the last ``k`` tokens,
@@ -341,6 +342,7 @@ class Scorer:
         self._embeddings: torch.Tensor | None = None
         self._embeddings_f32: torch.Tensor | None = None
         self._prefixes: dict = {}  # swap_nll's cached keys and values of the last base and its best candidate
+        self._grad_prefix: dict = {}  # token_gradients' cached keys and values of the unedited prefix
         #: ``screen``: probe sampling for the calls that ask for a best candidate (``select=``); its draft is built
         #: once per model and configuration; ``screen_stats`` accumulates what it did (see ``probe_sample``).
         self.screen = screen
@@ -492,18 +494,24 @@ class Scorer:
         embedding; subtract ``grad[p, current]`` to get the estimated loss change of the swap).
         """
         kwarg = logits_tail_kwarg(self.model)  # only the positions that predict the continuation
-        self.count_pass(ids.shape[0], ids.shape[1], backward=True, projected=n_scored + 1 if kwarg else ids.shape[1])
         emb_matrix = self.embeddings
         ids = ids.to(emb_matrix.device)
-        embeds = emb_matrix[ids].detach().requires_grad_(True)
+        # Positions before the first edited one are the same at every step (a prompt before a suffix): their keys and
+        # values come from a cache (exact: no earlier position attends to a later one), so the pass runs forward and
+        # backward on the rest only.
+        start = min(positions, default=0)
+        forward, cached = prefix_forward_kwargs(self.model, ids, start, self._grad_prefix, self._count_forward)
+        fed = ids.shape[1] - (start if cached else 0)
+        self.count_pass(ids.shape[0], fed, ids.shape[1], backward=True, projected=n_scored + 1 if kwarg else fed)
+        embeds = emb_matrix[ids[:, ids.shape[1] - fed:]].detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = self.model(inputs_embeds=embeds, **({kwarg: n_scored + 1} if kwarg else {})).logits
+            logits = self.model(inputs_embeds=embeds, **forward, **({kwarg: n_scored + 1} if kwarg else {})).logits
             logits = logits[:, -n_scored - 1:-1]
             labels = ids[:, -n_scored:]
             rows = (F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none").mean(1) if loss is None
                     else loss(logits.float(), labels))
             (grad,) = torch.autograd.grad(rows.mean(), embeds)
-        pos = torch.as_tensor(list(positions), device=grad.device)
+        pos = torch.as_tensor(list(positions), device=grad.device) - (ids.shape[1] - fed)
         # d loss / d onehot[p, v] = grad_embedding[p] . embedding[v]  (the HotFlip linearisation)
         emb_f32 = self._embeddings_f32 if self._embeddings_f32 is not None else emb_matrix.float()  # set with it
         return (grad[:, pos].sum(0).float() @ emb_f32.T).cpu()
@@ -539,6 +547,7 @@ class Scorer:
         does, to the last bit: a cached prefix and a recomputed one may differ in float summation order."""
         self._prefixes.clear()
         self._draft_prefixes.clear()
+        self._grad_prefix.clear()
 
 
 # -- records and summary metrics ---------------------------------------------------------------------------------------

@@ -473,6 +473,40 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
     return out
 
 
+#: The shortest unedited prefix worth a cache in a gradient pass (shorter ones cost more to copy than they save).
+MIN_GRADIENT_PREFIX = 8
+
+
+def prefix_forward_kwargs(model: torch.nn.Module, ids: torch.Tensor, start: int, memo: dict,
+                          on_pass: PassCounter | None = None) -> tuple[dict[str, object], bool]:
+    """Forward keywords that feed ``ids[:, start:]`` after the keys and values of ``ids[:, :start]``, and True; or
+    ``({}, False)`` when that would not pay (``start < MIN_GRADIENT_PREFIX``) or the model's cache cannot be reused
+    exactly. The prefix pass runs once per distinct prefix (``memo`` keeps the last one; a copy serves each call,
+    since a forward pass appends to its cache) and without gradient: no position before ``start`` attends to a later
+    one, so a gradient with respect to the fed positions is the one the whole sequence gives."""
+    cache_kwarg = _cache_kwarg(model)
+    if start < MIN_GRADIENT_PREFIX or start >= ids.shape[1] or cache_kwarg is None:
+        return {}, False
+    key = tuple(map(tuple, ids[:, :start].tolist()))
+    if key not in memo:
+        tail = logits_tail_kwarg(model)
+        with torch.no_grad():
+            out = model(input_ids=ids[:, :start], use_cache=True, **({tail: 1} if tail else {}))
+        if on_pass is not None:
+            on_pass(len(ids), start, start, out.logits.shape[1])
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        memo.clear()
+        memo[key] = cache if _full_attention_cache(cache, start) else None  # None: plain passes for this prefix
+    if memo[key] is None:
+        return {}, False
+    positions = torch.arange(start, ids.shape[1], device=ids.device)
+    kwargs: dict[str, object] = {cache_kwarg: copy.deepcopy(memo[key]), "use_cache": True,
+                                 "position_ids": positions[None].expand(len(ids), -1)}
+    if "cache_position" in _forward_params(model):  # transformers 4 derives it from the cache; explicit is safer
+        kwargs["cache_position"] = positions
+    return kwargs, True
+
+
 def _score_from(model: torch.nn.Module, ids: torch.Tensor, n_scored: int, start: int, cache: object,
                 base_rows: torch.Tensor, cache_kwarg: str, params: Mapping[str, object],
                 on_pass: PassCounter | None = None) -> tuple[torch.Tensor, object]:

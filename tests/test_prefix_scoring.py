@@ -154,3 +154,39 @@ def test_hotflip_spends_the_same_queries_and_finds_the_same_flips(tiny, monkeypa
     assert fast.flipped and fast.flipped == plain.flipped and fast.ids == plain.ids
     assert abs(fast.nll_after - plain.nll_after) <= 1e-5
     assert max(abs(a - b) for a, b in zip(fast.changes, plain.changes)) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["gpt_neox", "llama", "mistral"])
+def test_gradient_pass_from_a_cached_prefix_gives_the_plain_gradient(kind):
+    """token_gradients with a suffix after a 24-token prompt: the prompt's keys and values come from a cache (fed
+    once, without gradient), the gradient is the plain pass's, and the pass runs forward and backward on the suffix
+    and target only (fewer tokens and FLOPs counted). Where the cache cannot be reused (a sliding window shorter
+    than the sequence) or the prefix is short, the plain pass runs."""
+    from harness.api import LoadedModel
+    from harness.attacks import Scorer
+
+    model = random_model(kind)
+    tok = type("Tok", (), {"pad_token_id": 0})()
+    loaded = LoadedModel(name=kind, model=model, tokenizer=tok)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(2, 512, (2, 48), generator=gen)
+    positions, k = list(range(24, 44)), 4
+    plain, cached = Scorer(loaded, 4096), Scorer(loaded, 4096)
+    scoring_min = scoring.MIN_GRADIENT_PREFIX
+    try:
+        scoring.MIN_GRADIENT_PREFIX = 10 ** 6  # the plain pass
+        want = plain.token_gradients(ids, k, positions)
+    finally:
+        scoring.MIN_GRADIENT_PREFIX = scoring_min
+    for _ in range(2):  # the second call reuses the memo: no second prefix pass
+        got = cached.token_gradients(ids, k, positions)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert cached.gradient_calls == 2 * plain.gradient_calls == 4
+    if kind == "mistral":  # sliding window 8 < 48: not exact to reuse; the prefix pass that found it out ran once
+        assert cached.budget.tokens == 2 * plain.budget.tokens + 2 * 24
+    else:
+        assert cached.budget.gradient_tokens == 2 * 2 * (48 - 24)
+        assert cached.budget.tokens == 2 * 24 + 2 * 2 * 24  # one prefix pass, then two passes on the rest
+        assert cached.budget.flops < 2 * plain.budget.flops
+    short = Scorer(loaded, 4096).token_gradients(ids, k, list(range(2, 44)))  # a prefix of 2: no cache
+    assert short.shape == (42, model.config.vocab_size)
