@@ -501,9 +501,10 @@ class Scorer:
         # backward on the rest only.
         start = min(positions, default=0)
         forward, cached = prefix_forward_kwargs(self.model, ids, start, self._grad_prefix, self._count_forward)
-        fed = ids.shape[1] - (start if cached else 0)
+        offset = start if cached else 0  # the first position fed
+        fed = ids.shape[1] - offset
         self.count_pass(ids.shape[0], fed, ids.shape[1], backward=True, projected=n_scored + 1 if kwarg else fed)
-        embeds = emb_matrix[ids[:, ids.shape[1] - fed:]].detach().requires_grad_(True)
+        embeds = emb_matrix[ids[:, offset:]].detach().requires_grad_(True)
         with torch.enable_grad():
             logits = self.model(inputs_embeds=embeds, **forward, **({kwarg: n_scored + 1} if kwarg else {})).logits
             logits = logits[:, -n_scored - 1:-1]
@@ -511,7 +512,7 @@ class Scorer:
             rows = (F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none").mean(1) if loss is None
                     else loss(logits.float(), labels))
             (grad,) = torch.autograd.grad(rows.mean(), embeds)
-        pos = torch.as_tensor(list(positions), device=grad.device) - (ids.shape[1] - fed)
+        pos = torch.as_tensor(list(positions), device=grad.device) - offset
         # d loss / d onehot[p, v] = grad_embedding[p] . embedding[v]  (the HotFlip linearisation)
         emb_f32 = self._embeddings_f32 if self._embeddings_f32 is not None else emb_matrix.float()  # set with it
         return (grad[:, pos].sum(0).float() @ emb_f32.T).cpu()

@@ -444,11 +444,7 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
         cache = known
         if cache is None:
             upto = width - 1 if memo is not None else prefix  # a memo keeps every position a later prefix may need
-            tail = logits_tail_kwarg(model)
-            cached = model(input_ids=local[:, :upto].to(device), use_cache=True, **({tail: 1} if tail else {}))
-            if on_pass is not None:
-                on_pass(len(local), upto, upto, cached.logits.shape[1])
-            cache = cached.cache if getattr(cached, "cache", None) is not None else cached.past_key_values
+            cache = _prefix_cache(model, local[:, :upto].to(device), on_pass)
             if not _full_attention_cache(cache, upto):  # not exact to crop or index: score them plainly
                 out[order] = continuation_nll(model, candidates[order], n_scored, batch_tokens, on_pass=on_pass)
                 cache = None
@@ -456,7 +452,7 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
         for lo, hi in chunks:
             chunk = order[lo:hi]
             scores, past = _score_from(model, candidates[chunk], n_scored, order_starts[lo], cache,
-                                       which[chunk] - first_base, cache_kwarg, params, on_pass)
+                                       which[chunk] - first_base, cache_kwarg, on_pass)
             out[chunk] = scores
             if memo is not None:
                 row = int(scores.argmax())
@@ -485,30 +481,44 @@ def prefix_forward_kwargs(model: torch.nn.Module, ids: torch.Tensor, start: int,
     since a forward pass appends to its cache) and without gradient: no position before ``start`` attends to a later
     one, so a gradient with respect to the fed positions is the one the whole sequence gives."""
     cache_kwarg = _cache_kwarg(model)
-    if start < MIN_GRADIENT_PREFIX or start >= ids.shape[1] or cache_kwarg is None:
+    if (start < MIN_GRADIENT_PREFIX or start >= ids.shape[1] or cache_kwarg is None
+            or "position_ids" not in _forward_params(model)):
         return {}, False
     key = tuple(map(tuple, ids[:, :start].tolist()))
     if key not in memo:
-        tail = logits_tail_kwarg(model)
         with torch.no_grad():
-            out = model(input_ids=ids[:, :start], use_cache=True, **({tail: 1} if tail else {}))
-        if on_pass is not None:
-            on_pass(len(ids), start, start, out.logits.shape[1])
-        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            cache = _prefix_cache(model, ids[:, :start], on_pass)
         memo.clear()
         memo[key] = cache if _full_attention_cache(cache, start) else None  # None: plain passes for this prefix
     if memo[key] is None:
         return {}, False
-    positions = torch.arange(start, ids.shape[1], device=ids.device)
-    kwargs: dict[str, object] = {cache_kwarg: copy.deepcopy(memo[key]), "use_cache": True,
-                                 "position_ids": positions[None].expand(len(ids), -1)}
+    return _after_cache(model, cache_kwarg, copy.deepcopy(memo[key]), start, ids.shape[1], len(ids)), True
+
+
+def _prefix_cache(model: torch.nn.Module, prefix: torch.Tensor, on_pass: PassCounter | None) -> object:
+    """The keys and values of ``prefix`` (one forward pass, logits of its last position only where the model can
+    skip the others)."""
+    tail = logits_tail_kwarg(model)
+    out = model(input_ids=prefix, use_cache=True, **({tail: 1} if tail else {}))
+    if on_pass is not None:
+        on_pass(len(prefix), prefix.shape[1], prefix.shape[1], out.logits.shape[1])
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+def _after_cache(model: torch.nn.Module, cache_kwarg: str, past: object, start: int, end: int,
+                 rows: int) -> dict[str, object]:
+    """Forward keywords that feed positions ``start`` to ``end - 1`` of ``rows`` sequences after ``past`` (the keys
+    and values of the positions before ``start``; the pass appends to it)."""
+    positions = torch.arange(start, end, device=next(model.parameters()).device)
+    kwargs: dict[str, object] = {cache_kwarg: past, "position_ids": positions[None].expand(rows, -1),
+                                 "use_cache": True}
     if "cache_position" in _forward_params(model):  # transformers 4 derives it from the cache; explicit is safer
         kwargs["cache_position"] = positions
-    return kwargs, True
+    return kwargs
 
 
 def _score_from(model: torch.nn.Module, ids: torch.Tensor, n_scored: int, start: int, cache: object,
-                base_rows: torch.Tensor, cache_kwarg: str, params: Mapping[str, object],
+                base_rows: torch.Tensor, cache_kwarg: str,
                 on_pass: PassCounter | None = None) -> tuple[torch.Tensor, object]:
     """Continuation NLL of ``ids`` fed from ``start``, positions before it from rows ``base_rows`` of ``cache``;
     and the pass's own cache (every fed position of every row)."""
@@ -524,10 +534,7 @@ def _score_from(model: torch.nn.Module, ids: torch.Tensor, n_scored: int, start:
         if past.get_seq_length() > start:  # a negative count removes that many positions (transformers 4 and 5)
             past.crop(start - past.get_seq_length())
         past.batch_select_indices(base_rows.to(device))
-    positions = torch.arange(start, ids.shape[1] - 1, device=device)
-    kwargs = {cache_kwarg: past, "position_ids": positions[None].expand(len(ids), -1), "use_cache": True}
-    if "cache_position" in params:  # transformers 4 derives it from the cache; explicit is safer
-        kwargs["cache_position"] = positions
+    kwargs = _after_cache(model, cache_kwarg, past, start, ids.shape[1] - 1, len(ids))
     return _chunk_nll(model, ids, lens, ks, start, on_pass, **kwargs), past
 
 

@@ -19,6 +19,30 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+#: A one-stage suite (perplexity of the tiny model on 6 test documents): what the reliability tests damage and
+#: interrupt. ``@DATA@`` is the shipped corpus (``write_suite``).
+PERPLEXITY_SUITE = """
+name: rel
+seeds: [3]
+models:
+  tiny: {plugin: pythia_tiny}
+metrics:
+  ppl:
+    plugin: perplexity
+    data: {dataset: json, data_files: @DATA@/test.jsonl, split: test, limit: 6}
+    chunk_documents: 2
+    max_length: 64
+"""
+
+
+def train_recipe(steps: int, checkpoint_every: int) -> str:
+    """A tiny recovery-training recipe on the shipped corpus, as the inside of a YAML flow mapping (a trainer entry
+    adds its plugin, model and options before it)."""
+    return (f"data: {{dataset: json, data_files: {DATA}/train.jsonl, split: train, limit: 20}}, seq_len: 64, "
+            f"micro_batch: 4, grad_accum: 1, steps: {steps}, lr: 1.0e-3, checkpoint_every: {checkpoint_every}, "
+            f"val_data: {{dataset: json, data_files: {DATA}/valid.jsonl, split: train, limit: 2}}, val_blocks: 2")
+
+
 def write_suite(directory: Path, text: str, name: str = "suite.yaml") -> Path:
     path = directory / name
     path.write_text(textwrap.dedent(text).replace("@DATA@", str(DATA)))
@@ -56,6 +80,17 @@ def one_line_error(capsys, *argv: str) -> str:
     assert rc == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]
+
+
+def checkpoint_error_at_validate(directory: Path, capsys, checkpoint: Path) -> str:
+    """The one-line error of `harness validate` on a suite that measures the perplexity of ``checkpoint``."""
+    path = write_suite(directory, f"""
+        models:
+          m: {{plugin: hf_causal_lm, path: {checkpoint}}}
+        metrics:
+          ppl: {{plugin: perplexity, data: {{dataset: json, data_files: @DATA@/test.jsonl}}}}
+        """)
+    return one_line_error(capsys, "validate", str(path))
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 
 from harness import DATA_ORDER_FINGERPRINT
-from tests.conftest import DATA, write_suite
+from tests.conftest import DATA, train_recipe, write_suite
 
-COMMON = (f"data: {{dataset: json, data_files: {DATA}/train.jsonl, split: train, limit: 20}}, seq_len: 64, "
-          "micro_batch: 4, grad_accum: 1, steps: 3, lr: 1.0e-3, checkpoint_every: 3, "
-          f"val_data: {{dataset: json, data_files: {DATA}/valid.jsonl, split: train, limit: 2}}, val_blocks: 2")
+COMMON = train_recipe(steps=3, checkpoint_every=3)
 
 
 @pytest.fixture(scope="module")

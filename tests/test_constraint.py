@@ -115,10 +115,10 @@ def test_parameter_groups():
     assert parameter_group("model.layers.0.input_layernorm.weight") == "other"
 
 
-def test_llama_shift_training_starts_at_the_base_perplexity_and_exports_olmo(tmp_path):
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
-
-    from harness_plugins.models.pythia_tiny import WEIGHTS_DIR
+def small_llama() -> torch.nn.Module:
+    """A random 2-layer Llama (RMSNorm, gated FFN) on the tiny model's 4,096-token vocabulary, its norm gains drawn
+    away from 1 (so a fold or shift that mishandled them would show)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     llama = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -129,11 +129,24 @@ def test_llama_shift_training_starts_at_the_base_perplexity_and_exports_olmo(tmp
         for name, p in llama.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
-    base = tmp_path / "llama"
-    llama.save_pretrained(base)
+    return llama.eval()
+
+
+def small_llama_checkpoint(directory: Path) -> dict:
+    """:func:`small_llama` saved with the tiny model's tokenizer; the suite's model entry that loads it."""
+    from harness_plugins.models.pythia_tiny import WEIGHTS_DIR
+
+    base = directory / "llama"
+    small_llama().save_pretrained(base)
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(WEIGHTS_DIR / f, base / f)
-    model = {"plugin": "hf_causal_lm", "path": str(base)}
+    return {"plugin": "hf_causal_lm", "path": str(base)}
+
+
+def test_llama_shift_training_starts_at_the_base_perplexity_and_exports_olmo(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = small_llama_checkpoint(tmp_path)
     plain, _, _, _ = train(tmp_path, "baseline", "llama_base", model=model, steps=1)
     metrics, provenance, weights, _ = train(tmp_path, "monotonic", "llama_shift", model=model, init="shift",
                                          variant="gated_all", constraint="project", min_weight=FLOOR, steps=2)
@@ -244,11 +257,7 @@ def test_on_an_rmsnorm_model_non_negativity_is_a_restriction_and_the_ffn_is_mono
     """Where monotonicity is defined. RMSNorm does not remove the mean, so recentring a constrained input weight
     changes the FFN's output (the signs are part of the function: a real constraint), and a gated FFN whose three
     weights are non-negative is monotone on the non-negative orthant (SiLU is non-negative and increasing there)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=512)).eval()
+    llama = small_llama()
     names = make_monotonic(llama, MonotonicSpec(variant="gated_all", init="abs", constraint="project",
                                                 min_weight=FLOOR))
     params = dict(llama.named_parameters())
@@ -270,22 +279,9 @@ def test_on_an_rmsnorm_model_non_negativity_is_a_restriction_and_the_ffn_is_mono
 def test_a_real_constraint_on_a_small_llama_keeps_every_ffn_weight_at_its_floor(tmp_path):
     """``init: abs`` + ``constraint: project`` on a random Llama: no conversion (the architecture stays Llama), and
     every constrained weight is >= the floor after training."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from harness_plugins.models.pythia_tiny import WEIGHTS_DIR
-
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=4096,
-                                         max_position_embeddings=256, bos_token_id=0, eos_token_id=0,
-                                         pad_token_id=1))
-    base = tmp_path / "llama"
-    llama.save_pretrained(base)
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(WEIGHTS_DIR / f, base / f)
-    _, provenance, weights, _ = train(tmp_path, "monotonic", "llama_abs", model={"plugin": "hf_causal_lm",
-                                      "path": str(base)}, init="abs", variant="gated_all", constraint="project",
-                                      min_weight=FLOOR, steps=2, lr=1e-2)
+    _, provenance, weights, _ = train(tmp_path, "monotonic", "llama_abs", model=small_llama_checkpoint(tmp_path),
+                                      init="abs", variant="gated_all", constraint="project", min_weight=FLOOR,
+                                      steps=2, lr=1e-2)
     assert provenance["architecture"] == "llama" and "converted_from" not in provenance
     assert len(provenance["constrained_weights"]) == 6
     assert min(float(weights[n].min()) for n in provenance["constrained_weights"]) >= FLOOR32

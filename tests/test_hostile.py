@@ -20,23 +20,14 @@ from harness._engine.rundir import RunDir, read_records
 from harness._engine.runner import Runner
 from harness.store import read_json
 from harness._engine.suite import load_suite
-from tests.conftest import DATA, HARNESS, ROOT, one_line_error, write_suite
+from tests.conftest import (DATA, HARNESS, PERPLEXITY_SUITE, ROOT, checkpoint_error_at_validate,
+                            one_line_error, write_suite)
 
 TINY = ROOT / "plugins" / "models" / "pythia_tiny"
 STAGE = "stages/metrics/ppl/tiny"
 
-SUITE = """
-name: rel2
-seeds: [3]
-models:
-  tiny: {plugin: pythia_tiny}
-metrics:
-  ppl:
-    plugin: perplexity
-    data: {dataset: json, data_files: @DATA@/test.jsonl, split: test, limit: 6}
-    chunk_documents: 2
-    max_length: 64
-"""
+# Its own name: the SLURM test below checks that every queued job is one of its own ("rel2:...").
+SUITE = PERPLEXITY_SUITE.replace("name: rel\n", "name: rel2\n")
 
 
 #: The CLI runs in-process here: each test gets a harness logger bound to its own stderr.
@@ -492,13 +483,7 @@ CHECKPOINT_CASES = {
 def test_checkpoint_that_run_would_trip_on_is_one_line_at_validate(tmp_path, capsys, case):
     change, expected = CHECKPOINT_CASES[case]
     ckpt = _ckpt(tmp_path, change)
-    path = write_suite(tmp_path, f"""
-        models:
-          m: {{plugin: hf_causal_lm, path: {ckpt}}}
-        metrics:
-          ppl: {{plugin: perplexity, data: {{dataset: json, data_files: @DATA@/test.jsonl}}}}
-        """)
-    assert expected in one_line_error(capsys, "validate", str(path))
+    assert expected in checkpoint_error_at_validate(tmp_path, capsys, ckpt)
 
 
 def test_relative_model_path_resolves_against_the_suite_file(tmp_path, capsys, monkeypatch):

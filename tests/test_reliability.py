@@ -24,22 +24,10 @@ from harness._engine.runner import Runner
 from harness._engine.slurm.status import run_status
 from harness.store import atomic_write_json, read_json
 from harness._engine.suite import load_suite
-from tests.conftest import DATA, HARNESS, ROOT, one_line_error, write_suite
+from tests.conftest import (DATA, HARNESS, PERPLEXITY_SUITE, ROOT, checkpoint_error_at_validate,
+                            one_line_error, write_suite)
 
 TINY = ROOT / "plugins" / "models" / "pythia_tiny"
-
-SUITE = """
-name: rel
-seeds: [3]
-models:
-  tiny: {plugin: pythia_tiny}
-metrics:
-  ppl:
-    plugin: perplexity
-    data: {dataset: json, data_files: @DATA@/test.jsonl, split: test, limit: 6}
-    chunk_documents: 2
-    max_length: 64
-"""
 
 
 #: The CLI runs in-process here: each test gets a harness logger bound to its own stderr.
@@ -78,7 +66,7 @@ def test_nothing_outside_the_run_is_written_or_deleted(tmp_path):
         run.clear_stage("metrics/ppl/tiny")
     with pytest.raises(HarnessError, match="outside the run directory"):
         run.stage_dir("../../escaped")
-    suite = load_suite(write_suite(tmp_path, SUITE), output_dir=run.root)
+    suite = load_suite(write_suite(tmp_path, PERPLEXITY_SUITE), output_dir=run.root)
     with pytest.raises(HarnessError, match="outside the run directory"):
         Runner(suite, show_progress=False).run()
     assert (outside / "keep.txt").read_text() == "keep" and sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
@@ -141,14 +129,14 @@ def test_stage_jobs_share_the_run_but_not_a_stage(tmp_path):
 # -- damaged state ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
-    """One finished run of SUITE, copied by each test that damages it."""
+    """One finished run of PERPLEXITY_SUITE, copied by each test that damages it."""
     base = tmp_path_factory.mktemp("pristine")
-    Runner(load_suite(write_suite(base, SUITE), output_dir=base / "run"), show_progress=False).run()
+    Runner(load_suite(write_suite(base, PERPLEXITY_SUITE), output_dir=base / "run"), show_progress=False).run()
     return base / "run"
 
 
 def _ran(tmp_path: Path, pristine: Path) -> tuple[Path, Path, dict]:
-    path = write_suite(tmp_path, SUITE)
+    path = write_suite(tmp_path, PERPLEXITY_SUITE)
     run_dir = tmp_path / "run"
     shutil.copytree(pristine, run_dir)
     return path, run_dir, read_json(run_dir / "stages/metrics/ppl/tiny/result.json")
@@ -202,7 +190,7 @@ def test_run_damaged_in_every_file_still_gives_status_and_report(tmp_path, prist
     assert final["complete"] is False
     assert final["missing"] == [{"id": "metrics/ppl/tiny", "status": "damaged: stage.json damaged"}]
     # Then a run repairs it all: the stage is recomputed.
-    path = write_suite(tmp_path, SUITE)
+    path = write_suite(tmp_path, PERPLEXITY_SUITE)
     outcomes = Runner(load_suite(path, output_dir=run_dir), show_progress=False).run()
     assert [o.status for o in outcomes] == ["done"]
 
@@ -222,7 +210,7 @@ def test_damaged_training_snapshot_meta_falls_back_to_the_older_one(tmp_path, ca
 
 
 # -- stopping -----------------------------------------------------------------------------------------------------
-LONG = SUITE.replace("limit: 6", "limit: 24").replace("chunk_documents: 2", "chunk_documents: 1").replace(
+LONG = PERPLEXITY_SUITE.replace("limit: 6", "limit: 24").replace("chunk_documents: 2", "chunk_documents: 1").replace(
     "max_length: 64", "max_length: 128")
 
 
@@ -286,7 +274,7 @@ def test_stop_between_stages_is_preempted_and_second_signal_stops_at_once(tmp_pa
     from harness.context import StopNow
     from harness._engine.runner import _stop_signals
 
-    path = write_suite(tmp_path, SUITE + """
+    path = write_suite(tmp_path, PERPLEXITY_SUITE + """
   ppl2:
     plugin: perplexity
     data: {dataset: json, data_files: @DATA@/valid.jsonl, split: train, limit: 2}
@@ -343,13 +331,7 @@ CHECKPOINT_CASES = {
 def test_damaged_checkpoint_is_one_line_at_validate(tmp_path, capsys, case):
     change, expected = CHECKPOINT_CASES[case]
     ckpt = _model_dir(tmp_path, change)
-    path = write_suite(tmp_path, f"""
-        models:
-          m: {{plugin: hf_causal_lm, path: {ckpt}}}
-        metrics:
-          ppl: {{plugin: perplexity, data: {{dataset: json, data_files: @DATA@/test.jsonl}}}}
-        """)
-    assert expected in one_line_error(capsys, "validate", str(path))
+    assert expected in checkpoint_error_at_validate(tmp_path, capsys, ckpt)
 
 
 def test_checkpoint_whose_shapes_do_not_match_its_config_is_one_line(tmp_path):
@@ -516,7 +498,7 @@ def test_full_disk_is_one_line_naming_the_path_and_leaves_no_temporaries(small_d
 
 
 def test_full_disk_during_a_run_is_one_line(tmp_path, small_disk):
-    path = write_suite(tmp_path, SUITE)
+    path = write_suite(tmp_path, PERPLEXITY_SUITE)
     (small_disk / "filler").write_bytes(b"0" * (2 * 1024 * 1024 - 4096))
     done = subprocess.run([*HARNESS, "run", str(path), "--out", str(small_disk / "run"), "--no-progress",
                            "--skip-preflight"], capture_output=True, text=True, timeout=600)

@@ -25,7 +25,7 @@ from harness import NonFiniteLoss
 from harness.cli import main
 from harness_plugins.training.data import IGNORE, pack, pad
 from harness_plugins.training.trainer import accumulate_gradients, warmup_cosine
-from tests.conftest import DATA, HARNESS, ROOT, write_suite
+from tests.conftest import DATA, HARNESS, ROOT, train_recipe, write_suite
 
 STAGE = Path("stages/train")
 
@@ -142,9 +142,7 @@ def test_suite_trains_both_and_evaluates_the_checkpoints(tmp_path):
     from harness._engine.runner import Runner
     from harness._engine.suite import load_suite
 
-    common = (f"data: {{dataset: json, data_files: {DATA}/train.jsonl, split: train, limit: 20}}, seq_len: 64, "
-              "micro_batch: 4, grad_accum: 1, steps: 4, lr: 1.0e-3, checkpoint_every: 2, "
-              f"val_data: {{dataset: json, data_files: {DATA}/valid.jsonl, split: train, limit: 2}}, val_blocks: 2")
+    common = train_recipe(steps=4, checkpoint_every=2)
     suite = write_suite(tmp_path, f"""
         name: t
         seeds: [42]

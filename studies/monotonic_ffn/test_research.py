@@ -81,6 +81,16 @@ def test_research_suites_compare_like_with_like():
     assert (mono["variant"], mono["init"]) == ("gated_updown", "abs")  # the published recipe
 
 
+#: The two mini suites' shared recovery-training recipe (two steps on the shipped corpus), a YAML block.
+RECIPE = """    model: tiny
+    data: {dataset: json, data_files: @DATA@/train.jsonl, limit: 40}
+    val_data: {dataset: json, data_files: @DATA@/valid.jsonl}
+    seq_len: 32
+    micro_batch: 2
+    steps: 2
+    val_blocks: 4
+    checkpoint_every: 2"""
+
 MINI_SUITE = """
 name: research_mini
 seeds: [1, 2]
@@ -93,15 +103,8 @@ models:
 train:
   baseline: &r
     plugin: baseline
-    model: tiny
-    data: {dataset: json, data_files: @DATA@/train.jsonl, limit: 40}
-    val_data: {dataset: json, data_files: @DATA@/valid.jsonl}
-    seq_len: 32
-    micro_batch: 2
-    steps: 2
+@RECIPE@
     lr: 1.0e-4
-    val_blocks: 4
-    checkpoint_every: 2
   mono_abs: {<<: *r, plugin: monotonic, init: abs}
   mono_shift: {<<: *r, plugin: monotonic, init: shift}
 metrics:
@@ -117,7 +120,7 @@ report:
   curve_thresholds: [0.15, 0.30]
   gap: {entry: perplexity, metric: perplexity}
   attack_metric: success_rate
-"""
+""".replace("@RECIPE@", RECIPE)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="the report's plots need matplotlib")
@@ -184,18 +187,11 @@ models:
 train:
   base_hi: &r
     plugin: baseline
-    model: tiny
-    data: {dataset: json, data_files: @DATA@/train.jsonl, limit: 40}
-    val_data: {dataset: json, data_files: @DATA@/valid.jsonl}
-    seq_len: 32
-    micro_batch: 2
-    steps: 2
+@RECIPE@
     lr: 1.0e-3
-    val_blocks: 4
-    checkpoint_every: 2
   base_lo: {<<: *r, lr: 1.0e-5}
   shift_lo: {<<: *r, plugin: monotonic, init: shift, constraint: project, lr: 1.0e-5}
-"""
+""".replace("@RECIPE@", RECIPE)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="the report's plots need matplotlib")
