@@ -49,6 +49,13 @@ CASES = [
     ("models:\n  m: {plugin: hf_causal_lm}\n" + GOOD_METRIC, "models.m.path", "required key missing"),
     (GOOD + "name: 'bad name!'\n", "name", "suite name must be"),
     (GOOD + "report: {success_threshold: high}\n", "report.success_threshold", "must be a number"),
+    (GOOD + "report: {ensembles: [{name: worst, entries: [perplexity, hotflip]}]}\n", "report.ensembles[0].entries",
+     "unknown attack entry 'perplexity'"),
+    (GOOD + "report: {ensembles: [{name: perplexity, entries: [a, b]}]}\n", "report.ensembles[0].name",
+     "already an entry of the suite"),
+    (GOOD + "report: {ensembles: [{name: worst, entries: [a]}]}\n", "report.ensembles.0.entries", "at least 2"),
+    (GOOD + "report: {ensembles: [{name: worst, entries: [a, b], control_of: other}]}\n", "report.ensembles",
+     "is not another ensemble"),
 ]
 
 

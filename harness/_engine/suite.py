@@ -408,9 +408,18 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
             raise ConfigError(path, f"report.matched_controls.{model}", "a model cannot be its own control",
                               "list other models (the damage-matched arms)")
     everything = {**sections["metrics"], **sections["attacks"]}
+    for i, ensemble in enumerate(report.ensembles):
+        key = f"report.ensembles[{i}]"
+        if ensemble.name in everything:
+            raise ConfigError(path, f"{key}.name", f"'{ensemble.name}' is already an entry of the suite",
+                              "give the ensemble a name of its own")
+        _check_name_list(ensemble.entries, path, f"{key}.entries", sections["attacks"], "attack entry")
+    ensembles = {e.name for e in report.ensembles}
     for i, endpoint in enumerate(report.primary):
         key = f"report.primary[{i}]"
         _check_name_list([endpoint.model, endpoint.reference], path, key, models, "model")
+        if endpoint.entry in ensembles:
+            continue
         if endpoint.entry not in everything and not any(e.plugin.name == endpoint.entry for e in everything.values()):
             _check_name_list([endpoint.entry], path, f"{key}.entry", everything, "metric/attack entry")
     if report.compare and not report.baseline:

@@ -7,60 +7,17 @@ reads back) and never contributes a number. Nothing here writes, and no damaged 
 
 from __future__ import annotations
 
-import math
+import os
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..rundir import RECORDS, RunDir, read_json_object, read_records
+from ..rundir import RunDir, read_json_object
 from ...config import validated
-from .config import ReportConfig
-
-
-@dataclass
-class StageData:
-    id: str
-    section: str
-    entry: str
-    plugin: str
-    model: str
-    seed: int | None  # None: the stage does not depend on the seed
-    key: str
-    deps: list[str]
-    dir: Path
-    status: str  # done | incomplete | not started | damaged: <which file>
-    result: dict[str, Any] | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.status == "done"
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return (self.result or {}).get("metrics") or {}
-
-    def scalars(self) -> dict[str, float | None]:
-        """The numeric metrics (NaN/inf become None: measured but undefined): the top-level numbers, and each entry
-        of a top-level mapping whose values are all numbers as ``name/key`` (a metric per group, say
-        ``weight_change/ffn``; a mapping that also holds text or structure is provenance, not a metric)."""
-        out: dict[str, float | None] = {}
-
-        def number(value: Any) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-        for name, value in self.metrics.items():
-            if number(value):
-                out[name] = float(value) if math.isfinite(value) else None
-            elif isinstance(value, dict) and value and all(number(sub) for sub in value.values()):
-                for key, sub in value.items():
-                    out[f"{name}/{key}"] = float(sub) if math.isfinite(sub) else None
-        return out
-
-    @cached_property
-    def records(self) -> list[dict[str, Any]]:
-        """Per-example records (read-only: a torn last line from a killed process is skipped, not repaired)."""
-        return read_records(self.dir / RECORDS)[0]
+from .config import Ensemble, ReportConfig
+from .declared import declared_specs
+from .ensemble import ensemble_result, worst_case
+from .stage_data import StageData
 
 
 @dataclass
@@ -118,6 +75,7 @@ def load_run(run_dir: str | Path, config: ReportConfig | None = None) -> RunData
         stages.append(StageData(id=st["id"], **named, seed=st.get("seed"), key=st["key"], deps=st.get("deps", []),
                                 dir=sdir, status=f"damaged: {state.damage}" if state.damage else state.status,
                                 result=state.result))
+    stages += ensemble_stages(stages, config.ensembles)
     environment = read_json_object(run_dir / "environment.json") or {}
     # config.resolved.json is written with sorted keys, so the suite's model order is the stages' order (the graph
     # visits models in suite order); the baseline comes first.
@@ -128,6 +86,54 @@ def load_run(run_dir: str | Path, config: ReportConfig | None = None) -> RunData
     attacks = suite.get("attacks") if isinstance(suite.get("attacks"), dict) else {}
     controls = {name: opts["control_of"] for name, opts in attacks.items()
                 if isinstance(opts, dict) and isinstance(opts.get("control_of"), str)}
+    controls.update({e.name: e.control_of for e in config.ensembles if e.control_of})
     return RunData(run_dir=run_dir, suite=suite.get("name", run_dir.name), mode=resolved.get("mode", "?"),
                    seeds=resolved.get("seeds", []), models=models, stages=stages, config=config,
                    configs=resolved.get("configs", {}), environment=environment, controls=controls)
+
+
+#: The plugin name of an entry the report derives (never a registered plugin's: not a valid plugin name).
+ENSEMBLE_PLUGIN = "(ensemble)"
+
+
+def ensemble_stages(stages: list[StageData], ensembles: list[Ensemble]) -> list[StageData]:
+    """One derived attack stage per ensemble, model and seed that every member has a stage for (see
+    :mod:`.ensemble`); it is done when every member is and they share examples, else missing with the reason."""
+    out = []
+    found = {(s.entry, s.model, s.seed): s for s in stages if s.section == "attacks"}
+    for ensemble in ensembles:
+        cells = dict.fromkeys((s.model, s.seed) for s in stages if s.section == "attacks" and s.entry in
+                              ensemble.entries)
+        for model, seed in cells:
+            members = [found.get((entry, model, seed)) or found.get((entry, model, None)) for entry in ensemble.entries]
+            if any(m is None for m in members):  # a member not run on this model: no ensemble here
+                continue
+            stage = StageData(id=f"attacks/{ensemble.name}/{model}/{'unseeded' if seed is None else seed}",
+                              section="attacks", entry=ensemble.name, plugin=ENSEMBLE_PLUGIN, model=model, seed=seed,
+                              key="+".join(m.key if m else "-" for m in members),
+                              deps=[m.id for m in members if m], dir=Path(os.devnull), status="not started")
+            done = [m for m in members if m is not None]
+            absent = [m.id for m in done if not m.done]
+            if absent:
+                stage.status = f"waiting for {', '.join(absent)}"
+                out.append(stage)
+                continue
+            declared = [declared_specs(m) for m in done]
+            if any(d is None for d in declared):
+                stage.status = "a member's result records no declared metrics"
+                out.append(stage)
+                continue
+            summed = [s.field for s in declared[0] or [] if s.budget and s.field]
+            records = worst_case([(m.entry, m.records) for m in done], ensemble.by, summed)
+            if not records:
+                stage.status = "its members share no example id"
+                out.append(stage)
+                continue
+            ids = {str(r["id"]) for r in records}
+            same = all({str(r.get("id")) for r in m.records} == ids for m in done)
+            stage.given_records = records
+            stage.result = ensemble_result([(m.entry, m.result or {}, d or []) for m, d in zip(done, declared)],
+                                           ensemble.by, records, same)
+            stage.status = "done"
+            out.append(stage)
+    return out

@@ -52,6 +52,20 @@ class ReportTable(PluginConfig):
         return self.title or self.name
 
 
+class Ensemble(PluginConfig):
+    """The per-example worst case over several attack entries (AutoAttack's principle: an example counts as broken
+    when any attack breaks it), shown as an attack entry of its own named ``name``. Per model and seed, on the
+    examples every member ran (records paired by ``id``), each example keeps the record of the member with the
+    largest ``by``; the budget fields of its records are the members' summed (the ensemble ran them all), and so are
+    one-off costs (``upfront_for``). ``control_of``: the ensemble it is the random control of (an ensemble of the
+    members' controls, at their summed budget)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    entries: list[str] = Field(min_length=2)
+    by: str = "nll_increase"
+    control_of: str | None = None
+
+
 class PrimaryEndpoint(ReportMetric):
     """One comparison that answers the suite's question: ``metric`` of ``entry`` on ``model`` against
     ``reference`` (another model of the suite), the effect hoped for (``direction``: the model's value below the
@@ -108,6 +122,8 @@ class ReportConfig(PluginConfig):
     budget_axis: list[str] = Field(default_factory=list)
     #: The gradient-masking checks (every model and gradient attack).
     masking: MaskingConfig = MaskingConfig()
+    #: Per-example worst cases over several attacks, each an attack entry of the report (see :class:`Ensemble`).
+    ensembles: list[Ensemble] = Field(default_factory=list)
     #: The comparisons that answer the suite's question: one family, adjusted for multiplicity (``multiplicity``);
     #: only they get verdicts in the report's headline, every other interval is exploratory.
     primary: list[PrimaryEndpoint] = Field(default_factory=list)
@@ -155,3 +171,18 @@ class ReportConfig(PluginConfig):
         if twice:
             raise ValueError(f"two tables are named {', '.join(twice)} (each name is a file name): rename one")
         return tables
+
+    @field_validator("ensembles")
+    @classmethod
+    def _ensembles_consistent(cls, ensembles: list[Ensemble]) -> list[Ensemble]:
+        names = [e.name for e in ensembles]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two ensembles are named {', '.join(twice)}: rename one")
+        for e in ensembles:
+            if len(set(e.entries)) != len(e.entries):
+                raise ValueError(f"ensemble '{e.name}' lists an entry twice: list each attack entry once")
+            if e.control_of is not None and (e.control_of not in names or e.control_of == e.name):
+                raise ValueError(f"ensemble '{e.name}': control_of '{e.control_of}' is not another ensemble: name one "
+                                 f"of {', '.join(n for n in names if n != e.name) or '(none)'}")
+        return ensembles

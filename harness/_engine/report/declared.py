@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ...api import MetricSpec, Plugin, describe
-from .collect import StageData
+from .stage_data import StageData
 
 __all__ = ["PluginResolver", "declared_specs", "describe", "missing_declared", "undeclared"]
 

@@ -15,8 +15,8 @@ informative, not because no edit hurts it. Four checks, each a row of ``masking_
 - ``relaxation``: the continuous relaxation on the same positions (``report.masking.relaxation``: an unconstrained
   attack on the context embeddings) must reach ``report.masking.relaxation_success``.
 
-A gradient attack is an attack entry that is no control and no transfer, and that spent gradient passes on its
-examples or has a random control. Each failed check is a named warning (``possible gradient masking: ...``), listed
+A gradient attack is an attack entry that is no control, no transfer and no ensemble (``report.ensembles``: its
+members are checked), and that spent gradient passes on its examples or has a random control. Each failed check is a named warning (``possible gradient masking: ...``), listed
 in the summary, the HTML and final_results.json, and added to the detail of the verdict it weakens (the reduction
 indicator of that attack and model).
 """
@@ -30,6 +30,7 @@ import numpy as np
 
 from ...attacks import PROGRESS_FIELD
 from .aggregate import Aggregate, Group, attack_entries, is_control
+from .collect import ENSEMBLE_PLUGIN
 from .stats import percentile_interval, rng_for
 from .verdicts import control_of
 
@@ -63,7 +64,8 @@ def gradient_attacks(agg: Aggregate, model: str) -> list[str]:
     out = []
     for entry in attack_entries(agg):
         group = agg.find(entry, model, ("attacks",))
-        if group is None or is_control(run, entry) or _has_source(group) or entry == run.config.masking.relaxation:
+        if (group is None or is_control(run, entry) or _has_source(group) or entry == run.config.masking.relaxation
+                or group.plugin == ENSEMBLE_PLUGIN):  # an ensemble's members are checked, each on its own
             continue
         grads = group.across.get("mean_gradient_calls")
         spent = grads is not None and grads.mean is not None and grads.mean > 0
