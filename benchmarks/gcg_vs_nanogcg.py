@@ -138,7 +138,7 @@ def run_ours(model, tok, prompt: str, target: str, init_ids: list[int], args) ->
     from harness_plugins.attacks import gcg
 
     screen = None if args.exact else {"draft_layers": args.draft_layers, "probe_factor": args.probe_factor,
-                                      "r": args.r, "dtype": args.draft_dtype}
+                                      "r": args.r, "dtype": args.draft_dtype, "min_exact": args.min_exact}
     cfg = gcg.GCGConfig(data=DocumentSource(data_files=[TEST_DOCS]), prefix_eos=False, edit="suffix",
                         n_tokens=len(init_ids), objective="targeted", target=target, num_steps=args.num_steps,
                         search_width=args.search_width, topk=args.topk, screen=screen)
@@ -176,8 +176,10 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both sides' weights")
     parser.add_argument("--exact", action="store_true",
                         help="ours scores every candidate exactly (no screen); default: probe sampling (below)")
-    parser.add_argument("--draft-layers", type=int, default=8,
-                        help="ours' screen: the draft keeps the first/last half of this many blocks")
+    parser.add_argument("--draft-layers", type=lambda v: None if v == "all" else int(v), default=8,
+                        help="ours' screen: the draft keeps the first/last half of this many blocks (`all`: every "
+                             "block, a low-precision screen)")
+    parser.add_argument("--min-exact", type=int, default=1, help="ours' screen: exact scores beyond the probe set")
     parser.add_argument("--draft-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--probe-factor", type=int, default=16)
     parser.add_argument("--r", type=float, default=8.0)
@@ -242,8 +244,9 @@ def main() -> None:
           f"{hello['transformers']}; {args.prompts} prompts x {args.num_steps} steps, search_width "
           f"{args.search_width}, topk {args.topk}, {args.n_tokens}-token string, seed {args.seed}, {args.threads} "
           f"threads each; load average {os.getloadavg()[0]:.1f}; fp32 matmul peak {peak:.1f} GFLOP/s; ours: "
-          + ("every candidate exact" if args.exact else f"probe sampling (draft {args.draft_layers} blocks "
-             f"{args.draft_dtype}, probe_factor {args.probe_factor}, r {args.r}; the kept candidate exact)"))
+          + ("every candidate exact" if args.exact else f"probe sampling (draft {args.draft_layers or 'all'} blocks "
+             f"{args.draft_dtype}, probe_factor {args.probe_factor}, r {args.r}, min_exact {args.min_exact}; the "
+             "kept candidate exact)"))
     rows = []
     for i, prompt in enumerate(texts):
         target = TARGETS[i % len(TARGETS)]

