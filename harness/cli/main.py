@@ -125,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 #: Modules that add subcommands with ``@command`` (imported when the parser is built, so start-up stays cheap).
 COMMAND_MODULES: list[str] = ["harness.cli.train", "harness.cli.report", "harness.cli.slurm", "harness.cli.plan",
-                              "harness.cli.power", "harness.cli.describe"]
+                              "harness.cli.power", "harness.cli.describe", "harness.cli.study"]
 
 
 def build_parser() -> argparse.ArgumentParser:

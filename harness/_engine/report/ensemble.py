@@ -98,6 +98,7 @@ def ensemble_result(members: Sequence[tuple[str, dict[str, Any], Sequence[Metric
             kept.append(spec)
     chosen = Counter(str(r.get("attack")) for r in records)
     return {"metrics": metrics, "declared_metrics": [s.as_dict() for s in kept],
-            "duration_s": sum(float(result.get("duration_s") or 0.0) for _, result, _ in members),
+            # no duration of its own: its members' stages took the time (summing it here would count it twice)
+            "duration_s": None,
             "ensemble": {"entries": [entry for entry, _, _ in members], "by": by, "examples": len(records),
                          "worst_from": {entry: chosen.get(entry, 0) for entry, _, _ in members}}}

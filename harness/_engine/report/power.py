@@ -27,19 +27,20 @@ SEED_COUNTS = (1, 2, 3, 5, 10)
 
 
 def _differences(agg: Aggregate, entry: str, model: str, reference: str,
-                 metric: str) -> tuple[list[np.ndarray], str | None]:
-    """Per shared seed, the paired per-example differences of ``metric``'s field; or a reason there are none."""
+                 metric: str) -> tuple[dict[str, np.ndarray], str | None]:
+    """Per shared seed (its label), the paired per-example differences of ``metric``'s field; or a reason there are
+    none."""
     m, r = agg.find(entry, model), agg.find(entry, reference)
     if m is None or r is None:
-        return [], f"'{entry}' did not run on both models"
+        return {}, f"'{entry}' did not run on both models"
     if not m.done or not r.done:
-        return [], f"'{entry}' did not finish on both models"
+        return {}, f"'{entry}' did not finish on both models"
     spec = m.spec(metric)
     if spec is None or spec.field is None or spec.aggregation != "mean" or statistic(spec) is None:
-        return [], f"{metric} is not a per-example mean (its declaration has no field with aggregation: mean)"
+        return {}, f"{metric} is not a per-example mean (its declaration has no field with aggregation: mean)"
     stat = statistic(spec)
     ref = {str(s.seed): s for s in r.done}
-    out = []
+    out = {}
     for s in m.done:
         other = ref.get(str(s.seed))
         if other is None:
@@ -49,9 +50,9 @@ def _differences(agg: Aggregate, entry: str, model: str, reference: str,
             continue
         field = spec.field
         if spec.threshold is not None:
-            out.append((cols[0][field] > spec.threshold).astype(float) - (cols[1][field] > spec.threshold))
+            out[str(s.seed)] = (cols[0][field] > spec.threshold).astype(float) - (cols[1][field] > spec.threshold)
         else:
-            out.append(cols[0][field] - cols[1][field])
+            out[str(s.seed)] = cols[0][field] - cols[1][field]
     return out, None if out else "no examples the two models share (records paired by id)"
 
 
@@ -63,39 +64,49 @@ def documents_needed(sigma: float, tau2: float, delta: float, seeds: int, z: flo
     return max(2, math.ceil(sigma ** 2 / room))
 
 
-def power_table(agg: Aggregate, power: float = 0.80) -> list[dict[str, Any]]:
-    run, cfg = agg.run, agg.run.config
-    alpha = 1 - cfg.confidence
+def sample_size(agg: Aggregate, entry: str, model: str, reference: str, metric: str, min_effect: float,
+                power: float = 0.80, alpha: float | None = None) -> dict[str, Any]:
+    """One comparison's sample, its seed-to-seed spread and its power: documents and seeds used, the mean paired
+    difference per seed (and their SD), the power the run had to see ``min_effect`` and the documents x seeds that
+    ``power`` needs, two-sided at ``alpha`` (default: the report's ``1 - confidence``); ``status``: ``estimated``,
+    or why not."""
+    alpha = 1 - agg.run.config.confidence if alpha is None else alpha
     normal = NormalDist()
     z = normal.inv_cdf(1 - alpha / 2) + normal.inv_cdf(power)
+    row: dict[str, Any] = {"min_effect": min_effect, "power": power, "alpha": alpha, "z": z}
+    diffs, why = _differences(agg, entry, model, reference, metric)
+    ref_group = agg.find(entry, reference)
+    ref_summary = ref_group.across.get(metric) if ref_group else None
+    if why or ref_summary is None or ref_summary.mean is None or ref_summary.mean == 0:
+        row["status"] = why or f"no reference value of {metric}"
+        return row
+    n = [len(d) for d in diffs.values()]
+    dof = sum(k - 1 for k in n)
+    sigma2 = sum(float(np.var(d, ddof=1)) * (len(d) - 1) for d in diffs.values() if len(d) > 1) / dof if dof else 0.0
+    per_seed = {seed: float(d.mean()) for seed, d in diffs.items()}
+    means = np.array(list(per_seed.values()))
+    k = len(diffs)
+    tau2 = max(0.0, float(np.var(means, ddof=1)) - sigma2 / float(np.mean(n))) if k >= 2 else 0.0
+    delta = min_effect * abs(ref_summary.mean)
+    sigma = math.sqrt(sigma2)
+    se = math.sqrt(tau2 / k + sigma2 / (k * float(np.mean(n))))
+    row.update(status="estimated", seeds=k, documents=int(np.mean(n)), examples=int(sum(n)), sigma=sigma,
+               tau=math.sqrt(tau2), tau_known=k >= 2, delta=delta, reference_value=ref_summary.mean,
+               observed_difference=float(np.mean(means)), per_seed_difference=per_seed,
+               seed_sd=float(np.std(means, ddof=1)) if k >= 2 else None,
+               current_power=(normal.cdf(delta / se - normal.inv_cdf(1 - alpha / 2)) if se > 0 else 1.0),
+               documents_x_seeds=math.ceil((z * sigma / delta) ** 2) if delta > 0 else None,
+               needed={str(s): documents_needed(sigma, tau2, delta, s, z) for s in SEED_COUNTS})
+    return row
+
+
+def power_table(agg: Aggregate, power: float = 0.80) -> list[dict[str, Any]]:
+    run = agg.run
     rows = []
-    for ep in cfg.primary:
+    for ep in run.config.primary:
         entry = run.resolve_entry(ep.entry) or ep.entry
-        row: dict[str, Any] = {"model": ep.model, "reference": ep.reference, "entry": entry, "metric": ep.metric,
-                               "min_effect": ep.min_effect, "power": power, "alpha": alpha, "z": z}
-        diffs, why = _differences(agg, entry, ep.model, ep.reference, ep.metric)
-        ref_group = agg.find(entry, ep.reference)
-        ref_summary = ref_group.across.get(ep.metric) if ref_group else None
-        if why or ref_summary is None or ref_summary.mean is None or ref_summary.mean == 0:
-            row["status"] = why or f"no reference value of {ep.metric}"
-            rows.append(row)
-            continue
-        n = [len(d) for d in diffs]
-        dof = sum(k - 1 for k in n)
-        sigma2 = sum(float(np.var(d, ddof=1)) * (len(d) - 1) for d in diffs if len(d) > 1) / dof if dof else 0.0
-        means = np.array([d.mean() for d in diffs])
-        k = len(diffs)
-        tau2 = max(0.0, float(np.var(means, ddof=1)) - sigma2 / float(np.mean(n))) if k >= 2 else 0.0
-        delta = ep.min_effect * abs(ref_summary.mean)
-        sigma = math.sqrt(sigma2)
-        se = math.sqrt(tau2 / k + sigma2 / (k * float(np.mean(n))))
-        row.update(status="estimated", seeds=k, documents=int(np.mean(n)), sigma=sigma, tau=math.sqrt(tau2),
-                   tau_known=k >= 2, delta=delta, reference_value=ref_summary.mean,
-                   observed_difference=float(np.mean(means)),
-                   current_power=(normal.cdf(delta / se - normal.inv_cdf(1 - alpha / 2)) if se > 0 else 1.0),
-                   documents_x_seeds=math.ceil((z * sigma / delta) ** 2) if delta > 0 else None,
-                   needed={str(s): documents_needed(sigma, tau2, delta, s, z) for s in SEED_COUNTS})
-        rows.append(row)
+        rows.append({"model": ep.model, "reference": ep.reference, "entry": entry, "metric": ep.metric,
+                     **sample_size(agg, entry, ep.model, ep.reference, ep.metric, ep.min_effect, power)})
     return rows
 
 

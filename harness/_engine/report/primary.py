@@ -24,6 +24,7 @@ import numpy as np
 
 from .aggregate import Aggregate
 from .arms import DESTROYED, UNMATCHED, destroyed, unmatched
+from .power import sample_size
 from .stats import percentile_interval
 from .verdicts import paired_means
 
@@ -143,8 +144,13 @@ def primary_endpoints(agg: Aggregate, checks: dict[str, Any]) -> dict[str, Any]:
         if disagree:
             row["disagreement"] = (f"{ep.metric} says {status}, " + ", ".join(f"{s['metric']} says {s['status']}"
                                                                             for s in disagree))
-    for row in rows:
+    # Each endpoint's sample and power, at the strictest level of the family (Bonferroni's alpha / m: what Holm
+    # asks of the first endpoint it judges), so "not settled at N" comes with what N the family needed.
+    strictest = alpha / max(1, len(judged))
+    for row, ep in zip(rows, cfg.primary):
         row.setdefault("status", UNSETTLED)
+        row["sample"] = sample_size(agg, row["entry"], ep.model, ep.reference, ep.metric, ep.min_effect,
+                                    alpha=strictest)
     out["endpoints"] = rows
     out["family_size"] = len(judged)
     return out
@@ -219,6 +225,27 @@ def primary_lines(primary: dict[str, Any]) -> list[str]:
                        + f", model - reference {s['difference']:+.4g} -> {s['status']}")
         if row.get("disagreement"):
             out.append(f"      the scales disagree: {row['disagreement']}")
+        if sample_text(row):
+            out.append(f"      {sample_text(row)}")
         out += [f"      WARNING {w}" for w in row.get("masking_warnings", [])]  # harness._engine.report.masking
     return out
+
+
+def sample_text(row: dict[str, Any]) -> str:
+    """An endpoint's sample in one sentence: N = documents x seeds, the seed-to-seed spread of the paired difference,
+    the power it had and what the declared power needs ("not settled at N = ..., power ..." when unsettled)."""
+    s = row.get("sample") or {}
+    if s.get("status") != "estimated":
+        return ""
+    spread = ", ".join(f"{v:+.3g}" for v in s["per_seed_difference"].values())
+    needed = {k: v for k, v in sorted(s["needed"].items(), key=lambda kv: int(kv[0])) if v}
+    plan = (", ".join(f"{k} seed{'s' if k != '1' else ''} x {v}" for k, v in list(needed.items())[:3])
+            if needed else "no number of documents at up to 10 seeds (the seed-to-seed spread alone exceeds it)")
+    n = f"N = {s['documents']} documents x {s['seeds']} seed{'s' if s['seeds'] != 1 else ''}"
+    head = f"not settled at {n}" if row["status"] == UNSETTLED else n
+    return (f"{head}, power {s['current_power']:.0%} to see a {row['min_effect']:.0%} effect at alpha "
+            f"{s['alpha']:.3g}; per-seed paired differences {spread}"
+            + (f" (SD {s['seed_sd']:.3g})" if s.get("seed_sd") is not None else "")
+            + f"; {s['power']:.0%} power needs {plan} documents"
+            + ("" if s["tau_known"] else " (seed-to-seed variance unknown with one seed, taken as 0)"))
 

@@ -1,0 +1,164 @@
+"""A study's write-up rendered from its runs (``harness study STUDY.yaml``): the questions are data, the answers are
+the runs' primary endpoints as their reports judged them.
+
+A study file names its runs (run directories, each with the command that makes it) and its questions; each question
+lists the primary endpoints (``report.primary`` of a run's suite) that answer it, and may add prose of its own. The
+rendered Markdown gives, for every endpoint: the effect with its multiplicity-adjusted interval and verdict, both
+scales of an attack's effect, the sample (documents x seeds), the seed-to-seed spread of the paired difference, the
+power the run had and what the declared power needs ("not settled at N = ..., power ..." where that is the truth),
+the gradient-masking warnings that weaken it; and for every run: its completeness, its arms excluded as destroyed or
+unmatched, and every masking warning. Nothing here knows a plugin, a model or an entry: names come from the study
+file and the runs' ``final_results.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from ...config import PluginConfig, validated
+from ...errors import ConfigError
+from ..suite import load_yaml
+from ..rundir import read_json_object
+from .arms import DESTROYED, UNMATCHED
+from .primary import METHOD_LABELS, UNSETTLED, sample_text
+
+
+class StudyRun(PluginConfig):
+    """A run of the study: its directory (relative to the study file) and the command that makes it."""
+
+    dir: str
+    command: str = ""
+
+
+class StudyAnswer(PluginConfig):
+    """A primary endpoint of a run that answers a question (``entry`` and ``metric`` only where the run's family
+    compares the same two models more than once)."""
+
+    run: str
+    model: str
+    reference: str
+    entry: str | None = None
+    metric: str | None = None
+
+
+class StudyQuestion(PluginConfig):
+    question: str
+    answers: list[StudyAnswer] = Field(min_length=1)
+    #: Prose of the study's own, printed after the numbers (what the endpoints do not say by themselves).
+    note: str = ""
+
+
+class Study(PluginConfig):
+    """A study file (``harness study``)."""
+
+    title: str
+    intro: str = ""
+    runs: dict[str, StudyRun] = Field(min_length=1)
+    questions: list[StudyQuestion] = Field(min_length=1)
+    #: The Markdown file written (relative to the study file).
+    output: str = "answers.md"
+
+
+def load_study(path: Path) -> Study:
+    study = validated(Study, load_yaml(path), path, "", "study")
+    for i, q in enumerate(study.questions):
+        for j, a in enumerate(q.answers):
+            if a.run not in study.runs:
+                raise ConfigError(path, f"questions[{i}].answers[{j}].run", f"unknown run '{a.run}'",
+                                  f"name one of: {', '.join(study.runs)}")
+    return study
+
+
+def _pct(x: float) -> str:
+    return f"{x:+.1%}"
+
+
+def _interval(ci: list[float] | None, fmt: Any = _pct) -> str:
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "(no interval)"
+
+
+def _endpoint(results: dict[str, Any], answer: StudyAnswer) -> dict[str, Any] | None:
+    found = [e for e in (results.get("primary") or {}).get("endpoints", [])
+             if e.get("model") == answer.model and e.get("reference") == answer.reference
+             and answer.entry in (None, e.get("entry")) and answer.metric in (None, e.get("metric"))]
+    return found[0] if len(found) == 1 else None
+
+
+def endpoint_lines(name: str, results: dict[str, Any], answer: StudyAnswer) -> list[str]:
+    """One answer as Markdown: the verdict sentence, then its sample and masking warnings."""
+    who = f"`{name}`: {answer.model} vs {answer.reference}"
+    e = _endpoint(results, answer)
+    if e is None:
+        return [f"- {who}: not a primary endpoint of this run (its suite's `report.primary`); no answer"]
+    who += f", {e['entry']}.{e['metric']}"
+    if "ci" not in e:
+        return [f"- {who}: **no verdict** ({e['status']}: {e.get('detail', 'not judged')})"]
+    method = METHOD_LABELS.get((results.get("primary") or {}).get("multiplicity", ""), "")
+    out = [f"- {who}: relative effect {_pct(e['effect'])} {_interval(e['ci'])}, absolute {e['difference']:+.4g} "
+           f"{_interval(e['difference_ci'], lambda v: f'{v:+.4g}')} ({method} {e['confidence']:.1%} intervals, "
+           f"p = {e['p_value']:.3g}; hoped: {e['direction']}, smallest effect of interest {e['min_effect']:.0%}) "
+           f"-> **{e['status']}**"]
+    for s in e.get("scales", []):
+        out.append(f"  - on the {s['metric']} scale: {_pct(s['effect'])} {_interval(s['ci'])} -> {s['status']}")
+    text = sample_text(e)
+    if text:
+        out.append(f"  - {text}")
+    out += [f"  - WARNING {w}" for w in e.get("masking_warnings", [])]
+    return out
+
+
+def run_lines(name: str, run: StudyRun, results: dict[str, Any] | None, where: Path) -> list[str]:
+    """A run's state: complete or what is missing, the arms excluded, the masking warnings."""
+    if results is None:
+        return [f"- `{name}`: no report at `{where}` (make it with `{run.command or 'harness run SUITE --out DIR'}`)"]
+    stages = results.get("stages") or []
+    seconds = sum(s.get("duration_s") or 0.0 for s in stages if s.get("status") == "done")
+    missing = results.get("missing") or []
+    out = [f"- `{name}` (suite `{results.get('suite')}`, {results.get('mode')} mode, seeds "
+           f"{', '.join(str(s) for s in results.get('seeds', []))}): "
+           + ("complete" if not missing else f"**incomplete**: {len(missing)} of {len(stages)} stages missing")
+           + f", {len(stages)} stages, {seconds / 60:.1f} min of stage time"]
+    arms = results.get("arms") or {}
+    excluded = [f"{a.get('model')} ({a['status']}: perplexity {a.get('perplexity', float('nan')):.4g} above "
+                f"{a.get('ceiling')})" for a in arms.get("arms") or [] if a.get("status") == DESTROYED]
+    excluded += [f"{p.get('model')} vs {p.get('control')} ({p['status']})" for p in arms.get("matched_pairs") or []
+                 if p.get("status") == UNMATCHED]
+    out.append(f"  - arms excluded from verdicts: {', '.join(excluded) if excluded else 'none'}")
+    masking = [w for w in results.get("warnings") or [] if w.startswith("possible gradient masking")]
+    out.append(f"  - gradient-masking warnings: {len(masking)}" + "".join(f"\n    - {w}" for w in masking))
+    return out
+
+
+def render_study(path: Path) -> tuple[Path, str]:
+    """The study's Markdown and where it goes."""
+    study = load_study(path)
+    base = path.resolve().parent
+    results: dict[str, dict[str, Any] | None] = {}
+    for name, run in study.runs.items():
+        results[name] = read_json_object(base / run.dir / "final_results.json")
+    out = [f"# {study.title}", "", f"Rendered by `harness study {path}` from the runs' `final_results.json`; "
+           "every number below is a run's, as its report computed it.", ""]
+    if study.intro:
+        out += [study.intro.strip(), ""]
+    out += ["## Runs", ""]
+    for name, run in study.runs.items():
+        out += run_lines(name, run, results[name], base / run.dir)
+    unsettled = 0
+    for i, q in enumerate(study.questions, 1):
+        out += ["", f"## {i}. {q.question}", ""]
+        for a in q.answers:
+            r = results[a.run]
+            if r is None:
+                out.append(f"- `{a.run}`: no run yet, no answer")
+                continue
+            out += endpoint_lines(a.run, r, a)
+            e = _endpoint(r, a)
+            unsettled += bool(e and e.get("status") == UNSETTLED)
+        if q.note:
+            out += ["", q.note.strip()]
+    out += ["", f"Endpoints not settled: {unsettled}. A verdict is given only where its adjusted interval settles "
+            "it; \"not settled\" is not \"no effect\".", ""]
+    return base / study.output, "\n".join(out)
