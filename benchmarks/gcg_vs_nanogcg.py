@@ -181,7 +181,9 @@ def main() -> None:
                              "block, a low-precision screen)")
     parser.add_argument("--min-exact", type=int, default=1, help="ours' screen: exact scores beyond the probe set")
     parser.add_argument("--draft-dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    parser.add_argument("--probe-factor", type=int, default=16)
+    parser.add_argument("--probe-factor", type=lambda v: None if v == "none" else int(v), default=16,
+                        help="ours' screen: the probe set's divisor (`none`: no probe, rescore the draft's best "
+                             "--min-exact exactly)")
     parser.add_argument("--r", type=float, default=8.0)
     args = parser.parse_args()
 

@@ -392,13 +392,14 @@ class Scorer:
 
     def screen_record(self) -> dict[str, Any]:
         """What the screen did, as record fields (none without a screen): the share of candidates scored exactly,
-        the mean probe agreement, and with ``audit`` how often (and by how much, in mean score) its choice missed
+        the mean probe agreement (where a probe ran), and with ``audit`` how often (and by how much, in mean score) its choice missed
         the exact best over all candidates."""
         stats = self.screen_stats
         if self.screen is None or not stats.get("calls"):
             return {}
-        record = {"screen_exact_fraction": stats["exact"] / stats["candidates"],
-                  "screen_agreement": stats["agreement"] / stats["calls"], "screen_choices": int(stats["calls"])}
+        record = {"screen_exact_fraction": stats["exact"] / stats["candidates"], "screen_choices": int(stats["calls"])}
+        if stats.get("probes"):  # a rescore without a probe measures no agreement
+            record["screen_agreement"] = stats["agreement"] / stats["probes"]
         if self.screen.audit:
             record.update(screen_misses=int(stats.get("misses", 0)),
                           screen_regret=stats.get("regret", 0.0) / stats["calls"])

@@ -4,7 +4,8 @@ how many more of the draft's best the model scores. The candidate an attack keep
 
 The draft shares the tokenizer by construction: a copy of the model keeping some of its transformer blocks
 (``harness.scoring.draft_model``), in bf16 where the hardware runs bf16 natively. ``draft_layers: null`` keeps every
-block: a pure low-precision screen. The probe set is chosen from the draft's ranking (evenly spaced ranks, the draft's
+block: a pure low-precision screen, which may skip the probe (``probe_factor: null``) and rescore only the draft's
+best few exactly. The probe set is chosen from the draft's ranking (evenly spaced ranks, the draft's
 best first), with no random draw: a search resumed from a checkpoint chooses exactly as an uninterrupted one.
 """
 
@@ -28,8 +29,10 @@ class ScreenConfig(PluginConfig):
     draft_layers: int | list[int] | None = None
     #: The draft's dtype: bfloat16 (native on GPUs and on CPUs with avx512_bf16 or AMX), or float32.
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
-    #: Probe set: ``ceil(candidates / probe_factor)`` candidates (at least 2) scored by both (nanoGCG: 16).
-    probe_factor: int = Field(default=16, ge=1)
+    #: Probe set: ``ceil(candidates / probe_factor)`` candidates (at least 2) scored by both (nanoGCG: 16). None: no
+    #: probe, the draft's best ``min_exact`` are scored exactly (a rescore: for a draft that keeps every block in low
+    #: precision, whose ranking agrees with the model's up to rounding, the probe would only spend a pass to say so).
+    probe_factor: int | None = Field(default=16, ge=1)
     #: Then the draft's best ``ceil((1 - agreement) x candidates / r)`` more are scored exactly (nanoGCG: 8).
     r: float = Field(default=8.0, gt=0)
     #: At least this many of the draft's best are scored exactly beyond the probe set.
@@ -57,8 +60,11 @@ class ScreenConfig(PluginConfig):
             return float(n)
         layers = self.layer_indices(n_layers)
         share = 1.0 if layers is None or not n_layers else len(layers) / n_layers
-        probe = min(n, max(2, math.ceil(n / self.probe_factor)))
-        exact = min(n, probe + max(self.min_exact, math.ceil(n / self.r)))
+        if self.probe_factor is None:
+            exact = min(n, max(1, self.min_exact))
+        else:
+            probe = min(n, max(2, math.ceil(n / self.probe_factor)))
+            exact = min(n, probe + max(self.min_exact, math.ceil(n / self.r)))
         return n * share + exact + (n if self.audit else 0)
 
 
@@ -82,7 +88,7 @@ def probe_sample(score: RowScorer, n_groups: int, group: int, select: Literal["m
     model scored and the worst value (+inf for ``select='min'``, -inf for ``'max'``) for the others, per row.
 
     ``stats`` (when given) accumulates: ``calls``, ``exact`` (candidates the model scored), ``candidates``,
-    ``agreement`` (sum of the probe's Spearman correlations) and, with ``cfg.audit``, ``misses`` (choices other
+    ``agreement`` (sum of the probe's Spearman correlations) and ``probes`` (calls that had a probe set) and, with ``cfg.audit``, ``misses`` (choices other
     than the exact best) and ``regret`` (the exact best's score minus the chosen one's, in its favour's direction).
     """
     sign = 1.0 if select == "min" else -1.0
@@ -94,12 +100,17 @@ def probe_sample(score: RowScorer, n_groups: int, group: int, select: Literal["m
     everything = torch.arange(n_groups)
     draft = sign * means(everything, True)  # minimise
     order = torch.argsort(draft, stable=True)
-    n_probe = min(n_groups, max(2, math.ceil(n_groups / cfg.probe_factor)))
-    probe = order[torch.linspace(0, n_groups - 1, n_probe).round().long().unique()]
     exact = torch.full((n_groups,), math.inf, dtype=torch.float64)
-    exact[probe] = sign * means(probe, False).double()
-    agreement = spearman(draft[probe], exact[probe])
-    more = max(cfg.min_exact, math.ceil((1 - agreement) * n_groups / cfg.r))
+    agreement: float | None = None
+    if cfg.probe_factor is None:  # a rescore: the draft's best, scored exactly in one call (no agreement measured)
+        probe = order[:0]
+        more = max(1, cfg.min_exact)
+    else:
+        n_probe = min(n_groups, max(2, math.ceil(n_groups / cfg.probe_factor)))
+        probe = order[torch.linspace(0, n_groups - 1, n_probe).round().long().unique()]
+        exact[probe] = sign * means(probe, False).double()
+        agreement = spearman(draft[probe], exact[probe])
+        more = max(cfg.min_exact, math.ceil((1 - agreement) * n_groups / cfg.r))
     rest = order[~torch.isin(order, probe)][:more]
     if len(rest):
         exact[rest] = sign * means(rest, False).double()
@@ -107,7 +118,9 @@ def probe_sample(score: RowScorer, n_groups: int, group: int, select: Literal["m
         stats["calls"] = stats.get("calls", 0) + 1
         stats["candidates"] = stats.get("candidates", 0) + n_groups
         stats["exact"] = stats.get("exact", 0) + len(probe) + len(rest)
-        stats["agreement"] = stats.get("agreement", 0.0) + agreement
+        if agreement is not None:
+            stats["agreement"] = stats.get("agreement", 0.0) + agreement
+            stats["probes"] = stats.get("probes", 0) + 1
         if cfg.audit:
             full = sign * means(everything, False).double()
             chosen = int(exact.argmin())

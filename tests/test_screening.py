@@ -61,6 +61,26 @@ def test_probe_sampling_scores_the_kept_candidate_exactly():
     assert out.view(16, 2).mean(1).argmax() == best and bool((out[torch.isinf(out)] < 0).all())
 
 
+def test_rescore_without_probe_scores_only_the_drafts_best_in_one_call():
+    exact = torch.randperm(32, generator=torch.Generator().manual_seed(1)).double()
+    draft = exact + torch.linspace(0, 0.5, 32)[torch.randperm(32, generator=torch.Generator().manual_seed(2))]
+    calls = []
+
+    def score(rows: torch.Tensor, is_draft: bool) -> torch.Tensor:
+        calls.append((is_draft, rows.tolist()))
+        return draft[rows] if is_draft else exact[rows]
+
+    stats: dict[str, float] = {}
+    cfg = ScreenConfig(probe_factor=None, min_exact=3, audit=True)
+    out = probe_sample(score, 32, 1, "min", cfg, stats)
+    best3 = torch.argsort(draft, stable=True)[:3].tolist()
+    # the draft over all, then one exact call on its three best (no probe pass), audit aside
+    assert calls[0] == (True, list(range(32))) and calls[1] == (False, best3) and len(calls) == 3
+    assert torch.isfinite(out).nonzero()[:, 0].tolist() == sorted(best3)
+    assert "agreement" not in stats and stats["exact"] == 3 and stats["misses"] == 0
+    assert cfg.cost_in_candidates(32, 4) == 32 + 3 + 32  # the draft at every block, 3 exact, the audit
+
+
 def test_scorer_screen_keeps_the_draft_best_exact_and_counts_the_draft(tiny):
     base, cands = swaps(4096)
     exact = Scorer(tiny, 16384).swap_nll(base, cands, K)
