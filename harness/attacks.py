@@ -392,8 +392,8 @@ class Scorer:
 
     def screen_record(self) -> dict[str, Any]:
         """What the screen did, as record fields (none without a screen): the share of candidates scored exactly,
-        the mean probe agreement (where a probe ran), and with ``audit`` how often (and by how much, in mean score) its choice missed
-        the exact best over all candidates."""
+        the mean probe agreement (where a probe ran), and with ``audit`` how often (and by how much, in mean score)
+        its choice missed the exact best over all candidates."""
         stats = self.screen_stats
         if self.screen is None or not stats.get("calls"):
             return {}

@@ -55,6 +55,9 @@ def test_primary_endpoints_record_their_sample_spread_and_power(run):
     assert sample["alpha"] == pytest.approx(0.025)
     assert 0.0 <= sample["current_power"] <= 1.0 and sample["needed"]["1"] >= 2
     assert endpoints["wreck"]["status"] == "destroyed" and "ci" not in endpoints["wreck"]
+    # said where the answer is read: the summary's headline and the HTML report's
+    said = f"not settled at N = {N} documents x {len(SEEDS)} seeds, power {sample['current_power']:.0%}"
+    assert said in (run / "experiment_summary.txt").read_text() and said in (run / "report.html").read_text()
 
 
 def test_study_renders_every_answer_from_the_runs(run, tmp_path, capsys):

@@ -319,6 +319,15 @@ def attack_columns(agg: Aggregate) -> list[dict[str, Any]]:
     return [{"label": s.display, "metric": s.name, "scale": s.scale, "digits": s.digits} for s in common]
 
 
+#: The field of a transfer record naming the model whose string or edit it replays.
+SOURCE_FIELD = "source"
+
+
+def replays_a_source(group: Group | None) -> bool:
+    """Whether ``group``'s records replay another model's strings or edits (a transfer: they name their source)."""
+    return group is not None and any(SOURCE_FIELD in r for s in group.done for r in s.records[:1])
+
+
 def is_control(run: RunData, entry: str) -> bool:
     """Whether ``entry`` is a control: the suite says so (``control_of:``), or its results do (a plugin's own)."""
     return entry in run.controls or any(s.done and s.result and s.result.get("control") for s in run.stages

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .html import _e, _table
-from .primary import EXPLORATORY_NOTE, HOPED, METHOD_LABELS, OPPOSITE, SMALL
+from .primary import EXPLORATORY_NOTE, HOPED, METHOD_LABELS, OPPOSITE, SMALL, sample_text
 
 
 def headline_html(primary: dict[str, Any], arms: dict[str, Any], randomness: list[dict[str, Any]]) -> str:
@@ -23,7 +23,7 @@ def headline_html(primary: dict[str, Any], arms: dict[str, Any], randomness: lis
             ci, dci = row.get("ci"), row.get("difference_ci")
             scales = "; ".join(f"{s['metric']}: {s['effect']:+.1%} -> {s['status']}" for s in row.get("scales", []))
             note = " ".join(x for x in (row.get("detail"), scales, row.get("disagreement") and
-                                        f"the scales disagree: {row['disagreement']}") if x)
+                                        f"the scales disagree: {row['disagreement']}", sample_text(row)) if x)
             rows.append([_e(f"{row['model']} vs {row['reference']}"), _e(f"{row['entry']}.{row['metric']}"),
                          _e(f"{row['direction']}, {row['min_effect']:.0%}"),
                          _e(f"{row['effect']:+.1%}") if "effect" in row else "&mdash;",

@@ -29,13 +29,10 @@ from typing import Any
 import numpy as np
 
 from ...attacks import PROGRESS_FIELD
-from .aggregate import Aggregate, Group, attack_entries, is_control
+from .aggregate import SOURCE_FIELD, Aggregate, Group, attack_entries, is_control, replays_a_source
 from .collect import ENSEMBLE_PLUGIN
 from .stats import percentile_interval, rng_for
 from .verdicts import control_of
-
-#: The field of a transfer record naming the model whose string or edit it replays.
-SOURCE_FIELD = "source"
 #: The warnings, by check.
 WARNINGS = {
     "budget": "possible gradient masking: success does not rise with budget",
@@ -54,17 +51,13 @@ def _threshold(group: Group, agg: Aggregate) -> float | None:
     return numbers[0] if numbers else agg.run.config.success_threshold
 
 
-def _has_source(group: Group | None) -> bool:
-    return group is not None and any(SOURCE_FIELD in r for s in group.done for r in s.records[:1])
-
-
 def gradient_attacks(agg: Aggregate, model: str) -> list[str]:
     """The gradient attacks run on ``model`` (see the module's docstring)."""
     run = agg.run
     out = []
     for entry in attack_entries(agg):
         group = agg.find(entry, model, ("attacks",))
-        if (group is None or is_control(run, entry) or _has_source(group) or entry == run.config.masking.relaxation
+        if (group is None or is_control(run, entry) or replays_a_source(group) or entry == run.config.masking.relaxation
                 or group.plugin == ENSEMBLE_PLUGIN):  # an ensemble's members are checked, each on its own
             continue
         grads = group.across.get("mean_gradient_calls")

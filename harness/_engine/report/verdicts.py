@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .aggregate import Aggregate, Group, attack_entries, compared_models, is_control
+from .aggregate import Aggregate, Group, attack_entries, compared_models, is_control, replays_a_source
 from .stats import (SEED_METHOD, aligned_columns, example_rows, paired_bootstrap, paired_seed_bootstrap,
                     percentile_interval, rng_for)
 from .stats import statistic as spec_statistic
@@ -241,6 +241,10 @@ def reduction_indicator(agg: Aggregate, entry: str, target: str, model: str) -> 
     if control:
         item.update(status="control", detail="a control: the reference for the attacks' reduction, not judged "
                                              "against the target")
+        return item
+    if replays_a_source(m):
+        item.update(status="transfer", detail="replays another model's strings or edits: judged by the masking "
+                                              "checks' transfer test, not against the target")
         return item
     if bs.mean < cfg.attack_floor and is_rate(b, metric):
         item.update(status="too few successes", met=False,
