@@ -105,35 +105,30 @@ def ensemble_stages(stages: list[StageData], ensembles: list[Ensemble]) -> list[
         cells = dict.fromkeys((s.model, s.seed) for s in stages if s.section == "attacks" and s.entry in
                               ensemble.entries)
         for model, seed in cells:
-            members = [found.get((entry, model, seed)) or found.get((entry, model, None)) for entry in ensemble.entries]
-            if any(m is None for m in members):  # a member not run on this model: no ensemble here
+            found_members = [found.get((entry, model, seed)) or found.get((entry, model, None))
+                             for entry in ensemble.entries]
+            members = [m for m in found_members if m is not None]
+            if len(members) < len(found_members):  # a member not run on this model: no ensemble here
                 continue
             stage = StageData(id=f"attacks/{ensemble.name}/{model}/{'unseeded' if seed is None else seed}",
                               section="attacks", entry=ensemble.name, plugin=ENSEMBLE_PLUGIN, model=model, seed=seed,
-                              key="+".join(m.key if m else "-" for m in members),
-                              deps=[m.id for m in members if m], dir=Path(os.devnull), status="not started")
-            done = [m for m in members if m is not None]
-            absent = [m.id for m in done if not m.done]
-            if absent:
-                stage.status = f"waiting for {', '.join(absent)}"
-                out.append(stage)
-                continue
-            declared = [declared_specs(m) for m in done]
-            if any(d is None for d in declared):
-                stage.status = "a member's result records no declared metrics"
-                out.append(stage)
-                continue
-            summed = [s.field for s in declared[0] or [] if s.budget and s.field]
-            records = worst_case([(m.entry, m.records) for m in done], ensemble.by, summed)
-            if not records:
-                stage.status = "its members share no example id"
-                out.append(stage)
-                continue
-            ids = {str(r["id"]) for r in records}
-            same = all({str(r.get("id")) for r in m.records} == ids for m in done)
-            stage.given_records = records
-            stage.result = ensemble_result([(m.entry, m.result or {}, d or []) for m, d in zip(done, declared)],
-                                           ensemble.by, records, same)
-            stage.status = "done"
+                              key="+".join(m.key for m in members), deps=[m.id for m in members],
+                              dir=Path(os.devnull), status="not started")
             out.append(stage)
+            declared = [declared_specs(m) for m in members]
+            records = []
+            if any(not m.done for m in members):
+                stage.status = f"waiting for {', '.join(m.id for m in members if not m.done)}"
+            elif any(d is None for d in declared):
+                stage.status = "a member's result records no declared metrics"
+            else:
+                summed = [s.field for s in declared[0] or [] if s.budget and s.field]
+                records = worst_case([(m.entry, m.records) for m in members], ensemble.by, summed)
+                stage.status = "done" if records else "its members share no example id"
+            if stage.done:
+                ids = {str(r["id"]) for r in records}
+                same = all({str(r.get("id")) for r in m.records} == ids for m in members)
+                stage.given_records = records
+                stage.result = ensemble_result([(m.entry, m.result or {}, d or []) for m, d in zip(members, declared)],
+                                               ensemble.by, records, same)
     return out

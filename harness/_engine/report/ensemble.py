@@ -26,13 +26,14 @@ from ...summary import numeric, summary_from_records
 __all__ = ["ensemble_result", "worst_case"]
 
 
-def _ranked(value: Any) -> float:
-    number = numeric(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-    return number if math.isfinite(number) else -math.inf
-
-
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _ranked(value: Any) -> float:
+    """``by``'s value for ranking: a missing or non-finite one ranks last."""
+    number = numeric(value) if _number(value) else math.nan
+    return number if math.isfinite(number) else -math.inf
 
 
 def worst_case(members: Sequence[tuple[str, Sequence[dict[str, Any]]]], by: str,
@@ -55,9 +56,12 @@ def worst_case(members: Sequence[tuple[str, Sequence[dict[str, Any]]]], by: str,
     return out
 
 
-def _common_specs(declared: Sequence[Sequence[MetricSpec]]) -> list[MetricSpec]:
+def _ensemble_specs(declared: Sequence[Sequence[MetricSpec]]) -> list[MetricSpec]:
+    """What every member declares, then the one-off costs (``upfront_for``) any member declares."""
     first, rest = declared[0], declared[1:]
-    return [s for s in first if all(any(o.name == s.name for o in other) for other in rest)]
+    common = [s for s in first if all(any(o.name == s.name for o in other) for other in rest)]
+    upfront = {s.name: s for specs in declared for s in specs if s.upfront_for and s.kind == "scalar"}
+    return common + [s for name, s in upfront.items() if all(c.name != name for c in common)]
 
 
 def _curve(spec: MetricSpec, stored: Any, records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -77,7 +81,7 @@ def ensemble_result(members: Sequence[tuple[str, dict[str, Any], Sequence[Metric
     """The ensemble's result (as a stage's ``result.json`` reads) from its members' (``(entry, result, declared
     metrics)`` each) and its records (:func:`worst_case`); ``same_examples``: every member ran exactly the ensemble's
     examples, so a summary value they all agree on describes the ensemble's examples too."""
-    specs = _common_specs([declared for _, _, declared in members])
+    specs = _ensemble_specs([declared for _, _, declared in members])
     metrics: dict[str, Any] = summary_from_records(specs, records)
     kept = []
     for spec in specs:
@@ -89,8 +93,8 @@ def ensemble_result(members: Sequence[tuple[str, dict[str, Any], Sequence[Metric
             if curve is not None:
                 metrics[spec.name] = curve
                 kept.append(spec)
-        elif spec.kind == "scalar" and spec.upfront_for and all(_number(v) for v in values):
-            metrics[spec.name] = sum(values)
+        elif spec.kind == "scalar" and spec.upfront_for:  # a member without this one-off cost spent none
+            metrics[spec.name] = sum(v for v in values if _number(v))
             kept.append(spec)
         elif (spec.kind == "scalar" and same_examples and values[0] is not None
               and all(v == values[0] for v in values)):
