@@ -118,3 +118,15 @@ def test_unfinished_member_leaves_the_ensemble_missing(tmp_path):
     assert per_seed["2"]["status"] == "waiting for attacks/b/robust/s2"
     assert {"id": "attacks/worst/robust/2", "status": "waiting for attacks/b/robust/s2"} in results["missing"]
     assert not results["complete"]
+
+
+def test_members_that_attack_another_task_on_a_document_make_no_ensemble(tmp_path):
+    root = make_run(tmp_path, {})
+    path = root / "stages" / "attacks" / "b" / "robust" / "s1" / "records.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[3]["nll_before"] += 0.5  # another context or continuation of ex-3: another clean NLL
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    per_seed = _group(build_report(root).results, "worst", "robust")["per_seed"]
+    assert per_seed["1"]["status"] == ("the members' records of example ex-3 differ in nll_before (2 to 2.5): they "
+                                       "attack different tasks on it")
+    assert per_seed["2"]["status"] == "done"

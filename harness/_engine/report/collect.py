@@ -16,7 +16,7 @@ from ..rundir import RunDir, read_json_object
 from ...config import validated
 from .config import Ensemble, ReportConfig
 from .declared import declared_specs
-from .ensemble import ensemble_result, worst_case
+from .ensemble import ensemble_result, mismatch, worst_case
 from .stage_data import StageData
 
 
@@ -121,6 +121,8 @@ def ensemble_stages(stages: list[StageData], ensembles: list[Ensemble]) -> list[
                 stage.status = f"waiting for {', '.join(m.id for m in members if not m.done)}"
             elif any(d is None for d in declared):
                 stage.status = "a member's result records no declared metrics"
+            elif differ := mismatch([(m.entry, m.records) for m in members], ensemble.match):
+                stage.status = differ
             else:
                 summed = [s.field for s in declared[0] or [] if s.budget and s.field]
                 records = worst_case([(m.entry, m.records) for m in members], ensemble.by, summed)

@@ -63,6 +63,9 @@ class Ensemble(PluginConfig):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     entries: list[str] = Field(min_length=2)
     by: str = "nll_increase"
+    #: Record fields every member must agree on for each example (to 1e-4 relative): the same task on the same
+    #: document (the clean NLL differs when members cut the document into other contexts or continuations).
+    match: list[str] = Field(default_factory=lambda: ["nll_before"])
     control_of: str | None = None
 
 

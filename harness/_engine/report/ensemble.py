@@ -3,7 +3,7 @@
 attack on each example, not by the best attack on average.
 
 An ensemble is an attack entry the report derives (no stage runs): per model and seed, on the examples every member
-ran (records paired by ``id``), each example keeps the whole record of the member with the largest ``by`` (ties:
+ran (records paired by ``id``; they must agree on the ``match`` fields, the clean NLL by default: the same task), each example keeps the whole record of the member with the largest ``by`` (ties:
 the member listed first), marked with that member's name (``attack``); the budget fields of its records are the
 members' summed, since the ensemble ran them all. Its metrics are those every member declares, computed from these
 records by their declarations (``harness.summary``); a one-off cost (``upfront_for``) is the members' summed; a
@@ -23,7 +23,7 @@ import numpy as np
 from ...api import MetricSpec
 from ...summary import numeric, summary_from_records
 
-__all__ = ["ensemble_result", "worst_case"]
+__all__ = ["ensemble_result", "mismatch", "worst_case"]
 
 
 def _number(value: Any) -> bool:
@@ -34,6 +34,20 @@ def _ranked(value: Any) -> float:
     """``by``'s value for ranking: a missing or non-finite one ranks last."""
     number = numeric(value) if _number(value) else math.nan
     return number if math.isfinite(number) else -math.inf
+
+
+def mismatch(members: Sequence[tuple[str, Sequence[dict[str, Any]]]], match: Sequence[str]) -> str | None:
+    """Where the members' records of one example disagree on a ``match`` field (they attacked different tasks on
+    that document), as a sentence; None when they agree everywhere."""
+    by_id = [{str(r["id"]): r for r in records if "id" in r} for _, records in members]
+    for i in by_id[0]:
+        for name in match:
+            values = [m[i].get(name) for m in by_id if i in m]
+            numbers = [float(v) for v in values if _number(v)]
+            if len(numbers) > 1 and max(numbers) - min(numbers) > 1e-4 * max(1.0, max(abs(v) for v in numbers)):
+                return (f"the members' records of example {i} differ in {name} ({min(numbers):.6g} to "
+                        f"{max(numbers):.6g}): they attack different tasks on it")
+    return None
 
 
 def worst_case(members: Sequence[tuple[str, Sequence[dict[str, Any]]]], by: str,

@@ -113,7 +113,8 @@ def endpoint_lines(name: str, results: dict[str, Any], answer: StudyAnswer) -> l
 def run_lines(name: str, run: StudyRun, results: dict[str, Any] | None, where: Path) -> list[str]:
     """A run's state: complete or what is missing, the arms excluded, the masking warnings."""
     if results is None:
-        return [f"- `{name}`: no report at `{where}` (make it with `{run.command or 'harness run SUITE --out DIR'}`)"]
+        return [f"- `{name}`: no report at `{where}` (relative to the study file; make it with "
+                f"`{run.command or 'harness run SUITE --out DIR'}`)"]
     stages = results.get("stages") or []
     seconds = sum(s.get("duration_s") or 0.0 for s in stages if s.get("status") == "done")
     missing = results.get("missing") or []
@@ -145,7 +146,7 @@ def render_study(path: Path) -> tuple[Path, str]:
         out += [study.intro.strip(), ""]
     out += ["## Runs", ""]
     for name, run in study.runs.items():
-        out += run_lines(name, run, results[name], base / run.dir)
+        out += run_lines(name, run, results[name], Path(run.dir))
     unsettled = 0
     for i, q in enumerate(study.questions, 1):
         out += ["", f"## {i}. {q.question}", ""]
