@@ -239,13 +239,13 @@ def sample_text(row: dict[str, Any]) -> str:
         return ""
     spread = ", ".join(f"{v:+.3g}" for v in s["per_seed_difference"].values())
     needed = {k: v for k, v in sorted(s["needed"].items(), key=lambda kv: int(kv[0])) if v}
-    plan = (", ".join(f"{k} seed{'s' if k != '1' else ''} x {v}" for k, v in list(needed.items())[:3])
-            if needed else "no number of documents at up to 10 seeds (the seed-to-seed spread alone exceeds it)")
+    plan = (", ".join(f"{k} seed{'s' if k != '1' else ''} x {v}" for k, v in list(needed.items())[:3]) + " documents"
+            if needed else "more than 10 seeds (the seed-to-seed spread alone exceeds the effect at fewer)")
     n = f"N = {s['documents']} documents x {s['seeds']} seed{'s' if s['seeds'] != 1 else ''}"
     head = f"not settled at {n}" if row["status"] == UNSETTLED else n
     return (f"{head}, power {s['current_power']:.0%} to see a {row['min_effect']:.0%} effect at alpha "
             f"{s['alpha']:.3g}; per-seed paired differences {spread}"
             + (f" (SD {s['seed_sd']:.3g})" if s.get("seed_sd") is not None else "")
-            + f"; {s['power']:.0%} power needs {plan} documents"
+            + f"; {s['power']:.0%} power needs {plan}"
             + ("" if s["tau_known"] else " (seed-to-seed variance unknown with one seed, taken as 0)"))
 

@@ -80,22 +80,30 @@ def _interval(ci: list[float] | None, fmt: Any = _pct) -> str:
     return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "(no interval)"
 
 
+def _matches(results: dict[str, Any], answer: StudyAnswer) -> list[dict[str, Any]]:
+    return [e for e in (results.get("primary") or {}).get("endpoints", [])
+            if e.get("model") == answer.model and e.get("reference") == answer.reference
+            and answer.entry in (None, e.get("entry")) and answer.metric in (None, e.get("metric"))]
+
+
 def _endpoint(results: dict[str, Any], answer: StudyAnswer) -> dict[str, Any] | None:
-    found = [e for e in (results.get("primary") or {}).get("endpoints", [])
-             if e.get("model") == answer.model and e.get("reference") == answer.reference
-             and answer.entry in (None, e.get("entry")) and answer.metric in (None, e.get("metric"))]
+    found = _matches(results, answer)
     return found[0] if len(found) == 1 else None
 
 
 def endpoint_lines(name: str, results: dict[str, Any], answer: StudyAnswer) -> list[str]:
     """One answer as Markdown: the verdict sentence, then its sample and masking warnings."""
     who = f"`{name}`: {answer.model} vs {answer.reference}"
-    e = _endpoint(results, answer)
-    if e is None:
+    found = _matches(results, answer)
+    if len(found) > 1:
+        return [f"- {who}: {len(found)} primary endpoints of this run compare these models; name the answer's "
+                "`entry` (and `metric`) in the study file"]
+    if not found:
         return [f"- {who}: not a primary endpoint of this run (its suite's `report.primary`); no answer"]
+    e = found[0]
     who += f", {e['entry']}.{e['metric']}"
     if "ci" not in e:
-        return [f"- {who}: **no verdict** ({e['status']}: {e.get('detail', 'not judged')})"]
+        return [f"- {who}: **no verdict** ({e['status']}: {e.get('detail', 'not judged')})"]  # nothing to size
     method = METHOD_LABELS.get((results.get("primary") or {}).get("multiplicity", ""), "")
     out = [f"- {who}: relative effect {_pct(e['effect'])} {_interval(e['ci'])}, absolute {e['difference']:+.4g} "
            f"{_interval(e['difference_ci'], lambda v: f'{v:+.4g}')} ({method} {e['confidence']:.1%} intervals, "
