@@ -237,14 +237,16 @@ def sample_text(row: dict[str, Any]) -> str:
     s = row.get("sample") or {}
     if s.get("status") != "estimated":
         return ""
-    spread = ", ".join(f"{v:+.3g}" for v in s["per_seed_difference"].values())
+    seeds = sorted(s["per_seed_difference"].items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit()
+                                                                     else 0, kv[0]))
+    spread = ", ".join(f"{seed}: {v:+.3g}" for seed, v in seeds)
     needed = {k: v for k, v in sorted(s["needed"].items(), key=lambda kv: int(kv[0])) if v}
     plan = (", ".join(f"{k} seed{'s' if k != '1' else ''} x {v}" for k, v in list(needed.items())[:3]) + " documents"
             if needed else "more than 10 seeds (the seed-to-seed spread alone exceeds the effect at fewer)")
     n = f"N = {s['documents']} documents x {s['seeds']} seed{'s' if s['seeds'] != 1 else ''}"
     head = f"not settled at {n}" if row["status"] == UNSETTLED else n
     return (f"{head}, power {s['current_power']:.0%} to see a {row['min_effect']:.0%} effect at alpha "
-            f"{s['alpha']:.3g}; per-seed paired differences {spread}"
+            f"{s['alpha']:.3g}; paired difference by seed {spread}"
             + (f" (SD {s['seed_sd']:.3g})" if s.get("seed_sd") is not None else "")
             + f"; {s['power']:.0%} power needs {plan}"
             + ("" if s["tau_known"] else " (seed-to-seed variance unknown with one seed, taken as 0)"))
