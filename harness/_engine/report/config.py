@@ -169,19 +169,14 @@ class ReportConfig(PluginConfig):
     @field_validator("tables")
     @classmethod
     def _unique_table_names(cls, tables: list[ReportTable]) -> list[ReportTable]:
-        names = [t.name for t in tables]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"two tables are named {', '.join(twice)} (each name is a file name): rename one")
+        _unique([t.name for t in tables], "tables", " (each name is a file name)")
         return tables
 
     @field_validator("ensembles")
     @classmethod
     def _ensembles_consistent(cls, ensembles: list[Ensemble]) -> list[Ensemble]:
         names = [e.name for e in ensembles]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"two ensembles are named {', '.join(twice)}: rename one")
+        _unique(names, "ensembles")
         for e in ensembles:
             if len(set(e.entries)) != len(e.entries):
                 raise ValueError(f"ensemble '{e.name}' lists an entry twice: list each attack entry once")
@@ -189,3 +184,9 @@ class ReportConfig(PluginConfig):
                 raise ValueError(f"ensemble '{e.name}': control_of '{e.control_of}' is not another ensemble: name one "
                                  f"of {', '.join(n for n in names if n != e.name) or '(none)'}")
         return ensembles
+
+
+def _unique(names: list[str], what: str, why: str = "") -> None:
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"two {what} are named {', '.join(twice)}{why}: rename one")
