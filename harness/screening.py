@@ -88,8 +88,9 @@ def probe_sample(score: RowScorer, n_groups: int, group: int, select: Literal["m
     model scored and the worst value (+inf for ``select='min'``, -inf for ``'max'``) for the others, per row.
 
     ``stats`` (when given) accumulates: ``calls``, ``exact`` (candidates the model scored), ``candidates``,
-    ``agreement`` (sum of the probe's Spearman correlations) and ``probes`` (calls that had a probe set) and, with ``cfg.audit``, ``misses`` (choices other
-    than the exact best) and ``regret`` (the exact best's score minus the chosen one's, in its favour's direction).
+    ``agreement`` (sum of the probe's Spearman correlations), ``probes`` (calls that had a probe set) and, with
+    ``cfg.audit``, ``misses`` (choices other than the exact best) and ``regret`` (the exact best's score minus the
+    chosen one's, in its favour's direction).
     """
     sign = 1.0 if select == "min" else -1.0
     rows_of = (lambda g: (g[:, None] * group + torch.arange(group)[None]).flatten())

@@ -10,8 +10,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
-from harness import HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, hookimpl
-from harness.workload import WeightsSource
+from harness import HarnessError, LoadedModel, ModelPlugin, PluginConfig, StageContext, WeightsSource, hookimpl
 
 from .hf_causal_lm import HFCausalLMConfig, files_fingerprint, load_hf_causal_lm
 
