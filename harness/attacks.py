@@ -47,7 +47,7 @@ __all__ = [
     "ExampleAttack", "ExamplesConfig", "PROGRESS_FIELD", "POSITIONS_METRIC", "ScreenConfig", "Scorer", "TaskConfig",
     "VocabFilter", "allowed_tokens", "attack_progress", "attack_rng", "attack_summary", "best_so_far",
     "continuation_nll", "disjoint_splits", "example_record", "log_ratio", "make_examples", "position_histogram",
-    "random_allowed", "relative_increase", "select_examples", "spearman", "success_curve", "swap_nll",
+    "random_allowed", "relative_increase", "seeded_order", "select_examples", "spearman", "success_curve", "swap_nll",
 ]
 
 #: Thresholds of the stored success curve (relative NLL increase): 0, 2.5%, ..., 100%.
@@ -167,19 +167,32 @@ def select_examples(examples: list[Example], n: int | None, sample: Literal["fir
     else:
         if ctx is None:
             raise ValueError("a seeded sample needs the stage context (its seed)")
-        rank = {ex.id: derive_seed(ctx.seed, "attacks", "documents", ex.id) for ex in examples}
-        chosen = sorted(examples, key=lambda ex: rank[ex.id])[:n]
+        chosen = seeded_order(examples, ctx.seed)[:n]
     if ctx is not None:  # outside a stage (a test, a script) there are no records to adopt
         ctx.adopt_records([ex.id for ex in chosen])
     return chosen
 
 
+def seeded_order(examples: Sequence[Example], seed: int | None) -> list[Example]:
+    """``examples`` in the seeded order every attack of a suite shares at ``seed`` (each document ranked by a hash of
+    (seed, document id) alone): its first ``n`` are :func:`select_examples`'s seeded sample, so a universal attack's
+    held-out split taken this way nests with the per-example attacks' documents."""
+    rank = {ex.id: derive_seed(seed, "attacks", "documents", ex.id) for ex in examples}
+    return sorted(examples, key=lambda ex: rank[ex.id])
+
+
 def disjoint_splits(model: LoadedModel, task: TaskConfig, opt_source: DocumentSource, eval_source: DocumentSource,
-                    n_opt: int | None, n_eval: int | None, where: str) -> tuple[list[Example], list[Example]]:
-    """A universal attack's optimisation and held-out examples (``n_opt`` and ``n_eval`` of them), refusing splits
-    that share an example: a string judged on documents it was optimised on would overstate its success."""
+                    n_opt: int | None, n_eval: int | None, where: str,
+                    eval_seed: int | None = None) -> tuple[list[Example], list[Example]]:
+    """A universal attack's optimisation and held-out examples (``n_opt`` and ``n_eval`` of them: the first ones, or
+    with ``eval_seed`` the held-out split's first ``n_eval`` in :func:`seeded_order`), refusing splits that share an
+    example: a string judged on documents it was optimised on would overstate its success."""
     opt = make_examples(load_documents(opt_source), model, task, n_opt, where=f"{where}.opt_data")
-    held_out = make_examples(load_documents(eval_source), model, task, n_eval, where=f"{where}.eval_data")
+    if eval_seed is None:
+        held_out = make_examples(load_documents(eval_source), model, task, n_eval, where=f"{where}.eval_data")
+    else:
+        pool = make_examples(load_documents(eval_source), model, task, where=f"{where}.eval_data")
+        held_out = seeded_order(pool, eval_seed)[:n_eval]
     seen = {(ex.context, ex.continuation) for ex in opt}
     shared = [ex.id for ex in held_out if (ex.context, ex.continuation) in seen]
     if shared:

@@ -249,6 +249,22 @@ def test_uat_never_optimises_on_held_out_documents(tiny, tmp_path, monkeypatch):
         uat.load_splits(tiny, overlapping, "uat")
 
 
+def test_uat_seeded_held_out_split_nests_with_the_per_example_attacks_sample(tiny, tmp_path):
+    from harness.attacks import make_examples, seeded_order, select_examples
+    from harness.data import load_documents
+
+    cfg = _uat_config(eval_sample="seeded", n_eval=12)
+    _, held_out = uat.load_splits(tiny, cfg, "uat", seed=42)
+    pool = make_examples(load_documents(cfg.eval_data), tiny, cfg)
+    # a per-example attack's seeded sample of 6 at the same seed is the held-out split's first 6
+    sampled = select_examples(pool, 6, "seeded", _ctx(tmp_path))
+    assert [ex.id for ex in held_out][:6] == [ex.id for ex in sampled]
+    assert [ex.id for ex in held_out] == [ex.id for ex in seeded_order(pool, 42)][:12]
+    assert [ex.id for ex in held_out] != [ex.id for ex in pool][:12]  # not the first documents
+    _, other_seed = uat.load_splits(tiny, cfg, "uat", seed=7)
+    assert {ex.id for ex in other_seed} != {ex.id for ex in held_out}
+
+
 # -- resume and determinism ----------------------------------------------------------------------------------------
 
 def _same_results(run_a, run_b, name):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -53,6 +53,9 @@ class UATConfig(TaskConfig):
     #: Usable documents taken from each split (the first ones); None = all.
     n_opt: int | None = Field(default=None, ge=1)
     n_eval: int | None = Field(default=None, ge=1)
+    #: How the held-out documents are chosen: the first ``n_eval``, or the first ``n_eval`` of the seeded order that
+    #: every attack's ``sample: seeded`` uses (so they nest with the per-example attacks' documents at each seed).
+    eval_sample: Literal["first", "seeded"] = "first"
     trigger_length: int = Field(default=10, ge=1)
     restarts: int = Field(default=3, ge=1)
     #: Iterations per restart.
@@ -64,13 +67,16 @@ class UATConfig(TaskConfig):
     beam_size: int = Field(default=2, ge=1)
 
 
-def load_splits(model: LoadedModel, cfg: UATConfig, where: str) -> tuple[list[Example], list[Example]]:
-    """The optimisation and held-out examples; refuses overlapping splits."""
+def load_splits(model: LoadedModel, cfg: UATConfig, where: str,
+                seed: int | None = None) -> tuple[list[Example], list[Example]]:
+    """The optimisation and held-out examples (``seed``: the stage's, for a seeded held-out sample); refuses
+    overlapping splits."""
     need = int(cfg.prefix_eos) + cfg.trigger_length + cfg.context_tokens + cfg.continuation_tokens
     if need > model.max_length:
         raise HarnessError(f"{where}: trigger_length + context_tokens + continuation_tokens (+1) = {need} exceeds the "
                            f"{model.max_length} positions of model '{model.name}'; fix: make them smaller")
-    return disjoint_splits(model, cfg, cfg.opt_data, cfg.eval_data, cfg.n_opt, cfg.n_eval, where)
+    return disjoint_splits(model, cfg, cfg.opt_data, cfg.eval_data, cfg.n_opt, cfg.n_eval, where,
+                           eval_seed=seed if cfg.eval_sample == "seeded" else None)
 
 
 def mean_loss(scorer: Scorer, examples: Sequence[Example], triggers: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -165,7 +171,7 @@ def optimise_trigger(scorer: Scorer, opt: Sequence[Example], allowed: torch.Tens
 def run_uat(model: LoadedModel, ctx: StageContext, cfg: UATConfig,
             make_candidates: Callable[[torch.Tensor], CandidateFn]) -> dict[str, Any]:
     """Optimise on the optimisation split, evaluate on the held-out one; the summary metrics are held-out numbers."""
-    opt, held_out = load_splits(model, cfg, ctx.stage.entry)
+    opt, held_out = load_splits(model, cfg, ctx.stage.entry, ctx.seed)
     allowed = allowed_tokens(model, cfg.vocab)
     scorer = Scorer(model, cfg.batch_tokens, cfg.screen)
     state = optimise_trigger(scorer, opt, allowed, cfg, make_candidates(allowed), ctx)

@@ -14,14 +14,14 @@ the shared summary keys pooled over all source triggers.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
 from harness import (RECORD_BYTES, AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec,
                      NoEstimate, PlanInputs, PluginConfig, StageContext, Workload, hookimpl, load_documents,
                      planned_examples, sequence_length)
-from harness.attacks import ATTACK_METRICS, Scorer, TaskConfig, attack_summary, make_examples
+from harness.attacks import ATTACK_METRICS, Scorer, TaskConfig, attack_summary, make_examples, seeded_order
 from harness.summary import summary_from_records
 from harness.triggers import EVAL_CHUNK, evaluate_trigger, tokenizer_fingerprint
 
@@ -43,6 +43,8 @@ class TriggerSource(TaskConfig):
     threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     eval_data: DocumentSource
     n_eval: int | None = None
+    #: ``seeded``: the source took its held-out documents in the suite's seeded order (``uat``'s ``eval_sample``).
+    eval_sample: Literal["first", "seeded"] = "first"
     #: The trigger's length (``trigger_length`` of uat, ``n_tokens`` of gcg), for ``harness plan``.
     trigger_length: int = 10
 
@@ -109,8 +111,13 @@ class UATTransfer(AttackPlugin[UATTransferConfig]):
             column = stage["model"] if models.count(stage["model"]) == 1 else f"{stage['entry']}/{stage['model']}"
             src = source_uat_config(result)
             eval_data = cfg.eval_data or src.eval_data
-            examples = make_examples(load_documents(eval_data), model, src, cfg.n_eval or src.n_eval,
-                                     where=f"{ctx.stage.entry} (held-out split of {sid})")
+            n_eval = cfg.n_eval or src.n_eval
+            where = f"{ctx.stage.entry} (held-out split of {sid})"
+            if src.eval_sample == "seeded":  # the source's own documents: its seed is this stage's
+                examples = seeded_order(make_examples(load_documents(eval_data), model, src, where=where),
+                                        ctx.seed)[:n_eval]
+            else:
+                examples = make_examples(load_documents(eval_data), model, src, n_eval, where=where)
             retokenized = metrics.get("tokenizer_fingerprint") != fingerprint
             trigger = (tok(metrics["trigger_text"], add_special_tokens=False)["input_ids"] if retokenized
                        else list(metrics["trigger_ids"]))
