@@ -25,7 +25,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +129,18 @@ def links_below(directory: Path) -> list[Path]:
 
 #: A temporary sibling of an atomic write (``.NAME.XXXXXXXX.tmp``, see store.atomic_write_bytes).
 _TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def wait_for_rank0(ready: Callable[[], bool], path: Path, rank: int, what: str, wait_s: float,
+                   poll_s: float = 0.05) -> None:
+    """Wait until ``ready()``: rank 0 has written ``path`` (the other ranks of a launcher never write the run's
+    files: rank 0 holds the run). One line naming ``path`` after ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while not ready():
+        if time.monotonic() > deadline:
+            raise HarnessError(f"{path}: rank {rank} waited {wait_s:.0f} s for rank 0 to {what}; fix: check rank 0's "
+                               "log for its error, then rerun")
+        time.sleep(poll_s)
 
 
 @dataclass

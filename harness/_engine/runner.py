@@ -28,7 +28,7 @@ from ..errors import HarnessError
 from .graph import Graph, Stage, build_graph
 from .plugins import Registry, load_registry
 from ..files import read_regular
-from .rundir import CARRIED, RECORDS, RunDir, read_json_object, read_records
+from .rundir import CARRIED, RECORDS, RunDir, read_json_object, read_records, wait_for_rank0
 from .stage_select import select_stages
 from ..store import atomic_write_bytes, atomic_write_json, atomic_write_text, to_json, write_failed
 from .suite import MAX_SUITE_BYTES, Suite
@@ -132,12 +132,8 @@ class Runner:
         sdir = self.stage_dir(stage)
         marker = sdir / "stage.json"
         if self.rank != 0:  # rank 0 clears and marks the directory; the others wait until it has
-            deadline = time.monotonic() + wait_s
-            while self._marker_key(stage) != stage.key:
-                if time.monotonic() > deadline:
-                    raise HarnessError(f"{marker}: rank {self.rank} waited {wait_s:.0f} s for rank 0 to prepare stage "
-                                       f"{stage.id}; fix: check rank 0's log for its error, then rerun")
-                time.sleep(0.05)
+            wait_for_rank0(lambda: self._marker_key(stage) == stage.key, marker, self.rank,
+                           f"prepare stage {stage.id}", wait_s)
             return
         new_marker = {**stage.as_dict(), "reuse_key": stage.reuse_key,
                       "config": self.suite.section(stage.section)[stage.entry].config.model_dump(mode="json")}

@@ -4,6 +4,7 @@ the success indicators (a metric's gap vs the baseline, attack-success reduction
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -323,9 +324,10 @@ def attack_columns(agg: Aggregate) -> list[dict[str, Any]]:
 SOURCE_FIELD = "source"
 
 
-def replays_a_source(group: Group | None) -> bool:
-    """Whether ``group``'s records replay another model's strings or edits (a transfer: they name their source)."""
-    return group is not None and any(SOURCE_FIELD in r for s in group.done for r in s.records[:1])
+def replays_a_source(stages: Iterable[StageData]) -> bool:
+    """Whether the finished ones of ``stages`` replay another model's strings or edits (a transfer: their records
+    name their source)."""
+    return any(SOURCE_FIELD in r for s in stages if s.done for r in s.records[:1])
 
 
 def is_control(run: RunData, entry: str) -> bool:

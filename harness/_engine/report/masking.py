@@ -57,7 +57,8 @@ def gradient_attacks(agg: Aggregate, model: str) -> list[str]:
     out = []
     for entry in attack_entries(agg):
         group = agg.find(entry, model, ("attacks",))
-        if (group is None or is_control(run, entry) or replays_a_source(group) or entry == run.config.masking.relaxation
+        if (group is None or is_control(run, entry) or replays_a_source(group.stages)
+                or entry == run.config.masking.relaxation
                 or group.plugin == ENSEMBLE_PLUGIN):  # an ensemble's members are checked, each on its own
             continue
         grads = group.across.get("mean_gradient_calls")
@@ -123,7 +124,7 @@ def transfers_of(agg: Aggregate, entry: str) -> list[str]:
         stages = [s for s in run.stages if s.entry == other and s.section == "attacks"]
         if other == entry or not any(d.startswith(f"attacks/{entry}/") for s in stages for d in s.deps):
             continue
-        if any(SOURCE_FIELD in r for s in stages if s.done for r in s.records[:1]):
+        if replays_a_source(stages):
             out.append(other)
     return out
 

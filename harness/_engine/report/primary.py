@@ -225,8 +225,8 @@ def primary_lines(primary: dict[str, Any]) -> list[str]:
                        + f", model - reference {s['difference']:+.4g} -> {s['status']}")
         if row.get("disagreement"):
             out.append(f"      the scales disagree: {row['disagreement']}")
-        if sample_text(row):
-            out.append(f"      {sample_text(row)}")
+        if sample := sample_text(row):
+            out.append(f"      {sample}")
         out += [f"      WARNING {w}" for w in row.get("masking_warnings", [])]  # harness._engine.report.masking
     return out
 

@@ -111,8 +111,7 @@ def endpoint_lines(name: str, results: dict[str, Any], answer: StudyAnswer) -> l
            f"-> **{e['status']}**"]
     for s in e.get("scales", []):
         out.append(f"  - on the {s['metric']} scale: {_pct(s['effect'])} {_interval(s['ci'])} -> {s['status']}")
-    text = sample_text(e)
-    if text:
+    if text := sample_text(e):
         out.append(f"  - {text}")
     out += [f"  - WARNING {w}" for w in e.get("masking_warnings", [])]
     return out

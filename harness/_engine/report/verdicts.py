@@ -242,7 +242,7 @@ def reduction_indicator(agg: Aggregate, entry: str, target: str, model: str) -> 
         item.update(status="control", detail="a control: the reference for the attacks' reduction, not judged "
                                              "against the target")
         return item
-    if replays_a_source(m):
+    if replays_a_source(m.stages):
         item.update(status="transfer", detail="replays another model's strings or edits: judged by the masking "
                                               "checks' transfer test, not against the target")
         return item
