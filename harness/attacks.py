@@ -454,24 +454,37 @@ class Scorer:
                                 on_pass=self._count_forward)
 
     def swap_nll(self, base: torch.Tensor, candidates: torch.Tensor, n_scored: int,
-                 select: Literal["min", "max"] | None = None, group: int = 1) -> torch.Tensor:
+                 select: Literal["min", "max"] | None = None, group: int = 1,
+                 matches: torch.Tensor | None = None) -> torch.Tensor:
         """``nll(candidates, n_scored)`` for edits of ``base`` (``[T]``, or ``[N, T]``: one per candidate): the same
         scores and queries (one per candidate), computing only what follows each candidate's first edit where that
         saves time (see ``harness.scoring.swap_nll``). The keys and values of this base and of its best candidate
         are kept for the next call (a greedy search's next base is one of them). ``select`` and ``group``: as for
-        :meth:`nll` (the screen's draft reuses its own prefixes the same way)."""
+        :meth:`nll` (the screen's draft reuses its own prefixes the same way). ``matches`` (a bool ``[N]`` tensor,
+        when given) receives, for every candidate scored exactly, whether its continuation is the model's greedy one
+        (from the same pass; a screened-out candidate gets False)."""
+        # The prefix memo keeps the candidate the search will keep: the lowest score for a minimising search.
+        keep: Literal["max", "min"] = "min" if select == "min" else "max"
         if select is not None and self.screen is not None and len(candidates) > group:
             def score(rows: torch.Tensor, draft: bool) -> torch.Tensor:
                 own = base if base.dim() == 1 else base[rows]
                 if draft:
                     self.budget.screened += len(rows)
                     return swap_nll(self.draft(), own, candidates[rows], n_scored, self.batch_tokens,
-                                    memo=self._draft_prefixes, on_pass=self._count_draft)
-                return self.swap_nll(own, candidates[rows], n_scored)
+                                    memo=self._draft_prefixes, on_pass=self._count_draft, keep=keep)
+                self.queries += len(rows)
+                greedy = None if matches is None else torch.zeros(len(rows), dtype=torch.bool)
+                exact = swap_nll(self.model, own, candidates[rows], n_scored, self.batch_tokens, memo=self._prefixes,
+                                 on_pass=self._count_forward, keep=keep, matches=greedy)
+                if matches is not None and greedy is not None:
+                    matches[rows] = greedy
+                return exact
+            if matches is not None:
+                matches.zero_()
             return probe_sample(score, len(candidates) // group, group, select, self.screen, self.screen_stats)
         self.queries += len(candidates)
         return swap_nll(self.model, base, candidates, n_scored, self.batch_tokens, memo=self._prefixes,
-                        on_pass=self._count_forward)
+                        on_pass=self._count_forward, keep=keep, matches=matches)
 
     @property
     def embeddings(self) -> torch.Tensor:

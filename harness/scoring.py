@@ -18,6 +18,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -231,8 +232,10 @@ def _tail_logits(model: torch.nn.Module, ids: torch.Tensor, keep: int, on_pass: 
 
 
 def _chunk_nll(model: torch.nn.Module, ids: torch.Tensor, lens: torch.Tensor, ks: torch.Tensor,
-               start: int = 0, on_pass: PassCounter | None = None, **kwargs) -> torch.Tensor:
-    """Mean continuation NLL of each row of ``ids`` ([n, W], right-padded; float64 CPU ``[n]``).
+               start: int = 0, on_pass: PassCounter | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean continuation NLL of each row of ``ids`` ([n, W], right-padded; float64 CPU ``[n]``), and whether the
+    model's greedy continuation is exactly the row's (every scored position's argmax is its token; bool CPU ``[n]``:
+    a by-product of the same logits, so a search's exact-match check needs no pass of its own).
 
     Row ``r`` has ``lens[r]`` real tokens, the last ``ks[r]`` of them scored. Tokens before ``start`` are not fed:
     their keys and values come in ``kwargs`` (a cache, with the matching position ids). The last column is never
@@ -248,20 +251,23 @@ def _chunk_nll(model: torch.nn.Module, ids: torch.Tensor, lens: torch.Tensor, ks
     if bool((lens == width).all()) and bool((ks == width - 1 - first).all()):
         # Every row scores every kept position: no gather, and cross-entropy runs on the logits as they are.
         nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
-        return nll.view(len(ids), -1).double().sum(1).cpu() / ks.double()
+        greedy = (logits.argmax(-1) == targets).all(1).cpu()
+        return nll.view(len(ids), -1).double().sum(1).cpu() / ks.double(), greedy
     positions = torch.arange(first, width - 1)
     # Position p predicts token p + 1; it is scored when that token is in the row's continuation.
     scored = (positions[None] >= (lens - ks - 1)[:, None]) & (positions[None] <= (lens - 2)[:, None])
     # Cross-entropy only where a token is scored (not on pads or unscored context).
-    nll = F.cross_entropy(logits[scored.to(device)].float(), targets[scored.to(device)], reduction="none")
+    kept, wanted = logits[scored.to(device)], targets[scored.to(device)]
+    nll = F.cross_entropy(kept.float(), wanted, reduction="none")
     rows = scored.nonzero()[:, 0]
-    return torch.zeros(len(ids), dtype=torch.float64).index_add_(0, rows, nll.double().cpu()) / ks.double()
+    misses = torch.zeros(len(ids), dtype=torch.long).index_add_(0, rows, (kept.argmax(-1) != wanted).long().cpu())
+    return torch.zeros(len(ids), dtype=torch.float64).index_add_(0, rows, nll.double().cpu()) / ks.double(), misses == 0
 
 
 @torch.no_grad()
 def continuation_nll(model: torch.nn.Module, sequences: torch.Tensor | Sequence[Sequence[int]],
                      n_scored: int | Sequence[int], batch_tokens: int = 16384, pad_id: int = 0,
-                     on_pass: PassCounter | None = None) -> torch.Tensor:
+                     on_pass: PassCounter | None = None, matches: torch.Tensor | None = None) -> torch.Tensor:
     """Mean NLL of the last ``n_scored`` tokens of each sequence (its continuation), given all tokens before them.
 
     ``sequences`` is a ``[N, T]`` LongTensor (candidates of one length: no padding at all) or a list of token lists
@@ -270,7 +276,8 @@ def continuation_nll(model: torch.nn.Module, sequences: torch.Tensor | Sequence[
     right-padded; no attention mask is needed because the model is causal and the pads come after every real token.
     Only the positions that predict a continuation token are projected to the vocabulary. Returns a float64 CPU
     tensor ``[N]`` in input order; a sequence scores the same alone or in a batch up to float summation order.
-    ``on_pass`` is told of every forward pass (see :data:`PassCounter`).
+    ``on_pass`` is told of every forward pass (see :data:`PassCounter`); ``matches`` (a bool ``[N]`` tensor, when
+    given) receives whether each sequence's continuation is the model's greedy one (see ``_chunk_nll``).
     """
     n = len(sequences)
     if isinstance(sequences, torch.Tensor):
@@ -300,7 +307,9 @@ def continuation_nll(model: torch.nn.Module, sequences: torch.Tensor | Sequence[
                 ids[row, :lengths[i]] = torch.as_tensor(list(sequences[i]), dtype=torch.long)
         lens = torch.tensor([lengths[i] for i in group])
         ks = torch.tensor([counts[i] for i in group])
-        out[torch.tensor(group)] = _chunk_nll(model, ids, lens, ks, on_pass=on_pass)
+        out[torch.tensor(group)], greedy = _chunk_nll(model, ids, lens, ks, on_pass=on_pass)
+        if matches is not None:
+            matches[torch.tensor(group)] = greedy
     return out
 
 
@@ -370,7 +379,8 @@ def _plan_groups(starts: list[int], width: int, rows: int, overhead: int) -> tup
 def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tensor, n_scored: int,
              batch_tokens: int = 16384, overhead_tokens: int | None = None,
              memo: dict[tuple[int, ...], object] | None = None,
-             on_pass: PassCounter | None = None) -> torch.Tensor:
+             on_pass: PassCounter | None = None, keep: Literal["max", "min"] = "max",
+             matches: torch.Tensor | None = None) -> torch.Tensor:
     """``continuation_nll(model, candidates, n_scored, batch_tokens)`` for candidates that edit base sequences (a
     HotFlip step's token swaps), computing less: tokens before a candidate's first edit are those of its base, so
     their keys and values come from one cached forward pass of the bases' prefixes.
@@ -384,12 +394,13 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
     candidates whose plan would not save computation.
 
     ``memo`` (a dict the caller keeps between calls; one base ``[T]`` only) holds the keys and values of the last
-    call's base and of its best-scoring candidate (first in input order on ties), so that a next call on either of
-    them (a greedy search's next step: the same sequence after a failed step, the best swap after a kept one) needs
-    no prefix pass. With a memo the prefix pass counts as free in the plan: it is kept for the next calls.
+    call's base and of its best candidate (the highest score, or the lowest with ``keep='min'``: the one the
+    caller's search keeps; first in input order on ties), so that a next call on either of them (a greedy search's
+    next step: the same sequence after a failed step, the best swap after a kept one) needs no prefix pass. With a
+    memo the prefix pass counts as free in the plan: it is kept for the next calls.
 
     ``on_pass`` is told of every forward pass actually run (see :data:`PassCounter`): a prefix pass the memo spares
-    is not one, and a suffix pass counts only the positions it feeds.
+    is not one, and a suffix pass counts only the positions it feeds. ``matches``: as for ``continuation_nll``.
     """
     if candidates.dim() != 2:
         raise ValueError(f"candidates must be a [N, T] tensor, got shape {tuple(candidates.shape)}")
@@ -405,7 +416,7 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
     params = _forward_params(model)
     cache_kwarg = _cache_kwarg(model)
     if n == 0 or cache_kwarg is None or "position_ids" not in params:
-        return continuation_nll(model, candidates, n_scored, batch_tokens, on_pass=on_pass)
+        return continuation_nll(model, candidates, n_scored, batch_tokens, on_pass=on_pass, matches=matches)
     device = next(model.parameters()).device
     if overhead_tokens is None:
         overhead_tokens = FORWARD_OVERHEAD_TOKENS.get(device.type, DEFAULT_FORWARD_OVERHEAD_TOKENS)
@@ -423,7 +434,16 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
     # and its logits (rows x continuation x vocabulary) do not shrink with the suffix (the CPU cap).
     rows = _rows_per_chunk(model, width, batch_tokens)
     out = torch.empty(n, dtype=torch.float64)
-    best: tuple[float, int, object] | None = None  # the best candidate so far: score, index, its cache
+
+    def plainly(order: torch.Tensor) -> None:  # candidates ``order`` scored without a prefix cache
+        greedy = None if matches is None else torch.empty(len(order), dtype=torch.bool)
+        out[order] = continuation_nll(model, candidates[order], n_scored, batch_tokens, on_pass=on_pass,
+                                      matches=greedy)
+        if matches is not None and greedy is not None:
+            matches[order] = greedy
+
+    sign = 1.0 if keep == "max" else -1.0  # the memo keeps the candidate with the highest sign * score
+    best: tuple[float, int, object] | None = None  # the best candidate so far: sign * score, index, its cache
     cache = None
     # One prefix pass holds at most ``rows`` bases; more bases are taken in turns.
     for first_base in range(0, len(bases), rows):
@@ -439,24 +459,26 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
             cost += overhead_tokens + len(local) * prefix
         plain = -(-len(order) // rows) * overhead_tokens + len(order) * (width - 1)
         if prefix == 0 or cost >= plain:
-            out[order] = continuation_nll(model, candidates[order], n_scored, batch_tokens, on_pass=on_pass)
+            plainly(order)
             continue
         cache = known
         if cache is None:
             upto = width - 1 if memo is not None else prefix  # a memo keeps every position a later prefix may need
             cache = _prefix_cache(model, local[:, :upto].to(device), on_pass)
             if not _full_attention_cache(cache, upto):  # not exact to crop or index: score them plainly
-                out[order] = continuation_nll(model, candidates[order], n_scored, batch_tokens, on_pass=on_pass)
+                plainly(order)
                 cache = None
                 continue
         for lo, hi in chunks:
             chunk = order[lo:hi]
-            scores, past = _score_from(model, candidates[chunk], n_scored, order_starts[lo], cache,
-                                       which[chunk] - first_base, cache_kwarg, on_pass)
+            scores, greedy, past = _score_from(model, candidates[chunk], n_scored, order_starts[lo], cache,
+                                               which[chunk] - first_base, cache_kwarg, on_pass)
             out[chunk] = scores
+            if matches is not None:
+                matches[chunk] = greedy
             if memo is not None:
-                row = int(scores.argmax())
-                score, index = float(scores[row]), int(chunk[row])
+                row = int(scores.argmax() if keep == "max" else scores.argmin())
+                score, index = sign * float(scores[row]), int(chunk[row])
                 if best is None or score > best[0] or (score == best[0] and index < best[1]):
                     past.batch_select_indices(torch.tensor([row], device=device))
                     best = (score, index, past)
@@ -464,7 +486,7 @@ def swap_nll(model: torch.nn.Module, base: torch.Tensor, candidates: torch.Tenso
         memo.clear()
         if cache is not None:
             memo[base_key] = cache
-        if best is not None and best[1] == int(out.argmax()) and _full_attention_cache(best[2], width - 1):
+        if best is not None and best[1] == int((sign * out).argmax()) and _full_attention_cache(best[2], width - 1):
             memo[tuple(candidates[best[1]].tolist())] = best[2]
     return out
 
@@ -519,9 +541,10 @@ def _after_cache(model: torch.nn.Module, cache_kwarg: str, past: object, start: 
 
 def _score_from(model: torch.nn.Module, ids: torch.Tensor, n_scored: int, start: int, cache: object,
                 base_rows: torch.Tensor, cache_kwarg: str,
-                on_pass: PassCounter | None = None) -> tuple[torch.Tensor, object]:
-    """Continuation NLL of ``ids`` fed from ``start``, positions before it from rows ``base_rows`` of ``cache``;
-    and the pass's own cache (every fed position of every row)."""
+                on_pass: PassCounter | None = None) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """Continuation NLL of ``ids`` fed from ``start``, positions before it from rows ``base_rows`` of ``cache``,
+    whether each row's continuation is greedy (see ``_chunk_nll``), and the pass's own cache (every fed position of
+    every row)."""
     from transformers import DynamicCache
 
     lens = torch.full((len(ids),), ids.shape[1])
@@ -535,7 +558,8 @@ def _score_from(model: torch.nn.Module, ids: torch.Tensor, n_scored: int, start:
             past.crop(start - past.get_seq_length())
         past.batch_select_indices(base_rows.to(device))
     kwargs = _after_cache(model, cache_kwarg, past, start, ids.shape[1] - 1, len(ids))
-    return _chunk_nll(model, ids, lens, ks, start, on_pass, **kwargs), past
+    scores, greedy = _chunk_nll(model, ids, lens, ks, start, on_pass, **kwargs)
+    return scores, greedy, past
 
 
 # -- a cheaper copy of the model to screen candidates with (probe sampling's draft) ---------------------------------

@@ -86,6 +86,30 @@ def test_targeted_gcg_makes_the_tiny_model_emit_a_short_target(tiny, tmp_path):
         assert (r["steps_to_success"] is not None) == r["exact_match"]
 
 
+def test_the_exact_match_check_reads_the_scoring_pass_and_finds_what_a_pass_of_its_own_finds(tiny, monkeypatch):
+    cfg = gcg.GCGConfig(data=TEST, context_tokens=16, continuation_tokens=8, edit="suffix", n_tokens=8,
+                        objective="targeted", target=" my good lord", num_steps=16, search_width=32, topk=8)
+    ex = make_examples(gcg.load_documents(TEST), tiny, cfg)[0]
+    target = tuple(tiny.tokenizer(cfg.target, add_special_tokens=False)["input_ids"])
+    init = gcg.init_string(tiny.tokenizer, cfg, "test")
+
+    def run() -> tuple[gcg.SearchState, int]:
+        scorer = Scorer(tiny, 4096)
+        objective = gcg.Objective(scorer, gcg.Problem([ex], [target], "suffix", "targeted"), cfg)
+        state = gcg.search(objective, init, allowed_tokens(tiny, cfg.vocab), tiny.tokenizer, cfg,
+                           torch.Generator().manual_seed(0), "k", [[0]])
+        return state, scorer.queries
+
+    read, read_queries = run()
+    monkeypatch.setattr(gcg.Objective, "is_match", lambda self, docs, string: bool(
+        self.exact_match(docs, string)[1].all()))  # a pass of its own every step, as before
+    passed, passed_queries = run()
+    assert read.steps_to_success is not None  # the target is reached, so the check matters
+    assert (read.best, read.best_match, read.steps_to_success, read.losses, read.charged) == (
+        passed.best, passed.best_match, passed.steps_to_success, passed.losses, passed.charged)
+    assert read_queries == passed_queries - cfg.num_steps  # buffer_size 0: the kept string is always just scored
+
+
 # -- exactness ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("edit, n_docs", [("context", 1), ("suffix", 1), ("suffix", 3), ("prefix", 2)])

@@ -190,3 +190,36 @@ def test_gradient_pass_from_a_cached_prefix_gives_the_plain_gradient(kind):
         assert cached.budget.flops < 2 * plain.budget.flops
     short = Scorer(loaded, 4096).token_gradients(ids, k, list(range(2, 44)))  # a prefix of 2: no cache
     assert short.shape == (42, model.config.vocab_size)
+
+
+def test_memo_keeps_the_lowest_candidate_for_a_minimising_search(tiny):
+    base, cands = swaps(4096)
+    memo: dict = {}
+    scores = swap_nll(tiny.model, base, cands, K, overhead_tokens=0, memo=memo, keep="min")
+    low, high = cands[int(scores.argmin())], cands[int(scores.argmax())]
+    assert set(memo) == {tuple(base.tolist()), tuple(low.tolist())}
+    assert tuple(high.tolist()) not in memo
+    nxt = low.repeat(len(cands), 1)
+    nxt[:, 10:] = cands[:, 10:]
+    with FedPositions(tiny.model) as fed:  # a targeted search's next step, from the kept (lowest) candidate
+        again = swap_nll(tiny.model, low, nxt, K, overhead_tokens=0, memo=memo, keep="min")
+    assert min(fed.starts) > 0
+    assert (again - continuation_nll(tiny.model, nxt, K)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("overhead", [0, 10 ** 6])  # the prefix path and the plain one
+def test_greedy_matches_come_from_the_scoring_pass(tiny, overhead):
+    from harness.api import LoadedModel
+    from harness.attacks import Scorer
+
+    base, cands = swaps(4096)
+    # Continuations the model emits greedily: each candidate's own greedy tail after its context (some match).
+    with torch.no_grad():
+        for i in range(0, len(cands), 3):
+            for p in range(T - K, T):
+                cands[i, p] = tiny.model(cands[i:i + 1, :p]).logits[0, -1].argmax()
+    matches = torch.zeros(len(cands), dtype=torch.bool)
+    swap_nll(tiny.model, base, cands, K, overhead_tokens=overhead, matches=matches)
+    _, expected = Scorer(LoadedModel("tiny", tiny.model, tiny.tokenizer), 4096).continuation_scores(cands, K)
+    assert matches.tolist() == expected.tolist()
+    assert 0 < int(matches.sum()) < len(cands)  # both outcomes occur

@@ -131,3 +131,5 @@ def test_hotflip_with_a_screen_keeps_only_exactly_scored_swaps(tiny):
     exact = float(Scorer(tiny, 16384).nll(torch.tensor([out.ids]), 8)[0])
     assert out.nll_after == pytest.approx(exact, rel=1e-5) and out.nll_after >= out.nll_before
     assert all(math.isfinite(c) for c in out.changes)
+    # the first-order estimates stay paired with the exact changes (the record's rank correlation needs the pairs)
+    assert len(out.estimates) == len(out.changes) < out.steps * 16

@@ -178,6 +178,9 @@ class Objective:
         self.scorer, self.problem = scorer, problem
         self.sign = -1.0 if problem.objective == "untargeted" else 1.0  # untargeted: raise the NLL
         self.custom = mellowmax_loss(cfg.mellowmax_alpha) if cfg.use_mellowmax else None
+        #: Whether greedy decoding emits the tail, per string the last ``losses`` call scored exactly on one
+        #: document (read from the same logits): the search's exact-match check of its kept string needs no pass.
+        self.greedy: dict[tuple[int, ...], bool] = {}
 
     def by_length(self, docs: Sequence[int]) -> list[tuple[int, list[int]]]:
         """``docs`` grouped by the length of their tail: (tail length, documents), in order of first appearance."""
@@ -204,18 +207,25 @@ class Objective:
         ``screen`` only the candidates the screen picked are scored exactly; the others get +inf (never kept)."""
         per_group = []
         groups = self.by_length(docs)
+        matches = torch.zeros(len(candidates), dtype=torch.bool) if len(docs) == 1 else None
         # A screen (``screen:``) ranks the candidates on their loss over every document at once: one tail length only.
         select = ("max" if self.sign < 0 else "min") if len(groups) == 1 and len(candidates) > 1 else None
         for k, group in groups:
             seqs = self.batch(group, candidates.tolist())
             if self.custom is not None:
-                nll, _ = self.scorer.continuation_scores(seqs, k, loss=self.custom)
+                nll, greedy = self.scorer.continuation_scores(seqs, k, loss=self.custom)
+                if matches is not None:
+                    matches[:] = greedy
             else:
                 base = self.batch(group, [current])
                 base = base[0] if len(group) == 1 else base.repeat(len(candidates), 1)
-                nll = self.scorer.swap_nll(base, seqs, k, select=select, group=len(group))
+                nll = self.scorer.swap_nll(base, seqs, k, select=select, group=len(group), matches=matches)
             per_group.append(nll.view(len(candidates), len(group)))
-        return self.sign * torch.cat(per_group, dim=1).mean(1)
+        losses = self.sign * torch.cat(per_group, dim=1).mean(1)
+        if matches is not None:
+            scored = torch.isfinite(losses)  # a screen's unscored candidates are not known
+            self.greedy = {tuple(c): bool(m) for c, m, f in zip(candidates.tolist(), matches, scored) if f}
+        return losses
 
     def scores(self, docs: Sequence[int], string: Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per document of ``docs`` (in order): the NLL of its tail with ``string`` in place (None: without the
@@ -233,6 +243,12 @@ class Objective:
     def exact_match(self, docs: Sequence[int], string: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per document: target NLL with ``string`` and whether greedy decoding emits exactly the target."""
         return self.scores(docs, string)
+
+    def is_match(self, docs: Sequence[int], string: Sequence[int]) -> bool:
+        """Whether greedy decoding emits exactly every document's target with ``string``: known from the last
+        ``losses`` call where it scored ``string`` exactly (one document), else one query."""
+        known = self.greedy.get(tuple(string)) if len(docs) == 1 else None
+        return known if known is not None else bool(self.exact_match(docs, string)[1].all())
 
 
 # -- the search ----------------------------------------------------------------------------------------------------
@@ -357,10 +373,9 @@ def search(objective: Objective, init: list[int], allowed: torch.Tensor, tokeniz
             state.current = list(state.buffer[0][1])
             current_loss = state.buffer[0][0]
             match = False
-            if check:  # is the current string an exact match? (one query)
-                _, matched = objective.exact_match(docs, state.current)
+            if check:  # is the current string an exact match? (charged one query; often read from its scoring)
                 state.charged += check
-                match = bool(matched.all())
+                match = objective.is_match(docs, state.current)
                 if match and state.steps_to_success is None:
                     state.steps_to_success = state.step + 1
             if (match, -current_loss) > (state.best_match, -state.best[0]):

@@ -93,9 +93,10 @@ def flip_search(scorer: Scorer, example: Example, steps: int, propose: Proposer)
         batch[torch.arange(len(swaps)), torch.tensor([p for p, _ in swaps])] = torch.tensor([t for _, t in swaps])
         # Single swaps: the prefix before each is unchanged. A screen scores only the best few exactly (-inf: not).
         exact = scorer.swap_nll(torch.tensor(ids), batch, k, select="max")
-        out.changes += [c for c in (exact - current).tolist() if math.isfinite(c)]
-        if estimates is not None:
-            out.estimates += estimates
+        scored = [math.isfinite(c) for c in exact.tolist()]  # a screen scores only some swaps exactly
+        out.changes += [c for c, s in zip((exact - current).tolist(), scored) if s]
+        if estimates is not None:  # paired with the exact changes
+            out.estimates += [e for e, s in zip(estimates, scored) if s]
         best = int(exact.argmax())
         if exact[best] > current:  # keep the best swap; the next step proposes from the new sequence
             pos, tok = swaps[best]
