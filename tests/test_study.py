@@ -34,7 +34,8 @@ def run(tmp_path_factory) -> Path:
         return [example_record(f"ex-{i}", 2.0, 3.0 + float(noise[i]), 0.15, queries=10) for i in range(N)]
 
     root = make_run(tmp_path_factory.mktemp("study") / "run", {"base": 0.0, "mono": 0.0, "same": 0.0, "wreck": 8.0},
-                    {}, {"primary": PRIMARY}, records=records)
+                    {}, {"primary": PRIMARY, "tables": [{"name": "t1", "columns": [
+                        {"label": "Perplexity", "entry": "ppl", "metric": "ppl", "digits": 2}]}]}, records=records)
     build_report(root)
     return root
 
@@ -75,6 +76,7 @@ questions:
       - {{run: made, model: same, reference: base}}
       - {{run: made, model: wreck, reference: base}}
       - {{run: later, model: x, reference: y}}
+    tables: [{{run: made, name: t1}}, {{run: made, name: nope}}, {{run: later, name: t1}}]
     note: The study's own prose.
 output: out/answers.md
 """)
@@ -91,8 +93,16 @@ output: out/answers.md
     assert "`made`: wreck vs base, atk.mean_nll_increase: **no verdict** (destroyed" in text
     assert "arms excluded from verdicts: wreck (destroyed" in text
     assert "`later`: no report at" in text and "harness run later.yaml --out not-yet" in text
-    assert "`later`: no run yet, no answer" in text and "The study's own prose." in text
+    assert "`later`: x vs y: no run yet, no answer" in text and "The study's own prose." in text
     assert "gradient-masking warnings: 0" in text
+    # the price of each arm: its perplexity as the report's arms check measured it, and its factor of the baseline's
+    arms = {a["model"]: a for a in json.loads((run / "final_results.json").read_text())["arms"]["arms"]}
+    ratio = arms["wreck"]["perplexity"] / arms["base"]["perplexity"]
+    assert f"    - wreck: {arms['wreck']['perplexity']:.4g}, {ratio:.3g}x base (destroyed)" in text
+    assert f"    - base: {arms['base']['perplexity']:.4g} (usable)" in text
+    # a run's declared table, as its report wrote it; a table the run does not have, or a run not made, says so
+    assert "`made`, table `t1`:" in text and (run / "t1.md").read_text().strip() in text
+    assert "`made`: its report has no table `nope`" in text and "`later`: no run yet, no table `t1`" in text
 
 
 def test_study_with_an_unknown_run_is_one_line_exit_2(tmp_path, capsys):

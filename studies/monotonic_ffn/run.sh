@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run one research suite and log how long it took on this machine (read by studies/monotonic_ffn/research_report.py).
+# Run one research suite and log how long it took on this machine (RUN_DIR/invocations.jsonl).
 #
 #   bash studies/monotonic_ffn/run.sh pythia_arch        # studies/monotonic_ffn/suites/pythia_arch.yaml -> runs/research_pythia_arch
 #   bash studies/monotonic_ffn/run.sh smollm2            # studies/monotonic_ffn/suites/smollm2.yaml     -> runs/research_smollm2

@@ -6,8 +6,9 @@ lists the primary endpoints (``report.primary`` of a run's suite) that answer it
 rendered Markdown gives, for every endpoint: the effect with its multiplicity-adjusted interval and verdict, both
 scales of an attack's effect, the sample (documents x seeds), the seed-to-seed spread of the paired difference, the
 power the run had and what the declared power needs ("not settled at N = ..., power ..." where that is the truth),
-the gradient-masking warnings that weaken it; and for every run: its completeness, its arms excluded as destroyed or
-unmatched, and every masking warning. Nothing here knows a plugin, a model or an entry: names come from the study
+the gradient-masking warnings that weaken it; for every run: its completeness, its arms excluded as destroyed or
+unmatched, each arm's perplexity and its factor of the baseline's (the price), and every masking warning; and the
+tables a question names (a run's ``report.tables``, as its report wrote them). Nothing here knows a plugin, a model or an entry: names come from the study
 file and the runs' ``final_results.json``.
 """
 
@@ -44,9 +45,18 @@ class StudyAnswer(PluginConfig):
     metric: str | None = None
 
 
+class StudyTable(PluginConfig):
+    """A table a run's suite declares (``report.tables``), shown as the run's report wrote it."""
+
+    run: str
+    name: str
+
+
 class StudyQuestion(PluginConfig):
     question: str
     answers: list[StudyAnswer] = Field(min_length=1)
+    #: Tables of the runs shown under the answers (the measurements behind them).
+    tables: list[StudyTable] = Field(default_factory=list)
     #: Prose of the study's own, printed after the numbers (what the endpoints do not say by themselves).
     note: str = ""
 
@@ -59,16 +69,17 @@ class Study(PluginConfig):
     runs: dict[str, StudyRun] = Field(min_length=1)
     questions: list[StudyQuestion] = Field(min_length=1)
     #: The Markdown file written (relative to the study file).
-    output: str = "answers.md"
+    output: str = "research.md"
 
 
 def load_study(path: Path) -> Study:
     study = validated(Study, load_yaml(path), path, "", "study")
     for i, q in enumerate(study.questions):
-        for j, a in enumerate(q.answers):
-            if a.run not in study.runs:
-                raise ConfigError(path, f"questions[{i}].answers[{j}].run", f"unknown run '{a.run}'",
-                                  f"name one of: {', '.join(study.runs)}")
+        for kind, items in (("answers", q.answers), ("tables", q.tables)):
+            for j, item in enumerate(items):
+                if item.run not in study.runs:
+                    raise ConfigError(path, f"questions[{i}].{kind}[{j}].run", f"unknown run '{item.run}'",
+                                      f"name one of: {', '.join(study.runs)}")
     return study
 
 
@@ -135,9 +146,38 @@ def run_lines(name: str, run: StudyRun, results: dict[str, Any] | None, where: P
     excluded += [f"{p.get('model')} vs {p.get('control')} ({p['status']})" for p in arms.get("matched_pairs") or []
                  if p.get("status") == UNMATCHED]
     out.append(f"  - arms excluded from verdicts: {', '.join(excluded) if excluded else 'none'}")
+    out += arm_lines(results)
     masking = [w for w in results.get("warnings") or [] if w.startswith("possible gradient masking")]
     out.append(f"  - gradient-masking warnings: {len(masking)}" + "".join(f"\n    - {w}" for w in masking))
     return out
+
+
+def arm_lines(results: dict[str, Any]) -> list[str]:
+    """The price of each arm: its perplexity (the report's gap metric, mean over seeds), as a factor of the
+    baseline's, and whether it may be compared (the report's arms check)."""
+    arms = [a for a in (results.get("arms") or {}).get("arms") or [] if a.get("perplexity") is not None]
+    if not arms:
+        return []
+    baseline = (results.get("report_config") or {}).get("baseline")
+    base = next((a["perplexity"] for a in arms if a.get("model") == baseline), None)
+    out = [f"  - perplexity ({arms[0].get('entry')}.{arms[0].get('metric')}, mean over seeds; a uniform guess: "
+           f"{arms[0].get('ceiling')}):"]
+    for a in arms:
+        factor = f", {a['perplexity'] / base:.3g}x {baseline}" if base and a.get("model") != baseline else ""
+        out.append(f"    - {a.get('model')}: {a['perplexity']:.4g}{factor} ({a.get('status')})")
+    return out
+
+
+def table_lines(name: str, results: dict[str, Any] | None, table: StudyTable, base: Path) -> list[str]:
+    """A run's declared table as its report wrote it (Markdown), under a line naming where it comes from."""
+    if results is None:
+        return [f"`{name}`: no run yet, no table `{table.name}`"]
+    path = (results.get("files") or {}).get(f"{table.name}_md")
+    if not path or not Path(path).is_file():
+        path = str(base / f"{table.name}.md")  # a run directory moved since its report was built
+        if not Path(path).is_file():
+            return [f"`{name}`: its report has no table `{table.name}` (its suite's `report.tables`)"]
+    return [f"`{name}`, table `{table.name}`:", "", Path(path).read_text().strip()]
 
 
 def render_study(path: Path) -> tuple[Path, str]:
@@ -160,11 +200,13 @@ def render_study(path: Path) -> tuple[Path, str]:
         for a in q.answers:
             r = results[a.run]
             if r is None:
-                out.append(f"- `{a.run}`: no run yet, no answer")
+                out.append(f"- `{a.run}`: {a.model} vs {a.reference}: no run yet, no answer")
                 continue
             out += endpoint_lines(a.run, r, a)
             e = _endpoint(r, a)
             unsettled += bool(e and e.get("status") == UNSETTLED)
+        for t in q.tables:
+            out += [""] + table_lines(t.run, results[t.run], t, base / study.runs[t.run].dir)
         if q.note:
             out += ["", q.note.strip()]
     out += ["", f"Endpoints not settled: {unsettled}. A verdict is given only where its adjusted interval settles "
