@@ -51,11 +51,12 @@ def test_the_example_profile_fits_the_full_experiment_and_gives_gpu_jobs_gpus(tm
 
 def test_a_time_limit_below_the_plan_is_refused_or_split_by_requeues(tmp_path):
     short = tmp_path / "short.yaml"
-    short.write_text(EXAMPLE_PROFILE.read_text().replace('time: "1-00:00:00"', 'time: "12:00:00"'))
+    short.write_text(EXAMPLE_PROFILE.read_text().replace('time: "1-00:00:00"', 'time: "5:00:00"'))
     proc = run_cli("slurm", "submit", FULL, "--mode", "full", "--dry-run", "--out", str(tmp_path / "a"),
                    "--profile", str(short), "--skip-preflight")
     line = error_line(proc)
-    assert "stage attacks/gcg/" in line and "jobs.attacks.time" in line and "+25% margin" in line
+    # the targeted GCG stages (nanoGCG's defaults on 50 documents) are the longest attack stages
+    assert "stage attacks/gcg_targeted/" in line and "jobs.attacks.time" in line and "+25% margin" in line
     assert "max_requeues: 1" in line and "more stage entries do not fit" in line
     # Allowed to requeue once, the same job set is accepted and each long stage is planned as two runs.
     split = tmp_path / "split.yaml"
@@ -66,7 +67,7 @@ def test_a_time_limit_below_the_plan_is_refused_or_split_by_requeues(tmp_path):
     stages = build_graph(suite).stages
     fit = check_fit(suite, profile, split, stages)
     assert fit.split and all(n == 2 for n in fit.split.values())
-    assert all(s.startswith(("attacks/gcg/", "attacks/random_gcg/")) for s in fit.split)
+    assert all(s.startswith(("attacks/gcg_targeted/", "attacks/random_gcg_targeted/")) for s in fit.split)
     assert fit.gpu["train/monotonic/s42"].startswith("device auto") and len(fit.gpu) == len(
         [s for s in stages if s.section != "report"])
     # Without requeues allowed, the same check refuses.
