@@ -8,8 +8,8 @@ scales of an attack's effect, the sample (documents x seeds), the seed-to-seed s
 power the run had and what the declared power needs ("not settled at N = ..., power ..." where that is the truth),
 the gradient-masking warnings that weaken it; for every run: its completeness, its arms excluded as destroyed or
 unmatched, each arm's perplexity and its factor of the baseline's (the price), and every masking warning; and the
-tables a question names (a run's ``report.tables``, as its report wrote them). Nothing here knows a plugin, a model or an entry: names come from the study
-file and the runs' ``final_results.json``.
+tables a question names (a run's ``report.tables``, as its report wrote them). Nothing here knows a plugin, a model
+or an entry: names come from the study file and the runs' ``final_results.json``.
 """
 
 from __future__ import annotations
