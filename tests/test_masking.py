@@ -6,6 +6,7 @@ unbounded, with restarts and its loss curve)."""
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 import pytest
@@ -144,6 +145,23 @@ def test_the_relaxation_keeps_its_curve_and_its_restarts(masked_run):
     masked = _records(run, "attacks/relaxation/masked/s42")
     # Zero gradients: restart 0 never moves from the document (restart 1 starts from a random perturbation).
     assert all(max(r["loss_curve"][0]) == pytest.approx(r["nll_before"], rel=1e-5) for r in masked)
+
+
+def test_a_transfer_advantage_within_the_margin_is_not_flagged(masked_run, tmp_path):
+    run, report = masked_run
+    [row] = [r for r in report.results["masking_checks"] if (r["model"], r["check"]) == ("masked", "transfer")]
+    assert "relative increase" in row["criteria"]  # margin 0: the settled advantage fails the check
+    lower = row["ci95"][1][0]
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    resolved = json.loads((copy / "config.resolved.json").read_text())
+    resolved["suite"]["report"]["masking"]["transfer_margin"] = lower + 0.01  # just above the interval's lower end
+    (copy / "config.resolved.json").write_text(json.dumps(resolved))
+    again = build_report(copy, plugins=Registry(make_plugin_manager([MaskedPlugins()])).plugin_class)
+    [row2] = [r for r in again.results["masking_checks"] if (r["model"], r["check"]) == ("masked", "transfer")]
+    assert row2["ci95"] == row["ci95"] and "relative increase" not in row2["criteria"]
+    assert f"(fails above {lower + 0.01:+.3f})" in row2["detail"]
+    assert row2["status"] == ("failed" if row2["criteria"] else "ok")
 
 
 def test_exact_mcnemar_matches_hand_computation():

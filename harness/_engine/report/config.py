@@ -36,6 +36,10 @@ class MaskingConfig(PluginConfig):
     relaxation: str | None = None
     #: The success rate the relaxation must reach on every model.
     relaxation_success: float = Field(default=0.9, ge=0, le=1)
+    #: How far (in relative NLL increase) the paired interval of a transfer's advantage over the white-box attack
+    #: must lie above 0 before the transfer check fails: a stochastic optimiser's run-to-run spread (a UAT restart
+    #: finding a slightly weaker trigger than the baseline's) is not masking. 0: any settled advantage fails.
+    transfer_margin: float = Field(default=0.0, ge=0)
 
 
 class ReportTable(PluginConfig):

@@ -11,7 +11,8 @@ informative, not because no edit hurts it. Four checks, each a row of ``masking_
   the same examples: an entry whose stages need the attack's and whose records name their ``source`` model, e.g.
   ``edit_transfer`` or ``uat_transfer``) must not beat the white-box attack: it fails when the transfer succeeds on
   more examples where the white-box attack fails than the reverse, significantly (exact McNemar test), or when the
-  paired interval of the relative increase (transfer minus white-box) lies above 0;
+  paired interval of the relative increase (transfer minus white-box) lies above ``report.masking.transfer_margin``
+  (0 by default);
 - ``relaxation``: the continuous relaxation on the same positions (``report.masking.relaxation``: an unconstrained
   attack on the context embeddings) must reach ``report.masking.relaxation_success``.
 
@@ -193,12 +194,13 @@ def _transfer_check(agg: Aggregate, entry: str, model: str) -> dict[str, Any]:
         only_white_box = int(sum(((a[:, 0] > 0) & (b[:, 0] == 0)).sum() for a, b in pairs))
         p_success = mcnemar_exact(only_transfer, only_white_box)
         beats = [name for name, hit in (("success", only_transfer > only_white_box and p_success < 1 - cfg.confidence),
-                                        ("relative increase", ci[1][0] > 0)) if hit]
+                                        ("relative increase", ci[1][0] > cfg.masking.transfer_margin)) if hit]
         detail = (f"'{other}' (the baseline's on {sum(len(a) for a, _ in pairs)} shared examples) minus white-box: "
                   f"success {point[0]:+.1%} (transfer alone succeeds on {only_transfer}, white-box alone on "
                   f"{only_white_box}: exact McNemar p = {p_success:.3g}), relative increase {point[1]:+.3f} "
-                  f"[{ci[1][0]:+.3f}, {ci[1][1]:+.3f}]")
-        return {"status": "failed" if beats else "ok", "detail": detail, "transfer": other,
+                  f"[{ci[1][0]:+.3f}, {ci[1][1]:+.3f}]"
+                  + (f" (fails above {cfg.masking.transfer_margin:+.3f})" if cfg.masking.transfer_margin else ""))
+        return {"status": "failed" if beats else "ok", "detail": detail, "transfer": other, "criteria": beats,
                 "difference": [float(p) for p in point], "ci95": ci, "discordant": [only_transfer, only_white_box],
                 "mcnemar_p": p_success}
     return {"status": "not applicable", "detail": f"no transfer of '{entry}' from the baseline on this model (an "
