@@ -46,8 +46,9 @@ __all__ = [
     "ATTACK_METRICS", "BUDGET_FIELDS", "Budget", "CURVE_THRESHOLDS", "ComputeCost", "ContinuationLoss", "Example",
     "ExampleAttack", "ExamplesConfig", "PROGRESS_FIELD", "POSITIONS_METRIC", "ScreenConfig", "Scorer", "TaskConfig",
     "VocabFilter", "allowed_tokens", "attack_progress", "attack_rng", "attack_summary", "best_so_far",
-    "continuation_nll", "disjoint_splits", "example_record", "log_ratio", "make_examples", "position_histogram",
-    "random_allowed", "relative_increase", "seeded_order", "select_examples", "spearman", "success_curve", "swap_nll",
+    "continuation_nll", "disjoint_splits", "example_record", "held_out_examples", "log_ratio", "make_examples",
+    "position_histogram", "random_allowed", "relative_increase", "seeded_order", "select_examples", "spearman",
+    "success_curve", "swap_nll",
 ]
 
 #: Thresholds of the stored success curve (relative NLL increase): 0, 2.5%, ..., 100%.
@@ -181,6 +182,15 @@ def seeded_order(examples: Sequence[Example], seed: int | None) -> list[Example]
     return sorted(examples, key=lambda ex: rank[ex.id])
 
 
+def held_out_examples(model: LoadedModel, task: TaskConfig, source: DocumentSource, n: int | None, where: str,
+                      seed: int | None = None) -> list[Example]:
+    """A universal string's held-out examples from ``source``: the first ``n``, or with ``seed`` the first ``n`` in
+    :func:`seeded_order` (they nest with the per-example attacks' seeded samples)."""
+    if seed is None:
+        return make_examples(load_documents(source), model, task, n, where=where)
+    return seeded_order(make_examples(load_documents(source), model, task, where=where), seed)[:n]
+
+
 def disjoint_splits(model: LoadedModel, task: TaskConfig, opt_source: DocumentSource, eval_source: DocumentSource,
                     n_opt: int | None, n_eval: int | None, where: str,
                     eval_seed: int | None = None) -> tuple[list[Example], list[Example]]:
@@ -188,11 +198,7 @@ def disjoint_splits(model: LoadedModel, task: TaskConfig, opt_source: DocumentSo
     with ``eval_seed`` the held-out split's first ``n_eval`` in :func:`seeded_order`), refusing splits that share an
     example: a string judged on documents it was optimised on would overstate its success."""
     opt = make_examples(load_documents(opt_source), model, task, n_opt, where=f"{where}.opt_data")
-    if eval_seed is None:
-        held_out = make_examples(load_documents(eval_source), model, task, n_eval, where=f"{where}.eval_data")
-    else:
-        pool = make_examples(load_documents(eval_source), model, task, where=f"{where}.eval_data")
-        held_out = seeded_order(pool, eval_seed)[:n_eval]
+    held_out = held_out_examples(model, task, eval_source, n_eval, f"{where}.eval_data", eval_seed)
     seen = {(ex.context, ex.continuation) for ex in opt}
     shared = [ex.id for ex in held_out if (ex.context, ex.continuation) in seen]
     if shared:

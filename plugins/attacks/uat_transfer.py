@@ -19,9 +19,9 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from harness import (RECORD_BYTES, AttackPlugin, Batch, DocumentSource, HarnessError, LoadedModel, MetricSpec,
-                     NoEstimate, PlanInputs, PluginConfig, StageContext, Workload, hookimpl, load_documents,
+                     NoEstimate, PlanInputs, PluginConfig, StageContext, Workload, hookimpl,
                      planned_examples, sequence_length)
-from harness.attacks import ATTACK_METRICS, Scorer, TaskConfig, attack_summary, make_examples, seeded_order
+from harness.attacks import ATTACK_METRICS, Scorer, TaskConfig, attack_summary, held_out_examples
 from harness.summary import summary_from_records
 from harness.triggers import EVAL_CHUNK, evaluate_trigger, tokenizer_fingerprint
 
@@ -111,13 +111,10 @@ class UATTransfer(AttackPlugin[UATTransferConfig]):
             column = stage["model"] if models.count(stage["model"]) == 1 else f"{stage['entry']}/{stage['model']}"
             src = source_uat_config(result)
             eval_data = cfg.eval_data or src.eval_data
-            n_eval = cfg.n_eval or src.n_eval
-            where = f"{ctx.stage.entry} (held-out split of {sid})"
-            if src.eval_sample == "seeded":  # the source's own documents: its seed is this stage's
-                examples = seeded_order(make_examples(load_documents(eval_data), model, src, where=where),
-                                        ctx.seed)[:n_eval]
-            else:
-                examples = make_examples(load_documents(eval_data), model, src, n_eval, where=where)
+            # the source's own documents (a seeded split: its seed is this stage's)
+            examples = held_out_examples(model, src, eval_data, cfg.n_eval or src.n_eval,
+                                         f"{ctx.stage.entry} (held-out split of {sid})",
+                                         ctx.seed if src.eval_sample == "seeded" else None)
             retokenized = metrics.get("tokenizer_fingerprint") != fingerprint
             trigger = (tok(metrics["trigger_text"], add_special_tokens=False)["input_ids"] if retokenized
                        else list(metrics["trigger_ids"]))

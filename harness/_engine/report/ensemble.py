@@ -3,9 +3,10 @@
 attack on each example, not by the best attack on average.
 
 An ensemble is an attack entry the report derives (no stage runs): per model and seed, on the examples every member
-ran (records paired by ``id``; they must agree on the ``match`` fields, the clean NLL by default: the same task), each example keeps the whole record of the member with the largest ``by`` (ties:
-the member listed first), marked with that member's name (``attack``); the budget fields of its records are the
-members' summed, since the ensemble ran them all. Its metrics are those every member declares, computed from these
+ran (records paired by ``id``; they must agree on the ``match`` fields, the clean NLL by default: the same task),
+each example keeps the whole record of the member with the largest ``by`` (ties: the member listed first), marked
+with that member's name (``attack``); the budget fields of its records are the members' summed, since the ensemble
+ran them all. Its metrics are those every member declares, computed from these
 records by their declarations (``harness.summary``); a one-off cost (``upfront_for``) is the members' summed; a
 summary value the records do not give (a configured threshold, say) is kept only where every member reports the
 same and ran exactly the ensemble's examples.
