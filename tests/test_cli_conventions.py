@@ -175,6 +175,17 @@ def test_the_options_reference_in_docs_is_the_code_s():
         "docs/plugins.md is out of date: regenerate it with `harness describe --all --markdown > docs/plugins.md`")
 
 
+def test_every_built_in_option_says_what_it_does():
+    """`harness describe` is where a user looks an option up: no built-in option may have an empty description."""
+    from harness._engine.describe import plugin_doc
+    from harness._engine.plugins import load_registry
+
+    bare = [f"{doc.name}: {block.name or 'options'}.{o.key}"
+            for doc in (plugin_doc(i) for i in load_registry().all() if i.package == "harness")
+            for block in doc.blocks for o in block.options if not o.description]
+    assert not bare, f"options without a description (a `#:` comment above the field): {bare}"
+
+
 # -- scripts/setup.sh without root ------------------------------------------------------------------------------------
 def _fake_setup(tmp_path: Path, uid: int) -> tuple[subprocess.CompletedProcess, Path]:
     """scripts/setup.sh in a copy of the checkout with fake id/sudo/apt-get/dpkg/python that only record calls."""

@@ -34,6 +34,7 @@ from harness.loop import run_examples
 class EditTransferConfig(PluginConfig):
     #: The model whose adversarial edits are replayed (one of the suite's models, e.g. the baseline).
     from_model: str
+    #: Tokens per forward pass when scoring the replayed edits (batch size x length): the memory budget.
     batch_tokens: int = Field(default=16384, ge=64)
 
 

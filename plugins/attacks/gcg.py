@@ -65,37 +65,54 @@ class GCGConfig(TaskConfig):
     threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
     #: Documents attacked one by one (``universal: false``).
     data: DocumentSource | None = None
+    #: How many documents of ``data`` (None: all usable ones); nested: a larger value keeps the first ones' records.
     n_examples: int | None = Field(default=None, ge=1)
+    #: Which ``n_examples``: the first usable documents, or a sample seeded by the suite's seed.
     sample: Literal["first", "seeded"] = "first"
     #: One string for all documents: optimised on ``opt_data``, judged on the disjoint ``eval_data`` (as UAT).
     universal: bool = False
+    #: Universal: the documents the string is optimised on.
     opt_data: DocumentSource | None = None
+    #: Universal: the held-out documents it is judged on (none may be in ``opt_data``).
     eval_data: DocumentSource | None = None
+    #: Universal: how many ``opt_data`` documents (None: all usable ones).
     n_opt: int | None = Field(default=None, ge=1)
+    #: Universal: how many ``eval_data`` documents (None: all usable ones).
     n_eval: int | None = Field(default=None, ge=1)
     #: Universal: optimisation documents per step (the gradient and every candidate's loss average over them).
     batch_size: int = Field(default=16, ge=1)
 
     #: What the attacker edits: the context tokens, or an optimised string of ``n_tokens`` after/before them.
     edit: Edit = "context"
+    #: Length of the optimised string (``edit: suffix`` or ``prefix``; ``context`` edits ``context_tokens``).
     n_tokens: int = Field(default=20, ge=1)
     #: The optimised string's first value (suffix/prefix; default nanoGCG's "x x ... x", one "x" per token).
     optim_str_init: str | None = None
+    #: Untargeted: raise the continuation's NLL; targeted: lower a target text's NLL (nanoGCG's objective).
     objective: Literal["untargeted", "targeted"] = "untargeted"
     #: Targeted: one fixed target text, or the name of a field of each document holding its target.
     target: str | None = None
+    #: Targeted: the field of each document holding its target text (instead of one ``target``).
     target_field: str | None = None
 
     # nanoGCG 0.3.0's options, with its defaults.
+    #: Optimisation steps (one gradient pass and one batch of candidates each).
     num_steps: int = Field(default=250, ge=1)
+    #: Candidate strings sampled per step, each scored (nanoGCG's ``search_width``).
     search_width: int = Field(default=512, ge=1)
+    #: Each position's replacements are drawn from the ``topk`` tokens with the most negative gradient.
     topk: int = Field(default=256, ge=1)
+    #: Positions replaced per candidate.
     n_replace: int = Field(default=1, ge=1)
+    #: Best strings kept between steps (nanoGCG's attack buffer; 0 keeps only the best).
     buffer_size: int = Field(default=0, ge=0)
+    #: Targeted: mellowmax of the target logits instead of cross-entropy (nanoGCG's option).
     use_mellowmax: bool = False
+    #: The mellowmax temperature.
     mellowmax_alpha: float = Field(default=1.0, gt=0)
     #: End a search at its first exact match (targeted; per-example searches) or success (untargeted).
     early_stop: bool = False
+    #: Drop candidates whose text does not re-tokenise to the same tokens (nanoGCG's ``filter_ids``).
     filter_ids: bool = True
 
     #: Per example (universal: for the optimisation): exact evaluations + gradient passes at most; None: no cap.

@@ -47,9 +47,12 @@ class HotFlipConfig(TaskConfig):
     limit_fields = ("n_examples",)  # `harness run --limit N` caps these
     #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
     threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
+    #: The documents attacked, one by one.
     data: DocumentSource
     #: Examples to attack (the first usable documents, or a seeded sample; see ``sample``); None = all.
     n_examples: int | None = Field(default=None, ge=1)
+    #: Which ``n_examples``: the first usable documents, or a sample seeded by the suite's seed (nested: a larger
+    #: ``n_examples`` keeps the smaller one's documents).
     sample: Literal["first", "seeded"] = "first"
     #: Steps (at most one flip each): a count, or a fraction (0, 1] of the context tokens.
     flips: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, le=1)] = 10

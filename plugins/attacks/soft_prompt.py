@@ -64,9 +64,11 @@ class SoftPromptConfig(TaskConfig):
     limit_fields = ("n_examples",)  # `harness run --limit N` caps these
     #: Success: the continuation NLL raised by more than this fraction (the built-in attacks' shared choice).
     threshold: float = Field(default=SUCCESS_THRESHOLD, ge=0)
+    #: The documents attacked, one by one.
     data: DocumentSource
     #: Examples to attack (the first usable documents, or a seeded sample: HotFlip's with the same options).
     n_examples: int | None = Field(default=None, ge=1)
+    #: Which ``n_examples``: the first usable documents, or a sample seeded by the suite's seed.
     sample: Literal["first", "seeded"] = "first"
     #: Where the adversary acts: free embeddings after / before the context, or a bounded perturbation of it.
     edit: Literal["suffix", "prefix", "context"] = "suffix"
@@ -79,10 +81,13 @@ class SoftPromptConfig(TaskConfig):
     epsilon: float | None = Field(default=0.5, gt=0)
     #: Optimisations per example from different starts (each ``steps`` long), the best kept.
     restarts: int = Field(default=1, ge=1)
+    #: Adam, or signed-gradient steps (PGD); with ``edit: context`` either is projected back onto the ball.
     optimizer: Literal["pgd", "adam"] = "adam"
     #: Adam's learning rate, or PGD's step, in units of the embeddings' RMS coordinate.
     lr: float = Field(default=0.1, gt=0)
+    #: Optimisation steps per restart (each a forward and backward pass; the record keeps the loss curve).
     steps: int = Field(default=100, ge=1)
+    #: Untargeted: raise the continuation's NLL; targeted: lower the NLL of ``target``.
     objective: Literal["untargeted", "targeted"] = "untargeted"
     #: The text the model should continue with (``targeted``), in place of the document's continuation.
     target: str | None = None

@@ -52,11 +52,14 @@ class UATConfig(TaskConfig):
     eval_data: DocumentSource
     #: Usable documents taken from each split (the first ones); None = all.
     n_opt: int | None = Field(default=None, ge=1)
+    #: Usable held-out documents taken (see ``eval_sample``); None = all.
     n_eval: int | None = Field(default=None, ge=1)
     #: How the held-out documents are chosen: the first ``n_eval``, or the first ``n_eval`` of the seeded order that
     #: every attack's ``sample: seeded`` uses (so they nest with the per-example attacks' documents at each seed).
     eval_sample: Literal["first", "seeded"] = "first"
+    #: Tokens in the trigger (prepended to each document's context).
     trigger_length: int = Field(default=10, ge=1)
+    #: Searches from different random triggers; the one with the highest mean NLL on the optimisation split wins.
     restarts: int = Field(default=3, ge=1)
     #: Iterations per restart.
     iterations: int = Field(default=10, ge=1)
@@ -64,6 +67,7 @@ class UATConfig(TaskConfig):
     batch_size: int = Field(default=16, ge=1)
     #: Candidate tokens per trigger position, by first-order score.
     top_k: int = Field(default=10, ge=1)
+    #: Triggers kept between positions of the left-to-right beam search.
     beam_size: int = Field(default=2, ge=1)
 
 

@@ -32,7 +32,9 @@ class UATTransferConfig(PluginConfig):
     limit_fields = ("n_eval",)  # `harness run --limit N` caps these
     #: Held-out documents (default: each source trigger's own held-out split).
     eval_data: DocumentSource | None = None
+    #: Held-out documents taken (as the source took them); None = all.
     n_eval: int | None = Field(default=None, ge=1)
+    #: Tokens per forward pass when evaluating the triggers (batch size x length): the memory budget.
     batch_tokens: int = Field(default=16384, ge=64)
 
 

@@ -22,6 +22,7 @@ from harness.scoring import HEAD_CHUNK_POSITIONS, rolling_windows, score_windows
 
 
 class PerplexityConfig(PluginConfig):
+    #: The documents scored, each on its own (rolling windows over each document).
     data: DocumentSource
     #: Window length in tokens (default: the model's context length).
     max_length: int | None = Field(default=None, ge=2)

@@ -18,7 +18,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "pythia_tiny"
 
 
 class PythiaTinyConfig(PluginConfig):
+    #: The dtype the weights are loaded in.
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    #: Overrides the suite's device for this model.
     device: str | None = None
 
 

@@ -18,7 +18,9 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class SmolLM2Config(PluginConfig):
+    #: The dtype the GGUF weights are dequantised to.
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    #: Overrides the suite's device for this model.
     device: str | None = None
 
 

@@ -73,28 +73,37 @@ class TrainConfig(PluginConfig):
     data: DocumentSource
     #: Held-out documents for validation perplexity (packed blocks); none: no validation.
     val_data: DocumentSource | None = None
+    #: Tokens per training block (row).
     seq_len: int = Field(default=2048, ge=8)
     #: Pack documents into full blocks (EOS between them); false: one padded document per row.
     packing: bool = True
     #: Rows per forward pass, per process.
     micro_batch: int = Field(default=8, ge=1)
+    #: Micro-batches per optimiser step (global batch: micro_batch x grad_accum x processes rows).
     grad_accum: int = Field(default=4, ge=1)
     #: Length of training in passes over the blocks (ignored when ``steps`` is set).
     epochs: float = Field(default=5.0, gt=0)
+    #: Optimiser steps (overrides ``epochs``).
     steps: int | None = Field(default=None, ge=1)
+    #: AdamW's peak learning rate (after warm-up; then a cosine decay).
     lr: float = Field(default=1e-5, gt=0)
     #: Fraction of the steps spent warming the learning rate up linearly from 0.
     warmup_ratio: float = Field(default=0.1, ge=0, le=1)
     #: The cosine decays to this fraction of ``lr``.
     min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    #: AdamW's decoupled weight decay.
     weight_decay: float = Field(default=0.01, ge=0)
+    #: AdamW's (beta1, beta2).
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    #: AdamW's epsilon.
     adam_eps: float = Field(default=1e-8, gt=0)
     #: Clip the global gradient norm to this (none: no clipping).
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     #: ``auto``: bf16 autocast on GPU with fp32 master weights, fp32 on CPU.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    #: Recompute activations in the backward pass (less memory, about a third more compute).
     gradient_checkpointing: bool = False
+    #: Read the blocks in a seeded order each epoch (``data_seed``); false: in the order they were packed.
     shuffle: bool = True
     #: Seed of the data order (none: the run seed). The order is keyed by this seed and the data recipe (the training
     #: blocks' content, i.e. ``data`` tokenised to ``seq_len``, and the global batch), never by the entry name, so
@@ -107,6 +116,7 @@ class TrainConfig(PluginConfig):
     val_blocks: int = Field(default=64, ge=1)
     #: Write a resumable snapshot every N steps (and always after the last one and when asked to stop).
     checkpoint_every: int = Field(default=500, ge=1)
+    #: Resumable snapshots kept (the oldest are deleted).
     keep_checkpoints: int = Field(default=2, ge=1)
     #: dtype of the exported Hugging Face checkpoint.
     save_dtype: Literal["float32", "bfloat16"] = "float32"

@@ -23,7 +23,11 @@ mkdir -p "$out"
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 start="$(date +%s)"
 rc=0
+# An interrupt (Ctrl-C, scancel, kill -INT of the group) stops harness, which keeps what it finished; the trap lets
+# this script go on to log the part that ran, so a resumed run's invocations still sum to its whole wall time.
+trap 'rc=130' INT TERM
 .venv/bin/harness run "$suite" --out "$out" --no-progress "$@" || rc=$?
+trap - INT TERM
 end="$(date +%s)"
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
