@@ -344,6 +344,42 @@ def test_failing_stage_leaves_dependents_never_run_and_status_says_why(cluster, 
     assert {r["state"] for r in status(run_dir).values()} == {"done"}
 
 
+OVERRIDE_SUITE = """
+name: slurm_overrides
+seeds: [1]
+device: cpu
+models:
+  tiny: {plugin: pythia_tiny}
+metrics:
+  ppl:
+    plugin: perplexity
+    data: {dataset: json, data_files: @DATA@/test.jsonl, split: test, limit: 4}
+"""
+
+
+def test_overrides_and_limit_given_to_submit_reach_every_job(cluster, tmp_path):
+    """`harness slurm submit SUITE key=value --limit N`: the jobs resolve the suite as the submission did (the same
+    stage keys, so none is refused as another run's), and their numbers equal a local run given the same."""
+    suite = write_suite(tmp_path, OVERRIDE_SUITE)
+    args = ["metrics.ppl.max_length=16", "--limit", "2"]
+    run_dir, local_dir = tmp_path / "run", tmp_path / "local"
+    harness("slurm", "submit", str(suite), "--out", str(run_dir), "--profile", str(profile(tmp_path)), *args)
+    script = (run_dir / "slurm" / "jobs" / "metrics__ppl__tiny.sbatch").read_text()
+    assert "metrics.ppl.max_length=16 --limit 2" in script
+    wait_until(queue_empty, 240, "the jobs to end", every=0.5)
+    assert {r["state"] for r in status(run_dir).values()} == {"done"}
+    harness("run", str(suite), "--out", str(local_dir), "--no-progress", *args)
+
+    resolved = read_json(run_dir / "config.resolved.json")
+    assert resolved["overrides"] == ["metrics.ppl.max_length=16"] and resolved["limit"] == 2
+    stage = "stages/metrics/ppl/tiny/result.json"
+    slurm, local = read_json(run_dir / stage)["metrics"], read_json(local_dir / stage)["metrics"]
+    assert slurm["documents"] == 2 and slurm["perplexity"] == local["perplexity"]
+    unlimited = harness("run", str(suite), "--out", str(tmp_path / "plain"), "--no-progress")
+    assert unlimited.returncode == 0
+    assert read_json(tmp_path / "plain" / stage)["metrics"]["perplexity"] != slurm["perplexity"]
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_training_with_two_processes_under_torchrun_in_one_job(cluster, tmp_path, strategy):
     """The profile's launcher: torchrun starts 2 gloo processes in the job, replicating (DDP) or sharding (FSDP)

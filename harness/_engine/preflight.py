@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -263,14 +263,14 @@ def run_preflight(suite: Suite, run_dir: Path, stages: list[Stage] | None = None
 
 
 def preflight_for_submission(suite_path: Path, mode: str, out: Path | None, profile_path: Path | None,
-                             strict: bool = True) -> Preflight:
+                             strict: bool = True, overrides: Sequence[str] = (), limit: int | None = None) -> Preflight:
     """The checks of ``harness slurm submit``: the stages not done yet, against the cluster profile."""
     from .runner import Runner
     from .slurm.profile import load_profile
     from .suite import load_suite
 
     profile = load_profile(profile_path)
-    suite = load_suite(suite_path, mode, output_dir=out)
+    suite = load_suite(suite_path, mode, output_dir=out, overrides=list(overrides), limit=limit)
     runner = Runner(suite, show_progress=False)
     done = {s.id for s in runner.graph.stages if runner.is_done(s)}
     return run_preflight(suite, runner.run_dir, done=done, profile=profile, profile_path=profile_path or "(defaults)",

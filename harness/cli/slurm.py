@@ -16,9 +16,10 @@ def _slurm_args(p: argparse.ArgumentParser) -> None:
                        description="Submit a suite's stage graph as SLURM jobs with afterok dependencies. Complete "
                        "stages are skipped; re-submitting a half-finished run keeps its queued/running jobs.")
     s.add_argument("suite", type=Path, help="suite YAML file")
-    from .conventions import add_mode_arg
+    from .conventions import add_mode_arg, add_override_args
 
     add_mode_arg(s)
+    add_override_args(s)
     s.add_argument("--profile", type=Path, default=None,
                    help="cluster profile YAML (partition, GPUs, time, setup lines; see slurm/profile.example.yaml)")
     s.add_argument("--out", type=Path, default=None, help="run directory (default: the suite's output_dir)")
@@ -31,7 +32,8 @@ def _slurm_args(p: argparse.ArgumentParser) -> None:
                         "reachable offline); a dry run only reports them")
 
 
-@command("slurm", "run a suite on a SLURM cluster: `harness slurm submit SUITE [--profile P] [--dry-run]`",
+@command("slurm", "run a suite on a SLURM cluster: `harness slurm submit SUITE [KEY=VALUE ...] [--profile P] "
+         "[--dry-run]`",
          _slurm_args)
 def cmd_slurm(args: argparse.Namespace) -> int:
     from .main import note
@@ -43,10 +45,12 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     if not args.skip_preflight:  # before anything is submitted; a dry run reports what would stop a submission
         from .._engine.preflight import preflight_for_submission
 
-        checked = preflight_for_submission(args.suite, args.mode, args.out, args.profile, strict=not args.dry_run)
+        checked = preflight_for_submission(args.suite, args.mode, args.out, args.profile, strict=not args.dry_run,
+                                           overrides=args.overrides, limit=args.limit)
         for problem in checked.problems:
             err_console.print(f"pre-flight (would stop a real submission): {problem}", highlight=False, markup=False)
-    submission = submit_suite(args.suite, args.mode, args.out, args.profile, dry_run=args.dry_run, force=args.force)
+    submission = submit_suite(args.suite, args.mode, args.out, args.profile, dry_run=args.dry_run, force=args.force,
+                              overrides=args.overrides, limit=args.limit)
     if explicit_mode is None:
         note(smoke_test_note(argparse.Namespace(suite=args.suite, mode=None)))
     table = Table(title=f"{'planned' if args.dry_run else 'submitted'} jobs ({len(submission.done)} stages done, "

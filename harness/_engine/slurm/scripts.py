@@ -33,6 +33,16 @@ class JobContext:
     #: How the report job finishes the run: ``report`` (the ``harness report`` command) or ``run`` (a plain
     #: ``harness run`` without ``--stage``: every stage is done, so it only writes final_results.json).
     report_command: str = "run"
+    #: The submission's command-line overrides (``key.path=value``), passed on to every job's ``harness run`` so
+    #: that the jobs resolve the same suite as the submission did.
+    overrides: tuple[str, ...] = ()
+    #: The submission's ``--limit N``, passed on likewise.
+    limit: int | None = None
+
+    @property
+    def suite_args(self) -> list[str]:
+        """``harness run`` arguments after the suite that fix its resolution: the mode, the overrides, the limit."""
+        return ["--mode", self.mode, *self.overrides, *(["--limit", str(self.limit)] if self.limit else [])]
 
     @property
     def python(self) -> str:
@@ -86,7 +96,7 @@ def harness_command(ctx: JobContext, *args: str) -> str:
 
 
 def stage_command(ctx: JobContext, launcher: Launcher | None) -> str:
-    args = ["run", str(ctx.suite_path), "--mode", ctx.mode, "--out", str(ctx.run_dir), "--no-progress"]
+    args = ["run", str(ctx.suite_path), *ctx.suite_args, "--out", str(ctx.run_dir), "--no-progress"]
     run = shlex.join(["-m", "harness.cli", "-v", *args]) + ' --stage "$STAGE"'
     python = shlex.quote(ctx.python)
     if launcher is None or launcher.kind == "none":
@@ -153,10 +163,11 @@ def check_paths(ctx: JobContext) -> None:
     `$(...)`, backticks and quotes inert, but a newline ends an ``#SBATCH`` or comment line."""
     for what, value in (("run directory (--out / output_dir)", str(ctx.run_dir)), ("suite file", str(ctx.suite_path)),
                         ("profile workdir", str(ctx.workdir)), ("profile python", ctx.python),
-                        ("profile templates", str(ctx.templates))):
+                        ("profile templates", str(ctx.templates)),
+                        *(("command-line override", o) for o in ctx.overrides)):
         if has_control(value):
             raise HarnessError(f"{escape(value)}: the {what} holds a newline or control character, which cannot go "
-                               "into an sbatch script safely; fix: use a path without control characters")
+                               f"into an sbatch script safely; fix: give the {what} without control characters")
 
 
 def title(job: Job, ctx: JobContext) -> str:
@@ -184,7 +195,7 @@ def render(job: Job, ctx: JobContext) -> str:
         if ctx.report_command == "report":
             values["command"] = harness_command(ctx, "report", str(ctx.run_dir))
         else:
-            values["command"] = harness_command(ctx, "run", str(ctx.suite_path), "--mode", ctx.mode, "--out",
+            values["command"] = harness_command(ctx, "run", str(ctx.suite_path), *ctx.suite_args, "--out",
                                                 str(ctx.run_dir), "--no-progress")
         return fill(read_template(ctx, "report.sbatch.tmpl"), values)
     launcher = ctx.profile.launcher if job.kind == "train" and ctx.profile.launcher.kind != "none" else None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,12 @@ class Submission:
 
 
 def submit_suite(suite_path: Path, mode: str = "quick", out: Path | None = None, profile_path: Path | None = None,
-                 dry_run: bool = False, force: bool = False) -> Submission:
+                 dry_run: bool = False, force: bool = False, overrides: Sequence[str] = (),
+                 limit: int | None = None) -> Submission:
+    """Submit (or with ``dry_run`` only write) the jobs of the suite's stages that are not done. ``overrides`` and
+    ``limit`` are ``harness run``'s: the suite is resolved with them here and every job passes them on."""
     profile = load_profile(profile_path)
-    suite = load_suite(suite_path, mode, output_dir=out)
+    suite = load_suite(suite_path, mode, output_dir=out, overrides=list(overrides), limit=limit)
     check_run_target(suite.output_dir, suite.name, force=force)
     runner = Runner(suite, show_progress=False)
     runner.write_run_files()
@@ -89,7 +93,8 @@ def submit_suite(suite_path: Path, mode: str = "quick", out: Path | None = None,
         jobs.append(report_job([], {}))
 
     submission = Submission(run_dir, graph, profile, jobs, done, kept, dry_run=dry_run, fit=fit)
-    ctx = JobContext(suite.path, suite.name, mode, run_dir, profile, report_command=_report_command())
+    ctx = JobContext(suite.path, suite.name, mode, run_dir, profile, report_command=_report_command(),
+                     overrides=tuple(overrides), limit=limit)
     RunDir(run_dir).real_dir(slurm_dir(run_dir) / "jobs")  # scripts are never written through a link
     for job in jobs:
         atomic_write_text(submission.script(job), render(job, ctx))
