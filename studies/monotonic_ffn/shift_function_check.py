@@ -12,6 +12,13 @@ shift of gate/up/down/o_proj, ``gated_all``) at stream widths 577 and 585 (heads
 its smallest constrained weight; and, as the contrast, the naive column shift of ``down_proj`` on the unconverted
 model (RMSNorm does not subtract the mean, so there the shift is not cancelled) and the ``abs`` init.
 
+With ``--smollm2`` it also compares the starting points of the real constraint (up/down >= 1e-4 on the unconverted
+model, the smollm2 suite's arms): ``abs`` (|W0|), the clamp (negatives to the floor), the clamp after the sign flip
+that makes the most up/down mass positive while computing exactly the same function (a hidden unit's up row with its
+down column; an FFN input coordinate through its RMSNorm gain and the gate/up columns; a residual coordinate through
+the embedding, every writer's row and every norm's gain, found by alternating maximisation), and ``abs`` with
+``down_proj`` scaled towards the floor (a small FFN in place of a wrong one).
+
     .venv/bin/python studies/monotonic_ffn/shift_function_check.py [--smollm2] [--out studies/monotonic_ffn/research/function_preservation.json]
 """
 
@@ -116,6 +123,7 @@ def measure_smollm2(n_docs: int, length: int) -> dict:
            "down_proj_column_shift": {"fp32": compare(logits_of(shifted, ids, torch.float32), reference, ids)},
            "gated_updown/abs": {"fp32": compare(logits_of(absolute, ids, torch.float32), reference, ids)}}
     del shifted, absolute
+    out["real_constraint_starts"] = measure_smollm2_starts(base, ids, reference)
     for width in (base.config.hidden_size + 1, 585):
         converted, names = transform_model(copy.deepcopy(base), MonotonicSpec(variant="gated_all", init="shift",
                                                                               stream_width=width))
@@ -127,6 +135,75 @@ def measure_smollm2(n_docs: int, length: int) -> dict:
             "fp32": compare(logits_of(converted, ids, torch.float32), reference, ids),
             "bf16": compare(logits_of(converted, ids, torch.bfloat16), reference, ids)}
         del converted
+    return out
+
+
+def best_sign_flip(model, rounds: int = 30) -> dict[str, float]:
+    """Flip signs in ``model`` (a Llama) in place so that as much up/down mass as possible is positive, without
+    changing its function; returns the positive share of the up/down mass before and after.
+
+    Free signs: t (each hidden unit: its up row and down column), r (each FFN input coordinate of a layer: its
+    post-attention RMSNorm gain and its gate/up columns), s (each residual coordinate: the embedding column, every
+    o_proj/down row and every layer norm's gain; the final norm keeps its gain, so the tied unembedding reads the
+    flipped embedding from a flipped input). The positive share is 1/2 + (tᵀUr + sᵀDt) / (2 Σ|W|), maximised by
+    alternating sign updates (each one cannot lower it)."""
+    layers = model.model.layers
+    if not model.config.tie_word_embeddings:
+        raise ValueError("best_sign_flip assumes tied embeddings (SmolLM2)")
+    up = [layer.mlp.up_proj.weight.data for layer in layers]      # [hidden, d]
+    down = [layer.mlp.down_proj.weight.data for layer in layers]  # [d, hidden]
+    total = sum(float(u.abs().sum() + w.abs().sum()) for u, w in zip(up, down))
+
+    def sign(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, 1.0, -1.0)
+
+    s = torch.ones(model.config.hidden_size)
+    r = [torch.ones(u.shape[1]) for u in up]
+    t = [torch.ones(u.shape[0]) for u in up]
+
+    def share() -> float:
+        return 0.5 + sum(float(t[i] @ up[i] @ r[i] + s @ down[i] @ t[i]) for i in range(len(layers))) / total / 2
+
+    before = share()
+    for _ in range(rounds):
+        for i in range(len(layers)):
+            for _ in range(3):
+                t[i] = sign(up[i] @ r[i] + down[i].T @ s)
+                r[i] = sign(up[i].T @ t[i])
+        s = sign(sum(down[i] @ t[i] for i in range(len(layers))))
+    after = share()  # before the flips are applied: share() reads the weights through them
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(s)
+        for i, layer in enumerate(layers):
+            layer.input_layernorm.weight.mul_(s)
+            layer.post_attention_layernorm.weight.mul_(s * r[i])
+            layer.self_attn.o_proj.weight.mul_(s[:, None])
+            layer.mlp.gate_proj.weight.mul_(r[i][None, :])
+            layer.mlp.up_proj.weight.mul_(t[i][:, None] * r[i][None, :])
+            layer.mlp.down_proj.weight.mul_(s[:, None] * t[i][None, :])
+    return {"positive_share_before": before, "positive_share_after": after}
+
+
+def measure_smollm2_starts(base, ids: torch.Tensor, reference: torch.Tensor, floor: float = 1e-4) -> dict:
+    """The real constraint's possible starts (up/down >= ``floor``), each compared with the untouched model."""
+    def constrained(model, how: str, down_scale: float = 1.0):
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for linear in (layer.mlp.up_proj, layer.mlp.down_proj):
+                    w = linear.weight
+                    w.copy_(w.abs() if how == "abs" else w)
+                layer.mlp.down_proj.weight.mul_(down_scale)
+                for linear in (layer.mlp.up_proj, layer.mlp.down_proj):
+                    linear.weight.clamp_(min=floor)
+        return compare(logits_of(model, ids, torch.float32), reference, ids)
+
+    out = {"abs": constrained(copy.deepcopy(base), "abs"), "clamp": constrained(copy.deepcopy(base), "clamp")}
+    flipped = copy.deepcopy(base)
+    out["sign_flip"] = best_sign_flip(flipped)
+    out["sign_flip"]["fp32"] = compare(logits_of(flipped, ids, torch.float32), reference, ids)  # the same function
+    out["sign_flip_then_clamp"] = constrained(flipped, "clamp")
+    for scale in (0.0, 0.01, 0.1):
+        out[f"abs_down_x{scale}"] = constrained(copy.deepcopy(base), "abs", scale)
     return out
 
 
