@@ -64,40 +64,47 @@ def _indicators_html(indicators: list[dict[str, Any]]) -> str:
                   rows, classes)
 
 
+def _num(row: dict[str, Any], key: str, fmt: str = ".4g") -> str:
+    return format(row[key], fmt) if key in row else "&mdash;"
+
+
+def _ci(row: dict[str, Any], fmt: str = ".4g") -> str:
+    ci = row.get("ci95")
+    return _e(f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]") if ci else ""
+
+
+def _paired_html(title: str, header: list[str], rows: list[list[str]], statuses: list[str], good: set[str],
+                 bad: set[str]) -> str:
+    """A section of paired comparisons (same seeds and examples): a row is green when its status is in ``good``,
+    red in ``bad``, amber otherwise (open or confounded)."""
+    classes = ["met" if s in good else "notmet" if s in bad else "unsettled" for s in statuses]
+    return (f"<h2>{_e(title)} (paired: same seeds and examples; exploratory)</h2>"
+            + _table(header, [[*r, f"<b>{_e(s)}</b>"] for r, s in zip(rows, statuses)], classes))
+
+
 def _controls_html(controls: list[dict[str, Any]] | None) -> str:
     if not controls:
         return ""
-    rows, classes = [], []
-    for row in controls:
-        ci = row.get("ci95")
-        num = (lambda key: f"{row[key]:.4g}" if key in row else "&mdash;")
-        rows.append([_e(row["attack"]), _e(row["control"] or ""), _e(row["model"]), _e(row["metric"]), num("attack_value"),
-                     num("control_value"), num("difference"), _e(f"[{ci[0]:.4g}, {ci[1]:.4g}]") if ci else "",
-                     f"<b>{_e(row['status'])}</b>"])
-        classes.append({"beats control": "met", "below control": "notmet"}.get(row["status"], "unsettled"))
-    return ("<h2>Attacks against their controls (paired: same seeds and examples; exploratory)</h2>"
-            + _table(["attack", "control", "model", "metric", "attack", "control", "difference", "95% CI", "status"],
-                     rows, classes))
+    rows = [[_e(row["attack"]), _e(row["control"] or ""), _e(row["model"]), _e(row["metric"]),
+             _num(row, "attack_value"), _num(row, "control_value"), _num(row, "difference"), _ci(row)]
+            for row in controls]
+    return _paired_html("Attacks against their controls",
+                        ["attack", "control", "model", "metric", "attack", "control", "difference", "95% CI",
+                         "status"], rows, [row["status"] for row in controls], {"beats control"}, {"below control"})
 
 
 def _matched_html(matched: list[dict[str, Any]] | None) -> str:
     if not matched:
         return ""
-    rows, classes = [], []
-    for row in matched:
-        ci = row.get("ci95")
-        pct = (lambda key: f"{row[key]:.1%}" if key in row else "&mdash;")
-        num = (lambda key: f"{row[key]:.4g}" if key in row else "&mdash;")
-        rows.append([_e(row["model"]), _e(row["control_model"]),
-                     _e(f"{row['entry']}" + (" (random control)" if row.get("attack_control") else "")),
-                     _e(row["metric"]), num("model_value"), num("control_value"),
-                     _e("ratio - 1" if row["kind"] == "gap" else "reduction"), pct("value"),
-                     _e(f"[{ci[0]:.1%}, {ci[1]:.1%}]") if ci else "", f"<b>{_e(row['status'])}</b>"])
-        classes.append({"more robust than control": "met", "less robust than control": "notmet",
-                        "matched": "met"}.get(row["status"], "unsettled"))
-    return ("<h2>Models against their matched controls (paired: same seeds and examples; exploratory)</h2>"
-            + _table(["model", "control model", "entry", "metric", "model", "control", "compared as", "value",
-                      "95% CI", "status"], rows, classes))
+    rows = [[_e(row["model"]), _e(row["control_model"]),
+             _e(f"{row['entry']}" + (" (random control)" if row.get("attack_control") else "")),
+             _e(row["metric"]), _num(row, "model_value"), _num(row, "control_value"),
+             _e("ratio - 1" if row["kind"] == "gap" else "reduction"), _num(row, "value", ".1%"), _ci(row, ".1%")]
+            for row in matched]
+    return _paired_html("Models against their matched controls",
+                        ["model", "control model", "entry", "metric", "model", "control", "compared as", "value",
+                         "95% CI", "status"], rows, [row["status"] for row in matched],
+                        {"more robust than control", "matched"}, {"less robust than control"})
 
 
 def _cells_html(table: dict[str, Any], headers: list[str], labels) -> str:
