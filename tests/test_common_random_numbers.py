@@ -93,3 +93,17 @@ def test_report_states_the_randomness_each_comparison_shares(aa_run):
     assert other["data_order"] == "not shared" and other["documents"] == "shared"
     summary = (aa_run / "experiment_summary.txt").read_text()
     assert "Shared randomness" in summary
+
+
+def test_a_partial_run_judges_the_seeds_whose_trainings_finished(monkeypatch):
+    """Seed 1337's training of one arm has not finished: the order is judged on seed 42 and the rest is said."""
+    from harness._engine.report import randomness
+
+    prints = {"a": {"42": "f42", "1337": "g"}, "b": {"42": "f42", "1337": None}}
+    monkeypatch.setattr(randomness, "_training_fingerprints", lambda agg, model: prints[model])
+    status, why = randomness._data_order(None, "a", "b")
+    assert status == "shared" and "at seeds 42 " in why and "seeds 1337: a training stage recorded no" in why
+    prints["b"]["42"] = "other"
+    assert randomness._data_order(None, "a", "b")[0] == "not shared"
+    prints["b"]["42"] = None
+    assert randomness._data_order(None, "a", "b")[0] == "unknown"

@@ -174,3 +174,26 @@ def test_no_primary_declared_says_so(tmp_path):
     res = build_report(run).results
     assert res["primary"]["endpoints"] == [] and "no primary endpoint declared" in res["primary"]["note"]
     assert "Primary endpoints: none declared" in (run / "experiment_summary.txt").read_text()
+
+
+def test_an_arm_not_matched_to_the_baseline_in_perplexity_gets_no_verdict_unless_the_total_effect_is_asked(tmp_path):
+    """'hurt' pays 65% in perplexity (e^0.5, far above the 15% gap target; still far below a uniform guess) and its
+    attack raises the NLL less: by default no verdict (the difference mixes its change with its damage); with
+    `matched: false` the total effect is judged. 'mono' (+3%: the gap indicator met) keeps its verdict."""
+    endpoint = {"reference": "base", "entry": "atk", "metric": "mean_nll_increase", "direction": "decrease",
+                "min_effect": 0.1}
+    run = make_run(tmp_path / "run", {"base": 0.0, "mono": 0.03, "hurt": 0.5},
+                   {"base": (2.0, 1.0), "mono": (2.0, 0.8), "hurt": (2.0, 0.5)},
+                   {"compare": ["mono", "hurt"],
+                    "primary": [{"model": "mono", **endpoint}, {"model": "hurt", **endpoint},
+                                {"model": "hurt", **endpoint, "entry": "atk", "matched": False}]})
+    res = build_report(run).results
+    mono, hurt, total = res["primary"]["endpoints"]
+    assert mono["status"] == "effect as hoped"
+    assert hurt["status"] == "unmatched" and "ci" not in hurt and "perplexity gap +64.9%" in hurt["detail"]
+    assert total["status"] == "effect as hoped" and total["ci"][1] < 0
+    pairs = {p["model"]: p for p in res["arms"]["baseline_pairs"]}
+    assert pairs["mono"]["status"] == "matched" and pairs["hurt"]["status"] == "unmatched"
+    summary = (run / "experiment_summary.txt").read_text()
+    assert "hurt vs baseline base: UNMATCHED (perplexity gap +64.9%" in summary
+    assert "mono vs baseline base: MATCHED" in summary

@@ -83,7 +83,7 @@ def build_report(run_dir: str | Path, config: ReportConfig | None = None,
     masking = masking_checks(agg, controls)
     attach_to_verdicts(checks, masking)
     matched = versus_matched_controls(agg)
-    arms = arm_checks(agg, matched)
+    arms = arm_checks(agg, matched, checks)
     withhold_verdicts(arms, checks, matched)
     primary = primary_endpoints(agg, arms)
     attach_to_primary(primary, masking)

@@ -18,9 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 from .aggregate import Aggregate, attack_entries, compared_models, is_control
+from .arms import DESTROYED, UNMATCHED
 
 #: Verdicts that read as the hoped-for answer / its opposite; everything else is open (amber).
 GOOD = {"met", "beats control", "more robust than control", "matched", "effect as hoped"}
+#: Statuses that withhold the verdict (and the interval) of a comparison.
+UNJUDGED = {DESTROYED, UNMATCHED}
 BAD = {"not met", "below control", "less robust than control", "opposite effect"}
 
 
@@ -35,7 +38,9 @@ def _interval(ci: list[float] | None) -> str:
 def _cell(value: float | None, ci: list[float] | None, status: str, detail: str = "",
           control: float | None = None) -> dict[str, Any]:
     return {"value": value, "ci95": ci, "status": status, "control_value": control, "detail": detail,
-            "text": (f"{_pct(value)} {_interval(ci)}" if value is not None else "")}
+            # An arm judged by no verdict (destroyed, unmatched) gets no interval: say why instead of "no interval".
+            "text": (f"{_pct(value)} " + ("(not compared)" if ci is None and status in UNJUDGED else _interval(ci))
+                     if value is not None else "")}
 
 
 def _from_primary(agg: Aggregate, primary: list[dict[str, Any]]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ over its output vocabulary, which every result records) predicts worse than gues
 "robustness" is no result, so it gets no robustness verdict. A matched control (``report.matched_controls``) whose
 perplexity is not ``matched`` on the test set (the paired interval of the ratio within +-``gap_target``; without
 a ``gap_target`` nothing can be shown matched) is ``unmatched`` for that model: the comparison is shown, but used
-for no verdict.
+for no verdict. So is the baseline for a compared model whose perplexity gap indicator (``gap`` below
+``gap_target``) is not met, for the primary endpoints that ask a matched reference (``report.primary[].matched``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ def _vocab_size(agg: Aggregate, model: str) -> int | None:
     return int(next(iter(sizes))) if len(sizes) == 1 else None
 
 
-def arm_checks(agg: Aggregate, matched_rows: list[dict[str, Any]]) -> dict[str, Any]:
+def arm_checks(agg: Aggregate, matched_rows: list[dict[str, Any]],
+               indicators: list[dict[str, Any]]) -> dict[str, Any]:
     """Per model: its perplexity, the ceiling and ``usable`` / ``destroyed`` / ``unknown``; per matched-control pair:
-    ``matched`` or ``unmatched`` (from the gap rows of ``versus_matched_controls``)."""
+    ``matched`` or ``unmatched`` (from the gap rows of ``versus_matched_controls``); per compared model and the
+    baseline: the same from the perplexity gap indicator (where its perplexity was measured)."""
     run, cfg = agg.run, agg.run.config
     ref = cfg.perplexity or cfg.gap
     entry = run.resolve_entry(ref.entry) if ref else None
@@ -58,7 +61,11 @@ def arm_checks(agg: Aggregate, matched_rows: list[dict[str, Any]]) -> dict[str, 
         pairs.append({"model": gap["model"], "control": gap["control_model"],
                       "status": "matched" if matched else UNMATCHED, "gap_status": gap.get("status"),
                       "ci95": gap.get("ci95")})
-    return {"arms": arms, "matched_pairs": pairs}
+    baseline_pairs = [{"model": item["model"], "control": item["baseline"],
+                       "status": "matched" if item.get("met") else UNMATCHED, "gap_status": item["status"],
+                       "value": item["value"], "ci95": item.get("ci95"), "target": item.get("target")}
+                      for item in indicators if item.get("kind") == "gap" and "value" in item and "model" in item]
+    return {"arms": arms, "matched_pairs": pairs, "baseline_pairs": baseline_pairs}
 
 
 def destroyed(checks: dict[str, Any]) -> set[str]:
@@ -67,6 +74,18 @@ def destroyed(checks: dict[str, Any]) -> set[str]:
 
 def unmatched(checks: dict[str, Any]) -> set[tuple[str, str]]:
     return {(p["model"], p["control"]) for p in checks["matched_pairs"] if p["status"] == UNMATCHED}
+
+
+def unmatched_baseline(checks: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(model, baseline) pairs whose perplexity gap indicator is not met, with that pair's check."""
+    return {(p["model"], p["control"]): p for p in checks.get("baseline_pairs", []) if p["status"] == UNMATCHED}
+
+
+def gap_text(pair: dict[str, Any]) -> str:
+    """A pair's perplexity gap as the indicator measured it: ``+2861% [+2700%, +3020%], target < 15%``."""
+    ci = pair.get("ci95")
+    return (f"perplexity gap {pair['value']:+.1%}" + (f" [{ci[0]:+.1%}, {ci[1]:+.1%}]" if ci else "")
+            + f", target {pair.get('target')}: {pair['gap_status']}")
 
 
 def withhold_verdicts(checks: dict[str, Any], indicators: list[dict[str, Any]],
@@ -107,4 +126,6 @@ def arm_lines(checks: dict[str, Any]) -> list[str]:
     for p in checks["matched_pairs"]:
         out.append(f"  - {p['model']} vs matched control {p['control']}: {p['status'].upper()}"
                    + (f" (perplexity {p['gap_status']})" if p["status"] == UNMATCHED else ""))
+    for p in checks.get("baseline_pairs", []):
+        out.append(f"  - {p['model']} vs baseline {p['control']}: {p['status'].upper()} ({gap_text(p)})")
     return out

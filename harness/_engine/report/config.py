@@ -82,6 +82,11 @@ class PrimaryEndpoint(ReportMetric):
     reference: str
     direction: Literal["decrease", "increase"] = "decrease"
     min_effect: float = Field(gt=0)
+    #: A verdict only where the reference is shown matched to the model in perplexity on the test set: a matched
+    #: control within +-``gap_target`` (``matched_controls``), the baseline by the perplexity gap indicator (``gap``
+    #: below ``gap_target``); else ``unmatched``, since the difference would mix the arm's change with its damage.
+    #: false: a verdict on the total effect, the perplexity price included (read it beside the arms' perplexity).
+    matched: bool = True
 
     @model_validator(mode="after")
     def _two_models(self) -> PrimaryEndpoint:

@@ -44,6 +44,8 @@ def headline_html(primary: dict[str, Any], arms: dict[str, Any], randomness: lis
                 for a in arms["arms"]]
     arm_rows += [[_e(f"{p['model']} vs control {p['control']}"), "", "", f"<b>{_e(p['status'])}</b>"]
                  for p in arms["matched_pairs"]]
+    arm_rows += [[_e(f"{p['model']} vs baseline {p['control']}"), _e(f"{p['value']:+.1%}"), "",
+                  f"<b>{_e(p['status'])}</b>"] for p in arms.get("baseline_pairs", [])]
     out += ["<h3>Arms that may be compared</h3>", _table(["model", "perplexity", "ceiling", "status"], arm_rows)]
     if randomness:
         out += ["<h3>Randomness each comparison shares</h3>",

@@ -9,7 +9,8 @@ excludes 0 and a rejection go together. ``bonferroni`` gives every endpoint alph
 
 Verdicts: ``effect as hoped`` (rejected, in ``direction``), ``opposite effect`` (rejected, the other way), ``smaller
 than min_effect`` (not rejected, and the adjusted interval lies within +-``min_effect``: any effect is smaller than
-the smallest of interest), else ``not settled``; a destroyed arm or an unmatched control gets none. An attack's
+the smallest of interest), else ``not settled``; a destroyed arm, an unmatched control, or (``matched``, the
+default) a baseline the arm's perplexity is not shown matched to gets none. An attack's
 effect has three scales in the toolkit (relative, absolute in nats, log-ratio): each endpoint on one of them shows
 the others at the same level with their own verdicts, and says when they disagree.
 
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .aggregate import Aggregate
-from .arms import DESTROYED, UNMATCHED, destroyed, unmatched
+from .arms import DESTROYED, UNMATCHED, destroyed, gap_text, unmatched, unmatched_baseline
 from .power import sample_size
 from .stats import percentile_interval
 from .verdicts import paired_means
@@ -106,7 +107,7 @@ def primary_endpoints(agg: Aggregate, checks: dict[str, Any]) -> dict[str, Any]:
     if not cfg.primary:
         out["note"] = ("no primary endpoint declared (report.primary): every verdict of this report is exploratory")
         return out
-    gone, loose = destroyed(checks), unmatched(checks)
+    gone, loose, far = destroyed(checks), unmatched(checks), unmatched_baseline(checks)
     rows, measures = [], []
     for ep in cfg.primary:
         entry = run.resolve_entry(ep.entry) or ep.entry
@@ -120,6 +121,10 @@ def primary_endpoints(agg: Aggregate, checks: dict[str, Any]) -> dict[str, Any]:
         elif (ep.model, ep.reference) in loose:
             row.update(status=UNMATCHED, detail=f"'{ep.reference}' is a matched control not matched in perplexity "
                                                 "on the test set: no verdict")
+        elif ep.matched and (ep.model, ep.reference) in far:
+            row.update(status=UNMATCHED, detail=f"not matched in perplexity to the baseline '{ep.reference}' "
+                       f"({gap_text(far[ep.model, ep.reference])}): the difference mixes the arm's change with its "
+                       "damage, no verdict (`matched: false` in report.primary judges the total effect)")
         elif measure is None:
             row.update(status="missing", detail=f"{entry}.{ep.metric} did not finish on both models")
         if measure is not None:

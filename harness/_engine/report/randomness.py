@@ -51,14 +51,19 @@ def _data_order(agg: Aggregate, model: str, reference: str) -> tuple[str, str]:
         return "not trained", "neither arm was trained in this run"
     if not a or not b:
         return NOT_SHARED, f"only {model if a else reference} was trained in this run"
-    seeds = sorted(set(a) & set(b))
-    if not seeds or any(a[s] is None or b[s] is None for s in seeds):
+    both = sorted(set(a) & set(b))
+    seeds = [s for s in both if a[s] is not None and b[s] is not None]
+    if not seeds:
         return "unknown", "a training stage recorded no data-order fingerprint (or did not finish)"
+    # a partial run: judged on the seeds whose two trainings finished, the others said
+    pending = [s for s in both if s not in seeds]
+    later = (f"; seeds {', '.join(pending)}: a training stage recorded no fingerprint (or did not finish)"
+             if pending else "")
     same = [s for s in seeds if a[s] == b[s]]
     if len(same) == len(seeds):
-        return SHARED, f"the same batches in the same order at seeds {', '.join(seeds)} (equal fingerprints)"
+        return SHARED, f"the same batches in the same order at seeds {', '.join(seeds)} (equal fingerprints){later}"
     return NOT_SHARED, (f"different batches at seeds {', '.join(s for s in seeds if s not in same)}"
-                        " (the data recipe or data_seed differ)")
+                        f" (the data recipe or data_seed differ){later}")
 
 
 def _documents(agg: Aggregate, model: str, reference: str) -> tuple[str, str]:

@@ -143,7 +143,8 @@ def run_lines(name: str, run: StudyRun, results: dict[str, Any] | None, where: P
     arms = results.get("arms") or {}
     excluded = [f"{a.get('model')} ({a['status']}: perplexity {a.get('perplexity', float('nan')):.4g} above "
                 f"{a.get('ceiling')})" for a in arms.get("arms") or [] if a.get("status") == DESTROYED]
-    excluded += [f"{p.get('model')} vs {p.get('control')} ({p['status']})" for p in arms.get("matched_pairs") or []
+    excluded += [f"{p.get('model')} vs {p.get('control')} ({p['status']})"
+                 for p in [*(arms.get("matched_pairs") or []), *(arms.get("baseline_pairs") or [])]
                  if p.get("status") == UNMATCHED]
     out.append(f"  - arms excluded from verdicts: {', '.join(excluded) if excluded else 'none'}")
     out += arm_lines(results)
