@@ -91,6 +91,11 @@ output: out/answers.md
     assert same["status"] == "not settled"
     assert f"not settled at N = {N} documents x {len(SEEDS)} seeds, power {same['sample']['current_power']:.0%}" in text
     assert "`made`: wreck vs base, atk.mean_nll_increase: **no verdict** (destroyed" in text
+    # an endpoint without a verdict still shows what was observed and on what sample, and the tally counts it
+    wreck = endpoints["wreck"]
+    assert f"observed {wreck['effect']:+.1%}, absolute {wreck['difference']:+.4g}, not judged" in text
+    assert f"N = {N} documents x {len(SEEDS)} seeds, power {wreck['sample']['current_power']:.0%}" in text
+    assert "Endpoints not settled: 1; without a verdict (destroyed, unmatched or missing): 1." in text
     assert "arms excluded from verdicts: wreck (destroyed" in text
     assert "`later`: no report at" in text and "harness run later.yaml --out not-yet" in text
     assert "`later`: x vs y: no run yet, no answer" in text and "The study's own prose." in text

@@ -114,7 +114,11 @@ def endpoint_lines(name: str, results: dict[str, Any], answer: StudyAnswer) -> l
     e = found[0]
     who += f", {e['entry']}.{e['metric']}"
     if "ci" not in e:
-        return [f"- {who}: **no verdict** ({e['status']}: {e.get('detail', 'not judged')})"]  # nothing to size
+        # No verdict, so no adjusted interval; the observed difference and the sample still say how far off it was.
+        seen = (f"; observed {_pct(e['effect'])}, absolute {e['difference']:+.4g}, not judged"
+                if isinstance(e.get("effect"), (int, float)) and isinstance(e.get("difference"), (int, float)) else "")
+        out = [f"- {who}: **no verdict** ({e['status']}: {e.get('detail', 'not judged')}){seen}"]
+        return out + ([f"  - {text}"] if (text := sample_text(e)) else [])
     method = METHOD_LABELS.get((results.get("primary") or {}).get("multiplicity", ""), "")
     out = [f"- {who}: relative effect {_pct(e['effect'])} {_interval(e['ci'])}, absolute {e['difference']:+.4g} "
            f"{_interval(e['difference_ci'], lambda v: f'{v:+.4g}')} ({method} {e['confidence']:.1%} intervals, "
@@ -195,7 +199,7 @@ def render_study(path: Path) -> tuple[Path, str]:
     out += ["## Runs", ""]
     for name, run in study.runs.items():
         out += run_lines(name, run, results[name], Path(run.dir))
-    unsettled = 0
+    unsettled = unjudged = 0
     for i, q in enumerate(study.questions, 1):
         out += ["", f"## {i}. {q.question}", ""]
         for a in q.answers:
@@ -206,10 +210,12 @@ def render_study(path: Path) -> tuple[Path, str]:
             out += endpoint_lines(a.run, r, a)
             e = _endpoint(r, a)
             unsettled += bool(e and e.get("status") == UNSETTLED)
+            unjudged += bool(e and "ci" not in e)
         for t in q.tables:
             out += [""] + table_lines(t.run, results[t.run], t, base / study.runs[t.run].dir)
         if q.note:
             out += ["", q.note.strip()]
-    out += ["", f"Endpoints not settled: {unsettled}. A verdict is given only where its adjusted interval settles "
+    out += ["", f"Endpoints not settled: {unsettled}; without a verdict (destroyed, unmatched or missing): {unjudged}. "
+            "A verdict is given only where its adjusted interval settles "
             "it; \"not settled\" is not \"no effect\".", ""]
     return base / study.output, "\n".join(out)
