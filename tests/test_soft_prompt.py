@@ -1,4 +1,4 @@
-"""soft_prompt: the embedding-space upper bound beats the token attacks at a small budget, reaches a target, stays in
+"""soft_prompt: the embedding-space attack beats the token attacks at a small budget, reaches a target, stays in
 its ball, resumes to identical numbers, and rejects bad configs in one line."""
 
 from __future__ import annotations

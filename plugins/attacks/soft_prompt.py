@@ -1,9 +1,17 @@
-"""Attack plugin ``soft_prompt``: the embedding-space upper bound of the token attacks.
+"""Attack plugin ``soft_prompt``: attacks in embedding space, beside the token attacks.
 
 The token attacks (HotFlip, UAT, GCG) search a discrete set; this attack drops the constraint that an input be a
-token and optimises the input **embeddings** directly, by gradient, so it bounds from above what any token attack
-editing the same positions can reach (Schwinn et al. 2024, "Soft prompt threats"). If a model resists even this,
-the resistance is real; if it resists only the token attacks, the token attacks are too weak.
+token and optimises the input **embeddings** directly, by gradient. What that measures depends on ``edit``:
+
+- ``context`` with ``epsilon: null`` is the **continuous relaxation** of the token attacks on their own positions:
+  every token edit of those positions is a point of the set it searches, so the optimum there bounds the token
+  attacks' from above. A finite run of Adam reaches a lower bound on that optimum, not the optimum: it is evidence,
+  read with its loss curve (flattened or not), never a certificate.
+- ``suffix`` / ``prefix`` add new free embeddings to the input (Schwinn et al. 2024, "Soft prompt threats"):
+  another threat model (more positions, off the vocabulary), reported beside the token attacks, not a bound on them.
+
+If a model resists even the relaxation, the resistance is not a failure of the search; if it resists only the token
+attacks, the token attacks may be too weak.
 
 Threat models (``edit``), on the examples HotFlip attacks (the same documents and selection):
 
@@ -299,7 +307,8 @@ TARGETED_METRICS = [
 
 
 class SoftPromptAttack(AttackPlugin[SoftPromptConfig]):
-    """Soft-prompt / embedding-perturbation attack: the continuous upper bound of the token attacks."""
+    """Soft-prompt / embedding-perturbation attack: free embeddings (a threat model of its own) or the continuous
+    relaxation of the token attacks on their positions."""
 
     name = "soft_prompt"
     version = "2"  # FLOPs count the vocabulary projection where it runs
