@@ -257,5 +257,6 @@ class RunResults:
 
     def invocations(self) -> list[dict[str, Any]]:
         """The timed invocations a run script logged (``invocations.jsonl``), if any."""
-        path = self.dir / "invocations.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        from ._engine.rundir import read_records  # the one reader of JSONL logs (stops at a torn line)
+
+        return read_records(self.dir / "invocations.jsonl")[0]

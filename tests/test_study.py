@@ -80,8 +80,13 @@ questions:
     note: The study's own prose.
 output: out/answers.md
 """)
+    # a run script's log of timed invocations (one stopped and resumed; a torn last line is not read)
+    (run / "invocations.jsonl").write_text(
+        '{"seconds": 300, "exit_code": 3, "nproc": 2}\n{"seconds": 420, "exit_code": 0, "nproc": 2}\n{"seconds": 9')
     assert main(["study", str(study)]) == 0
     text = (tmp_path / "out" / "answers.md").read_text()
+    assert "  - wall time: 12.0 min over 2 invocations of its run script (1 stopped before the end and resumed), " \
+           "2 CPU cores" in text
     endpoints = {e["model"]: e for e in json.loads((run / "final_results.json").read_text())["primary"]["endpoints"]}
     mono = endpoints["mono"]
     assert (f"`made`: mono vs base, atk.mean_nll_increase: relative effect {mono['effect']:+.1%} "

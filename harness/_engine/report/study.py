@@ -22,7 +22,7 @@ from pydantic import Field
 from ...config import PluginConfig, validated
 from ...errors import ConfigError
 from ..suite import load_yaml
-from ..rundir import read_json_object
+from ..rundir import read_json_object, read_records
 from .arms import DESTROYED, UNMATCHED
 from .primary import METHOD_LABELS, UNSETTLED, sample_text
 
@@ -132,10 +132,10 @@ def endpoint_lines(name: str, results: dict[str, Any], answer: StudyAnswer) -> l
     return out
 
 
-def run_lines(name: str, run: StudyRun, results: dict[str, Any] | None, where: Path) -> list[str]:
+def run_lines(name: str, run: StudyRun, results: dict[str, Any] | None, base: Path) -> list[str]:
     """A run's state: complete or what is missing, the arms excluded, the masking warnings."""
     if results is None:
-        return [f"- `{name}`: no report at `{where}` (relative to the study file; make it with "
+        return [f"- `{name}`: no report at `{run.dir}` (relative to the study file; make it with "
                 f"`{run.command or 'harness run SUITE --out DIR'}`)"]
     stages = results.get("stages") or []
     seconds = sum(s.get("duration_s") or 0.0 for s in stages if s.get("status") == "done")
@@ -144,6 +144,15 @@ def run_lines(name: str, run: StudyRun, results: dict[str, Any] | None, where: P
            f"{', '.join(str(s) for s in results.get('seeds', []))}): "
            + ("complete" if not missing else f"**incomplete**: {len(missing)} of {len(stages)} stages missing")
            + f", {len(stages)} stages, {seconds / 60:.1f} min of stage time"]
+    # The wall time a run script logged per invocation (studies' run.sh): what the run cost on its machine, resumes
+    # included, beside the stage time above (which leaves out loading, start-up and the report).
+    calls, _ = read_records(base / run.dir / "invocations.jsonl")
+    if calls:
+        stopped = sum(1 for c in calls if c.get("exit_code") != 0)
+        out.append(f"  - wall time: {sum(float(c.get('seconds') or 0) for c in calls) / 60:.1f} min over "
+                   f"{len(calls)} invocation{'s' if len(calls) != 1 else ''} of its run script"
+                   + (f" ({stopped} stopped before the end and resumed)" if stopped else "")
+                   + (f", {calls[0].get('nproc')} CPU cores" if calls[0].get("nproc") else ""))
     arms = results.get("arms") or {}
     excluded = [f"{a.get('model')} ({a['status']}: perplexity {a.get('perplexity', float('nan')):.4g} above "
                 f"{a.get('ceiling')})" for a in arms.get("arms") or [] if a.get("status") == DESTROYED]
@@ -198,7 +207,7 @@ def render_study(path: Path) -> tuple[Path, str]:
         out += [study.intro.strip(), ""]
     out += ["## Runs", ""]
     for name, run in study.runs.items():
-        out += run_lines(name, run, results[name], Path(run.dir))
+        out += run_lines(name, run, results[name], base)
     unsettled = unjudged = 0
     for i, q in enumerate(study.questions, 1):
         out += ["", f"## {i}. {q.question}", ""]
