@@ -185,13 +185,19 @@ def test_an_arm_not_matched_to_the_baseline_in_perplexity_gets_no_verdict_unless
     run = make_run(tmp_path / "run", {"base": 0.0, "mono": 0.03, "hurt": 0.5},
                    {"base": (2.0, 1.0), "mono": (2.0, 0.8), "hurt": (2.0, 0.5)},
                    {"compare": ["mono", "hurt"],
+                    "matched_controls": {"mono": ["hurt"]},
                     "primary": [{"model": "mono", **endpoint}, {"model": "hurt", **endpoint},
-                                {"model": "hurt", **endpoint, "entry": "atk", "matched": False}]})
+                                {"model": "hurt", **endpoint, "matched": False},
+                                {"model": "mono", **endpoint, "reference": "hurt"},
+                                {"model": "mono", **endpoint, "reference": "hurt", "matched": False}]})
     res = build_report(run).results
-    mono, hurt, total = res["primary"]["endpoints"]
+    mono, hurt, total, versus_control, versus_control_total = res["primary"]["endpoints"]
     assert mono["status"] == "effect as hoped"
     assert hurt["status"] == "unmatched" and "ci" not in hurt and "perplexity gap +64.9%" in hurt["detail"]
     assert total["status"] == "effect as hoped" and total["ci"][1] < 0
+    # the same for a matched control not matched in perplexity: no verdict, unless the total effect is asked
+    assert versus_control["status"] == "unmatched" and "ci" not in versus_control
+    assert versus_control_total["status"] == "opposite effect" and versus_control_total["ci"][0] > 0
     pairs = {p["model"]: p for p in res["arms"]["baseline_pairs"]}
     assert pairs["mono"]["status"] == "matched" and pairs["hurt"]["status"] == "unmatched"
     summary = (run / "experiment_summary.txt").read_text()

@@ -85,7 +85,7 @@ output: out/answers.md
         '{"seconds": 300, "exit_code": 3, "nproc": 2}\n{"seconds": 420, "exit_code": 0, "nproc": 2}\n{"seconds": 9')
     assert main(["study", str(study)]) == 0
     text = (tmp_path / "out" / "answers.md").read_text()
-    assert "  - wall time: 12.0 min over 2 invocations of its run script (1 stopped before the end and resumed), " \
+    assert "  - wall time: 12.0 min over 2 invocations of its run script (1 stopped before the end, resumed), " \
            "2 CPU cores" in text
     endpoints = {e["model"]: e for e in json.loads((run / "final_results.json").read_text())["primary"]["endpoints"]}
     mono = endpoints["mono"]

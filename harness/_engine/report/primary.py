@@ -118,7 +118,7 @@ def primary_endpoints(agg: Aggregate, checks: dict[str, Any]) -> dict[str, Any]:
         if hit:
             row.update(status=DESTROYED, detail=f"{' and '.join(hit)} destroyed (perplexity above the ceiling): no "
                                                 "verdict")
-        elif (ep.model, ep.reference) in loose:
+        elif ep.matched and (ep.model, ep.reference) in loose:
             row.update(status=UNMATCHED, detail=f"'{ep.reference}' is a matched control not matched in perplexity "
                                                 "on the test set: no verdict")
         elif ep.matched and (ep.model, ep.reference) in far:

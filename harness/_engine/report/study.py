@@ -151,7 +151,8 @@ def run_lines(name: str, run: StudyRun, results: dict[str, Any] | None, base: Pa
         stopped = sum(1 for c in calls if c.get("exit_code") != 0)
         out.append(f"  - wall time: {sum(float(c.get('seconds') or 0) for c in calls) / 60:.1f} min over "
                    f"{len(calls)} invocation{'s' if len(calls) != 1 else ''} of its run script"
-                   + (f" ({stopped} stopped before the end and resumed)" if stopped else "")
+                   + (f" ({stopped} stopped before the end"
+                      + (", resumed)" if calls[-1].get("exit_code") == 0 else "; the last one too)") if stopped else "")
                    + (f", {calls[0].get('nproc')} CPU cores" if calls[0].get("nproc") else ""))
     arms = results.get("arms") or {}
     excluded = [f"{a.get('model')} ({a['status']}: perplexity {a.get('perplexity', float('nan')):.4g} above "
