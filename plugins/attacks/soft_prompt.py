@@ -10,8 +10,9 @@ token and optimises the input **embeddings** directly, by gradient. What that me
 - ``suffix`` / ``prefix`` add new free embeddings to the input (Schwinn et al. 2024, "Soft prompt threats"):
   another threat model (more positions, off the vocabulary), reported beside the token attacks, not a bound on them.
 
-If a model resists even the relaxation, the resistance is not a failure of the search; if it resists only the token
-attacks, the token attacks may be too weak.
+If even the relaxation fails on a model, either the model resists on those positions or its gradients mislead the
+search (a report's gradient-masking check flags it: ``report.masking.relaxation``); if only the token attacks fail,
+they may be too weak.
 
 Threat models (``edit``), on the examples HotFlip attacks (the same documents and selection):
 
