@@ -148,12 +148,15 @@ def run_lines(name: str, run: StudyRun, results: dict[str, Any] | None, base: Pa
     # included, beside the stage time above (which leaves out loading, start-up and the report).
     calls, _ = read_records(base / run.dir / "invocations.jsonl")
     if calls:
-        stopped = sum(1 for c in calls if c.get("exit_code") != 0)
-        out.append(f"  - wall time: {sum(float(c.get('seconds') or 0) for c in calls) / 60:.1f} min over "
-                   f"{len(calls)} invocation{'s' if len(calls) != 1 else ''} of its run script"
-                   + (f" ({stopped} stopped before the end"
-                      + (", resumed)" if calls[-1].get("exit_code") == 0 else "; the last one too)") if stopped else "")
-                   + (f", {calls[0].get('nproc')} CPU cores" if calls[0].get("nproc") else ""))
+        minutes = sum(float(c.get("seconds") or 0) for c in calls) / 60
+        line = f"  - wall time: {minutes:.1f} min over {len(calls)} invocation{'s' if len(calls) != 1 else ''} " \
+               "of its run script"
+        if stopped := sum(1 for c in calls if c.get("exit_code") != 0):
+            resumed = calls[-1].get("exit_code") == 0
+            line += f" ({stopped} stopped before the end{', resumed' if resumed else '; the last one too'})"
+        if calls[0].get("nproc"):
+            line += f", {calls[0]['nproc']} CPU cores"
+        out.append(line)
     arms = results.get("arms") or {}
     excluded = [f"{a.get('model')} ({a['status']}: perplexity {a.get('perplexity', float('nan')):.4g} above "
                 f"{a.get('ceiling')})" for a in arms.get("arms") or [] if a.get("status") == DESTROYED]
