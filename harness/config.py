@@ -23,6 +23,10 @@ class PluginConfig(BaseModel):
     #: --limit N`` caps each at N, here and in nested configs (a :class:`~harness.DocumentSource`'s ``limit``, an
     #: attack task's ``n_examples``), for a quick trial of a suite.
     limit_fields: ClassVar[tuple[str, ...]] = ()
+    #: Options added after results were computed, whose default is what the plugin did before they existed: at
+    #: their default they stay out of the stage cache key (:func:`harness.digests.content_key`), so stages computed
+    #: before the option existed are found again; set to anything else, they enter it.
+    key_omits_defaults: ClassVar[tuple[str, ...]] = ()
 
     def limited(self, n: int) -> Self:
         """This config with every ``limit_fields`` value (its own and its nested configs') capped at ``n``."""

@@ -91,8 +91,13 @@ def _source_digests(source: DocumentSource) -> dict[str, str]:
 
 def content_key(config: PluginConfig) -> dict[str, Any]:
     """What a stage's cache key holds of a plugin config: its options, plus the content digest of each local data
-    file it reads (so an edited file recomputes the stage although its path is unchanged)."""
+    file it reads (so an edited file recomputes the stage although its path is unchanged). Options listed in
+    ``key_omits_defaults`` count only when set away from their default."""
     key = config.model_dump(mode="json")
+    fields = type(config).model_fields
+    for name in type(config).key_omits_defaults:
+        if getattr(config, name) == fields[name].get_default(call_default_factory=True):
+            del key[name]
     digests = data_digests(config)
     if digests:
         key["data_files_sha256"] = digests

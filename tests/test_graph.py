@@ -173,3 +173,27 @@ def test_three_level_chain_runs_and_its_slurm_dry_run_waits_for_every_input(tmp_
     proc = run_cli("slurm", "submit", str(path), "--dry-run", "--out", str(dry), "--profile", str(EXAMPLE_PROFILE))
     assert proc.returncode == 0, proc.stderr
     _check_job_set(dry, build_graph(load_suite(path, output_dir=dry)))
+
+
+def test_an_option_added_at_its_old_behaviour_keeps_earlier_cache_keys():
+    """``key_omits_defaults``: at its default the option is not in the key (a stage computed before the option existed
+    is found again); set to anything else it is, and changes the key."""
+    from typing import ClassVar
+
+    from harness import PluginConfig
+    from harness.digests import content_key
+
+    class Before(PluginConfig):
+        steps: int = 3
+
+    class After(PluginConfig):
+        steps: int = 3
+        distill: float = 0.0
+        key_omits_defaults: ClassVar[tuple[str, ...]] = ("distill",)
+
+    class Listed(After):  # the same option without the declaration: an ordinary key member
+        key_omits_defaults: ClassVar[tuple[str, ...]] = ()
+
+    assert content_key(After()) == content_key(Before()) == {"steps": 3}
+    assert content_key(After(distill=0.5)) == {"steps": 3, "distill": 0.5}
+    assert content_key(Listed()) == {"steps": 3, "distill": 0.0}

@@ -101,6 +101,10 @@ def test_training_workload_counts_steps_validation_and_disk():
     assert w.disk_bytes == pytest.approx(3 * snapshot + 4 * shape.n_params + 4 * (blocks + 8) * 128)
     mono = training_workload(MonotonicConfig(data=source("train"), variant="mlp_both"), inputs)
     assert mono.training.extra_bytes == 8 * 2 * shape.hidden * shape.intermediate * shape.n_layers
+    # distillation: the teacher's fp32 weights in memory and its forward pass over every training token
+    taught = RecoveryTrainer(cfg.model_copy(update={"distill": 1.0})).plan(inputs)
+    assert taught.forward_tokens == w.forward_tokens + w.train_tokens
+    assert taught.training.extra_bytes == 4 * shape.n_params and "teacher" in taught.training.extra_note
 
 
 def test_gradient_checkpointing_and_largest_micro_batch():

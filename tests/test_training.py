@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from harness import NonFiniteLoss
 from harness.cli import main
 from harness_plugins.training.data import IGNORE, pack, pad
-from harness_plugins.training.trainer import accumulate_gradients, warmup_cosine
+from harness_plugins.training.trainer import accumulate_gradients, token_nll_sum, warmup_cosine
 from tests.conftest import DATA, HARNESS, ROOT, train_recipe, write_suite
 
 STAGE = Path("stages/train")
@@ -137,6 +137,37 @@ def test_gradient_accumulation_equals_one_large_batch(tiny):
     assert not torch.allclose(model.get_parameter(name).grad, g_one[name], atol=1e-6, rtol=1e-4)
 
 
+def test_distillation_mixes_nll_and_kl_and_logs_the_nll(tiny):
+    """``distill``: the gradient of (1 - w) NLL + w KL(teacher || student). A teacher equal to the student has zero KL
+    and zero KL gradient, so w = 0.5 gives half the NLL's gradient; a different teacher gives another gradient."""
+    device = torch.device("cpu")
+    gen = torch.Generator().manual_seed(3)
+    docs = [torch.randint(2, 4000, (n,), generator=gen).numpy().astype(np.int32) for n in (40, 64, 17)]
+    batch = pad(docs, seq_len=64, eos=0, pad_id=1).batch([0, 1, 2])
+    tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
+    name = "gpt_neox.layers.0.mlp.dense_h_to_4h.weight"
+
+    def step(teacher: torch.nn.Module | None, weight: float) -> tuple[float, torch.Tensor]:
+        model = copy.deepcopy(tiny.model).train()
+        nll = accumulate_gradients(model, [batch], tokens, device, teacher=teacher, distill=weight)
+        return nll, model.get_parameter(name).grad.clone()
+
+    plain_nll, plain = step(None, 0.0)
+    with torch.no_grad():
+        assert plain_nll == pytest.approx(float(token_nll_sum(tiny.model.eval(), batch, device)), rel=1e-5)
+    same = copy.deepcopy(tiny.model).eval()
+    nll, half = step(same, 0.5)
+    assert nll == pytest.approx(plain_nll, rel=1e-5)  # the logged loss is the NLL, whatever the weight
+    torch.testing.assert_close(half, 0.5 * plain, atol=1e-6, rtol=1e-4)
+    _, pure = step(same, 1.0)
+    assert float(pure.abs().max()) < 1e-6 * float(plain.abs().max()) + 1e-9
+    other = copy.deepcopy(tiny.model).eval()
+    with torch.no_grad():
+        other.get_parameter(name).mul_(-1.0)
+    _, distilled = step(other, 1.0)
+    assert float(distilled.abs().max()) > 1e-3 * float(plain.abs().max())
+
+
 # -- end to end ---------------------------------------------------------------------------------------------------
 def test_suite_trains_both_and_evaluates_the_checkpoints(tmp_path):
     from harness._engine.runner import Runner
@@ -153,7 +184,7 @@ def test_suite_trains_both_and_evaluates_the_checkpoints(tmp_path):
           mono: {{plugin: hf_causal_lm, from_train: monotonic}}
         train:
           baseline: {{plugin: baseline, model: tiny, {common}}}
-          monotonic: {{plugin: monotonic, model: tiny, init: shift, variant: mlp_both, {common}}}
+          monotonic: {{plugin: monotonic, model: tiny, init: shift, variant: mlp_both, distill: 0.5, {common}}}
         metrics:
           perplexity:
             data: {{dataset: json, data_files: {DATA}/test.jsonl, split: test, limit: 2}}
@@ -172,6 +203,8 @@ def test_suite_trains_both_and_evaluates_the_checkpoints(tmp_path):
     provenance = json.loads((tmp_path / "run/stages/train/monotonic/s42/checkpoint/harness.json").read_text())
     assert provenance["monotonic"] and provenance["init"] == "shift" and len(provenance["constrained_weights"]) == 8
     assert provenance["training"]["summary"]["steps"] == 4
+    # distilled from the model as loaded (the teacher is copied before the transform)
+    assert provenance["training"]["config"]["distill"] == 0.5
     mono = json.loads((tmp_path / "run/stages/metrics/perplexity/mono/s42/result.json").read_text())
     assert mono["model_info"]["monotonic_verified"] == 8
     for model in ("tiny", "baseline/s42", "mono/s42"):  # trained models are evaluated per seed

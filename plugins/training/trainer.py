@@ -25,10 +25,11 @@ sharded (FSDP) across the processes (:mod:`.parallel`); each process reads its o
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -120,6 +121,15 @@ class TrainConfig(PluginConfig):
     keep_checkpoints: int = Field(default=2, ge=1)
     #: dtype of the exported Hugging Face checkpoint.
     save_dtype: Literal["float32", "bfloat16"] = "float32"
+    #: Knowledge distillation from the model as loaded (a frozen copy taken before any transform): each token's
+    #: loss is ``(1 - distill) * NLL + distill * KL(teacher || student)`` over the vocabulary. A damaged start gets
+    #: the teacher's whole next-token distribution instead of one sampled token. 0: plain NLL. The logged training
+    #: loss stays the NLL either way, comparable across arms; the copy costs one forward pass per micro-batch and
+    #: the model's weights once more in memory on every process.
+    distill: float = Field(default=0.0, ge=0, le=1)
+
+    # Stages trained before ``distill`` existed trained without it: their cache keys stay valid.
+    key_omits_defaults: ClassVar[tuple[str, ...]] = ("distill",)
 
 
 class BaselineConfig(TrainConfig):
@@ -195,23 +205,47 @@ def count_targets(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
-def token_nll_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Summed next-token NLL (fp32) of the labelled positions of ``batch``."""
+def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Every position's logits, flattened to ``[rows x positions, vocabulary]``."""
     mask = batch["attention_mask"]
     # Packed blocks have no padding: without a mask the model takes its faster plain-causal attention path.
     extra = {} if bool(mask.all()) else {"attention_mask": mask.to(device)}
     logits = model(input_ids=batch["input_ids"].to(device), use_cache=False, **extra).logits
+    return logits.reshape(-1, logits.shape[-1])
+
+
+def _next_tokens(batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Each position's next token (``IGNORE`` where unlabelled), flattened like :func:`_logits`."""
     # Shift the labels, not the logits (slicing the logits would copy the largest tensor of the step).
-    targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE).to(device)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
+    return F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE).to(device).reshape(-1)
+
+
+def token_nll_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Summed next-token NLL (fp32) of the labelled positions of ``batch``."""
+    return F.cross_entropy(_logits(model, batch, device).float(), _next_tokens(batch, device), ignore_index=IGNORE,
                            reduction="sum")
 
 
-def accumulate_gradients(model: torch.nn.Module, micro_batches: list[dict[str, torch.Tensor]], global_tokens: int,
-                         device: torch.device, world: int = 1, autocast=contextlib.nullcontext) -> float:
-    """Backpropagate the mean token NLL of the global batch through this process's micro-batches.
+def distilled_loss_sum(model: torch.nn.Module, teacher: torch.nn.Module, batch: dict[str, torch.Tensor],
+                       device: torch.device, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed ``(1 - weight) * NLL + weight * KL(teacher || student)``, summed NLL) over the labelled positions."""
+    logp = F.log_softmax(_logits(model, batch, device).float(), dim=-1)
+    targets = _next_tokens(batch, device)
+    labelled = targets != IGNORE
+    with torch.no_grad():
+        teacher_logp = F.log_softmax(_logits(teacher, batch, device).float(), dim=-1)
+    nll = F.nll_loss(logp, targets, ignore_index=IGNORE, reduction="sum")
+    kl = F.kl_div(logp[labelled], teacher_logp[labelled], log_target=True, reduction="sum")
+    return (1 - weight) * nll + weight * kl, nll
 
-    Each micro-batch contributes ``nll_sum * world / global_tokens``: DDP and FSDP average gradients over the
+
+def accumulate_gradients(model: torch.nn.Module, micro_batches: list[dict[str, torch.Tensor]], global_tokens: int,
+                         device: torch.device, world: int = 1, autocast=contextlib.nullcontext,
+                         teacher: torch.nn.Module | None = None, distill: float = 0.0) -> float:
+    """Backpropagate the mean token loss of the global batch through this process's micro-batches: the NLL, or
+    with a ``teacher`` the ``distill``-weighted mix of NLL and KL divergence (:func:`distilled_loss_sum`).
+
+    Each micro-batch contributes ``loss_sum * world / global_tokens``: DDP and FSDP average gradients over the
     ``world`` processes, so the total is the gradient of the global token mean, however rows and tokens are split.
     Returns this process's summed NLL.
     """
@@ -219,8 +253,11 @@ def accumulate_gradients(model: torch.nn.Module, micro_batches: list[dict[str, t
     for i, batch in enumerate(micro_batches):
         with gradient_sync(model, enabled=i == len(micro_batches) - 1):
             with autocast():
-                nll = token_nll_sum(model, batch, device)
-            (nll * (world / global_tokens)).backward()
+                if teacher is None:
+                    loss = nll = token_nll_sum(model, batch, device)
+                else:
+                    loss, nll = distilled_loss_sum(model, teacher, batch, device, distill)
+            (loss * (world / global_tokens)).backward()
         total += float(nll.detach())
     return total
 
@@ -348,6 +385,9 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
         state_dir.mkdir(parents=True, exist_ok=True)
         tokenizer = loaded.tokenizer
 
+        # The teacher is the model as loaded, before the transform changes it in place.
+        teacher = (copy.deepcopy(loaded.model).to(procs.device).eval().requires_grad_(False) if cfg.distill > 0
+                   else None)
         net, provenance = self.transform(loaded.model, ctx)
         net.float().to(procs.device).train()  # fp32 master weights, whatever dtype the model was loaded in
         if cfg.gradient_checkpointing:
@@ -426,7 +466,8 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                                                                                           cfg.micro_batch)]
                 local_tokens = sum(count_targets(b) for b in micro)
                 global_tokens = int(procs.sum([float(local_tokens)])[0])
-                nll = accumulate_gradients(model, micro, global_tokens, procs.device, procs.world, autocast)
+                nll = accumulate_gradients(model, micro, global_tokens, procs.device, procs.world, autocast,
+                                           teacher, cfg.distill)
                 loss = procs.sum([nll])[0] / global_tokens
                 self._check_finite("loss", loss, progress.step, total_steps, snapshots)
                 grad_norm = parallel.clip_grad_norm(cfg.max_grad_norm or math.inf)

@@ -58,17 +58,23 @@ def training_workload(cfg, inputs: PlanInputs) -> Workload:
         val_note = f"; validation {runs}x {val_blocks} blocks"
 
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if inputs.device == "cuda" else "fp32")
-    extra, extra_note = 0.0, ""
+    extra, extra_notes = 0.0, []
     variant = getattr(cfg, "variant", None)  # the monotonic trainer's transform
     if variant is not None:
         per_layer = CONSTRAINED.get(variant)
         constrained = per_layer(shape.hidden, shape.intermediate) * shape.n_layers if per_layer else 0
         # W = softplus(V) is materialised (fp32) in every forward pass and kept, with its gradient, for backward.
         extra = 8.0 * constrained
-        extra_note = f"W = softplus(V) materialised with its gradient ({constrained / 1e6:,.0f}M constrained weights)"
+        extra_notes.append(f"W = softplus(V) materialised with its gradient ({constrained / 1e6:,.0f}M constrained "
+                           "weights)")
+    teacher_tokens = 0
+    if cfg.distill > 0:  # the frozen teacher: its fp32 weights, and one forward pass per training micro-batch
+        extra += 4.0 * shape.n_params
+        extra_notes.append(f"the distillation teacher's fp32 weights ({size(4.0 * shape.n_params)})")
+        teacher_tokens = train_tokens
     setup = TrainingSetup(trainable_params=shape.n_params, micro_batch=cfg.micro_batch, seq_len=cfg.seq_len,
                           grad_accum=cfg.grad_accum, gradient_checkpointing=cfg.gradient_checkpointing,
-                          autocast_bf16=precision == "bf16", extra_bytes=extra, extra_note=extra_note)
+                          autocast_bf16=precision == "bf16", extra_bytes=extra, extra_note="; ".join(extra_notes))
 
     snapshot = SNAPSHOT_BYTES_PER_PARAM * shape.n_params
     # The newest snapshot is written before the oldest is pruned: keep + 1 exist for a moment.
@@ -76,7 +82,7 @@ def training_workload(cfg, inputs: PlanInputs) -> Workload:
     export = SAVE_BYTES[cfg.save_dtype] * shape.n_params
     token_cache = 4 * (blocks * cfg.seq_len + (cfg.val_blocks * cfg.seq_len if cfg.val_data is not None else 0))
     return Workload(
-        forward_tokens=val_tokens, train_tokens=train_tokens, context=cfg.seq_len,
+        forward_tokens=val_tokens + teacher_tokens, train_tokens=train_tokens, context=cfg.seq_len,
         batches=[Batch(cfg.micro_batch, cfg.seq_len, "weights", label="training"),
                  Batch(cfg.micro_batch, cfg.seq_len, "none", label="validation")],
         training=setup, disk_bytes=kept * snapshot + export + token_cache,
@@ -84,4 +90,6 @@ def training_workload(cfg, inputs: PlanInputs) -> Workload:
                   f"{size(export)} + token cache {size(token_cache)}",
         notes=[f"{docs.documents:,} documents -> {rows}",
                f"{steps:,} steps x {global_batch} rows ({cfg.micro_batch} x {cfg.grad_accum} accumulation x "
-               f"{inputs.processes} process(es)), {precision}{val_note}"])
+               f"{inputs.processes} process(es)), {precision}{val_note}"
+               + (f"; distilled from the loaded model (weight {cfg.distill}): a teacher forward pass per "
+                  "micro-batch" if cfg.distill > 0 else "")])

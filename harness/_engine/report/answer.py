@@ -19,6 +19,7 @@ from typing import Any
 
 from .aggregate import Aggregate, attack_entries, compared_models, is_control
 from .arms import DESTROYED, UNMATCHED
+from .text import interval, pct
 
 #: Verdicts that read as the hoped-for answer / its opposite; everything else is open (amber).
 GOOD = {"met", "beats control", "more robust than control", "matched", "effect as hoped"}
@@ -28,18 +29,14 @@ BAD = {"not met", "below control", "less robust than control", "opposite effect"
 
 
 def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.1%}"
-
-
-def _interval(ci: list[float] | None) -> str:
-    return f"[{ci[0]:+.1%}, {ci[1]:+.1%}]" if ci else "no interval"
+    return "n/a" if value is None else pct(value)
 
 
 def _cell(value: float | None, ci: list[float] | None, status: str, detail: str = "",
           control: float | None = None) -> dict[str, Any]:
     return {"value": value, "ci95": ci, "status": status, "control_value": control, "detail": detail,
             # An arm judged by no verdict (destroyed, unmatched) gets no interval: say why instead of "no interval".
-            "text": (f"{_pct(value)} " + ("(not compared)" if ci is None and status in UNJUDGED else _interval(ci))
+            "text": (f"{_pct(value)} " + ("(not compared)" if ci is None and status in UNJUDGED else interval(ci, missing="no interval"))
                      if value is not None else "")}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .aggregate import Aggregate
+from .text import interval, pct
 
 USABLE, DESTROYED, UNKNOWN, UNMATCHED = "usable", "destroyed", "unknown", "unmatched"
 
@@ -84,7 +85,7 @@ def unmatched_baseline(checks: dict[str, Any]) -> dict[tuple[str, str], dict[str
 def gap_text(pair: dict[str, Any]) -> str:
     """A pair's perplexity gap as the indicator measured it: ``+2861% [+2700%, +3020%], target < 15%``."""
     ci = pair.get("ci95")
-    return (f"perplexity gap {pair['value']:+.1%}" + (f" [{ci[0]:+.1%}, {ci[1]:+.1%}]" if ci else "")
+    return (f"perplexity gap {pct(pair['value'])}" + (f" {interval(ci)}" if ci else "")
             + f", target {pair.get('target')}: {pair['gap_status']}")
 
 

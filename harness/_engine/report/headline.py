@@ -8,6 +8,7 @@ from typing import Any
 
 from .html import _e, _table
 from .primary import EXPLORATORY_NOTE, HOPED, METHOD_LABELS, OPPOSITE, SMALL, sample_text
+from .text import interval
 
 
 def headline_html(primary: dict[str, Any], arms: dict[str, Any], randomness: list[dict[str, Any]]) -> str:
@@ -27,7 +28,7 @@ def headline_html(primary: dict[str, Any], arms: dict[str, Any], randomness: lis
             rows.append([_e(f"{row['model']} vs {row['reference']}"), _e(f"{row['entry']}.{row['metric']}"),
                          _e(f"{row['direction']}, {row['min_effect']:.0%}"),
                          _e(f"{row['effect']:+.1%}") if "effect" in row else "&mdash;",
-                         _e(f"[{ci[0]:+.1%}, {ci[1]:+.1%}]") if ci else "",
+                         _e(interval(ci)),
                          _e(f"{row['difference']:+.4g}") if "difference" in row else "&mdash;",
                          _e(f"[{dci[0]:+.4g}, {dci[1]:+.4g}]") if dci else "",
                          _e(f"{row['confidence']:.1%}") if "confidence" in row else "",

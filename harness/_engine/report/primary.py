@@ -27,6 +27,7 @@ from .aggregate import Aggregate
 from .arms import DESTROYED, UNMATCHED, destroyed, gap_text, unmatched, unmatched_baseline
 from .power import sample_size
 from .stats import percentile_interval
+from .text import interval, pct, signed
 from .verdicts import paired_means
 
 #: The attack toolkit's scales of one effect (``harness.attacks.ATTACK_METRICS``): a primary endpoint on one of them
@@ -219,14 +220,14 @@ def primary_lines(primary: dict[str, Any]) -> list[str]:
             out.append(f"  - {who}: {row['status'].upper()}" + (f" ({row['detail']})" if row.get("detail") else ""))
             continue
         ci, dci = row["ci"], row["difference_ci"]
-        rel = f"{row['effect']:+.1%}" + (f" [{ci[0]:+.1%}, {ci[1]:+.1%}]" if ci else "")
-        ab = f"{row['difference']:+.4g}" + (f" [{dci[0]:+.4g}, {dci[1]:+.4g}]" if dci else "")
+        rel = pct(row["effect"]) + (f" {interval(ci)}" if ci else "")
+        ab = signed(row["difference"]) + (f" {interval(dci, signed)}" if dci else "")
         out.append(f"  - {who}: relative {rel}, absolute {ab} at {row['confidence']:.1%} "
                    f"(p = {row['p_value']:.3g}) -> {row['status'].upper()}")
         for s in row.get("scales", []):
             sci = s["ci"]
-            out.append(f"      {s['metric']}: relative {s['effect']:+.1%}"
-                       + (f" [{sci[0]:+.1%}, {sci[1]:+.1%}]" if sci else "")
+            out.append(f"      {s['metric']}: relative {pct(s['effect'])}"
+                       + (f" {interval(sci)}" if sci else "")
                        + f", model - reference {s['difference']:+.4g} -> {s['status']}")
         if row.get("disagreement"):
             out.append(f"      the scales disagree: {row['disagreement']}")

@@ -25,6 +25,9 @@ from ..suite import load_yaml
 from ..rundir import read_json_object, read_records
 from .arms import DESTROYED, UNMATCHED
 from .primary import METHOD_LABELS, UNSETTLED, sample_text
+from .text import interval, pct, signed
+
+NO_INTERVAL = "(no interval)"
 
 
 class StudyRun(PluginConfig):
@@ -83,14 +86,6 @@ def load_study(path: Path) -> Study:
     return study
 
 
-def _pct(x: float) -> str:
-    return f"{x:+.1%}"
-
-
-def _interval(ci: list[float] | None, fmt: Any = _pct) -> str:
-    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "(no interval)"
-
-
 def _matches(results: dict[str, Any], answer: StudyAnswer) -> list[dict[str, Any]]:
     return [e for e in (results.get("primary") or {}).get("endpoints", [])
             if e.get("model") == answer.model and e.get("reference") == answer.reference
@@ -115,17 +110,19 @@ def endpoint_lines(name: str, results: dict[str, Any], answer: StudyAnswer) -> l
     who += f", {e['entry']}.{e['metric']}"
     if "ci" not in e:
         # No verdict, so no adjusted interval; the observed difference and the sample still say how far off it was.
-        seen = (f"; observed {_pct(e['effect'])}, absolute {e['difference']:+.4g}, not judged"
+        seen = (f"; observed {pct(e['effect'])}, absolute {signed(e['difference'])}, not judged"
                 if isinstance(e.get("effect"), (int, float)) and isinstance(e.get("difference"), (int, float)) else "")
         out = [f"- {who}: **no verdict** ({e['status']}: {e.get('detail', 'not judged')}){seen}"]
         return out + ([f"  - {text}"] if (text := sample_text(e)) else [])
     method = METHOD_LABELS.get((results.get("primary") or {}).get("multiplicity", ""), "")
-    out = [f"- {who}: relative effect {_pct(e['effect'])} {_interval(e['ci'])}, absolute {e['difference']:+.4g} "
-           f"{_interval(e['difference_ci'], lambda v: f'{v:+.4g}')} ({method} {e['confidence']:.1%} intervals, "
+    out = [f"- {who}: relative effect {pct(e['effect'])} {interval(e['ci'], missing=NO_INTERVAL)}, absolute "
+           f"{signed(e['difference'])} "
+           f"{interval(e['difference_ci'], signed, NO_INTERVAL)} ({method} {e['confidence']:.1%} intervals, "
            f"p = {e['p_value']:.3g}; hoped: {e['direction']}, smallest effect of interest {e['min_effect']:.0%}) "
            f"-> **{e['status']}**"]
     for s in e.get("scales", []):
-        out.append(f"  - on the {s['metric']} scale: {_pct(s['effect'])} {_interval(s['ci'])} -> {s['status']}")
+        out.append(f"  - on the {s['metric']} scale: {pct(s['effect'])} {interval(s['ci'], missing=NO_INTERVAL)} -> "
+                   f"{s['status']}")
     if text := sample_text(e):
         out.append(f"  - {text}")
     out += [f"  - WARNING {w}" for w in e.get("masking_warnings", [])]
