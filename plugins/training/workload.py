@@ -22,6 +22,8 @@ CONSTRAINED = {
 }
 SNAPSHOT_BYTES_PER_PARAM = 4 + 8  # fp32 weights + two fp32 AdamW moments
 SAVE_BYTES = {"float32": 4, "bfloat16": 2}
+#: Bytes per weight of a model loaded in a half-precision dtype (any other: 4, fp32).
+HALF_DTYPES = {"bfloat16": 2, "float16": 2}
 
 
 def size(n: float) -> str:
@@ -68,9 +70,10 @@ def training_workload(cfg, inputs: PlanInputs) -> Workload:
         extra_notes.append(f"W = softplus(V) materialised with its gradient ({constrained / 1e6:,.0f}M constrained "
                            "weights)")
     teacher_tokens = 0
-    if cfg.distill > 0:  # the frozen teacher: its fp32 weights, and one forward pass per training micro-batch
-        extra += 4.0 * shape.n_params
-        extra_notes.append(f"the distillation teacher's fp32 weights ({size(4.0 * shape.n_params)})")
+    if cfg.distill > 0:  # the frozen teacher: the weights as loaded, and one forward pass per training micro-batch
+        teacher = HALF_DTYPES.get(inputs.dtype, 4) * shape.n_params
+        extra += teacher
+        extra_notes.append(f"the distillation teacher's {inputs.dtype} weights ({size(teacher)})")
         teacher_tokens = train_tokens
     setup = TrainingSetup(trainable_params=shape.n_params, micro_batch=cfg.micro_batch, seq_len=cfg.seq_len,
                           grad_accum=cfg.grad_accum, gradient_checkpointing=cfg.gradient_checkpointing,

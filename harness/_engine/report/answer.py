@@ -36,7 +36,8 @@ def _cell(value: float | None, ci: list[float] | None, status: str, detail: str 
           control: float | None = None) -> dict[str, Any]:
     return {"value": value, "ci95": ci, "status": status, "control_value": control, "detail": detail,
             # An arm judged by no verdict (destroyed, unmatched) gets no interval: say why instead of "no interval".
-            "text": (f"{_pct(value)} " + ("(not compared)" if ci is None and status in UNJUDGED else interval(ci, missing="no interval"))
+            "text": (f"{_pct(value)} " + ("(not compared)" if ci is None and status in UNJUDGED
+                                          else interval(ci, missing="no interval"))
                      if value is not None else "")}
 
 

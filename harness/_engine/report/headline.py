@@ -8,7 +8,7 @@ from typing import Any
 
 from .html import _e, _table
 from .primary import EXPLORATORY_NOTE, HOPED, METHOD_LABELS, OPPOSITE, SMALL, sample_text
-from .text import interval
+from .text import interval, pct, signed
 
 
 def headline_html(primary: dict[str, Any], arms: dict[str, Any], randomness: list[dict[str, Any]]) -> str:
@@ -22,15 +22,15 @@ def headline_html(primary: dict[str, Any], arms: dict[str, Any], randomness: lis
         rows, classes = [], []
         for row in primary["endpoints"]:
             ci, dci = row.get("ci"), row.get("difference_ci")
-            scales = "; ".join(f"{s['metric']}: {s['effect']:+.1%} -> {s['status']}" for s in row.get("scales", []))
+            scales = "; ".join(f"{s['metric']}: {pct(s['effect'])} -> {s['status']}" for s in row.get("scales", []))
             note = " ".join(x for x in (row.get("detail"), scales, row.get("disagreement") and
                                         f"the scales disagree: {row['disagreement']}", sample_text(row)) if x)
             rows.append([_e(f"{row['model']} vs {row['reference']}"), _e(f"{row['entry']}.{row['metric']}"),
                          _e(f"{row['direction']}, {row['min_effect']:.0%}"),
-                         _e(f"{row['effect']:+.1%}") if "effect" in row else "&mdash;",
+                         _e(pct(row["effect"])) if "effect" in row else "&mdash;",
                          _e(interval(ci)),
-                         _e(f"{row['difference']:+.4g}") if "difference" in row else "&mdash;",
-                         _e(f"[{dci[0]:+.4g}, {dci[1]:+.4g}]") if dci else "",
+                         _e(signed(row["difference"])) if "difference" in row else "&mdash;",
+                         _e(interval(dci, signed)),
                          _e(f"{row['confidence']:.1%}") if "confidence" in row else "",
                          _e(f"{row['p_value']:.3g}") if "p_value" in row else "",
                          f"<b>{_e(row['status'])}</b>", f'<div class="text">{_e(note)}</div>'])
@@ -45,7 +45,7 @@ def headline_html(primary: dict[str, Any], arms: dict[str, Any], randomness: lis
                 for a in arms["arms"]]
     arm_rows += [[_e(f"{p['model']} vs control {p['control']}"), "", "", f"<b>{_e(p['status'])}</b>"]
                  for p in arms["matched_pairs"]]
-    arm_rows += [[_e(f"{p['model']} vs baseline {p['control']}"), _e(f"{p['value']:+.1%}"), "",
+    arm_rows += [[_e(f"{p['model']} vs baseline {p['control']}"), _e(pct(p["value"])), "",
                   f"<b>{_e(p['status'])}</b>"] for p in arms.get("baseline_pairs", [])]
     out += ["<h3>Arms that may be compared</h3>", _table(["model", "perplexity", "ceiling", "status"], arm_rows)]
     if randomness:

@@ -228,7 +228,7 @@ def primary_lines(primary: dict[str, Any]) -> list[str]:
             sci = s["ci"]
             out.append(f"      {s['metric']}: relative {pct(s['effect'])}"
                        + (f" {interval(sci)}" if sci else "")
-                       + f", model - reference {s['difference']:+.4g} -> {s['status']}")
+                       + f", model - reference {signed(s['difference'])} -> {s['status']}")
         if row.get("disagreement"):
             out.append(f"      the scales disagree: {row['disagreement']}")
         if sample := sample_text(row):
