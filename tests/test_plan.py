@@ -104,7 +104,8 @@ def test_training_workload_counts_steps_validation_and_disk():
     # distillation: the teacher's fp32 weights in memory and its forward pass over every training token
     taught = RecoveryTrainer(cfg.model_copy(update={"distill": 1.0})).plan(inputs)
     assert taught.forward_tokens == w.forward_tokens + w.train_tokens
-    assert taught.training.extra_bytes == 4 * shape.n_params and "teacher" in taught.training.extra_note
+    teacher = 4 * shape.n_params + (4 + 4) * 4 * 128 * shape.vocab  # fp32 weights; one micro-batch's logits + logp
+    assert taught.training.extra_bytes == teacher and "teacher" in taught.training.extra_note
 
 
 def test_gradient_checkpointing_and_largest_micro_batch():

@@ -71,9 +71,12 @@ def training_workload(cfg, inputs: PlanInputs) -> Workload:
                            "weights)")
     teacher_tokens = 0
     if cfg.distill > 0:  # the frozen teacher: the weights as loaded, and one forward pass per training micro-batch
-        teacher = HALF_DTYPES.get(inputs.dtype, 4) * shape.n_params
+        loaded = HALF_DTYPES.get(inputs.dtype, 4)
+        # its logits (loaded dtype) and their fp32 log-softmax, held while the student's loss is computed
+        teacher = loaded * shape.n_params + (loaded + 4) * cfg.micro_batch * cfg.seq_len * shape.vocab
         extra += teacher
-        extra_notes.append(f"the distillation teacher's {inputs.dtype} weights ({size(teacher)})")
+        extra_notes.append(f"the distillation teacher's {inputs.dtype} weights and one micro-batch of its "
+                           f"log-probabilities ({size(teacher)})")
         teacher_tokens = train_tokens
     setup = TrainingSetup(trainable_params=shape.n_params, micro_batch=cfg.micro_batch, seq_len=cfg.seq_len,
                           grad_accum=cfg.grad_accum, gradient_checkpointing=cfg.gradient_checkpointing,
