@@ -21,9 +21,8 @@ CONSTRAINED = {
     "gated_all": lambda h, f: 3 * h * f,
 }
 SNAPSHOT_BYTES_PER_PARAM = 4 + 8  # fp32 weights + two fp32 AdamW moments
-SAVE_BYTES = {"float32": 4, "bfloat16": 2}
-#: Bytes per weight of a model loaded in a half-precision dtype (any other: 4, fp32).
-HALF_DTYPES = {"bfloat16": 2, "float16": 2}
+#: Bytes per weight of a dtype (the export's ``save_dtype``, the dtype a model is loaded in; any other: 4, fp32).
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def size(n: float) -> str:
@@ -71,7 +70,7 @@ def training_workload(cfg, inputs: PlanInputs) -> Workload:
                            "weights)")
     teacher_tokens = 0
     if cfg.distill > 0:  # the frozen teacher: the weights as loaded, and one forward pass per training micro-batch
-        loaded = HALF_DTYPES.get(inputs.dtype, 4)
+        loaded = DTYPE_BYTES.get(inputs.dtype, 4)
         # its logits (loaded dtype) and their fp32 log-softmax, held while the student's loss is computed
         teacher = loaded * shape.n_params + (loaded + 4) * cfg.micro_batch * cfg.seq_len * shape.vocab
         extra += teacher
@@ -85,7 +84,7 @@ def training_workload(cfg, inputs: PlanInputs) -> Workload:
     snapshot = SNAPSHOT_BYTES_PER_PARAM * shape.n_params
     # The newest snapshot is written before the oldest is pruned: keep + 1 exist for a moment.
     kept = min(cfg.keep_checkpoints + 1, max(1, math.ceil(steps / cfg.checkpoint_every)))
-    export = SAVE_BYTES[cfg.save_dtype] * shape.n_params
+    export = DTYPE_BYTES[cfg.save_dtype] * shape.n_params
     token_cache = 4 * (blocks * cfg.seq_len + (cfg.val_blocks * cfg.seq_len if cfg.val_data is not None else 0))
     return Workload(
         forward_tokens=val_tokens + teacher_tokens, train_tokens=train_tokens, context=cfg.seq_len,
