@@ -197,3 +197,34 @@ def test_an_option_added_at_its_old_behaviour_keeps_earlier_cache_keys():
     assert content_key(After()) == content_key(Before()) == {"steps": 3}
     assert content_key(After(distill=0.5)) == {"steps": 3, "distill": 0.5}
     assert content_key(Listed()) == {"steps": 3, "distill": 0.0}
+
+
+def test_train_needs_wait_for_the_same_seed_and_enter_the_key(tmp_path):
+    """A train entry's ``needs``: its stage at a seed waits for the needed training at that seed, and its key covers
+    that training's (a changed arm retrains the control that reads it); a train stage without ``needs`` keeps the
+    key it always had. Unknown names and cycles through ``needs`` are one-line errors."""
+    recipe = "data: {dataset: json, data_files: @DATA@/train.jsonl}"
+
+    def suite(arm_steps: int, control: str, name: str) -> Path:
+        train = (f"train:\n  arm: {{plugin: baseline, model: a, {recipe}, steps: {arm_steps}}}\n"
+                 f"  control: {{plugin: baseline, model: a, {recipe}, steps: 4{control}}}\n")
+        return _suite(tmp_path, {"p": _metric()}, seeds="[1, 2]", extra=train, name=name,
+                      models="a: {plugin: pythia_tiny}\n  c: {plugin: hf_causal_lm, from_train: control}")
+
+    plain = _graph(suite(2, "", "plain.yaml"))
+    needing = _graph(suite(2, ", needs: [arm]", "needs.yaml"))
+    changed = _graph(suite(3, ", needs: [arm]", "changed.yaml"))
+    _assert_topological(needing)
+    ids = needing.by_id()
+    assert ids["train/control/s2"].deps == ("train/arm/s2",) and plain.by_id()["train/control/s2"].deps == ()
+    assert ids["train/control/s2"].key != plain.by_id()["train/control/s2"].key
+    assert changed.by_id()["train/control/s2"].key != ids["train/control/s2"].key
+    assert ids["metrics/p/c/s2"].key != changed.by_id()["metrics/p/c/s2"].key  # through the control's training
+    assert plain.by_id()["train/arm/s1"].key == ids["train/arm/s1"].key
+
+    with pytest.raises(ConfigError, match=r"train\.control\.needs.*unknown train entry 'amr'.*did you mean 'arm'"):
+        load_suite(suite(2, ", needs: [amr]", "typo.yaml"))
+    looped = suite(2, ", needs: [arm]", "loop.yaml")
+    looped.write_text(looped.read_text().replace("steps: 2}", "steps: 2, needs: [control]}"))
+    with pytest.raises(ConfigError, match=r"training cycle: (arm -> control -> arm|control -> arm -> control)"):
+        load_suite(looped)

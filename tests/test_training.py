@@ -215,6 +215,53 @@ def test_suite_trains_both_and_evaluates_the_checkpoints(tmp_path):
     assert {o.status for o in again} == {"skipped"}
 
 
+def test_a_control_stops_at_the_perplexity_of_the_arm_it_needs(tmp_path):
+    """``stop_at_perplexity_of`` + ``needs``: the control trains until its validation perplexity first reaches the
+    arm's final one at the same seed (a damage-matched control), and says so; without the arm in ``needs`` the stage
+    stops with a one-line error naming the fix, and the arm's finished training is kept."""
+    from harness._engine.runner import Runner
+    from harness._engine.suite import load_suite
+
+    common = train_recipe(steps=12, checkpoint_every=4).replace(", steps: 12", "").replace("lr: 1.0e-3, ", "")
+    # Both start from the same damaged model (the noise is seeded by seed and strength) at the same lr; the arm trains
+    # 6 steps, the control up to 12 (a longer schedule: a faster start) and must stop early, at the arm's perplexity
+    # (measured: at step 5 of 12).
+    arm = f"{{plugin: baseline, model: tiny, ffn_noise: 3.0, {common}, lr: 1.0e-4, steps: 6}}"
+    control = f"{{plugin: baseline, model: tiny, ffn_noise: 3.0, {common}, lr: 1.0e-4, steps: 12, val_every: 1, "
+    text = f"""
+        name: t
+        seeds: [42]
+        device: cpu
+        models:
+          tiny: {{plugin: pythia_tiny}}
+          arm: {{plugin: hf_causal_lm, from_train: arm}}
+          control: {{plugin: hf_causal_lm, from_train: control}}
+        train:
+          arm: {arm}
+          control: {control}stop_at_perplexity_of: arm, needs: [arm]}}
+        """
+    runner = Runner(load_suite(write_suite(tmp_path, text), "quick", output_dir=tmp_path / "run"), show_progress=False)
+    graph = {s.id: s for s in runner.graph.stages}
+    assert graph["train/control/s42"].deps == ("train/arm/s42",)
+    assert {o.status for o in runner.run()} == {"done"}
+    target = json.loads((tmp_path / "run" / STAGE / "arm/s42/result.json").read_text())["metrics"]
+    result = json.loads((tmp_path / "run" / STAGE / "control/s42/result.json").read_text())["metrics"]
+    rows = records(tmp_path / "run", "control")
+    assert result["target_val_perplexity"] == target["final_val_perplexity"] and result["stopped_at_target"]
+    assert 1 < result["steps"] < 12 and [r["step"] for r in rows] == list(range(1, result["steps"] + 1))
+    # it stopped at the first validation at or below the target, and not before
+    assert result["final_val_perplexity"] <= target["final_val_perplexity"] < result["initial_val_perplexity"]
+    assert all(r["val_perplexity"] > target["final_val_perplexity"] for r in rows[:-1])
+    assert rows[-1]["val_perplexity"] == result["final_val_perplexity"]
+    assert "stopped_at_target" not in target  # an arm without the option reports what it always did
+
+    # Without `needs`: a clear error (exit 2) naming the key and the fix; the arm's stage stays done.
+    broken = write_suite(tmp_path, text.replace(", needs: [arm]", ""), "broken.yaml")
+    out = tmp_path / "run"
+    assert main(["run", str(broken), "--out", str(out), "--no-progress"]) == 2
+    assert (out / STAGE / "arm/s42/done.json").exists()
+
+
 def test_resume_after_sigkill_is_bit_identical(reference, tmp_path):
     ref_run, cfg = reference
     out = tmp_path / "run"

@@ -147,12 +147,14 @@ class _Expansion:
         if (name, seed_key) in self.train_stage:
             return self.train_stage[(name, seed_key)]
         made_by = self.model_stage(start, seed_key)  # the stage that trains the starting model, if any
+        # ``needs``: train entries at the same seed, whose results this training reads (their keys enter its key)
+        needed = [self.train_for(need, seed).id for need in entry.needs]
         stage = PlannedStage(_stage_id("train", name, None, seed_key, seeded), "train", name, entry.plugin.name,
-                             start, seed_key, seeded, [made_by] if made_by else [],
+                             start, seed_key, seeded, ([made_by] if made_by else []) + needed,
                              {"plugin": entry.plugin.name, "version": entry.plugin.cls.version,
                               "config": content_key(entry.config), "seed": seed_key if seeded else None},
                              produces=[m for m, e in self.suite.models.items() if e.from_train == name],
-                             deps_in_payload=False)
+                             deps_in_payload=bool(needed))
         self.train_stage[(name, seed_key)] = stage
         self.stages.append(stage)
         return stage

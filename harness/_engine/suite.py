@@ -18,8 +18,9 @@ Shape (every section is a mapping from an entry name to its options; ``plugin:``
 Reserved keys in an entry: ``plugin``, ``enabled``; in metrics/attacks also ``models`` (the subset of models to run
 on, default all) and ``needs`` (entries whose stages must finish first, e.g. for transfer); in attacks also
 ``control_of`` (the entry is the random control of that attack entry: its plugin and options, run with random
-candidates; it takes no options of its own); in train ``model`` (the starting model); in models ``from_train`` (the
-model is that train entry's checkpoint). Everything else is the plugin's own config and is validated by the
+candidates; it takes no options of its own); in train ``model`` (the starting model) and ``needs`` (train entries
+whose stages at the same seed must finish first; their results reach the trainer as ``ctx.inputs``, e.g. to stop
+at their perplexity); in models ``from_train`` (the model is that train entry's checkpoint). Everything else is the plugin's own config and is validated by the
 plugin's ``Config``.
 """
 
@@ -48,7 +49,7 @@ MODES = ("quick", "full")
 MAX_SEED = 2**63
 RESERVED = {
     "models": {"plugin", "enabled", "from_train"},
-    "train": {"plugin", "enabled", "model"},
+    "train": {"plugin", "enabled", "model", "needs"},
     "metrics": {"plugin", "enabled", "models", "needs"},
     "attacks": {"plugin", "enabled", "models", "needs", "control_of"},
 }
@@ -268,7 +269,7 @@ def _parse_entries(data: dict[str, Any], section: str, path: Path, registry: Reg
             entry.from_train = options.get("from_train")
         if section == "train":
             entry.model = options.get("model")
-        if section in ("metrics", "attacks"):
+        if section != "models":
             entry.models = options.get("models")  # checked once models are known
             entry.needs = options.get("needs") or []
     for name, options in controls.items():
@@ -368,6 +369,7 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
             raise ConfigError(path, f"{entry.key}.model", "a train entry needs the model it starts from",
                               f"add `model: <one of {', '.join(models)}>`")
         _check_name_list(entry.model, path, f"{entry.key}.model", models, "model")
+        entry.needs = _check_name_list(entry.needs, path, f"{entry.key}.needs", train, "train entry")
         entry.config = _validate_config(entry, path)
     for entry in models.values():
         extra = None
@@ -447,18 +449,27 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
 
 
 def _check_train_cycles(train: dict[str, Entry], models: dict[str, Entry], path: Path) -> None:
+    """A train entry waits for the training of the model it starts from and for the train entries it ``needs``;
+    a chain of those that leads back to itself would never run: one line naming the cycle."""
+    def upstream(entry: Entry) -> list[tuple[str, str]]:  # (train entry waited for, the key that says so)
+        base = models[entry.model].from_train if entry.model is not None else None
+        return ([(base, "model")] if base is not None else []) + [(need, "needs") for need in entry.needs]
+
     for start in train.values():
-        seen = [start.name]
-        entry = start
-        while entry.model is not None:
-            base = models[entry.model]
-            if base.from_train is None:
-                break
-            if base.from_train in seen:
-                raise ConfigError(path, f"{start.key}.model", f"training cycle: {' -> '.join(seen + [base.from_train])}",
-                                  "a train entry cannot start from its own output")
-            seen.append(base.from_train)
-            entry = train[base.from_train]
+        trail, pending = [start.name], [upstream(start)]
+        while trail:
+            if not pending[-1]:
+                trail.pop()
+                pending.pop()
+                continue
+            name, key = pending[-1].pop()
+            if name == start.name:
+                raise ConfigError(path, f"{train[trail[-1]].key}.{key}", f"training cycle: "
+                                  f"{' -> '.join(trail + [name])}", "a train entry cannot start from its own output "
+                                  "or need a train entry that waits for it")
+            if name not in trail:
+                trail.append(name)
+                pending.append(upstream(train[name]))
 
 
 def _check_needs_cycles(entries: dict[str, Entry], path: Path) -> None:

@@ -14,6 +14,7 @@ per optimiser step::
     clip, AdamW step, warmup-then-cosine learning rate
     constraint: project -> clamp the constrained weights to >= min_weight (projected gradient)
     log a row; validate every `val_every` steps; snapshot every `checkpoint_every` steps and when asked to stop
+    stop_at_perplexity_of: stop once the validation perplexity is at most that arm's (a damage-matched control)
 
 Normalising by the tokens of the whole global batch (not per micro-batch) makes ``grad_accum`` x ``micro_batch``
 the same update as one batch of their product, also when rows hold different numbers of real tokens (padding).
@@ -33,7 +34,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from harness import (
     DATA_ORDER_FINGERPRINT,
@@ -127,9 +128,22 @@ class TrainConfig(PluginConfig):
     #: loss stays the NLL either way, comparable across arms; the copy costs one forward pass per micro-batch and
     #: the model's weights once more in memory on every process.
     distill: float = Field(default=0.0, ge=0, le=1)
+    #: Stop at the first validation whose perplexity is at most the final validation perplexity of this train entry
+    #: at the same seed (``steps`` is then the most it trains): a damage-matched control, the same training stopped
+    #: where it matches the arm's perplexity instead of where the arm stopped. The entry must be in this entry's
+    #: ``needs:`` and validate on the same ``val_data``, ``val_blocks`` and ``seq_len``; ``val_every`` sets how
+    #: closely it can match (a small one on a fast model). None: train every step.
+    stop_at_perplexity_of: str | None = None
 
-    # Stages trained before ``distill`` existed trained without it: their cache keys stay valid.
-    key_omits_defaults: ClassVar[tuple[str, ...]] = ("distill",)
+    # Stages trained before these options existed trained without them: their cache keys stay valid.
+    key_omits_defaults: ClassVar[tuple[str, ...]] = ("distill", "stop_at_perplexity_of")
+
+    @model_validator(mode="after")
+    def _stop_needs_validation(self) -> TrainConfig:
+        if self.stop_at_perplexity_of is not None and (self.val_data is None or not self.val_every):
+            raise ValueError("stop_at_perplexity_of compares validation perplexities: set `val_data:` and "
+                             "`val_every:` (validations to stop at; 1 checks after every step)")
+        return self
 
 
 class BaselineConfig(TrainConfig):
@@ -298,6 +312,8 @@ class Progress:
     last_loss: float | None = None
     initial_val_perplexity: float | None = None
     last_val_perplexity: float | None = None
+    #: ``stop_at_perplexity_of``: the target was reached (at ``step``); a resumed run trains no further.
+    stopped_at_target: bool = False
     best_val_perplexity: float | None = None
 
 
@@ -353,6 +369,7 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
             MetricSpec("initial_val_perplexity", "Validation perplexity before", **ppl),
             MetricSpec("final_val_perplexity", "Validation perplexity after", **ppl),
             MetricSpec("best_val_perplexity", "Best validation perplexity", **ppl),
+            MetricSpec("target_val_perplexity", "Validation perplexity to stop at", **ppl),
             MetricSpec("steps", "Steps", aggregation="none", digits=0),
             MetricSpec("tokens", "Tokens", aggregation="none", digits=0),
             MetricSpec("train_time_s", "Training time (s)", aggregation="none", digits=1, show=False),
@@ -419,6 +436,7 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
         optimizer = make_optimizer(net, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps,
                                                                                cfg.min_lr_ratio))
+        target = self.target_perplexity(ctx) if cfg.stop_at_perplexity_of is not None else None
         precision = cfg.precision if cfg.precision != "auto" else ("bf16" if procs.device.type == "cuda" else "fp32")
         autocast = ((lambda: torch.autocast(procs.device.type, dtype=torch.bfloat16)) if precision == "bf16"
                     else contextlib.nullcontext)
@@ -441,6 +459,9 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
         else:
             progress = Progress()
             progress.initial_val_perplexity = progress.best_val_perplexity = validate()
+            if target is not None and progress.initial_val_perplexity is not None and \
+                    progress.initial_val_perplexity <= target:  # matched before any training
+                progress.last_val_perplexity, progress.stopped_at_target = progress.initial_val_perplexity, True
 
         def snapshot() -> None:
             snapshots.save(progress.step, {**parallel.state(optimizer), "scheduler": scheduler.state_dict(),
@@ -456,7 +477,7 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
         bar = ctx.progress("train", total_steps) if procs.is_main else _NoBar()
         with bar:
             bar.advance(progress.step)
-            while progress.step < total_steps:
+            while progress.step < total_steps and not progress.stopped_at_target:
                 if procs.any(ctx.should_stop):
                     snapshot()
                     raise StagePreempted(f"stopped at step {progress.step} of {total_steps}")
@@ -493,11 +514,13 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                     if ppl is not None:
                         row["val_perplexity"] = progress.last_val_perplexity = ppl
                         progress.best_val_perplexity = min(ppl, progress.best_val_perplexity or math.inf)
+                        progress.stopped_at_target = target is not None and ppl <= target
                 if procs.is_main and row["id"] not in logged:  # rows after the last snapshot exist after a kill
                     ctx.records.append(row)
                 bar.set(loss=loss, tok_s=round(row["tokens_per_s"]), lr=lr)
                 bar.advance()
-                if progress.step % cfg.checkpoint_every == 0 or progress.step == total_steps:
+                if progress.step % cfg.checkpoint_every == 0 or progress.step == total_steps or \
+                        progress.stopped_at_target:
                     snapshot()
 
         summary = {"final_train_loss": progress.last_loss, "initial_val_perplexity": progress.initial_val_perplexity,
@@ -509,8 +532,11 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                    "wall_time_s": time.time() - started, "blocks": len(train_blocks), "global_batch": global_batch,
                    "world_size": procs.world, "parallel": procs.strategy if procs.distributed else "none",
                    "precision": precision,
-                   # what this arm read, in order: equal fingerprints = the same tokens in the same batches
+                   # what this arm read, in order: equal fingerprints = the same tokens in the same batches (an
+                   # arm stopped at a target read the first ``steps`` of this order: the arms' shared prefix)
                    DATA_ORDER_FINGERPRINT: order_fingerprint(train_blocks, schedule, total_steps)}
+        if target is not None:
+            summary.update(target_val_perplexity=target, stopped_at_target=progress.stopped_at_target)
         trained = parallel.export_model()  # every process takes part (FSDP gathers the shards)
         if procs.is_main and trained is not None and initial is not None:
             change = group_change(initial, effective_weights(trained))
@@ -524,6 +550,27 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
             export_checkpoint(trained, tokenizer, ctx.checkpoint_dir, provenance, cfg.save_dtype)
         procs.barrier()
         return summary
+
+    def target_perplexity(self, ctx: StageContext) -> float:
+        """``stop_at_perplexity_of``: the final validation perplexity of that train entry's stage at this seed (one
+        of the stages this one waits for), which must have validated on the same blocks."""
+        cfg, name = self.config, self.config.stop_at_perplexity_of
+        where = f"train.{ctx.stage.entry}.stop_at_perplexity_of"
+        found = [r for r in ctx.inputs.values() if (r.get("stage") or {}).get("section") == "train"
+                 and r["stage"].get("entry") == name]
+        if not found:
+            raise HarnessError(f"{where}: '{name}' is not among the train stages this one waits for; fix: add "
+                               f"`needs: [{name}]` to train.{ctx.stage.entry}")
+        theirs, ours = found[0].get("config") or {}, cfg.model_dump(mode="json")
+        differ = [k for k in ("val_data", "val_blocks", "seq_len") if theirs.get(k) != ours[k]]
+        if differ:
+            raise HarnessError(f"{where}: train.{name} validates on other blocks ({', '.join(differ)} differ), so its "
+                               f"perplexity is not comparable; fix: give both the same {', '.join(differ)}")
+        value = (found[0].get("metrics") or {}).get("final_val_perplexity")
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise HarnessError(f"{where}: train.{name} reports no final validation perplexity ({value!r}); fix: give "
+                               "it `val_data:`")
+        return float(value)
 
     @staticmethod
     def _check_finite(what: str, value: float, step: int, total: int, snapshots: Snapshots) -> None:
