@@ -20,8 +20,8 @@ on, default all) and ``needs`` (entries whose stages must finish first, e.g. for
 ``control_of`` (the entry is the random control of that attack entry: its plugin and options, run with random
 candidates; it takes no options of its own); in train ``model`` (the starting model) and ``needs`` (train entries
 whose stages at the same seed must finish first; their results reach the trainer as ``ctx.inputs``, e.g. to stop
-at their perplexity); in models ``from_train`` (the model is that train entry's checkpoint). Everything else is the plugin's own config and is validated by the
-plugin's ``Config``.
+at their perplexity); in models ``from_train`` (the model is that train entry's checkpoint). Everything else is the
+plugin's own config and is validated by the plugin's ``Config``.
 """
 
 from __future__ import annotations
@@ -269,8 +269,9 @@ def _parse_entries(data: dict[str, Any], section: str, path: Path, registry: Reg
             entry.from_train = options.get("from_train")
         if section == "train":
             entry.model = options.get("model")
-        if section != "models":
+        if section in ("metrics", "attacks"):
             entry.models = options.get("models")  # checked once models are known
+        if section != "models":
             entry.needs = options.get("needs") or []
     for name, options in controls.items():
         target = block.get(options["control_of"]) if isinstance(options["control_of"], str) else None
