@@ -46,7 +46,12 @@ def test_research_suites_compare_like_with_like():
             # a monotonic arm or its control (the same |W0| start unconstrained, or the baseline with FFN noise)
             assert entry["plugin"] == "monotonic" or entry.get("ffn_noise", 0) > 0, model
             assert entry["model"] == start
-            assert {k: entry[k] for k in shared} == {k: train[base][k] for k in shared}, model
+            # a control stopped at its arm's perplexity trains at most `steps` (a cap: at least the arm's), and
+            # waits for the arm it stops at
+            same = [k for k in shared if not (k == "steps" and "stop_at_perplexity_of" in entry)]
+            assert {k: entry[k] for k in same} == {k: train[base][k] for k in same}, model
+            if "stop_at_perplexity_of" in entry:
+                assert entry["needs"] == [entry["stop_at_perplexity_of"]] and entry["steps"] >= train[base]["steps"]
         # every attack runs on the baseline and compared models (HotFlip on all of them), its control and the
         # transfer matrix on exactly the attack's models
         compared = {report["baseline"], *report["compare"]}
