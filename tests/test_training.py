@@ -254,6 +254,9 @@ def test_a_control_stops_at_the_perplexity_of_the_arm_it_needs(tmp_path):
     assert all(r["val_perplexity"] > target["final_val_perplexity"] for r in rows[:-1])
     assert rows[-1]["val_perplexity"] == result["final_val_perplexity"]
     assert "stopped_at_target" not in target  # an arm without the option reports what it always did
+    # common random numbers: the control read the arm's batch at every step it took (its first 5 of the arm's 6),
+    # so its data order over the arm's steps is the arm's
+    assert result["data_order_sha256"] == target["data_order_sha256"]
 
     # Without `needs`: a clear error (exit 2) naming the key and the fix; the arm's stage stays done.
     broken = write_suite(tmp_path, text.replace(", needs: [arm]", ""), "broken.yaml")

@@ -436,7 +436,8 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
         optimizer = make_optimizer(net, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps,
                                                                                cfg.min_lr_ratio))
-        target = self.target_perplexity(ctx) if cfg.stop_at_perplexity_of is not None else None
+        # stop_at_perplexity_of: the arm's final validation perplexity and its steps (the data-order horizon)
+        target, horizon = self.target(ctx) if cfg.stop_at_perplexity_of is not None else (None, total_steps)
         precision = cfg.precision if cfg.precision != "auto" else ("bf16" if procs.device.type == "cuda" else "fp32")
         autocast = ((lambda: torch.autocast(procs.device.type, dtype=torch.bfloat16)) if precision == "bf16"
                     else contextlib.nullcontext)
@@ -532,9 +533,10 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                    "wall_time_s": time.time() - started, "blocks": len(train_blocks), "global_batch": global_batch,
                    "world_size": procs.world, "parallel": procs.strategy if procs.distributed else "none",
                    "precision": precision,
-                   # what this arm read, in order: equal fingerprints = the same tokens in the same batches (an
-                   # arm stopped at a target read the first ``steps`` of this order: the arms' shared prefix)
-                   DATA_ORDER_FINGERPRINT: order_fingerprint(train_blocks, schedule, total_steps)}
+                   # what this arm read, in order: equal fingerprints = the same tokens in the same batches. A
+                   # control stopped at an arm's perplexity: its order over the arm's steps, the horizon the two are
+                   # compared on (equal when it read the arm's batch at every step it took; it took ``steps``)
+                   DATA_ORDER_FINGERPRINT: order_fingerprint(train_blocks, schedule, horizon)}
         if target is not None:
             summary.update(target_val_perplexity=target, stopped_at_target=progress.stopped_at_target)
         trained = parallel.export_model()  # every process takes part (FSDP gathers the shards)
@@ -551,9 +553,9 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
         procs.barrier()
         return summary
 
-    def target_perplexity(self, ctx: StageContext) -> float:
-        """``stop_at_perplexity_of``: the final validation perplexity of that train entry's stage at this seed (one
-        of the stages this one waits for), which must have validated on the same blocks."""
+    def target(self, ctx: StageContext) -> tuple[float, int]:
+        """``stop_at_perplexity_of``: the final validation perplexity and the steps of that train entry's stage at
+        this seed (one of the stages this one waits for), which must have validated on the same blocks."""
         cfg, name = self.config, self.config.stop_at_perplexity_of
         where = f"train.{ctx.stage.entry}.stop_at_perplexity_of"
         found = [r for r in ctx.inputs.values() if (r.get("stage") or {}).get("section") == "train"
@@ -566,11 +568,12 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
         if differ:
             raise HarnessError(f"{where}: train.{name} validates on other blocks ({', '.join(differ)} differ), so its "
                                f"perplexity is not comparable; fix: give both the same {', '.join(differ)}")
-        value = (found[0].get("metrics") or {}).get("final_val_perplexity")
+        metrics = found[0].get("metrics") or {}
+        value = metrics.get("final_val_perplexity")
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise HarnessError(f"{where}: train.{name} reports no final validation perplexity ({value!r}); fix: give "
                                "it `val_data:`")
-        return float(value)
+        return float(value), int(metrics["steps"])
 
     @staticmethod
     def _check_finite(what: str, value: float, step: int, total: int, snapshots: Snapshots) -> None:
