@@ -76,6 +76,13 @@ class StageContext:
             raise KeyError(f"stage {self.stage.id} does not need {stage_id}")
         return RunDir(self.run_dir).records(stage_id)
 
+    def input_dir(self, stage_id: str) -> Path:
+        """The directory of ``stage_id``, one of the stages this one waits for (``ctx.inputs``): a train stage's
+        exported model is its ``checkpoint/``."""
+        if stage_id not in self.inputs:
+            raise KeyError(f"stage {self.stage.id} does not wait for {stage_id}")
+        return RunDir(self.run_dir).stage_dir(stage_id)
+
     def adopt_records(self, ids: list[str]) -> None:
         """Append, in the order of ``ids``, the records the runner carried over from this stage's previous config
         (``carried.jsonl``: kept when the config changed only in its example count, see

@@ -247,16 +247,27 @@ def test_a_control_stops_at_the_perplexity_of_the_arm_it_needs(tmp_path):
     target = json.loads((tmp_path / "run" / STAGE / "arm/s42/result.json").read_text())["metrics"]
     result = json.loads((tmp_path / "run" / STAGE / "control/s42/result.json").read_text())["metrics"]
     rows = records(tmp_path / "run", "control")
-    assert result["target_val_perplexity"] == target["final_val_perplexity"] and result["stopped_at_target"]
+    # the arm's model measured on the control's validation blocks (here the arm's own: its final value)
+    assert result["target_val_perplexity"] == pytest.approx(target["final_val_perplexity"], rel=1e-5)
+    assert result["stopped_at_target"]
     assert 1 < result["steps"] < 12 and [r["step"] for r in rows] == list(range(1, result["steps"] + 1))
     # it stopped at the first validation at or below the target, and not before
-    assert result["final_val_perplexity"] <= target["final_val_perplexity"] < result["initial_val_perplexity"]
-    assert all(r["val_perplexity"] > target["final_val_perplexity"] for r in rows[:-1])
+    assert result["final_val_perplexity"] <= result["target_val_perplexity"] < result["initial_val_perplexity"]
+    assert all(r["val_perplexity"] > result["target_val_perplexity"] for r in rows[:-1])
     assert rows[-1]["val_perplexity"] == result["final_val_perplexity"]
     assert "stopped_at_target" not in target  # an arm without the option reports what it always did
     # common random numbers: the control read the arm's batch at every step it took (its first 5 of the arm's 6),
     # so its data order over the arm's steps is the arm's
     assert result["data_order_sha256"] == target["data_order_sha256"]
+
+    # Validated on more blocks than the arm: the target is the arm's model measured on the control's blocks.
+    wide = "\n".join(line.replace("val_blocks: 2", "val_blocks: 4") if "stop_at_perplexity_of" in line else line
+                     for line in text.splitlines())
+    more = write_suite(tmp_path, wide, "more.yaml")
+    assert main(["run", str(more), "--out", str(tmp_path / "more"), "--no-progress"]) == 0
+    wider = json.loads((tmp_path / "more" / STAGE / "control/s42/result.json").read_text())["metrics"]
+    assert wider["stopped_at_target"] and wider["final_val_perplexity"] <= wider["target_val_perplexity"]
+    assert wider["target_val_perplexity"] != pytest.approx(target["final_val_perplexity"], rel=1e-3)
 
     # Without `needs`: a clear error (exit 2) naming the key and the fix; the arm's stage stays done.
     broken = write_suite(tmp_path, text.replace(", needs: [arm]", ""), "broken.yaml")

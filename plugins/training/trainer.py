@@ -29,6 +29,7 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -128,11 +129,11 @@ class TrainConfig(PluginConfig):
     #: loss stays the NLL either way, comparable across arms; the copy costs one forward pass per micro-batch and
     #: the model's weights once more in memory on every process.
     distill: float = Field(default=0.0, ge=0, le=1)
-    #: Stop at the first validation whose perplexity is at most the final validation perplexity of this train entry
-    #: at the same seed (``steps`` is then the most it trains): a damage-matched control, the same training stopped
-    #: where it matches the arm's perplexity instead of where the arm stopped. The entry must be in this entry's
-    #: ``needs:`` and validate on the same ``val_data``, ``val_blocks`` and ``seq_len``; ``val_every`` sets how
-    #: closely it can match (a small one on a fast model). None: train every step.
+    #: Stop at the first validation whose perplexity is at most that of this train entry's model at the same seed,
+    #: measured on this entry's own validation blocks (``steps`` is then the most it trains): a damage-matched
+    #: control, the same training stopped where it matches the arm's perplexity instead of where the arm stopped.
+    #: The entry must be in this entry's ``needs:``; ``val_blocks`` sets how well a match here carries over to other
+    #: text, ``val_every`` how closely it can match. None: train every step.
     stop_at_perplexity_of: str | None = None
 
     # Stages trained before these options existed trained without them: their cache keys stay valid.
@@ -436,11 +437,14 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
         optimizer = make_optimizer(net, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps,
                                                                                cfg.min_lr_ratio))
-        # stop_at_perplexity_of: the arm's final validation perplexity and its steps (the data-order horizon)
-        target, horizon = self.target(ctx) if cfg.stop_at_perplexity_of is not None else (None, total_steps)
         precision = cfg.precision if cfg.precision != "auto" else ("bf16" if procs.device.type == "cuda" else "fp32")
         autocast = ((lambda: torch.autocast(procs.device.type, dtype=torch.bfloat16)) if precision == "bf16"
                     else contextlib.nullcontext)
+        # stop_at_perplexity_of: the arm's perplexity on these validation blocks, and its steps (the data-order
+        # horizon the two are compared on)
+        target, horizon = ((None, total_steps) if cfg.stop_at_perplexity_of is None or val_blocks is None else
+                           self.target(ctx, lambda arm: validation_nll(arm.to(procs.device), val_blocks, procs,
+                                                                       cfg.micro_batch, autocast)))
 
         def validate() -> float | None:
             if val_blocks is None:
@@ -553,27 +557,25 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
         procs.barrier()
         return summary
 
-    def target(self, ctx: StageContext) -> tuple[float, int]:
-        """``stop_at_perplexity_of``: the final validation perplexity and the steps of that train entry's stage at
-        this seed (one of the stages this one waits for), which must have validated on the same blocks."""
-        cfg, name = self.config, self.config.stop_at_perplexity_of
-        where = f"train.{ctx.stage.entry}.stop_at_perplexity_of"
-        found = [r for r in ctx.inputs.values() if (r.get("stage") or {}).get("section") == "train"
+    def target(self, ctx: StageContext, measure: Callable[[torch.nn.Module], tuple[float, int]]) -> tuple[float, int]:
+        """``stop_at_perplexity_of``: the perplexity of that train entry's exported model at this seed (one of the
+        stages this one waits for) as ``measure`` gives it (summed NLL, tokens on this stage's validation blocks,
+        so the two are measured alike however the arm validated), and the arm's steps."""
+        name = self.config.stop_at_perplexity_of
+        found = [(sid, r) for sid, r in ctx.inputs.items() if (r.get("stage") or {}).get("section") == "train"
                  and r["stage"].get("entry") == name]
         if not found:
-            raise HarnessError(f"{where}: '{name}' is not among the train stages this one waits for; fix: add "
-                               f"`needs: [{name}]` to train.{ctx.stage.entry}")
-        theirs, ours = found[0].get("config") or {}, cfg.model_dump(mode="json")
-        differ = [k for k in ("val_data", "val_blocks", "seq_len") if theirs.get(k) != ours[k]]
-        if differ:
-            raise HarnessError(f"{where}: train.{name} validates on other blocks ({', '.join(differ)} differ), so its "
-                               f"perplexity is not comparable; fix: give both the same {', '.join(differ)}")
-        metrics = found[0].get("metrics") or {}
-        value = metrics.get("final_val_perplexity")
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise HarnessError(f"{where}: train.{name} reports no final validation perplexity ({value!r}); fix: give "
-                               "it `val_data:`")
-        return float(value), int(metrics["steps"])
+            raise HarnessError(f"train.{ctx.stage.entry}.stop_at_perplexity_of: '{name}' is not among the train "
+                               f"stages this one waits for; fix: add `needs: [{name}]` to train.{ctx.stage.entry}")
+        from transformers import AutoModelForCausalLM
+
+        stage_id, result = found[0]
+        # the export as the suite's model entries load it: safetensors only, no remote code
+        arm = AutoModelForCausalLM.from_pretrained(ctx.input_dir(stage_id) / "checkpoint", dtype=torch.float32,
+                                                   use_safetensors=True)
+        nll, tokens = measure(arm)
+        del arm
+        return math.exp(nll / tokens), int(result["metrics"]["steps"])
 
     @staticmethod
     def _check_finite(what: str, value: float, step: int, total: int, snapshots: Snapshots) -> None:
