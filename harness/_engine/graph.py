@@ -148,7 +148,7 @@ class _Expansion:
             return self.train_stage[(name, seed_key)]
         made_by = self.model_stage(start, seed_key)  # the stage that trains the starting model, if any
         # ``needs``: train entries at the same seed, whose results this training reads (their keys enter its key)
-        needed = [self.train_for(need, seed).id for need in entry.needs]
+        needed = [self.train_for(need, seed_key).id for need in entry.needs]
         stage = PlannedStage(_stage_id("train", name, None, seed_key, seeded), "train", name, entry.plugin.name,
                              start, seed_key, seeded, ([made_by] if made_by else []) + needed,
                              {"plugin": entry.plugin.name, "version": entry.plugin.cls.version,

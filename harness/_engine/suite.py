@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -449,51 +450,51 @@ def load_suite(path: str | Path, mode: str = "quick", registry: Registry | None 
                  report=report, resolved=resolved, overrides=list(overrides or []), limit=limit)
 
 
-def _check_train_cycles(train: dict[str, Entry], models: dict[str, Entry], path: Path) -> None:
-    """A train entry waits for the training of the model it starts from and for the train entries it ``needs``;
-    a chain of those that leads back to itself would never run: one line naming the cycle."""
-    def upstream(entry: Entry) -> list[tuple[str, str]]:  # (train entry waited for, the key that says so)
-        base = models[entry.model].from_train if entry.model is not None else None
-        return ([(base, "model")] if base is not None else []) + [(need, "needs") for need in entry.needs]
-
-    for start in train.values():
-        trail, pending = [start.name], [upstream(start)]
-        while trail:
-            if not pending[-1]:
-                trail.pop()
-                pending.pop()
-                continue
-            name, key = pending[-1].pop()
-            if name == start.name:
-                raise ConfigError(path, f"{train[trail[-1]].key}.{key}", f"training cycle: "
-                                  f"{' -> '.join(trail + [name])}", "a train entry cannot start from its own output "
-                                  "or need a train entry that waits for it")
-            if name not in trail:
-                trail.append(name)
-                pending.append(upstream(train[name]))
-
-
-def _check_needs_cycles(entries: dict[str, Entry], path: Path) -> None:
-    """Entries whose ``needs`` lead back to themselves would never run: one line naming the cycle. (Depth-first,
-    with its own stack: a long chain of ``needs`` must not hit Python's recursion limit.)"""
+def _find_cycle(names: Iterable[str], upstream: Callable[[str], list[tuple[str, str]]]
+                ) -> tuple[list[str], str, str] | None:
+    """The first cycle among ``names`` by the edges ``upstream(name)`` gives (``(name waited for, the key that
+    says so)``): the cycle's names (its first again at the end), the name whose key closes it and that key; None
+    without one. Depth-first with its own stack: a long chain must not hit Python's recursion limit."""
     checked: set[str] = set()
-    for start in entries:
+    for start in names:
         if start in checked:
             continue
-        trail: list[str] = [start]
-        pending: list[list[str]] = [list(entries[start].needs)]
+        trail, pending = [start], [upstream(start)]
         while trail:
             if not pending[-1]:
                 checked.add(trail.pop())
                 pending.pop()
                 continue
-            need = pending[-1].pop()
-            if need in trail:
-                cycle = trail[trail.index(need):] + [need]
-                if len(cycle) > 8:
-                    cycle = cycle[:4] + [f"... ({len(cycle) - 6} more)"] + cycle[-2:]
-                raise ConfigError(path, f"{entries[trail[-1]].key}.needs", f"`needs` cycle: {' -> '.join(cycle)}",
-                                  "remove one of these `needs` (an entry cannot wait for itself)")
-            if need not in checked:
-                trail.append(need)
-                pending.append(list(entries[need].needs))
+            name, key = pending[-1].pop()
+            if name in trail:
+                return trail[trail.index(name):] + [name], trail[-1], key
+            if name not in checked:
+                trail.append(name)
+                pending.append(upstream(name))
+    return None
+
+
+def _check_train_cycles(train: dict[str, Entry], models: dict[str, Entry], path: Path) -> None:
+    """A train entry waits for the training of the model it starts from and for the train entries it ``needs``;
+    a chain of those that leads back to itself would never run: one line naming the cycle."""
+    def upstream(name: str) -> list[tuple[str, str]]:
+        entry = train[name]
+        base = models[entry.model].from_train if entry.model is not None else None
+        return ([(base, "model")] if base is not None else []) + [(need, "needs") for need in entry.needs]
+
+    found = _find_cycle(train, upstream)
+    if found is not None:
+        cycle, closer, key = found
+        raise ConfigError(path, f"{train[closer].key}.{key}", f"training cycle: {' -> '.join(cycle)}",
+                          "a train entry cannot start from its own output or need a train entry that waits for it")
+
+
+def _check_needs_cycles(entries: dict[str, Entry], path: Path) -> None:
+    """Entries whose ``needs`` lead back to themselves would never run: one line naming the cycle."""
+    found = _find_cycle(entries, lambda name: [(need, "needs") for need in entries[name].needs])
+    if found is not None:
+        cycle, closer, _ = found
+        if len(cycle) > 8:
+            cycle = cycle[:4] + [f"... ({len(cycle) - 6} more)"] + cycle[-2:]
+        raise ConfigError(path, f"{entries[closer].key}.needs", f"`needs` cycle: {' -> '.join(cycle)}",
+                          "remove one of these `needs` (an entry cannot wait for itself)")
