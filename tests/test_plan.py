@@ -106,6 +106,10 @@ def test_training_workload_counts_steps_validation_and_disk():
     assert taught.forward_tokens == w.forward_tokens + w.train_tokens
     teacher = 4 * shape.n_params + (4 + 4) * 4 * 128 * shape.vocab  # fp32 weights; one micro-batch's logits + logp
     assert taught.training.extra_bytes == teacher and "teacher" in taught.training.extra_note
+    # stopped at an arm's perplexity: one more validation pass (the arm's), the steps priced as a cap
+    twin = RecoveryTrainer(cfg.model_copy(update={"stop_at_perplexity_of": "arm"})).plan(inputs)
+    assert twin.forward_tokens == w.forward_tokens + 8 * 128 and twin.train_tokens == w.train_tokens
+    assert any("the arm arm's" in note and "cap" in note for note in twin.notes)
 
 
 def test_gradient_checkpointing_and_largest_micro_batch():

@@ -55,8 +55,15 @@ def training_workload(cfg, inputs: PlanInputs) -> Workload:
         val_docs = inputs.documents(cfg.val_data)
         val_blocks = min(cfg.val_blocks, int((val_docs.tokens + val_docs.documents) // cfg.seq_len))
         runs = validations(steps, cfg.val_every)
-        val_tokens = runs * val_blocks * cfg.seq_len
         val_note = f"; validation {runs}x {val_blocks} blocks"
+        if cfg.stop_at_perplexity_of is not None:
+            # the target: one pass of the arm's exported model over the same blocks, before training starts (its
+            # weights are freed before the optimiser state exists, so they stay under the training peak); ``steps``
+            # is then a cap, and priced as if reached
+            runs += 1
+            val_note += (f" (one of them the arm {cfg.stop_at_perplexity_of}'s, the target to stop at; priced at "
+                         f"the {steps:,}-step cap)")
+        val_tokens = runs * val_blocks * cfg.seq_len
 
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if inputs.device == "cuda" else "fp32")
     extra, extra_notes = 0.0, []
