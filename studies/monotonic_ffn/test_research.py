@@ -46,12 +46,17 @@ def test_research_suites_compare_like_with_like():
             # a monotonic arm or its control (the same |W0| start unconstrained, or the baseline with FFN noise)
             assert entry["plugin"] == "monotonic" or entry.get("ffn_noise", 0) > 0, model
             assert entry["model"] == start
-            # a control stopped at its arm's perplexity trains at most `steps` (a cap: at least the arm's), and
-            # waits for the arm it stops at
-            same = [k for k in shared if not (k == "steps" and "stop_at_perplexity_of" in entry)]
+            # a control stopped at its arm's perplexity trains at most `steps` (a cap: at least the arm's), waits
+            # for the arm it stops at, and may match on validation text of its own (its arm is measured on the
+            # same), never on the documents the perplexity metric reports
+            stopped = "stop_at_perplexity_of" in entry
+            same = [k for k in shared if not (stopped and k in ("steps", "val_data", "val_blocks"))]
             assert {k: entry[k] for k in same} == {k: train[base][k] for k in same}, model
-            if "stop_at_perplexity_of" in entry:
+            if stopped:
                 assert entry["needs"] == [entry["stop_at_perplexity_of"]] and entry["steps"] >= train[base]["steps"]
+                matched_on, reported = entry["val_data"], suite["metrics"]["perplexity"]["data"]
+                if matched_on["data_files"] == reported["data_files"]:
+                    assert matched_on.get("skip", 0) >= reported["limit"], model
         # every attack runs on the baseline and compared models (HotFlip on all of them), its control and the
         # transfer matrix on exactly the attack's models
         compared = {report["baseline"], *report["compare"]}
