@@ -110,6 +110,9 @@ def test_training_workload_counts_steps_validation_and_disk():
     twin = RecoveryTrainer(cfg.model_copy(update={"stop_at_perplexity_of": "arm"})).plan(inputs)
     assert twin.forward_tokens == w.forward_tokens + 8 * 128 and twin.train_tokens == w.train_tokens
     assert any("the arm arm's" in note and "cap" in note for note in twin.notes)
+    # stop_match: nearest keeps the last validation's fp32 weights in every snapshot (3 of them here)
+    nearest = RecoveryTrainer(cfg.model_copy(update={"stop_at_perplexity_of": "arm", "stop_match": "nearest"}))
+    assert nearest.plan(inputs).disk_bytes == pytest.approx(twin.disk_bytes + 3 * 4 * shape.n_params)
 
 
 def test_gradient_checkpointing_and_largest_micro_batch():

@@ -276,6 +276,65 @@ def test_a_control_stops_at_the_perplexity_of_the_arm_it_needs(tmp_path):
     assert (out / STAGE / "arm/s42/done.json").exists()
 
 
+def test_a_control_stopped_at_the_nearer_validation_exports_that_steps_weights(tmp_path):
+    """``stop_match: nearest``: of the first validation at or below the arm's perplexity and the one before it, the
+    control exports the one nearer the target in log perplexity, with that validation's steps, tokens and
+    perplexity; the exported weights are that step's (its snapshot's), and a run killed between the two validations
+    and resumed exports the same weights."""
+    common = train_recipe(steps=12, checkpoint_every=1).replace(", steps: 12", "").replace("lr: 1.0e-3, ", "")
+    # the pair of the test above, validated every 3 steps: the perplexity falls past the target between two
+    # validations, and here the earlier one is the nearer (measured; the assertions check the rule either way)
+    arm = f"{{plugin: baseline, model: tiny, ffn_noise: 3.0, {common}, lr: 1.0e-4, steps: 6}}"
+    control = (f"{{plugin: baseline, model: tiny, ffn_noise: 3.0, {common}, lr: 1.0e-4, steps: 12, val_every: 3, "
+               "keep_checkpoints: 12, stop_at_perplexity_of: arm, stop_match: nearest, needs: [arm]}")
+    suite = write_suite(tmp_path, f"""
+        name: t
+        seeds: [42]
+        device: cpu
+        models:
+          tiny: {{plugin: pythia_tiny}}
+        train:
+          arm: {arm}
+          control: {control}
+        """)
+    run = tmp_path / "run"
+    assert main(["run", str(suite), "--out", str(run), "--no-progress"]) == 0
+    result = json.loads((run / STAGE / "control/s42/result.json").read_text())["metrics"]
+    rows = records(run, "control")
+    checks = {0: result["initial_val_perplexity"]} | {r["step"]: r["val_perplexity"] for r in rows
+                                                     if "val_perplexity" in r}
+    target, ran = result["target_val_perplexity"], result["steps_run"]
+    assert result["stopped_at_target"] and ran == rows[-1]["step"] and ran % 3 == 0
+    before, after = checks[ran - 3], checks[ran]
+    assert after <= target < before  # the two validations that bracket the target
+    nearer = ran - 3 if before / target < target / after else ran
+    assert nearer == ran - 3, "measured: the validation before the target is the nearer one here"
+    assert result["steps"] == nearer and result["final_val_perplexity"] == checks[nearer]
+    assert result["tokens"] == nearer * 4 * 63  # 4 packed rows of 64 tokens, 63 targets each
+    exported = final_weights(run, "control")
+    snapshot = torch.load(run / STAGE / f"control/s42/train_state/step-{nearer:08d}/state.pt", weights_only=True)
+    # the training state names the output head lm_head, the GPT-NeoX export embed_out: every other tensor compared
+    shared = exported.keys() & snapshot["model"].keys()
+    assert len(shared) == len(exported) - 1
+    assert_same_weights({k: exported[k] for k in shared}, {k: snapshot["model"][k] for k in shared})
+    assert torch.equal(exported["embed_out.weight"], snapshot["model"]["lm_head.weight"])
+
+    # killed between the two validations: only the snapshots up to one step after the earlier one remain
+    stage = run / STAGE / "control/s42"
+    (stage / "done.json").unlink()
+    shutil.rmtree(stage / "checkpoint")
+    for snap in (stage / "train_state").glob("step-*"):
+        if int(snap.name.split("-")[1]) > nearer + 1:
+            shutil.rmtree(snap)
+    assert main(["run", str(suite), "--out", str(run), "--no-progress"]) == 0
+    assert_same_weights(final_weights(run, "control"), exported)
+    assert json.loads((stage / "result.json").read_text())["metrics"]["steps"] == nearer
+
+    # stop_match without a target to stop at: a one-line error at load, exit 2
+    loose = write_suite(tmp_path, suite.read_text().replace("stop_at_perplexity_of: arm, ", ""), "loose.yaml")
+    assert main(["run", str(loose), "--out", str(tmp_path / "loose"), "--no-progress"]) == 2
+
+
 def test_resume_after_sigkill_is_bit_identical(reference, tmp_path):
     ref_run, cfg = reference
     out = tmp_path / "run"

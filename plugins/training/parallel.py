@@ -105,6 +105,27 @@ class DataParallel:
         set_model_state_dict(self.net, saved["model"], options=opts)
         set_optimizer_state_dict(self.net, optimizer, saved["optimizer"], options=opts)
 
+    def weights(self) -> dict[str, torch.Tensor] | None:
+        """A copy of the full model weights on the CPU, on the main process (None elsewhere)."""
+        if not self.sharded:
+            return ({name: t.detach().to("cpu", copy=True) for name, t in self.net.state_dict().items()}
+                    if self.procs.is_main else None)
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        full = get_model_state_dict(self.net, options=self._full_options())
+        return full if self.procs.is_main else None
+
+    def load_weights(self, weights: dict[str, torch.Tensor] | None) -> None:
+        """Set the model to weights from :meth:`weights` (given on the main process; others pass None)."""
+        if not self.sharded:
+            if weights is not None:
+                self.net.load_state_dict(weights)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(self.net, weights or {},
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
     def export_model(self) -> nn.Module | None:
         """The full trained model, on the main process (None elsewhere), for the Hugging Face export."""
         if not self.sharded:

@@ -135,15 +135,25 @@ class TrainConfig(PluginConfig):
     #: The entry must be in this entry's ``needs:``; ``val_blocks`` sets how well a match here carries over to other
     #: text, ``val_every`` how closely it can match. None: train every step.
     stop_at_perplexity_of: str | None = None
+    #: With ``stop_at_perplexity_of``, which validation to stop at. ``first_below``: the first whose perplexity is
+    #: at most the target. ``nearest``: that one or the validation before it (still above the target), whichever is
+    #: nearer the target in log perplexity, so the match is off by at most half the fall between two validations
+    #: instead of a whole one. The earlier one's weights are kept (one more copy of the weights in memory and in every
+    #: snapshot, so a resumed run stops where an uninterrupted one would), and when they are the nearer the stage
+    #: exports them and reports their ``steps``.
+    stop_match: Literal["first_below", "nearest"] = "first_below"
 
     # Stages trained before these options existed trained without them: their cache keys stay valid.
-    key_omits_defaults: ClassVar[tuple[str, ...]] = ("distill", "stop_at_perplexity_of")
+    key_omits_defaults: ClassVar[tuple[str, ...]] = ("distill", "stop_at_perplexity_of", "stop_match")
 
     @model_validator(mode="after")
     def _stop_needs_validation(self) -> TrainConfig:
         if self.stop_at_perplexity_of is not None and (self.val_data is None or not self.val_every):
             raise ValueError("stop_at_perplexity_of compares validation perplexities: set `val_data:` and "
                              "`val_every:` (validations to stop at; 1 checks after every step)")
+        if self.stop_match != "first_below" and self.stop_at_perplexity_of is None:
+            raise ValueError(f"stop_match: {self.stop_match} chooses where a control stopped at an arm's perplexity "
+                             "stops: set `stop_at_perplexity_of:` too, or drop `stop_match:`")
         return self
 
 
@@ -316,6 +326,11 @@ class Progress:
     #: ``stop_at_perplexity_of``: the target was reached (at ``step``); a resumed run trains no further.
     stopped_at_target: bool = False
     best_val_perplexity: float | None = None
+    #: ``stop_match: nearest``: the last validation above the target (``step``, ``tokens_seen``, ``last_loss``,
+    #: ``val_perplexity``), whose weights each snapshot keeps beside the training state
+    previous_check: dict[str, Any] | None = None
+    #: ``stop_match: nearest``: the stop chose ``previous_check`` (nearer the target than the validation after it)
+    export_previous: bool = False
 
 
 class _NoBar:
@@ -372,6 +387,9 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
             MetricSpec("best_val_perplexity", "Best validation perplexity", **ppl),
             MetricSpec("target_val_perplexity", "Validation perplexity to stop at", **ppl),
             MetricSpec("steps", "Steps", aggregation="none", digits=0),
+            # a control stopped at an arm's perplexity: the steps it trained (more than ``steps`` when
+            # ``stop_match: nearest`` exported the validation before the last)
+            MetricSpec("steps_run", "Steps run", aggregation="none", digits=0, show=False),
             MetricSpec("tokens", "Tokens", aggregation="none", digits=0),
             MetricSpec("train_time_s", "Training time (s)", aggregation="none", digits=1, show=False),
             MetricSpec("val_time_s", "Validation time (s)", aggregation="none", digits=1, show=False),
@@ -446,6 +464,10 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                            self.target(ctx, lambda arm: validation_nll(arm.to(procs.device), val_blocks, procs,
                                                                        cfg.micro_batch, autocast)))
 
+        # stop_match: nearest -- the weights at progress.previous_check (on the main process)
+        keep_previous = target is not None and cfg.stop_match == "nearest"
+        previous_weights: dict[str, torch.Tensor] | None = None
+
         def validate() -> float | None:
             if val_blocks is None:
                 return None
@@ -460,6 +482,7 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
             parallel.load(optimizer, saved, str(state_dir))
             scheduler.load_state_dict(saved["scheduler"])
             progress = Progress(**saved["progress"])
+            previous_weights = saved.get("previous_weights")
             ctx.log(f"resumed from step {progress.step} of {total_steps}")
         else:
             progress = Progress()
@@ -467,10 +490,15 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
             if target is not None and progress.initial_val_perplexity is not None and \
                     progress.initial_val_perplexity <= target:  # matched before any training
                 progress.last_val_perplexity, progress.stopped_at_target = progress.initial_val_perplexity, True
+            elif keep_previous and progress.initial_val_perplexity is not None:
+                progress.previous_check = {"step": 0, "tokens_seen": 0, "last_loss": None,
+                                           "val_perplexity": progress.initial_val_perplexity}
+                previous_weights = parallel.weights()
 
         def snapshot() -> None:
             snapshots.save(progress.step, {**parallel.state(optimizer), "scheduler": scheduler.state_dict(),
-                                           "progress": asdict(progress)})
+                                           "progress": asdict(progress),
+                                           **({"previous_weights": previous_weights} if keep_previous else {})})
 
         model = parallel.model
         recipe = data_recipe(train_blocks, global_batch, cfg.shuffle)
@@ -520,6 +548,16 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                         row["val_perplexity"] = progress.last_val_perplexity = ppl
                         progress.best_val_perplexity = min(ppl, progress.best_val_perplexity or math.inf)
                         progress.stopped_at_target = target is not None and ppl <= target
+                        if progress.stopped_at_target and progress.previous_check is not None:
+                            # nearer in log perplexity: the ratio to the target closer to 1
+                            above = progress.previous_check["val_perplexity"] / target
+                            progress.export_previous = above < target / ppl
+                            if not progress.export_previous:
+                                previous_weights = None  # no longer needed: the final snapshot stays smaller
+                        elif keep_previous:
+                            progress.previous_check = {"step": progress.step, "tokens_seen": progress.tokens_seen,
+                                                       "last_loss": loss, "val_perplexity": ppl}
+                            previous_weights = parallel.weights()
                 if procs.is_main and row["id"] not in logged:  # rows after the last snapshot exist after a kill
                     ctx.records.append(row)
                 bar.set(loss=loss, tok_s=round(row["tokens_per_s"]), lr=lr)
@@ -528,10 +566,17 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                         progress.stopped_at_target:
                     snapshot()
 
-        summary = {"final_train_loss": progress.last_loss, "initial_val_perplexity": progress.initial_val_perplexity,
-                   "final_val_perplexity": progress.last_val_perplexity,
-                   "best_val_perplexity": progress.best_val_perplexity, "steps": progress.step,
-                   "tokens": progress.tokens_seen, "train_time_s": progress.train_time_s,
+        # What the exported model is: the last step, or (stop_match: nearest) the validation before it
+        exported = dict(step=progress.step, tokens_seen=progress.tokens_seen, last_loss=progress.last_loss,
+                        val_perplexity=progress.last_val_perplexity)
+        if progress.export_previous and progress.previous_check is not None:
+            exported = progress.previous_check
+            parallel.load_weights(previous_weights)
+        summary = {"final_train_loss": exported["last_loss"],
+                   "initial_val_perplexity": progress.initial_val_perplexity,
+                   "final_val_perplexity": exported["val_perplexity"],
+                   "best_val_perplexity": progress.best_val_perplexity, "steps": exported["step"],
+                   "tokens": exported["tokens_seen"], "train_time_s": progress.train_time_s,
                    "val_time_s": progress.val_time_s,
                    "tokens_per_s": progress.tokens_seen / progress.train_time_s if progress.train_time_s else None,
                    "wall_time_s": time.time() - started, "blocks": len(train_blocks), "global_batch": global_batch,
@@ -542,7 +587,8 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                    # compared on (equal when it read the arm's batch at every step it took; it took ``steps``)
                    DATA_ORDER_FINGERPRINT: order_fingerprint(train_blocks, schedule, horizon)}
         if target is not None:
-            summary.update(target_val_perplexity=target, stopped_at_target=progress.stopped_at_target)
+            summary.update(target_val_perplexity=target, stopped_at_target=progress.stopped_at_target,
+                           steps_run=progress.step)
         trained = parallel.export_model()  # every process takes part (FSDP gathers the shards)
         if procs.is_main and trained is not None and initial is not None:
             change = group_change(initial, effective_weights(trained))

@@ -63,6 +63,9 @@ def training_workload(cfg, inputs: PlanInputs) -> Workload:
             runs += 1
             val_note += (f" (one of them the arm {cfg.stop_at_perplexity_of}'s, the target to stop at; priced at "
                          f"the {steps:,}-step cap)")
+            if cfg.stop_match == "nearest":
+                val_note += ("; stop_match nearest keeps the last validation's fp32 weights in host memory and in "
+                             "every snapshot")
         val_tokens = runs * val_blocks * cfg.seq_len
 
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if inputs.device == "cuda" else "fp32")
@@ -89,6 +92,8 @@ def training_workload(cfg, inputs: PlanInputs) -> Workload:
                           autocast_bf16=precision == "bf16", extra_bytes=extra, extra_note="; ".join(extra_notes))
 
     snapshot = SNAPSHOT_BYTES_PER_PARAM * shape.n_params
+    if cfg.stop_at_perplexity_of is not None and cfg.stop_match == "nearest":
+        snapshot += 4 * shape.n_params  # the weights at the last validation above the target (fp32)
     # The newest snapshot is written before the oldest is pruned: keep + 1 exist for a moment.
     kept = min(cfg.keep_checkpoints + 1, max(1, math.ceil(steps / cfg.checkpoint_every)))
     export = DTYPE_BYTES[cfg.save_dtype] * shape.n_params
@@ -98,7 +103,9 @@ def training_workload(cfg, inputs: PlanInputs) -> Workload:
         batches=[Batch(cfg.micro_batch, cfg.seq_len, "weights", label="training"),
                  Batch(cfg.micro_batch, cfg.seq_len, "none", label="validation")],
         training=setup, disk_bytes=kept * snapshot + export + token_cache,
-        disk_note=f"{kept} snapshots x {size(snapshot)} (fp32 weights + AdamW) + {cfg.save_dtype} export "
+        disk_note=f"{kept} snapshots x {size(snapshot)} (fp32 weights + AdamW"
+                  f"{' + the last validation weights' if snapshot > SNAPSHOT_BYTES_PER_PARAM * shape.n_params else ''}"
+                  f") + {cfg.save_dtype} export "
                   f"{size(export)} + token cache {size(token_cache)}",
         notes=[f"{docs.documents:,} documents -> {rows}",
                f"{steps:,} steps x {global_batch} rows ({cfg.micro_batch} x {cfg.grad_accum} accumulation x "
