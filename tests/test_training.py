@@ -335,6 +335,33 @@ def test_a_control_stopped_at_the_nearer_validation_exports_that_steps_weights(t
     assert main(["run", str(loose), "--out", str(tmp_path / "loose"), "--no-progress"]) == 2
 
 
+def test_bf16_where_it_would_be_emulated_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """``precision: bf16`` on a device without native bf16 kernels stops the stage at once with the key and the fix
+    (exit 2, nothing trained); ``auto`` picks bf16 only on a GPU that computes in it."""
+    from harness_plugins.training import trainer
+
+    monkeypatch.setattr(trainer, "native_bf16", lambda device: False)
+    suite = write_suite(tmp_path, f"""
+        name: t
+        seeds: [42]
+        device: cpu
+        models:
+          tiny: {{plugin: pythia_tiny}}
+        train:
+          arm: {{plugin: baseline, model: tiny, {train_recipe(steps=1, checkpoint_every=1)}, precision: bf16}}
+        """)
+    assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "train.arm.precision: bf16 on a cpu without native bf16" in err and "fix: `precision: fp32`" in err
+    assert not list((tmp_path / "run" / STAGE / "arm/s42").glob("train_state/step-*"))
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert trainer.resolve_precision("auto", gpu, "x") == "fp32" == trainer.resolve_precision("auto", cpu, "x")
+    monkeypatch.setattr(trainer, "native_bf16", lambda device: True)
+    assert trainer.resolve_precision("auto", gpu, "x") == "bf16"
+    assert trainer.resolve_precision("auto", cpu, "x") == "fp32"
+    assert trainer.resolve_precision("bf16", cpu, "x") == "bf16"
+
+
 def test_resume_after_sigkill_is_bit_identical(reference, tmp_path):
     ref_run, cfg = reference
     out = tmp_path / "run"
