@@ -491,6 +491,49 @@ def test_two_process_gloo_run_matches_one_process_with_accumulation(tmp_path):
     assert_same_function_and_losses(tmp_path / "dist", tmp_path / "single")
 
 
+FSDP_WEIGHTS = """
+import sys
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from harness_plugins.training.parallel import DataParallel
+from harness_plugins.training.state import setup_processes
+
+config = GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       vocab_size=128)
+torch.manual_seed(0)
+net = GPTNeoXForCausalLM(config)
+reference = {k: v.clone() for k, v in net.state_dict().items()}
+procs = setup_processes(torch.device("cpu"))
+parallel = DataParallel(net, procs)
+kept = parallel.weights()  # gathered on the main process only
+assert (kept is not None) == procs.is_main
+with torch.no_grad():
+    for param in net.parameters():  # this process's shards move on
+        param.add_(1.0)
+parallel.load_weights(kept)  # back to the kept weights, broadcast from the main process
+exported = parallel.export_model()
+if procs.is_main:
+    for name, tensor in exported.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+        assert torch.equal(kept[name], reference[name]), name
+    print("same weights", file=sys.stderr)
+"""
+
+
+def test_fsdp_keeps_and_restores_the_full_weights(tmp_path):
+    """``stop_match: nearest`` under FSDP: the weights kept at a validation are the full model (gathered on the main
+    process) and restoring them puts every shard back, so the export is the kept model."""
+    script = tmp_path / "weights.py"
+    script.write_text(FSDP_WEIGHTS)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)], capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_PARALLEL": "fsdp",
+                               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                                           os.environ.get("PYTHONPATH")]))})
+    assert proc.returncode == 0 and "same weights" in proc.stderr, proc.stderr[-3000:]
+
+
 def test_two_process_fsdp_run_matches_one_process_and_resumes_bit_identically(tmp_path):
     """The same under FSDP (HARNESS_PARALLEL=fsdp: weights, gradients and AdamW state sharded over the 2 processes),
     with 2 x 1 accumulation per process and an odd number of validation blocks (the processes must still make the

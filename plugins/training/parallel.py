@@ -123,7 +123,8 @@ class DataParallel:
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(self.net, weights or {},
+        # a copy of the mapping: the broadcast replaces its values by the distributed tensors it makes
+        set_model_state_dict(self.net, dict(weights or {}),
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
     def export_model(self) -> nn.Module | None:
