@@ -228,7 +228,10 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        # oneDNN's own check (a private op): its bf16 kernels are native only there; a build without oneDNN has none
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None) if torch.backends.mkldnn.is_available() \
+            else None
+        return bool(check()) if check is not None else False
     return True
 
 
