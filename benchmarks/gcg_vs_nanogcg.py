@@ -180,7 +180,9 @@ def main() -> None:
                         help="ours' screen: the draft keeps the first/last half of this many blocks (`all`: every "
                              "block, a low-precision screen)")
     parser.add_argument("--min-exact", type=int, default=1, help="ours' screen: exact scores beyond the probe set")
-    parser.add_argument("--draft-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--draft-dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                        help="the screen's draft (auto: bfloat16 where this machine computes it natively, else "
+                             "float32; the screen refuses an emulated bfloat16)")
     parser.add_argument("--probe-factor", type=lambda v: None if v == "none" else int(v), default=16,
                         help="ours' screen: the probe set's divisor (`none`: no probe, rescore the draft's best "
                              "--min-exact exactly)")
@@ -204,6 +206,10 @@ def main() -> None:
                          "(or pass the python of a venv holding nanogcg==0.3.0)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.draft_dtype == "auto":
+        from harness import native_bf16
+
+        args.draft_dtype = "bfloat16" if native_bf16(args.device) else "float32"
     tok = AutoTokenizer.from_pretrained(args.model_dir)
     hf = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=getattr(torch, args.dtype)).to(args.device).eval()
     model = LoadedModel("bench", hf, tok)

@@ -30,7 +30,9 @@ def main() -> None:
     parser.add_argument("--search-width", type=int, default=64)
     parser.add_argument("--topk", type=int, default=64)
     parser.add_argument("--draft-layers", type=int, default=8)
-    parser.add_argument("--draft-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--draft-dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                        help="the screen's draft (auto: bfloat16 where this machine computes it natively, else "
+                             "float32; the screen refuses an emulated bfloat16)")
     parser.add_argument("--probe-factor", type=int, default=16)
     parser.add_argument("--r", type=float, default=8.0)
     parser.add_argument("--threads", type=int, default=2)
@@ -45,6 +47,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(args.model_dir)
+    if args.draft_dtype == "auto":
+        from harness import native_bf16
+
+        args.draft_dtype = "bfloat16" if native_bf16("cpu") else "float32"
     hf = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32).eval()
     model = LoadedModel("audit", hf, tok)
     screen = {"draft_layers": args.draft_layers, "dtype": args.draft_dtype, "probe_factor": args.probe_factor,

@@ -15,7 +15,7 @@ from .checkpointing import set_gradient_checkpointing
 from .config import ExistingPath, PluginConfig, ResolvedPath
 from .context import StageContext, StagePreempted, derive_seed
 from .data import Document, DocumentSource, load_documents
-from .env import restored_environ
+from .env import native_bf16, restored_environ
 from .files import read_regular
 from .errors import ConfigError, HarnessError, NonFiniteLoss, did_you_mean
 from .hub import cached_locally, hub_reachable, offline_mode
@@ -30,6 +30,8 @@ __all__ = [
     "MetricPlugin", "MetricSpec", "ModelPlugin", "NonFiniteLoss", "Plugin", "PluginConfig", "ResolvedPath", "StageContext",
     "StagePreempted", "TrainerPlugin", "derive_seed", "hookimpl", "load_documents", "restored_environ",
     "did_you_mean", "set_gradient_checkpointing",
+    # whether bf16 is native on a device (a setting that asks for it elsewhere is refused, not run emulated)
+    "native_bf16",
     # the summary key of a trainer's data-order fingerprint (common random numbers across arms)
     "DATA_ORDER_FINGERPRINT",
     # durable files (atomic writes, the record log) and hub checks, for plugins that keep state or load from a hub

@@ -32,6 +32,7 @@ from .api import AttackPlugin, LoadedModel, MetricSpec
 from .config import PluginConfig
 from .context import StageContext, derive_seed
 from .data import Document, DocumentSource, load_documents
+from .env import native_bf16
 from .errors import HarnessError
 from .loop import run_examples
 from .scoring import (auto_batch_tokens, continuation_nll, draft_model, logits_tail_kwarg, prefix_forward_kwargs,
@@ -433,6 +434,12 @@ class Scorer:
             key = (tuple(layers) if layers is not None else None, self.screen.dtype)
             drafts = _DRAFTS.setdefault(self.model, {})
             if key not in drafts:
+                device = next(self.model.parameters()).device
+                if self.screen.dtype == "bfloat16" and not native_bf16(device):
+                    raise HarnessError(f"screen.dtype: bfloat16 on a {device.type} without native bf16 "
+                                       f"({torch.backends.cpu.get_cpu_capability() if device.type == 'cpu' else ''}"
+                                       "): the draft would run emulated, slower than the exact scores it saves; "
+                                       "fix: `dtype: float32` in the attack's `screen:`")
                 dtype = getattr(torch, self.screen.dtype)
                 drafts[key] = draft_model(self.model, layers if layers is not None else range(n_layers), dtype)
             self._draft = drafts[key]

@@ -8,10 +8,13 @@ import math
 import pytest
 import torch
 
-from harness import scoring
+from harness import HarnessError, native_bf16, scoring
 from harness.attacks import Scorer, TaskConfig
 from harness.screening import ScreenConfig, probe_sample, spearman
 from tests.test_prefix_scoring import K, swaps
+
+#: The screens below in bf16 where this machine computes it natively (the default), else in fp32 (bf16 is refused)
+DRAFT_DTYPE = "bfloat16" if native_bf16("cpu") else "float32"
 
 
 def test_draft_with_every_block_in_float32_is_the_model(tiny):
@@ -84,7 +87,7 @@ def test_rescore_without_probe_scores_only_the_drafts_best_in_one_call():
 def test_scorer_screen_keeps_the_draft_best_exact_and_counts_the_draft(tiny):
     base, cands = swaps(4096)
     exact = Scorer(tiny, 16384).swap_nll(base, cands, K)
-    scorer = Scorer(tiny, 16384, ScreenConfig(draft_layers=1, probe_factor=8, r=8, audit=True))
+    scorer = Scorer(tiny, 16384, ScreenConfig(draft_layers=1, probe_factor=8, r=8, audit=True, dtype=DRAFT_DTYPE))
     out = scorer.swap_nll(base, cands, K, select="max")
     scored = torch.isfinite(out)
     assert 0 < int(scored.sum()) < len(cands) and scorer.queries + len(cands) == scorer.budget.exact_queries + \
@@ -117,6 +120,20 @@ def test_batch_tokens_auto_finds_a_batch_that_runs_and_caches_it(tiny, monkeypat
         scoring._FASTEST_CPU_TOKENS.pop(tiny.model, None)
 
 
+def test_a_bf16_draft_only_where_bf16_is_native(tiny, monkeypatch):
+    """The screen's default bf16 draft is built where bf16 is native and refused elsewhere (emulated it would cost
+    more than the exact scores it saves), with the key and the fix."""
+    import harness.attacks
+
+    base, cands = swaps(64)
+    monkeypatch.setattr(harness.attacks, "native_bf16", lambda device: False)
+    with pytest.raises(HarnessError, match=r"screen.dtype: bfloat16 on a cpu without native bf16.*fix: `dtype: f"):
+        Scorer(tiny, 16384, ScreenConfig(draft_layers=1)).swap_nll(base, cands, K, select="max")
+    monkeypatch.setattr(harness.attacks, "native_bf16", lambda device: True)
+    scorer = Scorer(tiny, 16384, ScreenConfig(draft_layers=1))
+    assert next(scorer.draft().parameters()).dtype == torch.bfloat16
+
+
 def test_hotflip_with_a_screen_keeps_only_exactly_scored_swaps(tiny):
     from harness.attacks import Example, allowed_tokens
     from harness_plugins.attacks.hotflip import flip_search, gradient_proposer
@@ -124,7 +141,7 @@ def test_hotflip_with_a_screen_keeps_only_exactly_scored_swaps(tiny):
     gen = torch.Generator().manual_seed(3)
     ex = Example("doc", (0,), tuple(torch.randint(10, 4000, (16,), generator=gen).tolist()),
                  tuple(torch.randint(10, 4000, (8,), generator=gen).tolist()))
-    scorer = Scorer(tiny, 16384, ScreenConfig(draft_layers=1, probe_factor=8, r=16))
+    scorer = Scorer(tiny, 16384, ScreenConfig(draft_layers=1, probe_factor=8, r=16, dtype=DRAFT_DTYPE))
     allowed = allowed_tokens(tiny, TaskConfig(threshold=0.15).vocab)
     out = flip_search(scorer, ex, 3, gradient_proposer(scorer, allowed, 8, 16))
     assert scorer.budget.screened > 0 and scorer.queries < 1 + out.steps * 16  # fewer exact scores than swaps

@@ -50,6 +50,7 @@ from harness import (
     TrainerPlugin,
     atomic_write_json,
     derive_seed,
+    native_bf16,
     hookimpl,
     set_gradient_checkpointing,
 )
@@ -223,18 +224,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast runs native kernels on ``device`` (oneDNN's own test on a CPU: AVX512-BF16 or AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        # oneDNN's own check (a private op): its bf16 kernels are native only there; a build without oneDNN has none
-        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None) if torch.backends.mkldnn.is_available() \
-            else None
-        return bool(check()) if check is not None else False
-    return True
-
-
 def resolve_precision(requested: str, device: torch.device, where: str) -> str:
     """``precision`` as this stage runs it: ``auto`` resolved, ``bf16`` where it would be emulated refused (before
     anything is loaded or trained, so nothing is lost)."""
@@ -243,7 +232,7 @@ def resolve_precision(requested: str, device: torch.device, where: str) -> str:
     if requested == "bf16" and not native_bf16(device):
         capability = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else device.type
         raise HarnessError(f"{where}.precision: bf16 on a {device.type} without native bf16 ({capability}): autocast "
-                           "would emulate it, about 26x slower than fp32 (SmolLM2-135M, 2-core AVX2 CPU); fix: "
+                           "would emulate it (harness.native_bf16: about 26x slower than fp32); fix: "
                            f"`precision: fp32` (or `{where}.precision=fp32` on the command line), or run it on a "
                            "CPU with AVX512-BF16/AMX or an Ampere or newer GPU")
     return requested
