@@ -436,10 +436,10 @@ class Scorer:
             if key not in drafts:
                 device = next(self.model.parameters()).device
                 if self.screen.dtype == "bfloat16" and not native_bf16(device):
-                    raise HarnessError(f"screen.dtype: bfloat16 on a {device.type} without native bf16 "
-                                       f"({torch.backends.cpu.get_cpu_capability() if device.type == 'cpu' else ''}"
-                                       "): the draft would run emulated, slower than the exact scores it saves; "
-                                       "fix: `dtype: float32` in the attack's `screen:`")
+                    where = f" ({torch.backends.cpu.get_cpu_capability()})" if device.type == "cpu" else ""
+                    raise HarnessError(f"screen.dtype: bfloat16 on a {device.type} without native bf16{where}: the "
+                                       "draft would run emulated, slower than the exact scores it saves; fix: "
+                                       "`dtype: float32` in the attack's `screen:`")
                 dtype = getattr(torch, self.screen.dtype)
                 drafts[key] = draft_model(self.model, layers if layers is not None else range(n_layers), dtype)
             self._draft = drafts[key]
