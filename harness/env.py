@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+
 @contextmanager
 def restored_environ(keys: Iterable[str]) -> Iterator[None]:
     """Put ``keys`` of ``os.environ`` back as they were (set or unset) when the block ends, whatever it changed."""
