@@ -444,17 +444,23 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_stat
     assert all(math.isfinite(r["loss"]) for r in records(tmp_path / "run", "baseline"))
 
 
-def torchrun_train(config: Path, out: Path, **env: str) -> str:
-    """``harness -v train monotonic`` under torchrun with 2 CPU processes (gloo); returns its log (stderr)."""
-    torchrun = Path(sys.executable).parent / "torchrun"
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "harness.cli", "-v",
-                           "train", "monotonic", "--config", str(config), "--out", str(out), "--no-progress"],
+def torchrun(args: list[str], **env: str) -> str:
+    """``args`` (a script, or ``-m module ...``) under torchrun with 2 CPU processes (gloo); returns its log
+    (stderr) after asserting that every process succeeded."""
+    launcher = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run([str(launcher), "--standalone", "--nproc_per_node", "2", *args],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **env,
                                # this checkout first, then whatever the caller's path adds (the same code as here)
                                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stderr
+
+
+def torchrun_train(config: Path, out: Path, **env: str) -> str:
+    """``harness -v train monotonic`` under torchrun with 2 CPU processes (gloo); returns its log (stderr)."""
+    return torchrun(["-m", "harness.cli", "-v", "train", "monotonic", "--config", str(config), "--out", str(out),
+                     "--no-progress"], **env)
 
 
 def assert_same_function_and_losses(dist: Path, single: Path) -> None:
@@ -525,13 +531,8 @@ def test_fsdp_keeps_and_restores_the_full_weights(tmp_path):
     process) and restoring them puts every shard back, so the export is the kept model."""
     script = tmp_path / "weights.py"
     script.write_text(FSDP_WEIGHTS)
-    torchrun = Path(sys.executable).parent / "torchrun"
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)], capture_output=True,
-                          text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_PARALLEL": "fsdp",
-                               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
-                                                                           os.environ.get("PYTHONPATH")]))})
-    assert proc.returncode == 0 and "same weights" in proc.stderr, proc.stderr[-3000:]
+    log = torchrun([str(script)], HARNESS_PARALLEL="fsdp")
+    assert "same weights" in log, log[-3000:]
 
 
 def test_two_process_fsdp_run_matches_one_process_and_resumes_bit_identically(tmp_path):

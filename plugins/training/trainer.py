@@ -50,8 +50,8 @@ from harness import (
     TrainerPlugin,
     atomic_write_json,
     derive_seed,
-    native_bf16,
     hookimpl,
+    native_bf16,
     set_gradient_checkpointing,
 )
 
@@ -349,6 +349,11 @@ class Progress:
     #: ``stop_match: nearest``: the stop chose ``previous_check`` (nearer the target than the validation after it)
     export_previous: bool = False
 
+    def at_validation(self, perplexity: float | None) -> dict[str, Any]:
+        """Where training stands now, with this validation's perplexity (``previous_check``'s form)."""
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "last_loss": self.last_loss,
+                "val_perplexity": perplexity}
+
 
 class _NoBar:
     def __enter__(self):
@@ -508,8 +513,7 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                     progress.initial_val_perplexity <= target:  # matched before any training
                 progress.last_val_perplexity, progress.stopped_at_target = progress.initial_val_perplexity, True
             elif keep_previous and progress.initial_val_perplexity is not None:
-                progress.previous_check = {"step": 0, "tokens_seen": 0, "last_loss": None,
-                                           "val_perplexity": progress.initial_val_perplexity}
+                progress.previous_check = progress.at_validation(progress.initial_val_perplexity)
                 previous_weights = parallel.weights()
 
         def snapshot() -> None:
@@ -572,8 +576,7 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                             if not progress.export_previous:
                                 previous_weights = None  # no longer needed: the final snapshot stays smaller
                         elif keep_previous:
-                            progress.previous_check = {"step": progress.step, "tokens_seen": progress.tokens_seen,
-                                                       "last_loss": loss, "val_perplexity": ppl}
+                            progress.previous_check = progress.at_validation(ppl)
                             previous_weights = parallel.weights()
                 if procs.is_main and row["id"] not in logged:  # rows after the last snapshot exist after a kill
                     ctx.records.append(row)
@@ -584,8 +587,7 @@ class RecoveryTrainer(TrainerPlugin[TrainConfigT]):
                     snapshot()
 
         # What the exported model is: the last step, or (stop_match: nearest) the validation before it
-        exported = dict(step=progress.step, tokens_seen=progress.tokens_seen, last_loss=progress.last_loss,
-                        val_perplexity=progress.last_val_perplexity)
+        exported = progress.at_validation(progress.last_val_perplexity)
         if progress.export_previous and progress.previous_check is not None:
             exported = progress.previous_check
             parallel.load_weights(previous_weights)
