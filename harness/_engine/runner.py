@@ -232,6 +232,9 @@ class Runner:
                     break
                 try:
                     outcomes.append(self.run_stage(stage))
+                except HarnessError as exc:
+                    self._name_suite_and_stage(exc, stage)
+                    raise
                 except (StagePreempted, StopNow):
                     outcomes.append(StageOutcome(stage, "preempted", None))
                     break
@@ -244,6 +247,18 @@ class Runner:
             self.registry.pm.hook.harness_run_finished(run_dir=self.run_dir, suite=self.suite,
                                                        stages=self.graph.stages)
         return outcomes
+
+    def _name_suite_and_stage(self, exc: HarnessError, stage: Stage) -> None:
+        """Prefix a stage's error with the suite file and the stage: a plugin's message names its key (`train.x.lr`)
+        and the fix, but only the runner knows which file and stage the key came from. The exception keeps its type
+        (callers may catch a subclass such as NonFiniteLoss)."""
+        message = str(exc)
+        suite_file = str(self.suite.path)
+        where = f"stage {stage.id}: " if stage.id not in message else ""
+        if not message.startswith(suite_file):
+            where = f"{suite_file}: {where}"
+        if where:
+            exc.args = (where + message, *exc.args[1:])
 
 
 @contextmanager
