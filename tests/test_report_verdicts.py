@@ -230,21 +230,26 @@ def test_each_verdict_rule_on_a_constructed_run(tmp_path):
 
 
 def test_each_model_is_judged_against_its_matched_controls(tmp_path):
-    """mono (5% above base in perplexity) against ctrl (damaged alike: the same perplexity) and ctrl_far (50%
-    above): the perplexity ratio says which control is matched (its interval within +-gap_target); each attack's
+    """mono (5% above base in perplexity) against ctrl (damaged alike: the same perplexity), ctrl_near (7% above:
+    a difference the interval shows, inside the 15% margin) and ctrl_far (50% above): the perplexity ratio says
+    which control is matched (its interval within +-gap_target, whether or not it excludes 0); each attack's
     reduction against a control is judged on its paired interval."""
-    successes = {("strong", "base"): 30, ("strong", "mono"): 3, ("strong", "ctrl"): 30, ("strong", "ctrl_far"): 30,
-                 ("close", "base"): 30, ("close", "mono"): 3, ("close", "ctrl"): 4, ("close", "ctrl_far"): 4,
-                 ("worse", "base"): 30, ("worse", "mono"): 20, ("worse", "ctrl"): 5, ("worse", "ctrl_far"): 5}
+    successes = {(attack, model): n for attack, n_base, n_mono, n_ctrl in (("strong", 30, 3, 30), ("close", 30, 3, 4),
+                                                                           ("worse", 30, 20, 5))
+                 for model, n in (("base", n_base), ("mono", n_mono), ("ctrl", n_ctrl), ("ctrl_near", n_ctrl),
+                                  ("ctrl_far", n_ctrl))}
     run = make_run(tmp_path / "run", successes, controls={},
-                   report={"matched_controls": {"mono": ["ctrl", "ctrl_far"]}, "compare": ["mono"]},
-                   ppl_scales={"base": 1.0, "mono": 1.05, "ctrl": 1.05, "ctrl_far": 1.05 * 1.5})
+                   report={"matched_controls": {"mono": ["ctrl", "ctrl_near", "ctrl_far"]}, "compare": ["mono"]},
+                   ppl_scales={"base": 1.0, "mono": 1.05, "ctrl": 1.05, "ctrl_near": 1.05 * 1.07,
+                               "ctrl_far": 1.05 * 1.5})
     res = build_report(run).results
     rows = {(r["control_model"], r["entry"], r["metric"]): r for r in res["versus_matched_controls"]}
-    assert len(rows) == 2 * (1 + 3)  # per control: the gap metric, then the three attacks in success_rate
-    matched, far = rows[("ctrl", "ppl", "ppl")], rows[("ctrl_far", "ppl", "ppl")]
+    assert len(rows) == 3 * (1 + 3)  # per control: the gap metric, then the three attacks in success_rate
+    matched, near, far = (rows[(c, "ppl", "ppl")] for c in ("ctrl", "ctrl_near", "ctrl_far"))
     assert matched["kind"] == "gap" and matched["value"] == pytest.approx(0.0, abs=1e-12)
     assert matched["status"] == "matched" and matched["ci95"] == pytest.approx([0.0, 0.0], abs=1e-9)
+    # an equivalence margin: the interval excludes 0 but lies within +-15%, so the pair is matched
+    assert near["value"] == pytest.approx(1 / 1.07 - 1) and near["ci95"][1] < 0 and near["status"] == "matched"
     assert far["value"] == pytest.approx(1 / 1.5 - 1) and far["status"] == "model lower"
     strong = rows[("ctrl", "strong", "success_rate")]
     assert strong["value"] == pytest.approx(0.9) and strong["status"] == "more robust than control"

@@ -321,8 +321,8 @@ def attack_vs_control(agg: Aggregate) -> list[dict[str, Any]]:
 def versus_matched_controls(agg: Aggregate) -> list[dict[str, Any]]:
     """Each model of ``report.matched_controls`` against each of its control models (arms damaged like it without
     its constraint): first the gap metric's ratio ``model / control - 1`` (``matched`` when its paired 95% interval
-    lies within +-``gap_target``, ``model higher`` / ``model lower`` when it lies above / below 0, else ``not
-    settled``: is the control matched in, say, perplexity?), then for every
+    lies within +-``gap_target``, even if it excludes 0; else ``model higher`` / ``model lower`` when it lies above
+    / below 0, else ``not settled``: is the control matched in, say, perplexity?), then for every
     attack entry (controls included: they show whether the two react alike to random edits) in each of
     ``report.control_metrics`` the reduction ``1 - model / control`` with its paired interval: ``more robust than
     control`` only when the interval lies above 0, ``less robust than control`` when below, else ``not settled``."""
@@ -359,10 +359,13 @@ def _versus_row(agg: Aggregate, entry: str | None, metric: str, model: str, cont
         if gap:
             row["value"] = ms.mean / cs.mean - 1
             ci = _interval(paired[0][0] / paired[0][1] - 1, cfg.confidence) if paired else None
-            # matched: the whole interval within +-gap_target (an interval that merely contains 0 may be wide)
-            status = (UNSETTLED if ci is None else "model higher" if ci[0] > 0 else "model lower" if ci[1] < 0
-                      else "matched" if cfg.gap_target is not None and -cfg.gap_target < ci[0] and ci[1] < cfg.gap_target
-                      else UNSETTLED)
+            # matched: the whole interval within +-gap_target, an equivalence margin as in TOST (an interval that
+            # merely contains 0 may be wide; one that excludes 0 inside the margin shows a difference smaller than
+            # the tolerance, so more data never turns a match into a mismatch)
+            tol = cfg.gap_target
+            within = ci is not None and tol is not None and -tol < ci[0] and ci[1] < tol
+            status = (UNSETTLED if ci is None else "matched" if within else "model higher" if ci[0] > 0
+                      else "model lower" if ci[1] < 0 else UNSETTLED)
         else:
             row["value"] = 1 - ms.mean / cs.mean
             ci = _interval(1 - paired[0][0] / paired[0][1], cfg.confidence) if paired else None
