@@ -234,10 +234,10 @@ def test_each_model_is_judged_against_its_matched_controls(tmp_path):
     a difference the interval shows, inside the 15% margin) and ctrl_far (50% above): the perplexity ratio says
     which control is matched (its interval within +-gap_target, whether or not it excludes 0); each attack's
     reduction against a control is judged on its paired interval."""
-    successes = {(attack, model): n for attack, n_base, n_mono, n_ctrl in (("strong", 30, 3, 30), ("close", 30, 3, 4),
-                                                                           ("worse", 30, 20, 5))
-                 for model, n in (("base", n_base), ("mono", n_mono), ("ctrl", n_ctrl), ("ctrl_near", n_ctrl),
-                                  ("ctrl_far", n_ctrl))}
+    successes = {("strong", "base"): 30, ("strong", "mono"): 3, ("strong", "ctrl"): 30, ("strong", "ctrl_far"): 30,
+                 ("close", "base"): 30, ("close", "mono"): 3, ("close", "ctrl"): 4, ("close", "ctrl_far"): 4,
+                 ("worse", "base"): 30, ("worse", "mono"): 20, ("worse", "ctrl"): 5, ("worse", "ctrl_far"): 5,
+                 ("strong", "ctrl_near"): 30, ("close", "ctrl_near"): 4, ("worse", "ctrl_near"): 5}
     run = make_run(tmp_path / "run", successes, controls={},
                    report={"matched_controls": {"mono": ["ctrl", "ctrl_near", "ctrl_far"]}, "compare": ["mono"]},
                    ppl_scales={"base": 1.0, "mono": 1.05, "ctrl": 1.05, "ctrl_near": 1.05 * 1.07,
